@@ -1,0 +1,62 @@
+"""Qeltrix V6: encrypted, seekable, streaming containers.
+
+Data is split into blocks that are each encrypted and authenticated under their own
+content-derived key, with an encrypted index, so any byte range of a huge encrypted file is
+read by decrypting only the blocks that cover it. See docs/FORMAT.md for the format.
+
+>>> import io, qeltrix_v6
+>>> box = io.BytesIO()
+>>> _ = qeltrix_v6.pack(io.BytesIO(b"attack at dawn"), box, key=bytes(32))
+>>> qeltrix_v6.seek_extract(io.BytesIO(box.getvalue()), 10, 4, key=bytes(32))
+b'dawn'
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._container import (
+    DEFAULT_BLOCK_SIZE,
+    ContainerFile,
+    ContainerWriter,
+    PackResult,
+    open,
+    pack,
+    seek_extract,
+    unpack,
+)
+from .errors import (
+    AuthenticationError,
+    IntegrityError,
+    LimitExceededError,
+    MalformedError,
+    QeltrixError,
+    QeltrixIOError,
+    TruncatedError,
+    WrongKeyError,
+)
+
+try:
+    __version__ = version("qeltrix-v6")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0+unknown"
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "AuthenticationError",
+    "ContainerFile",
+    "ContainerWriter",
+    "IntegrityError",
+    "LimitExceededError",
+    "MalformedError",
+    "PackResult",
+    "QeltrixError",
+    "QeltrixIOError",
+    "TruncatedError",
+    "WrongKeyError",
+    "__version__",
+    "open",
+    "pack",
+    "seek_extract",
+    "unpack",
+]

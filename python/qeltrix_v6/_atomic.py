@@ -1,0 +1,73 @@
+"""Atomic output files: write to a temporary file beside the target, fsync, rename.
+
+A failure, an exception or Ctrl-C before :meth:`AtomicOutput.commit` removes the temporary
+file, so no half-written file ever appears under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from types import TracebackType
+from typing import BinaryIO
+
+from .errors import QeltrixIOError
+
+TEMP_SUFFIX = ".qeltrix-tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class AtomicOutput:
+    """Context manager yielding a binary file that becomes ``path`` only on :meth:`commit`."""
+
+    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
+        self.path = os.fspath(path)
+        self.overwrite = overwrite
+        self._file: BinaryIO | None = None
+        self._tmp: str | None = None
+
+    def __enter__(self) -> BinaryIO:
+        if not self.overwrite and os.path.lexists(self.path):
+            raise QeltrixIOError(f"{self.path} already exists (use --force to overwrite)")
+        parent = os.path.dirname(os.path.abspath(self.path))
+        base = os.path.basename(self.path)
+        try:
+            fd, self._tmp = tempfile.mkstemp(dir=parent, prefix=f".{base}.", suffix=TEMP_SUFFIX)
+        except OSError as e:
+            raise QeltrixIOError(f"cannot create output in {parent}: {e.strerror}") from e
+        os.fchmod(fd, 0o666 & ~_umask())
+        self._file = os.fdopen(fd, "wb", buffering=0)
+        return self._file
+
+    def commit(self) -> None:
+        """Flush, fsync and rename the temporary file to the final name."""
+        assert self._file is not None and self._tmp is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if not self.overwrite and os.path.lexists(self.path):
+            raise QeltrixIOError(f"{self.path} already exists (use --force to overwrite)")
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+        with contextlib.suppress(OSError):
+            dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        if self._tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+            self._tmp = None

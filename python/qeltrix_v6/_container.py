@@ -1,0 +1,490 @@
+"""pack, unpack, seek_extract and open: the container API (docs/FORMAT.md).
+
+The Rust core (``qeltrix_v6._core``) does framing, placement, the index and the threaded
+pipelines; :mod:`qeltrix_v6._crypto` does every cryptographic operation. This module wires
+them together: it chooses keys and recipients, builds and verifies the header, and makes
+outputs atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import queue
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import IO, Any, BinaryIO, Literal, overload
+
+from . import _core, _crypto
+from ._atomic import AtomicOutput
+from .errors import AuthenticationError, MalformedError, QeltrixIOError, WrongKeyError
+
+DEFAULT_BLOCK_SIZE: int = _core.DEFAULT_BLOCK_SIZE
+HEADER_FLAG_PERMUTED = 1
+
+PathOrFile = str | os.PathLike[str] | IO[bytes]
+Progress = Callable[[int, int | None], object]
+_KIND_NAMES = {_crypto.KIND_KEY: "key", _crypto.KIND_ARGON2ID: "argon2id", _crypto.KIND_PBKDF2: "pbkdf2"}
+
+
+@dataclass(frozen=True)
+class PackResult:
+    """What :func:`pack` wrote."""
+
+    pt_len: int
+    block_count: int
+    container_len: int
+
+
+def _is_path(x: object) -> bool:
+    return isinstance(x, str | os.PathLike)
+
+
+def _check_credentials(passphrase: str | bytes | None, key: bytes | None) -> None:
+    if passphrase is None and key is None:
+        raise ValueError("a passphrase or a 32-byte key is required")
+    if key is not None and (not isinstance(key, bytes | bytearray) or len(key) != _crypto.KEY_LEN):
+        raise ValueError(f"key must be exactly {_crypto.KEY_LEN} bytes")
+    if passphrase is not None and len(passphrase) == 0:
+        raise ValueError("the passphrase is empty")
+
+
+def _open_input(path: str | os.PathLike[str]) -> BinaryIO:
+    try:
+        return open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the caller's ExitStack
+    except FileNotFoundError:
+        raise QeltrixIOError(f"{os.fspath(path)}: no such file") from None
+    except IsADirectoryError:
+        raise QeltrixIOError(f"{os.fspath(path)}: is a directory") from None
+    except OSError as e:
+        raise QeltrixIOError(f"{os.fspath(path)}: {e.strerror}") from None
+
+
+def build_header(
+    mk: bytes,
+    container_id: bytes,
+    cipher_id: int,
+    block_size: int,
+    perm_window: int,
+    stanzas: list[tuple[int, bytes]],
+) -> tuple[bytes, _crypto.ContainerKeys]:
+    """Encode and seal a header (FORMAT.md section 3); return it with the container keys."""
+    flags = HEADER_FLAG_PERMUTED if perm_window else 0
+    unsealed = _core.encode_header_unsealed(flags, cipher_id, block_size, perm_window, container_id, stanzas)
+    keys = _crypto.ContainerKeys(mk, container_id, cipher_id)
+    checksummed = unsealed + _crypto.sha256(unsealed)
+    return checksummed + keys.header_mac(checksummed), keys
+
+
+def pack(
+    src: PathOrFile,
+    dst: PathOrFile,
+    *,
+    passphrase: str | bytes | None = None,
+    key: bytes | None = None,
+    cipher: str = "aes-256-gcm",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    workers: int | None = None,
+    permute: bool = True,
+    progress: Progress | None = None,
+    kdf: Literal["argon2id", "pbkdf2"] = "argon2id",
+    kdf_params: dict[str, int] | None = None,
+    overwrite: bool = True,
+) -> PackResult:
+    """Encrypt ``src`` into a V6 container at ``dst``.
+
+    ``src`` and ``dst`` are paths or binary file objects. Give a ``passphrase`` (Argon2id by
+    default, ``kdf="pbkdf2"`` on request), a 32-byte ``key``, or both (two recipients). Blocks
+    are sealed on ``workers`` threads (default: one per core) with bounded memory. A path
+    ``dst`` is written atomically: it appears only when complete.
+
+    >>> import io, qeltrix_v6
+    >>> out = io.BytesIO()
+    >>> qeltrix_v6.pack(io.BytesIO(b"hello world"), out, key=bytes(32)).pt_len
+    11
+    >>> qeltrix_v6.seek_extract(io.BytesIO(out.getvalue()), 6, 5, key=bytes(32))
+    b'world'
+    """
+    _check_credentials(passphrase, key)
+    if cipher not in _crypto.CIPHERS:
+        raise ValueError(f"unknown cipher {cipher!r}: use one of {', '.join(_crypto.CIPHERS)}")
+    if not _core.MIN_BLOCK_SIZE <= block_size <= _core.MAX_BLOCK_SIZE:
+        raise ValueError(f"block_size must be in {_core.MIN_BLOCK_SIZE}..{_core.MAX_BLOCK_SIZE}")
+    mk = _crypto.random_bytes(_crypto.MK_LEN)
+    container_id = _crypto.random_bytes(16)
+    stanzas = []
+    if key is not None:
+        stanzas.append(_crypto.key_stanza(bytes(key), mk, container_id))
+    if passphrase is not None:
+        stanzas.append(_crypto.passphrase_stanza(passphrase, mk, container_id, kdf, kdf_params))
+    perm_window = _core.default_perm_window(block_size) if permute else 0
+    header, keys = build_header(mk, container_id, _crypto.CIPHERS[cipher], block_size, perm_window, stanzas)
+
+    with contextlib.ExitStack() as stack:
+        total: int | None = None
+        if _is_path(src):
+            f = stack.enter_context(_open_input(src))  # type: ignore[arg-type]
+            total = os.fstat(f.fileno()).st_size
+            src_arg: Any = f.fileno()
+        else:
+            src_arg = src
+        if _is_path(dst):
+            atomic = AtomicOutput(dst, overwrite=overwrite)  # type: ignore[arg-type]
+            out = stack.enter_context(atomic)
+            dst_arg: Any = out.fileno()
+        else:
+            atomic, dst_arg = None, dst
+        pt_len, block_count, container_len = _core.pack_stream(
+            src_arg, dst_arg, keys, header, block_size, perm_window, keys.k_perm, workers, progress, total
+        )
+        if atomic is not None:
+            atomic.commit()
+    return PackResult(pt_len, block_count, container_len)
+
+
+class _Opened:
+    """A reader whose header is verified and whose index is loaded."""
+
+    def __init__(self, reader: Any, keys: _crypto.ContainerKeys, owned: list[IO[bytes]]) -> None:
+        self.reader = reader
+        self.keys = keys
+        self._owned = owned
+
+    def close(self) -> None:
+        for f in self._owned:
+            f.close()
+        self._owned = []
+
+
+def open_reader(
+    src: PathOrFile, *, passphrase: str | bytes | None = None, key: bytes | None = None
+) -> _Opened:
+    """Open a container for reading: checksum, unwrap the MK, verify the header MAC, load the index."""
+    _check_credentials(passphrase, key)
+    owned: list[IO[bytes]] = []
+    if _is_path(src):
+        f = _open_input(src)  # type: ignore[arg-type]
+        owned.append(f)
+        arg: Any = f.fileno()
+    else:
+        if not (hasattr(src, "seekable") and src.seekable()):  # type: ignore[union-attr]
+            spool = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the _Opened
+            shutil.copyfileobj(src, spool, 1 << 20)  # type: ignore[misc]
+            owned.append(spool)
+            arg = spool.fileno()
+        else:
+            arg = src
+    try:
+        reader = _core.Reader(arg)
+        if _crypto.sha256(reader.header_checksummed) != reader.header_sha256:
+            raise AuthenticationError("container header is corrupt (checksum mismatch)")
+        mk = None
+        kinds = {kind for kind, _ in reader.stanzas}
+        for kind, body in reader.stanzas:
+            mk = _crypto.unwrap_stanza(kind, body, reader.container_id, key=key, passphrase=passphrase)
+            if mk is not None:
+                break
+        if mk is None:
+            raise WrongKeyError(_wrong_key_message(kinds, passphrase, key))
+        keys = _crypto.ContainerKeys(mk, reader.container_id, reader.cipher_id)
+        keys.verify_header_mac(reader.header_maced, reader.header_mac)
+        reader.load_index(keys)
+    except BaseException:
+        for f in owned:
+            f.close()
+        raise
+    return _Opened(reader, keys, owned)
+
+
+def _wrong_key_message(kinds: set[int], passphrase: object, key: object) -> str:
+    has_pw = bool(kinds & {_crypto.KIND_ARGON2ID, _crypto.KIND_PBKDF2})
+    has_key = _crypto.KIND_KEY in kinds
+    if key is not None and passphrase is None and not has_key and has_pw:
+        return "this container is protected by a passphrase, not a key file"
+    if passphrase is not None and key is None and not has_pw and has_key:
+        return "this container is protected by a key file, not a passphrase"
+    what = " or ".join(w for w, given in (("passphrase", passphrase), ("key", key)) if given is not None)
+    return f"wrong {what}: no recipient of this container opens with it"
+
+
+def unpack(
+    src: PathOrFile,
+    dst: PathOrFile,
+    *,
+    passphrase: str | bytes | None = None,
+    key: bytes | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    overwrite: bool = True,
+) -> int:
+    """Decrypt the container ``src`` into ``dst``; return the plaintext length.
+
+    Every block is authenticated before any of its bytes is written. A path ``dst`` is written
+    atomically; if anything fails (wrong key, tampering, Ctrl-C) no output file is left.
+    """
+    opened = open_reader(src, passphrase=passphrase, key=key)
+    try:
+        if _is_path(dst):
+            atomic = AtomicOutput(dst, overwrite=overwrite)  # type: ignore[arg-type]
+            with atomic as out:
+                n: int = opened.reader.unpack_to(out.fileno(), workers, progress)
+                atomic.commit()
+            return n
+        return int(opened.reader.unpack_to(dst, workers, progress))
+    finally:
+        opened.close()
+
+
+def seek_extract(
+    src: PathOrFile, offset: int, length: int, *, passphrase: str | bytes | None = None, key: bytes | None = None
+) -> bytes:
+    """Plaintext bytes ``[offset, offset + length)`` of a container, decrypting only the blocks
+    that cover them. Reads past the end return what exists, like a file.
+    """
+    if offset < 0 or length < 0:
+        raise ValueError("offset and length must be non-negative")
+    opened = open_reader(src, passphrase=passphrase, key=key)
+    try:
+        return bytes(opened.reader.read_at(offset, length))
+    finally:
+        opened.close()
+
+
+class ContainerFile(io.RawIOBase):
+    """A read-only, seekable binary file over a container's plaintext.
+
+    Returned by ``qeltrix_v6.open(path, "rb", ...)``. Works with :class:`io.BufferedReader`,
+    :func:`shutil.copyfileobj` and :class:`zipfile.ZipFile`.
+    """
+
+    def __init__(self, opened: _Opened, name: str | None = None) -> None:
+        super().__init__()
+        self._opened = opened
+        self._pos = 0
+        self.name = name
+        self.size: int = opened.reader.pt_total_len
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
+        view = memoryview(b).cast("B")
+        data = self._opened.reader.read_at(self._pos, len(view))
+        n = len(data)
+        view[:n] = data
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        self._checkClosed()  # type: ignore[attr-defined]
+        data: bytes = self._opened.reader.read_at(self._pos, max(0, self.size - self._pos))
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self._opened.close()
+        super().close()
+
+
+_EOF = object()
+_ABORT = object()
+
+
+class _QueueSource:
+    """The read side of :class:`ContainerWriter`: ``readinto`` fed by a bounded queue."""
+
+    def __init__(self, q: queue.Queue[object]) -> None:
+        self._q = q
+        self._chunk = b""
+        self._eof = False
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        while not self._chunk:
+            if self._eof:
+                return 0
+            item = self._q.get()
+            if item is _EOF:
+                self._eof = True
+                return 0
+            if item is _ABORT:
+                raise QeltrixIOError("the writer was closed after an error; output discarded")
+            self._chunk = item  # type: ignore[assignment]
+        n = min(len(view), len(self._chunk))
+        view[:n] = self._chunk[:n]
+        self._chunk = self._chunk[n:]
+        return n
+
+
+class ContainerWriter(io.RawIOBase):
+    """A streaming writer: bytes written to it are packed as they arrive, with bounded memory.
+
+    Returned by ``qeltrix_v6.open(dst, "wb", ...)``. The container is complete when the writer
+    is closed; leaving a ``with`` block by an exception discards the output (a path ``dst`` is
+    then never created).
+    """
+
+    _QUEUE_CHUNKS = 16
+
+    def __init__(self, dst: PathOrFile, pack_kwargs: dict[str, Any], name: str | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self._q: queue.Queue[object] = queue.Queue(maxsize=self._QUEUE_CHUNKS)
+        self._error: BaseException | None = None
+        self._result: PackResult | None = None
+        self._written = 0
+        self._thread = threading.Thread(target=self._run, args=(dst, pack_kwargs), daemon=True)
+        self._thread.start()
+
+    def _run(self, dst: PathOrFile, pack_kwargs: dict[str, Any]) -> None:
+        try:
+            self._result = pack(_QueueSource(self._q), dst, **pack_kwargs)  # type: ignore[arg-type]
+        except BaseException as e:
+            self._error = e
+            # Unblock a producer waiting on a full queue.
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._q.get_nowait()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
+        data = bytes(b)
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._q.put(data, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._written
+
+    @property
+    def result(self) -> PackResult | None:
+        """What was written, once closed."""
+        return self._result
+
+    def _finish(self, item: object) -> None:
+        while self._thread.is_alive():
+            try:
+                self._q.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._finish(_EOF)
+        super().close()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """Stop and discard the output."""
+        if self.closed:
+            return
+        self._finish(_ABORT)
+        super().close()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+
+@overload
+def open(path_or_file: PathOrFile, mode: Literal["rb"] = "rb", **kwargs: Any) -> ContainerFile: ...
+@overload
+def open(path_or_file: PathOrFile, mode: Literal["wb"], **kwargs: Any) -> ContainerWriter: ...
+def open(  # noqa: A001 - mirrors builtins.open on purpose
+    path_or_file: PathOrFile,
+    mode: str = "rb",
+    *,
+    passphrase: str | bytes | None = None,
+    key: bytes | None = None,
+    **kwargs: Any,
+) -> ContainerFile | ContainerWriter:
+    """Open a container as a file object.
+
+    ``"rb"``: a seekable, read-only view of the plaintext. ``"wb"``: a streaming writer that
+    packs what is written (``kwargs`` are :func:`pack`'s options), for input of unknown length.
+
+    >>> import io, qeltrix_v6
+    >>> buf = io.BytesIO()
+    >>> with qeltrix_v6.open(buf, "wb", key=bytes(32), block_size=16) as w:
+    ...     _ = w.write(b"0123456789" * 10)
+    >>> with qeltrix_v6.open(io.BytesIO(buf.getvalue()), key=bytes(32)) as f:
+    ...     _ = f.seek(-5, 2)
+    ...     f.read()
+    b'56789'
+    """
+    name = os.fspath(path_or_file) if _is_path(path_or_file) else getattr(path_or_file, "name", None)
+    if mode == "rb":
+        if kwargs:
+            raise TypeError(f"unexpected options for mode 'rb': {', '.join(kwargs)}")
+        return ContainerFile(open_reader(path_or_file, passphrase=passphrase, key=key), name=name)
+    if mode == "wb":
+        _check_credentials(passphrase, key)
+        return ContainerWriter(path_or_file, {"passphrase": passphrase, "key": key, **kwargs}, name=name)
+    raise ValueError(f"mode must be 'rb' or 'wb', not {mode!r}")
+
+
+def iter_blocks(opened: _Opened) -> Iterator[tuple[int, int, int]]:
+    """``(block_index, pt_offset, pt_len)`` of every block, in plaintext order."""
+    for i in range(opened.reader.block_count):
+        pt_offset, pt_len, _ = opened.reader.block_info(i)
+        yield i, pt_offset, pt_len
+
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "ContainerFile",
+    "ContainerWriter",
+    "MalformedError",
+    "PackResult",
+    "open",
+    "pack",
+    "seek_extract",
+    "unpack",
+]

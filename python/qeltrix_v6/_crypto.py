@@ -1,0 +1,283 @@
+"""The crypto layer: the only module that uses ``cryptography`` (docs/FORMAT.md 3.1, 4, 5, 6).
+
+The Rust core frames, indexes and schedules blocks; every AEAD, HKDF, HMAC, KDF and SHA-256
+operation it needs is a call into this module. The AEAD and hash calls release the GIL
+(``cryptography`` >= 50) and write into caller-owned buffers (``encrypt_into`` /
+``decrypt_into``), so two Rust worker threads encrypt two blocks at once without copies.
+"""
+
+from __future__ import annotations
+
+import hmac as _hmac
+import os
+import struct
+import unicodedata
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as _crypto_hmac
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+from .errors import AuthenticationError, MalformedError
+
+# Domain-separation labels (FORMAT.md section 4 and 3.1).
+LABEL_HEADER_MAC = b"qeltrix-v6 header mac"
+LABEL_META = b"qeltrix-v6 v6-c metadata"
+LABEL_INDEX = b"qeltrix-v6 index"
+LABEL_PERM = b"qeltrix-v6 permutation"
+LABEL_CDK = b"qeltrix-v6 cdk"
+LABEL_RECIPIENT_KEY = b"qeltrix-v6 recipient key"
+
+CIPHER_AES_256_GCM = 1
+CIPHER_CHACHA20_POLY1305 = 2
+CIPHERS = {"aes-256-gcm": CIPHER_AES_256_GCM, "chacha20-poly1305": CIPHER_CHACHA20_POLY1305}
+_AEADS = {CIPHER_AES_256_GCM: AESGCM, CIPHER_CHACHA20_POLY1305: ChaCha20Poly1305}
+
+KIND_KEY = 1
+KIND_ARGON2ID = 2
+KIND_PBKDF2 = 3
+
+MK_LEN = 32
+KEY_LEN = 32
+NONCE_LEN = 12
+TAG_LEN = 16
+SALT_LEN = 16
+META_PT_LEN = 76
+META_FRAME_LEN = NONCE_LEN + META_PT_LEN + TAG_LEN
+
+ARGON2ID_DEFAULTS = {"t_cost": 3, "m_cost_kib": 65536, "lanes": 4}
+PBKDF2_DEFAULT_ITERATIONS = 600_000
+
+_DATA_AAD = struct.Struct("<QIB")
+_ARGON2ID_BODY = struct.Struct("<16sIII12s48s")
+_PBKDF2_BODY = struct.Struct("<16sI12s48s")
+_KEY_BODY = struct.Struct("<12s48s")
+
+
+def sha256(data: bytes | bytearray | memoryview) -> bytes:
+    """SHA-256 of ``data``."""
+    h = hashes.Hash(hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA256 (RFC 5869)."""
+    return HKDF(hashes.SHA256(), length, salt, info).derive(ikm)
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104)."""
+    h = _crypto_hmac.HMAC(key, hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def random_bytes(n: int) -> bytes:
+    """``n`` bytes from the operating system's CSPRNG."""
+    return os.urandom(n)
+
+
+def normalize_passphrase(passphrase: str | bytes) -> bytes:
+    """Passphrases are NFC-normalised UTF-8 (FORMAT.md 3.1); bytes pass through."""
+    if isinstance(passphrase, bytes):
+        return passphrase
+    return unicodedata.normalize("NFC", passphrase).encode("utf-8")
+
+
+# --- recipients (FORMAT.md 3.1) -------------------------------------------------------
+
+
+def _wrap(kek: bytes, mk: bytes, container_id: bytes, kind: int) -> tuple[bytes, bytes]:
+    nonce = random_bytes(NONCE_LEN)
+    return nonce, AESGCM(kek).encrypt(nonce, mk, container_id + bytes([kind]))
+
+
+def _unwrap(kek: bytes, nonce: bytes, wrapped: bytes, container_id: bytes, kind: int) -> bytes | None:
+    try:
+        return AESGCM(kek).decrypt(nonce, wrapped, container_id + bytes([kind]))
+    except InvalidTag:
+        return None
+
+
+def _key_kek(key: bytes, container_id: bytes) -> bytes:
+    return hkdf(key, container_id, LABEL_RECIPIENT_KEY)
+
+
+def _argon2id_kek(passphrase: bytes, salt: bytes, t_cost: int, m_cost_kib: int, lanes: int) -> bytes:
+    kdf = Argon2id(salt=salt, length=KEY_LEN, iterations=t_cost, lanes=lanes, memory_cost=m_cost_kib)
+    return kdf.derive(passphrase)
+
+
+def _pbkdf2_kek(passphrase: bytes, salt: bytes, iterations: int) -> bytes:
+    return PBKDF2HMAC(hashes.SHA256(), KEY_LEN, salt, iterations).derive(passphrase)
+
+
+def key_stanza(key: bytes, mk: bytes, container_id: bytes) -> tuple[int, bytes]:
+    """A ``key`` stanza wrapping ``mk`` for a raw 32-byte key."""
+    if len(key) != KEY_LEN:
+        raise MalformedError(f"a key must be exactly {KEY_LEN} bytes, got {len(key)}")
+    nonce, wrapped = _wrap(_key_kek(key, container_id), mk, container_id, KIND_KEY)
+    return KIND_KEY, _KEY_BODY.pack(nonce, wrapped)
+
+
+def passphrase_stanza(
+    passphrase: str | bytes,
+    mk: bytes,
+    container_id: bytes,
+    kdf: str = "argon2id",
+    params: dict[str, int] | None = None,
+) -> tuple[int, bytes]:
+    """A passphrase stanza (``argon2id`` by default, ``pbkdf2`` on request)."""
+    pw = normalize_passphrase(passphrase)
+    salt = random_bytes(SALT_LEN)
+    params = dict(params or {})
+    if kdf == "argon2id":
+        p = {**ARGON2ID_DEFAULTS, **params}
+        kek = _argon2id_kek(pw, salt, p["t_cost"], p["m_cost_kib"], p["lanes"])
+        nonce, wrapped = _wrap(kek, mk, container_id, KIND_ARGON2ID)
+        return KIND_ARGON2ID, _ARGON2ID_BODY.pack(salt, p["t_cost"], p["m_cost_kib"], p["lanes"], nonce, wrapped)
+    if kdf == "pbkdf2":
+        iterations = params.get("iterations", PBKDF2_DEFAULT_ITERATIONS)
+        kek = _pbkdf2_kek(pw, salt, iterations)
+        nonce, wrapped = _wrap(kek, mk, container_id, KIND_PBKDF2)
+        return KIND_PBKDF2, _PBKDF2_BODY.pack(salt, iterations, nonce, wrapped)
+    raise MalformedError(f"unknown kdf {kdf!r}: use 'argon2id' or 'pbkdf2'")
+
+
+def unwrap_stanza(
+    kind: int, body: bytes, container_id: bytes, *, key: bytes | None, passphrase: str | bytes | None
+) -> bytes | None:
+    """The MK if this stanza opens with the credential, else ``None``.
+
+    KDF parameters were bounded by the Rust header parser before this runs.
+    """
+    if kind == KIND_KEY and key is not None:
+        nonce, wrapped = _KEY_BODY.unpack(body)
+        return _unwrap(_key_kek(key, container_id), nonce, wrapped, container_id, kind)
+    if passphrase is None:
+        return None
+    pw = normalize_passphrase(passphrase)
+    if kind == KIND_ARGON2ID:
+        salt, t_cost, m_cost_kib, lanes, nonce, wrapped = _ARGON2ID_BODY.unpack(body)
+        kek = _argon2id_kek(pw, salt, t_cost, m_cost_kib, lanes)
+        return _unwrap(kek, nonce, wrapped, container_id, kind)
+    if kind == KIND_PBKDF2:
+        salt, iterations, nonce, wrapped = _PBKDF2_BODY.unpack(body)
+        return _unwrap(_pbkdf2_kek(pw, salt, iterations), nonce, wrapped, container_id, kind)
+    return None
+
+
+# --- container keys (FORMAT.md 4, 5, 6) -------------------------------------------------
+
+
+class ContainerKeys:
+    """Keys of one container, derived from its MK; the object the Rust core calls per block.
+
+    Buffers passed in are ``bytearray`` objects owned by Rust worker threads; this class only
+    slices them, so each block costs no copy beyond the AEAD itself.
+    """
+
+    __slots__ = ("_aead_cls", "_index_aead", "_meta_aead", "cipher_id", "container_id", "k_header", "k_perm", "_mk")
+
+    def __init__(self, mk: bytes, container_id: bytes, cipher_id: int) -> None:
+        if cipher_id not in _AEADS:
+            raise MalformedError(f"unknown cipher_id {cipher_id}")
+        self._mk = mk
+        self.container_id = container_id
+        self.cipher_id = cipher_id
+        self._aead_cls = _AEADS[cipher_id]
+        self.k_header = hkdf(mk, container_id, LABEL_HEADER_MAC)
+        self.k_perm = hkdf(mk, container_id, LABEL_PERM, 16)
+        self._meta_aead = self._aead_cls(hkdf(mk, container_id, LABEL_META))
+        self._index_aead = self._aead_cls(hkdf(mk, container_id, LABEL_INDEX))
+
+    def header_mac(self, maced: bytes) -> bytes:
+        """``header_mac`` over the header bytes before it."""
+        return hmac_sha256(self.k_header, maced)
+
+    def verify_header_mac(self, maced: bytes, tag: bytes) -> None:
+        """Raise :class:`AuthenticationError` unless ``tag`` is the header's MAC."""
+        if not _hmac.compare_digest(self.header_mac(maced), tag):
+            raise AuthenticationError("container header failed authentication (corrupt or tampered)")
+
+    def _cdk(self, cdk_salt: bytes, block_index: int, pt_sha256: bytes) -> bytes:
+        info = LABEL_CDK + self.container_id + block_index.to_bytes(8, "little") + pt_sha256
+        return hkdf(self._mk, cdk_salt, info)
+
+    def _data_aad(self, block_index: int, pt_len: int, meta_flags: int) -> bytes:
+        return self.container_id + _DATA_AAD.pack(block_index, pt_len, meta_flags)
+
+    def seal_block(
+        self, block_index: int, meta_flags: int, inbuf: bytearray, pt_len: int, outbuf: bytearray
+    ) -> tuple[bytes, bytes, bytes]:
+        """Encrypt ``inbuf[:pt_len]`` into the ``data_ct`` part of ``outbuf``.
+
+        Returns ``(cdk_salt, data_nonce, pt_sha256)`` for the V6-C metadata.
+        """
+        pt = memoryview(inbuf)[:pt_len]
+        pt_sha256 = sha256(pt)
+        cdk_salt = random_bytes(SALT_LEN)
+        data_nonce = random_bytes(NONCE_LEN)
+        cdk = self._cdk(cdk_salt, block_index, pt_sha256)
+        out = memoryview(outbuf)[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN]
+        self._aead_cls(cdk).encrypt_into(data_nonce, pt, self._data_aad(block_index, pt_len, meta_flags), out)
+        return cdk_salt, data_nonce, pt_sha256
+
+    def seal_meta(self, meta_pt: bytes, outbuf: bytearray) -> None:
+        """Write ``meta_nonce || meta_ct`` into ``outbuf[:META_FRAME_LEN]``."""
+        meta_nonce = random_bytes(NONCE_LEN)
+        out = memoryview(outbuf)
+        out[:NONCE_LEN] = meta_nonce
+        self._meta_aead.encrypt_into(meta_nonce, meta_pt, self.container_id, out[NONCE_LEN:META_FRAME_LEN])
+
+    def open_meta(self, inbuf: bytearray) -> bytes:
+        """Decrypt the V6-C metadata at the start of a frame; return ``meta_pt``."""
+        frame = memoryview(inbuf)
+        try:
+            return self._meta_aead.decrypt(bytes(frame[:NONCE_LEN]), frame[NONCE_LEN:META_FRAME_LEN], self.container_id)
+        except InvalidTag:
+            raise AuthenticationError("block metadata failed authentication (corrupt or tampered)") from None
+
+    def open_block(
+        self,
+        block_index: int,
+        pt_len: int,
+        meta_flags: int,
+        cdk_salt: bytes,
+        data_nonce: bytes,
+        pt_sha256: bytes,
+        inbuf: bytearray,
+        outbuf: bytearray,
+    ) -> None:
+        """Decrypt a frame's ``data_ct`` into ``outbuf[:pt_len]`` and check its SHA-256."""
+        ct = memoryview(inbuf)[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN]
+        out = memoryview(outbuf)[:pt_len]
+        cdk = self._cdk(cdk_salt, block_index, pt_sha256)
+        try:
+            self._aead_cls(cdk).decrypt_into(data_nonce, ct, self._data_aad(block_index, pt_len, meta_flags), out)
+        except InvalidTag:
+            raise AuthenticationError(f"block {block_index} failed authentication (corrupt or tampered)") from None
+        if not _hmac.compare_digest(sha256(out), pt_sha256):
+            raise AuthenticationError(f"block {block_index} failed its integrity hash")
+
+    def _index_aad(self, footer_offset: int, footer_len: int) -> bytes:
+        return self.container_id + struct.pack("<QQ", footer_offset, footer_len)
+
+    def seal_index(self, index_pt: bytes, footer_offset: int) -> bytes:
+        """The footer: ``footer_nonce || Seal(K_index, index_pt)``."""
+        footer_len = NONCE_LEN + len(index_pt) + TAG_LEN
+        nonce = random_bytes(NONCE_LEN)
+        return nonce + self._index_aead.encrypt(nonce, index_pt, self._index_aad(footer_offset, footer_len))
+
+    def open_index(self, footer: bytes, footer_offset: int) -> bytes:
+        """Decrypt the footer; return ``index_pt``."""
+        try:
+            return self._index_aead.decrypt(
+                footer[:NONCE_LEN], footer[NONCE_LEN:], self._index_aad(footer_offset, len(footer))
+            )
+        except InvalidTag:
+            raise AuthenticationError("container index failed authentication (corrupt or tampered)") from None

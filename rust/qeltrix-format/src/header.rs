@@ -1,0 +1,445 @@
+//! Header and recipient stanzas (FORMAT.md section 3).
+//!
+//! The header is parsed from its exact bytes and keeps them (`encoded`), so the checksum and
+//! the MAC that the crypto layer verifies cover exactly what was parsed.
+use crate::error::{corrupt, limit, malformed, Result};
+use crate::{
+    read_u16, read_u32, CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305, CONTAINER_ID_LEN, FORMAT_VERSION, HEADER_ALIGN,
+    HEADER_FLAG_PERMUTED, MAGIC, MAX_BLOCK_SIZE, MAX_HEADER_LEN, MAX_RECIPIENTS, MAX_STANZA_BODY_LEN, MIN_BLOCK_SIZE,
+};
+
+/// Bytes before the first stanza.
+pub const HEADER_FIXED_LEN: usize = 44;
+/// `header_sha256 || header_mac`, the last bytes of every header.
+pub const HEADER_SEAL_LEN: usize = 64;
+
+/// Stanza kind: a raw 32-byte key.
+pub const KIND_KEY: u8 = 1;
+/// Stanza kind: a passphrase through Argon2id.
+pub const KIND_ARGON2ID: u8 = 2;
+/// Stanza kind: a passphrase through PBKDF2-HMAC-SHA256.
+pub const KIND_PBKDF2: u8 = 3;
+
+/// Exact body lengths of the known stanza kinds.
+pub const KEY_BODY_LEN: usize = 60;
+/// Body of an `argon2id` stanza.
+pub const ARGON2ID_BODY_LEN: usize = 88;
+/// Body of a `pbkdf2` stanza.
+pub const PBKDF2_BODY_LEN: usize = 80;
+
+/// Argon2id limits enforced before any KDF runs (FORMAT.md section 9).
+pub const ARGON2ID_MAX_T_COST: u32 = 16;
+/// Largest Argon2id memory cost, in KiB (1 GiB).
+pub const ARGON2ID_MAX_M_COST_KIB: u32 = 1 << 20;
+/// Largest Argon2id lane count.
+pub const ARGON2ID_MAX_LANES: u32 = 16;
+/// PBKDF2 iteration bounds.
+pub const PBKDF2_MIN_ITERATIONS: u32 = 1_000;
+/// Largest PBKDF2 iteration count.
+pub const PBKDF2_MAX_ITERATIONS: u32 = 10_000_000;
+
+/// One recipient stanza: the MK wrapped for one credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stanza {
+    /// Stanza kind (`KIND_*`); unknown kinds are kept and skipped by readers.
+    pub kind: u8,
+    /// The body, exactly `body_len` bytes.
+    pub body: Vec<u8>,
+}
+
+impl Stanza {
+    /// Check a known kind's body length and, for passphrase kinds, its KDF parameters.
+    pub fn validate(&self) -> Result<()> {
+        let expect = match self.kind {
+            KIND_KEY => KEY_BODY_LEN,
+            KIND_ARGON2ID => ARGON2ID_BODY_LEN,
+            KIND_PBKDF2 => PBKDF2_BODY_LEN,
+            _ => return Ok(()),
+        };
+        if self.body.len() != expect {
+            return malformed(format!(
+                "recipient stanza of kind {} has body_len {} (expected {expect})",
+                self.kind,
+                self.body.len()
+            ));
+        }
+        match self.kind {
+            KIND_ARGON2ID => {
+                let (t, m, lanes) = self.argon2id_params().expect("kind checked");
+                if !(1..=ARGON2ID_MAX_T_COST).contains(&t) {
+                    return limit(format!("argon2id t_cost {t} outside 1..={ARGON2ID_MAX_T_COST}"));
+                }
+                if !(1..=ARGON2ID_MAX_LANES).contains(&lanes) {
+                    return limit(format!("argon2id lanes {lanes} outside 1..={ARGON2ID_MAX_LANES}"));
+                }
+                if m < 8 * lanes || m > ARGON2ID_MAX_M_COST_KIB {
+                    return limit(format!(
+                        "argon2id m_cost_kib {m} outside {}..={ARGON2ID_MAX_M_COST_KIB}",
+                        8 * lanes
+                    ));
+                }
+            }
+            KIND_PBKDF2 => {
+                let it = self.pbkdf2_iterations().expect("kind checked");
+                if !(PBKDF2_MIN_ITERATIONS..=PBKDF2_MAX_ITERATIONS).contains(&it) {
+                    return limit(format!(
+                        "pbkdf2 iterations {it} outside \
+                         {PBKDF2_MIN_ITERATIONS}..={PBKDF2_MAX_ITERATIONS}"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `(t_cost, m_cost_kib, lanes)` of an `argon2id` stanza.
+    pub fn argon2id_params(&self) -> Option<(u32, u32, u32)> {
+        (self.kind == KIND_ARGON2ID && self.body.len() == ARGON2ID_BODY_LEN).then(|| {
+            (
+                read_u32(&self.body, 16),
+                read_u32(&self.body, 20),
+                read_u32(&self.body, 24),
+            )
+        })
+    }
+
+    /// `iterations` of a `pbkdf2` stanza.
+    pub fn pbkdf2_iterations(&self) -> Option<u32> {
+        (self.kind == KIND_PBKDF2 && self.body.len() == PBKDF2_BODY_LEN).then(|| read_u32(&self.body, 16))
+    }
+
+    /// Name of the kind as FORMAT.md spells it.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            KIND_KEY => "key",
+            KIND_ARGON2ID => "argon2id",
+            KIND_PBKDF2 => "pbkdf2",
+            _ => "unknown",
+        }
+    }
+}
+
+/// A parsed header (FORMAT.md section 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub format_version: u16,
+    pub header_len: u32,
+    pub header_flags: u16,
+    pub cipher_id: u8,
+    pub block_size: u32,
+    pub perm_window: u32,
+    pub container_id: [u8; CONTAINER_ID_LEN],
+    pub stanzas: Vec<Stanza>,
+    /// The exact header bytes this value was parsed from (or encoded to, unsealed part
+    /// followed by the seal when built by [`Header::encode_unsealed`] and sealed).
+    pub encoded: Vec<u8>,
+}
+
+impl Header {
+    /// Read `header_len` from the first bytes of a file, checking the magic, the version
+    /// and the length bounds, so a caller knows how much to read before [`Header::parse`].
+    pub fn peek_len(prefix: &[u8]) -> Result<u32> {
+        if prefix.len() < HEADER_FIXED_LEN || prefix[..8] != MAGIC {
+            return malformed("not a Qeltrix V6 container (bad magic)");
+        }
+        let version = read_u16(prefix, 8);
+        if version != FORMAT_VERSION {
+            return malformed(format!(
+                "unsupported format_version {version} (this build reads {FORMAT_VERSION})"
+            ));
+        }
+        let header_len = read_u32(prefix, 10);
+        let min = (HEADER_FIXED_LEN + HEADER_SEAL_LEN) as u32;
+        if header_len < min {
+            return malformed(format!("header_len {header_len} is below {min}"));
+        }
+        if header_len > MAX_HEADER_LEN {
+            return limit(format!("header_len {header_len} exceeds {MAX_HEADER_LEN}"));
+        }
+        Ok(header_len)
+    }
+
+    /// Parse a whole header (exactly `header_len` bytes). Checks structure and limits; the
+    /// caller verifies `header_sha256` and `header_mac` over [`Header::checksummed`] and
+    /// [`Header::maced`].
+    pub fn parse(bytes: &[u8]) -> Result<Header> {
+        let header_len = Self::peek_len(bytes)?;
+        if bytes.len() != header_len as usize {
+            return malformed(format!(
+                "header is {} bytes but header_len says {header_len}",
+                bytes.len()
+            ));
+        }
+        let header_flags = read_u16(bytes, 14);
+        if header_flags & !HEADER_FLAG_PERMUTED != 0 {
+            return malformed(format!("unknown header_flags bits {header_flags:#06x}"));
+        }
+        let cipher_id = bytes[16];
+        if cipher_id != CIPHER_AES_256_GCM && cipher_id != CIPHER_CHACHA20_POLY1305 {
+            return malformed(format!("unknown cipher_id {cipher_id}"));
+        }
+        if bytes[17] != 0 {
+            return malformed("reserved header byte is not zero");
+        }
+        let block_size = read_u32(bytes, 18);
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+            return limit(format!(
+                "block_size {block_size} outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"
+            ));
+        }
+        let perm_window = read_u32(bytes, 22);
+        let permuted = header_flags & HEADER_FLAG_PERMUTED != 0;
+        if permuted == (perm_window == 0) {
+            return malformed("perm_window disagrees with the PERMUTED flag");
+        }
+        let container_id: [u8; CONTAINER_ID_LEN] = bytes[26..42].try_into().expect("16 bytes");
+        let recipient_count = read_u16(bytes, 42);
+        if recipient_count == 0 {
+            return malformed("header has no recipients");
+        }
+        if recipient_count > MAX_RECIPIENTS {
+            return limit(format!("recipient_count {recipient_count} exceeds {MAX_RECIPIENTS}"));
+        }
+        let end = header_len as usize - HEADER_SEAL_LEN;
+        let mut pos = HEADER_FIXED_LEN;
+        let mut stanzas = Vec::with_capacity(recipient_count as usize);
+        for n in 0..recipient_count {
+            if pos + 3 > end {
+                return malformed(format!("recipient stanza {n} runs past the header"));
+            }
+            let kind = bytes[pos];
+            let body_len = read_u16(bytes, pos + 1);
+            if body_len > MAX_STANZA_BODY_LEN {
+                return limit(format!(
+                    "recipient stanza {n} body_len {body_len} exceeds {MAX_STANZA_BODY_LEN}"
+                ));
+            }
+            let body_end = pos + 3 + body_len as usize;
+            if body_end > end {
+                return malformed(format!("recipient stanza {n} runs past the header"));
+            }
+            let stanza = Stanza {
+                kind,
+                body: bytes[pos + 3..body_end].to_vec(),
+            };
+            stanza.validate()?;
+            stanzas.push(stanza);
+            pos = body_end;
+        }
+        if bytes[pos..end].iter().any(|&b| b != 0) {
+            // Padding is covered by the checksum; non-zero padding is non-canonical.
+            return corrupt("header padding is not zero");
+        }
+        Ok(Header {
+            format_version: FORMAT_VERSION,
+            header_len,
+            header_flags,
+            cipher_id,
+            block_size,
+            perm_window,
+            container_id,
+            stanzas,
+            encoded: bytes.to_vec(),
+        })
+    }
+
+    /// Whether frames are stored in permuted order.
+    pub fn permuted(&self) -> bool {
+        self.header_flags & HEADER_FLAG_PERMUTED != 0
+    }
+
+    /// The bytes `header_sha256` covers.
+    pub fn checksummed(&self) -> &[u8] {
+        &self.encoded[..self.encoded.len() - HEADER_SEAL_LEN]
+    }
+
+    /// The bytes `header_mac` covers (everything but the MAC itself).
+    pub fn maced(&self) -> &[u8] {
+        &self.encoded[..self.encoded.len() - 32]
+    }
+
+    /// The stored `header_sha256`.
+    pub fn header_sha256(&self) -> &[u8] {
+        let n = self.encoded.len();
+        &self.encoded[n - 64..n - 32]
+    }
+
+    /// The stored `header_mac`.
+    pub fn header_mac(&self) -> &[u8] {
+        let n = self.encoded.len();
+        &self.encoded[n - 32..]
+    }
+
+    /// Length a header with these stanzas needs before padding and seal.
+    pub fn needed_len(stanzas: &[Stanza]) -> usize {
+        HEADER_FIXED_LEN + stanzas.iter().map(|s| 3 + s.body.len()).sum::<usize>()
+    }
+
+    /// Encode every header byte before `header_sha256` (fixed fields, stanzas, padding).
+    /// `header_len` is rounded up to [`HEADER_ALIGN`] unless `min_header_len` asks for more.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_unsealed(
+        header_flags: u16,
+        cipher_id: u8,
+        block_size: u32,
+        perm_window: u32,
+        container_id: [u8; CONTAINER_ID_LEN],
+        stanzas: &[Stanza],
+        min_header_len: u32,
+    ) -> Result<Vec<u8>> {
+        if stanzas.is_empty() || stanzas.len() > MAX_RECIPIENTS as usize {
+            return limit(format!("a header holds 1..={MAX_RECIPIENTS} recipients"));
+        }
+        for s in stanzas {
+            if s.body.len() > MAX_STANZA_BODY_LEN as usize {
+                return limit("recipient stanza body too long");
+            }
+            s.validate()?;
+        }
+        let needed = Self::needed_len(stanzas) + HEADER_SEAL_LEN;
+        let align = HEADER_ALIGN as usize;
+        let header_len = needed.div_ceil(align) * align;
+        let header_len = header_len.max(min_header_len as usize);
+        if header_len > MAX_HEADER_LEN as usize {
+            return limit(format!("header would be {header_len} bytes, over {MAX_HEADER_LEN}"));
+        }
+        let mut out = Vec::with_capacity(header_len);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(header_len as u32).to_le_bytes());
+        out.extend_from_slice(&header_flags.to_le_bytes());
+        out.push(cipher_id);
+        out.push(0);
+        out.extend_from_slice(&block_size.to_le_bytes());
+        out.extend_from_slice(&perm_window.to_le_bytes());
+        out.extend_from_slice(&container_id);
+        out.extend_from_slice(&(stanzas.len() as u16).to_le_bytes());
+        for s in stanzas {
+            out.push(s.kind);
+            out.extend_from_slice(&(s.body.len() as u16).to_le_bytes());
+            out.extend_from_slice(&s.body);
+        }
+        out.resize(header_len - HEADER_SEAL_LEN, 0);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FormatError;
+    use proptest::prelude::*;
+
+    fn key_stanza() -> Stanza {
+        Stanza {
+            kind: KIND_KEY,
+            body: vec![7; KEY_BODY_LEN],
+        }
+    }
+
+    fn sealed(unsealed: Vec<u8>) -> Vec<u8> {
+        let mut v = unsealed;
+        v.extend_from_slice(&[0xAA; 64]);
+        v
+    }
+
+    fn sample() -> Vec<u8> {
+        sealed(Header::encode_unsealed(1, 1, 1 << 18, 64, [9; 16], &[key_stanza()], 0).expect("encodes"))
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = sample();
+        assert_eq!(bytes.len(), 4096);
+        let h = Header::parse(&bytes).expect("parses");
+        assert_eq!(h.header_len, 4096);
+        assert_eq!(h.block_size, 1 << 18);
+        assert_eq!(h.perm_window, 64);
+        assert!(h.permuted());
+        assert_eq!(h.container_id, [9; 16]);
+        assert_eq!(h.stanzas, vec![key_stanza()]);
+        assert_eq!(h.header_mac(), &[0xAA; 32]);
+        assert_eq!(h.checksummed().len(), 4096 - 64);
+    }
+
+    #[test]
+    fn rejects_bad_magic_and_version() {
+        let mut b = sample();
+        b[0] ^= 1;
+        assert!(matches!(Header::parse(&b), Err(FormatError::Malformed(_))));
+        let mut b = sample();
+        b[8] = 2;
+        assert!(matches!(Header::parse(&b), Err(FormatError::Malformed(_))));
+    }
+
+    #[test]
+    fn rejects_hostile_lengths() {
+        let mut b = sample();
+        b[10..14].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(Header::peek_len(&b), Err(FormatError::Limit(_))));
+        let mut b = sample();
+        b[42..44].copy_from_slice(&1000u16.to_le_bytes());
+        assert!(matches!(Header::parse(&b), Err(FormatError::Limit(_))));
+        let mut b = sample();
+        b[45..47].copy_from_slice(&4000u16.to_le_bytes());
+        assert!(matches!(Header::parse(&b), Err(FormatError::Malformed(_))));
+        let mut b = sample();
+        b[18..22].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(Header::parse(&b), Err(FormatError::Limit(_))));
+    }
+
+    #[test]
+    fn rejects_hostile_kdf_params() {
+        let mut body = vec![0u8; ARGON2ID_BODY_LEN];
+        body[16..20].copy_from_slice(&3u32.to_le_bytes());
+        body[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        body[24..28].copy_from_slice(&4u32.to_le_bytes());
+        let s = Stanza {
+            kind: KIND_ARGON2ID,
+            body,
+        };
+        assert!(matches!(s.validate(), Err(FormatError::Limit(_))));
+        let mut body = vec![0u8; PBKDF2_BODY_LEN];
+        body[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        let s = Stanza {
+            kind: KIND_PBKDF2,
+            body,
+        };
+        assert!(matches!(s.validate(), Err(FormatError::Limit(_))));
+    }
+
+    #[test]
+    fn unknown_stanza_kinds_are_kept() {
+        let s = Stanza {
+            kind: 200,
+            body: vec![1, 2, 3],
+        };
+        let b = sealed(Header::encode_unsealed(0, 2, 64, 0, [0; 16], &[s.clone(), key_stanza()], 0).expect("encodes"));
+        let h = Header::parse(&b).expect("parses");
+        assert_eq!(h.stanzas[0], s);
+        assert!(!h.permuted());
+    }
+
+    #[test]
+    fn nonzero_padding_is_corrupt() {
+        let mut b = sample();
+        b[4000] = 1;
+        assert!(matches!(Header::parse(&b), Err(FormatError::Corrupt(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Header::parse(&bytes);
+            let _ = Header::peek_len(&bytes);
+        }
+
+        #[test]
+        fn mutated_header_never_panics(pos in 0usize..4096, val in any::<u8>()) {
+            let mut b = sample();
+            b[pos] = val;
+            let _ = Header::parse(&b);
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Sources, sinks and GIL-free buffers for the pipelines.
+//!
+//! A source or sink is either a file descriptor (the fast path: Rust reads and writes it with
+//! the GIL released) or a Python binary file object (`readinto` / `write` / `seek`, called
+//! with the GIL held). Buffers are `bytearray`s so the crypto layer can `encrypt_into` them.
+use crate::error::Result;
+use crate::types::{READINTO, SEEK, WRITE};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PySlice};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{BorrowedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+
+/// A `bytearray` owned by one pipeline stage, whose data pointer Rust uses without the GIL.
+pub struct PyBuf {
+    obj: Py<PyByteArray>,
+    ptr: *mut u8,
+    cap: usize,
+}
+
+// SAFETY: the pointer refers to the bytearray's heap storage, which `obj` keeps alive. The
+// buffer is never resized (Python code only ever sees it through memoryview slices during a
+// crypto call, and an exported memoryview forbids resizing anyway), and at any time exactly one
+// thread owns the PyBuf, so moving it between threads moves the only access path.
+unsafe impl Send for PyBuf {}
+
+impl PyBuf {
+    /// A zero-filled buffer of `cap` bytes.
+    pub fn new(py: Python<'_>, cap: usize) -> PyResult<PyBuf> {
+        let b = PyByteArray::new_with(py, cap, |_| Ok(()))?;
+        let ptr = b.data();
+        Ok(PyBuf {
+            obj: b.unbind(),
+            ptr,
+            cap,
+        })
+    }
+
+    /// The bytearray, for passing to Python.
+    pub fn obj<'py>(&self, py: Python<'py>) -> &Bound<'py, PyByteArray> {
+        self.obj.bind(py)
+    }
+
+    /// The whole buffer.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: see the `Send` impl; `&self` excludes concurrent Rust writers and no Python
+        // code holds the buffer outside a call this thread is making.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.cap) }
+    }
+
+    /// The whole buffer, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as for `as_slice`, with `&mut self` making this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.cap) }
+    }
+}
+
+fn memview_slice<'py>(py: Python<'py>, buf: &PyBuf, start: usize, end: usize) -> PyResult<Bound<'py, PyAny>> {
+    let mv = PyMemoryView::from(buf.obj(py).as_any())?;
+    mv.get_item(PySlice::new(py, start as isize, end as isize, 1))
+}
+
+fn fd_of(obj: &Bound<'_, PyAny>) -> PyResult<Option<File>> {
+    if !obj.is_instance_of::<PyInt>() {
+        return Ok(None);
+    }
+    let fd: RawFd = obj.extract()?;
+    // SAFETY: the caller passes a descriptor it keeps open for the duration of the call; we
+    // only borrow it to duplicate it, and the duplicate is ours to own and close.
+    let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    Ok(Some(File::from(owned)))
+}
+
+/// Where plaintext (pack) or a container (unpack) is read from, sequentially.
+pub enum Source {
+    Fd(File),
+    Py(Py<PyAny>),
+}
+
+impl Source {
+    /// An `int` is a file descriptor; anything else is a binary file object.
+    pub fn from_py(obj: &Bound<'_, PyAny>) -> PyResult<Source> {
+        Ok(match fd_of(obj)? {
+            Some(f) => Source::Fd(f),
+            None => Source::Py(obj.clone().unbind()),
+        })
+    }
+
+    /// Read until `buf[..want]` is full or the source ends; returns the bytes read. A short
+    /// count therefore always means end of input.
+    pub fn fill(&mut self, buf: &mut PyBuf, want: usize) -> Result<usize> {
+        let mut got = 0;
+        while got < want {
+            let n = match self {
+                Source::Fd(f) => match f.read(&mut buf.as_mut_slice()[got..want]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e.into()),
+                },
+                Source::Py(obj) => Python::attach(|py| -> PyResult<usize> {
+                    let view = memview_slice(py, buf, got, want)?;
+                    let r = obj.call_method1(py, READINTO, (view,))?;
+                    // None means "no data yet" on a non-blocking stream: treat as a retry.
+                    Ok(if r.is_none(py) { usize::MAX } else { r.extract(py)? })
+                })?,
+            };
+            if n == usize::MAX {
+                std::thread::yield_now();
+                continue;
+            }
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok(got)
+    }
+}
+
+/// A random-access container source shared by reader threads.
+pub enum RandomSource {
+    Fd(File),
+    /// Python file objects are not thread-safe for seek+read pairs: one at a time. The lock
+    /// is always taken before attaching to Python, never while attached.
+    Py(Mutex<Py<PyAny>>),
+}
+
+impl RandomSource {
+    /// An `int` is a file descriptor; anything else is a seekable binary file object.
+    pub fn from_py(obj: &Bound<'_, PyAny>) -> PyResult<RandomSource> {
+        Ok(match fd_of(obj)? {
+            Some(f) => RandomSource::Fd(f),
+            None => RandomSource::Py(Mutex::new(obj.clone().unbind())),
+        })
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> Result<u64> {
+        match self {
+            RandomSource::Fd(f) => Ok(f.metadata()?.len()),
+            RandomSource::Py(m) => {
+                let obj = m.lock().expect("source lock");
+                Ok(Python::attach(|py| {
+                    obj.call_method1(py, SEEK, (0, 2))?.extract::<u64>(py)
+                })?)
+            }
+        }
+    }
+
+    /// Read exactly `n` bytes at `pos` into `buf[..n]`; a short file is `UnexpectedEof`.
+    pub fn read_exact_at(&self, pos: u64, buf: &mut PyBuf, n: usize) -> Result<()> {
+        match self {
+            RandomSource::Fd(f) => Ok(f.read_exact_at(&mut buf.as_mut_slice()[..n], pos)?),
+            RandomSource::Py(m) => {
+                let obj = m.lock().expect("source lock");
+                Python::attach(|py| -> Result<()> {
+                    obj.call_method1(py, SEEK, (pos, 0))?;
+                    let mut got = 0;
+                    while got < n {
+                        let view = memview_slice(py, buf, got, n)?;
+                        let r: Option<usize> = obj.call_method1(py, READINTO, (view,))?.extract(py)?;
+                        match r {
+                            Some(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+                            Some(k) => got += k,
+                            None => std::thread::yield_now(),
+                        }
+                    }
+                    Ok(())
+                })
+            }
+        }
+    }
+
+    /// Read `n` bytes at `pos` into a new vector (small structures: header, trailer, footer).
+    pub fn read_vec_at(&self, pos: u64, n: usize) -> Result<Vec<u8>> {
+        let mut buf = Python::attach(|py| PyBuf::new(py, n))?;
+        self.read_exact_at(pos, &mut buf, n)?;
+        Ok(buf.as_slice().to_vec())
+    }
+}
+
+/// Where a container (pack) or plaintext (unpack) is written, sequentially.
+pub enum Sink {
+    Fd(File),
+    Py(Py<PyAny>),
+}
+
+impl Sink {
+    /// An `int` is a file descriptor; anything else is a binary file object.
+    pub fn from_py(obj: &Bound<'_, PyAny>) -> PyResult<Sink> {
+        Ok(match fd_of(obj)? {
+            Some(f) => Sink::Fd(f),
+            None => Sink::Py(obj.clone().unbind()),
+        })
+    }
+
+    /// Write `buf[start..end]`.
+    pub fn write_buf(&mut self, buf: &PyBuf, start: usize, end: usize) -> Result<()> {
+        match self {
+            Sink::Fd(f) => Ok(f.write_all(&buf.as_slice()[start..end])?),
+            Sink::Py(obj) => Python::attach(|py| -> Result<()> {
+                let mut pos = start;
+                while pos < end {
+                    let view = memview_slice(py, buf, pos, end)?;
+                    let r: Option<usize> = obj.call_method1(py, WRITE, (view,))?.extract(py)?;
+                    match r {
+                        Some(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                        Some(k) => pos += k,
+                        None => std::thread::yield_now(),
+                    }
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    /// Write a small byte string (header, footer, trailer).
+    pub fn write_bytes(&mut self, data: &[u8]) -> Result<()> {
+        match self {
+            Sink::Fd(f) => Ok(f.write_all(data)?),
+            Sink::Py(obj) => Python::attach(|py| -> Result<()> {
+                let mut pos = 0;
+                while pos < data.len() {
+                    let r: Option<usize> = obj
+                        .call_method1(py, WRITE, (PyBytes::new(py, &data[pos..]),))?
+                        .extract(py)?;
+                    match r {
+                        Some(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                        Some(k) => pos += k,
+                        None => std::thread::yield_now(),
+                    }
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    /// Flush Rust-side buffering (there is none for descriptors; Python objects flush on close).
+    pub fn flush(&mut self) -> Result<()> {
+        if let Sink::Fd(f) = self {
+            f.flush()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,22 @@
+//! `qeltrix_v6._core`: the Rust half of Qeltrix V6 as a Python extension module.
+//!
+//! Framing, the index, seek math, the permutation and the threaded pipelines live here and in
+//! `qeltrix-format`; every AEAD, HKDF and SHA-256 call goes back to `qeltrix_v6._crypto`
+//! (see `types.rs` for every touchpoint). The GIL is released around all I/O and waits.
+mod codec;
+mod error;
+mod io;
+mod pack;
+mod pipeline;
+mod reader;
+mod types;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(pack::pack_stream, m)?)?;
+    m.add_class::<reader::Reader>()?;
+    codec::register(m)?;
+    Ok(())
+}

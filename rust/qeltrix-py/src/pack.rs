@@ -1,0 +1,341 @@
+//! The pack pipeline (FORMAT.md sections 5-7): one reader thread cuts the input into blocks,
+//! worker threads seal them through the crypto layer, and the calling thread places frames
+//! (permuted per window), writes them and finally writes the footer and trailer.
+//!
+//! Memory is bounded by the buffer pools: `2 * workers + 2` plaintext blocks and
+//! `perm_window + 2 * workers + 2` frames, whatever the input size.
+use crate::error::{Error, Result};
+use crate::io::{PyBuf, Sink, Source};
+use crate::pipeline::{worker_count, Progress, Shared, POLL};
+use crate::types::{SEAL_BLOCK, SEAL_INDEX, SEAL_META};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use qeltrix_format::{frame_len, BlockMeta, FormatError, Index, IndexEntry, Permutation, Trailer};
+use qeltrix_format::{MAX_BLOCK_COUNT, MAX_BLOCK_SIZE, META_FLAG_FINAL, MIN_BLOCK_SIZE};
+use std::collections::BTreeMap;
+
+struct Job {
+    block_index: u64,
+    buf: PyBuf,
+    pt_len: usize,
+    last: bool,
+}
+
+enum Msg {
+    Frame { block_index: u64, buf: PyBuf, pt_len: u32 },
+    Eof { block_count: u64 },
+}
+
+/// Summary of a finished pack.
+struct Packed {
+    pt_total_len: u64,
+    block_count: u64,
+    container_len: u64,
+}
+
+/// Pack `src` into `dst` as a V6 container whose sealed header is `header`.
+///
+/// `src` and `dst` are file descriptors (`int`) or binary file objects. `keys` is a
+/// `qeltrix_v6._crypto.ContainerKeys`. `perm_window == 0` stores frames in logical order.
+/// Returns `(pt_total_len, block_count, container_len)`.
+#[pyfunction]
+#[pyo3(signature = (src, dst, keys, header, block_size, perm_window, k_perm, workers=None, progress=None, total_hint=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn pack_stream(
+    py: Python<'_>,
+    src: &Bound<'_, PyAny>,
+    dst: &Bound<'_, PyAny>,
+    keys: Py<PyAny>,
+    header: Vec<u8>,
+    block_size: u32,
+    perm_window: u32,
+    k_perm: [u8; 16],
+    workers: Option<usize>,
+    progress: Option<Py<PyAny>>,
+    total_hint: Option<u64>,
+) -> PyResult<(u64, u64, u64)> {
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return Err(Error::Format(FormatError::Limit(format!(
+            "block_size {block_size} outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"
+        )))
+        .into());
+    }
+    let mut source = Source::from_py(src)?;
+    let mut sink = Sink::from_py(dst)?;
+    let workers = worker_count(workers);
+    let window = u64::from(perm_window.max(1));
+    let frame_cap = frame_len(block_size) as usize;
+    let in_count = 2 * workers + 2;
+    let out_count = window as usize + 2 * workers + 2;
+    let in_bufs = (0..in_count)
+        .map(|_| PyBuf::new(py, block_size as usize))
+        .collect::<PyResult<Vec<_>>>()?;
+    let out_bufs = (0..out_count)
+        .map(|_| PyBuf::new(py, frame_cap))
+        .collect::<PyResult<Vec<_>>>()?;
+    let plan = Plan {
+        keys,
+        block_size,
+        window,
+        permuted: perm_window > 0,
+        k_perm,
+        workers,
+    };
+    let mut progress = Progress::new(progress, total_hint);
+    let packed = py.detach(|| plan.run(&mut source, &mut sink, &header, in_bufs, out_bufs, &mut progress))?;
+    Ok((packed.pt_total_len, packed.block_count, packed.container_len))
+}
+
+struct Plan {
+    keys: Py<PyAny>,
+    block_size: u32,
+    window: u64,
+    permuted: bool,
+    k_perm: [u8; 16],
+    workers: usize,
+}
+
+impl Plan {
+    fn run(
+        &self,
+        source: &mut Source,
+        sink: &mut Sink,
+        header: &[u8],
+        in_bufs: Vec<PyBuf>,
+        out_bufs: Vec<PyBuf>,
+        progress: &mut Progress,
+    ) -> Result<Packed> {
+        sink.write_bytes(header)?;
+        let shared = Shared::default();
+        let (free_in_tx, free_in_rx) = bounded(in_bufs.len());
+        for b in in_bufs {
+            free_in_tx.send(b).expect("pool has room");
+        }
+        let (free_out_tx, free_out_rx) = bounded(out_bufs.len());
+        for b in out_bufs {
+            free_out_tx.send(b).expect("pool has room");
+        }
+        let (job_tx, job_rx) = bounded::<Job>(self.workers * 2);
+        let (msg_tx, msg_rx) = bounded::<Msg>(free_out_tx.capacity().unwrap_or(64) + 1);
+
+        let result = std::thread::scope(|scope| {
+            {
+                let (shared, free_in_rx, msg_tx) = (&shared, free_in_rx.clone(), msg_tx.clone());
+                scope.spawn(move || shared.run(|| self.read_blocks(source, shared, &free_in_rx, job_tx, &msg_tx)));
+            }
+            for _ in 0..self.workers {
+                let (shared, job_rx, free_in_tx) = (&shared, job_rx.clone(), free_in_tx.clone());
+                let (free_out_rx, msg_tx) = (free_out_rx.clone(), msg_tx.clone());
+                scope.spawn(move || {
+                    shared.run(|| self.seal_blocks(shared, &job_rx, &free_in_tx, &free_out_rx, &msg_tx))
+                });
+            }
+            drop(msg_tx);
+            let r = self.write_frames(sink, header.len() as u64, &shared, &msg_rx, &free_out_tx, progress);
+            if let Err(e) = r {
+                shared.fail(e);
+                return None;
+            }
+            r.ok()
+        });
+        if let Some(e) = shared.take_error() {
+            return Err(e);
+        }
+        let (entries, footer_offset) = result.expect("no error means the writer finished");
+        let index = Index::new(entries, 0)?;
+        let footer = Python::attach(|py| -> PyResult<Vec<u8>> {
+            let index_pt = PyBytes::new(py, &index.encode());
+            self.keys
+                .call_method1(py, SEAL_INDEX, (index_pt, footer_offset))?
+                .extract(py)
+        })?;
+        sink.write_bytes(&footer)?;
+        let trailer = Trailer {
+            footer_offset,
+            footer_len: footer.len() as u64,
+        };
+        sink.write_bytes(&trailer.encode())?;
+        sink.flush()?;
+        progress.update(index.pt_total_len, true)?;
+        Ok(Packed {
+            pt_total_len: index.pt_total_len,
+            block_count: index.block_count(),
+            container_len: footer_offset + footer.len() as u64 + trailer.encode().len() as u64,
+        })
+    }
+
+    /// Cut the input into full blocks; the block that meets end of input is marked last.
+    fn read_blocks(
+        &self,
+        source: &mut Source,
+        shared: &Shared,
+        free_in: &Receiver<PyBuf>,
+        jobs: Sender<Job>,
+        msgs: &Sender<Msg>,
+    ) -> Result<()> {
+        let want = self.block_size as usize;
+        let mut pending: Option<Job> = None;
+        let mut block_index = 0u64;
+        loop {
+            let Some(mut buf) = shared.recv(free_in) else {
+                return Ok(());
+            };
+            let n = source.fill(&mut buf, want)?;
+            // `fill` only returns short at end of input, so a short block is the last one.
+            let at_end = n < want;
+            if let Some(mut job) = pending.take() {
+                job.last = n == 0;
+                if !shared.send(&jobs, job) {
+                    return Ok(());
+                }
+            }
+            if n > 0 {
+                if block_index >= MAX_BLOCK_COUNT {
+                    return Err(FormatError::Limit(format!("input needs more than {MAX_BLOCK_COUNT} blocks")).into());
+                }
+                let job = Job {
+                    block_index,
+                    buf,
+                    pt_len: n,
+                    last: at_end,
+                };
+                block_index += 1;
+                if at_end {
+                    if !shared.send(&jobs, job) {
+                        return Ok(());
+                    }
+                } else {
+                    pending = Some(job);
+                }
+            }
+            if at_end {
+                shared.send(
+                    msgs,
+                    Msg::Eof {
+                        block_count: block_index,
+                    },
+                );
+                return Ok(());
+            }
+        }
+    }
+
+    fn seal_blocks(
+        &self,
+        shared: &Shared,
+        jobs: &Receiver<Job>,
+        free_in: &Sender<PyBuf>,
+        free_out: &Receiver<PyBuf>,
+        msgs: &Sender<Msg>,
+    ) -> Result<()> {
+        while let Some(job) = shared.recv(jobs) {
+            let Some(out) = shared.recv(free_out) else {
+                return Ok(());
+            };
+            let meta_flags = if job.last { META_FLAG_FINAL } else { 0 };
+            let pt_len = job.pt_len as u32;
+            Python::attach(|py| -> PyResult<()> {
+                let args = (job.block_index, meta_flags, job.buf.obj(py), job.pt_len, out.obj(py));
+                let (cdk_salt, data_nonce, pt_sha256): ([u8; 16], [u8; 12], [u8; 32]) =
+                    self.keys.call_method1(py, SEAL_BLOCK, args)?.extract(py)?;
+                let meta = BlockMeta {
+                    block_index: job.block_index,
+                    pt_len,
+                    meta_flags,
+                    cdk_salt,
+                    data_nonce,
+                    pt_sha256,
+                };
+                self.keys
+                    .call_method1(py, SEAL_META, (PyBytes::new(py, &meta.encode()), out.obj(py)))?;
+                Ok(())
+            })?;
+            if !shared.send(free_in, job.buf) {
+                return Ok(());
+            }
+            if !shared.send(
+                msgs,
+                Msg::Frame {
+                    block_index: job.block_index,
+                    buf: out,
+                    pt_len,
+                },
+            ) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Place frames: gather one window, then write it in permuted order.
+    fn write_frames(
+        &self,
+        sink: &mut Sink,
+        mut offset: u64,
+        shared: &Shared,
+        msgs: &Receiver<Msg>,
+        free_out: &Sender<PyBuf>,
+        progress: &mut Progress,
+    ) -> Result<(Vec<IndexEntry>, u64)> {
+        let mut pending: BTreeMap<u64, (PyBuf, u32)> = BTreeMap::new();
+        let mut entries: Vec<IndexEntry> = Vec::new();
+        let mut block_count: Option<u64> = None;
+        let mut window_no = 0u64;
+        let mut pt_done = 0u64;
+        loop {
+            let window_start = window_no * self.window;
+            if let Some(n) = block_count {
+                if window_start >= n {
+                    return Ok((entries, offset));
+                }
+            }
+            let k = block_count.map_or(self.window, |n| self.window.min(n - window_start));
+            if pending.range(window_start..window_start + k).count() as u64 == k {
+                let perm = self.permuted.then(|| Permutation::new(self.k_perm, window_no, k));
+                entries.resize(
+                    (window_start + k) as usize,
+                    IndexEntry {
+                        frame_offset: 0,
+                        pt_len: 0,
+                    },
+                );
+                for slot in 0..k {
+                    let j = perm.as_ref().map_or(slot, |p| p.inverse(slot));
+                    let (buf, pt_len) = pending.remove(&(window_start + j)).expect("window complete");
+                    let len = frame_len(pt_len);
+                    sink.write_buf(&buf, 0, len as usize)?;
+                    entries[(window_start + j) as usize] = IndexEntry {
+                        frame_offset: offset,
+                        pt_len,
+                    };
+                    offset = offset.checked_add(len).expect("offsets fit in u64");
+                    pt_done += u64::from(pt_len);
+                    // The pool has room for every buffer, so this never blocks.
+                    let _ = free_out.send(buf);
+                }
+                window_no += 1;
+                progress.update(pt_done, false)?;
+                continue;
+            }
+            match msgs.recv_timeout(POLL) {
+                Ok(Msg::Frame {
+                    block_index,
+                    buf,
+                    pt_len,
+                }) => {
+                    pending.insert(block_index, (buf, pt_len));
+                }
+                Ok(Msg::Eof { block_count: n }) => block_count = Some(n),
+                Err(_) => {
+                    shared.check_signals();
+                    if shared.cancelled() {
+                        return Err(shared.take_error().unwrap_or(Error::Format(FormatError::Malformed(
+                            "pack stopped before the input ended".into(),
+                        ))));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Plumbing shared by the pack and unpack pipelines: cancellation, the first error, bounded
+//! waits that notice cancellation, Ctrl-C, and throttled progress callbacks.
+use crate::error::{Error, Result};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use pyo3::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often blocked stages look at the cancel flag, and the writer at Ctrl-C.
+pub const POLL: Duration = Duration::from_millis(50);
+/// Smallest interval between two progress callbacks.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// State every stage of one pipeline shares.
+#[derive(Default)]
+pub struct Shared {
+    cancelled: AtomicBool,
+    error: Mutex<Option<Error>>,
+}
+
+impl Shared {
+    /// Record the first error and stop every stage.
+    pub fn fail(&self, e: Error) {
+        let mut slot = self.error.lock().expect("error lock");
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stage failed or the user interrupted.
+    pub fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// The first recorded error, if any.
+    pub fn take_error(&self) -> Option<Error> {
+        self.error.lock().expect("error lock").take()
+    }
+
+    /// Receive, waking up to notice cancellation. `None` when cancelled or disconnected.
+    pub fn recv<T>(&self, rx: &Receiver<T>) -> Option<T> {
+        loop {
+            if self.cancelled() {
+                return None;
+            }
+            match rx.recv_timeout(POLL) {
+                Ok(v) => return Some(v),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Send, giving up when cancelled or disconnected (returns false).
+    pub fn send<T>(&self, tx: &Sender<T>, mut v: T) -> bool {
+        loop {
+            if self.cancelled() {
+                return false;
+            }
+            match tx.send_timeout(v, POLL) {
+                Ok(()) => return true,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => v = back,
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return false,
+            }
+        }
+    }
+
+    /// Run a stage, recording its error.
+    pub fn run(&self, f: impl FnOnce() -> Result<()>) {
+        if let Err(e) = f() {
+            self.fail(e);
+        }
+    }
+
+    /// Called by the coordinating thread between waits: Ctrl-C becomes a pipeline error.
+    pub fn check_signals(&self) {
+        if let Err(e) = Python::attach(|py| py.check_signals()) {
+            self.fail(Error::Py(e));
+        }
+    }
+}
+
+/// Throttled `progress(done, total)` callback.
+pub struct Progress {
+    callback: Option<Py<PyAny>>,
+    total: Option<u64>,
+    last: Instant,
+}
+
+impl Progress {
+    pub fn new(callback: Option<Py<PyAny>>, total: Option<u64>) -> Progress {
+        Progress {
+            callback,
+            total,
+            last: Instant::now(),
+        }
+    }
+
+    /// Report `done` bytes; `force` for the final call.
+    pub fn update(&mut self, done: u64, force: bool) -> Result<()> {
+        let Some(cb) = &self.callback else { return Ok(()) };
+        if !force && self.last.elapsed() < PROGRESS_EVERY {
+            return Ok(());
+        }
+        self.last = Instant::now();
+        Python::attach(|py| cb.call1(py, (done, self.total)).map(|_| ()))?;
+        Ok(())
+    }
+}
+
+/// Number of worker threads: the caller's choice, else one per core.
+pub fn worker_count(requested: Option<usize>) -> usize {
+    requested
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .min(64)
+}

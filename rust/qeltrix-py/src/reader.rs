@@ -1,0 +1,405 @@
+//! Random-access reader and the unpack pipeline (FORMAT.md section 8).
+//!
+//! `Reader` parses the header on construction; the Python layer unwraps the MK from a
+//! stanza, verifies the header, and hands back a `ContainerKeys`; `load_index` then reads the
+//! trailer and footer. Reads decrypt only the blocks they overlap and keep the most recent
+//! decrypted blocks in a small cache, so a player's sequential small reads decrypt each block
+//! once.
+use crate::error::{Error, Result};
+use crate::io::{PyBuf, RandomSource, Sink};
+use crate::pipeline::{worker_count, Progress, Shared, POLL};
+use crate::types::{OPEN_BLOCK, OPEN_INDEX, OPEN_META};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use qeltrix_format::header::HEADER_FIXED_LEN;
+use qeltrix_format::{frame_len, BlockMeta, FormatError, Header, Index, Trailer, TRAILER_LEN};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// Decrypted blocks kept per reader.
+const CACHE_BLOCKS: usize = 4;
+
+struct Loaded {
+    keys: Py<PyAny>,
+    index: Index,
+}
+
+#[derive(Default)]
+struct Scratch {
+    frame: Option<PyBuf>,
+    /// Most recently used last.
+    cache: Vec<(usize, PyBuf)>,
+}
+
+/// An open container: parsed header, then (after `load_index`) its index.
+#[pyclass(frozen, module = "qeltrix_v6._core")]
+pub struct Reader {
+    source: RandomSource,
+    file_len: u64,
+    header: Header,
+    loaded: OnceLock<Loaded>,
+    scratch: Mutex<Scratch>,
+}
+
+impl Reader {
+    fn loaded(&self) -> Result<&Loaded> {
+        self.loaded
+            .get()
+            .ok_or_else(|| FormatError::Malformed("index not loaded".into()).into())
+    }
+
+    /// Read and decrypt block `i` into `out[..pt_len]`, with every check of section 5.
+    fn open_block(&self, loaded: &Loaded, i: usize, frame: &mut PyBuf, out: &PyBuf) -> Result<()> {
+        let entry = loaded.index.entries[i];
+        let n = frame_len(entry.pt_len) as usize;
+        self.source
+            .read_exact_at(entry.frame_offset, frame, n)
+            .map_err(|e| match e {
+                Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    Error::Format(FormatError::Truncated(format!("block {i} is cut short")))
+                }
+                e => e,
+            })?;
+        let expect_final = i as u64 + 1 == loaded.index.block_count() && !loaded.index.incomplete();
+        Python::attach(|py| -> Result<()> {
+            let meta_pt: Vec<u8> = loaded.keys.call_method1(py, OPEN_META, (frame.obj(py),))?.extract(py)?;
+            let meta = BlockMeta::decode(&meta_pt)?;
+            if meta.block_index != i as u64 || meta.pt_len != entry.pt_len {
+                return Err(FormatError::Corrupt(format!("block {i} is not where the index says")).into());
+            }
+            if meta.is_final() != expect_final {
+                return Err(FormatError::Corrupt(format!("block {i} has a wrong FINAL flag")).into());
+            }
+            let args = (
+                meta.block_index,
+                meta.pt_len,
+                meta.meta_flags,
+                PyBytes::new(py, &meta.cdk_salt),
+                PyBytes::new(py, &meta.data_nonce),
+                PyBytes::new(py, &meta.pt_sha256),
+                frame.obj(py),
+                out.obj(py),
+            );
+            loaded.keys.call_method1(py, OPEN_BLOCK, args)?;
+            Ok(())
+        })
+    }
+
+    fn read_range(&self, pos: u64, len: u64) -> Result<Vec<u8>> {
+        let loaded = self.loaded()?;
+        let index = &loaded.index;
+        let end = pos.saturating_add(len).min(index.pt_total_len);
+        let mut out = Vec::with_capacity(end.saturating_sub(pos) as usize);
+        let mut scratch = self.scratch.lock().expect("scratch lock");
+        let block_size = self.header.block_size as usize;
+        for i in index.covering(pos, len) {
+            let hit = scratch.cache.iter().position(|(b, _)| *b == i);
+            let (bi, block) = match hit {
+                Some(p) => scratch.cache.remove(p),
+                None => {
+                    let mut frame = match scratch.frame.take() {
+                        Some(f) => f,
+                        None => Python::attach(|py| PyBuf::new(py, frame_len(self.header.block_size) as usize))?,
+                    };
+                    let block = if scratch.cache.len() >= CACHE_BLOCKS {
+                        scratch.cache.remove(0).1
+                    } else {
+                        Python::attach(|py| PyBuf::new(py, block_size))?
+                    };
+                    let r = self.open_block(loaded, i, &mut frame, &block);
+                    scratch.frame = Some(frame);
+                    r?;
+                    (i, block)
+                }
+            };
+            let start = index.pt_offset(i);
+            let pt_len = u64::from(index.entries[i].pt_len);
+            let a = pos.max(start) - start;
+            let b = end.min(start + pt_len) - start;
+            out.extend_from_slice(&block.as_slice()[a as usize..b as usize]);
+            scratch.cache.push((bi, block));
+        }
+        Ok(out)
+    }
+
+    /// Decrypt every block in order into `sink` on `workers` threads.
+    fn unpack_into(&self, sink: &mut Sink, workers: usize, progress: &mut Progress) -> Result<u64> {
+        let loaded = self.loaded()?;
+        let block_count = loaded.index.block_count();
+        let shared = Shared::default();
+        let next = AtomicU64::new(0);
+        let pool = 2 * workers + 2;
+        let (free_tx, free_rx) = bounded::<PyBuf>(pool);
+        let cap = self.header.block_size as usize;
+        Python::attach(|py| -> PyResult<()> {
+            for _ in 0..pool {
+                free_tx.send(PyBuf::new(py, cap)?).expect("pool has room");
+            }
+            Ok(())
+        })?;
+        let (done_tx, done_rx) = bounded::<(u64, PyBuf)>(pool);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let (shared, next, free_rx, done_tx) = (&shared, &next, free_rx.clone(), done_tx.clone());
+                scope.spawn(move || {
+                    shared.run(|| self.open_blocks(loaded, shared, next, &free_rx, &done_tx));
+                });
+            }
+            drop(done_tx);
+            if let Err(e) = write_in_order(sink, loaded, block_count, &shared, &done_rx, &free_tx, progress) {
+                shared.fail(e);
+            }
+        });
+        match shared.take_error() {
+            Some(e) => Err(e),
+            None => Ok(loaded.index.pt_total_len),
+        }
+    }
+
+    fn open_blocks(
+        &self,
+        loaded: &Loaded,
+        shared: &Shared,
+        next: &AtomicU64,
+        free: &Receiver<PyBuf>,
+        done: &Sender<(u64, PyBuf)>,
+    ) -> Result<()> {
+        let mut frame = Python::attach(|py| PyBuf::new(py, frame_len(self.header.block_size) as usize))?;
+        loop {
+            let Some(out) = shared.recv(free) else { return Ok(()) };
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            if i >= loaded.index.block_count() {
+                return Ok(());
+            }
+            self.open_block(loaded, i as usize, &mut frame, &out)?;
+            if !shared.send(done, (i, out)) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn write_in_order(
+    sink: &mut Sink,
+    loaded: &Loaded,
+    block_count: u64,
+    shared: &Shared,
+    done: &Receiver<(u64, PyBuf)>,
+    free: &Sender<PyBuf>,
+    progress: &mut Progress,
+) -> Result<()> {
+    let mut pending: BTreeMap<u64, PyBuf> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut pt_done = 0u64;
+    while next < block_count {
+        if let Some(buf) = pending.remove(&next) {
+            let pt_len = loaded.index.entries[next as usize].pt_len;
+            sink.write_buf(&buf, 0, pt_len as usize)?;
+            pt_done += u64::from(pt_len);
+            let _ = free.send(buf);
+            next += 1;
+            progress.update(pt_done, false)?;
+            continue;
+        }
+        match done.recv_timeout(POLL) {
+            Ok((i, buf)) => {
+                pending.insert(i, buf);
+            }
+            Err(_) => {
+                shared.check_signals();
+                if shared.cancelled() {
+                    return Err(shared
+                        .take_error()
+                        .unwrap_or_else(|| FormatError::Malformed("unpack stopped early".into()).into()));
+                }
+            }
+        }
+    }
+    sink.flush()?;
+    progress.update(pt_done, true)?;
+    Ok(())
+}
+
+#[pymethods]
+impl Reader {
+    /// Open `src` (a file descriptor or a seekable binary file object) and parse its header.
+    #[new]
+    fn new(py: Python<'_>, src: &Bound<'_, PyAny>) -> PyResult<Reader> {
+        let source = RandomSource::from_py(src)?;
+        let (file_len, header) = py.detach(|| -> Result<(u64, Header)> {
+            let file_len = source.len()?;
+            if file_len < HEADER_FIXED_LEN as u64 {
+                let what = if file_len == 0 {
+                    "the file is empty"
+                } else {
+                    "the file is too short"
+                };
+                return Err(FormatError::Malformed(format!("not a Qeltrix V6 container: {what}")).into());
+            }
+            let prefix = source.read_vec_at(0, HEADER_FIXED_LEN)?;
+            let header_len = Header::peek_len(&prefix)?;
+            if u64::from(header_len) > file_len {
+                return Err(FormatError::Truncated(format!(
+                    "the header needs {header_len} bytes but the file has {file_len}"
+                ))
+                .into());
+            }
+            let bytes = source.read_vec_at(0, header_len as usize)?;
+            Ok((file_len, Header::parse(&bytes)?))
+        })?;
+        Ok(Reader {
+            source,
+            file_len,
+            header,
+            loaded: OnceLock::new(),
+            scratch: Mutex::new(Scratch::default()),
+        })
+    }
+
+    /// Read the trailer and decrypt the footer with `keys` (a `ContainerKeys`).
+    fn load_index(&self, py: Python<'_>, keys: Py<PyAny>) -> PyResult<()> {
+        let (trailer, footer) = py.detach(|| -> Result<(Trailer, Vec<u8>)> {
+            if self.file_len < u64::from(self.header.header_len) + TRAILER_LEN as u64 {
+                return Err(FormatError::Truncated("the file ends right after its header".into()).into());
+            }
+            let tb = self
+                .source
+                .read_vec_at(self.file_len - TRAILER_LEN as u64, TRAILER_LEN)?;
+            let trailer = Trailer::parse(&tb, self.file_len, self.header.header_len)?;
+            // footer_len <= file_len was checked by Trailer::parse: the allocation is bounded.
+            let footer = self
+                .source
+                .read_vec_at(trailer.footer_offset, trailer.footer_len as usize)?;
+            Ok((trailer, footer))
+        })?;
+        let index_pt: Vec<u8> = keys
+            .call_method1(py, OPEN_INDEX, (PyBytes::new(py, &footer), trailer.footer_offset))?
+            .extract(py)?;
+        let index = Index::decode(
+            &index_pt,
+            trailer.block_count(),
+            self.header.block_size,
+            self.header.header_len,
+            trailer.footer_offset,
+        )
+        .map_err(Error::from)?;
+        let _ = self.loaded.set(Loaded { keys, index });
+        Ok(())
+    }
+
+    /// Plaintext bytes `[pos, pos + n)`, clipped at the end like a file read.
+    fn read_at<'py>(&self, py: Python<'py>, pos: u64, n: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let data = py.detach(|| self.read_range(pos, n))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// Decrypt everything into `dst` (a file descriptor or binary file object).
+    #[pyo3(signature = (dst, workers=None, progress=None))]
+    fn unpack_to(
+        &self,
+        py: Python<'_>,
+        dst: &Bound<'_, PyAny>,
+        workers: Option<usize>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<u64> {
+        let mut sink = Sink::from_py(dst)?;
+        let total = self.loaded().map(|l| l.index.pt_total_len).ok();
+        let mut progress = Progress::new(progress, total);
+        let workers = worker_count(workers);
+        Ok(py.detach(|| self.unpack_into(&mut sink, workers, &mut progress))?)
+    }
+
+    /// Decrypt block `i` and return its plaintext (used by `verify`).
+    fn read_block<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyBytes>> {
+        let loaded = self.loaded()?;
+        if i >= loaded.index.entries.len() {
+            return Err(pyo3::exceptions::PyIndexError::new_err("block index out of range"));
+        }
+        let start = loaded.index.pt_offset(i);
+        let len = u64::from(loaded.index.entries[i].pt_len);
+        let data = py.detach(|| self.read_range(start, len))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    #[getter]
+    fn file_len(&self) -> u64 {
+        self.file_len
+    }
+    #[getter]
+    fn format_version(&self) -> u16 {
+        self.header.format_version
+    }
+    #[getter]
+    fn header_len(&self) -> u32 {
+        self.header.header_len
+    }
+    #[getter]
+    fn header_flags(&self) -> u16 {
+        self.header.header_flags
+    }
+    #[getter]
+    fn cipher_id(&self) -> u8 {
+        self.header.cipher_id
+    }
+    #[getter]
+    fn block_size(&self) -> u32 {
+        self.header.block_size
+    }
+    #[getter]
+    fn perm_window(&self) -> u32 {
+        self.header.perm_window
+    }
+    #[getter]
+    fn container_id<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.header.container_id)
+    }
+    /// `[(kind, body), ...]` in header order.
+    #[getter]
+    fn stanzas<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(
+            py,
+            self.header.stanzas.iter().map(|s| (s.kind, PyBytes::new(py, &s.body))),
+        )
+    }
+    /// Header bytes covered by `header_sha256`.
+    #[getter]
+    fn header_checksummed<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.header.checksummed())
+    }
+    #[getter]
+    fn header_sha256<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.header.header_sha256())
+    }
+    /// Header bytes covered by `header_mac`.
+    #[getter]
+    fn header_maced<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.header.maced())
+    }
+    #[getter]
+    fn header_mac<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.header.header_mac())
+    }
+    #[getter]
+    fn pt_total_len(&self) -> PyResult<u64> {
+        Ok(self.loaded()?.index.pt_total_len)
+    }
+    #[getter]
+    fn block_count(&self) -> PyResult<u64> {
+        Ok(self.loaded()?.index.block_count())
+    }
+    #[getter]
+    fn incomplete(&self) -> PyResult<bool> {
+        Ok(self.loaded()?.index.incomplete())
+    }
+    /// `(pt_offset, pt_len, frame_offset)` of block `i`.
+    fn block_info(&self, i: usize) -> PyResult<(u64, u32, u64)> {
+        let ix = &self.loaded()?.index;
+        let e = ix
+            .entries
+            .get(i)
+            .ok_or_else(|| pyo3::exceptions::PyIndexError::new_err("block index out of range"))?;
+        Ok((ix.pt_offset(i), e.pt_len, e.frame_offset))
+    }
+}

@@ -1,0 +1,334 @@
+"""Regenerate tests/vectors/ deterministically with the reference encoder.
+
+Run as ``python tests/make_vectors.py``. Every random byte comes from a SHA-256 counter DRBG
+seeded with the vector's name, so the output is byte-for-byte reproducible. The containers are
+written by ``tests/reference_decoder.py``, which is written from docs/FORMAT.md only.
+
+For each NAME this writes ``NAME.qltx`` and ``NAME.json``; it also writes ``permutation.json``.
+``python tests/make_vectors.py --check`` compares the files on disk instead of writing them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import reference_decoder as ref
+
+VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
+MAX_FILE_SIZE = 20 * 1024
+
+ARGON2_SMALL = {"t_cost": 1, "m_cost_kib": 64, "lanes": 1}
+PBKDF2_SMALL = {"iterations": 1000}
+
+
+class Drbg:
+    """SHA-256 in counter mode: block_i = SHA256(seed || u64le(i)). Not for real keys."""
+
+    def __init__(self, label: str) -> None:
+        self.seed = hashlib.sha256(
+            b"qeltrix-v6 test vectors|" + label.encode()
+        ).digest()
+        self.counter = 0
+        self.buf = b""
+
+    def __call__(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self.buf += hashlib.sha256(
+                self.seed + struct.pack("<Q", self.counter)
+            ).digest()
+            self.counter += 1
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+def raw_header_fields(c: bytes) -> dict:
+    """Header fields read straight from the bytes, without any check (works on bad vectors)."""
+    version, header_len, flags, cipher_id, _reserved, block_size, perm_window = (
+        struct.unpack_from("<HIHBBII", c, 8)
+    )
+    (recipient_count,) = struct.unpack_from("<H", c, 42)
+    return {
+        "format_version": version,
+        "header_len": header_len,
+        "cipher_id": cipher_id,
+        "block_size": block_size,
+        "perm_window": perm_window,
+        "header_flags": flags,
+        "recipient_count": recipient_count,
+        "container_id_hex": c[26:42].hex(),
+    }
+
+
+def _credentials(key: bytes | None, passphrase: str | None) -> dict:
+    out = {}
+    if key is not None:
+        out["key_hex"] = key.hex()
+    if passphrase is not None:
+        out["passphrase"] = passphrase
+    return out
+
+
+def ok_vector(
+    name: str,
+    description: str,
+    size: int,
+    *,
+    use_key: bool = True,
+    passphrase: str | None = None,
+    **encode_args,
+) -> tuple[str, bytes, dict]:
+    rng = Drbg(name)
+    key = rng(32) if use_key else None
+    plaintext = rng(size)
+    container = ref.encode(
+        plaintext, key=key, passphrase=passphrase, rng=rng, **encode_args
+    )
+
+    # Self-checks: every credential opens it, and frames sit where section 7 says.
+    for cred in ({"key": key}, {"passphrase": passphrase}):
+        if next(iter(cred.values())) is not None:
+            assert ref.decode(container, **cred) == plaintext, name
+    info = ref.inspect(container, key=key, passphrase=passphrase)
+    if info["header_flags"] & ref.FLAG_PERMUTED:
+        slots = ref.physical_order(
+            info["keys"]["perm"], info["block_count"], info["perm_window"]
+        )
+        assert [info["frame_offsets"][b] for b in slots] == sorted(
+            info["frame_offsets"]
+        ), name
+
+    meta = {
+        "description": description,
+        "container": f"{name}.qltx",
+        **_credentials(key, passphrase),
+        "plaintext_hex": plaintext.hex(),
+        "plaintext_sha256": hashlib.sha256(plaintext).hexdigest(),
+        "expect": "ok",
+        **raw_header_fields(container),
+        "stanza_kinds": info["stanza_kinds"],
+        "footer_offset": info["footer_offset"],
+        "footer_len": info["footer_len"],
+        "block_count": info["block_count"],
+        "pt_total_len": info["pt_total_len"],
+        "index_flags": info["index_flags"],
+        "frame_offsets": info["frame_offsets"],
+        "pt_lens": info["pt_lens"],
+    }
+    if passphrase is not None:
+        meta["kdf_params"] = encode_args.get("kdf_params")
+    return name, container, meta
+
+
+def bad_vector(
+    name: str, description: str, container: bytes, expect: str, key: bytes
+) -> tuple[str, bytes, dict]:
+    try:
+        ref.decode(container, key=key)
+    except ref.RefError as e:
+        assert e.kind == expect, (name, e.kind, e)
+    else:
+        raise AssertionError(f"{name} decoded")
+    meta = {
+        "description": description,
+        "container": f"{name}.qltx",
+        "key_hex": key.hex(),
+        "expect": expect,
+        **raw_header_fields(container),
+    }
+    return name, container, meta
+
+
+def container_vectors() -> list[tuple[str, bytes, dict]]:
+    vecs = [
+        ok_vector(
+            "empty", "empty input: zero blocks, footer_len 48, default block size", 0
+        ),
+        ok_vector(
+            "one-block", "exactly one full block (block_size 64)", 64, block_size=64
+        ),
+        ok_vector(
+            "one-byte-over",
+            "65 bytes with block_size 64: pt_len 64 and 1",
+            65,
+            block_size=64,
+        ),
+        ok_vector(
+            "chacha", "ChaCha20-Poly1305 (cipher_id 2)", 150, block_size=64, cipher_id=2
+        ),
+        ok_vector(
+            "permuted-window",
+            "38 blocks of 16 (last 5 bytes), perm_window 8: windows 8,8,8,8,6",
+            37 * 16 + 5,
+            block_size=16,
+            perm_window=8,
+        ),
+        ok_vector(
+            "not-permuted",
+            "PERMUTED clear, perm_window 0: frames in logical order",
+            5 * 16 + 3,
+            block_size=16,
+            permute=False,
+        ),
+        ok_vector(
+            "argon2id",
+            "passphrase with Argon2id t=1, m=64 KiB, lanes=1",
+            100,
+            use_key=False,
+            passphrase="correct horse battery staple",
+            kdf="argon2id",
+            kdf_params=ARGON2_SMALL,
+            block_size=64,
+        ),
+        ok_vector(
+            "pbkdf2",
+            "non-ASCII passphrase (NFC, UTF-8) with PBKDF2-HMAC-SHA256, 1000 iterations",
+            100,
+            use_key=False,
+            passphrase="p\u00e4ssw\u00f6rd \u00fcn\u00efc\u00f6de",
+            kdf="pbkdf2",
+            kdf_params=PBKDF2_SMALL,
+            block_size=64,
+        ),
+        ok_vector(
+            "multi-recipient",
+            "a key stanza and a pbkdf2 stanza; both credentials open it",
+            100,
+            passphrase="multi recipient passphrase",
+            kdf="pbkdf2",
+            kdf_params=PBKDF2_SMALL,
+            block_size=64,
+        ),
+    ]
+
+    # Negative vectors.
+    rng = Drbg("negative")
+    key = rng(32)
+    base = ref.encode(rng(100), key=key, block_size=64, rng=rng)
+
+    c = bytearray(base)
+    c[ref.HEADER_FIXED_LEN + 3 + 12 + 5] ^= 0x01  # one bit of wrapped_mk in stanza 0
+    vecs.append(
+        bad_vector(
+            "bad-header-checksum",
+            "one bit of the key stanza's wrapped_mk flipped; header_sha256 catches it (step 2)",
+            bytes(c),
+            "corrupt",
+            key,
+        )
+    )
+
+    c = bytearray(base)
+    struct.pack_into("<I", c, 18, 80)  # block_size 64 -> 80, still valid
+    vecs.append(
+        bad_vector(
+            "bad-header-mac",
+            "block_size changed 64 -> 80 and header_sha256 recomputed: only header_mac fails",
+            ref.rehash_header(bytes(c)),
+            "corrupt",
+            key,
+        )
+    )
+
+    vecs.append(
+        bad_vector(
+            "truncated", "last byte removed (step 5)", base[:-1], "truncated", key
+        )
+    )
+
+    other_key = rng(32)
+    vecs.append(
+        bad_vector(
+            "wrong-key",
+            "valid container; key_hex is not its key (step 3)",
+            ref.encode(rng(100), key=other_key, block_size=64, rng=rng),
+            "wrong_key",
+            key,
+        )
+    )
+
+    swap_src = ref.encode(rng(64), key=key, block_size=16, perm_window=4, rng=rng)
+    (header_len,) = struct.unpack_from("<I", swap_src, 10)
+    flen = ref.META_FRAME_LEN + 16 + ref.TAG_LEN
+    a, b = header_len, header_len + flen
+    swapped = (
+        swap_src[:a] + swap_src[b : b + flen] + swap_src[a:b] + swap_src[b + flen :]
+    )
+    vecs.append(
+        bad_vector(
+            "swapped-frames",
+            "4 full blocks of 16; the first two stored frames exchanged (block_index, step 7)",
+            swapped,
+            "corrupt",
+            key,
+        )
+    )
+    return vecs
+
+
+def permutation_cases() -> list[dict]:
+    keys = [bytes(range(16)), Drbg("permutation")(16)]
+    cases = []
+    for k in (1, 2, 3, 5, 16, 17, 100, 1000):
+        cases.append((keys[0], 0, k))
+    for k in (2, 17, 100):
+        cases.append((keys[1], 7, k))
+    out = []
+    for k_perm, w, k in cases:
+        outputs = [ref.perm(k_perm, w, k, j) for j in range(k)]
+        assert sorted(outputs) == list(range(k)), (w, k)
+        out.append({"k_perm_hex": k_perm.hex(), "w": w, "k": k, "outputs": outputs})
+    return out
+
+
+def _dumps(obj, indent: int = 0) -> str:
+    """JSON with one key per line but lists of scalars kept on one line."""
+    pad = "  " * (indent + 1)
+    if isinstance(obj, dict):
+        items = [
+            f"{pad}{json.dumps(k)}: {_dumps(v, indent + 1)}" for k, v in obj.items()
+        ]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
+    if isinstance(obj, list) and any(isinstance(v, dict | list) for v in obj):
+        items = [pad + _dumps(v, indent + 1) for v in obj]
+        return "[\n" + ",\n".join(items) + "\n" + "  " * indent + "]"
+    return json.dumps(obj, separators=(", ", ": "))
+
+
+def build_vectors() -> dict[str, bytes]:
+    """All vector files, as {file name: content}."""
+    files: dict[str, bytes] = {}
+    for name, container, meta in container_vectors():
+        files[f"{name}.qltx"] = container
+        files[f"{name}.json"] = (_dumps(meta) + "\n").encode()
+    files["permutation.json"] = (_dumps(permutation_cases()) + "\n").encode()
+    for fname, data in files.items():
+        assert len(data) < MAX_FILE_SIZE, (fname, len(data))
+    return files
+
+
+def main(argv: list[str]) -> int:
+    files = build_vectors()
+    if "--check" in argv:
+        bad = [
+            f
+            for f, d in files.items()
+            if not (VECTOR_DIR / f).is_file() or (VECTOR_DIR / f).read_bytes() != d
+        ]
+        for f in bad:
+            print(f"differs: {f}")
+        return 1 if bad else 0
+    VECTOR_DIR.mkdir(parents=True, exist_ok=True)
+    for fname, data in sorted(files.items()):
+        (VECTOR_DIR / fname).write_bytes(data)
+        print(f"wrote tests/vectors/{fname} ({len(data)} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,778 @@
+"""Independent reference implementation of the Qeltrix V6 container format.
+
+This module is written from ``docs/FORMAT.md`` only (format version 1). It does not import or
+copy anything from the product code in ``python/qeltrix_v6`` or ``rust/``. It is deliberately
+slow and simple: the whole container is held in memory, and every reader check of FORMAT.md
+section 8 is made in the order the spec lists them.
+
+Public API:
+
+- ``decode(container, *, key=None, passphrase=None) -> bytes``
+- ``encode(plaintext, *, key=None, passphrase=None, kdf="argon2id", kdf_params=None,
+  cipher_id=1, block_size=262144, permute=True, perm_window=None, rng=os.urandom) -> bytes``
+- ``inspect(container, *, key=None, passphrase=None) -> dict``: steps 1-6 of section 8, returns
+  the parsed header, trailer and index (used by the vector generator and the tests).
+- ``parse_header(container) -> dict``: steps 1-2 of section 8 (no credential needed).
+- ``siphash24(key16, data) -> int`` and ``perm(k_perm, w, k, j) -> int`` (section 7).
+- Errors: ``RefError`` and its subclasses ``RefMalformed``, ``RefCorrupt``, ``RefWrongKey``,
+  ``RefTruncated``; each has a ``kind`` attribute equal to the vector ``expect`` string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import struct
+import unicodedata
+from collections.abc import Callable, Iterable
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as _hmac
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class RefError(Exception):
+    """Base class of every error raised by the reference decoder."""
+
+    kind = "error"
+
+
+class RefMalformed(RefError):
+    """The input is not a well-formed V6 container (section 8, steps 1-3)."""
+
+    kind = "malformed"
+
+
+class RefCorrupt(RefError):
+    """Checksum, MAC, AEAD or consistency failure (section 8, steps 2 and 4-7)."""
+
+    kind = "corrupt"
+
+
+class RefWrongKey(RefError):
+    """No recipient stanza opens with the given credential (section 8, step 3)."""
+
+    kind = "wrong_key"
+
+
+class RefTruncated(RefError):
+    """The trailer magic is missing (section 8, step 5)."""
+
+    kind = "truncated"
+
+
+# --------------------------------------------------------------------------------------------
+# Constants (sections 3, 5, 6 and 9)
+
+MAGIC = b"QLTXV6\r\n"
+TRAILER_MAGIC = b"QLTXEND\n"
+FORMAT_VERSION = 1
+
+HEADER_FIXED_LEN = 44
+HEADER_TAIL_LEN = 64  # header_sha256 || header_mac
+HEADER_ALIGN = 4096
+FLAG_PERMUTED = 0x0001
+
+CIPHER_AES_256_GCM = 1
+CIPHER_CHACHA20_POLY1305 = 2
+
+KIND_KEY = 1
+KIND_ARGON2ID = 2
+KIND_PBKDF2 = 3
+STANZA_BODY_LEN = {KIND_KEY: 60, KIND_ARGON2ID: 88, KIND_PBKDF2: 80}
+WRAPPED_MK_LEN = 48
+
+TAG_LEN = 16
+NONCE_LEN = 12
+META_PT_LEN = 76
+META_FRAME_LEN = NONCE_LEN + META_PT_LEN + TAG_LEN  # 104
+META_FLAG_FINAL = 0x01
+INDEX_FLAG_INCOMPLETE = 0x00000001
+INDEX_HEADER_LEN = 20
+INDEX_ENTRY_LEN = 12
+FOOTER_MIN_LEN = NONCE_LEN + TAG_LEN + INDEX_HEADER_LEN  # 48
+TRAILER_LEN = 24
+
+MIN_BLOCK_SIZE = 16
+MAX_BLOCK_SIZE = 64 * 1024 * 1024
+MAX_HEADER_LEN = 1024 * 1024
+MAX_RECIPIENTS = 64
+MAX_STANZA_BODY_LEN = 4096
+MAX_BLOCK_COUNT = 2**32
+ARGON2_T_RANGE = (1, 16)
+ARGON2_M_MAX_KIB = 1024 * 1024
+ARGON2_LANES_RANGE = (1, 16)
+PBKDF2_ITER_RANGE = (1_000, 10_000_000)
+
+DEFAULT_BLOCK_SIZE = 262144
+DEFAULT_ARGON2 = {"t_cost": 3, "m_cost_kib": 65536, "lanes": 4}
+DEFAULT_PBKDF2 = {"iterations": 600_000}
+
+INFO_RECIPIENT_KEY = b"qeltrix-v6 recipient key"
+INFO_HEADER_MAC = b"qeltrix-v6 header mac"
+INFO_META = b"qeltrix-v6 v6-c metadata"
+INFO_INDEX = b"qeltrix-v6 index"
+INFO_PERM = b"qeltrix-v6 permutation"
+INFO_CDK = b"qeltrix-v6 cdk"
+
+_MASK64 = (1 << 64) - 1
+
+
+# --------------------------------------------------------------------------------------------
+# Little-endian helpers
+
+
+def u8(x: int) -> bytes:
+    return struct.pack("<B", x)
+
+
+def u16(x: int) -> bytes:
+    return struct.pack("<H", x)
+
+
+def u32(x: int) -> bytes:
+    return struct.pack("<I", x)
+
+
+def u64le(x: int) -> bytes:
+    return struct.pack("<Q", x)
+
+
+# --------------------------------------------------------------------------------------------
+# Primitives (section 1)
+
+
+def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(
+        ikm
+    )
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    h = _hmac.HMAC(key, hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def _hmac_verify(key: bytes, data: bytes, tag: bytes) -> bool:
+    h = _hmac.HMAC(key, hashes.SHA256())
+    h.update(data)
+    try:
+        h.verify(tag)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _aead(cipher_id: int, key: bytes):
+    if cipher_id == CIPHER_AES_256_GCM:
+        return AESGCM(key)
+    if cipher_id == CIPHER_CHACHA20_POLY1305:
+        return ChaCha20Poly1305(key)
+    raise ValueError(f"unknown cipher_id {cipher_id}")
+
+
+def seal(cipher_id: int, key: bytes, nonce: bytes, pt: bytes, aad: bytes) -> bytes:
+    return _aead(cipher_id, key).encrypt(nonce, pt, aad)
+
+
+def open_(
+    cipher_id: int, key: bytes, nonce: bytes, ct: bytes, aad: bytes
+) -> bytes | None:
+    """AEAD-Open; returns None when authentication fails."""
+    try:
+        return _aead(cipher_id, key).decrypt(nonce, ct, aad)
+    except InvalidTag:
+        return None
+
+
+def normalize_passphrase(passphrase: str) -> bytes:
+    """Section 3.1: NFC, then UTF-8."""
+    return unicodedata.normalize("NFC", passphrase).encode("utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# SipHash-2-4 and the placement permutation (section 7)
+
+
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _MASK64
+
+
+def siphash24(key16: bytes, data: bytes) -> int:
+    """SipHash-2-4 (Aumasson & Bernstein) with a 16-byte key; returns a 64-bit integer."""
+    if len(key16) != 16:
+        raise ValueError("SipHash key must be 16 bytes")
+    k0, k1 = struct.unpack("<QQ", key16)
+    v = [
+        k0 ^ 0x736F6D6570736575,
+        k1 ^ 0x646F72616E646F6D,
+        k0 ^ 0x6C7967656E657261,
+        k1 ^ 0x7465646279746573,
+    ]
+
+    def sipround() -> None:
+        v[0] = (v[0] + v[1]) & _MASK64
+        v[1] = _rotl(v[1], 13)
+        v[1] ^= v[0]
+        v[0] = _rotl(v[0], 32)
+        v[2] = (v[2] + v[3]) & _MASK64
+        v[3] = _rotl(v[3], 16)
+        v[3] ^= v[2]
+        v[0] = (v[0] + v[3]) & _MASK64
+        v[3] = _rotl(v[3], 21)
+        v[3] ^= v[0]
+        v[2] = (v[2] + v[1]) & _MASK64
+        v[1] = _rotl(v[1], 17)
+        v[1] ^= v[2]
+        v[2] = _rotl(v[2], 32)
+
+    n = len(data)
+    full = n - (n % 8)
+    words = [struct.unpack_from("<Q", data, i)[0] for i in range(0, full, 8)]
+    tail = data[full:] + bytes(7 - (n % 8))
+    words.append(int.from_bytes(tail, "little") | ((n & 0xFF) << 56))
+    for m in words:
+        v[3] ^= m
+        sipround()
+        sipround()
+        v[0] ^= m
+    v[2] ^= 0xFF
+    for _ in range(4):
+        sipround()
+    return v[0] ^ v[1] ^ v[2] ^ v[3]
+
+
+FEISTEL_ROUNDS = 6  # "for r in 0..6" read as the half-open range 0, 1, ..., 5
+
+
+def perm(k_perm: bytes, w: int, k: int, j: int) -> int:
+    """P(K_perm, w, k, j): keyed permutation of [0, k) (Feistel + cycle-walking)."""
+    if k < 1 or not 0 <= j < k:
+        raise ValueError("need 0 <= j < k")
+    h = max(1, math.ceil((k - 1).bit_length() / 2))
+    mask = (1 << h) - 1
+
+    def f(r: int, x: int) -> int:
+        return siphash24(k_perm, u64le(w) + u8(r) + u64le(x)) & mask
+
+    def e(x: int) -> int:
+        left, right = x >> h, x & mask
+        for r in range(FEISTEL_ROUNDS):
+            left, right = right, left ^ f(r, right)
+        return (left << h) | right
+
+    x = e(j)
+    while x >= k:
+        x = e(x)
+    return x
+
+
+def default_perm_window(block_size: int) -> int:
+    return max(1, min(64, (64 * 1024 * 1024) // block_size))
+
+
+def physical_order(k_perm: bytes, block_count: int, perm_window: int) -> list[int]:
+    """Returns slots: slots[s] = logical block stored at physical slot s (section 7)."""
+    slots = [-1] * block_count
+    for start in range(0, block_count, perm_window):
+        w = start // perm_window
+        k = min(perm_window, block_count - start)
+        for j in range(k):
+            slots[start + perm(k_perm, w, k, j)] = start + j
+    assert sorted(slots) == list(range(block_count))
+    return slots
+
+
+# --------------------------------------------------------------------------------------------
+# Keys (sections 3.1 and 4)
+
+
+def derive_keys(mk: bytes, container_id: bytes) -> dict[str, bytes]:
+    return {
+        "header": hkdf(mk, container_id, INFO_HEADER_MAC, 32),
+        "meta": hkdf(mk, container_id, INFO_META, 32),
+        "index": hkdf(mk, container_id, INFO_INDEX, 32),
+        "perm": hkdf(mk, container_id, INFO_PERM, 16),
+    }
+
+
+def derive_cdk(
+    mk: bytes, container_id: bytes, i: int, pt_sha: bytes, cdk_salt: bytes
+) -> bytes:
+    return hkdf(mk, cdk_salt, INFO_CDK + container_id + u64le(i) + pt_sha, 32)
+
+
+def kek_key(file_key: bytes, container_id: bytes) -> bytes:
+    return hkdf(file_key, container_id, INFO_RECIPIENT_KEY, 32)
+
+
+def kek_argon2id(
+    pw: bytes, salt: bytes, t_cost: int, m_cost_kib: int, lanes: int
+) -> bytes:
+    kdf = Argon2id(
+        salt=salt, length=32, iterations=t_cost, lanes=lanes, memory_cost=m_cost_kib
+    )
+    return kdf.derive(pw)
+
+
+def kek_pbkdf2(pw: bytes, salt: bytes, iterations: int) -> bytes:
+    kdf = PBKDF2HMAC(
+        algorithm=hashes.SHA256(), length=32, salt=salt, iterations=iterations
+    )
+    return kdf.derive(pw)
+
+
+def argon2_params_ok(t_cost: int, m_cost_kib: int, lanes: int) -> bool:
+    return (
+        ARGON2_T_RANGE[0] <= t_cost <= ARGON2_T_RANGE[1]
+        and ARGON2_LANES_RANGE[0] <= lanes <= ARGON2_LANES_RANGE[1]
+        and 8 * lanes <= m_cost_kib <= ARGON2_M_MAX_KIB
+    )
+
+
+def pbkdf2_params_ok(iterations: int) -> bool:
+    return PBKDF2_ITER_RANGE[0] <= iterations <= PBKDF2_ITER_RANGE[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Reader (section 8)
+
+
+def parse_header(container: bytes) -> dict:
+    """Steps 1 and 2 of section 8. Needs no credential."""
+    c = container
+    # Step 1.
+    if len(c) < HEADER_FIXED_LEN or c[:8] != MAGIC:
+        raise RefMalformed("not a Qeltrix V6 container (magic)")
+    (version, header_len, flags, cipher_id, reserved, block_size, perm_window) = (
+        struct.unpack_from("<HIHBBII", c, 8)
+    )
+    if version != FORMAT_VERSION:
+        raise RefMalformed(f"unsupported format_version {version}")
+    container_id = c[26:42]
+    (recipient_count,) = struct.unpack_from("<H", c, 42)
+
+    # Step 2: header_len, fixed fields, stanzas, padding (malformed); then header_sha256.
+    if not HEADER_FIXED_LEN + HEADER_TAIL_LEN <= header_len <= MAX_HEADER_LEN:
+        raise RefMalformed(f"header_len {header_len} out of range")
+    if header_len > len(c):
+        raise RefMalformed("header_len larger than the file")
+    if flags & ~FLAG_PERMUTED:
+        raise RefMalformed(f"unknown header_flags bits {flags:#06x}")
+    if cipher_id not in (CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305):
+        raise RefMalformed(f"unknown cipher_id {cipher_id}")
+    if reserved != 0:
+        raise RefMalformed("reserved header byte is not zero")
+    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+        raise RefMalformed(f"block_size {block_size} out of range")
+    if flags & FLAG_PERMUTED:
+        if perm_window < 1:
+            raise RefMalformed("PERMUTED is set but perm_window is 0")
+    elif perm_window != 0:
+        raise RefMalformed("perm_window must be 0 when PERMUTED is clear")
+    if recipient_count > MAX_RECIPIENTS:
+        raise RefMalformed(f"recipient_count {recipient_count} > {MAX_RECIPIENTS}")
+
+    stanza_end = header_len - HEADER_TAIL_LEN
+    pos = HEADER_FIXED_LEN
+    stanzas = []
+    for _ in range(recipient_count):
+        if pos + 3 > stanza_end:
+            raise RefMalformed("stanza header runs past the stanza area")
+        kind = c[pos]
+        (body_len,) = struct.unpack_from("<H", c, pos + 1)
+        if body_len > MAX_STANZA_BODY_LEN:
+            raise RefMalformed(f"stanza body_len {body_len} > {MAX_STANZA_BODY_LEN}")
+        if kind in STANZA_BODY_LEN and body_len != STANZA_BODY_LEN[kind]:
+            raise RefMalformed(f"stanza kind {kind} has body_len {body_len}")
+        if pos + 3 + body_len > stanza_end:
+            raise RefMalformed("stanza body runs past the stanza area")
+        stanzas.append((kind, c[pos + 3 : pos + 3 + body_len]))
+        pos += 3 + body_len
+    if any(c[pos:stanza_end]):
+        raise RefMalformed("header padding is not all zero")
+
+    header_sha = c[stanza_end : stanza_end + 32]
+    header_mac = c[stanza_end + 32 : header_len]
+    if sha256(c[:stanza_end]) != header_sha:
+        raise RefCorrupt("header_sha256 mismatch")
+
+    return {
+        "format_version": version,
+        "header_len": header_len,
+        "header_flags": flags,
+        "cipher_id": cipher_id,
+        "block_size": block_size,
+        "perm_window": perm_window,
+        "container_id": container_id,
+        "recipient_count": recipient_count,
+        "stanzas": stanzas,
+        "stanza_area_end": pos,
+        "header_sha256": header_sha,
+        "header_mac": header_mac,
+    }
+
+
+def _unwrap(kek: bytes, body: bytes, container_id: bytes, kind: int) -> bytes | None:
+    nonce, wrapped = body[-60:-48], body[-48:]
+    mk = open_(CIPHER_AES_256_GCM, kek, nonce, wrapped, container_id + u8(kind))
+    if mk is not None and len(mk) != 32:
+        return None
+    return mk
+
+
+def open_master_key(hdr: dict, key: bytes | None, passphrase: str | None) -> bytes:
+    """Step 3 of section 8: try every stanza of the credential's kind, in header order."""
+    cid = hdr["container_id"]
+    pw = normalize_passphrase(passphrase) if passphrase is not None else None
+    for kind, body in hdr["stanzas"]:
+        if kind == KIND_KEY and key is not None:
+            mk = _unwrap(kek_key(key, cid), body, cid, kind)
+        elif kind == KIND_ARGON2ID and pw is not None:
+            salt = body[:16]
+            t_cost, m_cost, lanes = struct.unpack_from("<III", body, 16)
+            if not argon2_params_ok(t_cost, m_cost, lanes):
+                raise RefMalformed(
+                    f"Argon2id parameters out of range: {t_cost}, {m_cost}, {lanes}"
+                )
+            mk = _unwrap(kek_argon2id(pw, salt, t_cost, m_cost, lanes), body, cid, kind)
+        elif kind == KIND_PBKDF2 and pw is not None:
+            salt = body[:16]
+            (iterations,) = struct.unpack_from("<I", body, 16)
+            if not pbkdf2_params_ok(iterations):
+                raise RefMalformed(f"PBKDF2 iterations out of range: {iterations}")
+            mk = _unwrap(kek_pbkdf2(pw, salt, iterations), body, cid, kind)
+        else:
+            continue  # another credential's kind, or a kind this reader does not know
+        if mk is not None:
+            return mk
+    raise RefWrongKey("no recipient stanza opens with this credential")
+
+
+def inspect(
+    container: bytes, *, key: bytes | None = None, passphrase: str | None = None
+) -> dict:
+    """Steps 1-6 of section 8. Returns header, trailer and index fields (and the keys)."""
+    _check_credentials(key, passphrase)
+    c = container
+    hdr = parse_header(c)  # steps 1-2
+    cid = hdr["container_id"]
+    header_len = hdr["header_len"]
+    cipher_id = hdr["cipher_id"]
+
+    mk = open_master_key(hdr, key, passphrase)  # step 3
+    keys = derive_keys(mk, cid)
+
+    # Step 4.
+    mac_start = header_len - 32
+    if not _hmac_verify(keys["header"], c[:mac_start], c[mac_start:header_len]):
+        raise RefCorrupt("header_mac does not verify")
+
+    # Step 5.
+    if len(c) < TRAILER_LEN or c[-8:] != TRAILER_MAGIC:
+        raise RefTruncated("trailer magic missing")
+    footer_offset, footer_len = struct.unpack_from("<QQ", c, len(c) - TRAILER_LEN)
+    if header_len > footer_offset:
+        raise RefCorrupt("footer_offset inside the header")
+    if footer_offset + footer_len + TRAILER_LEN != len(c):
+        raise RefCorrupt("footer_offset + footer_len + 24 != file length")
+    if footer_len < FOOTER_MIN_LEN or (footer_len - FOOTER_MIN_LEN) % INDEX_ENTRY_LEN:
+        raise RefCorrupt(f"bad footer_len {footer_len}")
+
+    # Step 6.
+    footer = c[footer_offset : footer_offset + footer_len]
+    aad = cid + u64le(footer_offset) + u64le(footer_len)
+    index_pt = open_(
+        cipher_id, keys["index"], footer[:NONCE_LEN], footer[NONCE_LEN:], aad
+    )
+    if index_pt is None:
+        raise RefCorrupt("footer does not open")
+    block_count, pt_total_len, index_flags = struct.unpack_from("<QQI", index_pt, 0)
+    if block_count != (footer_len - FOOTER_MIN_LEN) // INDEX_ENTRY_LEN:
+        raise RefCorrupt("block_count does not match footer_len")
+    if block_count > MAX_BLOCK_COUNT:
+        raise RefCorrupt("block_count above MAX_BLOCK_COUNT")
+    if index_flags & ~INDEX_FLAG_INCOMPLETE:
+        raise RefCorrupt(f"unknown index_flags bits {index_flags:#x}")
+    entries = []
+    total = 0
+    for i in range(block_count):
+        off, pt_len = struct.unpack_from(
+            "<QI", index_pt, INDEX_HEADER_LEN + i * INDEX_ENTRY_LEN
+        )
+        if not 1 <= pt_len <= hdr["block_size"]:
+            raise RefCorrupt(f"block {i}: pt_len {pt_len} out of range")
+        frame_len = META_FRAME_LEN + pt_len + TAG_LEN
+        if off < header_len or off + frame_len > footer_offset:
+            raise RefCorrupt(f"block {i}: frame outside [header_len, footer_offset)")
+        entries.append((off, pt_len))
+        total += pt_len
+    if total != pt_total_len:
+        raise RefCorrupt("sum of pt_len != pt_total_len")
+
+    return {
+        **{k: v for k, v in hdr.items() if k != "stanzas"},
+        "stanza_kinds": [kind for kind, _ in hdr["stanzas"]],
+        "footer_offset": footer_offset,
+        "footer_len": footer_len,
+        "block_count": block_count,
+        "pt_total_len": pt_total_len,
+        "index_flags": index_flags,
+        "frame_offsets": [off for off, _ in entries],
+        "pt_lens": [pt_len for _, pt_len in entries],
+        "mk": mk,
+        "keys": keys,
+    }
+
+
+def decode_block(container: bytes, info: dict, i: int) -> bytes:
+    """Step 7 of section 8 (section 5) for logical block i."""
+    cid = info["container_id"]
+    cipher_id = info["cipher_id"]
+    off = info["frame_offsets"][i]
+    pt_len = info["pt_lens"][i]
+    frame = container[off : off + META_FRAME_LEN + pt_len + TAG_LEN]
+
+    meta_pt = open_(
+        cipher_id,
+        info["keys"]["meta"],
+        frame[:NONCE_LEN],
+        frame[NONCE_LEN:META_FRAME_LEN],
+        cid,
+    )
+    if meta_pt is None:
+        raise RefCorrupt(f"block {i}: metadata does not open")
+    (block_index, m_pt_len, meta_flags, reserved, cdk_salt, data_nonce, pt_sha) = (
+        struct.unpack("<QIB3s16s12s32s", meta_pt)
+    )
+    if block_index != i:
+        raise RefCorrupt(f"block {i}: frame holds block_index {block_index}")
+    if m_pt_len != pt_len:
+        raise RefCorrupt(
+            f"block {i}: pt_len {m_pt_len} differs from the index ({pt_len})"
+        )
+    if reserved != b"\0\0\0":
+        raise RefCorrupt(f"block {i}: reserved metadata bytes are not zero")
+    if meta_flags & ~META_FLAG_FINAL:
+        raise RefCorrupt(f"block {i}: unknown meta_flags bits {meta_flags:#x}")
+    complete = not info["index_flags"] & INDEX_FLAG_INCOMPLETE
+    want_final = complete and i == info["block_count"] - 1
+    if bool(meta_flags & META_FLAG_FINAL) != want_final:
+        raise RefCorrupt(
+            f"block {i}: FINAL flag is {bool(meta_flags & 1)}, expected {want_final}"
+        )
+
+    cdk = derive_cdk(info["mk"], cid, i, pt_sha, cdk_salt)
+    aad = cid + u64le(i) + u32(pt_len) + u8(meta_flags)
+    pt = open_(cipher_id, cdk, data_nonce, frame[META_FRAME_LEN:], aad)
+    if pt is None:
+        raise RefCorrupt(f"block {i}: data does not open")
+    if sha256(pt) != pt_sha:
+        raise RefCorrupt(f"block {i}: pt_sha256 mismatch")
+    return pt
+
+
+def decode(
+    container: bytes, *, key: bytes | None = None, passphrase: str | None = None
+) -> bytes:
+    """Decrypt a whole container, making every check of FORMAT.md section 8 in order."""
+    info = inspect(container, key=key, passphrase=passphrase)
+    return b"".join(
+        decode_block(container, info, i) for i in range(info["block_count"])
+    )
+
+
+def _check_credentials(key: bytes | None, passphrase: str | None) -> None:
+    if key is None and passphrase is None:
+        raise ValueError("need a key or a passphrase")
+    if key is not None and len(key) != 32:
+        raise ValueError("a key-file key is 32 bytes")
+
+
+# --------------------------------------------------------------------------------------------
+# Writer
+
+
+def encode(
+    plaintext: bytes,
+    *,
+    key: bytes | None = None,
+    passphrase: str | None = None,
+    kdf: str = "argon2id",
+    kdf_params: dict | None = None,
+    cipher_id: int = CIPHER_AES_256_GCM,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    permute: bool = True,
+    perm_window: int | None = None,
+    rng: Callable[[int], bytes] = os.urandom,
+    extra_stanzas: Iterable[tuple[int, bytes]] = (),
+) -> bytes:
+    """Reference writer.
+
+    With both ``key`` and ``passphrase`` the header gets a ``key`` stanza followed by a
+    passphrase stanza (``kdf`` is "argon2id" or "pbkdf2"). ``extra_stanzas`` are raw
+    ``(kind, body)`` pairs appended after those (for tests of unknown kinds). ``rng(n)`` supplies
+    every random byte, in this order: container_id, MK, per stanza (kdf_salt,) wrap_nonce, per
+    logical block cdk_salt, data_nonce, meta_nonce, and finally footer_nonce.
+    """
+    _check_credentials(key, passphrase)
+    if cipher_id not in (CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305):
+        raise ValueError("cipher_id must be 1 or 2")
+    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+        raise ValueError("block_size out of range")
+    if permute:
+        if perm_window is None:
+            perm_window = default_perm_window(block_size)
+        if perm_window < 1:
+            raise ValueError("perm_window must be >= 1")
+        flags = FLAG_PERMUTED
+    else:
+        perm_window = 0
+        flags = 0
+
+    def rand(n: int) -> bytes:
+        out = rng(n)
+        assert len(out) == n
+        return out
+
+    container_id = rand(16)
+    mk = rand(32)
+    keys = derive_keys(mk, container_id)
+
+    # Stanzas (section 3.1).
+    stanzas: list[tuple[int, bytes]] = []
+
+    def wrap(kek: bytes, kind: int) -> bytes:
+        nonce = rand(12)
+        return nonce + seal(CIPHER_AES_256_GCM, kek, nonce, mk, container_id + u8(kind))
+
+    if key is not None:
+        stanzas.append((KIND_KEY, wrap(kek_key(key, container_id), KIND_KEY)))
+    if passphrase is not None:
+        pw = normalize_passphrase(passphrase)
+        if kdf == "argon2id":
+            p = {**DEFAULT_ARGON2, **(kdf_params or {})}
+            if not argon2_params_ok(p["t_cost"], p["m_cost_kib"], p["lanes"]):
+                raise ValueError("Argon2id parameters out of range")
+            salt = rand(16)
+            kek = kek_argon2id(pw, salt, p["t_cost"], p["m_cost_kib"], p["lanes"])
+            body = salt + u32(p["t_cost"]) + u32(p["m_cost_kib"]) + u32(p["lanes"])
+            stanzas.append((KIND_ARGON2ID, body + wrap(kek, KIND_ARGON2ID)))
+        elif kdf == "pbkdf2":
+            p = {**DEFAULT_PBKDF2, **(kdf_params or {})}
+            if not pbkdf2_params_ok(p["iterations"]):
+                raise ValueError("PBKDF2 iterations out of range")
+            salt = rand(16)
+            kek = kek_pbkdf2(pw, salt, p["iterations"])
+            stanzas.append(
+                (KIND_PBKDF2, salt + u32(p["iterations"]) + wrap(kek, KIND_PBKDF2))
+            )
+        else:
+            raise ValueError(f"unknown kdf {kdf!r}")
+    stanzas.extend(extra_stanzas)
+    if len(stanzas) > MAX_RECIPIENTS:
+        raise ValueError("too many recipients")
+
+    stanza_bytes = b"".join(u8(kind) + u16(len(body)) + body for kind, body in stanzas)
+    used = HEADER_FIXED_LEN + len(stanza_bytes) + HEADER_TAIL_LEN
+    header_len = -(-used // HEADER_ALIGN) * HEADER_ALIGN
+    if header_len > MAX_HEADER_LEN:
+        raise ValueError("header too large")
+    fixed = (
+        MAGIC
+        + struct.pack(
+            "<HIHBBII",
+            FORMAT_VERSION,
+            header_len,
+            flags,
+            cipher_id,
+            0,
+            block_size,
+            perm_window,
+        )
+        + container_id
+        + u16(len(stanzas))
+    )
+    assert len(fixed) == HEADER_FIXED_LEN
+    body = fixed + stanza_bytes
+    body += bytes(header_len - HEADER_TAIL_LEN - len(body))
+    body += sha256(body)
+    header = body + hmac_sha256(keys["header"], body)
+    assert len(header) == header_len
+
+    # Frames (section 5), built in logical order.
+    blocks = [
+        plaintext[i : i + block_size] for i in range(0, len(plaintext), block_size)
+    ]
+    n = len(blocks)
+    if n > MAX_BLOCK_COUNT:
+        raise ValueError("too many blocks")
+    frames = []
+    for i, pt in enumerate(blocks):
+        meta_flags = META_FLAG_FINAL if i == n - 1 else 0
+        cdk_salt = rand(16)
+        data_nonce = rand(12)
+        pt_sha = sha256(pt)
+        meta_pt = (
+            u64le(i)
+            + u32(len(pt))
+            + u8(meta_flags)
+            + bytes(3)
+            + cdk_salt
+            + data_nonce
+            + pt_sha
+        )
+        assert len(meta_pt) == META_PT_LEN
+        cdk = derive_cdk(mk, container_id, i, pt_sha, cdk_salt)
+        data_aad = container_id + u64le(i) + u32(len(pt)) + u8(meta_flags)
+        data_ct = seal(cipher_id, cdk, data_nonce, pt, data_aad)
+        meta_nonce = rand(12)
+        meta_ct = seal(cipher_id, keys["meta"], meta_nonce, meta_pt, container_id)
+        frames.append(meta_nonce + meta_ct + data_ct)
+
+    # Placement (section 7).
+    slots = physical_order(keys["perm"], n, perm_window) if permute else list(range(n))
+    offsets = [0] * n
+    pos = header_len
+    out = [header]
+    for logical in slots:
+        offsets[logical] = pos
+        out.append(frames[logical])
+        pos += len(frames[logical])
+
+    # Footer and trailer (section 6).
+    footer_offset = pos
+    footer_len = FOOTER_MIN_LEN + INDEX_ENTRY_LEN * n
+    index_pt = u64le(n) + u64le(len(plaintext)) + u32(0)
+    index_pt += b"".join(u64le(offsets[i]) + u32(len(blocks[i])) for i in range(n))
+    footer_nonce = rand(12)
+    aad = container_id + u64le(footer_offset) + u64le(footer_len)
+    footer = footer_nonce + seal(cipher_id, keys["index"], footer_nonce, index_pt, aad)
+    assert len(footer) == footer_len
+    out.append(footer)
+    out.append(u64le(footer_offset) + u64le(footer_len) + TRAILER_MAGIC)
+    return b"".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers for building negative test cases
+
+
+def rehash_header(container: bytes) -> bytes:
+    """Recompute header_sha256 (not the MAC) after a deliberate header edit."""
+    (header_len,) = struct.unpack_from("<I", container, 10)
+    end = header_len - HEADER_TAIL_LEN
+    return container[:end] + sha256(container[:end]) + container[end + 32 :]
