@@ -369,7 +369,7 @@ def parse_header(container: bytes) -> dict:
     if not HEADER_FIXED_LEN + HEADER_TAIL_LEN <= header_len <= MAX_HEADER_LEN:
         raise RefMalformed(f"header_len {header_len} out of range")
     if header_len > len(c):
-        raise RefMalformed("header_len larger than the file")
+        raise RefTruncated("header_len larger than the file")
     if flags & ~FLAG_PERMUTED:
         raise RefMalformed(f"unknown header_flags bits {flags:#06x}")
     if cipher_id not in (CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305):
@@ -385,6 +385,8 @@ def parse_header(container: bytes) -> dict:
         raise RefMalformed("perm_window must be 0 when PERMUTED is clear")
     if recipient_count > MAX_RECIPIENTS:
         raise RefMalformed(f"recipient_count {recipient_count} > {MAX_RECIPIENTS}")
+    if recipient_count == 0:
+        raise RefMalformed("recipient_count is 0")
 
     stanza_end = header_len - HEADER_TAIL_LEN
     pos = HEADER_FIXED_LEN
@@ -393,6 +395,8 @@ def parse_header(container: bytes) -> dict:
         if pos + 3 > stanza_end:
             raise RefMalformed("stanza header runs past the stanza area")
         kind = c[pos]
+        if kind == 0:
+            raise RefMalformed("stanza kind 0 is reserved")
         (body_len,) = struct.unpack_from("<H", c, pos + 1)
         if body_len > MAX_STANZA_BODY_LEN:
             raise RefMalformed(f"stanza body_len {body_len} > {MAX_STANZA_BODY_LEN}")
@@ -403,7 +407,7 @@ def parse_header(container: bytes) -> dict:
         stanzas.append((kind, c[pos + 3 : pos + 3 + body_len]))
         pos += 3 + body_len
     if any(c[pos:stanza_end]):
-        raise RefMalformed("header padding is not all zero")
+        raise RefCorrupt("header padding is not all zero")
 
     header_sha = c[stanza_end : stanza_end + 32]
     header_mac = c[stanza_end + 32 : header_len]

@@ -290,8 +290,12 @@ def test_truncation_at_every_length():
     for n in range(header_len, len(c)):
         with pytest.raises(ref.RefTruncated):
             ref.decode(c[:n], key=KEY)
-    for n in (0, 10, ref.HEADER_FIXED_LEN, 200, header_len - 1):
+    for n in (0, 10):
         with pytest.raises(ref.RefMalformed):
+            ref.decode(c[:n], key=KEY)
+    # Cut inside the header, once header_len is readable: the header is longer than the file.
+    for n in (ref.HEADER_FIXED_LEN, 200, header_len - 1):
+        with pytest.raises(ref.RefTruncated):
             ref.decode(c[:n], key=KEY)
 
 
@@ -314,13 +318,21 @@ def test_not_a_container():
         (22, "<I", 0),  # PERMUTED set with perm_window 0
         (42, "<H", 65),  # too many recipients
         (45, "<H", 59),  # key stanza with the wrong body_len
-        (4000, "<B", 1),  # padding not zero
+        (42, "<H", 0),  # no recipients
+        (42, "<H", 2),  # padding would parse as a reserved kind-0 stanza
     ],
 )
 def test_malformed_header_fields(offset, fmt, value):
     bad = bytearray(small())
     struct.pack_into(fmt, bad, offset, value)
     with pytest.raises(ref.RefMalformed):
+        ref.decode(ref.rehash_header(bytes(bad)), key=KEY)
+
+
+def test_nonzero_padding_is_corrupt():
+    bad = bytearray(small())
+    bad[4000] = 1
+    with pytest.raises(ref.RefCorrupt):
         ref.decode(ref.rehash_header(bytes(bad)), key=KEY)
 
 
@@ -334,8 +346,10 @@ def test_perm_window_must_be_zero_when_not_permuted():
 def test_stanza_kinds():
     # Unknown kinds are skipped; a known kind with the wrong body_len is rejected.
     assert (
-        ref.decode(small(extra_stanzas=[(99, b"abc"), (0, b"")]), key=KEY) == b"x" * 200
+        ref.decode(small(extra_stanzas=[(99, b"abc")]), key=KEY) == b"x" * 200
     )
+    with pytest.raises(ref.RefMalformed):
+        ref.decode(small(extra_stanzas=[(0, b"")]), key=KEY)
     with pytest.raises(ref.RefMalformed):
         ref.decode(small(extra_stanzas=[(ref.KIND_PBKDF2, bytes(79))]), key=KEY)
     with pytest.raises(ref.RefMalformed):

@@ -56,7 +56,7 @@ def _check_credentials(passphrase: str | bytes | None, key: bytes | None) -> Non
 
 def _open_input(path: str | os.PathLike[str]) -> BinaryIO:
     try:
-        return open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the caller's ExitStack
+        return io.open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
     except FileNotFoundError:
         raise QeltrixIOError(f"{os.fspath(path)}: no such file") from None
     except IsADirectoryError:

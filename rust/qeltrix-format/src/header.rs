@@ -209,6 +209,9 @@ impl Header {
                 return malformed(format!("recipient stanza {n} runs past the header"));
             }
             let kind = bytes[pos];
+            if kind == 0 {
+                return malformed(format!("recipient stanza {n} has the reserved kind 0"));
+            }
             let body_len = read_u16(bytes, pos + 1);
             if body_len > MAX_STANZA_BODY_LEN {
                 return limit(format!(
