@@ -72,10 +72,16 @@ def build_header(
     block_size: int,
     perm_window: int,
     stanzas: list[tuple[int, bytes]],
+    min_header_len: int = 0,
 ) -> tuple[bytes, _crypto.ContainerKeys]:
-    """Encode and seal a header (FORMAT.md section 3); return it with the container keys."""
+    """Encode and seal a header (FORMAT.md section 3); return it with the container keys.
+
+    ``min_header_len`` keeps an existing header's length when recipients are rewritten in place.
+    """
     flags = HEADER_FLAG_PERMUTED if perm_window else 0
-    unsealed = _core.encode_header_unsealed(flags, cipher_id, block_size, perm_window, container_id, stanzas)
+    unsealed = _core.encode_header_unsealed(
+        flags, cipher_id, block_size, perm_window, container_id, stanzas, min_header_len
+    )
     keys = _crypto.ContainerKeys(mk, container_id, cipher_id)
     checksummed = unsealed + _crypto.sha256(unsealed)
     return checksummed + keys.header_mac(checksummed), keys

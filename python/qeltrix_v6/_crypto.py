@@ -195,6 +195,11 @@ class ContainerKeys:
         self._meta_aead = self._aead_cls(hkdf(mk, container_id, LABEL_META))
         self._index_aead = self._aead_cls(hkdf(mk, container_id, LABEL_INDEX))
 
+    @property
+    def mk(self) -> bytes:
+        """The master key (for rewriting recipients; never log or store it unwrapped)."""
+        return self._mk
+
     def header_mac(self, maced: bytes) -> bytes:
         """``header_mac`` over the header bytes before it."""
         return hmac_sha256(self.k_header, maced)
