@@ -8,6 +8,7 @@ outputs atomic.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import os
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, Any, BinaryIO, Literal, overload
+from typing import IO, Any, Literal, cast, overload
 
 from . import _core, _crypto
 from ._atomic import AtomicOutput
@@ -41,10 +42,6 @@ class PackResult:
     container_len: int
 
 
-def _is_path(x: object) -> bool:
-    return isinstance(x, str | os.PathLike)
-
-
 def _check_credentials(passphrase: str | bytes | None, key: bytes | None) -> None:
     if passphrase is None and key is None:
         raise ValueError("a passphrase or a 32-byte key is required")
@@ -54,9 +51,9 @@ def _check_credentials(passphrase: str | bytes | None, key: bytes | None) -> Non
         raise ValueError("the passphrase is empty")
 
 
-def _open_input(path: str | os.PathLike[str]) -> BinaryIO:
+def _open_input(path: str | os.PathLike[str]) -> IO[bytes]:
     try:
-        return io.open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
+        return builtins.open(path, "rb", buffering=0)
     except FileNotFoundError:
         raise QeltrixIOError(f"{os.fspath(path)}: no such file") from None
     except IsADirectoryError:
@@ -133,14 +130,14 @@ def pack(
 
     with contextlib.ExitStack() as stack:
         total: int | None = None
-        if _is_path(src):
-            f = stack.enter_context(_open_input(src))  # type: ignore[arg-type]
+        if isinstance(src, str | os.PathLike):
+            f = stack.enter_context(_open_input(src))
             total = os.fstat(f.fileno()).st_size
             src_arg: Any = f.fileno()
         else:
             src_arg = src
-        if _is_path(dst):
-            atomic = AtomicOutput(dst, overwrite=overwrite)  # type: ignore[arg-type]
+        if isinstance(dst, str | os.PathLike):
+            atomic = AtomicOutput(dst, overwrite=overwrite)
             out = stack.enter_context(atomic)
             dst_arg: Any = out.fileno()
         else:
@@ -167,20 +164,18 @@ class _Opened:
         self._owned = []
 
 
-def open_reader(
-    src: PathOrFile, *, passphrase: str | bytes | None = None, key: bytes | None = None
-) -> _Opened:
+def open_reader(src: PathOrFile, *, passphrase: str | bytes | None = None, key: bytes | None = None) -> _Opened:
     """Open a container for reading: checksum, unwrap the MK, verify the header MAC, load the index."""
     _check_credentials(passphrase, key)
     owned: list[IO[bytes]] = []
-    if _is_path(src):
-        f = _open_input(src)  # type: ignore[arg-type]
+    if isinstance(src, str | os.PathLike):
+        f = _open_input(src)
         owned.append(f)
         arg: Any = f.fileno()
     else:
-        if not (hasattr(src, "seekable") and src.seekable()):  # type: ignore[union-attr]
+        if not (hasattr(src, "seekable") and src.seekable()):
             spool = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the _Opened
-            shutil.copyfileobj(src, spool, 1 << 20)  # type: ignore[misc]
+            shutil.copyfileobj(src, spool, 1 << 20)
             owned.append(spool)
             arg = spool.fileno()
         else:
@@ -235,8 +230,8 @@ def unpack(
     """
     opened = open_reader(src, passphrase=passphrase, key=key)
     try:
-        if _is_path(dst):
-            atomic = AtomicOutput(dst, overwrite=overwrite)  # type: ignore[arg-type]
+        if isinstance(dst, str | os.PathLike):
+            atomic = AtomicOutput(dst, overwrite=overwrite)
             with atomic as out:
                 n: int = opened.reader.unpack_to(out.fileno(), workers, progress)
                 atomic.commit()
@@ -282,7 +277,7 @@ class ContainerFile(io.RawIOBase):
         return True
 
     def readinto(self, b: Any) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._checkClosed()
         view = memoryview(b).cast("B")
         data = self._opened.reader.read_at(self._pos, len(view))
         n = len(data)
@@ -291,13 +286,13 @@ class ContainerFile(io.RawIOBase):
         return n
 
     def readall(self) -> bytes:
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._checkClosed()
         data: bytes = self._opened.reader.read_at(self._pos, max(0, self.size - self._pos))
         self._pos += len(data)
         return data
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._checkClosed()
         if whence == io.SEEK_SET:
             pos = offset
         elif whence == io.SEEK_CUR:
@@ -312,7 +307,7 @@ class ContainerFile(io.RawIOBase):
         return pos
 
     def tell(self) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._checkClosed()
         return self._pos
 
     def close(self) -> None:
@@ -373,7 +368,7 @@ class ContainerWriter(io.RawIOBase):
 
     def _run(self, dst: PathOrFile, pack_kwargs: dict[str, Any]) -> None:
         try:
-            self._result = pack(_QueueSource(self._q), dst, **pack_kwargs)  # type: ignore[arg-type]
+            self._result = pack(cast(IO[bytes], _QueueSource(self._q)), dst, **pack_kwargs)
         except BaseException as e:
             self._error = e
             # Unblock a producer waiting on a full queue.
@@ -385,7 +380,7 @@ class ContainerWriter(io.RawIOBase):
         return True
 
     def write(self, b: Any) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._checkClosed()
         data = bytes(b)
         while True:
             if self._error is not None:
@@ -443,7 +438,7 @@ class ContainerWriter(io.RawIOBase):
 def open(path_or_file: PathOrFile, mode: Literal["rb"] = "rb", **kwargs: Any) -> ContainerFile: ...
 @overload
 def open(path_or_file: PathOrFile, mode: Literal["wb"], **kwargs: Any) -> ContainerWriter: ...
-def open(  # noqa: A001 - mirrors builtins.open on purpose
+def open(
     path_or_file: PathOrFile,
     mode: str = "rb",
     *,
@@ -465,7 +460,9 @@ def open(  # noqa: A001 - mirrors builtins.open on purpose
     ...     f.read()
     b'56789'
     """
-    name = os.fspath(path_or_file) if _is_path(path_or_file) else getattr(path_or_file, "name", None)
+    name = (
+        os.fspath(path_or_file) if isinstance(path_or_file, str | os.PathLike) else getattr(path_or_file, "name", None)
+    )
     if mode == "rb":
         if kwargs:
             raise TypeError(f"unexpected options for mode 'rb': {', '.join(kwargs)}")

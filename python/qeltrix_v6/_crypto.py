@@ -34,7 +34,11 @@ LABEL_RECIPIENT_KEY = b"qeltrix-v6 recipient key"
 CIPHER_AES_256_GCM = 1
 CIPHER_CHACHA20_POLY1305 = 2
 CIPHERS = {"aes-256-gcm": CIPHER_AES_256_GCM, "chacha20-poly1305": CIPHER_CHACHA20_POLY1305}
-_AEADS = {CIPHER_AES_256_GCM: AESGCM, CIPHER_CHACHA20_POLY1305: ChaCha20Poly1305}
+Aead = AESGCM | ChaCha20Poly1305
+_AEADS: dict[int, type[AESGCM] | type[ChaCha20Poly1305]] = {
+    CIPHER_AES_256_GCM: AESGCM,
+    CIPHER_CHACHA20_POLY1305: ChaCha20Poly1305,
+}
 
 KIND_KEY = 1
 KIND_ARGON2ID = 2
@@ -181,7 +185,7 @@ class ContainerKeys:
     slices them, so each block costs no copy beyond the AEAD itself.
     """
 
-    __slots__ = ("_aead_cls", "_index_aead", "_meta_aead", "cipher_id", "container_id", "k_header", "k_perm", "_mk")
+    __slots__ = ("_aead_cls", "_index_aead", "_meta_aead", "_mk", "cipher_id", "container_id", "k_header", "k_perm")
 
     def __init__(self, mk: bytes, container_id: bytes, cipher_id: int) -> None:
         if cipher_id not in _AEADS:
@@ -192,8 +196,8 @@ class ContainerKeys:
         self._aead_cls = _AEADS[cipher_id]
         self.k_header = hkdf(mk, container_id, LABEL_HEADER_MAC)
         self.k_perm = hkdf(mk, container_id, LABEL_PERM, 16)
-        self._meta_aead = self._aead_cls(hkdf(mk, container_id, LABEL_META))
-        self._index_aead = self._aead_cls(hkdf(mk, container_id, LABEL_INDEX))
+        self._meta_aead: Aead = self._aead_cls(hkdf(mk, container_id, LABEL_META))
+        self._index_aead: Aead = self._aead_cls(hkdf(mk, container_id, LABEL_INDEX))
 
     @property
     def mk(self) -> bytes:

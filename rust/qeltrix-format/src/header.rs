@@ -281,7 +281,7 @@ impl Header {
 
     /// Encode every header byte before `header_sha256` (fixed fields, stanzas, padding).
     /// `header_len` is rounded up to [`HEADER_ALIGN`] unless `min_header_len` asks for more.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // one argument per header field
     pub fn encode_unsealed(
         header_flags: u16,
         cipher_id: u8,

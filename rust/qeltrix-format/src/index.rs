@@ -213,8 +213,8 @@ mod tests {
             let ix = index_of(&lens);
             let r = ix.covering(pos, len);
             let end = (pos + len).min(ix.pt_total_len);
-            for i in 0..lens.len() {
-                let (a, b) = (ix.pt_offset(i), ix.pt_offset(i) + u64::from(lens[i]));
+            for (i, &l) in lens.iter().enumerate() {
+                let (a, b) = (ix.pt_offset(i), ix.pt_offset(i) + u64::from(l));
                 let overlaps = a < end && pos < b;
                 prop_assert_eq!(r.contains(&i), overlaps);
             }

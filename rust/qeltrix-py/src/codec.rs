@@ -7,6 +7,7 @@ use qeltrix_format::{Header, Permutation, Stanza};
 /// Encode every header byte before `header_sha256` (FORMAT.md section 3).
 #[pyfunction]
 #[pyo3(signature = (header_flags, cipher_id, block_size, perm_window, container_id, stanzas, min_header_len=0))]
+#[allow(clippy::too_many_arguments)] // mirrors the header's fields one to one
 fn encode_header_unsealed<'py>(
     py: Python<'py>,
     header_flags: u16,

@@ -41,7 +41,7 @@ struct Packed {
 /// Returns `(pt_total_len, block_count, container_len)`.
 #[pyfunction]
 #[pyo3(signature = (src, dst, keys, header, block_size, perm_window, k_perm, workers=None, progress=None, total_hint=None))]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // a pyfunction's keyword arguments
 pub fn pack_stream(
     py: Python<'_>,
     src: &Bound<'_, PyAny>,

@@ -1,0 +1,28 @@
+# One entry point for every check. `make test` is the README's test command and what CI runs.
+PYTHON ?= python3
+export HYPOTHESIS_PROFILE ?= ci
+
+.PHONY: test deps rust-test py-test lint fmt
+
+test: deps rust-test py-test
+
+# Test dependencies: the package itself (built by maturin) and its `test` extra.
+deps:
+	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[test]'
+
+rust-test:
+	cargo test --workspace --locked
+
+py-test:
+	$(PYTHON) -m pytest -q
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	$(PYTHON) -m ruff check python tests benches
+	$(PYTHON) -m ruff format --check python tests benches
+	$(PYTHON) -m mypy
+
+fmt:
+	cargo fmt --all
+	$(PYTHON) -m ruff format python tests benches
