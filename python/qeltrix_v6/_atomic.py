@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from types import TracebackType
 from typing import BinaryIO
@@ -15,6 +16,22 @@ from typing import BinaryIO
 from .errors import QeltrixIOError
 
 TEMP_SUFFIX = ".qeltrix-tmp"
+
+
+def _is_special(path: str) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a directory."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def builtins_open(path: str) -> BinaryIO:
+    try:
+        return open(path, "wb", buffering=0)
+    except OSError as e:
+        raise QeltrixIOError(f"cannot write {path}: {e.strerror}") from e
 
 
 def _umask() -> int:
@@ -31,8 +48,14 @@ class AtomicOutput:
         self.overwrite = overwrite
         self._file: BinaryIO | None = None
         self._tmp: str | None = None
+        self._special = False
 
     def __enter__(self) -> BinaryIO:
+        if _is_special(self.path):
+            # /dev/null, a FIFO, a terminal: not a file to replace, so write to it directly.
+            self._special = True
+            self._file = builtins_open(self.path)
+            return self._file
         if not self.overwrite and os.path.lexists(self.path):
             raise QeltrixIOError(f"{self.path} already exists (use --force to overwrite)")
         parent = os.path.dirname(os.path.abspath(self.path))
@@ -47,7 +70,11 @@ class AtomicOutput:
 
     def commit(self) -> None:
         """Flush, fsync and rename the temporary file to the final name."""
-        assert self._file is not None and self._tmp is not None
+        assert self._file is not None
+        if self._special:
+            self._file.close()
+            return
+        assert self._tmp is not None
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()

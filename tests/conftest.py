@@ -1,0 +1,106 @@
+"""Shared fixtures and hypothesis profiles of the Qeltrix V6 test suite.
+
+Profiles (select with ``HYPOTHESIS_PROFILE``):
+
+- ``ci`` (default): 40 examples per property, no deadline.
+- ``slow``: 1000 examples per property, for a long fuzzing run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "slow",
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+#: Small, fast KDF parameters (still inside the limits of FORMAT.md section 9).
+ARGON2_SMALL = {"t_cost": 1, "m_cost_kib": 64, "lanes": 1}
+PBKDF2_SMALL = {"iterations": 1000}
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+
+def make_plaintext(n: int, seed: int | str = 0) -> bytes:
+    """``n`` deterministic pseudorandom bytes."""
+    return random.Random(f"{seed}/{n}").randbytes(n)
+
+
+def pack_bytes(pt: bytes, **kwargs: object) -> bytes:
+    """Pack ``pt`` in memory and return the container bytes (``key=KEY`` unless a credential is given)."""
+    import qeltrix_v6
+
+    if "key" not in kwargs and "passphrase" not in kwargs:
+        kwargs["key"] = KEY
+    out = io.BytesIO()
+    result = qeltrix_v6.pack(io.BytesIO(pt), out, **kwargs)  # type: ignore[arg-type]
+    c = out.getvalue()
+    assert result.container_len == len(c)
+    assert result.pt_len == len(pt)
+    return c
+
+
+def unpack_bytes(c: bytes, **kwargs: object) -> bytes:
+    """Unpack container bytes in memory and return the plaintext (``key=KEY`` unless a credential is given)."""
+    import qeltrix_v6
+
+    if "key" not in kwargs and "passphrase" not in kwargs:
+        kwargs["key"] = KEY
+    out = io.BytesIO()
+    n = qeltrix_v6.unpack(io.BytesIO(c), out, **kwargs)  # type: ignore[arg-type]
+    assert n == len(out.getvalue())
+    return out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def key() -> bytes:
+    """A fixed 32-byte key."""
+    return KEY
+
+
+@pytest.fixture(scope="session")
+def other_key() -> bytes:
+    """Another 32-byte key, which does not open containers made with ``key``."""
+    return OTHER_KEY
+
+
+@pytest.fixture(scope="session")
+def packer() -> Callable[..., bytes]:
+    """``packer(pt, **pack_kwargs) -> container bytes`` (in memory, ``key=KEY`` by default)."""
+    return pack_bytes
+
+
+@pytest.fixture(scope="session")
+def unpacker() -> Callable[..., bytes]:
+    """``unpacker(container, **kwargs) -> plaintext`` (in memory, ``key=KEY`` by default)."""
+    return unpack_bytes
+
+
+@pytest.fixture(scope="session")
+def small_container() -> tuple[bytes, bytes]:
+    """``(plaintext, container)``: 10 full 64-byte blocks, permuted, under ``KEY``."""
+    pt = make_plaintext(640, "small")
+    return pt, pack_bytes(pt, block_size=64)
