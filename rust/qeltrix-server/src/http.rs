@@ -1,0 +1,707 @@
+//! The SeekServer: HTTP/1.1 GET and HEAD over containers with RFC 9110 ranges, conditional
+//! requests, keep-alive, bearer tokens, TLS, a connection limit and timeouts.
+//!
+//! One tokio runtime on its own thread accepts connections; hyper parses HTTP. Decryption is
+//! blocking work on tokio's blocking pool; each response streams through a small bounded
+//! channel, so memory per connection is a few blocks whatever the range size.
+use crate::path::{resolve, PathError};
+use crate::range::{parse_range, RangeRequest};
+use crate::{mime, Container, LogLevel, OpenError, Opener};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::rustls;
+
+/// Chunks buffered between the decrypting thread and the socket, per response.
+const CHANNEL_CHUNKS: usize = 4;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub root: PathBuf,
+    pub token: Option<String>,
+    /// PEM certificate chain and private key files.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_connections: usize,
+    /// A request's headers must arrive within this time (slow-loris bound).
+    pub header_timeout: Duration,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open containers kept (their index and block cache stay warm).
+    pub open_cache: usize,
+    pub access_log: bool,
+    pub worker_threads: usize,
+}
+
+impl Config {
+    /// Defaults for a server on `addr` over `root`.
+    pub fn new(addr: SocketAddr, root: PathBuf) -> Config {
+        Config {
+            addr,
+            root,
+            token: None,
+            tls: None,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            open_cache: 64,
+            access_log: false,
+            worker_threads: 2,
+        }
+    }
+}
+
+/// A running server; dropping it does not stop it, [`ServerHandle::stop`] does.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stop accepting, close connections and join the server thread.
+    pub fn stop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Whether the server thread is still running.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+fn load_tls(cert: &Path, key: &Path) -> io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad =
+        |what: &str, e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"));
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad("reading TLS certificate", &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("parsing TLS certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("reading TLS private key", &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS configuration", &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("TLS certificate/key", &e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Bind and start serving on a new thread.
+pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
+    let root = config
+        .root
+        .canonicalize()
+        .map_err(|e| io::Error::new(e.kind(), format!("root directory {}: {e}", config.root.display())))?;
+    if !root.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a directory", root.display()),
+        ));
+    }
+    let tls = match &config.tls {
+        Some((c, k)) => Some(load_tls(c, k)?),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads.max(1))
+        .thread_name("qeltrix-seek")
+        .enable_all()
+        .build()?;
+    let std_listener = std::net::TcpListener::bind(config.addr)?;
+    std_listener.set_nonblocking(true)?;
+    let local_addr = std_listener.local_addr()?;
+    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let state = Arc::new(State {
+        config: Config { root, ..config },
+        opener,
+        cache: Mutex::new(HashMap::new()),
+        limit: Arc::new(Semaphore::new(0)),
+        boundary: AtomicU64::new(0),
+    });
+    state.limit.add_permits(state.config.max_connections);
+    let thread = std::thread::Builder::new()
+        .name("qeltrix-seek-accept".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => return state.opener.log(LogLevel::Error, &format!("listener: {e}")),
+                };
+                loop {
+                    tokio::select! {
+                        _ = shutdown_rx.changed() => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, peer)) => {
+                                let state = state.clone();
+                                let tls = tls.clone();
+                                tokio::spawn(async move { state.connection(stream, peer, tls).await });
+                            }
+                            Err(e) => {
+                                // EMFILE and friends: back off instead of spinning.
+                                state.opener.log(LogLevel::Warning, &format!("accept failed: {e}"));
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        })?;
+    Ok(ServerHandle {
+        local_addr,
+        shutdown,
+        thread: Some(thread),
+    })
+}
+
+type FileStamp = (u64, Option<SystemTime>, u64);
+type OpenCache<C> = Mutex<HashMap<PathBuf, (Arc<C>, FileStamp)>>;
+
+/// A container ready to serve: the open container, the file's mtime, the URL's last segment.
+type Opened<C> = (Arc<C>, Option<SystemTime>, String);
+
+struct State<O: Opener> {
+    config: Config,
+    opener: O,
+    cache: OpenCache<O::C>,
+    limit: Arc<Semaphore>,
+    boundary: AtomicU64,
+}
+
+fn stamp(meta: &std::fs::Metadata) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
+    (meta.len(), meta.modified().ok(), meta.ino())
+}
+
+enum Body {
+    Empty,
+    Full(Option<Bytes>),
+    Stream {
+        first: Option<Bytes>,
+        rx: mpsc::Receiver<Result<Bytes, io::Error>>,
+        remaining: u64,
+    },
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match &mut *self {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Stream { first, rx, remaining } => {
+                if let Some(b) = first.take() {
+                    // `remaining` already excludes the first chunk.
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Some(Ok(b))) => {
+                        *remaining = remaining.saturating_sub(b.len() as u64);
+                        Poll::Ready(Some(Ok(Frame::data(b))))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                    Poll::Ready(None) if *remaining > 0 => {
+                        Poll::Ready(Some(Err(io::Error::other("response ended early"))))
+                    }
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Full(b) => b.is_none(),
+            Body::Stream { first, remaining, .. } => first.is_none() && *remaining == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Stream { first, remaining, .. } => {
+                SizeHint::with_exact(*remaining + first.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+fn simple(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(Body::Full(Some(Bytes::from(format!("{msg}\n")))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether an entity-tag list (If-None-Match) matches `etag`, with weak comparison.
+fn etag_list_matches(list: &str, etag: &str) -> bool {
+    let bare = etag.trim_start_matches("W/");
+    list.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == bare)
+}
+
+/// A part of the response body: plaintext `[first, last]`, with its multipart head.
+struct Part {
+    head: Option<Bytes>,
+    first: u64,
+    last: u64,
+}
+
+impl<O: Opener> State<O> {
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) {
+        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            self.opener.log(
+                LogLevel::Warning,
+                &format!(
+                    "connection limit ({}) reached; refusing {peer}",
+                    self.config.max_connections
+                ),
+            );
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        match tls {
+            Some(acceptor) => match tokio::time::timeout(self.config.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    self.serve_io(TokioIo::new(IdleIo::new(tls_stream, self.config.idle_timeout)), peer)
+                        .await
+                }
+                Ok(Err(e)) => self
+                    .opener
+                    .log(LogLevel::Info, &format!("TLS handshake with {peer} failed: {e}")),
+                Err(_) => self
+                    .opener
+                    .log(LogLevel::Info, &format!("TLS handshake with {peer} timed out")),
+            },
+            None => {
+                self.serve_io(TokioIo::new(IdleIo::new(stream, self.config.idle_timeout)), peer)
+                    .await
+            }
+        }
+        drop(permit);
+    }
+
+    async fn serve_io<I>(self: &Arc<Self>, io: I, peer: SocketAddr)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let state = self.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, std::convert::Infallible>(state.handle(req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.config.header_timeout)
+            .max_buf_size(64 * 1024)
+            .serve_connection(io, service);
+        if let Err(e) = conn.await {
+            if self.config.access_log {
+                self.opener
+                    .log(LogLevel::Info, &format!("connection from {peer} ended: {e}"));
+            }
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let range_header = req
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut resp = self.respond(req).await;
+        resp.headers_mut()
+            .insert(header::SERVER, HeaderValue::from_static("qeltrix-v6"));
+        if self.config.access_log {
+            let range = range_header.map(|r| format!(" [{r}]")).unwrap_or_default();
+            self.opener.log(
+                LogLevel::Info,
+                &format!(
+                    "{method} {path}{range} -> {} in {:.2} ms",
+                    resp.status().as_u16(),
+                    started.elapsed().as_secs_f64() * 1e3
+                ),
+            );
+        }
+        resp
+    }
+
+    async fn respond(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        // Request bodies are not expected; drain a little so keep-alive survives a small one.
+        drop(body.collect());
+        let head = parts.method == Method::HEAD;
+        if parts.method != Method::GET && !head {
+            let mut r = simple(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are supported");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        if let Some(token) = &self.config.token {
+            let ok = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
+            if !ok {
+                let mut r = simple(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"qeltrix\""),
+                );
+                return r;
+            }
+        }
+        let root = self.config.root.clone();
+        let url_path = parts.uri.path().to_owned();
+        let state = self.clone();
+        let opened = tokio::task::spawn_blocking(move || state.open(&root, &url_path)).await;
+        let (container, mtime, name) = match opened {
+            Ok(Ok(v)) => v,
+            Ok(Err(r)) => return *r,
+            Err(e) => return simple(StatusCode::INTERNAL_SERVER_ERROR, &format!("internal error: {e}")),
+        };
+        self.serve_container(&parts.headers, head, container, mtime, &name)
+            .await
+    }
+
+    /// Resolve and open (or reuse) the container for a URL path. Blocking.
+    fn open(&self, root: &Path, url_path: &str) -> Result<Opened<O::C>, Box<Response<Body>>> {
+        let path = match resolve(root, url_path) {
+            Ok(p) => p,
+            Err(PathError::NotFound | PathError::Rejected) => {
+                return Err(Box::new(simple(StatusCode::NOT_FOUND, "not found")))
+            }
+        };
+        let meta = std::fs::metadata(&path).map_err(|_| Box::new(simple(StatusCode::NOT_FOUND, "not found")))?;
+        let st = stamp(&meta);
+        let name = url_path.rsplit('/').next().unwrap_or_default().to_owned();
+        if let Some((c, s)) = self.cache.lock().expect("cache lock").get(&path) {
+            if *s == st {
+                return Ok((c.clone(), st.1, name));
+            }
+        }
+        match self.opener.open(&path) {
+            Ok(c) => {
+                let mut cache = self.cache.lock().expect("cache lock");
+                if cache.len() >= self.config.open_cache {
+                    if let Some(k) = cache.keys().next().cloned() {
+                        cache.remove(&k);
+                    }
+                }
+                cache.insert(path, (c.clone(), st));
+                Ok((c, st.1, name))
+            }
+            Err(OpenError::NotFound) => Err(Box::new(simple(StatusCode::NOT_FOUND, "not found"))),
+            Err(OpenError::WrongKey(m)) => {
+                self.opener.log(LogLevel::Warning, &format!("{}: {m}", path.display()));
+                Err(Box::new(simple(
+                    StatusCode::FORBIDDEN,
+                    "this server's key does not open this container",
+                )))
+            }
+            Err(OpenError::Damaged(m)) | Err(OpenError::Io(m)) => {
+                self.opener.log(LogLevel::Error, &format!("{}: {m}", path.display()));
+                Err(Box::new(simple(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the container cannot be read (see the server log)",
+                )))
+            }
+        }
+    }
+
+    async fn serve_container(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        head: bool,
+        container: Arc<O::C>,
+        mtime: Option<SystemTime>,
+        name: &str,
+    ) -> Response<Body> {
+        let len = container.pt_len();
+        let etag = format!("\"{}\"", container.etag_id());
+        let last_modified = mtime.map(httpdate::fmt_http_date);
+        let ctype = mime::content_type(name);
+        let hdr = |h: &header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+
+        let mut base = Response::builder()
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(header::ETAG, &etag)
+            .header(header::CACHE_CONTROL, "private, no-transform");
+        if let Some(lm) = &last_modified {
+            base = base.header(header::LAST_MODIFIED, lm);
+        }
+
+        let not_modified = match hdr(&header::IF_NONE_MATCH) {
+            Some(list) => etag_list_matches(list, &etag),
+            None => match (
+                hdr(&header::IF_MODIFIED_SINCE).and_then(|d| httpdate::parse_http_date(d).ok()),
+                mtime,
+            ) {
+                (Some(since), Some(m)) => httpdate::HttpDate::from(m) <= httpdate::HttpDate::from(since),
+                _ => false,
+            },
+        };
+        if not_modified {
+            return base
+                .status(StatusCode::NOT_MODIFIED)
+                .body(Body::Empty)
+                .expect("valid response");
+        }
+
+        // If-Range: honour Range only if the validator still matches (strong comparison).
+        let range_allowed = match hdr(&header::IF_RANGE) {
+            None => true,
+            Some(v) if v.starts_with('"') => v == etag,
+            Some(v) if v.starts_with("W/") => false,
+            Some(v) => last_modified.as_deref() == Some(v),
+        };
+        let range = if range_allowed {
+            parse_range(hdr(&header::RANGE), len)
+        } else {
+            RangeRequest::Full
+        };
+
+        let (status, parts, content_type, content_len) = match range {
+            RangeRequest::Unsatisfiable => {
+                return base
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                    .header(header::CONTENT_LENGTH, 0)
+                    .body(Body::Empty)
+                    .expect("valid response");
+            }
+            RangeRequest::Full => {
+                let parts = if len > 0 {
+                    vec![Part {
+                        head: None,
+                        first: 0,
+                        last: len - 1,
+                    }]
+                } else {
+                    vec![]
+                };
+                (StatusCode::OK, parts, ctype.to_owned(), len)
+            }
+            RangeRequest::Partial(ranges) if ranges.len() == 1 => {
+                let (a, b) = ranges[0];
+                base = base.header(header::CONTENT_RANGE, format!("bytes {a}-{b}/{len}"));
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    vec![Part {
+                        head: None,
+                        first: a,
+                        last: b,
+                    }],
+                    ctype.to_owned(),
+                    b - a + 1,
+                )
+            }
+            RangeRequest::Partial(ranges) => {
+                let boundary = format!(
+                    "qeltrix-{:016x}{:08x}",
+                    self.boundary.fetch_add(1, Ordering::Relaxed),
+                    std::process::id()
+                );
+                let mut total = 0u64;
+                let mut parts: Vec<Part> = ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(n, &(a, b))| {
+                        let lead = if n == 0 { "" } else { "\r\n" };
+                        let head = format!(
+                            "{lead}--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {a}-{b}/{len}\r\n\r\n"
+                        );
+                        total += head.len() as u64 + (b - a + 1);
+                        Part {
+                            head: Some(Bytes::from(head)),
+                            first: a,
+                            last: b,
+                        }
+                    })
+                    .collect();
+                let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+                total += tail.len() as u64;
+                parts.push(Part {
+                    head: Some(tail),
+                    first: 1,
+                    last: 0,
+                });
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    parts,
+                    format!("multipart/byteranges; boundary={boundary}"),
+                    total,
+                )
+            }
+        };
+        let base = base
+            .status(status)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CONTENT_LENGTH, content_len);
+        if head || content_len == 0 {
+            return base.body(Body::Empty).expect("valid response");
+        }
+        let (tx, mut rx) = mpsc::channel::<Result<Bytes, io::Error>>(CHANNEL_CHUNKS);
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            for part in parts {
+                if let Some(h) = part.head {
+                    if tx.blocking_send(Ok(h)).is_err() {
+                        return;
+                    }
+                }
+                if part.last < part.first {
+                    continue;
+                }
+                let mut gone = false;
+                let r = container.read(part.first, part.last - part.first + 1, &mut |chunk| {
+                    gone = tx.blocking_send(Ok(chunk)).is_err();
+                    !gone
+                });
+                if let Err(e) = r {
+                    state.opener.log(LogLevel::Error, &format!("read failed: {}", e.0));
+                    let _ = tx.blocking_send(Err(io::Error::other(e.0)));
+                    return;
+                }
+                if gone {
+                    return;
+                }
+            }
+        });
+        // Wait for the first chunk so that a container failing authentication in the first
+        // block gets a clean 500 instead of a cut 200.
+        match rx.recv().await {
+            Some(Ok(first)) => {
+                let remaining = content_len - first.len() as u64;
+                base.body(Body::Stream {
+                    first: Some(first),
+                    rx,
+                    remaining,
+                })
+                .expect("valid response")
+            }
+            Some(Err(_)) | None => simple(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the container cannot be read (see the server log)",
+            ),
+        }
+    }
+}
+
+/// An I/O wrapper that fails with `TimedOut` when no byte moves in either direction for
+/// `idle`: closes keep-alive connections that went quiet and readers that stopped reading.
+struct IdleIo<T> {
+    inner: T,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<T> IdleIo<T> {
+    fn new(inner: T, idle: Duration) -> IdleIo<T> {
+        IdleIo {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    fn touch(&mut self) {
+        self.deadline.as_mut().reset(tokio::time::Instant::now() + self.idle);
+    }
+
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle")),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+use std::future::Future;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.touch();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.check(cx) {
+                Err(e) => Poll::Ready(Err(e)),
+                Ok(()) => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                self.touch();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.check(cx) {
+                Err(e) => Poll::Ready(Err(e)),
+                Ok(()) => Poll::Pending,
+            },
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

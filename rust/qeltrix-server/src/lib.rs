@@ -1,0 +1,65 @@
+//! Qeltrix V6 servers, generic over where plaintext comes from.
+//!
+//! The SeekServer (`http`) serves plaintext byte ranges of containers under a root directory
+//! over HTTP/1.1 with RFC 9110 range semantics. It knows nothing about cryptography: it asks
+//! an [`Opener`] for a [`Container`] and the container for plaintext chunks. The pyo3 glue
+//! implements both over `qeltrix_v6._core.Reader`; the tests here use plaintext files.
+#![forbid(unsafe_code)]
+
+pub mod http;
+pub mod mime;
+pub mod path;
+pub mod range;
+
+use bytes::Bytes;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why a container could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// No such file.
+    NotFound,
+    /// The server's credential does not open it (answered 403).
+    WrongKey(String),
+    /// Not a container, corrupt, tampered or truncated (answered 500, logged).
+    Damaged(String),
+    /// Reading failed (answered 500, logged).
+    Io(String),
+}
+
+/// A read failed part-way: the container is damaged or the disk failed. No byte of the
+/// failing block has been handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadError(pub String);
+
+/// An open container, as the server sees it: a plaintext of known length.
+pub trait Container: Send + Sync + 'static {
+    /// Plaintext length in bytes.
+    fn pt_len(&self) -> u64;
+    /// Opaque identity of this plaintext, used in the strong `ETag`.
+    fn etag_id(&self) -> String;
+    /// Blocking: hand plaintext `[pos, pos + len)` to `emit` in order, in chunks. Stops early
+    /// when `emit` returns false (the client went away).
+    fn read(&self, pos: u64, len: u64, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<(), ReadError>;
+}
+
+/// Opens containers and receives log lines.
+pub trait Opener: Send + Sync + 'static {
+    /// The container type.
+    type C: Container;
+    /// Blocking: open the container file at `path` (already resolved under the root).
+    fn open(&self, path: &Path) -> Result<Arc<Self::C>, OpenError>;
+    /// One log line (errors, warnings, and access lines when enabled).
+    fn log(&self, level: LogLevel, line: &str) {
+        eprintln!("qeltrix-server {level:?}: {line}");
+    }
+}
+
+/// Severity of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Info,
+    Warning,
+    Error,
+}
