@@ -319,6 +319,8 @@ def test_overwrite_refused_without_force(src: Path, key: Path, tmp_path: Path, d
     assert invoke("unpack", "--force", "--key-file", key, box, out).exit_code == 0
     assert out.read_bytes() == data
     assert leftovers(tmp_path) == []
+    # Devices are not files to protect: unpacking to /dev/null needs no --force.
+    assert invoke("unpack", "--key-file", key, box, os.devnull).exit_code == 0
 
 
 def test_missing_input_and_directory(key: Path, tmp_path: Path) -> None:
@@ -727,19 +729,22 @@ def test_passwd_add_and_remove_key_files(pw_box: Path, pw: Path, key: Path, tmp_
     assert invoke("verify", "--passphrase-file", pw, pw_box).exit_code == 0
 
 
-def test_passwd_refuses_when_the_header_is_full(tmp_path: Path, src: Path, key: Path) -> None:
-    box = tmp_path / "box.qltx"
-    pack_key(src, box, key)
-    keys = []
-    for i in range(64):
+def test_passwd_refuses_when_the_header_is_full(tmp_path: Path, pw_box: Path, pw: Path) -> None:
+    # 4096-byte header: 108 fixed bytes + an 83-byte pbkdf2 stanza + 62 key stanzas of 63 bytes
+    # is 4097 bytes, one too many; 61 keys fit.
+    keys: list[object] = []
+    for i in range(62):
         p = tmp_path / f"k{i}.key"
         p.write_bytes(os.urandom(32))
         keys += ["--add-key-file", p]
-    before = sha(box)
-    r = invoke("passwd", "--key-file", key, *keys, box)
-    assert r.exit_code != 0
-    assert_one_error(r.stderr)
-    assert sha(box) == before
+    before = sha(pw_box)
+    r = invoke("passwd", "--passphrase-file", pw, *keys, pw_box)
+    assert r.exit_code == ExitCode.ERROR
+    assert_one_error(r.stderr, "4096", "header")
+    assert sha(pw_box) == before
+    r = invoke("passwd", "--passphrase-file", pw, *keys[:-2], pw_box)
+    assert r.exit_code == 0, r.output
+    assert len(info_json(pw_box)["recipients"]) == 62
 
 
 def test_passwd_keeps_unknown_stanzas() -> None:
@@ -884,6 +889,46 @@ def test_interactive_passphrase_prompt(backend: str, tmp_path: Path, src: Path, 
     assert status == ExitCode.USAGE
     assert "do not match" in rest
     assert not (tmp_path / "other.qltx").exists()
+
+
+def test_prompt_logic_in_process(monkeypatch: pytest.MonkeyPatch, small_box: Path, pw_box: Path, pw: Path) -> None:
+    answers: list[str] = []
+    asked: list[str] = []
+
+    def ask(prompt: str) -> str:
+        asked.append(prompt)
+        if not answers:
+            raise EOFError
+        return answers.pop(0)
+
+    monkeypatch.setattr(cli, "_can_prompt", lambda: True)
+    monkeypatch.setattr(cli, "_ask", ask)
+    # info asks only with --prompt; a key-only container is never asked about.
+    assert invoke("info", pw_box).exit_code == 0 and asked == []
+    answers[:] = [pw.read_text().strip()]
+    r = invoke("info", "--prompt", "--json", pw_box)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["unlocked"] is True and asked == [f"Passphrase for {pw_box}: "]
+    asked.clear()
+    r = invoke("verify", small_box)
+    assert r.exit_code == ExitCode.USAGE and asked == []
+    # End of input at the prompt: one line, no traceback.
+    r = invoke("verify", pw_box)
+    assert r.exit_code == ExitCode.ERROR
+    assert_one_error(r.stderr, "no input at the prompt")
+    answers[:] = [""]
+    r = invoke("verify", pw_box)
+    assert r.exit_code == ExitCode.USAGE
+    assert_one_error(r.stderr, "empty")
+
+
+def test_shell_completion() -> None:
+    env = clean_env(_QELTRIX_COMPLETE="complete_bash", COMP_WORDS="qeltrix pa", COMP_CWORD="1")
+    r = subprocess.run(
+        [sys.executable, "-m", "qeltrix_v6"], env=env, capture_output=True, start_new_session=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [b"pack", b"passwd"]
 
 
 def test_pack_refuses_to_write_a_container_to_the_terminal(tmp_path: Path, src: Path, key: Path) -> None:

@@ -639,22 +639,30 @@ class SlowSource(io.RawIOBase):
 
 
 def test_pack_never_exposes_a_partial_file(tmp_path):
+    """While pack runs, the final name either does not exist or holds the complete container
+    (it appears by an atomic rename, after the whole input was read)."""
     dst = tmp_path / "box.qltx"
     src = SlowSource(total=2000, size=50, delay=0.005)
     result: list[object] = []
     thread = threading.Thread(target=lambda: result.append(qeltrix_v6.pack(src, dst, key=KEY, block_size=64)))
     thread.start()
     saw_temp = False
+    snapshots: list[bytes] = []
     while thread.is_alive():
-        assert not dst.exists(), "the final name appeared before pack returned"
-        saw_temp = saw_temp or any(p.name.endswith(TEMP_SUFFIX) for p in tmp_path.iterdir())
+        if dst.exists():
+            # Checked after seeing the file: the source was already exhausted when it appeared.
+            assert src.left == 0, "the final name appeared before the whole input was read"
+            snapshots.append(dst.read_bytes())
+        else:
+            saw_temp = saw_temp or any(p.name.endswith(TEMP_SUFFIX) for p in tmp_path.iterdir())
         time.sleep(0.002)
     thread.join()
     assert result and isinstance(result[0], qeltrix_v6.PackResult)
     assert saw_temp, "pack should write to a temporary file beside the target"
     assert leftovers(tmp_path) == ["box.qltx"]
-    assert qeltrix_v6.unpack(dst, tmp_path / "out.bin", key=KEY) == len(src.data) == 2000
-    assert (tmp_path / "out.bin").read_bytes() == bytes(src.data)
+    assert len(src.data) == 2000
+    for snap in [*snapshots, dst.read_bytes()]:
+        assert unpack_bytes(snap) == bytes(src.data)
 
 
 # ---------------------------------------------------------------------------------- I/O errors, arguments

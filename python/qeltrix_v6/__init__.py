@@ -35,6 +35,7 @@ from .errors import (
     TruncatedError,
     WrongKeyError,
 )
+from .server import SeekServer
 
 try:
     __version__ = version("qeltrix-v6")
@@ -52,6 +53,7 @@ __all__ = [
     "PackResult",
     "QeltrixError",
     "QeltrixIOError",
+    "SeekServer",
     "TruncatedError",
     "WrongKeyError",
     "__version__",

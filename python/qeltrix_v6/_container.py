@@ -153,7 +153,7 @@ def pack(
 class _Opened:
     """A reader whose header is verified and whose index is loaded."""
 
-    def __init__(self, reader: Any, keys: _crypto.ContainerKeys, owned: list[IO[bytes]]) -> None:
+    def __init__(self, reader: _core.Reader, keys: _crypto.ContainerKeys, owned: list[IO[bytes]]) -> None:
         self.reader = reader
         self.keys = keys
         self._owned = owned
@@ -164,8 +164,13 @@ class _Opened:
         self._owned = []
 
 
-def open_reader(src: PathOrFile, *, passphrase: str | bytes | None = None, key: bytes | None = None) -> _Opened:
-    """Open a container for reading: checksum, unwrap the MK, verify the header MAC, load the index."""
+def open_reader(
+    src: PathOrFile, *, passphrase: str | bytes | None = None, key: bytes | None = None, cache_blocks: int = 8
+) -> _Opened:
+    """Open a container for reading: checksum, unwrap the MK, verify the header MAC, load the index.
+
+    ``cache_blocks`` decrypted blocks are kept for reuse by later reads.
+    """
     _check_credentials(passphrase, key)
     owned: list[IO[bytes]] = []
     if isinstance(src, str | os.PathLike):
@@ -181,7 +186,7 @@ def open_reader(src: PathOrFile, *, passphrase: str | bytes | None = None, key: 
         else:
             arg = src
     try:
-        reader = _core.Reader(arg)
+        reader = _core.Reader(arg, cache_blocks)
         if _crypto.sha256(reader.header_checksummed) != reader.header_sha256:
             raise AuthenticationError("container header is corrupt (checksum mismatch)")
         mk = None

@@ -27,6 +27,7 @@ from .errors import AuthenticationError, QeltrixError, QeltrixIOError
 KIND_NAMES = {_crypto.KIND_KEY: "key", _crypto.KIND_ARGON2ID: "argon2id", _crypto.KIND_PBKDF2: "pbkdf2"}
 PASSPHRASE_KINDS = frozenset({_crypto.KIND_ARGON2ID, _crypto.KIND_PBKDF2})
 
+MAX_RECIPIENTS = 64  # docs/FORMAT.md section 9
 _ARGON2ID_PARAMS = struct.Struct("<16sIII")
 _PBKDF2_PARAMS = struct.Struct("<16sI")
 
@@ -130,6 +131,8 @@ def plan_stanzas(
         if any(_opens_with_key(kind, body, container_id, k, mk) for kind, body in out):
             raise RecipientError("the key file to add is already a recipient of this container")
         out.append(_crypto.key_stanza(k, mk, container_id))
+    if len(out) > MAX_RECIPIENTS:
+        raise RecipientError(f"a container holds at most {MAX_RECIPIENTS} recipients, this change needs {len(out)}")
     if not any(kind in KIND_NAMES for kind, _ in out):
         raise RecipientError("the change would leave no passphrase or key that can open the container")
     return out

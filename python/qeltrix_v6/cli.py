@@ -20,6 +20,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 import tempfile
 import traceback
@@ -34,8 +35,8 @@ try:  # typer >= 0.22 carries its own copy of click
     from typer._click import exceptions as _cx
     from typer._click.core import ParameterSource
 except ImportError:  # pragma: no cover - older typer on top of click
-    from click import exceptions as _cx  # type: ignore[no-redef]
-    from click.core import ParameterSource  # type: ignore[no-redef,assignment]
+    from click import exceptions as _cx  # type: ignore[no-redef,unused-ignore]
+    from click.core import ParameterSource  # type: ignore[no-redef,assignment,unused-ignore]
 
 from . import _core, _crypto
 from ._container import _open_input, open_reader
@@ -147,6 +148,8 @@ def _classify(e: BaseException) -> tuple[int, str | None, str | None]:
         return ExitCode.INTERRUPTED, "interrupted", None
     if isinstance(e, KeyboardInterrupt):
         return ExitCode.INTERRUPTED, "interrupted", None
+    if isinstance(e, EOFError):
+        return ExitCode.ERROR, "no input at the prompt (end of file)", None
     if isinstance(e, _Terminated):
         return 128 + e.signum, f"terminated by signal {e.signum}", None
     if _is_broken_pipe(e):
@@ -605,12 +608,22 @@ def _progress(enabled: bool, description: str, total: int | None) -> Iterator[_P
 
 
 def _check_output(dst: str, force: bool) -> None:
+    """Refuse to replace an existing file without --force (checked before any passphrase prompt)."""
     if dst == "-":
         return
-    if os.path.isdir(dst):
+    try:
+        mode = os.stat(dst).st_mode
+    except FileNotFoundError:
+        if os.path.islink(dst) and not force:  # a dangling symlink is still a name in use
+            raise CliError(f"{dst} already exists", hint="use --force to overwrite it", code=ExitCode.IO) from None
+        return
+    except OSError as e:
+        raise CliError(f"{dst}: {e.strerror}", code=ExitCode.IO) from None
+    if stat.S_ISDIR(mode):
         raise CliError(f"{dst} is a directory", hint="give the output file's name", code=ExitCode.IO)
-    if os.path.lexists(dst) and not force:
+    if stat.S_ISREG(mode) and not force:
         raise CliError(f"{dst} already exists", hint="use --force to overwrite it", code=ExitCode.IO)
+    # A device, FIFO or terminal (/dev/null, a named pipe) is written to directly.
 
 
 def _check_input(src: str) -> None:
@@ -771,7 +784,7 @@ def unpack(
     [bold]Examples[/bold]
 
       qeltrix unpack --key-file my.key movie.qltx movie.mp4
-      QELTRIX_PASSPHRASE=... qeltrix unpack backup.qltx - | tar x
+      qeltrix unpack backup.qltx - | tar x        # asks for the passphrase
     """
     _refuse_passphrase_value(passphrase)
     _check_input(src)
@@ -801,7 +814,7 @@ def cat(
     src: Annotated[str, typer.Argument(metavar="SRC", help="Container to read from.")],
     offset: Annotated[
         int, typer.Option("--offset", parser=parse_size, metavar="SIZE", help="First plaintext byte.")
-    ] = 0,  # type: ignore[assignment]
+    ] = 0,
     length: Annotated[
         int | None,
         typer.Option("--length", parser=parse_size, metavar="SIZE", help="Bytes to write (default: to the end)."),

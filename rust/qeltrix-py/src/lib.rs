@@ -9,6 +9,7 @@ mod io;
 mod pack;
 mod pipeline;
 mod reader;
+mod server;
 mod types;
 
 use pyo3::prelude::*;
@@ -17,6 +18,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack::pack_stream, m)?)?;
     m.add_class::<reader::Reader>()?;
+    m.add_class::<server::SeekServerCore>()?;
     codec::register(m)?;
     Ok(())
 }

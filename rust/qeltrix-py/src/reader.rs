@@ -14,23 +14,44 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use qeltrix_format::header::HEADER_FIXED_LEN;
 use qeltrix_format::{frame_len, BlockMeta, FormatError, Header, Index, Trailer, TRAILER_LEN};
-use std::collections::BTreeMap;
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// Decrypted blocks kept per reader.
-const CACHE_BLOCKS: usize = 4;
+/// Decrypted blocks kept per reader unless the opener asks for more.
+const DEFAULT_CACHE_BLOCKS: usize = 8;
 
 struct Loaded {
     keys: Py<PyAny>,
     index: Index,
 }
 
-#[derive(Default)]
-struct Scratch {
-    frame: Option<PyBuf>,
+/// A small LRU of decrypted blocks, shared by every thread reading this container.
+struct BlockCache {
     /// Most recently used last.
-    cache: Vec<(usize, PyBuf)>,
+    entries: VecDeque<(usize, Bytes)>,
+    cap: usize,
+}
+
+impl BlockCache {
+    fn get(&mut self, i: usize) -> Option<Bytes> {
+        let pos = self.entries.iter().position(|(b, _)| *b == i)?;
+        let entry = self.entries.remove(pos).expect("position is valid");
+        let bytes = entry.1.clone();
+        self.entries.push_back(entry);
+        Some(bytes)
+    }
+
+    fn insert(&mut self, i: usize, b: Bytes) {
+        if self.cap == 0 || self.entries.iter().any(|(x, _)| *x == i) {
+            return;
+        }
+        if self.entries.len() >= self.cap {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((i, b));
+    }
 }
 
 /// An open container: parsed header, then (after `load_index`) its index.
@@ -40,7 +61,10 @@ pub struct Reader {
     file_len: u64,
     header: Header,
     loaded: OnceLock<Loaded>,
-    scratch: Mutex<Scratch>,
+    cache: Mutex<BlockCache>,
+    /// Spare frame and plaintext buffers, so steady-state reads allocate only the cached copy.
+    frames: Mutex<Vec<PyBuf>>,
+    outs: Mutex<Vec<PyBuf>>,
 }
 
 impl Reader {
@@ -87,41 +111,73 @@ impl Reader {
         })
     }
 
-    fn read_range(&self, pos: u64, len: u64) -> Result<Vec<u8>> {
-        let loaded = self.loaded()?;
-        let index = &loaded.index;
-        let end = pos.saturating_add(len).min(index.pt_total_len);
-        let mut out = Vec::with_capacity(end.saturating_sub(pos) as usize);
-        let mut scratch = self.scratch.lock().expect("scratch lock");
-        let block_size = self.header.block_size as usize;
-        for i in index.covering(pos, len) {
-            let hit = scratch.cache.iter().position(|(b, _)| *b == i);
-            let (bi, block) = match hit {
-                Some(p) => scratch.cache.remove(p),
-                None => {
-                    let mut frame = match scratch.frame.take() {
-                        Some(f) => f,
-                        None => Python::attach(|py| PyBuf::new(py, frame_len(self.header.block_size) as usize))?,
-                    };
-                    let block = if scratch.cache.len() >= CACHE_BLOCKS {
-                        scratch.cache.remove(0).1
-                    } else {
-                        Python::attach(|py| PyBuf::new(py, block_size))?
-                    };
-                    let r = self.open_block(loaded, i, &mut frame, &block);
-                    scratch.frame = Some(frame);
-                    r?;
-                    (i, block)
-                }
-            };
-            let start = index.pt_offset(i);
-            let pt_len = u64::from(index.entries[i].pt_len);
-            let a = pos.max(start) - start;
-            let b = end.min(start + pt_len) - start;
-            out.extend_from_slice(&block.as_slice()[a as usize..b as usize]);
-            scratch.cache.push((bi, block));
+    fn take_buf(pool: &Mutex<Vec<PyBuf>>, cap: usize) -> Result<PyBuf> {
+        let spare = pool.lock().expect("pool lock").pop();
+        match spare {
+            Some(b) => Ok(b),
+            None => Ok(Python::attach(|py| PyBuf::new(py, cap))?),
         }
+    }
+
+    fn give_buf(pool: &Mutex<Vec<PyBuf>>, buf: PyBuf) {
+        let mut pool = pool.lock().expect("pool lock");
+        if pool.len() < 8 {
+            pool.push(buf);
+        }
+    }
+
+    /// The plaintext of block `i`, from the cache or decrypted and verified now.
+    pub fn block(&self, i: usize) -> Result<Bytes> {
+        if let Some(b) = self.cache.lock().expect("cache lock").get(i) {
+            return Ok(b);
+        }
+        let loaded = self.loaded()?;
+        let mut frame = Self::take_buf(&self.frames, frame_len(self.header.block_size) as usize)?;
+        let out = Self::take_buf(&self.outs, self.header.block_size as usize)?;
+        let pt_len = loaded.index.entries[i].pt_len as usize;
+        let r = self.open_block(loaded, i, &mut frame, &out).map(|()| Bytes::copy_from_slice(&out.as_slice()[..pt_len]));
+        Self::give_buf(&self.frames, frame);
+        Self::give_buf(&self.outs, out);
+        let bytes = r?;
+        self.cache.lock().expect("cache lock").insert(i, bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Hand plaintext `[pos, pos + len)` (clipped at the end) to `emit` block by block;
+    /// stop early when `emit` returns false.
+    pub fn read_chunks(&self, pos: u64, len: u64, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<()> {
+        let index = &self.loaded()?.index;
+        let end = pos.saturating_add(len).min(index.pt_total_len);
+        for i in index.covering(pos, len) {
+            let block = self.block(i)?;
+            let start = index.pt_offset(i);
+            let a = (pos.max(start) - start) as usize;
+            let b = (end.min(start + block.len() as u64) - start) as usize;
+            if !emit(block.slice(a..b)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_range(&self, pos: u64, len: u64) -> Result<Vec<u8>> {
+        let total = self.loaded()?.index.pt_total_len;
+        let mut out = Vec::with_capacity(pos.saturating_add(len).min(total).saturating_sub(pos) as usize);
+        self.read_chunks(pos, len, &mut |chunk| {
+            out.extend_from_slice(&chunk);
+            true
+        })?;
         Ok(out)
+    }
+
+    /// Plaintext length (after `load_index`).
+    pub fn pt_len(&self) -> Result<u64> {
+        Ok(self.loaded()?.index.pt_total_len)
+    }
+
+    /// The header's `container_id`.
+    pub fn container_id_bytes(&self) -> [u8; 16] {
+        self.header.container_id
     }
 
     /// Decrypt every block in order into `sink` on `workers` threads.
@@ -226,7 +282,8 @@ fn write_in_order(
 impl Reader {
     /// Open `src` (a file descriptor or a seekable binary file object) and parse its header.
     #[new]
-    fn new(py: Python<'_>, src: &Bound<'_, PyAny>) -> PyResult<Reader> {
+    #[pyo3(signature = (src, cache_blocks=DEFAULT_CACHE_BLOCKS))]
+    fn new(py: Python<'_>, src: &Bound<'_, PyAny>, cache_blocks: usize) -> PyResult<Reader> {
         let source = RandomSource::from_py(src)?;
         let (file_len, header) = py.detach(|| -> Result<(u64, Header)> {
             let file_len = source.len()?;
@@ -254,7 +311,9 @@ impl Reader {
             file_len,
             header,
             loaded: OnceLock::new(),
-            scratch: Mutex::new(Scratch::default()),
+            cache: Mutex::new(BlockCache { entries: VecDeque::new(), cap: cache_blocks.min(4096) }),
+            frames: Mutex::new(Vec::new()),
+            outs: Mutex::new(Vec::new()),
         })
     }
 

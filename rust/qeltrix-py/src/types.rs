@@ -36,14 +36,18 @@ pub enum ErrorClass {
     Authentication = 2,
     Truncated = 3,
     Io = 4,
+    WrongKey = 5,
+    Base = 6,
 }
 
-const ERROR_NAMES: [&str; 5] = [
+const ERROR_NAMES: [&str; 7] = [
     "MalformedError",
     "LimitExceededError",
     "AuthenticationError",
     "TruncatedError",
     "QeltrixIOError",
+    "WrongKeyError",
+    "QeltrixError",
 ];
 
 /// The Python class for an error kind.

@@ -1,0 +1,143 @@
+"""SeekServer: serve plaintext byte ranges of encrypted containers over HTTP.
+
+``GET /a/b.mp4`` answers with the plaintext of ``ROOT/a/b.mp4.qltx``, decrypting only the
+blocks a request needs (RFC 9110 ranges, multipart/byteranges, ETag/If-Range, keep-alive).
+The HTTP loop runs in Rust (hyper on tokio); containers are opened here, with the server's
+credential, and decrypted through the same crypto layer as everything else.
+
+It serves plaintext, so it binds to 127.0.0.1 unless told otherwise; use ``token=`` and TLS
+(``tls_cert=``/``tls_key=``) for anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from types import TracebackType
+
+from . import _core
+from ._container import open_reader
+
+__all__ = ["SeekServer"]
+
+log = logging.getLogger("qeltrix_v6.server")
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class SeekServer:
+    """An HTTP server for the containers under ``root``.
+
+    >>> import os, tempfile, urllib.request, qeltrix_v6
+    >>> root = tempfile.mkdtemp()
+    >>> key = os.urandom(32)
+    >>> _ = qeltrix_v6.pack(__import__("io").BytesIO(b"0123456789"), os.path.join(root, "d.txt.qltx"), key=key)
+    >>> with qeltrix_v6.SeekServer(root, key=key) as server:
+    ...     req = urllib.request.Request(server.url + "/d.txt", headers={"Range": "bytes=2-4"})
+    ...     urllib.request.urlopen(req).read()
+    b'234'
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        key: bytes | None = None,
+        passphrase: str | bytes | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        max_connections: int = 1024,
+        header_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
+        cache_blocks: int = 32,
+        access_log: bool = False,
+        workers: int = 2,
+    ) -> None:
+        if key is None and passphrase is None:
+            raise ValueError("a key or a passphrase is required to open the containers")
+        if not os.path.isdir(root):
+            raise ValueError(f"{os.fspath(root)} is not a directory")
+        self.root = os.fspath(root)
+        self._key = key
+        self._passphrase = passphrase
+        self._settings = {
+            "host": host,
+            "port": port,
+            "token": token,
+            "tls_cert": os.fspath(tls_cert) if tls_cert is not None else None,
+            "tls_key": os.fspath(tls_key) if tls_key is not None else None,
+            "max_connections": max_connections,
+            "header_timeout": header_timeout,
+            "idle_timeout": idle_timeout,
+            "access_log": access_log,
+            "workers": workers,
+        }
+        self._tls = tls_cert is not None
+        self._cache_blocks = cache_blocks
+        self._core: _core.SeekServerCore | None = None
+        self._stopped = threading.Event()
+
+    def _open(self, path: str) -> _core.Reader:
+        opened = open_reader(path, passphrase=self._passphrase, key=self._key, cache_blocks=self._cache_blocks)
+        reader = opened.reader
+        opened.close()  # the Reader keeps its own descriptor
+        return reader
+
+    @staticmethod
+    def _log(level: str, line: str) -> None:
+        log.log(_LEVELS.get(level, logging.INFO), "%s", line)
+
+    def start(self) -> SeekServer:
+        """Bind and start serving in the background; returns self."""
+        if self._core is None:
+            self._core = _core.SeekServerCore(self.root, self._open, self._log, **self._settings)  # type: ignore[arg-type]
+            self._stopped.clear()
+            log.info("serving %s on %s", self.root, self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close every connection."""
+        if self._core is not None:
+            self._core.stop()
+            self._core = None
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        """Start if needed and block until :meth:`stop` (from another thread) or Ctrl-C."""
+        self.start()
+        try:
+            while not self._stopped.wait(0.2):
+                pass
+        finally:
+            self.stop()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)``."""
+        if self._core is None:
+            raise RuntimeError("the server is not running")
+        return self._core.address
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self.address[1]
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8080``."""
+        host, port = self.address
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self._tls else 'http'}://{host}:{port}"
+
+    def __enter__(self) -> SeekServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,156 @@
+//! The SeekServer binding: `qeltrix-server`'s HTTP loop over `Reader`s that the Python layer
+//! opens (it owns the credentials: `qeltrix_v6.server.SeekServer`).
+use crate::reader::Reader;
+use crate::types::{error_class, ErrorClass};
+use bytes::Bytes;
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+use qeltrix_server::http::{start, Config, ServerHandle};
+use qeltrix_server::{Container, LogLevel, OpenError, Opener, ReadError};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// An open container: a loaded `Reader` (frozen, so readable without the GIL).
+struct PyContainer(Py<Reader>);
+
+impl Container for PyContainer {
+    fn pt_len(&self) -> u64 {
+        self.0.get().pt_len().unwrap_or(0)
+    }
+
+    fn etag_id(&self) -> String {
+        let id: String = self.0.get().container_id_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{id}-{:x}", self.pt_len())
+    }
+
+    fn read(&self, pos: u64, len: u64, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<(), ReadError> {
+        self.0.get().read_chunks(pos, len, emit).map_err(|e| ReadError(e.to_string()))
+    }
+}
+
+/// Opens containers through a Python callable `open(path: str) -> Reader`; logs through
+/// `log(level: str, line: str)`.
+struct PyOpener {
+    open: Py<PyAny>,
+    log: Option<Py<PyAny>>,
+}
+
+impl Opener for PyOpener {
+    type C = PyContainer;
+
+    fn open(&self, path: &Path) -> Result<Arc<PyContainer>, OpenError> {
+        Python::attach(|py| {
+            let classify = |e: PyErr| -> OpenError {
+                let is = |c| error_class(py, c).is_ok_and(|cls| e.is_instance(py, &cls));
+                let msg = e.value(py).to_string();
+                if is(ErrorClass::WrongKey) {
+                    OpenError::WrongKey(msg)
+                } else if e.is_instance_of::<pyo3::exceptions::PyFileNotFoundError>(py) {
+                    OpenError::NotFound
+                } else if is(ErrorClass::Io) || e.is_instance_of::<PyOSError>(py) {
+                    OpenError::Io(msg)
+                } else if is(ErrorClass::Base) {
+                    OpenError::Damaged(msg)
+                } else {
+                    OpenError::Io(format!("{}: {msg}", e.get_type(py)))
+                }
+            };
+            let reader = self.open.call1(py, (path.to_string_lossy().into_owned(),)).map_err(classify)?;
+            let reader: Py<Reader> = reader.extract(py).map_err(|e| OpenError::Io(format!("opener returned {e}")))?;
+            Ok(Arc::new(PyContainer(reader)))
+        })
+    }
+
+    fn log(&self, level: LogLevel, line: &str) {
+        let Some(log) = &self.log else {
+            eprintln!("qeltrix serve: {line}");
+            return;
+        };
+        let level = match level {
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+        };
+        Python::attach(|py| {
+            if let Err(e) = log.call1(py, (level, line)) {
+                e.print(py);
+            }
+        });
+    }
+}
+
+/// The running HTTP server; `qeltrix_v6.SeekServer` wraps it.
+#[pyclass(frozen, module = "qeltrix_v6._core")]
+pub struct SeekServerCore {
+    handle: Mutex<Option<ServerHandle>>,
+    addr: SocketAddr,
+}
+
+#[pymethods]
+impl SeekServerCore {
+    /// Bind `host:port` and serve containers under `root` on a background thread.
+    #[new]
+    #[pyo3(signature = (root, open, log=None, host="127.0.0.1", port=0, token=None, tls_cert=None, tls_key=None,
+                        max_connections=1024, header_timeout=10.0, idle_timeout=60.0, access_log=false, workers=2))]
+    #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
+    fn new(
+        py: Python<'_>,
+        root: PathBuf,
+        open: Py<PyAny>,
+        log: Option<Py<PyAny>>,
+        host: &str,
+        port: u16,
+        token: Option<String>,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        max_connections: usize,
+        header_timeout: f64,
+        idle_timeout: f64,
+        access_log: bool,
+        workers: usize,
+    ) -> PyResult<SeekServerCore> {
+        let addr = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
+            .next()
+            .ok_or_else(|| PyOSError::new_err(format!("cannot resolve {host}")))?;
+        let mut config = Config::new(addr, root);
+        config.token = token;
+        config.tls = match (tls_cert, tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(pyo3::exceptions::PyValueError::new_err("TLS needs both a certificate and a key")),
+        };
+        config.max_connections = max_connections.max(1);
+        config.header_timeout = Duration::from_secs_f64(header_timeout.max(0.001));
+        config.idle_timeout = Duration::from_secs_f64(idle_timeout.max(0.001));
+        config.access_log = access_log;
+        config.worker_threads = workers.max(1);
+        let opener = PyOpener { open, log };
+        let handle = py.detach(|| start(config, opener)).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let addr = handle.local_addr();
+        Ok(SeekServerCore { handle: Mutex::new(Some(handle)), addr })
+    }
+
+    /// `(host, port)` actually bound.
+    #[getter]
+    fn address(&self) -> (String, u16) {
+        (self.addr.ip().to_string(), self.addr.port())
+    }
+
+    /// Whether the server is still serving.
+    #[getter]
+    fn running(&self) -> bool {
+        self.handle.lock().expect("handle lock").as_ref().is_some_and(|h| h.is_running())
+    }
+
+    /// Stop serving and close every connection.
+    fn stop(&self, py: Python<'_>) {
+        let handle = self.handle.lock().expect("handle lock").take();
+        if let Some(mut h) = handle {
+            py.detach(move || h.stop());
+        }
+    }
+}
