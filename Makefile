@@ -6,8 +6,10 @@ export HYPOTHESIS_PROFILE ?= ci
 
 test: deps rust-test py-test
 
-# Test dependencies: the package itself (built by maturin) and its `test` extra.
+# Test dependencies: Debian packages for the real clients, the package itself (built by
+# maturin) and its `test` extra.
 deps:
+	./scripts/install-system-deps.sh
 	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[test]'
 
 rust-test:

@@ -665,6 +665,37 @@ def test_pack_never_exposes_a_partial_file(tmp_path):
         assert unpack_bytes(snap) == bytes(src.data)
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_no_file_descriptor_leak_on_errors(key_box, tmp_path):
+    good = tmp_path / "good.qltx"
+    good.write_bytes(key_box)
+    cut = tmp_path / "cut.qltx"
+    cut.write_bytes(key_box[:-30])
+    out = tmp_path / "out.bin"
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def attempt() -> None:
+        for src, k, cls in ((good, OTHER_KEY, WrongKeyError), (cut, KEY, TruncatedError)):
+            with pytest.raises(cls):
+                qeltrix_v6.unpack(src, out, key=k)
+            with pytest.raises(cls):
+                qeltrix_v6.seek_extract(src, 0, 10, key=k)
+            with pytest.raises(cls):
+                qeltrix_v6.open(src, key=k)
+        with qeltrix_v6.open(good, key=KEY) as f:
+            assert f.read(5) == PT[:5]
+        assert qeltrix_v6.seek_extract(good, 3, 4, key=KEY) == PT[3:7]
+
+    attempt()  # warm-up: lazily opened descriptors (random device, thread pools) are not leaks
+    before = fds()
+    for _ in range(30):
+        attempt()
+    assert fds() == before
+    assert leftovers(tmp_path) == ["cut.qltx", "good.qltx"]
+
+
 # ---------------------------------------------------------------------------------- I/O errors, arguments
 
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian packages the test suite drives as real clients: curl, ffmpeg/ffprobe and headless
+# Chromium with its driver (SeekServer tests). Installs only what is missing.
+set -euo pipefail
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing Debian packages: ${need[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
