@@ -517,7 +517,8 @@ def inspect(
         off, pt_len = struct.unpack_from(
             "<QI", index_pt, INDEX_HEADER_LEN + i * INDEX_ENTRY_LEN
         )
-        if not 1 <= pt_len <= hdr["block_size"]:
+        # Only the last entry may be empty: a stream's empty FINAL frame (FORMAT.md 12).
+        if not (1 if i + 1 < block_count else 0) <= pt_len <= hdr["block_size"]:
             raise RefCorrupt(f"block {i}: pt_len {pt_len} out of range")
         frame_len = META_FRAME_LEN + pt_len + TAG_LEN
         if off < header_len or off + frame_len > footer_offset:

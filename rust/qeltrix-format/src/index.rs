@@ -88,12 +88,14 @@ impl Index {
             return corrupt("index has unknown flag bits");
         }
         let mut entries = Vec::with_capacity(block_count as usize);
-        for chunk in b[INDEX_FIXED_LEN..].chunks_exact(INDEX_ENTRY_LEN) {
+        for (i, chunk) in b[INDEX_FIXED_LEN..].chunks_exact(INDEX_ENTRY_LEN).enumerate() {
             let e = IndexEntry {
                 frame_offset: read_u64(chunk, 0),
                 pt_len: read_u32(chunk, 8),
             };
-            if e.pt_len == 0 || e.pt_len > block_size {
+            // Only a stream's empty FINAL frame, always the last, may hold no plaintext.
+            let empty_ok = i as u64 + 1 == block_count;
+            if (e.pt_len == 0 && !empty_ok) || e.pt_len > block_size {
                 return corrupt(format!("index entry has pt_len {}", e.pt_len));
             }
             let end = e.frame_offset.checked_add(frame_len(e.pt_len));
