@@ -31,17 +31,13 @@ class Drbg:
     """SHA-256 in counter mode: block_i = SHA256(seed || u64le(i)). Not for real keys."""
 
     def __init__(self, label: str) -> None:
-        self.seed = hashlib.sha256(
-            b"qeltrix-v6 test vectors|" + label.encode()
-        ).digest()
+        self.seed = hashlib.sha256(b"qeltrix-v6 test vectors|" + label.encode()).digest()
         self.counter = 0
         self.buf = b""
 
     def __call__(self, n: int) -> bytes:
         while len(self.buf) < n:
-            self.buf += hashlib.sha256(
-                self.seed + struct.pack("<Q", self.counter)
-            ).digest()
+            self.buf += hashlib.sha256(self.seed + struct.pack("<Q", self.counter)).digest()
             self.counter += 1
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
@@ -49,9 +45,7 @@ class Drbg:
 
 def raw_header_fields(c: bytes) -> dict:
     """Header fields read straight from the bytes, without any check (works on bad vectors)."""
-    version, header_len, flags, cipher_id, _reserved, block_size, perm_window = (
-        struct.unpack_from("<HIHBBII", c, 8)
-    )
+    version, header_len, flags, cipher_id, _reserved, block_size, perm_window = struct.unpack_from("<HIHBBII", c, 8)
     (recipient_count,) = struct.unpack_from("<H", c, 42)
     return {
         "format_version": version,
@@ -86,9 +80,7 @@ def ok_vector(
     rng = Drbg(name)
     key = rng(32) if use_key else None
     plaintext = rng(size)
-    container = ref.encode(
-        plaintext, key=key, passphrase=passphrase, rng=rng, **encode_args
-    )
+    container = ref.encode(plaintext, key=key, passphrase=passphrase, rng=rng, **encode_args)
 
     # Self-checks: every credential opens it, and frames sit where section 7 says.
     for cred in ({"key": key}, {"passphrase": passphrase}):
@@ -96,12 +88,8 @@ def ok_vector(
             assert ref.decode(container, **cred) == plaintext, name
     info = ref.inspect(container, key=key, passphrase=passphrase)
     if info["header_flags"] & ref.FLAG_PERMUTED:
-        slots = ref.physical_order(
-            info["keys"]["perm"], info["block_count"], info["perm_window"]
-        )
-        assert [info["frame_offsets"][b] for b in slots] == sorted(
-            info["frame_offsets"]
-        ), name
+        slots = ref.physical_order(info["keys"]["perm"], info["block_count"], info["perm_window"])
+        assert [info["frame_offsets"][b] for b in slots] == sorted(info["frame_offsets"]), name
 
     meta = {
         "description": description,
@@ -125,9 +113,7 @@ def ok_vector(
     return name, container, meta
 
 
-def bad_vector(
-    name: str, description: str, container: bytes, expect: str, key: bytes
-) -> tuple[str, bytes, dict]:
+def bad_vector(name: str, description: str, container: bytes, expect: str, key: bytes) -> tuple[str, bytes, dict]:
     try:
         ref.decode(container, key=key)
     except ref.RefError as e:
@@ -146,21 +132,15 @@ def bad_vector(
 
 def container_vectors() -> list[tuple[str, bytes, dict]]:
     vecs = [
-        ok_vector(
-            "empty", "empty input: zero blocks, footer_len 48, default block size", 0
-        ),
-        ok_vector(
-            "one-block", "exactly one full block (block_size 64)", 64, block_size=64
-        ),
+        ok_vector("empty", "empty input: zero blocks, footer_len 48, default block size", 0),
+        ok_vector("one-block", "exactly one full block (block_size 64)", 64, block_size=64),
         ok_vector(
             "one-byte-over",
             "65 bytes with block_size 64: pt_len 64 and 1",
             65,
             block_size=64,
         ),
-        ok_vector(
-            "chacha", "ChaCha20-Poly1305 (cipher_id 2)", 150, block_size=64, cipher_id=2
-        ),
+        ok_vector("chacha", "ChaCha20-Poly1305 (cipher_id 2)", 150, block_size=64, cipher_id=2),
         ok_vector(
             "permuted-window",
             "38 blocks of 16 (last 5 bytes), perm_window 8: windows 8,8,8,8,6",
@@ -235,11 +215,7 @@ def container_vectors() -> list[tuple[str, bytes, dict]]:
         )
     )
 
-    vecs.append(
-        bad_vector(
-            "truncated", "last byte removed (step 5)", base[:-1], "truncated", key
-        )
-    )
+    vecs.append(bad_vector("truncated", "last byte removed (step 5)", base[:-1], "truncated", key))
 
     other_key = rng(32)
     vecs.append(
@@ -256,9 +232,7 @@ def container_vectors() -> list[tuple[str, bytes, dict]]:
     (header_len,) = struct.unpack_from("<I", swap_src, 10)
     flen = ref.META_FRAME_LEN + 16 + ref.TAG_LEN
     a, b = header_len, header_len + flen
-    swapped = (
-        swap_src[:a] + swap_src[b : b + flen] + swap_src[a:b] + swap_src[b + flen :]
-    )
+    swapped = swap_src[:a] + swap_src[b : b + flen] + swap_src[a:b] + swap_src[b + flen :]
     vecs.append(
         bad_vector(
             "swapped-frames",
@@ -290,9 +264,7 @@ def _dumps(obj, indent: int = 0) -> str:
     """JSON with one key per line but lists of scalars kept on one line."""
     pad = "  " * (indent + 1)
     if isinstance(obj, dict):
-        items = [
-            f"{pad}{json.dumps(k)}: {_dumps(v, indent + 1)}" for k, v in obj.items()
-        ]
+        items = [f"{pad}{json.dumps(k)}: {_dumps(v, indent + 1)}" for k, v in obj.items()]
         return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
     if isinstance(obj, list) and any(isinstance(v, dict | list) for v in obj):
         items = [pad + _dumps(v, indent + 1) for v in obj]
@@ -315,11 +287,7 @@ def build_vectors() -> dict[str, bytes]:
 def main(argv: list[str]) -> int:
     files = build_vectors()
     if "--check" in argv:
-        bad = [
-            f
-            for f, d in files.items()
-            if not (VECTOR_DIR / f).is_file() or (VECTOR_DIR / f).read_bytes() != d
-        ]
+        bad = [f for f, d in files.items() if not (VECTOR_DIR / f).is_file() or (VECTOR_DIR / f).read_bytes() != d]
         for f in bad:
             print(f"differs: {f}")
         return 1 if bad else 0

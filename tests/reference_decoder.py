@@ -151,9 +151,7 @@ def u64le(x: int) -> bytes:
 
 
 def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(
-        ikm
-    )
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
 
 
 def sha256(data: bytes) -> bytes:
@@ -188,9 +186,7 @@ def seal(cipher_id: int, key: bytes, nonce: bytes, pt: bytes, aad: bytes) -> byt
     return _aead(cipher_id, key).encrypt(nonce, pt, aad)
 
 
-def open_(
-    cipher_id: int, key: bytes, nonce: bytes, ct: bytes, aad: bytes
-) -> bytes | None:
+def open_(cipher_id: int, key: bytes, nonce: bytes, ct: bytes, aad: bytes) -> bytes | None:
     """AEAD-Open; returns None when authentication fails."""
     try:
         return _aead(cipher_id, key).decrypt(nonce, ct, aad)
@@ -309,9 +305,7 @@ def derive_keys(mk: bytes, container_id: bytes) -> dict[str, bytes]:
     }
 
 
-def derive_cdk(
-    mk: bytes, container_id: bytes, i: int, pt_sha: bytes, cdk_salt: bytes
-) -> bytes:
+def derive_cdk(mk: bytes, container_id: bytes, i: int, pt_sha: bytes, cdk_salt: bytes) -> bytes:
     return hkdf(mk, cdk_salt, INFO_CDK + container_id + u64le(i) + pt_sha, 32)
 
 
@@ -319,19 +313,13 @@ def kek_key(file_key: bytes, container_id: bytes) -> bytes:
     return hkdf(file_key, container_id, INFO_RECIPIENT_KEY, 32)
 
 
-def kek_argon2id(
-    pw: bytes, salt: bytes, t_cost: int, m_cost_kib: int, lanes: int
-) -> bytes:
-    kdf = Argon2id(
-        salt=salt, length=32, iterations=t_cost, lanes=lanes, memory_cost=m_cost_kib
-    )
+def kek_argon2id(pw: bytes, salt: bytes, t_cost: int, m_cost_kib: int, lanes: int) -> bytes:
+    kdf = Argon2id(salt=salt, length=32, iterations=t_cost, lanes=lanes, memory_cost=m_cost_kib)
     return kdf.derive(pw)
 
 
 def kek_pbkdf2(pw: bytes, salt: bytes, iterations: int) -> bytes:
-    kdf = PBKDF2HMAC(
-        algorithm=hashes.SHA256(), length=32, salt=salt, iterations=iterations
-    )
+    kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=salt, iterations=iterations)
     return kdf.derive(pw)
 
 
@@ -357,9 +345,7 @@ def parse_header(container: bytes) -> dict:
     # Step 1.
     if len(c) < HEADER_FIXED_LEN or c[:8] != MAGIC:
         raise RefMalformed("not a Qeltrix V6 container (magic)")
-    (version, header_len, flags, cipher_id, reserved, block_size, perm_window) = (
-        struct.unpack_from("<HIHBBII", c, 8)
-    )
+    (version, header_len, flags, cipher_id, reserved, block_size, perm_window) = struct.unpack_from("<HIHBBII", c, 8)
     if version != FORMAT_VERSION:
         raise RefMalformed(f"unsupported format_version {version}")
     container_id = c[26:42]
@@ -449,9 +435,7 @@ def open_master_key(hdr: dict, key: bytes | None, passphrase: str | None) -> byt
             salt = body[:16]
             t_cost, m_cost, lanes = struct.unpack_from("<III", body, 16)
             if not argon2_params_ok(t_cost, m_cost, lanes):
-                raise RefMalformed(
-                    f"Argon2id parameters out of range: {t_cost}, {m_cost}, {lanes}"
-                )
+                raise RefMalformed(f"Argon2id parameters out of range: {t_cost}, {m_cost}, {lanes}")
             mk = _unwrap(kek_argon2id(pw, salt, t_cost, m_cost, lanes), body, cid, kind)
         elif kind == KIND_PBKDF2 and pw is not None:
             salt = body[:16]
@@ -466,9 +450,7 @@ def open_master_key(hdr: dict, key: bytes | None, passphrase: str | None) -> byt
     raise RefWrongKey("no recipient stanza opens with this credential")
 
 
-def inspect(
-    container: bytes, *, key: bytes | None = None, passphrase: str | None = None
-) -> dict:
+def inspect(container: bytes, *, key: bytes | None = None, passphrase: str | None = None) -> dict:
     """Steps 1-6 of section 8. Returns header, trailer and index fields (and the keys)."""
     _check_credentials(key, passphrase)
     c = container
@@ -499,9 +481,7 @@ def inspect(
     # Step 6.
     footer = c[footer_offset : footer_offset + footer_len]
     aad = cid + u64le(footer_offset) + u64le(footer_len)
-    index_pt = open_(
-        cipher_id, keys["index"], footer[:NONCE_LEN], footer[NONCE_LEN:], aad
-    )
+    index_pt = open_(cipher_id, keys["index"], footer[:NONCE_LEN], footer[NONCE_LEN:], aad)
     if index_pt is None:
         raise RefCorrupt("footer does not open")
     block_count, pt_total_len, index_flags = struct.unpack_from("<QQI", index_pt, 0)
@@ -514,9 +494,7 @@ def inspect(
     entries = []
     total = 0
     for i in range(block_count):
-        off, pt_len = struct.unpack_from(
-            "<QI", index_pt, INDEX_HEADER_LEN + i * INDEX_ENTRY_LEN
-        )
+        off, pt_len = struct.unpack_from("<QI", index_pt, INDEX_HEADER_LEN + i * INDEX_ENTRY_LEN)
         # Only the last entry may be empty: a stream's empty FINAL frame (FORMAT.md 12).
         if not (1 if i + 1 < block_count else 0) <= pt_len <= hdr["block_size"]:
             raise RefCorrupt(f"block {i}: pt_len {pt_len} out of range")
@@ -560,15 +538,13 @@ def decode_block(container: bytes, info: dict, i: int) -> bytes:
     )
     if meta_pt is None:
         raise RefCorrupt(f"block {i}: metadata does not open")
-    (block_index, m_pt_len, meta_flags, reserved, cdk_salt, data_nonce, pt_sha) = (
-        struct.unpack("<QIB3s16s12s32s", meta_pt)
+    (block_index, m_pt_len, meta_flags, reserved, cdk_salt, data_nonce, pt_sha) = struct.unpack(
+        "<QIB3s16s12s32s", meta_pt
     )
     if block_index != i:
         raise RefCorrupt(f"block {i}: frame holds block_index {block_index}")
     if m_pt_len != pt_len:
-        raise RefCorrupt(
-            f"block {i}: pt_len {m_pt_len} differs from the index ({pt_len})"
-        )
+        raise RefCorrupt(f"block {i}: pt_len {m_pt_len} differs from the index ({pt_len})")
     if reserved != b"\0\0\0":
         raise RefCorrupt(f"block {i}: reserved metadata bytes are not zero")
     if meta_flags & ~META_FLAG_FINAL:
@@ -576,9 +552,7 @@ def decode_block(container: bytes, info: dict, i: int) -> bytes:
     complete = not info["index_flags"] & INDEX_FLAG_INCOMPLETE
     want_final = complete and i == info["block_count"] - 1
     if bool(meta_flags & META_FLAG_FINAL) != want_final:
-        raise RefCorrupt(
-            f"block {i}: FINAL flag is {bool(meta_flags & 1)}, expected {want_final}"
-        )
+        raise RefCorrupt(f"block {i}: FINAL flag is {bool(meta_flags & 1)}, expected {want_final}")
 
     cdk = derive_cdk(info["mk"], cid, i, pt_sha, cdk_salt)
     aad = cid + u64le(i) + u32(pt_len) + u8(meta_flags)
@@ -590,14 +564,10 @@ def decode_block(container: bytes, info: dict, i: int) -> bytes:
     return pt
 
 
-def decode(
-    container: bytes, *, key: bytes | None = None, passphrase: str | None = None
-) -> bytes:
+def decode(container: bytes, *, key: bytes | None = None, passphrase: str | None = None) -> bytes:
     """Decrypt a whole container, making every check of FORMAT.md section 8 in order."""
     info = inspect(container, key=key, passphrase=passphrase)
-    return b"".join(
-        decode_block(container, info, i) for i in range(info["block_count"])
-    )
+    return b"".join(decode_block(container, info, i) for i in range(info["block_count"]))
 
 
 def _check_credentials(key: bytes | None, passphrase: str | None) -> None:
@@ -682,9 +652,7 @@ def encode(
                 raise ValueError("PBKDF2 iterations out of range")
             salt = rand(16)
             kek = kek_pbkdf2(pw, salt, p["iterations"])
-            stanzas.append(
-                (KIND_PBKDF2, salt + u32(p["iterations"]) + wrap(kek, KIND_PBKDF2))
-            )
+            stanzas.append((KIND_PBKDF2, salt + u32(p["iterations"]) + wrap(kek, KIND_PBKDF2)))
         else:
             raise ValueError(f"unknown kdf {kdf!r}")
     stanzas.extend(extra_stanzas)
@@ -719,9 +687,7 @@ def encode(
     assert len(header) == header_len
 
     # Frames (section 5), built in logical order.
-    blocks = [
-        plaintext[i : i + block_size] for i in range(0, len(plaintext), block_size)
-    ]
+    blocks = [plaintext[i : i + block_size] for i in range(0, len(plaintext), block_size)]
     n = len(blocks)
     if n > MAX_BLOCK_COUNT:
         raise ValueError("too many blocks")
@@ -731,15 +697,7 @@ def encode(
         cdk_salt = rand(16)
         data_nonce = rand(12)
         pt_sha = sha256(pt)
-        meta_pt = (
-            u64le(i)
-            + u32(len(pt))
-            + u8(meta_flags)
-            + bytes(3)
-            + cdk_salt
-            + data_nonce
-            + pt_sha
-        )
+        meta_pt = u64le(i) + u32(len(pt)) + u8(meta_flags) + bytes(3) + cdk_salt + data_nonce + pt_sha
         assert len(meta_pt) == META_PT_LEN
         cdk = derive_cdk(mk, container_id, i, pt_sha, cdk_salt)
         data_aad = container_id + u64le(i) + u32(len(pt)) + u8(meta_flags)

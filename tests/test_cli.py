@@ -440,6 +440,17 @@ def test_keygen_mode_0600_and_refuses_to_overwrite(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
+def test_keygen_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_link(src: str, dst: str) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    path = tmp_path / "fs.key"
+    assert invoke("keygen", "-o", path).exit_code == 0
+    assert (path.stat().st_mode & 0o777) == 0o600 and len(path.read_bytes()) == 32
+    assert leftovers(tmp_path) == []
+
+
 # --- cat ------------------------------------------------------------------------------------
 
 

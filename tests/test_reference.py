@@ -13,8 +13,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import make_vectors
-import reference_decoder as ref
+import make_vectors  # noqa: E402 - tests/ is put on sys.path just above
+import reference_decoder as ref  # noqa: E402 - tests/ is put on sys.path just above
 
 VECTORS = HERE / "vectors"
 KEY = bytes(range(32))
@@ -47,9 +47,7 @@ def reseal_footer(c: bytes, index_pt: bytes, key: bytes = KEY) -> bytes:
     fo, fl = info["footer_offset"], len(index_pt) + 28
     nonce = c[fo : fo + 12]
     aad = info["container_id"] + ref.u64le(fo) + ref.u64le(fl)
-    footer = nonce + ref.seal(
-        info["cipher_id"], info["keys"]["index"], nonce, index_pt, aad
-    )
+    footer = nonce + ref.seal(info["cipher_id"], info["keys"]["index"], nonce, index_pt, aad)
     return c[:fo] + footer + ref.u64le(fo) + ref.u64le(fl) + ref.TRAILER_MAGIC
 
 
@@ -77,7 +75,7 @@ def test_siphash_official_vectors():
 @pytest.mark.parametrize("w", [0, 1, 12345])
 def test_perm_is_a_permutation(w):
     k_perm = bytes(range(100, 116))
-    for k in list(range(1, 34)) + [64, 65, 257]:
+    for k in [*list(range(1, 34)), 64, 65, 257]:
         assert sorted(ref.perm(k_perm, w, k, j) for j in range(k)) == list(range(k))
 
 
@@ -119,9 +117,7 @@ def test_round_trip_unpermuted_and_default_block_size(permute):
     assert info["header_flags"] == (1 if permute else 0)
 
 
-@pytest.mark.parametrize(
-    ("kdf", "params"), [("argon2id", ARGON2_SMALL), ("pbkdf2", PBKDF2_SMALL)]
-)
+@pytest.mark.parametrize(("kdf", "params"), [("argon2id", ARGON2_SMALL), ("pbkdf2", PBKDF2_SMALL)])
 def test_round_trip_passphrase(kdf, params):
     pt = data(3 * BS + 2)
     pw = "Gr\u00fc\u00dfe, \u00e9t\u00e9"  # NFC
@@ -239,9 +235,7 @@ def test_vector(name):
 def test_bad_header_mac_fails_at_the_mac():
     c = (VECTORS / "bad-header-mac.qltx").read_bytes()
     ref.parse_header(c)  # steps 1-2 pass
-    key = bytes.fromhex(
-        json.loads((VECTORS / "bad-header-mac.json").read_text())["key_hex"]
-    )
+    key = bytes.fromhex(json.loads((VECTORS / "bad-header-mac.json").read_text())["key_hex"])
     with pytest.raises(ref.RefCorrupt, match="header_mac"):
         ref.decode(c, key=key)
 
@@ -249,9 +243,7 @@ def test_bad_header_mac_fails_at_the_mac():
 def test_vectors_are_up_to_date():
     files = make_vectors.build_vectors()
     for fname, content in files.items():
-        assert (VECTORS / fname).read_bytes() == content, (
-            f"{fname}: run python tests/make_vectors.py"
-        )
+        assert (VECTORS / fname).read_bytes() == content, f"{fname}: run python tests/make_vectors.py"
         assert len(content) < 20 * 1024
 
 
@@ -345,17 +337,13 @@ def test_perm_window_must_be_zero_when_not_permuted():
 
 def test_stanza_kinds():
     # Unknown kinds are skipped; a known kind with the wrong body_len is rejected.
-    assert (
-        ref.decode(small(extra_stanzas=[(99, b"abc")]), key=KEY) == b"x" * 200
-    )
+    assert ref.decode(small(extra_stanzas=[(99, b"abc")]), key=KEY) == b"x" * 200
     with pytest.raises(ref.RefMalformed):
         ref.decode(small(extra_stanzas=[(0, b"")]), key=KEY)
     with pytest.raises(ref.RefMalformed):
         ref.decode(small(extra_stanzas=[(ref.KIND_PBKDF2, bytes(79))]), key=KEY)
     with pytest.raises(ref.RefMalformed):
-        ref.decode(
-            small(extra_stanzas=[(99, bytes(ref.MAX_STANZA_BODY_LEN + 1))]), key=KEY
-        )
+        ref.decode(small(extra_stanzas=[(99, bytes(ref.MAX_STANZA_BODY_LEN + 1))]), key=KEY)
     # An unknown stanza whose body runs past header_len - 64.
     bad = bytearray(small())
     struct.pack_into("<BH", bad, ref.HEADER_FIXED_LEN, 99, 4000)
@@ -377,9 +365,7 @@ def test_stanza_kinds():
     ],
 )
 def test_kdf_limits_checked_before_kdf(kdf, params, field_offset, value):
-    c = bytearray(
-        ref.encode(b"abc", passphrase="pw", kdf=kdf, kdf_params=params, block_size=BS)
-    )
+    c = bytearray(ref.encode(b"abc", passphrase="pw", kdf=kdf, kdf_params=params, block_size=BS))
     struct.pack_into("<I", c, ref.HEADER_FIXED_LEN + 3 + field_offset, value)
     c = ref.rehash_header(bytes(c))
     with pytest.raises(ref.RefMalformed):
@@ -407,10 +393,7 @@ def test_footer_consistency_checks():
         "index_flags": struct.pack("<QQI", bc, total, 2) + entries,
         "block_count": struct.pack("<QQI", bc + 1, total, flags) + entries,
         "pt_len 0": ipt[:20] + entries[:8] + struct.pack("<I", 0) + entries[12:],
-        "pt_len > block_size": ipt[:20]
-        + entries[:8]
-        + struct.pack("<I", BS + 1)
-        + entries[12:],
+        "pt_len > block_size": ipt[:20] + entries[:8] + struct.pack("<I", BS + 1) + entries[12:],
         "frame before header": ipt[:20] + struct.pack("<Q", 100) + entries[8:],
     }
     for what, bad in cases.items():

@@ -1071,6 +1071,8 @@ def verify(
                 r.unpack_to(sink.fileno(), workers, progress)
             except IntegrityError as e:
                 first_error = e
+            except QeltrixError as e:
+                fail(e)
         if first_error is None:
             result["ok"] = True
             if as_json:
@@ -1169,11 +1171,29 @@ def write_key_file(path: str, key: bytes) -> None:
             os.link(tmp, path)  # fails if path exists: no overwrite, even in a race
         except FileExistsError:
             raise CliError(f"{path} already exists; refusing to overwrite a key file", code=ExitCode.IO) from None
+        except OSError:  # a file system without hard links: exclusive create instead
+            _write_key_exclusive(path, key)
     finally:
         if fd >= 0:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _write_key_exclusive(path: str, key: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CliError(f"{path} already exists; refusing to overwrite a key file", code=ExitCode.IO) from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, key)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
 
 
 @app.command(rich_help_panel="Keys")
