@@ -22,6 +22,7 @@ from ._container import (
     PackResult,
     open,
     pack,
+    recover,
     seek_extract,
     unpack,
 )
@@ -35,6 +36,7 @@ from .errors import (
     TruncatedError,
     WrongKeyError,
 )
+from .gateway import GatewayServer
 from .server import SeekServer
 
 try:
@@ -47,6 +49,7 @@ __all__ = [
     "AuthenticationError",
     "ContainerFile",
     "ContainerWriter",
+    "GatewayServer",
     "IntegrityError",
     "LimitExceededError",
     "MalformedError",
@@ -59,6 +62,7 @@ __all__ = [
     "__version__",
     "open",
     "pack",
+    "recover",
     "seek_extract",
     "unpack",
 ]

@@ -68,6 +68,12 @@ class AtomicOutput:
         self._file = os.fdopen(fd, "wb", buffering=0)
         return self._file
 
+    @property
+    def temp_path(self) -> str:
+        """The temporary file being written (valid inside the ``with`` block)."""
+        assert self._tmp is not None or self._special
+        return self._tmp if self._tmp is not None else self.path
+
     def commit(self) -> None:
         """Flush, fsync and rename the temporary file to the final name."""
         assert self._file is not None

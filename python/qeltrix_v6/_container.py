@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, Any, Literal, cast, overload
+from typing import IO, Any, Literal, Protocol, cast, overload
 
 from . import _core, _crypto
 from ._atomic import AtomicOutput
@@ -40,6 +40,11 @@ class PackResult:
     pt_len: int
     block_count: int
     container_len: int
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer or None (one per core), not {workers!r}")
 
 
 def _check_credentials(passphrase: str | bytes | None, key: bytes | None) -> None:
@@ -114,6 +119,7 @@ def pack(
     b'world'
     """
     _check_credentials(passphrase, key)
+    _check_workers(workers)
     if cipher not in _crypto.CIPHERS:
         raise ValueError(f"unknown cipher {cipher!r}: use one of {', '.join(_crypto.CIPHERS)}")
     if not _core.MIN_BLOCK_SIZE <= block_size <= _core.MAX_BLOCK_SIZE:
@@ -187,24 +193,76 @@ def open_reader(
             arg = src
     try:
         reader = _core.Reader(arg, cache_blocks)
-        if _crypto.sha256(reader.header_checksummed) != reader.header_sha256:
-            raise AuthenticationError("container header is corrupt (checksum mismatch)")
-        mk = None
-        kinds = {kind for kind, _ in reader.stanzas}
-        for kind, body in reader.stanzas:
-            mk = _crypto.unwrap_stanza(kind, body, reader.container_id, key=key, passphrase=passphrase)
-            if mk is not None:
-                break
-        if mk is None:
-            raise WrongKeyError(_wrong_key_message(kinds, passphrase, key))
-        keys = _crypto.ContainerKeys(mk, reader.container_id, reader.cipher_id)
-        keys.verify_header_mac(reader.header_maced, reader.header_mac)
+        keys = unlock_header(reader, passphrase=passphrase, key=key)
         reader.load_index(keys)
     except BaseException:
         for f in owned:
             f.close()
         raise
     return _Opened(reader, keys, owned)
+
+
+class HeaderFields(Protocol):
+    """The parsed header fields :func:`unlock_header` needs (a ``_core.Reader`` has them)."""
+
+    @property
+    def header_checksummed(self) -> bytes: ...
+    @property
+    def header_sha256(self) -> bytes: ...
+    @property
+    def header_maced(self) -> bytes: ...
+    @property
+    def header_mac(self) -> bytes: ...
+    @property
+    def stanzas(self) -> list[tuple[int, bytes]]: ...
+    @property
+    def container_id(self) -> bytes: ...
+    @property
+    def cipher_id(self) -> int: ...
+
+
+def unlock_header(
+    h: HeaderFields, *, passphrase: str | bytes | None = None, key: bytes | None = None
+) -> _crypto.ContainerKeys:
+    """Check the header checksum, unwrap the MK from a stanza, verify the header MAC
+    (FORMAT.md section 8 steps 2-4); return the container's keys."""
+    if _crypto.sha256(h.header_checksummed) != h.header_sha256:
+        raise AuthenticationError("container header is corrupt (checksum mismatch)")
+    mk = None
+    kinds = {kind for kind, _ in h.stanzas}
+    for kind, body in h.stanzas:
+        mk = _crypto.unwrap_stanza(kind, body, h.container_id, key=key, passphrase=passphrase)
+        if mk is not None:
+            break
+    if mk is None:
+        raise WrongKeyError(_wrong_key_message(kinds, passphrase, key))
+    keys = _crypto.ContainerKeys(mk, h.container_id, h.cipher_id)
+    keys.verify_header_mac(h.header_maced, h.header_mac)
+    return keys
+
+
+def recover(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    passphrase: str | bytes | None = None,
+    key: bytes | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Rebuild the index of a stored stream whose writer died before appending it
+    (FORMAT.md section 12). Every frame that authenticates, up to the first that does not,
+    is kept; without a ``FINAL`` frame the result is marked incomplete.
+
+    Returns ``{"blocks", "pt_len", "complete", "stopped"}``.
+    """
+    _check_credentials(passphrase, key)
+    with _open_input(src) as f:
+        keys = unlock_header(_core.Reader(f.fileno()), passphrase=passphrase, key=key)
+    atomic = AtomicOutput(dst, overwrite=overwrite)
+    with atomic:
+        blocks, pt_len, complete, stopped = _core.recover_stream_file(os.fspath(src), atomic.temp_path, keys)
+        atomic.commit()
+    return {"blocks": blocks, "pt_len": pt_len, "complete": complete, "stopped": stopped}
 
 
 def _wrong_key_message(kinds: set[int], passphrase: object, key: object) -> str:
@@ -233,6 +291,7 @@ def unpack(
     Every block is authenticated before any of its bytes is written. A path ``dst`` is written
     atomically; if anything fails (wrong key, tampering, Ctrl-C) no output file is left.
     """
+    _check_workers(workers)
     opened = open_reader(src, passphrase=passphrase, key=key)
     try:
         if isinstance(dst, str | os.PathLike):

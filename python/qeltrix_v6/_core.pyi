@@ -98,3 +98,28 @@ class SeekServerCore:
     @property
     def running(self) -> bool: ...
     def stop(self) -> None: ...
+
+class GatewayCore:
+    def __init__(
+        self,
+        mode: str,
+        host: str,
+        port: int,
+        keyring: Any,
+        target: str | None = None,
+        sink_dir: str | None = None,
+        sink_raw: bool = False,
+        block_size: int = 262144,
+        flush_delay: float = 0.0,
+        max_connections: int = 1024,
+        idle_timeout: float = 300.0,
+        connect_timeout: float = 10.0,
+        stats_interval: float = 0.0,
+    ) -> None: ...
+    @property
+    def address(self) -> tuple[str, int]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def stop(self) -> None: ...
+
+def recover_stream_file(src: str, dst: str, keys: Any) -> tuple[int, int, bool, str | None]: ...
+def parse_header(data: bytes) -> dict[str, Any]: ...

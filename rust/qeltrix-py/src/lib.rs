@@ -5,6 +5,7 @@
 //! (see `types.rs` for every touchpoint). The GIL is released around all I/O and waits.
 mod codec;
 mod error;
+mod gateway;
 mod io;
 mod pack;
 mod pipeline;
@@ -19,6 +20,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack::pack_stream, m)?)?;
     m.add_class::<reader::Reader>()?;
     m.add_class::<server::SeekServerCore>()?;
+    m.add_class::<gateway::GatewayCore>()?;
+    m.add_function(wrap_pyfunction!(gateway::recover_stream_file, m)?)?;
+    m.add_function(wrap_pyfunction!(gateway::parse_header, m)?)?;
     codec::register(m)?;
     Ok(())
 }

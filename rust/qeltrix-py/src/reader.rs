@@ -9,12 +9,12 @@ use crate::error::{Error, Result};
 use crate::io::{PyBuf, RandomSource, Sink};
 use crate::pipeline::{worker_count, Progress, Shared, POLL};
 use crate::types::{OPEN_BLOCK, OPEN_INDEX, OPEN_META};
+use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use qeltrix_format::header::HEADER_FIXED_LEN;
 use qeltrix_format::{frame_len, BlockMeta, FormatError, Header, Index, Trailer, TRAILER_LEN};
-use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -25,6 +25,9 @@ const DEFAULT_CACHE_BLOCKS: usize = 8;
 struct Loaded {
     keys: Py<PyAny>,
     index: Index,
+    /// Largest `pt_len` in the index: buffers are sized by the data actually present, not by
+    /// the header's `block_size`, so a tiny container declaring 64 MiB blocks costs little.
+    max_pt_len: u32,
 }
 
 /// A small LRU of decrypted blocks, shared by every thread reading this container.
@@ -132,10 +135,12 @@ impl Reader {
             return Ok(b);
         }
         let loaded = self.loaded()?;
-        let mut frame = Self::take_buf(&self.frames, frame_len(self.header.block_size) as usize)?;
-        let out = Self::take_buf(&self.outs, self.header.block_size as usize)?;
+        let mut frame = Self::take_buf(&self.frames, frame_len(loaded.max_pt_len) as usize)?;
+        let out = Self::take_buf(&self.outs, loaded.max_pt_len as usize)?;
         let pt_len = loaded.index.entries[i].pt_len as usize;
-        let r = self.open_block(loaded, i, &mut frame, &out).map(|()| Bytes::copy_from_slice(&out.as_slice()[..pt_len]));
+        let r = self
+            .open_block(loaded, i, &mut frame, &out)
+            .map(|()| Bytes::copy_from_slice(&out.as_slice()[..pt_len]));
         Self::give_buf(&self.frames, frame);
         Self::give_buf(&self.outs, out);
         let bytes = r?;
@@ -186,9 +191,9 @@ impl Reader {
         let block_count = loaded.index.block_count();
         let shared = Shared::default();
         let next = AtomicU64::new(0);
-        let pool = 2 * workers + 2;
+        let pool = (2 * workers + 2).min(block_count as usize + 1);
         let (free_tx, free_rx) = bounded::<PyBuf>(pool);
-        let cap = self.header.block_size as usize;
+        let cap = loaded.max_pt_len as usize;
         Python::attach(|py| -> PyResult<()> {
             for _ in 0..pool {
                 free_tx.send(PyBuf::new(py, cap)?).expect("pool has room");
@@ -222,7 +227,7 @@ impl Reader {
         free: &Receiver<PyBuf>,
         done: &Sender<(u64, PyBuf)>,
     ) -> Result<()> {
-        let mut frame = Python::attach(|py| PyBuf::new(py, frame_len(self.header.block_size) as usize))?;
+        let mut frame = Python::attach(|py| PyBuf::new(py, frame_len(loaded.max_pt_len) as usize))?;
         loop {
             let Some(out) = shared.recv(free) else { return Ok(()) };
             let i = next.fetch_add(1, Ordering::SeqCst);
@@ -311,7 +316,10 @@ impl Reader {
             file_len,
             header,
             loaded: OnceLock::new(),
-            cache: Mutex::new(BlockCache { entries: VecDeque::new(), cap: cache_blocks.min(4096) }),
+            cache: Mutex::new(BlockCache {
+                entries: VecDeque::new(),
+                cap: cache_blocks.min(4096),
+            }),
             frames: Mutex::new(Vec::new()),
             outs: Mutex::new(Vec::new()),
         })
@@ -344,7 +352,12 @@ impl Reader {
             trailer.footer_offset,
         )
         .map_err(Error::from)?;
-        let _ = self.loaded.set(Loaded { keys, index });
+        let max_pt_len = index.entries.iter().map(|e| e.pt_len).max().unwrap_or(0);
+        let _ = self.loaded.set(Loaded {
+            keys,
+            index,
+            max_pt_len,
+        });
         Ok(())
     }
 

@@ -21,12 +21,21 @@ impl Container for PyContainer {
     }
 
     fn etag_id(&self) -> String {
-        let id: String = self.0.get().container_id_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let id: String = self
+            .0
+            .get()
+            .container_id_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         format!("{id}-{:x}", self.pt_len())
     }
 
     fn read(&self, pos: u64, len: u64, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<(), ReadError> {
-        self.0.get().read_chunks(pos, len, emit).map_err(|e| ReadError(e.to_string()))
+        self.0
+            .get()
+            .read_chunks(pos, len, emit)
+            .map_err(|e| ReadError(e.to_string()))
     }
 }
 
@@ -57,8 +66,13 @@ impl Opener for PyOpener {
                     OpenError::Io(format!("{}: {msg}", e.get_type(py)))
                 }
             };
-            let reader = self.open.call1(py, (path.to_string_lossy().into_owned(),)).map_err(classify)?;
-            let reader: Py<Reader> = reader.extract(py).map_err(|e| OpenError::Io(format!("opener returned {e}")))?;
+            let reader = self
+                .open
+                .call1(py, (path.to_string_lossy().into_owned(),))
+                .map_err(classify)?;
+            let reader: Py<Reader> = reader
+                .extract(py)
+                .map_err(|e| OpenError::Io(format!("opener returned {e}")))?;
             Ok(Arc::new(PyContainer(reader)))
         })
     }
@@ -121,7 +135,11 @@ impl SeekServerCore {
         config.tls = match (tls_cert, tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            _ => return Err(pyo3::exceptions::PyValueError::new_err("TLS needs both a certificate and a key")),
+            _ => {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "TLS needs both a certificate and a key",
+                ))
+            }
         };
         config.max_connections = max_connections.max(1);
         config.header_timeout = Duration::from_secs_f64(header_timeout.max(0.001));
@@ -129,9 +147,14 @@ impl SeekServerCore {
         config.access_log = access_log;
         config.worker_threads = workers.max(1);
         let opener = PyOpener { open, log };
-        let handle = py.detach(|| start(config, opener)).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let handle = py
+            .detach(|| start(config, opener))
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
         let addr = handle.local_addr();
-        Ok(SeekServerCore { handle: Mutex::new(Some(handle)), addr })
+        Ok(SeekServerCore {
+            handle: Mutex::new(Some(handle)),
+            addr,
+        })
     }
 
     /// `(host, port)` actually bound.
@@ -143,7 +166,11 @@ impl SeekServerCore {
     /// Whether the server is still serving.
     #[getter]
     fn running(&self) -> bool {
-        self.handle.lock().expect("handle lock").as_ref().is_some_and(|h| h.is_running())
+        self.handle
+            .lock()
+            .expect("handle lock")
+            .as_ref()
+            .is_some_and(|h| h.is_running())
     }
 
     /// Stop serving and close every connection.

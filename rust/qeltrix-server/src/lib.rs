@@ -6,6 +6,7 @@
 //! implements both over `qeltrix_v6._core.Reader`; the tests here use plaintext files.
 #![forbid(unsafe_code)]
 
+pub mod gateway;
 pub mod http;
 pub mod mime;
 pub mod path;

@@ -1,0 +1,176 @@
+"""GatewayServer: an encryption boundary for live TCP streams (FORMAT.md section 12).
+
+Modes:
+
+- ``reflect``: encrypt what a client sends and send the V6 stream back to it.
+- ``router``: encrypt toward ``target`` (another gateway) and decrypt the replies, so a
+  client talks plaintext to the router while the network between sees only V6 frames.
+- ``decrypt``: the egress side: V6 stream in, plaintext out to ``target``; replies are
+  encrypted on their way back. A router whose target is another router adds a layer; each
+  decrypt gateway peels one.
+- ``sink``: store each incoming stream (V6, or plaintext with ``sink_raw=True``) as a
+  container in ``sink_dir``; a cut connection leaves a container marked incomplete.
+
+Gateways that talk to each other share a 32-byte key file: each connection gets a fresh
+stream MK in each direction, wrapped under the shared key, so no long-term key crosses the
+wire, and each reply stream is bound to its request stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+from . import _core, _crypto
+from ._container import build_header, unlock_header
+
+__all__ = ["GatewayServer"]
+
+log = logging.getLogger("qeltrix_v6.gateway")
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+MODES = ("reflect", "router", "decrypt", "sink")
+REPLY_LABEL = b"qeltrix-v6 reply"
+
+
+class _Keyring:
+    """Stream keys for gateways sharing one 32-byte key (the Rust loops call these methods)."""
+
+    def __init__(self, key: bytes, cipher_id: int) -> None:
+        self._key = key
+        self._cipher_id = cipher_id
+
+    def new_stream(self, container_id: bytes | None, block_size: int) -> tuple[bytes, _crypto.ContainerKeys]:
+        mk = _crypto.random_bytes(_crypto.MK_LEN)
+        cid = container_id if container_id is not None else _crypto.random_bytes(16)
+        stanza = _crypto.key_stanza(self._key, mk, cid)
+        return build_header(mk, cid, self._cipher_id, block_size, 0, [stanza])
+
+    def accept_stream(self, header: bytes) -> _crypto.ContainerKeys:
+        fields = SimpleNamespace(**_core.parse_header(header))
+        return unlock_header(fields, key=self._key)
+
+    @staticmethod
+    def reply_id(container_id: bytes) -> bytes:
+        return _crypto.sha256(REPLY_LABEL + container_id)[:16]
+
+    @staticmethod
+    def log(level: str, line: str) -> None:
+        log.log(_LEVELS.get(level, logging.INFO), "%s", line)
+
+
+def _split_hostport(value: str | tuple[str, int]) -> tuple[str, int]:
+    if isinstance(value, tuple):
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class GatewayServer:
+    """A TCP gateway in one of the modes above.
+
+    >>> import os, socket, qeltrix_v6
+    >>> key = os.urandom(32)
+    >>> with qeltrix_v6.GatewayServer("reflect", "127.0.0.1:0", key=key) as gw:
+    ...     with socket.create_connection(gw.address) as s:
+    ...         s.sendall(b"hello"); s.shutdown(socket.SHUT_WR)
+    ...         stream = b"".join(iter(lambda: s.recv(65536), b""))
+    >>> stream[:8], b"hello" in stream
+    (b'QLTXV6\\r\\n', False)
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        listen: str | tuple[str, int],
+        *,
+        target: str | tuple[str, int] | None = None,
+        key: bytes | None = None,
+        sink_dir: str | os.PathLike[str] | None = None,
+        sink_raw: bool = False,
+        cipher: str = "aes-256-gcm",
+        block_size: int = 256 << 10,
+        flush_delay: float = 0.0,
+        max_connections: int = 1024,
+        idle_timeout: float = 300.0,
+        connect_timeout: float = 10.0,
+        stats_interval: float = 0.0,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if key is None or len(key) != _crypto.KEY_LEN:
+            raise ValueError("a 32-byte key (the gateways' shared key file) is required")
+        if mode in ("router", "decrypt") and target is None:
+            raise ValueError(f"mode {mode!r} needs a target HOST:PORT")
+        if mode == "sink" and (sink_dir is None or not os.path.isdir(sink_dir)):
+            raise ValueError("sink mode needs an existing sink_dir")
+        if cipher not in _crypto.CIPHERS:
+            raise ValueError(f"unknown cipher {cipher!r}")
+        if not _core.MIN_BLOCK_SIZE <= block_size <= 16 << 20:
+            raise ValueError("block_size must be between 16 bytes and 16 MiB")
+        self.mode = mode
+        self._listen = _split_hostport(listen)
+        tgt = None
+        if target is not None:
+            th, tp = _split_hostport(target)
+            tgt = f"[{th}]:{tp}" if ":" in th else f"{th}:{tp}"
+        self._keyring = _Keyring(bytes(key), _crypto.CIPHERS[cipher])
+        self._settings: dict[str, Any] = {
+            "target": tgt,
+            "sink_dir": os.fspath(sink_dir) if sink_dir is not None else None,
+            "sink_raw": sink_raw,
+            "block_size": block_size,
+            "flush_delay": flush_delay,
+            "max_connections": max_connections,
+            "idle_timeout": idle_timeout,
+            "connect_timeout": connect_timeout,
+            "stats_interval": stats_interval,
+        }
+        self._core: _core.GatewayCore | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> GatewayServer:
+        """Bind and start serving in the background; returns self."""
+        if self._core is None:
+            host, port = self._listen
+            self._core = _core.GatewayCore(self.mode, host, port, self._keyring, **self._settings)
+            self._stopped.clear()
+            log.info("%s gateway listening on %s:%s", self.mode, *self.address)
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting connections (open ones finish on their own or at their idle timeout)."""
+        if self._core is not None:
+            self._core.stop()
+            self._core = None
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        """Start if needed and block until :meth:`stop` or Ctrl-C."""
+        self.start()
+        try:
+            while not self._stopped.wait(0.2):
+                pass
+        finally:
+            self.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """Aggregate counters plus ``per_connection``: bytes in/out, blocks, duration, errors."""
+        return self._core.stats() if self._core is not None else {}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)``."""
+        if self._core is None:
+            raise RuntimeError("the gateway is not running")
+        return self._core.address
+
+    def __enter__(self) -> GatewayServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

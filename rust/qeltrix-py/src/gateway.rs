@@ -1,0 +1,360 @@
+//! The GatewayServer binding: `qeltrix-server`'s TCP loops with stream keys from the Python
+//! layer (`qeltrix_v6.gateway`), and `recover_stream` for stored streams without an index.
+use crate::io::PyBuf;
+use crate::types::{error_class, ErrorClass, OPEN_BLOCK, OPEN_META, SEAL_BLOCK, SEAL_INDEX, SEAL_META};
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use qeltrix_format::{frame_len, BlockMeta, Header, META_FRAME_LEN};
+use qeltrix_server::gateway::{
+    recover_stream, start_gateway, GatewayConfig, GatewayHandle, GwError, Keyring, Mode, StreamKeys,
+};
+use qeltrix_server::LogLevel;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// `keyring.new_stream(container_id | None, block_size) -> (header, ContainerKeys)`.
+const NEW_STREAM: &str = "new_stream";
+/// `keyring.accept_stream(header: bytes) -> ContainerKeys`.
+const ACCEPT_STREAM: &str = "accept_stream";
+/// `keyring.reply_id(container_id) -> bytes`.
+const REPLY_ID: &str = "reply_id";
+/// `keyring.log(level, line)`.
+const LOG: &str = "log";
+
+fn gw_err(py: Python<'_>, e: PyErr) -> GwError {
+    let is = |c| error_class(py, c).is_ok_and(|cls| e.is_instance(py, &cls));
+    let msg = e.value(py).to_string();
+    if is(ErrorClass::Authentication) {
+        GwError::Auth(msg)
+    } else if is(ErrorClass::WrongKey) {
+        GwError::WrongKey(msg)
+    } else {
+        GwError::Protocol(format!("{}: {msg}", e.get_type(py)))
+    }
+}
+
+/// Keys of one stream: a `ContainerKeys` plus two reusable buffers.
+pub struct PyStreamKeys {
+    keys: Py<PyAny>,
+    inbuf: Option<PyBuf>,
+    outbuf: Option<PyBuf>,
+}
+
+impl PyStreamKeys {
+    fn new(keys: Py<PyAny>) -> PyStreamKeys {
+        PyStreamKeys {
+            keys,
+            inbuf: None,
+            outbuf: None,
+        }
+    }
+}
+
+fn ensure(py: Python<'_>, slot: &mut Option<PyBuf>, cap: usize) -> PyResult<()> {
+    if slot.as_ref().is_none_or(|b| b.as_slice().len() < cap) {
+        *slot = Some(PyBuf::new(py, cap.max(1))?);
+    }
+    Ok(())
+}
+
+impl StreamKeys for PyStreamKeys {
+    fn seal(&mut self, block_index: u64, meta_flags: u8, pt: &[u8], frame: &mut Vec<u8>) -> Result<(), GwError> {
+        let flen = frame_len(pt.len() as u32) as usize;
+        Python::attach(|py| -> PyResult<()> {
+            ensure(py, &mut self.inbuf, pt.len())?;
+            ensure(py, &mut self.outbuf, flen)?;
+            let (inbuf, outbuf) = (
+                self.inbuf.as_mut().expect("ensured"),
+                self.outbuf.as_ref().expect("ensured"),
+            );
+            inbuf.as_mut_slice()[..pt.len()].copy_from_slice(pt);
+            let args = (block_index, meta_flags, inbuf.obj(py), pt.len(), outbuf.obj(py));
+            let (cdk_salt, data_nonce, pt_sha256): ([u8; 16], [u8; 12], [u8; 32]) =
+                self.keys.call_method1(py, SEAL_BLOCK, args)?.extract(py)?;
+            let meta = BlockMeta {
+                block_index,
+                pt_len: pt.len() as u32,
+                meta_flags,
+                cdk_salt,
+                data_nonce,
+                pt_sha256,
+            };
+            self.keys
+                .call_method1(py, SEAL_META, (PyBytes::new(py, &meta.encode()), outbuf.obj(py)))?;
+            frame.clear();
+            frame.extend_from_slice(&outbuf.as_slice()[..flen]);
+            Ok(())
+        })
+        .map_err(|e| Python::attach(|py| gw_err(py, e)))
+    }
+
+    fn open_meta(&mut self, meta_frame: &[u8]) -> Result<BlockMeta, GwError> {
+        let meta_pt = Python::attach(|py| -> PyResult<Vec<u8>> {
+            ensure(py, &mut self.inbuf, META_FRAME_LEN)?;
+            let inbuf = self.inbuf.as_mut().expect("ensured");
+            inbuf.as_mut_slice()[..META_FRAME_LEN].copy_from_slice(meta_frame);
+            self.keys.call_method1(py, OPEN_META, (inbuf.obj(py),))?.extract(py)
+        })
+        .map_err(|e| Python::attach(|py| gw_err(py, e)))?;
+        BlockMeta::decode(&meta_pt).map_err(|e| GwError::Auth(e.to_string()))
+    }
+
+    fn open_data(&mut self, meta: &BlockMeta, data_ct: &[u8], pt: &mut Vec<u8>) -> Result<(), GwError> {
+        let pt_len = meta.pt_len as usize;
+        Python::attach(|py| -> PyResult<()> {
+            ensure(py, &mut self.inbuf, META_FRAME_LEN + data_ct.len())?;
+            ensure(py, &mut self.outbuf, pt_len)?;
+            let (inbuf, outbuf) = (
+                self.inbuf.as_mut().expect("ensured"),
+                self.outbuf.as_ref().expect("ensured"),
+            );
+            inbuf.as_mut_slice()[META_FRAME_LEN..META_FRAME_LEN + data_ct.len()].copy_from_slice(data_ct);
+            let args = (
+                meta.block_index,
+                meta.pt_len,
+                meta.meta_flags,
+                PyBytes::new(py, &meta.cdk_salt),
+                PyBytes::new(py, &meta.data_nonce),
+                PyBytes::new(py, &meta.pt_sha256),
+                inbuf.obj(py),
+                outbuf.obj(py),
+            );
+            self.keys.call_method1(py, OPEN_BLOCK, args)?;
+            pt.clear();
+            pt.extend_from_slice(&outbuf.as_slice()[..pt_len]);
+            Ok(())
+        })
+        .map_err(|e| Python::attach(|py| gw_err(py, e)))
+    }
+
+    fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError> {
+        Python::attach(|py| -> PyResult<Vec<u8>> {
+            self.keys
+                .call_method1(py, SEAL_INDEX, (PyBytes::new(py, index_pt), footer_offset))?
+                .extract(py)
+        })
+        .map_err(|e| Python::attach(|py| gw_err(py, e)))
+    }
+}
+
+/// The gateway's key material, held by a Python object (`qeltrix_v6.gateway._Keyring`).
+struct PyKeyring(Py<PyAny>);
+
+impl Keyring for PyKeyring {
+    type Keys = PyStreamKeys;
+
+    fn new_stream(&self, container_id: Option<[u8; 16]>, block_size: u32) -> Result<(Vec<u8>, PyStreamKeys), GwError> {
+        Python::attach(|py| {
+            let cid = container_id.map(|c| PyBytes::new(py, &c));
+            let r = self
+                .0
+                .call_method1(py, NEW_STREAM, (cid, block_size))
+                .map_err(|e| gw_err(py, e))?;
+            let (header, keys): (Vec<u8>, Py<PyAny>) = r.extract(py).map_err(|e| gw_err(py, e))?;
+            Ok((header, PyStreamKeys::new(keys)))
+        })
+    }
+
+    fn accept_stream(&self, header: &Header) -> Result<PyStreamKeys, GwError> {
+        Python::attach(|py| {
+            let keys = self
+                .0
+                .call_method1(py, ACCEPT_STREAM, (PyBytes::new(py, &header.encoded),))
+                .map_err(|e| gw_err(py, e))?;
+            Ok(PyStreamKeys::new(keys))
+        })
+    }
+
+    fn reply_id(&self, request: &[u8; 16]) -> Result<[u8; 16], GwError> {
+        Python::attach(|py| {
+            let r = self
+                .0
+                .call_method1(py, REPLY_ID, (PyBytes::new(py, request),))
+                .map_err(|e| gw_err(py, e))?;
+            r.extract(py).map_err(|e| gw_err(py, e))
+        })
+    }
+
+    fn log(&self, level: LogLevel, line: &str) {
+        let level = match level {
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+        };
+        Python::attach(|py| {
+            if let Err(e) = self.0.call_method1(py, LOG, (level, line)) {
+                e.print(py);
+            }
+        });
+    }
+}
+
+/// A running gateway; `qeltrix_v6.GatewayServer` wraps it.
+#[pyclass(frozen, module = "qeltrix_v6._core")]
+pub struct GatewayCore {
+    handle: Mutex<Option<GatewayHandle>>,
+    addr: std::net::SocketAddr,
+}
+
+#[pymethods]
+impl GatewayCore {
+    #[new]
+    #[pyo3(signature = (mode, host, port, keyring, target=None, sink_dir=None, sink_raw=false, block_size=262144,
+                        flush_delay=0.0, max_connections=1024, idle_timeout=300.0, connect_timeout=10.0,
+                        stats_interval=0.0))]
+    #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
+    fn new(
+        py: Python<'_>,
+        mode: &str,
+        host: &str,
+        port: u16,
+        keyring: Py<PyAny>,
+        target: Option<String>,
+        sink_dir: Option<PathBuf>,
+        sink_raw: bool,
+        block_size: u32,
+        flush_delay: f64,
+        max_connections: usize,
+        idle_timeout: f64,
+        connect_timeout: f64,
+        stats_interval: f64,
+    ) -> PyResult<GatewayCore> {
+        let mode = match mode {
+            "reflect" => Mode::Reflect,
+            "router" => Mode::Router,
+            "decrypt" => Mode::Decrypt,
+            "sink" => Mode::Sink,
+            other => return Err(PyValueError::new_err(format!("unknown gateway mode {other:?}"))),
+        };
+        let listen = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
+            .next()
+            .ok_or_else(|| PyOSError::new_err(format!("cannot resolve {host}")))?;
+        let mut config = GatewayConfig::new(mode, listen);
+        config.target = target;
+        config.sink_dir = sink_dir;
+        config.sink_raw = sink_raw;
+        config.block_size = block_size;
+        config.flush_delay = Duration::from_secs_f64(flush_delay.max(0.0));
+        config.max_connections = max_connections.max(1);
+        config.idle_timeout = Duration::from_secs_f64(idle_timeout.max(0.01));
+        config.connect_timeout = Duration::from_secs_f64(connect_timeout.max(0.01));
+        config.stats_interval = Duration::from_secs_f64(stats_interval.max(0.0));
+        let handle = py
+            .detach(|| start_gateway(config, PyKeyring(keyring)))
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let addr = handle.local_addr();
+        Ok(GatewayCore {
+            handle: Mutex::new(Some(handle)),
+            addr,
+        })
+    }
+
+    /// `(host, port)` actually bound.
+    #[getter]
+    fn address(&self) -> (String, u16) {
+        (self.addr.ip().to_string(), self.addr.port())
+    }
+
+    /// Aggregate and per-connection counters.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let guard = self.handle.lock().expect("handle lock");
+        let out = PyDict::new(py);
+        let Some(h) = guard.as_ref() else { return Ok(out) };
+        let a = h.aggregate();
+        out.set_item("connections", a.connections)?;
+        out.set_item("active", a.active)?;
+        out.set_item("refused", a.refused)?;
+        out.set_item("failed", a.failed)?;
+        out.set_item("bytes_in", a.bytes_in)?;
+        out.set_item("bytes_out", a.bytes_out)?;
+        out.set_item("blocks", a.blocks)?;
+        let conns = PyList::empty(py);
+        for c in h.connections() {
+            let d = PyDict::new(py);
+            d.set_item("id", c.id)?;
+            d.set_item("peer", c.peer.to_string())?;
+            d.set_item("bytes_in", c.bytes_in)?;
+            d.set_item("bytes_out", c.bytes_out)?;
+            d.set_item("blocks", c.blocks)?;
+            d.set_item("duration", c.duration.as_secs_f64())?;
+            d.set_item("open", c.open)?;
+            d.set_item("error", c.error)?;
+            conns.append(d)?;
+        }
+        out.set_item("per_connection", conns)?;
+        Ok(out)
+    }
+
+    /// Stop accepting connections.
+    fn stop(&self, py: Python<'_>) {
+        let handle = self.handle.lock().expect("handle lock").take();
+        if let Some(mut h) = handle {
+            py.detach(move || h.stop());
+        }
+    }
+}
+
+/// Rebuild the index of a stored stream (`src`, a path) into `dst` (a path), with `keys`
+/// for its header. Returns `(blocks, pt_len, complete, why_stopped)`.
+#[pyfunction]
+pub fn recover_stream_file(
+    py: Python<'_>,
+    src: PathBuf,
+    dst: PathBuf,
+    keys: Py<PyAny>,
+) -> PyResult<(u64, u64, bool, Option<String>)> {
+    let r = py.detach(|| -> Result<_, String> {
+        let mut input = File::open(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+        let mut prefix = vec![0u8; qeltrix_format::header::HEADER_FIXED_LEN];
+        std::io::Read::read_exact(&mut input, &mut prefix).map_err(|e| format!("reading the header: {e}"))?;
+        let header_len = Header::peek_len(&prefix).map_err(|e| e.to_string())?;
+        let mut bytes = vec![0u8; header_len as usize];
+        input.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+        std::io::Read::read_exact(&mut input, &mut bytes).map_err(|e| format!("reading the header: {e}"))?;
+        let header = Header::parse(&bytes).map_err(|e| e.to_string())?;
+        let mut out = std::io::BufWriter::new(
+            File::options()
+                .write(true)
+                .truncate(true)
+                .open(&dst)
+                .map_err(|e| e.to_string())?,
+        );
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, input);
+        let mut keys = PyStreamKeys::new(keys);
+        let rec = recover_stream(&mut reader, &header, &mut keys, &mut out).map_err(|e| e.to_string())?;
+        let file = out.into_inner().map_err(|e| e.to_string())?;
+        file.sync_all().map_err(|e| e.to_string())?;
+        Ok(rec)
+    });
+    let rec = r.map_err(PyOSError::new_err)?;
+    Ok((rec.blocks, rec.pt_len, rec.complete, rec.stopped))
+}
+
+/// Parse a header's bytes (structure and limits only; the caller verifies checksum and MAC).
+#[pyfunction]
+pub fn parse_header<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    let h = Header::parse(data).map_err(crate::error::Error::from)?;
+    let d = PyDict::new(py);
+    d.set_item("header_len", h.header_len)?;
+    d.set_item("header_flags", h.header_flags)?;
+    d.set_item("cipher_id", h.cipher_id)?;
+    d.set_item("block_size", h.block_size)?;
+    d.set_item("perm_window", h.perm_window)?;
+    d.set_item("container_id", PyBytes::new(py, &h.container_id))?;
+    d.set_item(
+        "stanzas",
+        PyList::new(py, h.stanzas.iter().map(|s| (s.kind, PyBytes::new(py, &s.body))))?,
+    )?;
+    d.set_item("header_checksummed", PyBytes::new(py, h.checksummed()))?;
+    d.set_item("header_sha256", PyBytes::new(py, h.header_sha256()))?;
+    d.set_item("header_maced", PyBytes::new(py, h.maced()))?;
+    d.set_item("header_mac", PyBytes::new(py, h.header_mac()))?;
+    Ok(d)
+}

@@ -1,0 +1,1095 @@
+//! GatewayServer loops (FORMAT.md section 12 "Streams"; DESIGN.md "Servers").
+//!
+//! One thread per direction of each connection: a *seal pump* reads plaintext, cuts it into
+//! frames (a frame is sealed when its block is full or the source has nothing more ready,
+//! so interactive protocols see no added delay) and writes them; an *open pump* reads
+//! frames, authenticates each completely before forwarding a byte of it, and half-closes its
+//! destination on the `FINAL` frame. Blocking writes give backpressure, so memory per
+//! connection is two blocks per direction whatever the peers do.
+//!
+//! The cryptography is behind [`Keyring`] and [`StreamKeys`]; the pyo3 glue implements
+//! them over `qeltrix_v6._crypto`.
+use crate::LogLevel;
+use qeltrix_format::header::HEADER_FIXED_LEN;
+use qeltrix_format::{
+    frame_len, BlockMeta, Header, Index, IndexEntry, Trailer, INDEX_FLAG_INCOMPLETE, META_FLAG_FINAL, META_FRAME_LEN,
+    TAG_LEN,
+};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// What a gateway does with each accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Encrypt what the client sends and send the V6 stream back to it.
+    Reflect,
+    /// Encrypt toward `target` (another gateway); decrypt the replies.
+    Router,
+    /// Decrypt a V6 stream toward `target` (the plaintext side); encrypt the replies.
+    Decrypt,
+    /// Store each incoming stream as a container in `sink_dir`.
+    Sink,
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub mode: Mode,
+    pub listen: SocketAddr,
+    /// `host:port`, resolved for each connection.
+    pub target: Option<String>,
+    pub sink_dir: Option<PathBuf>,
+    /// Sink input is plaintext to seal here, rather than a V6 stream to store as it is.
+    pub sink_raw: bool,
+    pub block_size: u32,
+    /// How long a partial block waits for more input; zero seals as soon as nothing more is
+    /// ready to read.
+    pub flush_delay: Duration,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Largest `block_size` accepted from a peer's stream header.
+    pub max_peer_block_size: u32,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// Interval of the aggregate stats log line; zero disables it.
+    pub stats_interval: Duration,
+}
+
+impl GatewayConfig {
+    /// Defaults for `mode` on `listen`.
+    pub fn new(mode: Mode, listen: SocketAddr) -> GatewayConfig {
+        GatewayConfig {
+            mode,
+            listen,
+            target: None,
+            sink_dir: None,
+            sink_raw: false,
+            block_size: qeltrix_format::DEFAULT_BLOCK_SIZE,
+            flush_delay: Duration::ZERO,
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+            max_peer_block_size: 16 << 20,
+            backlog: 1024,
+            stats_interval: Duration::ZERO,
+        }
+    }
+}
+
+/// Why a connection ended badly.
+#[derive(Debug)]
+pub enum GwError {
+    Io(io::Error),
+    /// A header, frame or tag failed authentication (no byte of it was forwarded).
+    Auth(String),
+    /// The peer broke the stream protocol (order, sizes, flags).
+    Protocol(String),
+    /// The stream ended before its `FINAL` frame.
+    Truncated(String),
+    /// The credential does not open the peer's stream.
+    WrongKey(String),
+}
+
+impl fmt::Display for GwError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GwError::Io(e) => write!(f, "I/O error: {e}"),
+            GwError::Auth(m) => write!(f, "authentication failed: {m}"),
+            GwError::Protocol(m) => write!(f, "protocol error: {m}"),
+            GwError::Truncated(m) => write!(f, "stream cut: {m}"),
+            GwError::WrongKey(m) => write!(f, "wrong key: {m}"),
+        }
+    }
+}
+
+impl From<io::Error> for GwError {
+    fn from(e: io::Error) -> Self {
+        GwError::Io(e)
+    }
+}
+
+/// Creates and accepts streams: the key material of a gateway.
+pub trait Keyring: Send + Sync + 'static {
+    type Keys: StreamKeys;
+    /// A fresh outgoing stream (its header, and keys to seal with). `container_id` is set for
+    /// reply streams, which must use the id bound to their request.
+    fn new_stream(&self, container_id: Option<[u8; 16]>, block_size: u32) -> Result<(Vec<u8>, Self::Keys), GwError>;
+    /// Verify an incoming stream's header and return keys to open its frames.
+    fn accept_stream(&self, header: &Header) -> Result<Self::Keys, GwError>;
+    /// The `container_id` a reply to `request` must carry.
+    fn reply_id(&self, request: &[u8; 16]) -> Result<[u8; 16], GwError>;
+    /// One log line.
+    fn log(&self, level: LogLevel, line: &str) {
+        eprintln!("qeltrix gateway {level:?}: {line}");
+    }
+}
+
+/// Keys of one stream.
+pub trait StreamKeys: Send + 'static {
+    /// Seal `pt` as frame `block_index` into `frame` (replacing its contents).
+    fn seal(&mut self, block_index: u64, meta_flags: u8, pt: &[u8], frame: &mut Vec<u8>) -> Result<(), GwError>;
+    /// Open the V6-C metadata at the start of a frame.
+    fn open_meta(&mut self, meta_frame: &[u8]) -> Result<BlockMeta, GwError>;
+    /// Open `data_ct` into `pt` (replacing its contents), checking its SHA-256.
+    fn open_data(&mut self, meta: &BlockMeta, data_ct: &[u8], pt: &mut Vec<u8>) -> Result<(), GwError>;
+    /// Seal an index as a footer that will start at `footer_offset`.
+    fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError>;
+}
+
+/// Live counters of one connection.
+#[derive(Debug)]
+pub struct ConnStats {
+    pub id: u64,
+    pub peer: SocketAddr,
+    started: Instant,
+    ended: Mutex<Option<Instant>>,
+    /// Bytes received from the accepted peer.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent to the accepted peer.
+    pub bytes_out: AtomicU64,
+    /// Frames sealed plus frames opened.
+    pub blocks: AtomicU64,
+    last_activity_ms: AtomicU64,
+    error: Mutex<Option<String>>,
+}
+
+/// A copy of one connection's counters.
+#[derive(Debug, Clone)]
+pub struct ConnSnapshot {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub blocks: u64,
+    pub duration: Duration,
+    pub open: bool,
+    pub error: Option<String>,
+}
+
+impl ConnStats {
+    fn touch(&self) {
+        self.last_activity_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_activity_ms.load(Ordering::Relaxed)))
+    }
+
+    fn snapshot(&self) -> ConnSnapshot {
+        let ended = *self.ended.lock().expect("stats lock");
+        ConnSnapshot {
+            id: self.id,
+            peer: self.peer,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            blocks: self.blocks.load(Ordering::Relaxed),
+            duration: ended.unwrap_or_else(Instant::now) - self.started,
+            open: ended.is_none(),
+            error: self.error.lock().expect("stats lock").clone(),
+        }
+    }
+}
+
+/// Closed connections kept for `stats()`.
+const CLOSED_KEPT: usize = 1000;
+
+struct Gateway<K: Keyring> {
+    config: GatewayConfig,
+    keyring: K,
+    stop: AtomicBool,
+    next_id: AtomicU64,
+    active: AtomicUsize,
+    open: Mutex<HashMap<u64, Arc<ConnStats>>>,
+    closed: Mutex<VecDeque<ConnSnapshot>>,
+    totals: Totals,
+}
+
+#[derive(Default)]
+struct Totals {
+    connections: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    blocks: AtomicU64,
+}
+
+/// Aggregate counters since start.
+#[derive(Debug, Clone, Default)]
+pub struct Aggregate {
+    pub connections: u64,
+    pub active: u64,
+    pub refused: u64,
+    pub failed: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub blocks: u64,
+}
+
+/// A running gateway.
+pub struct GatewayHandle {
+    local_addr: SocketAddr,
+    stats: Arc<dyn StatsSource>,
+    stop: Box<dyn Fn() + Send + Sync>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+trait StatsSource: Send + Sync {
+    fn connections(&self) -> Vec<ConnSnapshot>;
+    fn aggregate(&self) -> Aggregate;
+}
+
+impl<K: Keyring> StatsSource for Gateway<K> {
+    fn connections(&self) -> Vec<ConnSnapshot> {
+        let mut out: Vec<ConnSnapshot> = self.closed.lock().expect("stats lock").iter().cloned().collect();
+        out.extend(self.open.lock().expect("stats lock").values().map(|s| s.snapshot()));
+        out.sort_by_key(|s| s.id);
+        out
+    }
+
+    fn aggregate(&self) -> Aggregate {
+        let t = &self.totals;
+        let open: Vec<ConnSnapshot> = self
+            .open
+            .lock()
+            .expect("stats lock")
+            .values()
+            .map(|s| s.snapshot())
+            .collect();
+        Aggregate {
+            connections: t.connections.load(Ordering::Relaxed),
+            active: self.active.load(Ordering::Relaxed) as u64,
+            refused: t.refused.load(Ordering::Relaxed),
+            failed: t.failed.load(Ordering::Relaxed),
+            bytes_in: t.bytes_in.load(Ordering::Relaxed) + open.iter().map(|s| s.bytes_in).sum::<u64>(),
+            bytes_out: t.bytes_out.load(Ordering::Relaxed) + open.iter().map(|s| s.bytes_out).sum::<u64>(),
+            blocks: t.blocks.load(Ordering::Relaxed) + open.iter().map(|s| s.blocks).sum::<u64>(),
+        }
+    }
+}
+
+impl GatewayHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Per-connection counters (open ones and the most recent closed ones).
+    pub fn connections(&self) -> Vec<ConnSnapshot> {
+        self.stats.connections()
+    }
+
+    /// Aggregate counters.
+    pub fn aggregate(&self) -> Aggregate {
+        self.stats.aggregate()
+    }
+
+    /// Stop accepting and wait for the listener thread; open connections end on their own
+    /// (or at their idle timeout).
+    pub fn stop(&mut self) {
+        (self.stop)();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// Bind and start a gateway.
+pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Result<GatewayHandle> {
+    let invalid = |m: &str| io::Error::new(io::ErrorKind::InvalidInput, m.to_owned());
+    match config.mode {
+        Mode::Router | Mode::Decrypt if config.target.is_none() => return Err(invalid("this mode needs a target")),
+        Mode::Sink if config.sink_dir.as_ref().is_none_or(|d| !d.is_dir()) => {
+            return Err(invalid("sink mode needs an existing sink directory"))
+        }
+        _ => {}
+    }
+    let listener = bind(config.listen, config.backlog)?;
+    let local_addr = listener.local_addr()?;
+    let gw = Arc::new(Gateway {
+        config,
+        keyring,
+        stop: AtomicBool::new(false),
+        next_id: AtomicU64::new(1),
+        active: AtomicUsize::new(0),
+        open: Mutex::new(HashMap::new()),
+        closed: Mutex::new(VecDeque::new()),
+        totals: Totals::default(),
+    });
+    let mut threads = Vec::new();
+    {
+        let gw = gw.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("qeltrix-gw-accept".into())
+                .spawn(move || gw.accept_loop(listener))?,
+        );
+    }
+    if !gw.config.stats_interval.is_zero() {
+        let gw = gw.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("qeltrix-gw-stats".into())
+                .spawn(move || {
+                    let mut waited = Duration::ZERO;
+                    while !gw.stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(100));
+                        waited += Duration::from_millis(100);
+                        if waited >= gw.config.stats_interval {
+                            waited = Duration::ZERO;
+                            let a = gw.aggregate();
+                            gw.keyring.log(
+                                LogLevel::Info,
+                                &format!(
+                            "stats: {} connections ({} active, {} refused, {} failed), {} B in, {} B out, {} blocks",
+                            a.connections, a.active, a.refused, a.failed, a.bytes_in, a.bytes_out, a.blocks
+                        ),
+                            );
+                        }
+                    }
+                })?,
+        );
+    }
+    let stopper = gw.clone();
+    let stop = Box::new(move || {
+        stopper.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect_timeout(&local_addr, Duration::from_secs(1));
+    });
+    Ok(GatewayHandle {
+        local_addr,
+        stats: gw,
+        stop,
+        threads,
+    })
+}
+
+impl<K: Keyring> Gateway<K> {
+    fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        for conn in listener.incoming() {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let stream = match conn {
+                Ok(s) => s,
+                Err(e) => {
+                    self.keyring.log(LogLevel::Warning, &format!("accept failed: {e}"));
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            };
+            let peer = stream.peer_addr().unwrap_or(self.config.listen);
+            if self.active.load(Ordering::SeqCst) >= self.config.max_connections {
+                self.totals.refused.fetch_add(1, Ordering::Relaxed);
+                self.keyring.log(
+                    LogLevel::Warning,
+                    &format!(
+                        "connection limit ({}) reached; refusing {peer}",
+                        self.config.max_connections
+                    ),
+                );
+                continue;
+            }
+            self.active.fetch_add(1, Ordering::SeqCst);
+            self.totals.connections.fetch_add(1, Ordering::Relaxed);
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let stats = Arc::new(ConnStats {
+                id,
+                peer,
+                started: Instant::now(),
+                ended: Mutex::new(None),
+                bytes_in: AtomicU64::new(0),
+                bytes_out: AtomicU64::new(0),
+                blocks: AtomicU64::new(0),
+                last_activity_ms: AtomicU64::new(0),
+                error: Mutex::new(None),
+            });
+            self.open.lock().expect("stats lock").insert(id, stats.clone());
+            let gw = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("qeltrix-gw-{id}"))
+                .spawn(move || {
+                    let result = gw.handle(stream, &stats);
+                    gw.finish(&stats, result);
+                });
+            if let Err(e) = spawned {
+                self.keyring
+                    .log(LogLevel::Error, &format!("cannot start a connection thread: {e}"));
+                self.active.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn finish(&self, stats: &Arc<ConnStats>, result: Result<(), GwError>) {
+        *stats.ended.lock().expect("stats lock") = Some(Instant::now());
+        if let Err(e) = &result {
+            self.totals.failed.fetch_add(1, Ordering::Relaxed);
+            *stats.error.lock().expect("stats lock") = Some(e.to_string());
+            let level = if matches!(e, GwError::Io(_)) {
+                LogLevel::Info
+            } else {
+                LogLevel::Warning
+            };
+            self.keyring
+                .log(level, &format!("connection {} from {}: {e}", stats.id, stats.peer));
+        }
+        let snap = stats.snapshot();
+        self.totals.bytes_in.fetch_add(snap.bytes_in, Ordering::Relaxed);
+        self.totals.bytes_out.fetch_add(snap.bytes_out, Ordering::Relaxed);
+        self.totals.blocks.fetch_add(snap.blocks, Ordering::Relaxed);
+        self.open.lock().expect("stats lock").remove(&stats.id);
+        let mut closed = self.closed.lock().expect("stats lock");
+        if closed.len() >= CLOSED_KEPT {
+            closed.pop_front();
+        }
+        closed.push_back(snap);
+        drop(closed);
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn connect_target(&self) -> Result<TcpStream, GwError> {
+        let target = self.config.target.as_deref().expect("checked at start");
+        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target} did not resolve"));
+        for addr in target.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, self.config.connect_timeout) {
+                Ok(s) => {
+                    self.prepare(&s)?;
+                    return Ok(s);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(GwError::Io(io::Error::new(
+            last.kind(),
+            format!("connecting to {target}: {last}"),
+        )))
+    }
+
+    fn prepare(&self, s: &TcpStream) -> io::Result<()> {
+        s.set_nodelay(true)?;
+        // Reads wake up at least this often to check the connection's overall idleness.
+        let tick = self
+            .config
+            .idle_timeout
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        s.set_read_timeout(Some(tick))?;
+        s.set_write_timeout(Some(self.config.idle_timeout.max(Duration::from_millis(10))))?;
+        Ok(())
+    }
+
+    fn handle(&self, client: TcpStream, stats: &Arc<ConnStats>) -> Result<(), GwError> {
+        self.prepare(&client)?;
+        let p = Pumps {
+            idle: self.config.idle_timeout,
+            flush_delay: self.config.flush_delay,
+            stats: stats.clone(),
+        };
+        let bs = self.config.block_size;
+        let max_bs = self.config.max_peer_block_size;
+        let nop = &mut |_: u32, _: u64| Ok(());
+        match self.config.mode {
+            Mode::Reflect => {
+                let (header, mut keys) = self.keyring.new_stream(None, bs)?;
+                p.write_all(&mut &client, Side::Client, &header)?;
+                let r = p.seal(&client, Side::Client, &mut &client, Side::Client, &mut keys, bs, nop);
+                after(&r, &client, &client);
+                r
+            }
+            Mode::Router => {
+                let peer = self.connect_target()?;
+                let (header, mut keys) = self.keyring.new_stream(None, bs)?;
+                let request_id = Header::parse(&header)
+                    .map_err(|e| GwError::Protocol(e.to_string()))?
+                    .container_id;
+                let reply_id = self.keyring.reply_id(&request_id)?;
+                std::thread::scope(|scope| {
+                    let up = scope.spawn(|| {
+                        let r = p
+                            .write_all(&mut &peer, Side::Other, &header)
+                            .map_err(GwError::Io)
+                            .and_then(|()| {
+                                p.seal(
+                                    &client,
+                                    Side::Client,
+                                    &mut &peer,
+                                    Side::Other,
+                                    &mut keys,
+                                    bs,
+                                    &mut |_, _| Ok(()),
+                                )
+                            });
+                        after(&r, &client, &peer);
+                        r
+                    });
+                    let down = (|| {
+                        let h = read_stream_header(&p, &peer, Side::Other, max_bs)?;
+                        if h.container_id != reply_id {
+                            return Err(GwError::Auth("the reply stream is not bound to this connection".into()));
+                        }
+                        let mut keys = self.keyring.accept_stream(&h)?;
+                        p.open(&peer, Side::Other, &mut keys, h.block_size, &mut |_, _, _, pt| {
+                            p.write_all(&mut &client, Side::Client, pt).map_err(GwError::Io)
+                        })
+                    })();
+                    after(&down, &peer, &client);
+                    join_both(up.join(), down)
+                })
+            }
+            Mode::Decrypt => {
+                let h = read_stream_header(&p, &client, Side::Client, max_bs)?;
+                let mut in_keys = self.keyring.accept_stream(&h)?;
+                let reply_id = self.keyring.reply_id(&h.container_id)?;
+                let target = self.connect_target()?;
+                std::thread::scope(|scope| {
+                    let down = scope.spawn(|| {
+                        let r = self
+                            .keyring
+                            .new_stream(Some(reply_id), bs)
+                            .and_then(|(reply_header, mut keys)| {
+                                p.write_all(&mut &client, Side::Client, &reply_header)?;
+                                p.seal(
+                                    &target,
+                                    Side::Other,
+                                    &mut &client,
+                                    Side::Client,
+                                    &mut keys,
+                                    bs,
+                                    &mut |_, _| Ok(()),
+                                )
+                            });
+                        after(&r, &target, &client);
+                        r
+                    });
+                    let up = p.open(&client, Side::Client, &mut in_keys, h.block_size, &mut |_, _, _, pt| {
+                        p.write_all(&mut &target, Side::Other, pt).map_err(GwError::Io)
+                    });
+                    after(&up, &client, &target);
+                    join_both(down.join(), up)
+                })
+            }
+            Mode::Sink => self.sink(&client, &p),
+        }
+    }
+
+    fn sink(&self, client: &TcpStream, p: &Pumps) -> Result<(), GwError> {
+        let dir = self.config.sink_dir.as_deref().expect("checked at start");
+        let bs = self.config.block_size;
+        let (header_bytes, mut keys, block_size) = if self.config.sink_raw {
+            let (h, k) = self.keyring.new_stream(None, bs)?;
+            (h, k, bs)
+        } else {
+            let h = read_stream_header(p, client, Side::Client, self.config.max_peer_block_size)?;
+            let k = self.keyring.accept_stream(&h)?;
+            (h.encoded.clone(), k, h.block_size)
+        };
+        let mut file = SinkFile::create(dir, p.stats.id, &header_bytes)?;
+        let r = if self.config.sink_raw {
+            let mut rec = Recorder::at(file.offset);
+            let out = &mut file.file;
+            let r = p.seal(
+                client,
+                Side::Client,
+                out,
+                Side::Other,
+                &mut keys,
+                bs,
+                &mut |pt_len, len| {
+                    rec.add(pt_len, len);
+                    Ok(())
+                },
+            );
+            file.take(rec);
+            r
+        } else {
+            p.open(
+                client,
+                Side::Client,
+                &mut keys,
+                block_size,
+                &mut |meta_frame, ct, meta, _| file.frame(meta_frame, ct, meta.pt_len).map_err(GwError::Io),
+            )
+        };
+        let path = file.finish(&mut keys, r.is_err())?;
+        let state = if r.is_ok() {
+            "complete"
+        } else {
+            "INCOMPLETE (cut before its FINAL frame)"
+        };
+        self.keyring.log(
+            LogLevel::Info,
+            &format!("connection {}: stored {} ({state})", p.stats.id, path.display()),
+        );
+        r
+    }
+}
+
+/// After one direction ends: a clean end half-closes the destination; an error closes both
+/// sockets so the other direction stops too.
+fn after(r: &Result<(), GwError>, src: &TcpStream, dst: &TcpStream) {
+    if r.is_ok() {
+        let _ = dst.shutdown(Shutdown::Write);
+    } else {
+        let _ = src.shutdown(Shutdown::Both);
+        let _ = dst.shutdown(Shutdown::Both);
+    }
+}
+
+fn join_both(other: std::thread::Result<Result<(), GwError>>, this: Result<(), GwError>) -> Result<(), GwError> {
+    let other = other.unwrap_or_else(|_| Err(GwError::Protocol("a connection thread panicked".into())));
+    // Report the first real cause: an error is often the consequence of the other side's.
+    match (this, other) {
+        (Err(e @ (GwError::Auth(_) | GwError::Protocol(_) | GwError::WrongKey(_))), _) => Err(e),
+        (_, Err(e @ (GwError::Auth(_) | GwError::Protocol(_) | GwError::WrongKey(_)))) => Err(e),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+/// Receives each authenticated frame: `(meta_frame, data_ct, meta, plaintext)`.
+type Deliver<'a> = dyn FnMut(&[u8], &[u8], &BlockMeta, &[u8]) -> Result<(), GwError> + 'a;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The accepted peer: its bytes count in the connection's stats.
+    Client,
+    Other,
+}
+
+#[derive(Clone)]
+struct Pumps {
+    idle: Duration,
+    flush_delay: Duration,
+    stats: Arc<ConnStats>,
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+impl Pumps {
+    fn count(&self, side: Side, n: usize, incoming: bool) {
+        self.stats.touch();
+        if side == Side::Client {
+            let c = if incoming {
+                &self.stats.bytes_in
+            } else {
+                &self.stats.bytes_out
+            };
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Block until some bytes or end of input; the connection's idle timeout applies.
+    fn read_some(&self, s: &TcpStream, side: Side, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match (&*s).read(buf) {
+                Ok(n) => {
+                    self.count(side, n, true);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => {
+                    if self.stats.idle_for() >= self.idle {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle too long"));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Fill `buf`; `Ok(false)` when the input ended before its first byte.
+    fn read_full(&self, s: &TcpStream, side: Side, buf: &mut [u8]) -> io::Result<bool> {
+        let mut got = 0;
+        while got < buf.len() {
+            let n = self.read_some(s, side, &mut buf[got..])?;
+            if n == 0 {
+                if got == 0 {
+                    return Ok(false);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "stream cut inside a frame",
+                ));
+            }
+            got += n;
+        }
+        Ok(true)
+    }
+
+    /// Bytes that are ready now (or within `flush_delay`): `None` when there are none.
+    fn recv_ready(&self, s: &TcpStream, side: Side, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        use rustix::net::{recv, RecvFlags};
+        if !self.flush_delay.is_zero() {
+            let t = Timespec {
+                tv_sec: self.flush_delay.as_secs() as _,
+                tv_nsec: self.flush_delay.subsec_nanos() as _,
+            };
+            let mut fds = [PollFd::new(s, PollFlags::IN)];
+            if poll(&mut fds, Some(&t))? == 0 {
+                return Ok(None);
+            }
+        }
+        loop {
+            match recv(s, &mut *buf, RecvFlags::DONTWAIT) {
+                Ok((n, _)) => {
+                    self.count(side, n, true);
+                    return Ok(Some(n));
+                }
+                Err(rustix::io::Errno::AGAIN) => return Ok(None),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn write_all(&self, w: &mut dyn Write, side: Side, data: &[u8]) -> io::Result<()> {
+        let mut pos = 0;
+        while pos < data.len() {
+            match w.write(&data[pos..]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    pos += n;
+                    self.count(side, n, false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the receiver stopped reading"))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read plaintext from `src`, write frames to `dst`, end with a `FINAL` frame at end of
+    /// input. `on_frame(pt_len, frame_len)` is told of every frame written.
+    #[allow(clippy::too_many_arguments)] // the two sides and their roles
+    fn seal<S: StreamKeys>(
+        &self,
+        src: &TcpStream,
+        src_side: Side,
+        dst: &mut dyn Write,
+        dst_side: Side,
+        keys: &mut S,
+        block_size: u32,
+        on_frame: &mut dyn FnMut(u32, u64) -> Result<(), GwError>,
+    ) -> Result<(), GwError> {
+        let bs = block_size as usize;
+        let mut buf = vec![0u8; bs];
+        let mut frame = Vec::with_capacity(frame_len(block_size) as usize);
+        let mut block_index = 0u64;
+        loop {
+            let mut filled = self.read_some(src, src_side, &mut buf)?;
+            let mut eof = filled == 0;
+            while !eof && filled < bs {
+                match self.recv_ready(src, src_side, &mut buf[filled..])? {
+                    Some(0) => eof = true,
+                    Some(n) => filled += n,
+                    None => break,
+                }
+            }
+            let flags = if eof { META_FLAG_FINAL } else { 0 };
+            keys.seal(block_index, flags, &buf[..filled], &mut frame)?;
+            self.write_all(dst, dst_side, &frame)?;
+            self.stats.blocks.fetch_add(1, Ordering::Relaxed);
+            on_frame(filled as u32, frame.len() as u64)?;
+            block_index += 1;
+            if eof {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Read frames from `src`; hand each fully authenticated frame to `deliver(meta_frame,
+    /// data_ct, meta, plaintext)`; stop after the `FINAL` frame.
+    fn open<S: StreamKeys>(
+        &self,
+        src: &TcpStream,
+        side: Side,
+        keys: &mut S,
+        block_size: u32,
+        deliver: &mut Deliver<'_>,
+    ) -> Result<(), GwError> {
+        let mut meta_frame = [0u8; META_FRAME_LEN];
+        let mut ct = Vec::new();
+        let mut pt = Vec::new();
+        let mut expect = 0u64;
+        loop {
+            let complete = self.read_full(src, side, &mut meta_frame).map_err(cut)?;
+            if !complete {
+                return Err(GwError::Truncated(format!(
+                    "the stream ended after {expect} frames without its FINAL frame"
+                )));
+            }
+            let meta = keys.open_meta(&meta_frame)?;
+            if meta.block_index != expect {
+                return Err(GwError::Auth(format!(
+                    "frame {} arrived where frame {expect} was due",
+                    meta.block_index
+                )));
+            }
+            if meta.pt_len > block_size || (meta.pt_len == 0 && !meta.is_final()) {
+                return Err(GwError::Protocol(format!("frame {expect} has pt_len {}", meta.pt_len)));
+            }
+            ct.resize(meta.pt_len as usize + TAG_LEN, 0);
+            if !self.read_full(src, side, &mut ct).map_err(cut)? {
+                return Err(GwError::Truncated(format!("the stream ended inside frame {expect}")));
+            }
+            keys.open_data(&meta, &ct, &mut pt)?;
+            self.stats.blocks.fetch_add(1, Ordering::Relaxed);
+            deliver(&meta_frame, &ct, &meta, &pt)?;
+            expect += 1;
+            if meta.is_final() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn cut(e: io::Error) -> GwError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        GwError::Truncated(e.to_string())
+    } else {
+        GwError::Io(e)
+    }
+}
+
+/// Read and parse a stream header (bounded by `MAX_HEADER_LEN`).
+fn read_stream_header(p: &Pumps, s: &TcpStream, side: Side, max_block_size: u32) -> Result<Header, GwError> {
+    let mut buf = vec![0u8; HEADER_FIXED_LEN];
+    if !p.read_full(s, side, &mut buf).map_err(cut)? {
+        return Err(GwError::Truncated(
+            "the peer closed before sending a stream header".into(),
+        ));
+    }
+    let header_len = Header::peek_len(&buf).map_err(|e| GwError::Protocol(e.to_string()))? as usize;
+    buf.resize(header_len, 0);
+    if !p.read_full(s, side, &mut buf[HEADER_FIXED_LEN..]).map_err(cut)? {
+        return Err(GwError::Truncated("the stream header is cut short".into()));
+    }
+    let header = Header::parse(&buf).map_err(|e| GwError::Protocol(e.to_string()))?;
+    if header.permuted() {
+        return Err(GwError::Protocol("a stream must not be permuted".into()));
+    }
+    if header.block_size > max_block_size {
+        return Err(GwError::Protocol(format!(
+            "the peer's block_size {} exceeds this gateway's limit {max_block_size}",
+            header.block_size
+        )));
+    }
+    Ok(header)
+}
+
+/// Where index entries of frames written by a seal pump are recorded.
+struct Recorder {
+    offset: u64,
+    entries: Vec<IndexEntry>,
+}
+
+impl Recorder {
+    fn at(offset: u64) -> Recorder {
+        Recorder {
+            offset,
+            entries: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, pt_len: u32, len: u64) {
+        self.entries.push(IndexEntry {
+            frame_offset: self.offset,
+            pt_len,
+        });
+        self.offset += len;
+    }
+}
+
+/// A stream being stored: `.NAME.part` until it ends, then `NAME` with an index.
+struct SinkFile {
+    file: File,
+    tmp: PathBuf,
+    dest: PathBuf,
+    offset: u64,
+    entries: Vec<IndexEntry>,
+}
+
+impl SinkFile {
+    fn create(dir: &Path, id: u64, header: &[u8]) -> io::Result<SinkFile> {
+        let ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let name = format!("stream-{ms}-{id}.qltx");
+        let tmp = dir.join(format!(".{name}.part"));
+        let mut file = File::options().write(true).create_new(true).open(&tmp)?;
+        file.write_all(header)?;
+        Ok(SinkFile {
+            file,
+            tmp,
+            dest: dir.join(name),
+            offset: header.len() as u64,
+            entries: Vec::new(),
+        })
+    }
+
+    fn frame(&mut self, meta_frame: &[u8], ct: &[u8], pt_len: u32) -> io::Result<()> {
+        self.file.write_all(meta_frame)?;
+        self.file.write_all(ct)?;
+        self.entries.push(IndexEntry {
+            frame_offset: self.offset,
+            pt_len,
+        });
+        self.offset += (meta_frame.len() + ct.len()) as u64;
+        Ok(())
+    }
+
+    fn take(&mut self, rec: Recorder) {
+        self.offset = rec.offset;
+        self.entries = rec.entries;
+    }
+
+    /// Append the index (flagged `INCOMPLETE` when the stream was cut) and trailer, sync,
+    /// and move the file to its final name.
+    fn finish<S: StreamKeys>(mut self, keys: &mut S, incomplete: bool) -> Result<PathBuf, GwError> {
+        let flags = if incomplete { INDEX_FLAG_INCOMPLETE } else { 0 };
+        let index =
+            Index::new(std::mem::take(&mut self.entries), flags).map_err(|e| GwError::Protocol(e.to_string()))?;
+        let footer = keys.seal_index(&index.encode(), self.offset)?;
+        self.file.write_all(&footer)?;
+        let trailer = Trailer {
+            footer_offset: self.offset,
+            footer_len: footer.len() as u64,
+        };
+        self.file.write_all(&trailer.encode())?;
+        self.file.sync_all()?;
+        std::fs::rename(&self.tmp, &self.dest)?;
+        Ok(self.dest)
+    }
+}
+
+/// What [`recover_stream`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub blocks: u64,
+    pub pt_len: u64,
+    /// The stream ended with its `FINAL` frame.
+    pub complete: bool,
+    /// Why scanning stopped, when it stopped before a `FINAL` frame.
+    pub stopped: Option<String>,
+}
+
+/// Rebuild a container from a stored stream whose index is missing (FORMAT.md section 12):
+/// copy `header` and every frame that authenticates, in order, to `dst`, then append an
+/// index (`INCOMPLETE` unless a `FINAL` frame was seen) and a trailer.
+pub fn recover_stream<S: StreamKeys>(
+    src: &mut dyn Read,
+    header: &Header,
+    keys: &mut S,
+    dst: &mut dyn Write,
+) -> Result<Recovered, GwError> {
+    dst.write_all(&header.encoded)?;
+    let mut offset = header.encoded.len() as u64;
+    let mut entries = Vec::new();
+    let mut meta_frame = [0u8; META_FRAME_LEN];
+    let mut ct = Vec::new();
+    let mut pt = Vec::new();
+    let mut complete = false;
+    let mut stopped = None;
+    let mut pt_len = 0u64;
+    loop {
+        match read_exactly(src, &mut meta_frame) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                stopped = Some(format!("cut inside frame {}: {e}", entries.len()));
+                break;
+            }
+        }
+        let meta = match keys.open_meta(&meta_frame) {
+            Ok(m) if m.block_index == entries.len() as u64 && m.pt_len <= header.block_size => m,
+            Ok(_) => {
+                stopped = Some(format!("frame {} is out of order or oversized", entries.len()));
+                break;
+            }
+            Err(e) => {
+                stopped = Some(format!("frame {}: {e}", entries.len()));
+                break;
+            }
+        };
+        ct.resize(meta.pt_len as usize + TAG_LEN, 0);
+        if !matches!(read_exactly(src, &mut ct), Ok(true)) {
+            stopped = Some(format!("cut inside frame {}", entries.len()));
+            break;
+        }
+        if let Err(e) = keys.open_data(&meta, &ct, &mut pt) {
+            stopped = Some(format!("frame {}: {e}", entries.len()));
+            break;
+        }
+        dst.write_all(&meta_frame)?;
+        dst.write_all(&ct)?;
+        entries.push(IndexEntry {
+            frame_offset: offset,
+            pt_len: meta.pt_len,
+        });
+        offset += (META_FRAME_LEN + ct.len()) as u64;
+        pt_len += u64::from(meta.pt_len);
+        if meta.is_final() {
+            complete = true;
+            break;
+        }
+    }
+    let blocks = entries.len() as u64;
+    let flags = if complete { 0 } else { INDEX_FLAG_INCOMPLETE };
+    let index = Index::new(entries, flags).map_err(|e| GwError::Protocol(e.to_string()))?;
+    let footer = keys.seal_index(&index.encode(), offset)?;
+    dst.write_all(&footer)?;
+    dst.write_all(
+        &Trailer {
+            footer_offset: offset,
+            footer_len: footer.len() as u64,
+        }
+        .encode(),
+    )?;
+    Ok(Recovered {
+        blocks,
+        pt_len,
+        complete,
+        stopped: if complete { None } else { stopped },
+    })
+}
+
+fn read_exactly(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match src.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
