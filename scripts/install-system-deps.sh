@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Debian packages the test suite drives as real clients: curl, ffmpeg/ffprobe and headless
-# Chromium with its driver (SeekServer tests). Installs only what is missing.
+# Chromium with its driver (SeekServer tests), redis-server and redis-benchmark (an
+# unmodified application through a GatewayServer pair). Installs only what is missing.
 set -euo pipefail
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-benchmark >/dev/null || need+=(redis-tools)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

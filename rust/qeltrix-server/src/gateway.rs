@@ -641,6 +641,21 @@ impl<K: Keyring> Gateway<K> {
             LogLevel::Info,
             &format!("connection {}: stored {} ({state})", p.stats.id, path.display()),
         );
+        if r.is_ok() && !self.config.sink_raw {
+            // Acknowledge durable storage with an empty reply stream bound to the request, so
+            // a router in front of the sink ends cleanly and its client sees a half-close.
+            let container_id = Header::parse(&header_bytes)
+                .map_err(|e| GwError::Protocol(e.to_string()))?
+                .container_id;
+            let (reply, mut reply_keys) = self
+                .keyring
+                .new_stream(Some(self.keyring.reply_id(&container_id)?), bs)?;
+            let mut frame = Vec::new();
+            reply_keys.seal(0, META_FLAG_FINAL, &[], &mut frame)?;
+            p.write_all(&mut &*client, Side::Client, &reply)?;
+            p.write_all(&mut &*client, Side::Client, &frame)?;
+            let _ = client.shutdown(Shutdown::Write);
+        }
         r
     }
 }
