@@ -1314,3 +1314,6 @@ def main() -> None:
 
 
 __all__ = ["EXIT_CODE_HELP", "ExitCode", "app", "human_size", "main", "parse_size"]
+
+# Server commands live in their own module; importing it registers them on `app`.
+from . import _cli_servers  # noqa: E402, F401 - registers serve, gateway and recover

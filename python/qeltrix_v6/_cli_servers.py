@@ -1,0 +1,290 @@
+"""``qeltrix serve``, ``qeltrix gateway`` and ``qeltrix recover`` (registered on the CLI app)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from . import _container
+from .cli import (
+    PANEL_ADV,
+    PANEL_KEY,
+    PASSPHRASE_ENV,
+    CliError,
+    Credentials,
+    DebugOpt,
+    ExitCode,
+    ForceOpt,
+    KeyFileOpt,
+    PassphraseFileOpt,
+    PassphraseTrap,
+    QuietOpt,
+    _can_prompt,
+    _check_input,
+    _check_output,
+    _explicit_credentials,
+    _prompt_passphrase,
+    _refuse_passphrase_value,
+    _status,
+    app,
+    credentials_for_reading,
+    parse_size,
+    read_key_file,
+)
+from .gateway import MODES, GatewayServer
+from .server import SeekServer
+
+TOKEN_ENV = "QELTRIX_TOKEN"
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def _logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve_credentials(key_file: str | None, passphrase_file: str | None) -> Credentials:
+    creds = _explicit_credentials(key_file, passphrase_file)
+    if creds.given():
+        return creds
+    if not _can_prompt():
+        raise CliError(
+            "no key given to open the containers",
+            hint=f"use --key-file FILE, --passphrase-file FILE or set {PASSPHRASE_ENV}",
+            code=ExitCode.USAGE,
+        )
+    creds.passphrase = _prompt_passphrase("Passphrase for the containers: ", what="the served containers")
+    return creds
+
+
+def _read_token(token: str | None, token_file: str | None) -> str | None:
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                value = f.readline().strip()
+        except OSError as e:
+            raise CliError(f"{token_file}: {e.strerror}", code=ExitCode.IO) from None
+        if not value:
+            raise CliError(f"{token_file} holds no token", code=ExitCode.USAGE)
+        return value
+    return token or os.environ.get(TOKEN_ENV) or None
+
+
+@app.command(rich_help_panel="Servers")
+def serve(
+    root: Annotated[str, typer.Argument(metavar="ROOT", help="Directory of containers to serve.")],
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", help="Address to bind. Plaintext leaves here: keep 127.0.0.1 unless you use --token and TLS."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0 picks a free one).")] = 8080,
+    key_file: KeyFileOpt = None,
+    passphrase_file: PassphraseFileOpt = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help=f"Require 'Authorization: Bearer TOKEN'. Prefer --token-file or ${TOKEN_ENV} (shows in ps).",
+            rich_help_panel=PANEL_KEY,
+        ),
+    ] = None,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--token-file", metavar="FILE", help="File whose first line is the bearer token.", rich_help_panel=PANEL_KEY
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option("--tls-cert", metavar="PEM", help="TLS certificate chain (PEM).", rich_help_panel=PANEL_ADV),
+    ] = None,
+    tls_key: Annotated[
+        str | None, typer.Option("--tls-key", metavar="PEM", help="TLS private key (PEM).", rich_help_panel=PANEL_ADV)
+    ] = None,
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", min=1, help="Concurrent connections.", rich_help_panel=PANEL_ADV)
+    ] = 1024,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+    passphrase: PassphraseTrap = None,
+) -> None:
+    """Serve plaintext byte ranges of the containers under ROOT over HTTP.
+
+    GET /a/b.mp4 answers from ROOT/a/b.mp4.qltx, decrypting only the blocks each request
+    needs (Range requests, multipart ranges, ETag/If-Range). A browser or media player can
+    seek freely inside an encrypted video.
+
+    [bold]Examples[/bold]
+
+      qeltrix serve --key-file my.key ~/vault
+      qeltrix serve --key-file my.key --host 0.0.0.0 --token-file token.txt --tls-cert c.pem --tls-key k.pem ~/vault
+    """
+    _refuse_passphrase_value(passphrase)
+    if not os.path.isdir(root):
+        raise CliError(f"{root} is not a directory", code=ExitCode.IO)
+    if (tls_cert is None) != (tls_key is None):
+        raise CliError("--tls-cert and --tls-key go together", code=ExitCode.USAGE)
+    creds = _serve_credentials(key_file, passphrase_file)
+    bearer = _read_token(token, token_file)
+    _logging(quiet)
+    if host not in LOOPBACK and (bearer is None or tls_cert is None):
+        logging.getLogger("qeltrix_v6.server").warning(
+            "serving plaintext on %s without %s: anyone who can reach it can read the containers",
+            host,
+            " and ".join(w for w, missing in (("--token", bearer is None), ("TLS", tls_cert is None)) if missing),
+        )
+    server = SeekServer(
+        root,
+        **creds.kwargs(),
+        host=host,
+        port=port,
+        token=bearer,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        max_connections=max_connections,
+        access_log=access_log,
+    )
+    try:
+        server.start()
+    except OSError as e:
+        raise CliError(f"cannot serve on {host}:{port}: {e}", code=ExitCode.IO) from None
+    print(f"serving {root} on {server.url}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        _status(quiet, "stopped")
+
+
+@app.command(rich_help_panel="Servers")
+def gateway(
+    mode: Annotated[str, typer.Option("--mode", metavar="MODE", help=f"One of: {', '.join(MODES)}.")],
+    listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT", help="Address to accept connections on.")],
+    target: Annotated[
+        str | None, typer.Option("--target", metavar="HOST:PORT", help="Where router and decrypt modes connect.")
+    ] = None,
+    key_file: KeyFileOpt = None,
+    sink_dir: Annotated[
+        str | None,
+        typer.Option("--sink-dir", metavar="DIR", help="Where sink mode stores one container per connection."),
+    ] = None,
+    sink_raw: Annotated[
+        bool,
+        typer.Option("--sink-raw", help="Sink input is plaintext to encrypt here (default: V6 streams from a router)."),
+    ] = False,
+    block_size: Annotated[
+        str, typer.Option("--block-size", metavar="SIZE", help="Largest frame, e.g. 256KiB.", rich_help_panel=PANEL_ADV)
+    ] = "256KiB",
+    flush_delay_ms: Annotated[
+        float,
+        typer.Option(
+            "--flush-delay-ms",
+            min=0,
+            help="How long a partial block waits for more input (0: send as soon as the sender pauses).",
+            rich_help_panel=PANEL_ADV,
+        ),
+    ] = 0.0,
+    max_connections: Annotated[int, typer.Option("--max-connections", min=1, rich_help_panel=PANEL_ADV)] = 1024,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(
+            "--idle-timeout",
+            min=0.01,
+            help="Seconds without traffic before a connection is closed.",
+            rich_help_panel=PANEL_ADV,
+        ),
+    ] = 300.0,
+    stats_interval: Annotated[
+        float,
+        typer.Option(
+            "--stats-interval", min=0, help="Seconds between stats log lines (0: off).", rich_help_panel=PANEL_ADV
+        ),
+    ] = 60.0,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Encrypt live TCP streams: an encryption boundary between two network zones.
+
+    [bold]Examples[/bold] (one shared key file on both sides)
+
+      qeltrix gateway --mode router  --listen 127.0.0.1:6380 --target gw.example:7000 --key-file shared.key
+      qeltrix gateway --mode decrypt --listen 0.0.0.0:7000   --target 127.0.0.1:6379  --key-file shared.key
+      qeltrix gateway --mode sink    --listen 0.0.0.0:7001   --sink-dir /srv/streams  --key-file shared.key
+    """
+    if mode not in MODES:
+        raise CliError(f"unknown mode {mode!r}", hint=f"use one of: {', '.join(MODES)}", code=ExitCode.USAGE)
+    if key_file is None:
+        raise CliError(
+            "a gateway needs the shared key", hint="use --key-file FILE (see 'qeltrix keygen')", code=ExitCode.USAGE
+        )
+    key = read_key_file(key_file)
+    _logging(quiet)
+    try:
+        gw = GatewayServer(
+            mode,
+            listen,
+            target=target,
+            key=key,
+            sink_dir=sink_dir,
+            sink_raw=sink_raw,
+            block_size=parse_size(block_size),
+            flush_delay=flush_delay_ms / 1000,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            stats_interval=stats_interval,
+        )
+        gw.start()
+    except ValueError as e:
+        raise CliError(str(e), code=ExitCode.USAGE) from None
+    except OSError as e:
+        raise CliError(f"cannot listen on {listen}: {e}", code=ExitCode.IO) from None
+    host, port = gw.address
+    print(f"{mode} gateway listening on {host}:{port}", file=sys.stderr, flush=True)
+    try:
+        gw.serve_forever()
+    except KeyboardInterrupt:
+        _status(quiet, "stopped")
+
+
+@app.command(rich_help_panel="Inspect")
+def recover(
+    src: Annotated[
+        str, typer.Argument(metavar="SRC", help="A stored stream without an index (e.g. a sink's .part file).")
+    ],
+    dst: Annotated[str, typer.Argument(metavar="DST", help="Container to write.")],
+    key_file: KeyFileOpt = None,
+    passphrase_file: PassphraseFileOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+    passphrase: PassphraseTrap = None,
+) -> None:
+    """Rebuild the index of a stream whose writer died before finishing it.
+
+    Keeps every frame that authenticates, in order, up to the first that does not; the result
+    is marked incomplete unless the stream had ended cleanly.
+
+    [bold]Example[/bold]
+
+      qeltrix recover --key-file shared.key .stream-1700000000000-7.qltx.part stream-7.qltx
+    """
+    _refuse_passphrase_value(passphrase)
+    _check_input(src)
+    _check_output(dst, force)
+    creds = credentials_for_reading(src, key_file, passphrase_file)
+    info = _container.recover(src, dst, **creds.kwargs(), overwrite=force)
+    summary = f"recovered {info['blocks']} blocks, {info['pt_len']:,} bytes into {dst}"
+    if info["complete"]:
+        _status(quiet, f"{summary}: complete")
+    elif not quiet:
+        # Always said, even in scripts: the data after the cut is gone.
+        typer.echo(f"qeltrix: warning: {summary}: INCOMPLETE ({info['stopped']})", err=True)
