@@ -204,8 +204,9 @@ impl Reader {
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 let (shared, next, free_rx, done_tx) = (&shared, &next, free_rx.clone(), done_tx.clone());
+                let give_back = free_tx.clone();
                 scope.spawn(move || {
-                    shared.run(|| self.open_blocks(loaded, shared, next, &free_rx, &done_tx));
+                    shared.run(|| self.open_blocks(loaded, shared, next, &free_rx, &give_back, &done_tx));
                 });
             }
             drop(done_tx);
@@ -225,13 +226,21 @@ impl Reader {
         shared: &Shared,
         next: &AtomicU64,
         free: &Receiver<PyBuf>,
+        give_back: &Sender<PyBuf>,
         done: &Sender<(u64, PyBuf)>,
     ) -> Result<()> {
         let mut frame = Python::attach(|py| PyBuf::new(py, frame_len(loaded.max_pt_len) as usize))?;
+        // A buffer is taken before an index, so the worker holding the next index to write
+        // always has one; a worker that finds no index left gives its buffer back, or a worker
+        // still waiting for a buffer would wait forever.
         loop {
+            if next.load(Ordering::SeqCst) >= loaded.index.block_count() {
+                return Ok(());
+            }
             let Some(out) = shared.recv(free) else { return Ok(()) };
             let i = next.fetch_add(1, Ordering::SeqCst);
             if i >= loaded.index.block_count() {
+                let _ = give_back.send(out);
                 return Ok(());
             }
             self.open_block(loaded, i as usize, &mut frame, &out)?;
