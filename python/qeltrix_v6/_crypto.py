@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from .errors import AuthenticationError, MalformedError
+from .errors import AuthenticationError, MalformedError, WrongKeyError
 
 # Domain-separation labels (FORMAT.md section 4 and 3.1).
 LABEL_HEADER_MAC = b"qeltrix-v6 header mac"
@@ -290,3 +290,115 @@ class ContainerKeys:
             )
         except InvalidTag:
             raise AuthenticationError("container index failed authentication (corrupt or tampered)") from None
+
+
+# --- gateway handshake (FORMAT.md section 12.1) ------------------------------------------
+
+HS_MAGIC = b"QLTXHS1\n"
+LABEL_HANDSHAKE = b"qeltrix-v6 handshake"
+LABEL_HANDSHAKE_STREAM = b"qeltrix-v6 handshake stream"
+HS_MSG1_LEN = len(HS_MAGIC) + 64
+HS_MSG2_LEN = 96
+HS_MSG3_LEN = 32
+X25519_LEN = 32
+
+
+def x25519_generate() -> tuple[bytes, bytes]:
+    """A new X25519 key pair ``(private, public)`` as raw 32-byte strings."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    priv = X25519PrivateKey.generate()
+    return (
+        priv.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()),
+        priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+    )
+
+
+def x25519_public(private: bytes) -> bytes:
+    """The public key of a raw X25519 private key."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _dh(private: bytes, public: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+    try:
+        return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        # An all-zero shared secret (a low-order point): a hostile peer.
+        raise AuthenticationError("handshake failed: invalid peer key") from None
+
+
+class Handshake:
+    """The authenticated X25519 handshake between gateways (FORMAT.md section 12.1).
+
+    Three messages: the initiator sends its ephemeral and static keys; the responder checks the
+    static key is pinned, answers with its own and a confirmation tag; the initiator checks the
+    responder is pinned and the tag, and confirms. Both then share a 32-byte ``secret`` with
+    forward secrecy (the ephemeral-ephemeral DH) and mutual authentication (each static key
+    enters a DH with the other side's ephemeral).
+    """
+
+    def __init__(self, static_private: bytes, pinned: frozenset[bytes]) -> None:
+        self._s = static_private
+        self._s_pub = x25519_public(static_private)
+        self._pinned = pinned
+        self._e, self._e_pub = x25519_generate()
+        self._peer_e = b""
+        self._msg1 = b""
+        self._th = b""
+        self._k_i = b""
+        self.secret = b""
+        self.peer_static = b""
+
+    def _keys(self, dh1: bytes, dh2: bytes, dh3: bytes, transcript: bytes) -> tuple[bytes, bytes]:
+        self._th = sha256(transcript)
+        okm = HKDF(hashes.SHA256(), 96, self._th, LABEL_HANDSHAKE).derive(dh1 + dh2 + dh3)
+        self.secret = okm[64:]
+        return okm[:32], okm[32:64]
+
+    def start(self) -> bytes:
+        """Initiator: message 1."""
+        self._msg1 = HS_MAGIC + self._e_pub + self._s_pub
+        return self._msg1
+
+    def respond(self, msg1: bytes) -> bytes:
+        """Responder: check message 1's static key is pinned; return message 2."""
+        if len(msg1) != HS_MSG1_LEN or msg1[:8] != HS_MAGIC:
+            raise MalformedError("not a Qeltrix gateway handshake")
+        e_i, s_i = msg1[8:40], msg1[40:72]
+        if s_i not in self._pinned:
+            raise WrongKeyError("the peer's public key is not pinned")
+        self.peer_static = s_i
+        k_r, self._k_i = self._keys(
+            _dh(self._e, e_i), _dh(self._e, s_i), _dh(self._s, e_i), msg1 + self._e_pub + self._s_pub
+        )
+        return self._e_pub + self._s_pub + hmac_sha256(k_r, self._th)
+
+    def finish(self, msg2: bytes) -> bytes:
+        """Initiator: check the responder is pinned and its tag; return message 3."""
+        e_r, s_r, tag_r = msg2[:32], msg2[32:64], msg2[64:96]
+        if s_r not in self._pinned:
+            raise WrongKeyError("the peer's public key is not pinned")
+        self.peer_static = s_r
+        k_r, k_i = self._keys(_dh(self._e, e_r), _dh(self._s, e_r), _dh(self._e, s_r), self._msg1 + e_r + s_r)
+        if not _hmac.compare_digest(hmac_sha256(k_r, self._th), tag_r):
+            self.secret = b""
+            raise AuthenticationError("handshake failed: the responder could not prove its key")
+        return hmac_sha256(k_i, self._th)
+
+    def confirm(self, msg3: bytes) -> None:
+        """Responder: check the initiator's tag."""
+        if not _hmac.compare_digest(hmac_sha256(self._k_i, self._th), msg3):
+            self.secret = b""
+            raise AuthenticationError("handshake failed: the initiator could not prove its key")
+
+    def stream_mk(self, container_id: bytes) -> bytes:
+        """The MK of a stream with this ``container_id`` in this session."""
+        if not self.secret:
+            raise AuthenticationError("no completed handshake")
+        return hkdf(self.secret, container_id, LABEL_HANDSHAKE_STREAM)

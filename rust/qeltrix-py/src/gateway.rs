@@ -17,14 +17,22 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// `keyring.new_stream(container_id | None, block_size) -> (header, ContainerKeys)`.
+/// `keyring.new_stream(container_id | None, block_size, session | None) -> (header, ContainerKeys)`.
 const NEW_STREAM: &str = "new_stream";
-/// `keyring.accept_stream(header: bytes) -> ContainerKeys`.
+/// `keyring.accept_stream(header: bytes, session | None) -> ContainerKeys`.
 const ACCEPT_STREAM: &str = "accept_stream";
+/// `keyring.storage_header(header: bytes, session | None) -> bytes`.
+const STORAGE_HEADER: &str = "storage_header";
 /// `keyring.reply_id(container_id) -> bytes`.
 const REPLY_ID: &str = "reply_id";
 /// `keyring.log(level, line)`.
 const LOG: &str = "log";
+/// `keyring.handshake_new() -> Handshake | None` (None in shared-key mode).
+const HANDSHAKE_NEW: &str = "handshake_new";
+/// Handshake message sizes (FORMAT.md section 12.1).
+const HS_MSG1_LEN: usize = 72;
+const HS_MSG2_LEN: usize = 96;
+const HS_MSG3_LEN: usize = 32;
 
 fn gw_err(py: Python<'_>, e: PyErr) -> GwError {
     let is = |c| error_class(py, c).is_ok_and(|cls| e.is_instance(py, &cls));
@@ -147,26 +155,87 @@ struct PyKeyring(Py<PyAny>);
 
 impl Keyring for PyKeyring {
     type Keys = PyStreamKeys;
+    /// A completed `qeltrix_v6._crypto.Handshake`.
+    type Session = Py<PyAny>;
 
-    fn new_stream(&self, container_id: Option<[u8; 16]>, block_size: u32) -> Result<(Vec<u8>, PyStreamKeys), GwError> {
+    fn handshake(
+        &self,
+        initiator: bool,
+        send: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        recv: &mut dyn FnMut(&mut [u8]) -> std::io::Result<()>,
+    ) -> Result<Option<Py<PyAny>>, GwError> {
+        // The GIL is held only for the crypto calls, never across socket I/O.
+        let call = |hs: &Py<PyAny>, method: &str, arg: Option<&[u8]>| -> Result<Vec<u8>, GwError> {
+            Python::attach(|py| {
+                let r = match arg {
+                    Some(a) => hs.call_method1(py, method, (PyBytes::new(py, a),)),
+                    None => hs.call_method0(py, method),
+                };
+                let r = r.map_err(|e| gw_err(py, e))?;
+                if r.is_none(py) {
+                    return Ok(Vec::new());
+                }
+                r.extract(py).map_err(|e| gw_err(py, e))
+            })
+        };
+        let hs: Option<Py<PyAny>> = Python::attach(|py| {
+            let r = self.0.call_method0(py, HANDSHAKE_NEW).map_err(|e| gw_err(py, e))?;
+            Ok::<_, GwError>(if r.is_none(py) { None } else { Some(r) })
+        })?;
+        let Some(hs) = hs else { return Ok(None) };
+        if initiator {
+            send(&call(&hs, "start", None)?)?;
+            let mut msg2 = [0u8; HS_MSG2_LEN];
+            recv(&mut msg2)?;
+            send(&call(&hs, "finish", Some(&msg2))?)?;
+        } else {
+            let mut msg1 = [0u8; HS_MSG1_LEN];
+            recv(&mut msg1)?;
+            send(&call(&hs, "respond", Some(&msg1))?)?;
+            let mut msg3 = [0u8; HS_MSG3_LEN];
+            recv(&mut msg3)?;
+            call(&hs, "confirm", Some(&msg3))?;
+        }
+        Ok(Some(hs))
+    }
+
+    fn new_stream(
+        &self,
+        session: Option<&Py<PyAny>>,
+        container_id: Option<[u8; 16]>,
+        block_size: u32,
+    ) -> Result<(Vec<u8>, PyStreamKeys), GwError> {
         Python::attach(|py| {
             let cid = container_id.map(|c| PyBytes::new(py, &c));
+            let session = session.map(|s| s.clone_ref(py));
             let r = self
                 .0
-                .call_method1(py, NEW_STREAM, (cid, block_size))
+                .call_method1(py, NEW_STREAM, (cid, block_size, session))
                 .map_err(|e| gw_err(py, e))?;
             let (header, keys): (Vec<u8>, Py<PyAny>) = r.extract(py).map_err(|e| gw_err(py, e))?;
             Ok((header, PyStreamKeys::new(keys)))
         })
     }
 
-    fn accept_stream(&self, header: &Header) -> Result<PyStreamKeys, GwError> {
+    fn accept_stream(&self, session: Option<&Py<PyAny>>, header: &Header) -> Result<PyStreamKeys, GwError> {
         Python::attach(|py| {
+            let session = session.map(|s| s.clone_ref(py));
             let keys = self
                 .0
-                .call_method1(py, ACCEPT_STREAM, (PyBytes::new(py, &header.encoded),))
+                .call_method1(py, ACCEPT_STREAM, (PyBytes::new(py, &header.encoded), session))
                 .map_err(|e| gw_err(py, e))?;
             Ok(PyStreamKeys::new(keys))
+        })
+    }
+
+    fn storage_header(&self, session: Option<&Py<PyAny>>, header: &Header) -> Result<Vec<u8>, GwError> {
+        Python::attach(|py| {
+            let session = session.map(|s| s.clone_ref(py));
+            let r = self
+                .0
+                .call_method1(py, STORAGE_HEADER, (PyBytes::new(py, &header.encoded), session))
+                .map_err(|e| gw_err(py, e))?;
+            r.extract(py).map_err(|e| gw_err(py, e))
         })
     }
 

@@ -119,11 +119,30 @@ impl From<io::Error> for GwError {
 /// Creates and accepts streams: the key material of a gateway.
 pub trait Keyring: Send + Sync + 'static {
     type Keys: StreamKeys;
+    /// What an authenticated peer handshake leaves behind (pinned-key mode).
+    type Session: Send + Sync;
+    /// Pinned-key mode: run the peer handshake (FORMAT.md section 12.1) over `send`/`recv`
+    /// before any stream; a peer whose key is not pinned is refused here. Shared-key mode
+    /// returns `None` without a byte exchanged.
+    fn handshake(
+        &self,
+        initiator: bool,
+        send: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+        recv: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
+    ) -> Result<Option<Self::Session>, GwError>;
     /// A fresh outgoing stream (its header, and keys to seal with). `container_id` is set for
     /// reply streams, which must use the id bound to their request.
-    fn new_stream(&self, container_id: Option<[u8; 16]>, block_size: u32) -> Result<(Vec<u8>, Self::Keys), GwError>;
+    fn new_stream(
+        &self,
+        session: Option<&Self::Session>,
+        container_id: Option<[u8; 16]>,
+        block_size: u32,
+    ) -> Result<(Vec<u8>, Self::Keys), GwError>;
     /// Verify an incoming stream's header and return keys to open its frames.
-    fn accept_stream(&self, header: &Header) -> Result<Self::Keys, GwError>;
+    fn accept_stream(&self, session: Option<&Self::Session>, header: &Header) -> Result<Self::Keys, GwError>;
+    /// The header a sink stores for an accepted stream: in pinned-key mode the stream MK must
+    /// be re-wrapped under a long-term key, since the session that derived it is gone.
+    fn storage_header(&self, session: Option<&Self::Session>, header: &Header) -> Result<Vec<u8>, GwError>;
     /// The `container_id` a reply to `request` must carry.
     fn reply_id(&self, request: &[u8; 16]) -> Result<[u8; 16], GwError>;
     /// One log line.
@@ -199,6 +218,11 @@ impl ConnStats {
         }
     }
 }
+
+/// A partial block of at least this many bytes marks a bulk flow.
+const BULK_THRESHOLD: usize = 64 << 10;
+/// How long a bulk flow's partial block waits for more input before it is sealed.
+const BULK_WAIT: Duration = Duration::from_millis(1);
 
 /// Closed connections kept for `stats()`.
 const CLOSED_KEPT: usize = 1000;
@@ -499,6 +523,22 @@ impl<K: Keyring> Gateway<K> {
         Ok(())
     }
 
+    /// Run the keyring's peer handshake (if any) on `s`.
+    fn handshake(&self, p: &Pumps, s: &TcpStream, side: Side, initiator: bool) -> Result<Option<K::Session>, GwError> {
+        self.keyring.handshake(
+            initiator,
+            &mut |data| p.write_all(&mut &*s, side, data),
+            &mut |buf| match p.read_full(s, side, buf) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed during the handshake",
+                )),
+                Err(e) => Err(e),
+            },
+        )
+    }
+
     fn handle(&self, client: TcpStream, stats: &Arc<ConnStats>) -> Result<(), GwError> {
         self.prepare(&client)?;
         let p = Pumps {
@@ -511,7 +551,7 @@ impl<K: Keyring> Gateway<K> {
         let nop = &mut |_: u32, _: u64| Ok(());
         match self.config.mode {
             Mode::Reflect => {
-                let (header, mut keys) = self.keyring.new_stream(None, bs)?;
+                let (header, mut keys) = self.keyring.new_stream(None, None, bs)?;
                 p.write_all(&mut &client, Side::Client, &header)?;
                 let r = p.seal(&client, Side::Client, &mut &client, Side::Client, &mut keys, bs, nop);
                 after(&r, &client, &client);
@@ -519,7 +559,9 @@ impl<K: Keyring> Gateway<K> {
             }
             Mode::Router => {
                 let peer = self.connect_target()?;
-                let (header, mut keys) = self.keyring.new_stream(None, bs)?;
+                let session = self.handshake(&p, &peer, Side::Other, true)?;
+                let session = session.as_ref();
+                let (header, mut keys) = self.keyring.new_stream(session, None, bs)?;
                 let request_id = Header::parse(&header)
                     .map_err(|e| GwError::Protocol(e.to_string()))?
                     .container_id;
@@ -548,7 +590,7 @@ impl<K: Keyring> Gateway<K> {
                         if h.container_id != reply_id {
                             return Err(GwError::Auth("the reply stream is not bound to this connection".into()));
                         }
-                        let mut keys = self.keyring.accept_stream(&h)?;
+                        let mut keys = self.keyring.accept_stream(session, &h)?;
                         p.open(&peer, Side::Other, &mut keys, h.block_size, &mut |_, _, _, pt| {
                             p.write_all(&mut &client, Side::Client, pt).map_err(GwError::Io)
                         })
@@ -558,16 +600,16 @@ impl<K: Keyring> Gateway<K> {
                 })
             }
             Mode::Decrypt => {
+                let session = self.handshake(&p, &client, Side::Client, false)?;
+                let session = session.as_ref();
                 let h = read_stream_header(&p, &client, Side::Client, max_bs)?;
-                let mut in_keys = self.keyring.accept_stream(&h)?;
+                let mut in_keys = self.keyring.accept_stream(session, &h)?;
                 let reply_id = self.keyring.reply_id(&h.container_id)?;
                 let target = self.connect_target()?;
                 std::thread::scope(|scope| {
                     let down = scope.spawn(|| {
-                        let r = self
-                            .keyring
-                            .new_stream(Some(reply_id), bs)
-                            .and_then(|(reply_header, mut keys)| {
+                        let r = self.keyring.new_stream(session, Some(reply_id), bs).and_then(
+                            |(reply_header, mut keys)| {
                                 p.write_all(&mut &client, Side::Client, &reply_header)?;
                                 p.seal(
                                     &target,
@@ -578,7 +620,8 @@ impl<K: Keyring> Gateway<K> {
                                     bs,
                                     &mut |_, _| Ok(()),
                                 )
-                            });
+                            },
+                        );
                         after(&r, &target, &client);
                         r
                     });
@@ -596,13 +639,19 @@ impl<K: Keyring> Gateway<K> {
     fn sink(&self, client: &TcpStream, p: &Pumps) -> Result<(), GwError> {
         let dir = self.config.sink_dir.as_deref().expect("checked at start");
         let bs = self.config.block_size;
+        let session = if self.config.sink_raw {
+            None
+        } else {
+            self.handshake(p, client, Side::Client, false)?
+        };
+        let session = session.as_ref();
         let (header_bytes, mut keys, block_size) = if self.config.sink_raw {
-            let (h, k) = self.keyring.new_stream(None, bs)?;
+            let (h, k) = self.keyring.new_stream(None, None, bs)?;
             (h, k, bs)
         } else {
             let h = read_stream_header(p, client, Side::Client, self.config.max_peer_block_size)?;
-            let k = self.keyring.accept_stream(&h)?;
-            (h.encoded.clone(), k, h.block_size)
+            let k = self.keyring.accept_stream(session, &h)?;
+            (self.keyring.storage_header(session, &h)?, k, h.block_size)
         };
         let mut file = SinkFile::create(dir, p.stats.id, &header_bytes)?;
         let r = if self.config.sink_raw {
@@ -647,9 +696,9 @@ impl<K: Keyring> Gateway<K> {
             let container_id = Header::parse(&header_bytes)
                 .map_err(|e| GwError::Protocol(e.to_string()))?
                 .container_id;
-            let (reply, mut reply_keys) = self
-                .keyring
-                .new_stream(Some(self.keyring.reply_id(&container_id)?), bs)?;
+            let (reply, mut reply_keys) =
+                self.keyring
+                    .new_stream(session, Some(self.keyring.reply_id(&container_id)?), bs)?;
             let mut frame = Vec::new();
             reply_keys.seal(0, META_FLAG_FINAL, &[], &mut frame)?;
             p.write_all(&mut &*client, Side::Client, &reply)?;
@@ -755,13 +804,13 @@ impl Pumps {
     }
 
     /// Bytes that are ready now (or within `flush_delay`): `None` when there are none.
-    fn recv_ready(&self, s: &TcpStream, side: Side, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    fn recv_ready(&self, s: &TcpStream, side: Side, buf: &mut [u8], wait: Duration) -> io::Result<Option<usize>> {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
         use rustix::net::{recv, RecvFlags};
-        if !self.flush_delay.is_zero() {
+        if !wait.is_zero() {
             let t = Timespec {
-                tv_sec: self.flush_delay.as_secs() as _,
-                tv_nsec: self.flush_delay.subsec_nanos() as _,
+                tv_sec: wait.as_secs() as _,
+                tv_nsec: wait.subsec_nanos() as _,
             };
             let mut fds = [PollFd::new(s, PollFlags::IN)];
             if poll(&mut fds, Some(&t))? == 0 {
@@ -817,16 +866,26 @@ impl Pumps {
         let mut buf = vec![0u8; bs];
         let mut frame = Vec::with_capacity(frame_len(block_size) as usize);
         let mut block_index = 0u64;
+        let mut last_full = false;
         loop {
             let mut filled = self.read_some(src, src_side, &mut buf)?;
             let mut eof = filled == 0;
             while !eof && filled < bs {
-                match self.recv_ready(src, src_side, &mut buf[filled..])? {
+                // A bulk flow (the last frame was full, or plenty is arriving) waits briefly for
+                // a full block: fewer, larger frames. An interactive flow is sealed at once.
+                let bulk = last_full || filled >= BULK_THRESHOLD.min(bs / 2);
+                let wait = if bulk {
+                    self.flush_delay.max(BULK_WAIT)
+                } else {
+                    self.flush_delay
+                };
+                match self.recv_ready(src, src_side, &mut buf[filled..], wait)? {
                     Some(0) => eof = true,
                     Some(n) => filled += n,
                     None => break,
                 }
             }
+            last_full = filled == bs;
             let flags = if eof { META_FLAG_FINAL } else { 0 };
             keys.seal(block_index, flags, &buf[..filled], &mut frame)?;
             self.write_all(dst, dst_side, &frame)?;
