@@ -166,3 +166,30 @@ def test_recover_subprocess(tmp_path: Path, key_file: Path) -> None:
     assert r.returncode == 0, r.stderr
     got = plain.read_bytes()
     assert 0 < len(got) < len(data) and got == data[: len(got)]
+
+
+def test_gateway_subprocess_pinned_identities(tmp_path: Path) -> None:
+    pubs = {}
+    for name in ("a", "b"):
+        r = subprocess.run(
+            [sys.executable, "-m", "qeltrix_v6", "keygen", "--x25519", "-o", str(tmp_path / f"{name}.id")],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        pubs[name] = r.stdout.strip()
+        assert pubs[name].startswith("qltx-x25519:")
+        assert (tmp_path / f"{name}.id").stat().st_mode & 0o777 == 0o600
+    srv, (h, p) = echo_server()
+    addr = r"listening on (\S+):(\d+)"
+    with (
+        running("gateway", "--mode", "decrypt", "--listen", "127.0.0.1:0", "--target", f"{h}:{p}",
+                "--identity", str(tmp_path / "b.id"), "--peer", pubs["a"], ready=addr) as (_, d),
+        running("gateway", "--mode", "router", "--listen", "127.0.0.1:0", "--target", f"{d.group(1)}:{d.group(2)}",
+                "--identity", str(tmp_path / "a.id"), "--peer", pubs["b"], ready=addr) as (_, r),
+    ):  # fmt: skip
+        data = os.urandom(200_000)
+        with socket.create_connection((r.group(1), int(r.group(2))), timeout=20) as s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            assert b"".join(iter(lambda: s.recv(65536), b"")) == data
+    srv.close()

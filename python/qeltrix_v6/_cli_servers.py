@@ -35,7 +35,7 @@ from .cli import (
     parse_size,
     read_key_file,
 )
-from .gateway import MODES, GatewayServer
+from .gateway import MODES, GatewayServer, decode_public_key
 from .server import SeekServer
 
 TOKEN_ENV = "QELTRIX_TOKEN"
@@ -173,6 +173,30 @@ def gateway(
         str | None, typer.Option("--target", metavar="HOST:PORT", help="Where router and decrypt modes connect.")
     ] = None,
     key_file: KeyFileOpt = None,
+    identity: Annotated[
+        str | None,
+        typer.Option(
+            "--identity",
+            metavar="FILE",
+            help="This gateway's X25519 identity (qeltrix keygen --x25519): pinned-key mode.",
+            rich_help_panel=PANEL_KEY,
+        ),
+    ] = None,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--peer",
+            metavar="PUBKEY",
+            help="A peer gateway's public key to accept (repeatable).",
+            rich_help_panel=PANEL_KEY,
+        ),
+    ] = None,
+    peers_file: Annotated[
+        str | None,
+        typer.Option(
+            "--peers-file", metavar="FILE", help="Public keys to accept, one per line.", rich_help_panel=PANEL_KEY
+        ),
+    ] = None,
     sink_dir: Annotated[
         str | None,
         typer.Option("--sink-dir", metavar="DIR", help="Where sink mode stores one container per connection."),
@@ -219,14 +243,32 @@ def gateway(
       qeltrix gateway --mode router  --listen 127.0.0.1:6380 --target gw.example:7000 --key-file shared.key
       qeltrix gateway --mode decrypt --listen 0.0.0.0:7000   --target 127.0.0.1:6379  --key-file shared.key
       qeltrix gateway --mode sink    --listen 0.0.0.0:7001   --sink-dir /srv/streams  --key-file shared.key
+
+    Pinned-key mode (no shared secret; each side pins the other's public key):
+
+      qeltrix gateway --mode router --listen 127.0.0.1:6380 --target gw2:7000 --identity a.id --peer qltx-x25519:...
     """
     if mode not in MODES:
         raise CliError(f"unknown mode {mode!r}", hint=f"use one of: {', '.join(MODES)}", code=ExitCode.USAGE)
-    if key_file is None:
+    peers = list(peer or [])
+    if peers_file:
+        try:
+            with open(peers_file, encoding="utf-8") as f:
+                peers += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        except OSError as e:
+            raise CliError(f"{peers_file}: {e.strerror}", code=ExitCode.IO) from None
+    if key_file is None and identity is None:
         raise CliError(
-            "a gateway needs the shared key", hint="use --key-file FILE (see 'qeltrix keygen')", code=ExitCode.USAGE
+            "a gateway needs the shared key or an identity",
+            hint="use --key-file FILE, or --identity FILE with --peer PUBKEY (see 'qeltrix keygen')",
+            code=ExitCode.USAGE,
         )
-    key = read_key_file(key_file)
+    key = read_key_file(key_file) if key_file else None
+    ident = read_key_file(identity) if identity else None
+    try:
+        pinned = [decode_public_key(p) for p in peers]
+    except ValueError as e:
+        raise CliError(str(e), code=ExitCode.USAGE) from None
     _logging(quiet)
     try:
         gw = GatewayServer(
@@ -234,6 +276,8 @@ def gateway(
             listen,
             target=target,
             key=key,
+            identity=ident,
+            peers=pinned,
             sink_dir=sink_dir,
             sink_raw=sink_raw,
             block_size=parse_size(block_size),

@@ -1131,6 +1131,10 @@ def keygen(
     output: Annotated[
         str, typer.Option("--output", "-o", metavar="FILE", help="Where to write the new key (must not exist).")
     ],
+    x25519: Annotated[
+        bool,
+        typer.Option("--x25519", help="Write a gateway identity (X25519 private key) and print its public key."),
+    ] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -1138,14 +1142,25 @@ def keygen(
 
     Never overwrites an existing file. Keep the key secret and backed up: whoever has it
     opens every container packed with it, and without it those containers are lost.
+    With --x25519, FILE is a gateway identity and its public key (to pin on the peer
+    gateways with --peer) is printed on stdout.
 
     [bold]Examples[/bold]
 
       qeltrix keygen -o my.key
       qeltrix pack --key-file my.key secrets.db secrets.qltx
+      qeltrix keygen --x25519 -o gw-a.id > gw-a.pub
     """
     if output == "-":
         raise CliError("keygen writes a key file, not stdout", hint="give -o FILE", code=ExitCode.USAGE)
+    if x25519:
+        from .gateway import encode_public_key
+
+        private, public = _crypto.x25519_generate()
+        write_key_file(output, private)
+        typer.echo(encode_public_key(public))
+        _status(quiet, f"wrote a new gateway identity to {output} (mode 0600); its public key is above")
+        return
     write_key_file(output, _crypto.random_bytes(KEY_FILE_LEN))
     _status(quiet, f"wrote a new key to {output} (mode 0600); keep it secret and backed up")
 
