@@ -239,6 +239,10 @@ impl Keyring for PyKeyring {
         })
     }
 
+    fn on_thread(&self, f: &mut dyn FnMut()) {
+        crate::pipeline::with_thread_state(f)
+    }
+
     fn reply_id(&self, request: &[u8; 16]) -> Result<[u8; 16], GwError> {
         Python::attach(|py| {
             let r = self

@@ -6,7 +6,7 @@
 //! `perm_window + 2 * workers + 2` frames, whatever the input size.
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, Sink, Source};
-use crate::pipeline::{worker_count, Progress, Shared, POLL};
+use crate::pipeline::{with_thread_state, worker_count, Progress, Shared, POLL};
 use crate::types::{SEAL_BLOCK, SEAL_INDEX, SEAL_META};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
@@ -122,13 +122,17 @@ impl Plan {
         let result = std::thread::scope(|scope| {
             {
                 let (shared, free_in_rx, msg_tx) = (&shared, free_in_rx.clone(), msg_tx.clone());
-                scope.spawn(move || shared.run(|| self.read_blocks(source, shared, &free_in_rx, job_tx, &msg_tx)));
+                scope.spawn(move || {
+                    with_thread_state(|| shared.run(|| self.read_blocks(source, shared, &free_in_rx, job_tx, &msg_tx)))
+                });
             }
             for _ in 0..self.workers {
                 let (shared, job_rx, free_in_tx) = (&shared, job_rx.clone(), free_in_tx.clone());
                 let (free_out_rx, msg_tx) = (free_out_rx.clone(), msg_tx.clone());
                 scope.spawn(move || {
-                    shared.run(|| self.seal_blocks(shared, &job_rx, &free_in_tx, &free_out_rx, &msg_tx))
+                    with_thread_state(|| {
+                        shared.run(|| self.seal_blocks(shared, &job_rx, &free_in_tx, &free_out_rx, &msg_tx))
+                    })
                 });
             }
             drop(msg_tx);

@@ -7,7 +7,7 @@
 //! once.
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, RandomSource, Sink};
-use crate::pipeline::{worker_count, Progress, Shared, POLL};
+use crate::pipeline::{with_thread_state, worker_count, Progress, Shared, POLL};
 use crate::types::{OPEN_BLOCK, OPEN_INDEX, OPEN_META};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -206,7 +206,9 @@ impl Reader {
                 let (shared, next, free_rx, done_tx) = (&shared, &next, free_rx.clone(), done_tx.clone());
                 let give_back = free_tx.clone();
                 scope.spawn(move || {
-                    shared.run(|| self.open_blocks(loaded, shared, next, &free_rx, &give_back, &done_tx));
+                    with_thread_state(|| {
+                        shared.run(|| self.open_blocks(loaded, shared, next, &free_rx, &give_back, &done_tx))
+                    });
                 });
             }
             drop(done_tx);

@@ -149,6 +149,11 @@ pub trait Keyring: Send + Sync + 'static {
     fn log(&self, level: LogLevel, line: &str) {
         eprintln!("qeltrix gateway {level:?}: {line}");
     }
+    /// Run a connection thread's whole body; a binding may set up per-thread state once here
+    /// (the Python binding keeps a thread state, so each crypto call only takes the GIL).
+    fn on_thread(&self, f: &mut dyn FnMut()) {
+        f()
+    }
 }
 
 /// Keys of one stream.
@@ -455,7 +460,12 @@ impl<K: Keyring> Gateway<K> {
             let spawned = std::thread::Builder::new()
                 .name(format!("qeltrix-gw-{id}"))
                 .spawn(move || {
-                    let result = gw.handle(stream, &stats);
+                    let mut stream = Some(stream);
+                    let mut result = None;
+                    gw.keyring
+                        .on_thread(&mut || result = stream.take().map(|s| gw.handle(s, &stats)));
+                    let result =
+                        result.unwrap_or_else(|| Err(GwError::Protocol("connection thread did not run".into())));
                     gw.finish(&stats, result);
                 });
             if let Err(e) = spawned {
@@ -523,6 +533,14 @@ impl<K: Keyring> Gateway<K> {
         Ok(())
     }
 
+    /// Run `f` inside the keyring's per-thread setup (see [`Keyring::on_thread`]).
+    fn run_on_thread<T>(&self, f: impl FnOnce() -> T) -> T {
+        let mut f = Some(f);
+        let mut out = None;
+        self.keyring.on_thread(&mut || out = f.take().map(|f| f()));
+        out.expect("on_thread runs its closure once")
+    }
+
     /// Run the keyring's peer handshake (if any) on `s`.
     fn handshake(&self, p: &Pumps, s: &TcpStream, side: Side, initiator: bool) -> Result<Option<K::Session>, GwError> {
         self.keyring.handshake(
@@ -568,22 +586,24 @@ impl<K: Keyring> Gateway<K> {
                 let reply_id = self.keyring.reply_id(&request_id)?;
                 std::thread::scope(|scope| {
                     let up = scope.spawn(|| {
-                        let r = p
-                            .write_all(&mut &peer, Side::Other, &header)
-                            .map_err(GwError::Io)
-                            .and_then(|()| {
-                                p.seal(
-                                    &client,
-                                    Side::Client,
-                                    &mut &peer,
-                                    Side::Other,
-                                    &mut keys,
-                                    bs,
-                                    &mut |_, _| Ok(()),
-                                )
-                            });
-                        after(&r, &client, &peer);
-                        r
+                        self.run_on_thread(|| {
+                            let r = p
+                                .write_all(&mut &peer, Side::Other, &header)
+                                .map_err(GwError::Io)
+                                .and_then(|()| {
+                                    p.seal(
+                                        &client,
+                                        Side::Client,
+                                        &mut &peer,
+                                        Side::Other,
+                                        &mut keys,
+                                        bs,
+                                        &mut |_, _| Ok(()),
+                                    )
+                                });
+                            after(&r, &client, &peer);
+                            r
+                        })
                     });
                     let down = (|| {
                         let h = read_stream_header(&p, &peer, Side::Other, max_bs)?;
@@ -608,22 +628,24 @@ impl<K: Keyring> Gateway<K> {
                 let target = self.connect_target()?;
                 std::thread::scope(|scope| {
                     let down = scope.spawn(|| {
-                        let r = self.keyring.new_stream(session, Some(reply_id), bs).and_then(
-                            |(reply_header, mut keys)| {
-                                p.write_all(&mut &client, Side::Client, &reply_header)?;
-                                p.seal(
-                                    &target,
-                                    Side::Other,
-                                    &mut &client,
-                                    Side::Client,
-                                    &mut keys,
-                                    bs,
-                                    &mut |_, _| Ok(()),
-                                )
-                            },
-                        );
-                        after(&r, &target, &client);
-                        r
+                        self.run_on_thread(|| {
+                            let r = self.keyring.new_stream(session, Some(reply_id), bs).and_then(
+                                |(reply_header, mut keys)| {
+                                    p.write_all(&mut &client, Side::Client, &reply_header)?;
+                                    p.seal(
+                                        &target,
+                                        Side::Other,
+                                        &mut &client,
+                                        Side::Client,
+                                        &mut keys,
+                                        bs,
+                                        &mut |_, _| Ok(()),
+                                    )
+                                },
+                            );
+                            after(&r, &target, &client);
+                            r
+                        })
                     });
                     let up = p.open(&client, Side::Client, &mut in_keys, h.block_size, &mut |_, _, _, pt| {
                         p.write_all(&mut &target, Side::Other, pt).map_err(GwError::Io)
