@@ -21,13 +21,13 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import threading
 from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
 from . import _core, _crypto
 from ._container import build_header, unlock_header
+from ._service import BackgroundService
 from .errors import AuthenticationError
 
 __all__ = ["GatewayServer", "decode_public_key", "encode_public_key", "generate_identity"]
@@ -136,7 +136,7 @@ def _split_hostport(value: str | tuple[str, int]) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class GatewayServer:
+class GatewayServer(BackgroundService):
     """A TCP gateway in one of the modes above.
 
     >>> import os, socket, qeltrix_v6
@@ -208,50 +208,18 @@ class GatewayServer:
             "connect_timeout": connect_timeout,
             "stats_interval": stats_interval,
         }
-        self._core: _core.GatewayCore | None = None
-        self._stopped = threading.Event()
+        super().__init__()
 
-    def start(self) -> GatewayServer:
-        """Bind and start serving in the background; returns self."""
-        if self._core is None:
-            host, port = self._listen
-            self._core = _core.GatewayCore(self.mode, host, port, self._keyring, **self._settings)
-            self._stopped.clear()
-            log.info("%s gateway listening on %s:%s", self.mode, *self.address)
-        return self
+    def _make_core(self) -> _core.GatewayCore:
+        host, port = self._listen
+        return _core.GatewayCore(self.mode, host, port, self._keyring, **self._settings)
 
-    def stop(self) -> None:
-        """Stop accepting connections (open ones finish on their own or at their idle timeout)."""
-        if self._core is not None:
-            self._core.stop()
-            self._core = None
-        self._stopped.set()
-
-    def serve_forever(self) -> None:
-        """Start if needed and block until :meth:`stop` or Ctrl-C."""
-        self.start()
-        try:
-            while not self._stopped.wait(0.2):
-                pass
-        finally:
-            self.stop()
+    def _started(self) -> None:
+        log.info("%s gateway listening on %s:%s", self.mode, *self.address)
 
     def stats(self) -> dict[str, Any]:
         """Aggregate counters plus ``per_connection``: bytes in/out, blocks, duration, errors."""
         return self._core.stats() if self._core is not None else {}
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)``."""
-        if self._core is None:
-            raise RuntimeError("the gateway is not running")
-        return self._core.address
-
-    def __enter__(self) -> GatewayServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def generate_identity() -> tuple[bytes, str]:

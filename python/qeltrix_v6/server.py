@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from types import TracebackType
 
 from . import _core
 from ._container import open_reader
+from ._service import BackgroundService
 
 __all__ = ["SeekServer"]
 
@@ -25,7 +24,7 @@ log = logging.getLogger("qeltrix_v6.server")
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-class SeekServer:
+class SeekServer(BackgroundService):
     """An HTTP server for the containers under ``root``.
 
     >>> import os, tempfile, urllib.request, qeltrix_v6
@@ -77,8 +76,7 @@ class SeekServer:
         }
         self._tls = tls_cert is not None
         self._cache_blocks = cache_blocks
-        self._core: _core.SeekServerCore | None = None
-        self._stopped = threading.Event()
+        super().__init__()
 
     def _open(self, path: str) -> _core.Reader:
         opened = open_reader(path, passphrase=self._passphrase, key=self._key, cache_blocks=self._cache_blocks)
@@ -90,36 +88,11 @@ class SeekServer:
     def _log(level: str, line: str) -> None:
         log.log(_LEVELS.get(level, logging.INFO), "%s", line)
 
-    def start(self) -> SeekServer:
-        """Bind and start serving in the background; returns self."""
-        if self._core is None:
-            self._core = _core.SeekServerCore(self.root, self._open, self._log, **self._settings)  # type: ignore[arg-type]
-            self._stopped.clear()
-            log.info("serving %s on %s", self.root, self.url)
-        return self
+    def _make_core(self) -> _core.SeekServerCore:
+        return _core.SeekServerCore(self.root, self._open, self._log, **self._settings)  # type: ignore[arg-type]
 
-    def stop(self) -> None:
-        """Stop serving and close every connection."""
-        if self._core is not None:
-            self._core.stop()
-            self._core = None
-        self._stopped.set()
-
-    def serve_forever(self) -> None:
-        """Start if needed and block until :meth:`stop` (from another thread) or Ctrl-C."""
-        self.start()
-        try:
-            while not self._stopped.wait(0.2):
-                pass
-        finally:
-            self.stop()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)``."""
-        if self._core is None:
-            raise RuntimeError("the server is not running")
-        return self._core.address
+    def _started(self) -> None:
+        log.info("serving %s on %s", self.root, self.url)
 
     @property
     def port(self) -> int:
@@ -133,11 +106,3 @@ class SeekServer:
         if ":" in host:
             host = f"[{host}]"
         return f"{'https' if self._tls else 'http'}://{host}:{port}"
-
-    def __enter__(self) -> SeekServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
