@@ -1,7 +1,8 @@
 //! The GatewayServer binding: `qeltrix-server`'s TCP loops with stream keys from the Python
 //! layer (`qeltrix_v6.gateway`), and `recover_stream` for stored streams without an index.
+use crate::calls;
 use crate::io::PyBuf;
-use crate::types::{error_class, ErrorClass, OPEN_BLOCK, OPEN_META, SEAL_BLOCK, SEAL_INDEX, SEAL_META};
+use crate::types::{error_class, ErrorClass, SEAL_INDEX};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -81,19 +82,7 @@ impl StreamKeys for PyStreamKeys {
                 self.outbuf.as_ref().expect("ensured"),
             );
             inbuf.as_mut_slice()[..pt.len()].copy_from_slice(pt);
-            let args = (block_index, meta_flags, inbuf.obj(py), pt.len(), outbuf.obj(py));
-            let (cdk_salt, data_nonce, pt_sha256): ([u8; 16], [u8; 12], [u8; 32]) =
-                self.keys.call_method1(py, SEAL_BLOCK, args)?.extract(py)?;
-            let meta = BlockMeta {
-                block_index,
-                pt_len: pt.len() as u32,
-                meta_flags,
-                cdk_salt,
-                data_nonce,
-                pt_sha256,
-            };
-            self.keys
-                .call_method1(py, SEAL_META, (PyBytes::new(py, &meta.encode()), outbuf.obj(py)))?;
+            calls::seal_frame(py, &self.keys, block_index, meta_flags, inbuf, pt.len(), outbuf)?;
             frame.clear();
             frame.extend_from_slice(&outbuf.as_slice()[..flen]);
             Ok(())
@@ -106,7 +95,7 @@ impl StreamKeys for PyStreamKeys {
             ensure(py, &mut self.inbuf, META_FRAME_LEN)?;
             let inbuf = self.inbuf.as_mut().expect("ensured");
             inbuf.as_mut_slice()[..META_FRAME_LEN].copy_from_slice(meta_frame);
-            self.keys.call_method1(py, OPEN_META, (inbuf.obj(py),))?.extract(py)
+            calls::open_meta(py, &self.keys, inbuf)
         })
         .map_err(|e| Python::attach(|py| gw_err(py, e)))?;
         BlockMeta::decode(&meta_pt).map_err(|e| GwError::Auth(e.to_string()))
@@ -122,17 +111,7 @@ impl StreamKeys for PyStreamKeys {
                 self.outbuf.as_ref().expect("ensured"),
             );
             inbuf.as_mut_slice()[META_FRAME_LEN..META_FRAME_LEN + data_ct.len()].copy_from_slice(data_ct);
-            let args = (
-                meta.block_index,
-                meta.pt_len,
-                meta.meta_flags,
-                PyBytes::new(py, &meta.cdk_salt),
-                PyBytes::new(py, &meta.data_nonce),
-                PyBytes::new(py, &meta.pt_sha256),
-                inbuf.obj(py),
-                outbuf.obj(py),
-            );
-            self.keys.call_method1(py, OPEN_BLOCK, args)?;
+            calls::open_data(py, &self.keys, meta, inbuf, outbuf)?;
             pt.clear();
             pt.extend_from_slice(&outbuf.as_slice()[..pt_len]);
             Ok(())

@@ -3,6 +3,7 @@
 //! Framing, the index, seek math, the permutation and the threaded pipelines live here and in
 //! `qeltrix-format`; every AEAD, HKDF and SHA-256 call goes back to `qeltrix_v6._crypto`
 //! (see `types.rs` for every touchpoint). The GIL is released around all I/O and waits.
+mod calls;
 mod codec;
 mod error;
 mod gateway;

@@ -4,14 +4,15 @@
 //!
 //! Memory is bounded by the buffer pools: `2 * workers + 2` plaintext blocks and
 //! `perm_window + 2 * workers + 2` frames, whatever the input size.
+use crate::calls;
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, Sink, Source};
 use crate::pipeline::{with_thread_state, worker_count, Progress, Shared, POLL};
-use crate::types::{SEAL_BLOCK, SEAL_INDEX, SEAL_META};
+use crate::types::SEAL_INDEX;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use qeltrix_format::{frame_len, BlockMeta, FormatError, Index, IndexEntry, Permutation, Trailer};
+use qeltrix_format::{frame_len, FormatError, Index, IndexEntry, Permutation, Trailer};
 use qeltrix_format::{MAX_BLOCK_COUNT, MAX_BLOCK_SIZE, META_FLAG_FINAL, MIN_BLOCK_SIZE};
 use std::collections::BTreeMap;
 
@@ -239,21 +240,8 @@ impl Plan {
             };
             let meta_flags = if job.last { META_FLAG_FINAL } else { 0 };
             let pt_len = job.pt_len as u32;
-            Python::attach(|py| -> PyResult<()> {
-                let args = (job.block_index, meta_flags, job.buf.obj(py), job.pt_len, out.obj(py));
-                let (cdk_salt, data_nonce, pt_sha256): ([u8; 16], [u8; 12], [u8; 32]) =
-                    self.keys.call_method1(py, SEAL_BLOCK, args)?.extract(py)?;
-                let meta = BlockMeta {
-                    block_index: job.block_index,
-                    pt_len,
-                    meta_flags,
-                    cdk_salt,
-                    data_nonce,
-                    pt_sha256,
-                };
-                self.keys
-                    .call_method1(py, SEAL_META, (PyBytes::new(py, &meta.encode()), out.obj(py)))?;
-                Ok(())
+            Python::attach(|py| {
+                calls::seal_frame(py, &self.keys, job.block_index, meta_flags, &job.buf, job.pt_len, &out)
             })?;
             if !shared.send(free_in, job.buf) {
                 return Ok(());

@@ -5,10 +5,11 @@
 //! trailer and footer. Reads decrypt only the blocks they overlap and keep the most recent
 //! decrypted blocks in a small cache, so a player's sequential small reads decrypt each block
 //! once.
+use crate::calls;
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, RandomSource, Sink};
 use crate::pipeline::{with_thread_state, worker_count, Progress, Shared, POLL};
-use crate::types::{OPEN_BLOCK, OPEN_INDEX, OPEN_META};
+use crate::types::OPEN_INDEX;
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
@@ -91,7 +92,7 @@ impl Reader {
             })?;
         let expect_final = i as u64 + 1 == loaded.index.block_count() && !loaded.index.incomplete();
         Python::attach(|py| -> Result<()> {
-            let meta_pt: Vec<u8> = loaded.keys.call_method1(py, OPEN_META, (frame.obj(py),))?.extract(py)?;
+            let meta_pt = calls::open_meta(py, &loaded.keys, frame)?;
             let meta = BlockMeta::decode(&meta_pt)?;
             if meta.block_index != i as u64 || meta.pt_len != entry.pt_len {
                 return Err(FormatError::Corrupt(format!("block {i} is not where the index says")).into());
@@ -99,17 +100,7 @@ impl Reader {
             if meta.is_final() != expect_final {
                 return Err(FormatError::Corrupt(format!("block {i} has a wrong FINAL flag")).into());
             }
-            let args = (
-                meta.block_index,
-                meta.pt_len,
-                meta.meta_flags,
-                PyBytes::new(py, &meta.cdk_salt),
-                PyBytes::new(py, &meta.data_nonce),
-                PyBytes::new(py, &meta.pt_sha256),
-                frame.obj(py),
-                out.obj(py),
-            );
-            loaded.keys.call_method1(py, OPEN_BLOCK, args)?;
+            calls::open_data(py, &loaded.keys, &meta, frame, out)?;
             Ok(())
         })
     }
