@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,17 @@ PBKDF2_SMALL = {"iterations": 1000}
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
+
+
+def require(tool: str) -> str:
+    """The path of an external tool the test drives as a real client. A missing tool fails
+    in CI (``.ci/run`` installs them all) and skips elsewhere."""
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is not installed; .ci/run should have installed it")
+        pytest.skip(f"{tool} is not installed")
+    return path
 
 
 def make_plaintext(n: int, seed: int | str = 0) -> bytes:

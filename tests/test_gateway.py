@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import io
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -19,18 +18,10 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
+from conftest import require
 
 K1 = bytes(range(32))
 K2 = bytes(range(32, 64))
-
-
-def require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is not installed; .ci/run should have installed it")
-        pytest.skip(f"{tool} is not installed")
-    return path
 
 
 @contextlib.contextmanager

@@ -18,19 +18,10 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
+from conftest import require
 
 KEY = bytes(range(32))
 DATA = os.urandom(300_000)
-
-
-def require(tool: str) -> str:
-    """The tool's path; missing tools fail in CI (which installs them) and skip elsewhere."""
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is not installed; .ci/run should have installed it")
-        pytest.skip(f"{tool} is not installed")
-    return path
 
 
 @pytest.fixture(scope="module")
