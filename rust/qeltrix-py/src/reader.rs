@@ -156,14 +156,24 @@ impl Reader {
         Ok(())
     }
 
-    fn read_range(&self, pos: u64, len: u64) -> Result<Vec<u8>> {
+    /// Plaintext `[pos, pos + len)` (clipped) as a new `bytes`, decrypted straight into it
+    /// with the GIL released: no intermediate buffer of the read's size.
+    fn read_bytes<'py>(&self, py: Python<'py>, pos: u64, len: u64) -> PyResult<Bound<'py, PyBytes>> {
         let total = self.loaded()?.index.pt_total_len;
-        let mut out = Vec::with_capacity(pos.saturating_add(len).min(total).saturating_sub(pos) as usize);
-        self.read_chunks(pos, len, &mut |chunk| {
-            out.extend_from_slice(&chunk);
-            true
-        })?;
-        Ok(out)
+        let n = pos.saturating_add(len).min(total).saturating_sub(pos);
+        let n = usize::try_from(n).map_err(|_| pyo3::exceptions::PyOverflowError::new_err("read too large"))?;
+        PyBytes::new_with(py, n, |buf| {
+            // The new bytes object is not reachable by any other code until this returns.
+            py.detach(|| {
+                let mut at = 0;
+                self.read_chunks(pos, len, &mut |chunk| {
+                    buf[at..at + chunk.len()].copy_from_slice(&chunk);
+                    at += chunk.len();
+                    true
+                })
+            })
+            .map_err(PyErr::from)
+        })
     }
 
     /// Plaintext length (after `load_index`).
@@ -365,8 +375,7 @@ impl Reader {
 
     /// Plaintext bytes `[pos, pos + n)`, clipped at the end like a file read.
     fn read_at<'py>(&self, py: Python<'py>, pos: u64, n: u64) -> PyResult<Bound<'py, PyBytes>> {
-        let data = py.detach(|| self.read_range(pos, n))?;
-        Ok(PyBytes::new(py, &data))
+        self.read_bytes(py, pos, n)
     }
 
     /// Decrypt everything into `dst` (a file descriptor or binary file object).
@@ -393,8 +402,7 @@ impl Reader {
         }
         let start = loaded.index.pt_offset(i);
         let len = u64::from(loaded.index.entries[i].pt_len);
-        let data = py.detach(|| self.read_range(start, len))?;
-        Ok(PyBytes::new(py, &data))
+        self.read_bytes(py, start, len)
     }
 
     #[getter]
