@@ -26,6 +26,7 @@ from ._container import (
     seek_extract,
     unpack,
 )
+from ._kms import KmsConfig, KmsError, KmsUnavailableError
 from .errors import (
     AuthenticationError,
     IntegrityError,
@@ -51,6 +52,9 @@ __all__ = [
     "ContainerWriter",
     "GatewayServer",
     "IntegrityError",
+    "KmsConfig",
+    "KmsError",
+    "KmsUnavailableError",
     "LimitExceededError",
     "MalformedError",
     "PackResult",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +19,9 @@ from .cli import (
     DebugOpt,
     ExitCode,
     ForceOpt,
+    IdentityOpt,
     KeyFileOpt,
+    KmsEndpointOpt,
     PassphraseFileOpt,
     PassphraseTrap,
     QuietOpt,
@@ -32,6 +34,7 @@ from .cli import (
     _status,
     app,
     credentials_for_reading,
+    kms_config,
     parse_size,
     read_key_file,
 )
@@ -50,14 +53,38 @@ def _logging(quiet: bool) -> None:
     )
 
 
-def _serve_credentials(key_file: str | None, passphrase_file: str | None) -> Credentials:
-    creds = _explicit_credentials(key_file, passphrase_file)
+class _SeekServer(SeekServer):
+    """A SeekServer that also opens containers with identities and through a KMS."""
+
+    def __init__(self, root: str, *, creds: Credentials, **kwargs: Any) -> None:
+        # SeekServer insists on a key or passphrase; "" stands for "none" and is never tried.
+        super().__init__(
+            root, key=creds.key, passphrase=creds.passphrase if creds.passphrase is not None else "", **kwargs
+        )
+        self._creds = creds
+
+    def _open(self, path: str) -> Any:
+        opened = _container.open_reader(path, **self._creds.kwargs(), cache_blocks=self._cache_blocks)
+        reader = opened.reader
+        opened.close()  # the Reader keeps its own descriptor
+        return reader
+
+
+def _serve_credentials(
+    key_file: str | None,
+    passphrase_file: str | None,
+    identity: list[str] | None = None,
+    kms_endpoint: str | None = None,
+) -> Credentials:
+    creds = _explicit_credentials(key_file, passphrase_file, identity)
+    if kms_endpoint:
+        creds.kms = kms_config(kms_endpoint)
     if creds.given():
         return creds
     if not _can_prompt():
         raise CliError(
             "no key given to open the containers",
-            hint=f"use --key-file FILE, --passphrase-file FILE or set {PASSPHRASE_ENV}",
+            hint=f"use --key-file FILE, --identity ID_FILE, --passphrase-file FILE or set {PASSPHRASE_ENV}",
             code=ExitCode.USAGE,
         )
     creds.passphrase = _prompt_passphrase("Passphrase for the containers: ", what="the served containers")
@@ -114,6 +141,8 @@ def serve(
         int, typer.Option("--max-connections", min=1, help="Concurrent connections.", rich_help_panel=PANEL_ADV)
     ] = 1024,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    identity: IdentityOpt = None,
+    kms_endpoint: KmsEndpointOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -134,7 +163,7 @@ def serve(
         raise CliError(f"{root} is not a directory", code=ExitCode.IO)
     if (tls_cert is None) != (tls_key is None):
         raise CliError("--tls-cert and --tls-key go together", code=ExitCode.USAGE)
-    creds = _serve_credentials(key_file, passphrase_file)
+    creds = _serve_credentials(key_file, passphrase_file, identity, kms_endpoint)
     bearer = _read_token(token, token_file)
     _logging(quiet)
     if host not in LOOPBACK and (bearer is None or tls_cert is None):
@@ -143,9 +172,9 @@ def serve(
             host,
             " and ".join(w for w, missing in (("--token", bearer is None), ("TLS", tls_cert is None)) if missing),
         )
-    server = SeekServer(
+    server = _SeekServer(
         root,
-        **creds.kwargs(),
+        creds=creds,
         host=host,
         port=port,
         token=bearer,
@@ -308,6 +337,7 @@ def recover(
     key_file: KeyFileOpt = None,
     passphrase_file: PassphraseFileOpt = None,
     force: ForceOpt = False,
+    identity: IdentityOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -324,7 +354,7 @@ def recover(
     _refuse_passphrase_value(passphrase)
     _check_input(src)
     _check_output(dst, force)
-    creds = credentials_for_reading(src, key_file, passphrase_file)
+    creds = credentials_for_reading(src, key_file, passphrase_file, identity_files=identity)
     info = _container.recover(src, dst, **creds.kwargs(), overwrite=force)
     summary = f"recovered {info['blocks']} blocks, {info['pt_len']:,} bytes into {dst}"
     if info["complete"]:

@@ -16,21 +16,31 @@ import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, Literal, Protocol, cast, overload
 
-from . import _core, _crypto
+from . import _core, _crypto, _pubkeys
 from ._atomic import AtomicOutput
 from .errors import AuthenticationError, MalformedError, QeltrixIOError, WrongKeyError
 
 DEFAULT_BLOCK_SIZE: int = _core.DEFAULT_BLOCK_SIZE
 HEADER_FLAG_PERMUTED = 1
+_MAX_RECIPIENTS = 64  # docs/FORMAT.md section 9
 
 PathOrFile = str | os.PathLike[str] | IO[bytes]
 Progress = Callable[[int, int | None], object]
-_KIND_NAMES = {_crypto.KIND_KEY: "key", _crypto.KIND_ARGON2ID: "argon2id", _crypto.KIND_PBKDF2: "pbkdf2"}
+IdentityArg = bytes | _crypto.Identity | Sequence[bytes | _crypto.Identity] | None
+RecipientArg = str | bytes | _pubkeys.Recipient
+_KIND_NAMES = {
+    _crypto.KIND_KEY: "key",
+    _crypto.KIND_ARGON2ID: "argon2id",
+    _crypto.KIND_PBKDF2: "pbkdf2",
+    _crypto.KIND_X25519: "x25519",
+    _crypto.KIND_RSA_OAEP: "rsa-oaep",
+    _crypto.KIND_KMS: "kms",
+}
 
 
 @dataclass(frozen=True)
@@ -47,9 +57,15 @@ def _check_workers(workers: int | None) -> None:
         raise ValueError(f"workers must be a positive integer or None (one per core), not {workers!r}")
 
 
-def _check_credentials(passphrase: str | bytes | None, key: bytes | None) -> None:
-    if passphrase is None and key is None:
-        raise ValueError("a passphrase or a 32-byte key is required")
+def _check_credentials(
+    passphrase: str | bytes | None,
+    key: bytes | None,
+    *,
+    others: bool = False,
+    what: str = "a passphrase or a 32-byte key",
+) -> None:
+    if passphrase is None and key is None and not others:
+        raise ValueError(f"{what} is required")
     if key is not None and (not isinstance(key, bytes | bytearray) or len(key) != _crypto.KEY_LEN):
         raise ValueError(f"key must be exactly {_crypto.KEY_LEN} bytes")
     if passphrase is not None and len(passphrase) == 0:
@@ -103,11 +119,16 @@ def pack(
     kdf: Literal["argon2id", "pbkdf2"] = "argon2id",
     kdf_params: dict[str, int] | None = None,
     overwrite: bool = True,
+    recipients: Sequence[RecipientArg] | None = None,
+    kms: Any = None,
 ) -> PackResult:
     """Encrypt ``src`` into a V6 container at ``dst``.
 
     ``src`` and ``dst`` are paths or binary file objects. Give a ``passphrase`` (Argon2id by
-    default, ``kdf="pbkdf2"`` on request), a 32-byte ``key``, or both (two recipients). Blocks
+    default, ``kdf="pbkdf2"`` on request), a 32-byte ``key``, public ``recipients``
+    (``qltx-x25519:...`` keys, PEM RSA public keys, ``kms:KEY_ID`` with ``kms=KmsConfig(...)``),
+    or several of them: each is one recipient. No secret is needed to pack for public
+    recipients: the packer cannot read what it wrote. Blocks
     are sealed on ``workers`` threads (default: one per core) with bounded memory. A path
     ``dst`` is written atomically: it appears only when complete.
 
@@ -118,7 +139,8 @@ def pack(
     >>> qeltrix_v6.seek_extract(io.BytesIO(out.getvalue()), 6, 5, key=bytes(32))
     b'world'
     """
-    _check_credentials(passphrase, key)
+    public = _pubkeys.parse_recipients(recipients)
+    _check_credentials(passphrase, key, others=bool(public), what="a passphrase, a 32-byte key or a recipient")
     _check_workers(workers)
     if cipher not in _crypto.CIPHERS:
         raise ValueError(f"unknown cipher {cipher!r}: use one of {', '.join(_crypto.CIPHERS)}")
@@ -131,6 +153,9 @@ def pack(
         stanzas.append(_crypto.key_stanza(bytes(key), mk, container_id))
     if passphrase is not None:
         stanzas.append(_crypto.passphrase_stanza(passphrase, mk, container_id, kdf, kdf_params))
+    stanzas += [_pubkeys.recipient_stanza(r, mk, container_id, kms) for r in public]
+    if len(stanzas) > _MAX_RECIPIENTS:
+        raise ValueError(f"a container holds at most {_MAX_RECIPIENTS} recipients, not {len(stanzas)}")
     perm_window = _core.default_perm_window(block_size) if permute else 0
     header, keys = build_header(mk, container_id, _crypto.CIPHERS[cipher], block_size, perm_window, stanzas)
 
@@ -171,13 +196,22 @@ class _Opened:
 
 
 def open_reader(
-    src: PathOrFile, *, passphrase: str | bytes | None = None, key: bytes | None = None, cache_blocks: int = 8
+    src: PathOrFile,
+    *,
+    passphrase: str | bytes | None = None,
+    key: bytes | None = None,
+    identity: IdentityArg = None,
+    kms: Any = None,
+    cache_blocks: int = 8,
 ) -> _Opened:
     """Open a container for reading: checksum, unwrap the MK, verify the header MAC, load the index.
 
+    ``identity`` is an X25519 private key (32 raw bytes), a PEM RSA private key, or a list of
+    them; ``kms`` (a :class:`~qeltrix_v6.KmsConfig`) allows unwrapping KMS stanzas.
     ``cache_blocks`` decrypted blocks are kept for reuse by later reads.
     """
-    _check_credentials(passphrase, key)
+    identities = _pubkeys.load_identities(identity)
+    _check_reader_credentials(passphrase, key, identities, kms)
     owned: list[IO[bytes]] = []
     if isinstance(src, str | os.PathLike):
         f = _open_input(src)
@@ -193,7 +227,7 @@ def open_reader(
             arg = src
     try:
         reader = _core.Reader(arg, cache_blocks)
-        keys = unlock_header(reader, passphrase=passphrase, key=key)
+        keys = unlock_header(reader, passphrase=passphrase, key=key, identity=identities, kms=kms)
         reader.load_index(keys)
     except BaseException:
         for f in owned:
@@ -221,22 +255,73 @@ class HeaderFields(Protocol):
     def cipher_id(self) -> int: ...
 
 
+def _check_reader_credentials(
+    passphrase: str | bytes | None, key: bytes | None, identities: list[_crypto.Identity], kms: Any
+) -> None:
+    _check_credentials(
+        passphrase,
+        key,
+        others=bool(identities) or kms is not None,
+        what="a passphrase, a 32-byte key, an identity or a KMS configuration",
+    )
+
+
 def unlock_header(
-    h: HeaderFields, *, passphrase: str | bytes | None = None, key: bytes | None = None
+    h: HeaderFields,
+    *,
+    passphrase: str | bytes | None = None,
+    key: bytes | None = None,
+    identity: IdentityArg = None,
+    kms: Any = None,
 ) -> _crypto.ContainerKeys:
     """Check the header checksum, unwrap the MK from a stanza, verify the header MAC
-    (FORMAT.md section 8 steps 2-4); return the container's keys."""
+    (FORMAT.md section 8 steps 2-4); return the container's keys.
+
+    Local credentials are tried first (in header order), KMS stanzas last, so a container that
+    opens with a key file never waits for the network.
+    """
     if _crypto.sha256(h.header_checksummed) != h.header_sha256:
         raise AuthenticationError("container header is corrupt (checksum mismatch)")
+    identities = _pubkeys.load_identities(identity)
     mk = None
     kinds = {kind for kind, _ in h.stanzas}
+    cid = bytes(h.container_id)
+    kms_refusal: WrongKeyError | None = None
     for kind, body in h.stanzas:
-        mk = _crypto.unwrap_stanza(kind, body, h.container_id, key=key, passphrase=passphrase)
+        if kind in (_crypto.KIND_X25519, _crypto.KIND_RSA_OAEP):
+            for ident in identities:
+                if ident.matches(kind, body):
+                    mk = ident.unwrap(kind, body, cid)
+                    if mk is None:
+                        raise AuthenticationError(
+                            f"the {_KIND_NAMES[kind]} stanza sealed to this identity does not open "
+                            "(corrupt or tampered header)"
+                        )
+                    break
+        elif kind != _crypto.KIND_KMS:
+            mk = _crypto.unwrap_stanza(kind, body, cid, key=key, passphrase=passphrase)
         if mk is not None:
             break
+    if mk is None and kms is not None:
+        from . import _kms
+
+        cfg = _kms.config_or_default(kms)
+        for kind, body in h.stanzas:
+            if kind != _crypto.KIND_KMS:
+                continue
+            key_id, blob = _pubkeys.kms_stanza_parts(body)
+            try:
+                mk = _kms.kms_unwrap(cfg, key_id, blob, cid)
+            except WrongKeyError as e:
+                kms_refusal = e
+                continue
+            if mk is not None:
+                break
     if mk is None:
-        raise WrongKeyError(_wrong_key_message(kinds, passphrase, key))
-    keys = _crypto.ContainerKeys(mk, h.container_id, h.cipher_id)
+        if kms_refusal is not None:
+            raise kms_refusal
+        raise WrongKeyError(_wrong_key_message(kinds, passphrase, key, identities, kms, h.stanzas))
+    keys = _crypto.ContainerKeys(mk, cid, h.cipher_id)
     keys.verify_header_mac(h.header_maced, h.header_mac)
     return keys
 
@@ -248,6 +333,8 @@ def recover(
     passphrase: str | bytes | None = None,
     key: bytes | None = None,
     overwrite: bool = False,
+    identity: IdentityArg = None,
+    kms: Any = None,
 ) -> dict[str, Any]:
     """Rebuild the index of a stored stream whose writer died before appending it
     (FORMAT.md section 12). Every frame that authenticates, up to the first that does not,
@@ -255,9 +342,10 @@ def recover(
 
     Returns ``{"blocks", "pt_len", "complete", "stopped"}``.
     """
-    _check_credentials(passphrase, key)
+    identities = _pubkeys.load_identities(identity)
+    _check_reader_credentials(passphrase, key, identities, kms)
     with _open_input(src) as f:
-        keys = unlock_header(_core.Reader(f.fileno()), passphrase=passphrase, key=key)
+        keys = unlock_header(_core.Reader(f.fileno()), passphrase=passphrase, key=key, identity=identities, kms=kms)
     atomic = AtomicOutput(dst, overwrite=overwrite)
     with atomic:
         blocks, pt_len, complete, stopped = _core.recover_stream_file(os.fspath(src), atomic.temp_path, keys)
@@ -265,14 +353,39 @@ def recover(
     return {"blocks": blocks, "pt_len": pt_len, "complete": complete, "stopped": stopped}
 
 
-def _wrong_key_message(kinds: set[int], passphrase: object, key: object) -> str:
+def _wrong_key_message(
+    kinds: set[int],
+    passphrase: object,
+    key: object,
+    identities: Sequence[_crypto.Identity] = (),
+    kms: object = None,
+    stanzas: Sequence[tuple[int, bytes]] = (),
+) -> str:
     has_pw = bool(kinds & {_crypto.KIND_ARGON2ID, _crypto.KIND_PBKDF2})
     has_key = _crypto.KIND_KEY in kinds
+    id_kinds = sorted(kinds & {_crypto.KIND_X25519, _crypto.KIND_RSA_OAEP})
+    has_kms = _crypto.KIND_KMS in kinds
+    if identities:
+        mine = ", ".join(_pubkeys.recipient_text(i.kind, i.public) for i in identities)
+        if not id_kinds:
+            return f"wrong identity: this container has no public-key recipients (the identity is {mine})"
+        count = sum(1 for k, _ in stanzas if k in id_kinds)
+        return (
+            f"wrong identity: none of the {count} public-key recipients of this container is {mine}; "
+            "'qeltrix recipients list' shows them"
+        )
+    if passphrase is None and key is None and kms is not None and not has_kms:
+        return "this container has no KMS recipient"
+    if not (has_pw or has_key) and id_kinds:
+        names = " and ".join(_KIND_NAMES[k] for k in id_kinds)
+        return f"this container is sealed to public keys ({names}): open it with the private key (identity)"
+    if not (has_pw or has_key) and has_kms:
+        return "this container is wrapped by a KMS key: open it with KMS access (kms=KmsConfig(...) / --kms)"
     if key is not None and passphrase is None and not has_key and has_pw:
         return "this container is protected by a passphrase, not a key file"
     if passphrase is not None and key is None and not has_pw and has_key:
         return "this container is protected by a key file, not a passphrase"
-    what = " or ".join(w for w, given in (("passphrase", passphrase), ("key", key)) if given is not None)
+    what = " or ".join(w for w, given in (("passphrase", passphrase), ("key", key)) if given is not None) or "key"
     return f"wrong {what}: no recipient of this container opens with it"
 
 
@@ -285,6 +398,8 @@ def unpack(
     workers: int | None = None,
     progress: Progress | None = None,
     overwrite: bool = True,
+    identity: IdentityArg = None,
+    kms: Any = None,
 ) -> int:
     """Decrypt the container ``src`` into ``dst``; return the plaintext length.
 
@@ -292,7 +407,7 @@ def unpack(
     atomically; if anything fails (wrong key, tampering, Ctrl-C) no output file is left.
     """
     _check_workers(workers)
-    opened = open_reader(src, passphrase=passphrase, key=key)
+    opened = open_reader(src, passphrase=passphrase, key=key, identity=identity, kms=kms)
     try:
         if isinstance(dst, str | os.PathLike):
             atomic = AtomicOutput(dst, overwrite=overwrite)
@@ -306,14 +421,21 @@ def unpack(
 
 
 def seek_extract(
-    src: PathOrFile, offset: int, length: int, *, passphrase: str | bytes | None = None, key: bytes | None = None
+    src: PathOrFile,
+    offset: int,
+    length: int,
+    *,
+    passphrase: str | bytes | None = None,
+    key: bytes | None = None,
+    identity: IdentityArg = None,
+    kms: Any = None,
 ) -> bytes:
     """Plaintext bytes ``[offset, offset + length)`` of a container, decrypting only the blocks
     that cover them. Reads past the end return what exists, like a file.
     """
     if offset < 0 or length < 0:
         raise ValueError("offset and length must be non-negative")
-    opened = open_reader(src, passphrase=passphrase, key=key)
+    opened = open_reader(src, passphrase=passphrase, key=key, identity=identity, kms=kms)
     try:
         return bytes(opened.reader.read_at(offset, length))
     finally:
@@ -508,6 +630,7 @@ def open(
     *,
     passphrase: str | bytes | None = None,
     key: bytes | None = None,
+    identity: IdentityArg = None,
     **kwargs: Any,
 ) -> ContainerFile | ContainerWriter:
     """Open a container as a file object.
@@ -528,11 +651,17 @@ def open(
         os.fspath(path_or_file) if isinstance(path_or_file, str | os.PathLike) else getattr(path_or_file, "name", None)
     )
     if mode == "rb":
+        kms = kwargs.pop("kms", None)
         if kwargs:
             raise TypeError(f"unexpected options for mode 'rb': {', '.join(kwargs)}")
-        return ContainerFile(open_reader(path_or_file, passphrase=passphrase, key=key), name=name)
+        opened = open_reader(path_or_file, passphrase=passphrase, key=key, identity=identity, kms=kms)
+        return ContainerFile(opened, name=name)
     if mode == "wb":
-        _check_credentials(passphrase, key)
+        if identity is not None:
+            raise TypeError("an identity opens containers; to write for one, pass recipients=[its public key]")
+        _check_credentials(
+            passphrase, key, others=bool(kwargs.get("recipients")), what="a passphrase, a key or a recipient"
+        )
         return ContainerWriter(path_or_file, {"passphrase": passphrase, "key": key, **kwargs}, name=name)
     raise ValueError(f"mode must be 'rb' or 'wb', not {mode!r}")
 

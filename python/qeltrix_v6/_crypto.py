@@ -30,6 +30,8 @@ LABEL_INDEX = b"qeltrix-v6 index"
 LABEL_PERM = b"qeltrix-v6 permutation"
 LABEL_CDK = b"qeltrix-v6 cdk"
 LABEL_RECIPIENT_KEY = b"qeltrix-v6 recipient key"
+LABEL_RECIPIENT_X25519 = b"qeltrix-v6 recipient x25519"
+LABEL_RECIPIENT_RSA = b"qeltrix-v6 recipient rsa-oaep"
 
 CIPHER_AES_256_GCM = 1
 CIPHER_CHACHA20_POLY1305 = 2
@@ -43,6 +45,9 @@ _AEADS: dict[int, type[AESGCM] | type[ChaCha20Poly1305]] = {
 KIND_KEY = 1
 KIND_ARGON2ID = 2
 KIND_PBKDF2 = 3
+KIND_X25519 = 4
+KIND_RSA_OAEP = 5
+KIND_KMS = 6
 
 MK_LEN = 32
 KEY_LEN = 32
@@ -173,6 +178,203 @@ def unwrap_stanza(
         salt, iterations, nonce, wrapped = _PBKDF2_BODY.unpack(body)
         return _unwrap(_pbkdf2_kek(pw, salt, iterations), nonce, wrapped, container_id, kind)
     return None
+
+
+# --- public-key recipients (FORMAT.md 3.1, kinds 4 and 5) -------------------------------
+
+X25519_BODY_LEN = 32 + 32 + NONCE_LEN + MK_LEN + TAG_LEN  # 124
+RSA_MIN_BITS = 3072
+RSA_MAX_BITS = 8192
+RSA_MAX_SPKI_LEN = 1200  # DER SubjectPublicKeyInfo of an 8192-bit key is 1,062 bytes
+_X25519_BODY = struct.Struct("<32s32s12s48s")
+
+
+def _x25519_kek(shared: bytes, container_id: bytes, eph_pub: bytes, recipient_pub: bytes) -> bytes:
+    return hkdf(shared, container_id, LABEL_RECIPIENT_X25519 + eph_pub + recipient_pub)
+
+
+def check_x25519_public(public: bytes) -> bytes:
+    """``public`` if it is a usable X25519 recipient key (32 bytes, not a low-order point)."""
+    if len(public) != X25519_LEN:
+        raise MalformedError(f"an X25519 public key is {X25519_LEN} bytes, got {len(public)}")
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        raise MalformedError("invalid X25519 public key (a low-order point)") from None
+    return bytes(public)
+
+
+def x25519_stanza(recipient_pub: bytes, mk: bytes, container_id: bytes) -> tuple[int, bytes]:
+    """An ``x25519`` stanza: ``mk`` sealed to ``recipient_pub`` with a fresh ephemeral key.
+
+    ``KEK = HKDF(X25519(e, R), container_id, label || e.pub || R, 32)``; the body keeps ``R``
+    so that the recipient can be listed, removed and kept across a rotation.
+    """
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    check_x25519_public(recipient_pub)
+    eph = X25519PrivateKey.generate()
+    eph_pub = eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    shared = eph.exchange(X25519PublicKey.from_public_bytes(recipient_pub))
+    kek = _x25519_kek(shared, container_id, eph_pub, recipient_pub)
+    nonce, wrapped = _wrap(kek, mk, container_id, KIND_X25519)
+    return KIND_X25519, _X25519_BODY.pack(eph_pub, recipient_pub, nonce, wrapped)
+
+
+def x25519_stanza_recipient(body: bytes) -> bytes:
+    """The recipient public key stored in an ``x25519`` stanza body."""
+    if len(body) != X25519_BODY_LEN:
+        raise MalformedError(f"x25519 stanza body is {len(body)} bytes, expected {X25519_BODY_LEN}")
+    return bytes(body[32:64])
+
+
+def _rsa_label(container_id: bytes, spki: bytes) -> bytes:
+    return LABEL_RECIPIENT_RSA + container_id + sha256(spki)
+
+
+def _oaep(label: bytes) -> object:
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    return padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=label)
+
+
+def _check_rsa_bits(bits: int) -> None:
+    if bits < RSA_MIN_BITS:
+        raise MalformedError(f"RSA key of {bits} bits refused: RSA recipients need at least {RSA_MIN_BITS} bits")
+    if bits > RSA_MAX_BITS:
+        raise MalformedError(f"RSA key of {bits} bits refused: at most {RSA_MAX_BITS} bits are supported")
+
+
+def rsa_public_spki(data: bytes) -> bytes:
+    """The DER SubjectPublicKeyInfo of an RSA public key given as PEM or DER (>= 3072 bits)."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_der_public_key,
+        load_pem_public_key,
+    )
+
+    try:
+        pub = load_pem_public_key(data) if data.lstrip().startswith(b"-----") else load_der_public_key(data)
+    except (ValueError, TypeError):
+        raise MalformedError(
+            "not an RSA public key (expected a PEM 'PUBLIC KEY' or DER SubjectPublicKeyInfo)"
+        ) from None
+    except Exception as e:  # unsupported key types raise UnsupportedAlgorithm
+        raise MalformedError(f"not a usable public key: {e}") from None
+    if not isinstance(pub, RSAPublicKey):
+        raise MalformedError("only RSA public keys are accepted as PEM recipients")
+    _check_rsa_bits(pub.key_size)
+    return pub.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def rsa_stanza(spki: bytes, mk: bytes, container_id: bytes) -> tuple[int, bytes]:
+    """An ``rsa-oaep`` stanza: ``spki_len u16 || spki || rsa_ct`` (RSA-OAEP-SHA256 of ``mk``)."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    pub = load_der_public_key(spki)
+    if not isinstance(pub, RSAPublicKey):
+        raise MalformedError("only RSA public keys are accepted as PEM recipients")
+    _check_rsa_bits(pub.key_size)
+    ct = pub.encrypt(mk, _oaep(_rsa_label(container_id, spki)))  # type: ignore[arg-type]
+    return KIND_RSA_OAEP, struct.pack("<H", len(spki)) + spki + ct
+
+
+def rsa_stanza_parts(body: bytes) -> tuple[bytes, bytes]:
+    """``(spki, rsa_ct)`` of an ``rsa-oaep`` stanza body (structure checked)."""
+    if len(body) < 2:
+        raise MalformedError("rsa-oaep stanza body too short")
+    (n,) = struct.unpack_from("<H", body)
+    ct_len = len(body) - 2 - n
+    if not 1 <= n <= RSA_MAX_SPKI_LEN or not RSA_MIN_BITS // 8 <= ct_len <= RSA_MAX_BITS // 8:
+        raise MalformedError("rsa-oaep stanza has inconsistent lengths")
+    return bytes(body[2 : 2 + n]), bytes(body[2 + n :])
+
+
+class Identity:
+    """A private key that opens public-key stanzas: X25519 (32 raw bytes) or RSA (PEM)."""
+
+    def __init__(self, data: bytes) -> None:
+        data = bytes(data)
+        if len(data) == X25519_LEN:
+            self.kind = KIND_X25519
+            self._x25519 = data
+            self.public = x25519_public(data)
+            self._rsa: object = None
+            return
+        if b"-----BEGIN" not in data:
+            raise MalformedError(
+                "an identity is a 32-byte X25519 private key (qeltrix keygen --x25519) or a PEM RSA private key"
+            )
+        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+
+        try:
+            priv = load_pem_private_key(data, password=None)
+        except TypeError:
+            raise MalformedError(
+                "encrypted PEM private keys are not supported: store it unencrypted with mode 0600 "
+                "(openssl pkey -in KEY -out ID.pem)"
+            ) from None
+        except ValueError:
+            raise MalformedError("the identity is not a readable PEM private key") from None
+        if not isinstance(priv, RSAPrivateKey):
+            raise MalformedError("a PEM identity must be an RSA private key")
+        _check_rsa_bits(priv.key_size)
+        self.kind = KIND_RSA_OAEP
+        self._x25519 = b""
+        self._rsa = priv
+        self.public = priv.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+    def matches(self, kind: int, body: bytes) -> bool:
+        """Whether the stanza names this identity's public key (no private-key operation)."""
+        if kind != self.kind:
+            return False
+        if kind == KIND_X25519:
+            return len(body) == X25519_BODY_LEN and _hmac.compare_digest(body[32:64], self.public)
+        try:
+            spki, _ = rsa_stanza_parts(body)
+        except MalformedError:
+            return False
+        return _hmac.compare_digest(spki, self.public)
+
+    def unwrap(self, kind: int, body: bytes, container_id: bytes) -> bytes | None:
+        """The MK if this stanza is sealed to this identity and opens, else ``None``."""
+        if not self.matches(kind, body):
+            return None
+        if kind == KIND_X25519:
+            eph_pub, recipient_pub, nonce, wrapped = _X25519_BODY.unpack(body)
+            try:
+                shared = _dh(self._x25519, eph_pub)
+            except AuthenticationError:
+                return None
+            return _unwrap(
+                _x25519_kek(shared, container_id, eph_pub, recipient_pub), nonce, wrapped, container_id, kind
+            )
+        spki, ct = rsa_stanza_parts(body)
+        try:
+            mk: bytes = self._rsa.decrypt(ct, _oaep(_rsa_label(container_id, spki)))  # type: ignore[attr-defined]
+        except ValueError:
+            return None
+        return mk if len(mk) == MK_LEN else None
+
+
+def rsa_generate_pem(bits: int = 3072) -> tuple[bytes, bytes]:
+    """A new RSA key pair as ``(private PKCS#8 PEM, public SPKI PEM)`` (for keygen and tests)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    _check_rsa_bits(bits)
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return (
+        priv.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
+        priv.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo),
+    )
 
 
 # --- container keys (FORMAT.md 4, 5, 6) -------------------------------------------------

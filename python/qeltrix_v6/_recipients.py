@@ -1,13 +1,15 @@
-"""Recipients of a container: describe them, and change them by rewriting the header only.
+"""Recipients of a container: describe them, change them by rewriting the header only, rotate the MK.
 
 ``qeltrix passwd`` changes a container's passphrase, or adds and removes key-file recipients,
+and ``qeltrix recipients add|remove`` adds and removes public-key and KMS recipients,
 without touching a single block: the master key (MK) stays the same, only the stanzas that
 wrap it change (docs/FORMAT.md section 3.1). The new header is sealed to exactly the length
 of the old one (its padding absorbs the difference) and written in place at offset 0.
 
-What this does not do: it does not rotate the MK. Anyone who kept a copy of the container
-(or of its old header) can still open that copy with a removed credential. To revoke a
-credential for good, unpack and pack again.
+A header rewrite does not rotate the MK. Anyone who kept a copy of the container (or of its
+old header, or the MK itself) can still open that copy with a removed credential. To revoke a
+credential for good, :func:`rotate` re-encrypts every block under a fresh MK (``qeltrix
+rotate``), streaming, and replaces the file atomically.
 """
 
 from __future__ import annotations
@@ -16,15 +18,27 @@ import contextlib
 import fcntl
 import io
 import os
+import stat
 import struct
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _core, _crypto
-from ._container import HEADER_FLAG_PERMUTED, build_header, open_reader
-from .errors import AuthenticationError, QeltrixError, QeltrixIOError
+from . import _core, _crypto, _pubkeys
+from ._atomic import AtomicOutput
+from ._container import HEADER_FLAG_PERMUTED, IdentityArg, Progress, build_header, open_reader
+from ._pubkeys import Recipient
+from .errors import AuthenticationError, MalformedError, QeltrixError, QeltrixIOError
 
-KIND_NAMES = {_crypto.KIND_KEY: "key", _crypto.KIND_ARGON2ID: "argon2id", _crypto.KIND_PBKDF2: "pbkdf2"}
+KIND_NAMES = {
+    _crypto.KIND_KEY: "key",
+    _crypto.KIND_ARGON2ID: "argon2id",
+    _crypto.KIND_PBKDF2: "pbkdf2",
+    _crypto.KIND_X25519: "x25519",
+    _crypto.KIND_RSA_OAEP: "rsa-oaep",
+    _crypto.KIND_KMS: "kms",
+}
 PASSPHRASE_KINDS = frozenset({_crypto.KIND_ARGON2ID, _crypto.KIND_PBKDF2})
 
 MAX_RECIPIENTS = 64  # docs/FORMAT.md section 9
@@ -48,6 +62,15 @@ def describe_stanza(kind: int, body: bytes) -> dict[str, Any]:
     elif kind == _crypto.KIND_PBKDF2:
         _, iterations = _PBKDF2_PARAMS.unpack_from(body)
         out.update(iterations=iterations)
+    elif kind in _pubkeys.PUBLIC_KINDS:
+        try:
+            r = _pubkeys.stanza_recipient(kind, body)
+        except MalformedError:
+            return {"kind": name, "kind_id": kind, "recipient": None, "damaged": True}
+        assert r is not None
+        out["recipient"] = r.text()
+        if kind == _crypto.KIND_RSA_OAEP:
+            out["bits"] = 8 * len(_crypto.rsa_stanza_parts(body)[1])
     return out
 
 
@@ -62,6 +85,12 @@ def recipient_summary(desc: dict[str, Any]) -> str:
         return f"passphrase (argon2id, t={desc['t_cost']}, m={mem_s}, lanes={desc['lanes']})"
     if kind == "pbkdf2":
         return f"passphrase (pbkdf2-sha256, {desc['iterations']:,} iterations)"
+    if kind == "x25519":
+        return f"X25519 public key {desc['recipient']}"
+    if kind == "rsa-oaep":
+        return f"RSA-{desc.get('bits', '?')} public key {desc['recipient']}"
+    if kind == "kms":
+        return f"KMS key {desc['recipient']}"
     return f"unknown recipient kind {desc['kind_id']} ({desc['body_len']} bytes; kept as is)"
 
 
@@ -75,9 +104,29 @@ class RecipientChange:
     remove_passphrase: bool = False
     add_keys: list[bytes] = field(default_factory=list)
     remove_keys: list[bytes] = field(default_factory=list)
+    add_recipients: list[Recipient] = field(default_factory=list)
+    #: Recipients to remove, as ``recipients list`` prints them (or their public keys).
+    remove_recipients: list[str | Recipient] = field(default_factory=list)
+    #: A :class:`~qeltrix_v6.KmsConfig` for adding KMS recipients.
+    kms: Any = None
 
     def is_empty(self) -> bool:
-        return self.new_passphrase is None and not (self.remove_passphrase or self.add_keys or self.remove_keys)
+        return self.new_passphrase is None and not (
+            self.remove_passphrase or self.add_keys or self.remove_keys or self.add_recipients or self.remove_recipients
+        )
+
+
+def _recipient_matches(target: str | Recipient, r: Recipient) -> bool:
+    if isinstance(target, Recipient):
+        return target == r
+    return target.strip() == r.text()
+
+
+def _stanza_public(kind: int, body: bytes) -> Recipient | None:
+    try:
+        return _pubkeys.stanza_recipient(kind, body)
+    except MalformedError:
+        return None
 
 
 def _opens_with_key(kind: int, body: bytes, container_id: bytes, key: bytes, mk: bytes) -> bool:
@@ -108,6 +157,7 @@ def plan_stanzas(
 
     out: list[tuple[int, bytes]] = []
     removed = [False] * len(change.remove_keys)
+    removed_pub = [False] * len(change.remove_recipients)
     for kind, body in stanzas:
         if kind in PASSPHRASE_KINDS and (new_pw_stanza is not None or change.remove_passphrase):
             if new_pw_stanza is not None:
@@ -118,6 +168,11 @@ def plan_stanzas(
         for j, k in enumerate(change.remove_keys):
             if _opens_with_key(kind, body, container_id, k, mk):
                 removed[j] = hit = True
+        pub = _stanza_public(kind, body)
+        if pub is not None:
+            for j, target in enumerate(change.remove_recipients):
+                if _recipient_matches(target, pub):
+                    removed_pub[j] = hit = True
         if hit:
             continue
         out.append((kind, bytes(body)))
@@ -127,14 +182,27 @@ def plan_stanzas(
         if not ok:
             which = f" #{j + 1}" if len(change.remove_keys) > 1 else ""
             raise RecipientError(f"the key file to remove{which} is not a recipient of this container")
+    for j, ok in enumerate(removed_pub):
+        if not ok:
+            t = change.remove_recipients[j]
+            text = t.text() if isinstance(t, Recipient) else t
+            raise RecipientError(f"{text} is not a recipient of this container ('qeltrix recipients list' shows them)")
     for k in change.add_keys:
         if any(_opens_with_key(kind, body, container_id, k, mk) for kind, body in out):
             raise RecipientError("the key file to add is already a recipient of this container")
         out.append(_crypto.key_stanza(k, mk, container_id))
+    present = {p for p in (_stanza_public(kind, body) for kind, body in out) if p is not None}
+    for r in change.add_recipients:
+        if r in present:
+            raise RecipientError(f"{r.text()} is already a recipient of this container")
+        present.add(r)
+        out.append(_pubkeys.recipient_stanza(r, mk, container_id, change.kms))
     if len(out) > MAX_RECIPIENTS:
         raise RecipientError(f"a container holds at most {MAX_RECIPIENTS} recipients, this change needs {len(out)}")
     if not any(kind in KIND_NAMES for kind, _ in out):
-        raise RecipientError("the change would leave no passphrase or key that can open the container")
+        raise RecipientError(
+            "the change would leave no passphrase or key (nor any other recipient) that can open the container"
+        )
     return out
 
 
@@ -153,6 +221,8 @@ def rewrite_recipients(
     *,
     passphrase: str | bytes | None = None,
     key: bytes | None = None,
+    identity: IdentityArg = None,
+    kms: Any = None,
 ) -> RewriteResult:
     """Open ``path`` with the current credential, apply ``change`` and rewrite the header in place.
 
@@ -163,23 +233,10 @@ def rewrite_recipients(
     if change.is_empty():
         raise RecipientError("nothing to change")
     p = os.fspath(path)
-    try:
-        fd = os.open(p, os.O_RDWR)
-    except FileNotFoundError:
-        raise QeltrixIOError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise QeltrixIOError(f"{p}: is a directory") from None
-    except OSError as e:
-        raise QeltrixIOError(f"{p}: cannot open for writing: {e.strerror}") from None
     with contextlib.ExitStack() as stack:
-        f = stack.enter_context(io.FileIO(fd, "r+", closefd=True))
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise QeltrixIOError(f"{p}: another process is changing its recipients") from None
-        except OSError:
-            pass  # file systems without locks: proceed
-        opened = open_reader(f, passphrase=passphrase, key=key)
+        f = stack.enter_context(_locked(p))
+        fd = f.fileno()
+        opened = open_reader(f, passphrase=passphrase, key=key, identity=identity, kms=kms)
         stack.callback(opened.close)
         r = opened.reader
         old_len = int(r.header_len)
@@ -194,7 +251,7 @@ def rewrite_recipients(
         if len(header) != old_len:
             raise RecipientError(
                 f"the new recipients need a {len(header)}-byte header but this container's header has "
-                f"{old_len} bytes; unpack and pack again to change them"
+                f"{old_len} bytes; 'qeltrix rotate' rewrites the container with a larger header"
             )
         _check_new_header(header, new_stanzas, keys)
         _pwrite_all(fd, header, 0)
@@ -204,6 +261,27 @@ def rewrite_recipients(
         [describe_stanza(k, b) for k, b in stanzas],
         [describe_stanza(k, b) for k, b in new_stanzas],
     )
+
+
+@contextlib.contextmanager
+def _locked(p: str) -> Iterator[io.FileIO]:
+    """``p`` opened read-write with an exclusive advisory lock (``passwd``, ``recipients``, ``rotate``)."""
+    try:
+        fd = os.open(p, os.O_RDWR)
+    except FileNotFoundError:
+        raise QeltrixIOError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise QeltrixIOError(f"{p}: is a directory") from None
+    except OSError as e:
+        raise QeltrixIOError(f"{p}: cannot open for writing: {e.strerror}") from None
+    with io.FileIO(fd, "r+", closefd=True) as f:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise QeltrixIOError(f"{p}: another process is changing it") from None
+        except OSError:
+            pass  # file systems without locks: proceed
+        yield f
 
 
 def _check_new_header(header: bytes, stanzas: list[tuple[int, bytes]], keys: _crypto.ContainerKeys) -> None:
@@ -226,14 +304,180 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += n
 
 
+@dataclass(frozen=True)
+class RotateResult:
+    """What :func:`rotate` wrote."""
+
+    pt_len: int
+    block_count: int
+    container_len: int
+    kept: list[dict[str, Any]]
+    dropped: list[dict[str, Any]]
+
+
+def _rotated_stanzas(
+    stanzas: list[tuple[int, bytes]],
+    old_mk: bytes,
+    old_cid: bytes,
+    new_mk: bytes,
+    new_cid: bytes,
+    *,
+    passphrase: str | bytes | None,
+    key: bytes | None,
+    kms: Any,
+) -> tuple[list[tuple[int, bytes]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """New stanzas for the same recipients under ``new_mk``: ``(stanzas, kept, dropped)``.
+
+    Public recipients (x25519, rsa-oaep, kms) are kept from the public information in their
+    stanzas. A passphrase or key-file stanza is kept only if the given ``passphrase``/``key``
+    opens it (a secret cannot be recovered from a stanza); the others are returned as dropped.
+    """
+    out: list[tuple[int, bytes]] = []
+    kept: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
+    for kind, body in stanzas:
+        desc = describe_stanza(kind, body)
+        new: tuple[int, bytes] | None = None
+        if kind in _pubkeys.PUBLIC_KINDS:
+            r = _stanza_public(kind, body)
+            if r is not None:
+                new = _pubkeys.recipient_stanza(r, new_mk, new_cid, kms)
+        elif (
+            kind == _crypto.KIND_KEY
+            and key is not None
+            and _crypto.unwrap_stanza(kind, body, old_cid, key=key, passphrase=None) == old_mk
+        ):
+            new = _crypto.key_stanza(key, new_mk, new_cid)
+        elif (
+            kind in PASSPHRASE_KINDS
+            and passphrase is not None
+            and _crypto.unwrap_stanza(kind, body, old_cid, key=None, passphrase=passphrase) == old_mk
+        ):
+            if kind == _crypto.KIND_ARGON2ID:
+                params = {k: int(desc[k]) for k in ("t_cost", "m_cost_kib", "lanes")}
+                new = _crypto.passphrase_stanza(passphrase, new_mk, new_cid, "argon2id", params)
+            else:
+                params = {"iterations": int(desc["iterations"])}
+                new = _crypto.passphrase_stanza(passphrase, new_mk, new_cid, "pbkdf2", params)
+        if new is None:
+            dropped.append(desc)
+        else:
+            out.append(new)
+            kept.append(desc)
+    return out, kept, dropped
+
+
+def rotate(
+    path: str | os.PathLike[str],
+    *,
+    passphrase: str | bytes | None = None,
+    key: bytes | None = None,
+    identity: IdentityArg = None,
+    kms: Any = None,
+    drop_missing: bool = False,
+    add_recipients: list[Recipient] | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> RotateResult:
+    """Re-encrypt the container at ``path`` under a fresh MK and ``container_id``, in place.
+
+    The plaintext streams from the old container's decrypting pipeline into the new one's
+    encrypting pipeline through a pipe (memory bounded by the block size and worker count),
+    into a temporary file beside ``path`` that replaces it only once complete (fsync, rename).
+    Cipher, block size and placement are kept; recipients too, as :func:`_rotated_stanzas`
+    explains: give the passphrase and/or key that should stay, or ``drop_missing=True`` to drop
+    the secret-based recipients that were not given. After a rotation the old MK opens nothing
+    in the new file.
+    """
+    p = os.fspath(path)
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(_locked(p))
+        opened = open_reader(f, passphrase=passphrase, key=key, identity=identity, kms=kms)
+        stack.callback(opened.close)
+        r = opened.reader
+        if r.incomplete:
+            raise RecipientError("this is a recovered, incomplete container; unpack it and pack it again instead")
+        old_mk, old_cid = opened.keys.mk, bytes(r.container_id)
+        new_mk = _crypto.random_bytes(_crypto.MK_LEN)
+        new_cid = _crypto.random_bytes(16)
+        stanzas = [(int(k), bytes(b)) for k, b in r.stanzas]
+        new_stanzas, kept, dropped = _rotated_stanzas(
+            stanzas, old_mk, old_cid, new_mk, new_cid, passphrase=passphrase, key=key, kms=kms
+        )
+        if dropped and not drop_missing:
+            names = "; ".join(recipient_summary(d) for d in dropped)
+            raise RecipientError(
+                f"cannot keep {len(dropped)} recipient(s) without their secret: {names}; give that passphrase "
+                "or key file too, or drop them explicitly (--drop-missing)"
+            )
+        present = {x for x in (_stanza_public(k, b) for k, b in new_stanzas) if x is not None}
+        for rcp in add_recipients or []:
+            if rcp not in present:
+                present.add(rcp)
+                new_stanzas.append(_pubkeys.recipient_stanza(rcp, new_mk, new_cid, kms))
+        if not new_stanzas:
+            raise RecipientError("no recipient would be left to open the rotated container")
+        if len(new_stanzas) > MAX_RECIPIENTS:
+            raise RecipientError(f"a container holds at most {MAX_RECIPIENTS} recipients")
+        block_size, perm_window = int(r.block_size), int(r.perm_window)
+        header, keys = build_header(
+            new_mk, new_cid, int(r.cipher_id), block_size, perm_window, new_stanzas, int(r.header_len)
+        )
+        _check_new_header(header, new_stanzas, keys)
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        total = int(r.pt_total_len)
+
+        errors: list[BaseException] = []
+        atomic = AtomicOutput(p, overwrite=True)
+        with atomic as out:
+            os.fchmod(out.fileno(), mode)
+            rfd, wfd = os.pipe()
+
+            def decrypt() -> None:
+                try:
+                    r.unpack_to(wfd, workers, None)
+                except BaseException as e:
+                    errors.append(e)
+                finally:
+                    _close_quietly(wfd)
+
+            t = threading.Thread(target=decrypt, name="qeltrix-rotate-decrypt", daemon=True)
+            try:
+                t.start()
+            except BaseException:
+                _close_quietly(rfd)
+                _close_quietly(wfd)
+                raise
+            try:
+                pt_len, block_count, container_len = _core.pack_stream(
+                    rfd, out.fileno(), keys, header, block_size, perm_window, keys.k_perm, workers, progress, total
+                )
+            finally:
+                _close_quietly(rfd)  # a decryptor still writing gets EPIPE and stops
+                t.join()
+            if errors:
+                raise errors[0]
+            if pt_len != total:
+                raise QeltrixIOError(f"rotation read {pt_len} of {total} plaintext bytes; the file was not replaced")
+            atomic.commit()
+    return RotateResult(int(pt_len), int(block_count), int(container_len), kept, dropped)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 __all__ = [
     "KIND_NAMES",
     "PASSPHRASE_KINDS",
     "RecipientChange",
     "RecipientError",
     "RewriteResult",
+    "RotateResult",
     "describe_stanza",
     "plan_stanzas",
     "recipient_summary",
     "rewrite_recipients",
+    "rotate",
 ]

@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as _cx  # type: ignore[no-redef,unused-ignore]
     from click.core import ParameterSource  # type: ignore[no-redef,assignment,unused-ignore]
 
-from . import _core, _crypto
+from . import _core, _crypto, _pubkeys
 from ._container import _open_input, open_reader
 from ._container import pack as _pack
 from ._container import unpack as _unpack
@@ -50,6 +50,7 @@ from ._recipients import (
     describe_stanza,
     recipient_summary,
     rewrite_recipients,
+    rotate,
 )
 from .errors import (
     AuthenticationError,
@@ -65,6 +66,8 @@ PASSPHRASE_ENV = "QELTRIX_PASSPHRASE"
 NEW_PASSPHRASE_ENV = "QELTRIX_NEW_PASSPHRASE"
 DEBUG_ENV = "QELTRIX_DEBUG"
 KEY_FILE_LEN = _crypto.KEY_LEN
+KMS_ENDPOINT_ENV = "QELTRIX_KMS_ENDPOINT"
+IDENTITY_KINDS = frozenset({_crypto.KIND_X25519, _crypto.KIND_RSA_OAEP})
 
 
 # --- exit codes: the one place they are defined ----------------------------------------------
@@ -104,7 +107,8 @@ def _exit_code_epilog() -> str:
     lines += [f"  {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items()]
     lines += [
         "",
-        f"Keys: --key-file FILE, --passphrase-file FILE, ${PASSPHRASE_ENV}, or a prompt on the terminal.",
+        f"Keys: --key-file FILE, --passphrase-file FILE, ${PASSPHRASE_ENV}, or a prompt on the terminal;",
+        "public-key recipients: pack --recipient PUBKEY, then unpack --identity ID_FILE.",
         "Run 'qeltrix COMMAND --help' for examples.",
     ]
     return "\n".join(lines)
@@ -324,6 +328,60 @@ PassphraseTrap = Annotated[
     str | None,
     typer.Option("--passphrase", "-p", hidden=True, help="Refused: a secret on the command line leaks."),
 ]
+IdentityOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--identity",
+        "-i",
+        metavar="ID_FILE",
+        help="Private key that opens public-key recipients: an X25519 identity ('qeltrix keygen --x25519') "
+        "or a PEM RSA private key. Repeatable.",
+        rich_help_panel=PANEL_KEY,
+    ),
+]
+KmsEndpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--kms-endpoint",
+        metavar="URL",
+        envvar=KMS_ENDPOINT_ENV,
+        help=f"AWS KMS API endpoint for kms: recipients (default: AWS's; env ${KMS_ENDPOINT_ENV}). "
+        "Credentials and region come from the usual AWS settings.",
+        rich_help_panel=PANEL_KEY,
+    ),
+]
+KmsTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--kms-timeout",
+        metavar="SECONDS",
+        min=0.1,
+        max=300,
+        help="Connect and read timeout of each KMS request.",
+        rich_help_panel=PANEL_ADV,
+    ),
+]
+RecipientOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--recipient",
+        "-r",
+        metavar="PUBKEY",
+        help="Seal to a public key: qltx-x25519:... (from 'qeltrix keygen --x25519'), kms:KEY_ID, "
+        "or the path of a PEM RSA public key file (3072 bits or more). Repeatable.",
+        rich_help_panel=PANEL_KEY,
+    ),
+]
+RecipientsFileOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--recipients-file",
+        "-R",
+        metavar="FILE",
+        help="File of recipients: one qltx-x25519:/kms: entry per line and/or PEM public keys; # comments.",
+        rich_help_panel=PANEL_KEY,
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no status messages.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.", rich_help_panel=PANEL_ADV)]
 WorkersOpt = Annotated[
@@ -466,23 +524,99 @@ def _env_passphrase(name: str) -> str | None:
 
 
 class Credentials:
-    """A passphrase and/or a key, as the container API takes them."""
+    """A passphrase, a key, identities and/or KMS access, as the container API takes them."""
 
-    def __init__(self, passphrase: str | None = None, key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        passphrase: str | None = None,
+        key: bytes | None = None,
+        identities: list[bytes] | None = None,
+        kms: Any = None,
+    ) -> None:
         self.passphrase = passphrase
         self.key = key
+        self.identities = identities or []
+        self.kms = kms
 
     def given(self) -> bool:
-        return self.passphrase is not None or self.key is not None
+        return self.passphrase is not None or self.key is not None or bool(self.identities) or self.kms is not None
 
     def kwargs(self) -> dict[str, Any]:
-        return {"passphrase": self.passphrase, "key": self.key}
+        out: dict[str, Any] = {"passphrase": self.passphrase, "key": self.key}
+        if self.identities:
+            out["identity"] = self.identities
+        if self.kms is not None:
+            out["kms"] = self.kms
+        return out
 
 
-def _explicit_credentials(key_file: str | None, passphrase_file: str | None) -> Credentials:
+def read_identity_file(path: str) -> bytes:
+    """An identity file: a raw 32-byte X25519 private key or a PEM RSA private key (checked)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 16)
+    except FileNotFoundError:
+        raise CliError(
+            f"identity file {path}: no such file",
+            hint="make one with 'qeltrix keygen --x25519 -o FILE'",
+            code=ExitCode.IO,
+        ) from None
+    except IsADirectoryError:
+        raise CliError(f"identity file {path}: is a directory", code=ExitCode.IO) from None
+    except OSError as e:
+        raise CliError(f"identity file {path}: {e.strerror}", code=ExitCode.IO) from None
+    try:
+        _crypto.Identity(data)
+    except MalformedError as e:
+        raise CliError(f"identity file {path}: {e}", code=ExitCode.USAGE) from None
+    return data
+
+
+def kms_config(endpoint: str | None, timeout: float = 10.0) -> Any:
+    from ._kms import KmsConfig
+
+    return KmsConfig(endpoint_url=endpoint or None, timeout=timeout)
+
+
+def parse_recipient_options(recipients: list[str] | None, recipients_files: list[str] | None) -> list[Any]:
+    """``--recipient`` values (a public key text or a PEM file path) and ``--recipients-file`` entries."""
+    out: list[Any] = []
+    for value in recipients or []:
+        text = value.strip()
+        try:
+            if text.startswith((_pubkeys.X25519_PREFIX, _pubkeys.KMS_PREFIX)):
+                out.append(_pubkeys.parse_recipient(text))
+                continue
+            if not os.path.isfile(text):
+                raise CliError(
+                    f"--recipient {text[:60]!r}: not a qltx-x25519:... key, a kms:KEY_ID, or a PEM public key file",
+                    code=ExitCode.USAGE,
+                )
+            with open(text, "rb") as f:
+                out.append(_pubkeys.parse_recipient(f.read(1 << 16)))
+        except MalformedError as e:
+            raise CliError(f"--recipient {text[:60]}: {e}", code=ExitCode.USAGE) from None
+        except OSError as e:
+            raise CliError(f"{text}: {e.strerror}", code=ExitCode.IO) from None
+    for path in recipients_files or []:
+        try:
+            out += _pubkeys.read_recipients_file(path)
+        except MalformedError as e:
+            raise CliError(str(e), code=ExitCode.USAGE) from None
+        except FileNotFoundError:
+            raise CliError(f"recipients file {path}: no such file", code=ExitCode.IO) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"recipients file {path}: {getattr(e, 'strerror', None) or e}", code=ExitCode.IO) from None
+    return _pubkeys.parse_recipients(out)
+
+
+def _explicit_credentials(
+    key_file: str | None, passphrase_file: str | None, identity_files: list[str] | None = None
+) -> Credentials:
     creds = Credentials(
         passphrase=read_passphrase_file(passphrase_file) if passphrase_file else None,
         key=read_key_file(key_file) if key_file else None,
+        identities=[read_identity_file(p) for p in identity_files or []],
     )
     if not creds.given():
         creds.passphrase = _env_passphrase(PASSPHRASE_ENV)
@@ -496,24 +630,55 @@ def _stanza_kinds(src: str) -> set[int]:
 
 
 def credentials_for_reading(
-    src: str, key_file: str | None, passphrase_file: str | None, *, prompt: bool = True
+    src: str,
+    key_file: str | None,
+    passphrase_file: str | None,
+    *,
+    prompt: bool = True,
+    identity_files: list[str] | None = None,
+    kms_endpoint: str | None = None,
+    kms_timeout: float = 10.0,
 ) -> Credentials:
-    """Options first, then ``$QELTRIX_PASSPHRASE``, then a prompt (when ``prompt`` and a terminal)."""
-    creds = _explicit_credentials(key_file, passphrase_file)
+    """Options first, then ``$QELTRIX_PASSPHRASE``, then a prompt (when ``prompt`` and a terminal).
+
+    A container with a KMS recipient is opened through the KMS when no other credential is
+    given (or when ``--kms-endpoint`` is); a container sealed only to public keys needs
+    ``--identity`` and says so instead of asking for a passphrase.
+    """
+    creds = _explicit_credentials(key_file, passphrase_file, identity_files)
+    kinds = _stanza_kinds(src) if src != "-" and os.path.isfile(src) else set()
+    if (_crypto.KIND_KMS in kinds and (kms_endpoint or not creds.given())) or (src == "-" and kms_endpoint):
+        creds.kms = kms_config(kms_endpoint, kms_timeout)
     if creds.given() or not prompt:
         return creds
-    if src != "-":
-        # Look at the public header first: fail fast on a non-container, and do not ask for a
-        # passphrase that cannot open it.
-        kinds = _stanza_kinds(src)
-        if not kinds & PASSPHRASE_KINDS and _crypto.KIND_KEY in kinds:
+    # The public header was read first: fail fast on a non-container, and do not ask for a
+    # passphrase that cannot open it.
+    if src != "-" and not kinds & PASSPHRASE_KINDS:
+        if _crypto.KIND_KEY in kinds:
             raise CliError(f"{src} opens only with a key file", hint="use --key-file FILE", code=ExitCode.USAGE)
+        if kinds & IDENTITY_KINDS:
+            raise CliError(
+                f"{src} is sealed to public keys and opens only with a private key (identity)",
+                hint="use --identity ID_FILE; 'qeltrix recipients list' shows the public keys it is sealed to",
+                code=ExitCode.USAGE,
+            )
     creds.passphrase = _prompt_passphrase(f"Passphrase for {_display(src)}: ", what=_display(src))
     return creds
 
 
-def credentials_for_writing(key_file: str | None, passphrase_file: str | None, dst: str) -> Credentials:
-    """Options first, then ``$QELTRIX_PASSPHRASE``, then a prompt asked twice."""
+def credentials_for_writing(
+    key_file: str | None, passphrase_file: str | None, dst: str, *, recipients: bool = False
+) -> Credentials:
+    """Options first, then ``$QELTRIX_PASSPHRASE``, then a prompt asked twice.
+
+    With public ``recipients`` only the explicit --key-file/--passphrase-file add to them: a
+    public-key-only writer is never asked for a passphrase.
+    """
+    if recipients:
+        return Credentials(
+            passphrase=read_passphrase_file(passphrase_file) if passphrase_file else None,
+            key=read_key_file(key_file) if key_file else None,
+        )
     creds = _explicit_credentials(key_file, passphrase_file)
     if not creds.given():
         creds.passphrase = _prompt_passphrase(
@@ -701,6 +866,10 @@ def pack(
     force: ForceOpt = False,
     kdf: KdfOpt = KdfName.argon2id,
     kdf_iterations: KdfIterationsOpt = None,
+    recipient: RecipientOpt = None,
+    recipients_file: RecipientsFileOpt = None,
+    kms_endpoint: KmsEndpointOpt = None,
+    kms_timeout: KmsTimeoutOpt = 10.0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -709,14 +878,17 @@ def pack(
 
     With --key-file the container opens with that key; with a passphrase (from
     --passphrase-file, $QELTRIX_PASSPHRASE, or asked twice on the terminal) it opens with
-    the passphrase. Give --key-file and --passphrase-file together for both. DST is
-    written atomically: it appears only once complete, and never replaces an existing file
-    without --force.
+    the passphrase. Give --key-file and --passphrase-file together for both. With
+    --recipient/--recipients-file it is sealed to public keys (X25519, RSA, KMS) and needs
+    no secret at all: a machine holding only public keys can pack what it cannot read
+    (no passphrase is asked for then). DST is written atomically: it appears only once
+    complete, and never replaces an existing file without --force.
 
     [bold]Examples[/bold]
 
       qeltrix keygen -o my.key
       qeltrix pack --key-file my.key movie.mp4 movie.qltx
+      qeltrix pack --recipient qltx-x25519:AbC... --recipient ops-rsa.pub.pem db.dump db.qltx
       qeltrix pack --passphrase-file pw.txt --block-size 1MiB backup.tar backup.qltx
       tar c docs | qeltrix pack --key-file my.key - - > docs.tar.qltx
     """
@@ -737,8 +909,12 @@ def pack(
         )
     if src != "-" and dst != "-" and os.path.lexists(dst) and _same_file(src, dst):
         raise CliError("SRC and DST are the same file", code=ExitCode.USAGE)
-    creds = credentials_for_writing(key_file, passphrase_file, dst)
+    public = parse_recipient_options(recipient, recipients_file)
+    if (recipient or recipients_file) and not public:
+        raise CliError("the recipients file lists no recipient", code=ExitCode.USAGE)
+    creds = credentials_for_writing(key_file, passphrase_file, dst, recipients=bool(public))
     kdf_name, kdf_params = _kdf_settings(kdf, kdf_iterations, has_passphrase=creds.passphrase is not None, ctx=ctx)
+    kms = kms_config(kms_endpoint, kms_timeout) if any(r.kind == _crypto.KIND_KMS for r in public) else None
     total = None if src == "-" else os.path.getsize(src)
     with _progress(not quiet, "packing", total) as progress:
         result = _pack(
@@ -753,6 +929,8 @@ def pack(
             kdf=kdf_name,  # type: ignore[arg-type]
             kdf_params=kdf_params,
             overwrite=force,
+            recipients=public,
+            kms=kms,
         )
     if dst == "-":
         _stdout().flush()
@@ -771,6 +949,9 @@ def unpack(
     passphrase_file: PassphraseFileOpt = None,
     workers: WorkersOpt = None,
     force: ForceOpt = False,
+    identity: IdentityOpt = None,
+    kms_endpoint: KmsEndpointOpt = None,
+    kms_timeout: KmsTimeoutOpt = 10.0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -785,6 +966,7 @@ def unpack(
 
       qeltrix unpack --key-file my.key movie.qltx movie.mp4
       qeltrix unpack backup.qltx - | tar x        # asks for the passphrase
+      qeltrix unpack --identity me.id db.qltx db.dump
     """
     _refuse_passphrase_value(passphrase)
     _check_input(src)
@@ -793,7 +975,9 @@ def unpack(
         raise CliError(
             "refusing to read a container from the terminal", hint="pipe or redirect it", code=ExitCode.USAGE
         )
-    creds = credentials_for_reading(src, key_file, passphrase_file)
+    creds = credentials_for_reading(
+        src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
+    )
     total = None
     with _progress(not quiet, "unpacking", total) as progress:
         _unpack(
@@ -821,6 +1005,9 @@ def cat(
     ] = None,
     key_file: KeyFileOpt = None,
     passphrase_file: PassphraseFileOpt = None,
+    identity: IdentityOpt = None,
+    kms_endpoint: KmsEndpointOpt = None,
+    kms_timeout: KmsTimeoutOpt = 10.0,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
 ) -> None:
@@ -837,7 +1024,9 @@ def cat(
     """
     _refuse_passphrase_value(passphrase)
     _check_input(src)
-    creds = credentials_for_reading(src, key_file, passphrase_file)
+    creds = credentials_for_reading(
+        src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
+    )
     opened = open_reader(_stdin() if src == "-" else src, **creds.kwargs())
     out = _stdout()
     try:
@@ -969,6 +1158,7 @@ def info(
     ] = False,
     as_json: JsonOpt = False,
     blocks: Annotated[bool, typer.Option("--blocks", help="List every block of the index (needs a key).")] = False,
+    identity: IdentityOpt = None,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
 ) -> None:
@@ -990,7 +1180,7 @@ def info(
     public = _public_info(src)
     if not public["header_checksum_ok"]:
         raise AuthenticationError("container header is corrupt (checksum mismatch)")
-    creds = _explicit_credentials(key_file, passphrase_file)
+    creds = _explicit_credentials(key_file, passphrase_file, identity)
     if not creds.given() and prompt:
         creds = credentials_for_reading(src, None, None)
     if blocks and not creds.given():
@@ -1030,6 +1220,9 @@ def verify(
     passphrase_file: PassphraseFileOpt = None,
     workers: WorkersOpt = None,
     as_json: JsonOpt = False,
+    identity: IdentityOpt = None,
+    kms_endpoint: KmsEndpointOpt = None,
+    kms_timeout: KmsTimeoutOpt = 10.0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1047,7 +1240,9 @@ def verify(
     """
     _refuse_passphrase_value(passphrase)
     _check_input(src)
-    creds = credentials_for_reading(src, key_file, passphrase_file)
+    creds = credentials_for_reading(
+        src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
+    )
     result: dict[str, Any] = {"file": src, "ok": False}
 
     def fail(e: BaseException) -> NoReturn:
@@ -1245,6 +1440,7 @@ def passwd(
     ] = False,
     kdf: KdfOpt = KdfName.argon2id,
     kdf_iterations: KdfIterationsOpt = None,
+    identity: IdentityOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1275,7 +1471,7 @@ def passwd(
     other_changes = bool(add_keys or remove_keys or remove_passphrase)
     if new_passphrase_file and remove_passphrase:
         raise CliError("--new-passphrase-file and --remove-passphrase contradict each other", code=ExitCode.USAGE)
-    creds = credentials_for_reading(src, key_file, passphrase_file)
+    creds = credentials_for_reading(src, key_file, passphrase_file, identity_files=identity)
     new_pw: str | None = None
     if new_passphrase_file:
         new_pw = read_passphrase_file(new_passphrase_file)
@@ -1301,6 +1497,196 @@ def passwd(
     result = rewrite_recipients(src, change, **creds.kwargs())
     summary = ", ".join(recipient_summary(d) for d in result.after)
     _status(quiet, f"updated {src}: recipients now {summary}")
+
+
+# --- recipients and rotation ----------------------------------------------------------------
+
+recipients_app = typer.Typer(
+    help="List, add and remove the recipients of a container (header only; blocks untouched).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(recipients_app, name="recipients", rich_help_panel="Keys")
+
+
+def _in_place_target(src: str, what: str) -> None:
+    if src == "-":
+        raise CliError(f"{what} rewrites a file in place; it cannot work on stdin", code=ExitCode.USAGE)
+    _check_input(src)
+
+
+@recipients_app.command("list")
+def recipients_list(
+    src: Annotated[str, typer.Argument(metavar="SRC", help="Container whose recipients to list.")],
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List the recipients of SRC from its public header (no key needed).
+
+    Public-key recipients are printed as 'recipients remove' takes them: qltx-x25519:...,
+    rsa:SHA256:<fingerprint of the DER public key>, kms:<key ARN>.
+
+    [bold]Examples[/bold]
+
+      qeltrix recipients list db.qltx
+      qeltrix recipients list --json db.qltx | jq -r '.[].recipient // empty'
+    """
+    if src == "-":
+        raise CliError("recipients list needs a file, not stdin", code=ExitCode.USAGE)
+    _check_input(src)
+    public = _public_info(src)
+    if not public["header_checksum_ok"]:
+        raise AuthenticationError("container header is corrupt (checksum mismatch)")
+    descs = public["recipients"]
+    if as_json:
+        typer.echo(json.dumps(descs, indent=2))
+        return
+    for i, d in enumerate(descs, 1):
+        typer.echo(f"{i}. {d['kind']:<9} {d.get('recipient') or recipient_summary(d)}")
+
+
+@recipients_app.command("add")
+def recipients_add(
+    src: Annotated[str, typer.Argument(metavar="SRC", help="Container to change (in place).")],
+    recipient: RecipientOpt = None,
+    recipients_file: RecipientsFileOpt = None,
+    key_file: KeyFileOpt = None,
+    passphrase_file: PassphraseFileOpt = None,
+    identity: IdentityOpt = None,
+    kms_endpoint: KmsEndpointOpt = None,
+    kms_timeout: KmsTimeoutOpt = 10.0,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+    passphrase: PassphraseTrap = None,
+) -> None:
+    """Seal the MK of SRC to more public keys (X25519, RSA, KMS), rewriting only the header.
+
+    Opening SRC needs one of its current credentials (--key-file, --passphrase-file,
+    --identity, KMS access). Instant for any container size: no block is read or written.
+
+    [bold]Examples[/bold]
+
+      qeltrix recipients add --identity me.id --recipient qltx-x25519:AbC... db.qltx
+      qeltrix recipients add --key-file my.key --recipient ops.pub.pem --recipient kms:alias/backup db.qltx
+    """
+    _refuse_passphrase_value(passphrase)
+    _in_place_target(src, "recipients add")
+    public = parse_recipient_options(recipient, recipients_file)
+    if not public:
+        raise CliError("nothing to add", hint="give --recipient PUBKEY or --recipients-file FILE", code=ExitCode.USAGE)
+    creds = credentials_for_reading(
+        src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
+    )
+    kms = kms_config(kms_endpoint, kms_timeout) if any(r.kind == _crypto.KIND_KMS for r in public) else None
+    result = rewrite_recipients(src, RecipientChange(add_recipients=public, kms=kms), **creds.kwargs())
+    _status(quiet, f"updated {src}: {len(result.after)} recipients")
+
+
+@recipients_app.command("remove")
+def recipients_remove(
+    src: Annotated[str, typer.Argument(metavar="SRC", help="Container to change (in place).")],
+    recipient: Annotated[
+        list[str],
+        typer.Option(
+            "--recipient",
+            "-r",
+            metavar="PUBKEY",
+            help="Recipient to remove, as 'recipients list' prints it (or a PEM public key file). Repeatable.",
+        ),
+    ],
+    key_file: KeyFileOpt = None,
+    passphrase_file: PassphraseFileOpt = None,
+    identity: IdentityOpt = None,
+    kms_endpoint: KmsEndpointOpt = None,
+    kms_timeout: KmsTimeoutOpt = 10.0,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+    passphrase: PassphraseTrap = None,
+) -> None:
+    """Remove public-key recipients from SRC, rewriting only the header.
+
+    The MK does not change: a copy of SRC made earlier still opens with the removed key.
+    To revoke it for good, run 'qeltrix rotate' afterwards.
+
+    [bold]Examples[/bold]
+
+      qeltrix recipients remove --key-file my.key --recipient qltx-x25519:AbC... db.qltx
+      qeltrix recipients remove --identity me.id --recipient rsa:SHA256:9f2c... db.qltx
+    """
+    _refuse_passphrase_value(passphrase)
+    _in_place_target(src, "recipients remove")
+    targets: list[Any] = []
+    for value in recipient:
+        if os.path.isfile(value):
+            targets += parse_recipient_options([value], None)
+        else:
+            targets.append(value.strip())
+    creds = credentials_for_reading(
+        src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
+    )
+    result = rewrite_recipients(src, RecipientChange(remove_recipients=targets), **creds.kwargs())
+    _status(quiet, f"updated {src}: {len(result.after)} recipients")
+
+
+@app.command("rotate", rich_help_panel="Keys")
+def rotate_cmd(
+    src: Annotated[str, typer.Argument(metavar="SRC", help="Container to re-encrypt (replaced atomically).")],
+    key_file: KeyFileOpt = None,
+    passphrase_file: PassphraseFileOpt = None,
+    identity: IdentityOpt = None,
+    recipient: RecipientOpt = None,
+    recipients_file: RecipientsFileOpt = None,
+    drop_missing: Annotated[
+        bool,
+        typer.Option(
+            "--drop-missing",
+            help="Drop the passphrase and key-file recipients whose secret was not given (else refuse).",
+        ),
+    ] = False,
+    kms_endpoint: KmsEndpointOpt = None,
+    kms_timeout: KmsTimeoutOpt = 10.0,
+    workers: WorkersOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+    passphrase: PassphraseTrap = None,
+) -> None:
+    """Re-encrypt SRC under a fresh master key, keeping its recipients.
+
+    Every block is decrypted and encrypted again, streaming (bounded memory), into a new
+    file beside SRC that replaces it only when complete. Afterwards the old MK, old headers
+    and credentials removed earlier open nothing in SRC. Public-key and KMS recipients are
+    kept from the public keys stored in the header; a passphrase or key-file recipient is
+    kept only if you give that passphrase or key (a secret cannot be read back from the
+    header): give them, or --drop-missing to drop the others. --recipient adds recipients.
+
+    [bold]Examples[/bold]
+
+      qeltrix recipients remove --identity me.id --recipient qltx-x25519:OLD... db.qltx
+      qeltrix rotate --identity me.id db.qltx
+      qeltrix rotate --passphrase-file pw.txt --key-file my.key backup.qltx
+    """
+    _refuse_passphrase_value(passphrase)
+    _in_place_target(src, "rotate")
+    public = parse_recipient_options(recipient, recipients_file)
+    creds = credentials_for_reading(
+        src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
+    )
+    if creds.kms is None and (kinds := _stanza_kinds(src)) and _crypto.KIND_KMS in kinds:
+        creds.kms = kms_config(kms_endpoint, kms_timeout)  # needed to re-wrap for the KMS recipient
+    if creds.kms is None and any(r.kind == _crypto.KIND_KMS for r in public):
+        creds.kms = kms_config(kms_endpoint, kms_timeout)
+    total = os.path.getsize(src)
+    with _progress(not quiet, "rotating", total) as progress:
+        result = rotate(
+            src, **creds.kwargs(), drop_missing=drop_missing, add_recipients=public, workers=workers, progress=progress
+        )
+    dropped = f"; dropped {len(result.dropped)}" if result.dropped else ""
+    _status(
+        quiet,
+        f"rotated {src}: {result.block_count} blocks re-encrypted under a new master key, "
+        f"{len(result.kept) + len(public)} recipients kept or added{dropped}",
+    )
 
 
 @app.command(rich_help_panel="Other")

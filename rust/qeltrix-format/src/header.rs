@@ -20,6 +20,26 @@ pub const KIND_ARGON2ID: u8 = 2;
 /// Stanza kind: a passphrase through PBKDF2-HMAC-SHA256.
 pub const KIND_PBKDF2: u8 = 3;
 
+/// Stanza kind: the MK sealed to an X25519 public key (ephemeral-static ECDH).
+pub const KIND_X25519: u8 = 4;
+/// Stanza kind: the MK encrypted with RSA-OAEP-SHA256 to an RSA public key.
+pub const KIND_RSA_OAEP: u8 = 5;
+/// Stanza kind: the MK wrapped by a KMS key (AWS KMS `Encrypt`).
+pub const KIND_KMS: u8 = 6;
+
+/// Body of an `x25519` stanza: `eph_pub || recipient_pub || wrap_nonce || wrapped_mk`.
+pub const X25519_BODY_LEN: usize = 32 + 32 + 12 + 48;
+/// Largest DER SubjectPublicKeyInfo in an `rsa-oaep` stanza (an 8192-bit key needs 1,062).
+pub const RSA_MAX_SPKI_LEN: usize = 1200;
+/// RSA ciphertext bounds: 3072 to 8192-bit moduli.
+pub const RSA_MIN_CT_LEN: usize = 384;
+/// Largest RSA ciphertext (8192 bits).
+pub const RSA_MAX_CT_LEN: usize = 1024;
+/// Largest key id in a `kms` stanza.
+pub const KMS_MAX_KEY_ID_LEN: usize = 2048;
+/// Largest ciphertext blob in a `kms` stanza.
+pub const KMS_MAX_BLOB_LEN: usize = 2048;
+
 /// Exact body lengths of the known stanza kinds.
 pub const KEY_BODY_LEN: usize = 60;
 /// Body of an `argon2id` stanza.
@@ -50,10 +70,16 @@ pub struct Stanza {
 impl Stanza {
     /// Check a known kind's body length and, for passphrase kinds, its KDF parameters.
     pub fn validate(&self) -> Result<()> {
+        match self.kind {
+            KIND_RSA_OAEP => return self.validate_rsa_oaep(),
+            KIND_KMS => return self.validate_kms(),
+            _ => {}
+        }
         let expect = match self.kind {
             KIND_KEY => KEY_BODY_LEN,
             KIND_ARGON2ID => ARGON2ID_BODY_LEN,
             KIND_PBKDF2 => PBKDF2_BODY_LEN,
+            KIND_X25519 => X25519_BODY_LEN,
             _ => return Ok(()),
         };
         if self.body.len() != expect {
@@ -93,6 +119,44 @@ impl Stanza {
         Ok(())
     }
 
+    /// `spki_len u16 || spki || rsa_ct`: lengths consistent and within bounds.
+    fn validate_rsa_oaep(&self) -> Result<()> {
+        let b = &self.body;
+        if b.len() < 2 {
+            return malformed("rsa-oaep stanza body is too short");
+        }
+        let spki_len = read_u16(b, 0) as usize;
+        if spki_len == 0 || spki_len > RSA_MAX_SPKI_LEN {
+            return limit(format!(
+                "rsa-oaep stanza spki_len {spki_len} outside 1..={RSA_MAX_SPKI_LEN}"
+            ));
+        }
+        let ct_len = b.len().checked_sub(2 + spki_len);
+        match ct_len {
+            Some(n) if (RSA_MIN_CT_LEN..=RSA_MAX_CT_LEN).contains(&n) => Ok(()),
+            _ => malformed(format!(
+                "rsa-oaep stanza ciphertext length outside {RSA_MIN_CT_LEN}..={RSA_MAX_CT_LEN} bytes"
+            )),
+        }
+    }
+
+    /// `key_id_len u16 || key_id || blob_len u16 || blob`: lengths consistent and within bounds.
+    fn validate_kms(&self) -> Result<()> {
+        let b = &self.body;
+        if b.len() < 4 {
+            return malformed("kms stanza body is too short");
+        }
+        let id_len = read_u16(b, 0) as usize;
+        if id_len == 0 || id_len > KMS_MAX_KEY_ID_LEN || 2 + id_len + 2 > b.len() {
+            return malformed(format!("kms stanza key_id_len {id_len} is out of range"));
+        }
+        let blob_len = read_u16(b, 2 + id_len) as usize;
+        if blob_len == 0 || blob_len > KMS_MAX_BLOB_LEN || 4 + id_len + blob_len != b.len() {
+            return malformed(format!("kms stanza blob_len {blob_len} does not match its body"));
+        }
+        Ok(())
+    }
+
     /// `(t_cost, m_cost_kib, lanes)` of an `argon2id` stanza.
     pub fn argon2id_params(&self) -> Option<(u32, u32, u32)> {
         (self.kind == KIND_ARGON2ID && self.body.len() == ARGON2ID_BODY_LEN).then(|| {
@@ -115,6 +179,9 @@ impl Stanza {
             KIND_KEY => "key",
             KIND_ARGON2ID => "argon2id",
             KIND_PBKDF2 => "pbkdf2",
+            KIND_X25519 => "x25519",
+            KIND_RSA_OAEP => "rsa-oaep",
+            KIND_KMS => "kms",
             _ => "unknown",
         }
     }
@@ -422,6 +489,51 @@ mod tests {
         let h = Header::parse(&b).expect("parses");
         assert_eq!(h.stanzas[0], s);
         assert!(!h.permuted());
+    }
+
+    #[test]
+    fn public_key_stanzas_are_bounded() {
+        let ok = Stanza {
+            kind: KIND_X25519,
+            body: vec![1; X25519_BODY_LEN],
+        };
+        assert!(ok.validate().is_ok());
+        let bad = Stanza {
+            kind: KIND_X25519,
+            body: vec![1; X25519_BODY_LEN + 1],
+        };
+        assert!(matches!(bad.validate(), Err(FormatError::Malformed(_))));
+        let mut body = vec![0u8; 2 + 422 + 384];
+        body[0..2].copy_from_slice(&422u16.to_le_bytes());
+        let rsa = Stanza {
+            kind: KIND_RSA_OAEP,
+            body,
+        };
+        assert!(rsa.validate().is_ok());
+        let mut body = vec![0u8; 2 + 422 + 100];
+        body[0..2].copy_from_slice(&422u16.to_le_bytes());
+        let short = Stanza {
+            kind: KIND_RSA_OAEP,
+            body,
+        };
+        assert!(matches!(short.validate(), Err(FormatError::Malformed(_))));
+        let mut body = vec![0u8; 4000];
+        body[0..2].copy_from_slice(&3000u16.to_le_bytes());
+        let huge = Stanza {
+            kind: KIND_RSA_OAEP,
+            body,
+        };
+        assert!(matches!(huge.validate(), Err(FormatError::Limit(_))));
+        let mut body = vec![b'k'; 2 + 5 + 2 + 10];
+        body[0..2].copy_from_slice(&5u16.to_le_bytes());
+        body[7..9].copy_from_slice(&10u16.to_le_bytes());
+        let kms = Stanza { kind: KIND_KMS, body };
+        assert!(kms.validate().is_ok());
+        let mut body = vec![b'k'; 2 + 5 + 2 + 10];
+        body[0..2].copy_from_slice(&5u16.to_le_bytes());
+        body[7..9].copy_from_slice(&11u16.to_le_bytes());
+        let kms = Stanza { kind: KIND_KMS, body };
+        assert!(matches!(kms.validate(), Err(FormatError::Malformed(_))));
     }
 
     #[test]
