@@ -234,8 +234,16 @@ impl Plan {
         free_out: &Receiver<PyBuf>,
         msgs: &Sender<Msg>,
     ) -> Result<()> {
-        while let Some(job) = shared.recv(jobs) {
+        // A worker takes its frame buffer *before* its job. The writer holds frames until their
+        // window is complete; if a worker could hold a job while waiting for a buffer, workers
+        // running ahead could fill the pool with later frames while the writer waits for that
+        // job's frame: a deadlock. Buffer first, every taken job has a buffer to finish into
+        // (the pool holds a window plus one buffer per worker and some slack).
+        loop {
             let Some(out) = shared.recv(free_out) else {
+                return Ok(());
+            };
+            let Some(job) = shared.recv(jobs) else {
                 return Ok(());
             };
             let meta_flags = if job.last { META_FLAG_FINAL } else { 0 };
@@ -257,7 +265,6 @@ impl Plan {
                 return Ok(());
             }
         }
-        Ok(())
     }
 
     /// Place frames: gather one window, then write it in permuted order.
