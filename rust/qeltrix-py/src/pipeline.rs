@@ -135,3 +135,34 @@ pub fn with_thread_state<R>(f: impl FnOnce() -> R) -> R {
     });
     r.0
 }
+
+thread_local! {
+    /// The state `attach_thread` saved, for `detach_thread` to restore.
+    static KEPT: std::cell::Cell<Option<(pyo3::ffi::PyGILState_STATE, usize)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Give this (non-Python) thread a Python thread state for the rest of its life, without
+/// holding the GIL: a pooled thread (tokio's) cannot wrap its whole life in a closure the way
+/// [`with_thread_state`] does, so this pairs with [`detach_thread`] in start/stop hooks.
+pub fn attach_thread() {
+    // SAFETY: PyGILState_Ensure may be called on any thread once the interpreter is running
+    // (the extension module is loaded, so it is); PyEval_SaveThread then releases the GIL it
+    // took, keeping the thread state, which `detach_thread` restores on this same thread.
+    unsafe {
+        let state = pyo3::ffi::PyGILState_Ensure();
+        let ts = pyo3::ffi::PyEval_SaveThread();
+        KEPT.set(Some((state, ts as usize)));
+    }
+}
+
+/// Undo [`attach_thread`] on the same thread (at its end).
+pub fn detach_thread() {
+    if let Some((state, ts)) = KEPT.take() {
+        // SAFETY: restores exactly the thread state saved by `attach_thread` on this thread,
+        // then releases the GILState reference it took, in reverse order.
+        unsafe {
+            pyo3::ffi::PyEval_RestoreThread(ts as *mut pyo3::ffi::PyThreadState);
+            pyo3::ffi::PyGILState_Release(state);
+        }
+    }
+}

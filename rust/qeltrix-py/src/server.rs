@@ -5,7 +5,7 @@ use crate::types::{error_class, ErrorClass};
 use bytes::Bytes;
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
-use qeltrix_server::http::{start, Config, ServerHandle};
+use qeltrix_server::http::{start, Config, ServerHandle, ThreadHooks};
 use qeltrix_server::{Container, LogLevel, OpenError, Opener, ReadError};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -146,6 +146,10 @@ impl SeekServerCore {
         config.idle_timeout = Duration::from_secs_f64(idle_timeout.max(0.001));
         config.access_log = access_log;
         config.worker_threads = workers.max(1);
+        config.thread_hooks = Some(ThreadHooks {
+            on_start: Arc::new(crate::pipeline::attach_thread),
+            on_stop: Arc::new(crate::pipeline::detach_thread),
+        });
         let opener = PyOpener { open, log };
         let handle = py
             .detach(|| start(config, opener))

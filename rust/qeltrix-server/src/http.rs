@@ -46,6 +46,22 @@ pub struct Config {
     pub open_cache: usize,
     pub access_log: bool,
     pub worker_threads: usize,
+    /// Run on every server thread as it starts and stops (a binding sets up per-thread state
+    /// once: the Python binding keeps a thread state so each decryption only takes the GIL).
+    pub thread_hooks: Option<ThreadHooks>,
+}
+
+/// Per-thread setup and teardown for the server's threads.
+#[derive(Clone)]
+pub struct ThreadHooks {
+    pub on_start: Arc<dyn Fn() + Send + Sync>,
+    pub on_stop: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for ThreadHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThreadHooks")
+    }
 }
 
 impl Config {
@@ -62,6 +78,7 @@ impl Config {
             open_cache: 64,
             access_log: false,
             worker_threads: 2,
+            thread_hooks: None,
         }
     }
 }
@@ -129,11 +146,16 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
         Some((c, k)) => Some(load_tls(c, k)?),
         None => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
         .worker_threads(config.worker_threads.max(1))
         .thread_name("qeltrix-seek")
-        .enable_all()
-        .build()?;
+        .enable_all();
+    if let Some(hooks) = &config.thread_hooks {
+        let (start, stop) = (hooks.on_start.clone(), hooks.on_stop.clone());
+        builder.on_thread_start(move || start()).on_thread_stop(move || stop());
+    }
+    let runtime = builder.build()?;
     let std_listener = std::net::TcpListener::bind(config.addr)?;
     std_listener.set_nonblocking(true)?;
     let local_addr = std_listener.local_addr()?;
