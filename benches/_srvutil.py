@@ -173,21 +173,60 @@ class Deadline(Exception):
 
 
 @contextlib.contextmanager
-def hard_deadline(seconds: float) -> Iterator[None]:
+def hard_deadline(
+    seconds: float,
+    procs: Procs | None = None,
+    on_hang: Callable[[], None] | None = None,
+    grace: float = 30.0,
+) -> Iterator[None]:
     """Raise :class:`Deadline` in the main thread after ``seconds`` (and on SIGTERM/SIGHUP), so
-    that ``finally`` blocks stop every peer we started."""
+    that ``finally`` blocks stop every peer we started.
+
+    A signal handler only runs when the main thread gets back to Python code; if it is stuck
+    in native code (a hung library call), a watchdog thread stops ``procs`` and exits the
+    process ``grace`` seconds later, so the benchmark still ends by itself."""
+    import threading
 
     def on_alarm(signum: int, frame: object) -> None:
         raise Deadline(f"benchmark deadline of {seconds:.0f} s reached (signal {signum})")
 
-    old = {s: signal.signal(s, on_alarm) for s in (signal.SIGALRM, signal.SIGTERM, signal.SIGHUP)}
+    def on_term(signum: int, frame: object) -> None:
+        arm_watchdog(grace)
+        on_alarm(signum, frame)
+
+    def watchdog() -> None:
+        log(f"the main thread did not stop at the deadline: stopping every peer and exiting (code {EXIT_HUNG})")
+        if procs is not None:
+            with contextlib.suppress(Exception):
+                procs.stop_all()
+        if on_hang is not None:
+            with contextlib.suppress(Exception):
+                on_hang()
+        os._exit(EXIT_HUNG)
+
+    timers: list[threading.Timer] = []
+
+    def arm_watchdog(after: float) -> None:
+        t = threading.Timer(after, watchdog)
+        t.daemon = True
+        t.start()
+        timers.append(t)
+
+    old = {signal.SIGALRM: signal.signal(signal.SIGALRM, on_alarm)}
+    old.update({s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGHUP)})
     signal.alarm(max(1, int(seconds)))
+    arm_watchdog(seconds + grace)
     try:
         yield
     finally:
         signal.alarm(0)
+        for t in timers:
+            t.cancel()
         for s, h in old.items():
             signal.signal(s, h)
+
+
+EXIT_HUNG = 4
 
 
 def child_lifetime_guard(max_seconds: float, on_exit: Callable[[], None]) -> None:

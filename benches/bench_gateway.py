@@ -598,7 +598,8 @@ def main() -> int:
         "relays": {},
     }
     try:
-        with hard_deadline(args.max_seconds):
+        cleanup = None if args.keep else (lambda: shutil.rmtree(work, ignore_errors=True))
+        with hard_deadline(args.max_seconds, procs, cleanup):
             run(args, work, procs, relays, stream_size, pings, conn_size, results)
     except Deadline as e:
         log(f"ABORTED: {e}")

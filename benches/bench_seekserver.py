@@ -101,15 +101,37 @@ def make_plaintext(path: Path, size: int, seed: int) -> str:
     return h.hexdigest()
 
 
-def pack_container(plain: Path, dst: Path, block_size: int | None) -> dict[str, Any]:
+def child_pack(plain: str, dst: str, block_size: int | None) -> None:
     import qeltrix_v6
 
     kw: dict[str, Any] = {"key": KEY}
     if block_size:
         kw["block_size"] = block_size
     t0 = time.perf_counter()
-    r = qeltrix_v6.pack(str(plain), str(dst), **kw)
-    return {"seconds": time.perf_counter() - t0, "block_count": r.block_count, "container_len": r.container_len}
+    r = qeltrix_v6.pack(plain, dst, **kw)
+    info = {"seconds": time.perf_counter() - t0, "block_count": r.block_count, "container_len": r.container_len}
+    print("PACKED " + json.dumps(info), flush=True)
+
+
+def pack_container(plain: Path, dst: Path, block_size: int | None, size: int) -> dict[str, Any]:
+    """Pack in a child process with a time limit: a pack that hangs in native code cannot be
+    interrupted from Python, but its process can be killed."""
+    limit = 120 + size / 5e6  # 5 MB/s is ~100x slower than a release build packs here
+    argv = [sys.executable, __file__, "--child-pack", str(plain), str(dst)]
+    if block_size:
+        argv += ["--block-size", str(block_size)]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, 9)
+        p.wait()
+        raise RuntimeError(f"qeltrix pack of {fmt_size(size)} did not finish in {limit:.0f} s (hung?)") from None
+    m = re.search(r"^PACKED (\{.*\})$", out, re.M)
+    if p.returncode != 0 or not m:
+        raise RuntimeError(f"qeltrix pack failed (exit {p.returncode}): {out[-500:]}")
+    return dict(json.loads(m.group(1)))
 
 
 def start_qeltrix(procs: Procs, root: Path, args: argparse.Namespace) -> tuple[str, int]:
@@ -450,8 +472,12 @@ def main() -> int:
     ap.add_argument("--profile", default=None, metavar="DIR", help="record perf/py-spy of SeekServer into DIR")
     ap.add_argument("--max-seconds", type=float, default=1800, help="hard deadline for the whole run")
     ap.add_argument("--child-seekserver", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-pack", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    if args.child_pack:
+        child_pack(args.child_pack[0], args.child_pack[1], args.block_size)
+        return 0
     if args.child_seekserver:
         child_seekserver(args.child_seekserver, args.qx_workers, args.qx_cache_blocks, args.max_seconds)
         return 0
@@ -499,7 +525,8 @@ def main() -> int:
     procs = Procs(work)
     results: dict[str, Any] = {"env": env, "size": size, "range_size": args.range_size, "servers": {}}
     try:
-        with hard_deadline(args.max_seconds):
+        cleanup = None if (args.keep or args.workdir) else (lambda: shutil.rmtree(work, ignore_errors=True))
+        with hard_deadline(args.max_seconds, procs, cleanup):
             run(args, work, procs, size, servers, full_runs, use_wrk, wrk_seconds, results)
     except Deadline as e:
         log(f"ABORTED: {e}")
@@ -534,7 +561,7 @@ def run(
     want_sha = make_plaintext(plain, size, args.seed)
     os.chmod(plain, 0o644)
     if "qeltrix" in servers:
-        info = pack_container(plain, root / (NAME + ".qltx"), args.block_size)
+        info = pack_container(plain, root / (NAME + ".qltx"), args.block_size, size)
         log(f"  qeltrix pack: {info['seconds']:.1f} s, {info['block_count']} blocks")
         results["pack"] = info
     urls: dict[str, tuple[str, int]] = {}

@@ -13,8 +13,6 @@ b'dawn'
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from ._container import (
     DEFAULT_BLOCK_SIZE,
     ContainerFile,
@@ -40,10 +38,19 @@ from .errors import (
 from .gateway import GatewayServer
 from .server import SeekServer
 
-try:
-    __version__ = version("qeltrix-v6")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    # __version__ is looked up lazily: importlib.metadata costs ~100 ms at import time, most of
+    # a fresh process's one-shot read (seek_extract from a script).
+    if name == "__version__":
+        try:
+            return version("qeltrix-v6")
+        except PackageNotFoundError:  # running from a source tree without install
+            return "0+unknown"
+    raise AttributeError(f"module 'qeltrix_v6' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
