@@ -319,3 +319,48 @@ def wait_quiet(max_wait: float, threshold: float = 10.0) -> float:
         time.sleep(4)
         busy = machine_busy()
     return busy
+
+
+class Profiler:
+    """perf and/or py-spy attached to server processes for one phase (``--profile DIR``).
+
+    One pid writes ``DIR/TAG.perf`` and ``DIR/TAG.pyspy.txt``; several write ``TAG-N.*``.
+    """
+
+    def __init__(self, outdir: Path, tag: str, pids: int | list[int], *, perf_hz: int = 499, rate: int = 200) -> None:
+        self.outdir, self.tag = outdir, tag
+        self.pids = [pids] if isinstance(pids, int) else pids
+        self.perf_hz, self.rate = perf_hz, rate
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _spawn(self, cmd: list[str]) -> None:
+        self.procs.append(
+            subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        )
+
+    def __enter__(self) -> Profiler:
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        for i, pid in enumerate(self.pids):
+            base = self.outdir / (self.tag if len(self.pids) == 1 else f"{self.tag}-{i}")
+            if shutil.which("perf"):
+                self._spawn(["perf", "record", "-F", str(self.perf_hz), "-g", "-p", str(pid), "-o", f"{base}.perf"])
+            if os.path.exists(pyspy):
+                self._spawn(
+                    [pyspy, "record", "--pid", str(pid), "--native", "--idle", "--rate", str(self.rate),
+                     "--format", "raw", "-o", f"{base}.pyspy.txt"]
+                )  # fmt: skip
+        time.sleep(1.0)  # let the samplers attach
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGINT)
+        for p in self.procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        log(f"  profile written to {self.outdir}/{self.tag}*")

@@ -51,6 +51,7 @@ from _srvutil import (
     LOOPBACK,
     Deadline,
     Procs,
+    Profiler,
     child_lifetime_guard,
     cpu_seconds,
     first_line,
@@ -451,64 +452,6 @@ def aggregate(port: int, conns: int, each: int, pat: Pattern) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------
 # profiling (optional)
-
-
-class Profiler:
-    def __init__(self, outdir: Path, tag: str, pids: list[int]) -> None:
-        self.outdir, self.tag, self.pids = outdir, tag, pids
-        self.procs: list[subprocess.Popen[Any]] = []
-
-    def __enter__(self) -> Profiler:
-        self.outdir.mkdir(parents=True, exist_ok=True)
-        pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        for i, pid in enumerate(self.pids):
-            base = self.outdir / f"{self.tag}-{i}"
-            if shutil.which("perf"):
-                self.procs.append(
-                    subprocess.Popen(
-                        ["perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", f"{base}.perf"],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
-                )
-            if os.path.exists(pyspy):
-                self.procs.append(
-                    subprocess.Popen(
-                        [
-                            pyspy,
-                            "record",
-                            "--pid",
-                            str(pid),
-                            "--native",
-                            "--rate",
-                            "200",
-                            "--format",
-                            "raw",
-                            "-o",
-                            f"{base}.pyspy.txt",
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
-                )
-        time.sleep(1.0)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        for p in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGINT)
-        for p in self.procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        log(f"  profile written to {self.outdir}/{self.tag}-*")
 
 
 # --------------------------------------------------------------------------------------

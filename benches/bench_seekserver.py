@@ -44,6 +44,7 @@ from _srvutil import (
     LOOPBACK,
     Deadline,
     Procs,
+    Profiler,
     child_lifetime_guard,
     devnull_ok,
     first_line,
@@ -369,75 +370,6 @@ def full_get_verify(url: str, size: int, want_sha: str) -> bool:
 # profiling (optional)
 
 
-class Profiler:
-    """perf and/or py-spy attached to a server process for one phase."""
-
-    def __init__(self, outdir: Path, tag: str, pid: int) -> None:
-        self.outdir, self.tag, self.pid = outdir, tag, pid
-        self.procs: list[subprocess.Popen[Any]] = []
-
-    def __enter__(self) -> Profiler:
-        self.outdir.mkdir(parents=True, exist_ok=True)
-        if shutil.which("perf"):
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        "perf",
-                        "record",
-                        "-F",
-                        "997",
-                        "-g",
-                        "-p",
-                        str(self.pid),
-                        "-o",
-                        str(self.outdir / f"{self.tag}.perf"),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-        pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        if os.path.exists(pyspy):
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        pyspy,
-                        "record",
-                        "--pid",
-                        str(self.pid),
-                        "--native",
-                        "--idle",
-                        "--rate",
-                        "250",
-                        "--format",
-                        "raw",
-                        "-o",
-                        str(self.outdir / f"{self.tag}.pyspy.txt"),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-        time.sleep(1.0)  # let the samplers attach
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        for p in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGINT)
-        for p in self.procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        log(f"  profile written to {self.outdir}/{self.tag}.*")
-
-
 # --------------------------------------------------------------------------------------
 # main
 
@@ -592,7 +524,11 @@ def run(
                 f" (other work on the machine: {busy:.0f}% busy)"
             )
             range_run(url, warm, length, 1)  # opens the container / warms the connection path
-            prof = Profiler(prof_dir, f"{name}-ranges", pid) if (prof_dir and name == "qeltrix") else None
+            prof = (
+                Profiler(prof_dir, f"{name}-ranges", pid, perf_hz=997, rate=250)
+                if (prof_dir and name == "qeltrix")
+                else None
+            )
             with prof or contextlib.nullcontext():
                 rr = range_run(url, offsets, length, max(1, args.requests // 200))
             checked, bad = verify_samples(rr.pop("_samples"), pm, length)
@@ -609,7 +545,11 @@ def run(
                     w = r["wrk"]
                     log(f"  p50 {w['p50_ms']:.3f} ms  p99 {w['p99_ms']:.3f} ms  {w['req_per_s']:.0f} req/s")
             log(f"[{name}] full GET x{full_runs} (curl -o /dev/null)")
-            prof = Profiler(prof_dir, f"{name}-full", pid) if (prof_dir and name == "qeltrix") else None
+            prof = (
+                Profiler(prof_dir, f"{name}-full", pid, perf_hz=997, rate=250)
+                if (prof_dir and name == "qeltrix")
+                else None
+            )
             with prof or contextlib.nullcontext():
                 r["full"] = full_get_curl(url, size, full_runs)
             r["full"]["verified"] = full_get_verify(url, size, want_sha)
