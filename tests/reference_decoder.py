@@ -110,6 +110,8 @@ MAX_BLOCK_COUNT = 2**32
 ARGON2_T_RANGE = (1, 16)
 ARGON2_M_MAX_KIB = 1024 * 1024
 ARGON2_LANES_RANGE = (1, 16)
+ARGON2_MAX_WORK_KIB = 4 * 1024 * 1024  # t_cost * m_cost_kib
+MAX_PASSPHRASE_STANZAS = 1
 PBKDF2_ITER_RANGE = (1_000, 10_000_000)
 
 DEFAULT_BLOCK_SIZE = 262144
@@ -328,6 +330,7 @@ def argon2_params_ok(t_cost: int, m_cost_kib: int, lanes: int) -> bool:
         ARGON2_T_RANGE[0] <= t_cost <= ARGON2_T_RANGE[1]
         and ARGON2_LANES_RANGE[0] <= lanes <= ARGON2_LANES_RANGE[1]
         and 8 * lanes <= m_cost_kib <= ARGON2_M_MAX_KIB
+        and t_cost * m_cost_kib <= ARGON2_MAX_WORK_KIB
     )
 
 
@@ -392,6 +395,8 @@ def parse_header(container: bytes) -> dict:
             raise RefMalformed("stanza body runs past the stanza area")
         stanzas.append((kind, c[pos + 3 : pos + 3 + body_len]))
         pos += 3 + body_len
+    if sum(1 for kind, _ in stanzas if kind in (KIND_ARGON2ID, KIND_PBKDF2)) > MAX_PASSPHRASE_STANZAS:
+        raise RefMalformed("more than one passphrase stanza")
     if any(c[pos:stanza_end]):
         raise RefCorrupt("header padding is not all zero")
 

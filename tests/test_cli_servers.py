@@ -159,10 +159,10 @@ def test_recover_subprocess(tmp_path: Path, key_file: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "INCOMPLETE" in r.stderr
     plain = tmp_path / "plain"
-    r = subprocess.run(
-        [sys.executable, "-m", "qeltrix_v6", "unpack", str(out), str(plain), "--key-file", str(key_file)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "qeltrix_v6", "unpack", str(out), str(plain), "--key-file", str(key_file)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 5 and not plain.exists(), r.stderr  # incomplete: refused by default
+    r = subprocess.run([*argv, "--allow-incomplete"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     got = plain.read_bytes()
     assert 0 < len(got) < len(data) and got == data[: len(got)]

@@ -432,13 +432,36 @@ def test_step_7_checks(key_box, what, kwargs):
         qeltrix_v6.seek_extract(io.BytesIO(c), a, 1, key=KEY)
 
 
-def test_incomplete_index_without_final_block_is_accepted(key_box):
-    """A recovered stream (FORMAT.md section 6): INCOMPLETE set and no FINAL block is valid."""
+def test_incomplete_index_without_final_block_is_valid_but_never_a_clean_end(key_box):
+    """A recovered stream (FORMAT.md section 6): INCOMPLETE set and no FINAL block is valid,
+    and every block reads; but a read that reaches its end raises TruncatedError unless the
+    caller opts in (FORMAT.md section 8), so a cut is never mistaken for the whole data."""
     c = rewrite_block(key_box, 3, meta_flags=0)
     c = reseal_index(c, lambda b: struct.pack_into("<I", b, 16, 1))
     assert ref.decode(c, key=KEY) == PT
-    assert unpack_bytes(c) == PT
-    assert qeltrix_v6.seek_extract(io.BytesIO(c), 150, 100, key=KEY) == PT[150:250]
+    out = io.BytesIO()
+    with pytest.raises(TruncatedError, match="INCOMPLETE"):
+        qeltrix_v6.unpack(io.BytesIO(c), out, key=KEY)
+    assert out.getvalue() == b""  # refused before any byte was written
+    with pytest.warns(qeltrix_v6.IncompleteContainerWarning):
+        qeltrix_v6.unpack(io.BytesIO(c), out, key=KEY, allow_incomplete=True)
+    assert out.getvalue() == PT
+    # Bytes that are there read normally; asking past them is refused.
+    assert qeltrix_v6.seek_extract(io.BytesIO(c), 50, 100, key=KEY) == PT[50:150]
+    assert qeltrix_v6.seek_extract(io.BytesIO(c), 0, len(PT), key=KEY) == PT
+    with pytest.raises(TruncatedError):
+        qeltrix_v6.seek_extract(io.BytesIO(c), 150, 100, key=KEY)
+    with qeltrix_v6.open(io.BytesIO(c), key=KEY) as f:
+        assert f.read(len(PT)) == PT
+        with pytest.raises(TruncatedError):
+            f.read(1)
+    with qeltrix_v6.open(io.BytesIO(c), key=KEY) as f, pytest.raises(TruncatedError):
+        f.read()
+    with (
+        qeltrix_v6.open(io.BytesIO(c), key=KEY, allow_incomplete=True) as f,
+        pytest.warns(qeltrix_v6.IncompleteContainerWarning),
+    ):
+        assert f.read() == PT
 
 
 # ---------------------------------------------------------------------------------- resource use

@@ -7,6 +7,7 @@ KMS tests talk to moto in server mode on 127.0.0.1: a real HTTP KMS API in anoth
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import struct
@@ -511,12 +512,13 @@ def test_kms_round_trip_and_rotation(kms_server: str, kms_env: dict[str, str], t
     c = tmp_path / "c.qltx"
     x_priv, x_pub = x25519_pair()
     qeltrix_v6.pack(io.BytesIO(data), c, recipients=["kms:alias/qeltrix-test", x_pub], kms=cfg)
-    assert read_all(c.read_bytes(), kms=cfg) == data
+    assert read_all(c.read_bytes(), kms=cfg, kms_key_ids=[arn]) == data
+    assert read_all(c.read_bytes(), kms=KmsConfig(endpoint_url=kms_server, discovery=True)) == data
     assert read_all(c.read_bytes(), identity=x_priv) == data
     r = invoke("recipients", "list", c)
     assert f"kms:{arn}" in r.stdout
     rotate(c, identity=x_priv, kms=cfg)
-    assert read_all(c.read_bytes(), kms=cfg) == data
+    assert read_all(c.read_bytes(), kms=cfg, kms_key_ids=[arn.rsplit("/", 1)[1]]) == data
     # The encryption context binds the blob to its container: another container's stanza fails.
     other = tmp_path / "other.qltx"
     qeltrix_v6.pack(io.BytesIO(b"x"), other, recipients=[f"kms:{arn}"], kms=cfg)
@@ -524,7 +526,31 @@ def test_kms_round_trip_and_rotation(kms_server: str, kms_env: dict[str, str], t
     cid = bytes(_core.Reader(io.BytesIO(c.read_bytes())).container_id)
     forged, _ = build_header(os.urandom(32), cid, 1, 4096, 0, stanzas)
     with pytest.raises(WrongKeyError, match="KMS refused"):
-        unlock_header(_core.Reader(io.BytesIO(forged)), kms=cfg)
+        unlock_header(_core.Reader(io.BytesIO(forged)), kms=KmsConfig(endpoint_url=kms_server, key_ids=(arn,)))
+
+
+def test_kms_strict_mode_never_calls_a_key_the_file_names(
+    kms_server: str, kms_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An attacker-written stanza naming the attacker's key is not called unless allowed.
+
+    The reader is pointed at an endpoint that refuses connections: a WrongKeyError (not
+    KmsUnavailableError) shows no request was even attempted.
+    """
+    from qeltrix_v6 import KmsConfig
+
+    victim = _kms_key(kms_server, "alias/victim")
+    attacker = _kms_key(kms_server, "alias/attacker")
+    c = tmp_path / "forged.qltx"
+    qeltrix_v6.pack(io.BytesIO(b"x"), c, recipients=[f"kms:{attacker}"], kms=KmsConfig(endpoint_url=kms_server))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again before use: connections are refused
+    for cfg in (KmsConfig(endpoint_url=dead), KmsConfig(endpoint_url=dead, key_ids=(victim,))):
+        with pytest.raises(WrongKeyError, match="not in the allowed list"):
+            read_all(c.read_bytes(), kms=cfg)
+    # Discovery mode is the explicit opt-in that does call it.
+    assert read_all(c.read_bytes(), kms=KmsConfig(endpoint_url=kms_server, discovery=True)) == b"x"
 
 
 def test_kms_cli(kms_server: str, kms_env: dict[str, str], tmp_path: Path) -> None:
@@ -534,9 +560,16 @@ def test_kms_cli(kms_server: str, kms_env: dict[str, str], tmp_path: Path) -> No
     c = tmp_path / "c.qltx"
     r = run("pack", "--kms-endpoint", kms_server, "--recipient", "kms:alias/qeltrix-cli", src, c, env=kms_env)
     assert r.returncode == 0, r.stderr
-    r = run("cat", c, env={**kms_env, "QELTRIX_KMS_ENDPOINT": kms_server})
+    env = {**kms_env, "QELTRIX_KMS_ENDPOINT": kms_server}
+    r = run("cat", c, env=env)
+    assert r.returncode == 3, r.stderr  # strict mode: no key allowed, nothing called
+    assert b"--kms-key-id" in r.stderr
+    arn = json.loads(run("info", "--json", c).stdout)["recipients"][0]["recipient"].removeprefix("kms:")
+    r = run("cat", "--kms-key-id", arn, c, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"secret" * 1000
+    r = run("cat", "--kms-discovery", c, env=env)
+    assert r.returncode == 0, r.stderr
 
 
 def test_kms_unreachable_is_a_clear_error_not_a_hang(kms_env: dict[str, str], tmp_path: Path) -> None:

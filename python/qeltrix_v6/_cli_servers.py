@@ -14,6 +14,7 @@ from .cli import (
     PANEL_ADV,
     PANEL_KEY,
     PASSPHRASE_ENV,
+    AllowIncompleteOpt,
     CliError,
     Credentials,
     DebugOpt,
@@ -21,7 +22,9 @@ from .cli import (
     ForceOpt,
     IdentityOpt,
     KeyFileOpt,
+    KmsDiscoveryOpt,
     KmsEndpointOpt,
+    KmsKeyIdOpt,
     PassphraseFileOpt,
     PassphraseTrap,
     QuietOpt,
@@ -39,7 +42,7 @@ from .cli import (
     read_key_file,
 )
 from .gateway import MODES, GatewayServer, decode_public_key
-from .server import SeekServer
+from .server import SeekServer, served_reader
 
 TOKEN_ENV = "QELTRIX_TOKEN"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -65,9 +68,7 @@ class _SeekServer(SeekServer):
 
     def _open(self, path: str) -> Any:
         opened = _container.open_reader(path, **self._creds.kwargs(), cache_blocks=self._cache_blocks)
-        reader = opened.reader
-        opened.close()  # the Reader keeps its own descriptor
-        return reader
+        return served_reader(opened, self._allow_incomplete)
 
 
 def _serve_credentials(
@@ -75,10 +76,12 @@ def _serve_credentials(
     passphrase_file: str | None,
     identity: list[str] | None = None,
     kms_endpoint: str | None = None,
+    kms_key_ids: list[str] | None = None,
+    kms_discovery: bool = False,
 ) -> Credentials:
     creds = _explicit_credentials(key_file, passphrase_file, identity)
-    if kms_endpoint:
-        creds.kms = kms_config(kms_endpoint)
+    if kms_endpoint or kms_key_ids or kms_discovery:
+        creds.kms = kms_config(kms_endpoint, key_ids=kms_key_ids, discovery=kms_discovery)
     if creds.given():
         return creds
     if not _can_prompt():
@@ -143,6 +146,9 @@ def serve(
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
+    kms_key_id: KmsKeyIdOpt = None,
+    kms_discovery: KmsDiscoveryOpt = False,
+    allow_incomplete: AllowIncompleteOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -163,7 +169,7 @@ def serve(
         raise CliError(f"{root} is not a directory", code=ExitCode.IO)
     if (tls_cert is None) != (tls_key is None):
         raise CliError("--tls-cert and --tls-key go together", code=ExitCode.USAGE)
-    creds = _serve_credentials(key_file, passphrase_file, identity, kms_endpoint)
+    creds = _serve_credentials(key_file, passphrase_file, identity, kms_endpoint, kms_key_id, kms_discovery)
     bearer = _read_token(token, token_file)
     _logging(quiet)
     if host not in LOOPBACK and (bearer is None or tls_cert is None):
@@ -182,6 +188,7 @@ def serve(
         tls_key=tls_key,
         max_connections=max_connections,
         access_log=access_log,
+        allow_incomplete=allow_incomplete,
     )
     try:
         server.start()
@@ -356,9 +363,13 @@ def recover(
     _check_output(dst, force)
     creds = credentials_for_reading(src, key_file, passphrase_file, identity_files=identity)
     info = _container.recover(src, dst, **creds.kwargs(), overwrite=force)
-    summary = f"recovered {info['blocks']} blocks, {info['pt_len']:,} bytes into {dst}"
+    summary = (
+        f"recovered {info['blocks']} blocks ({info['pt_len']:,} bytes of plaintext) into {dst}: "
+        f"kept {info['kept_len']:,} bytes of {src}, dropped {info['dropped_len']:,}"
+    )
     if info["complete"]:
-        _status(quiet, f"{summary}: complete")
-    elif not quiet:
-        # Always said, even in scripts: the data after the cut is gone.
-        typer.echo(f"qeltrix: warning: {summary}: INCOMPLETE ({info['stopped']})", err=True)
+        _status(quiet, f"{summary}; complete")
+    else:
+        # Always said, even with --quiet: the data after the cut is gone, and readers of DST
+        # will refuse its end unless they pass --allow-incomplete.
+        typer.echo(f"qeltrix: warning: {summary}; INCOMPLETE ({info['stopped'] or 'no FINAL frame'})", err=True)

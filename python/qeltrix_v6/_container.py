@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import io
 import os
 import queue
 import shutil
+import struct
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,11 +26,21 @@ from typing import IO, Any, Literal, Protocol, cast, overload
 
 from . import _core, _crypto, _pubkeys
 from ._atomic import AtomicOutput
-from .errors import AuthenticationError, MalformedError, QeltrixIOError, WrongKeyError
+from .errors import (
+    AuthenticationError,
+    LimitExceededError,
+    MalformedError,
+    QeltrixIOError,
+    TruncatedError,
+    WrongKeyError,
+)
 
 DEFAULT_BLOCK_SIZE: int = _core.DEFAULT_BLOCK_SIZE
 HEADER_FLAG_PERMUTED = 1
 _MAX_RECIPIENTS = 64  # docs/FORMAT.md section 9
+_ARGON2ID_MAX_M_COST_KIB: int = _core.ARGON2ID_MAX_M_COST_KIB
+_ARGON2ID_PARAMS = struct.Struct("<16sIII")
+_TRAILER_LEN = 24  # docs/FORMAT.md section 6.1
 
 PathOrFile = str | os.PathLike[str] | IO[bytes]
 Progress = Callable[[int, int | None], object]
@@ -181,13 +194,55 @@ def pack(
     return PackResult(pt_len, block_count, container_len)
 
 
+class IncompleteContainerWarning(UserWarning):
+    """An incomplete container (a stream cut before its FINAL frame) is read with
+    ``allow_incomplete=True``: what is there authenticated, but the end is missing."""
+
+
+def incomplete_message(name: str | None, block_count: int, pt_len: int) -> str:
+    what = f"{name} is" if name else "the container is"
+    return (
+        f"{what} INCOMPLETE: a stream cut before its FINAL frame; its {block_count:,} blocks "
+        f"({pt_len:,} bytes) authenticate, but whatever followed them is missing"
+    )
+
+
 class _Opened:
     """A reader whose header is verified and whose index is loaded."""
 
-    def __init__(self, reader: _core.Reader, keys: _crypto.ContainerKeys, owned: list[IO[bytes]]) -> None:
+    def __init__(
+        self,
+        reader: _core.Reader,
+        keys: _crypto.ContainerKeys,
+        owned: list[IO[bytes]],
+        *,
+        allow_incomplete: bool = False,
+        name: str | None = None,
+    ) -> None:
         self.reader = reader
         self.keys = keys
         self._owned = owned
+        self.allow_incomplete = allow_incomplete
+        self.name = name
+        self._warned = False
+
+    def check_end(self, offset: int, length: int) -> None:
+        """Refuse a read of ``[offset, offset + length)`` that runs past the end of an incomplete
+        container (FORMAT.md section 8): a cut is never reported as a clean end (EOF), unless
+        the caller opted in, in which case it is warned once. Bytes that are there read fine."""
+        if length <= 0 or not self.reader.incomplete or offset + length <= self.reader.pt_total_len:
+            return
+        n = self.reader.block_count
+        if n and not self._warned:
+            # The last block must not carry FINAL (FORMAT.md section 5): a hostile index that
+            # flags INCOMPLETE over a complete stream is corrupt, not truncated.
+            self.reader.read_block(n - 1)
+        message = incomplete_message(self.name, n, self.reader.pt_total_len)
+        if not self.allow_incomplete:
+            raise TruncatedError(message + " (pass allow_incomplete=True / --allow-incomplete to read it anyway)")
+        if not self._warned:
+            self._warned = True
+            warnings.warn(message, IncompleteContainerWarning, stacklevel=3)
 
     def close(self) -> None:
         for f in self._owned:
@@ -203,13 +258,20 @@ def open_reader(
     identity: IdentityArg = None,
     kms: Any = None,
     cache_blocks: int = 8,
+    allow_incomplete: bool = False,
+    max_kdf_memory: int | None = None,
+    kms_key_ids: Sequence[str] | None = None,
 ) -> _Opened:
     """Open a container for reading: checksum, unwrap the MK, verify the header MAC, load the index.
 
     ``identity`` is an X25519 private key (32 raw bytes), a PEM RSA private key, or a list of
-    them; ``kms`` (a :class:`~qeltrix_v6.KmsConfig`) allows unwrapping KMS stanzas.
-    ``cache_blocks`` decrypted blocks are kept for reuse by later reads.
+    them; ``kms`` (a :class:`~qeltrix_v6.KmsConfig`) allows unwrapping KMS stanzas, and only
+    with the keys in ``kms_key_ids`` (strict mode) unless the config says ``discovery=True``.
+    ``cache_blocks`` decrypted blocks are kept for reuse by later reads. A read that reaches
+    the end of an incomplete container raises :class:`TruncatedError` unless
+    ``allow_incomplete``; ``max_kdf_memory`` caps the passphrase KDF's memory (bytes).
     """
+    kms = _kms_with_keys(kms, kms_key_ids)
     identities = _pubkeys.load_identities(identity)
     _check_reader_credentials(passphrase, key, identities, kms)
     owned: list[IO[bytes]] = []
@@ -227,13 +289,28 @@ def open_reader(
             arg = src
     try:
         reader = _core.Reader(arg, cache_blocks)
-        keys = unlock_header(reader, passphrase=passphrase, key=key, identity=identities, kms=kms)
+        keys = unlock_header(
+            reader, passphrase=passphrase, key=key, identity=identities, kms=kms, max_kdf_memory=max_kdf_memory
+        )
         reader.load_index(keys)
     except BaseException:
         for f in owned:
             f.close()
         raise
-    return _Opened(reader, keys, owned)
+    name = os.fspath(src) if isinstance(src, str | os.PathLike) else getattr(src, "name", None)
+    return _Opened(reader, keys, owned, allow_incomplete=allow_incomplete, name=name if isinstance(name, str) else None)
+
+
+def _kms_with_keys(kms: Any, kms_key_ids: Sequence[str] | None) -> Any:
+    """``kms`` with ``kms_key_ids`` added to the keys a reader may call (strict mode)."""
+    if not kms_key_ids:
+        return kms
+    if isinstance(kms_key_ids, str):
+        kms_key_ids = [kms_key_ids]
+    from . import _kms
+
+    cfg = _kms.config_or_default(kms)
+    return dataclasses.replace(cfg, key_ids=(*cfg.key_ids, *kms_key_ids))
 
 
 class HeaderFields(Protocol):
@@ -266,6 +343,23 @@ def _check_reader_credentials(
     )
 
 
+MAX_KDF_MEMORY = _ARGON2ID_MAX_M_COST_KIB * 1024
+"""The default ceiling on the memory a passphrase KDF may use when opening (1 GiB)."""
+
+
+def _check_kdf_memory(stanzas: Sequence[tuple[int, bytes]], max_kdf_memory: int | None) -> None:
+    ceiling = MAX_KDF_MEMORY if max_kdf_memory is None else max_kdf_memory
+    for kind, body in stanzas:
+        if kind == _crypto.KIND_ARGON2ID:
+            _salt, t_cost, m_cost_kib, lanes = _ARGON2ID_PARAMS.unpack_from(body)
+            if m_cost_kib * 1024 > ceiling:
+                raise LimitExceededError(
+                    f"the passphrase KDF of this container asks for {m_cost_kib // 1024} MiB of memory "
+                    f"(argon2id t={t_cost}, lanes={lanes}), over the ceiling of {ceiling // (1 << 20)} MiB; "
+                    "raise --max-kdf-memory (max_kdf_memory=) only if you trust where the file came from"
+                )
+
+
 def unlock_header(
     h: HeaderFields,
     *,
@@ -273,15 +367,21 @@ def unlock_header(
     key: bytes | None = None,
     identity: IdentityArg = None,
     kms: Any = None,
+    max_kdf_memory: int | None = None,
 ) -> _crypto.ContainerKeys:
     """Check the header checksum, unwrap the MK from a stanza, verify the header MAC
     (FORMAT.md section 8 steps 2-4); return the container's keys.
+
+    ``max_kdf_memory`` (bytes; default :data:`MAX_KDF_MEMORY`, the format's limit) is the most
+    memory the passphrase KDF may ask for: a header asking more is refused before it runs.
 
     Local credentials are tried first (in header order), KMS stanzas last, so a container that
     opens with a key file never waits for the network.
     """
     if _crypto.sha256(h.header_checksummed) != h.header_sha256:
         raise AuthenticationError("container header is corrupt (checksum mismatch)")
+    if passphrase is not None:
+        _check_kdf_memory(h.stanzas, max_kdf_memory)
     identities = _pubkeys.load_identities(identity)
     mk = None
     kinds = {kind for kind, _ in h.stanzas}
@@ -302,6 +402,7 @@ def unlock_header(
             mk = _crypto.unwrap_stanza(kind, body, cid, key=key, passphrase=passphrase)
         if mk is not None:
             break
+    kms_skipped: list[str] = []
     if mk is None and kms is not None:
         from . import _kms
 
@@ -310,6 +411,11 @@ def unlock_header(
             if kind != _crypto.KIND_KMS:
                 continue
             key_id, blob = _pubkeys.kms_stanza_parts(body)
+            if not cfg.allows(key_id):
+                # Strict mode: a stanza is unauthenticated here; never call a key it names
+                # unless the caller listed that key (FORMAT.md section 3.1).
+                kms_skipped.append(key_id)
+                continue
             try:
                 mk = _kms.kms_unwrap(cfg, key_id, blob, cid)
             except WrongKeyError as e:
@@ -320,6 +426,13 @@ def unlock_header(
     if mk is None:
         if kms_refusal is not None:
             raise kms_refusal
+        if kms_skipped:
+            shown = ", ".join(kms_skipped[:3]) + (" ..." if len(kms_skipped) > 3 else "")
+            raise WrongKeyError(
+                f"this container is wrapped by KMS key(s) not in the allowed list ({shown}): "
+                "pass the key ARN you expect (--kms-key-id / kms_key_ids=), or opt in to calling "
+                "whatever key the file names (--kms-discovery / KmsConfig(discovery=True))"
+            )
         raise WrongKeyError(_wrong_key_message(kinds, passphrase, key, identities, kms, h.stanzas))
     keys = _crypto.ContainerKeys(mk, cid, h.cipher_id)
     keys.verify_header_mac(h.header_maced, h.header_mac)
@@ -335,22 +448,46 @@ def recover(
     overwrite: bool = False,
     identity: IdentityArg = None,
     kms: Any = None,
+    max_kdf_memory: int | None = None,
+    kms_key_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Rebuild the index of a stored stream whose writer died before appending it
     (FORMAT.md section 12). Every frame that authenticates, up to the first that does not,
-    is kept; without a ``FINAL`` frame the result is marked incomplete.
+    is kept; without a ``FINAL`` frame the result is marked incomplete (and reading it to its
+    end then raises :class:`TruncatedError` unless the reader opts in).
 
-    Returns ``{"blocks", "pt_len", "complete", "stopped"}``.
+    Returns ``{"blocks", "pt_len", "complete", "stopped", "kept_len", "dropped_len"}``:
+    ``kept_len`` bytes of ``src`` (header and authenticated frames) were kept, the
+    ``dropped_len`` bytes after them were not.
     """
+    kms = _kms_with_keys(kms, kms_key_ids)
     identities = _pubkeys.load_identities(identity)
     _check_reader_credentials(passphrase, key, identities, kms)
     with _open_input(src) as f:
-        keys = unlock_header(_core.Reader(f.fileno()), passphrase=passphrase, key=key, identity=identities, kms=kms)
+        src_len = os.fstat(f.fileno()).st_size
+        keys = unlock_header(
+            _core.Reader(f.fileno()),
+            passphrase=passphrase,
+            key=key,
+            identity=identities,
+            kms=kms,
+            max_kdf_memory=max_kdf_memory,
+        )
     atomic = AtomicOutput(dst, overwrite=overwrite)
     with atomic:
         blocks, pt_len, complete, stopped = _core.recover_stream_file(os.fspath(src), atomic.temp_path, keys)
+        with builtins.open(atomic.temp_path, "rb") as out:
+            out.seek(-_TRAILER_LEN, os.SEEK_END)
+            (kept_len,) = struct.unpack_from("<Q", out.read(_TRAILER_LEN))  # footer_offset
         atomic.commit()
-    return {"blocks": blocks, "pt_len": pt_len, "complete": complete, "stopped": stopped}
+    return {
+        "blocks": blocks,
+        "pt_len": pt_len,
+        "complete": complete,
+        "stopped": stopped,
+        "kept_len": kept_len,
+        "dropped_len": max(0, src_len - kept_len),
+    }
 
 
 def _wrong_key_message(
@@ -400,15 +537,30 @@ def unpack(
     overwrite: bool = True,
     identity: IdentityArg = None,
     kms: Any = None,
+    allow_incomplete: bool = False,
+    max_kdf_memory: int | None = None,
+    kms_key_ids: Sequence[str] | None = None,
 ) -> int:
     """Decrypt the container ``src`` into ``dst``; return the plaintext length.
 
     Every block is authenticated before any of its bytes is written. A path ``dst`` is written
-    atomically; if anything fails (wrong key, tampering, Ctrl-C) no output file is left.
+    atomically; if anything fails (wrong key, tampering, Ctrl-C) no output file is left. An
+    incomplete container (a cut stream) raises :class:`TruncatedError` before anything is
+    written, unless ``allow_incomplete=True`` (then it warns and writes what authenticated).
     """
     _check_workers(workers)
-    opened = open_reader(src, passphrase=passphrase, key=key, identity=identity, kms=kms)
+    opened = open_reader(
+        src,
+        passphrase=passphrase,
+        key=key,
+        identity=identity,
+        kms=kms,
+        allow_incomplete=allow_incomplete,
+        max_kdf_memory=max_kdf_memory,
+        kms_key_ids=kms_key_ids,
+    )
     try:
+        opened.check_end(0, opened.reader.pt_total_len + 1)
         if isinstance(dst, str | os.PathLike):
             atomic = AtomicOutput(dst, overwrite=overwrite)
             with atomic as out:
@@ -429,14 +581,28 @@ def seek_extract(
     key: bytes | None = None,
     identity: IdentityArg = None,
     kms: Any = None,
+    allow_incomplete: bool = False,
+    max_kdf_memory: int | None = None,
+    kms_key_ids: Sequence[str] | None = None,
 ) -> bytes:
     """Plaintext bytes ``[offset, offset + length)`` of a container, decrypting only the blocks
-    that cover them. Reads past the end return what exists, like a file.
+    that cover them. Reads past the end return what exists, like a file; in an incomplete
+    container such a read raises :class:`TruncatedError` unless ``allow_incomplete=True``.
     """
     if offset < 0 or length < 0:
         raise ValueError("offset and length must be non-negative")
-    opened = open_reader(src, passphrase=passphrase, key=key, identity=identity, kms=kms)
+    opened = open_reader(
+        src,
+        passphrase=passphrase,
+        key=key,
+        identity=identity,
+        kms=kms,
+        allow_incomplete=allow_incomplete,
+        max_kdf_memory=max_kdf_memory,
+        kms_key_ids=kms_key_ids,
+    )
     try:
+        opened.check_end(offset, length)
         return bytes(opened.reader.read_at(offset, length))
     finally:
         opened.close()
@@ -465,6 +631,7 @@ class ContainerFile(io.RawIOBase):
     def readinto(self, b: Any) -> int:
         self._checkClosed()
         view = memoryview(b).cast("B")
+        self._opened.check_end(self._pos, len(view))
         data = self._opened.reader.read_at(self._pos, len(view))
         n = len(data)
         view[:n] = data
@@ -473,6 +640,7 @@ class ContainerFile(io.RawIOBase):
 
     def readall(self) -> bytes:
         self._checkClosed()
+        self._opened.check_end(self._pos, max(0, self.size - self._pos) + 1)  # to EOF
         data: bytes = self._opened.reader.read_at(self._pos, max(0, self.size - self._pos))
         self._pos += len(data)
         return data
@@ -620,6 +788,9 @@ class ContainerWriter(io.RawIOBase):
             self.close()
 
 
+_READ_OPTIONS = ("kms", "allow_incomplete", "max_kdf_memory", "kms_key_ids", "cache_blocks")
+
+
 @overload
 def open(path_or_file: PathOrFile, mode: Literal["rb"] = "rb", **kwargs: Any) -> ContainerFile: ...
 @overload
@@ -651,10 +822,10 @@ def open(
         os.fspath(path_or_file) if isinstance(path_or_file, str | os.PathLike) else getattr(path_or_file, "name", None)
     )
     if mode == "rb":
-        kms = kwargs.pop("kms", None)
+        read_options = {k: kwargs.pop(k) for k in _READ_OPTIONS if k in kwargs}
         if kwargs:
             raise TypeError(f"unexpected options for mode 'rb': {', '.join(kwargs)}")
-        opened = open_reader(path_or_file, passphrase=passphrase, key=key, identity=identity, kms=kms)
+        opened = open_reader(path_or_file, passphrase=passphrase, key=key, identity=identity, **read_options)
         return ContainerFile(opened, name=name)
     if mode == "wb":
         if identity is not None:

@@ -6,6 +6,7 @@ from typing import Any
 DEFAULT_BLOCK_SIZE: int
 MIN_BLOCK_SIZE: int
 MAX_BLOCK_SIZE: int
+ARGON2ID_MAX_M_COST_KIB: int
 
 def encode_header_unsealed(
     header_flags: int,

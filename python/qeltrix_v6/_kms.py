@@ -8,6 +8,13 @@ principal*) can open the container; the key material never leaves the KMS.
 
 Every call is bounded: connect and read timeouts of ``timeout`` seconds and at most
 ``max_attempts`` attempts, so an unreachable KMS is a clear error, not a hang.
+
+Readers run in *strict mode*: they call ``Decrypt`` only for the key ARNs they were given
+(``key_ids``; CLI ``--kms-key-id``), never for whatever key a stanza names, because the stanza
+is unauthenticated until the MK is known and a forged one would make the reader call (and sign
+a request to) an attacker's key. *Discovery mode* (``discovery=True``; ``--kms-discovery``)
+calls the key each stanza names, as the AWS Encryption SDK's discovery mode does; it is an
+explicit opt-in.
 """
 
 from __future__ import annotations
@@ -39,12 +46,24 @@ class KmsConfig:
     ``endpoint_url`` defaults to ``$QELTRIX_KMS_ENDPOINT``, then to AWS's regional endpoint;
     ``region`` to ``$AWS_REGION``/``$AWS_DEFAULT_REGION``, then ``us-east-1``. Credentials come
     from the usual AWS sources (environment, profile, instance role).
+
+    ``key_ids`` are the KMS keys a reader may call (strict mode: full key ARNs, or key ids and
+    aliases that match the end of a stanza's ARN); ``discovery=True`` lets it call any key a
+    stanza names. Writers ignore both.
     """
 
     endpoint_url: str | None = None
     region: str | None = None
     timeout: float = 10.0
     max_attempts: int = 2
+    key_ids: tuple[str, ...] = ()
+    discovery: bool = False
+
+    def allows(self, key_arn: str) -> bool:
+        """Whether a reader in this configuration may call ``Decrypt`` with ``key_arn``."""
+        if self.discovery:
+            return True
+        return any(key_arn == k or key_arn.endswith((f":key/{k}", f":{k}")) for k in self.key_ids)
 
     def client(self) -> Any:
         try:

@@ -24,6 +24,7 @@ import stat
 import sys
 import tempfile
 import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from typing import Annotated, Any, NoReturn
@@ -39,7 +40,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click.core import ParameterSource  # type: ignore[no-redef,assignment,unused-ignore]
 
 from . import _core, _crypto, _pubkeys
-from ._container import _open_input, open_reader
+from ._container import _open_input, incomplete_message, open_reader
 from ._container import pack as _pack
 from ._container import unpack as _unpack
 from ._demo import run_demo
@@ -382,6 +383,44 @@ RecipientsFileOpt = Annotated[
         rich_help_panel=PANEL_KEY,
     ),
 ]
+KmsKeyIdOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--kms-key-id",
+        metavar="ARN",
+        help="A KMS key this reader may call to unwrap the master key (strict mode; repeatable). "
+        "Without it (or --kms-discovery) KMS recipients are not tried.",
+        rich_help_panel=PANEL_KEY,
+    ),
+]
+KmsDiscoveryOpt = Annotated[
+    bool,
+    typer.Option(
+        "--kms-discovery",
+        help="Call whichever KMS key the container names (discovery mode). Off by default: the header is "
+        "not authenticated until it opens, so a forged stanza could make you call an attacker's key.",
+        rich_help_panel=PANEL_ADV,
+    ),
+]
+MaxKdfMemoryOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-kdf-memory",
+        parser=parse_size,
+        metavar="SIZE",
+        help="Refuse a passphrase KDF (Argon2id) that asks for more memory than this (default 1GiB, the "
+        "format's limit), before it runs.",
+        rich_help_panel=PANEL_ADV,
+    ),
+]
+AllowIncompleteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-incomplete",
+        help="Read an INCOMPLETE container (a stream cut before its FINAL frame) up to where it was cut, "
+        "with a warning, instead of failing with exit code 5.",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no status messages.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.", rich_help_panel=PANEL_ADV)]
 WorkersOpt = Annotated[
@@ -532,11 +571,13 @@ class Credentials:
         key: bytes | None = None,
         identities: list[bytes] | None = None,
         kms: Any = None,
+        max_kdf_memory: int | None = None,
     ) -> None:
         self.passphrase = passphrase
         self.key = key
         self.identities = identities or []
         self.kms = kms
+        self.max_kdf_memory = max_kdf_memory
 
     def given(self) -> bool:
         return self.passphrase is not None or self.key is not None or bool(self.identities) or self.kms is not None
@@ -547,6 +588,8 @@ class Credentials:
             out["identity"] = self.identities
         if self.kms is not None:
             out["kms"] = self.kms
+        if self.max_kdf_memory is not None:
+            out["max_kdf_memory"] = self.max_kdf_memory
         return out
 
 
@@ -572,10 +615,12 @@ def read_identity_file(path: str) -> bytes:
     return data
 
 
-def kms_config(endpoint: str | None, timeout: float = 10.0) -> Any:
+def kms_config(
+    endpoint: str | None, timeout: float = 10.0, key_ids: list[str] | None = None, discovery: bool = False
+) -> Any:
     from ._kms import KmsConfig
 
-    return KmsConfig(endpoint_url=endpoint or None, timeout=timeout)
+    return KmsConfig(endpoint_url=endpoint or None, timeout=timeout, key_ids=tuple(key_ids or ()), discovery=discovery)
 
 
 def parse_recipient_options(recipients: list[str] | None, recipients_files: list[str] | None) -> list[Any]:
@@ -638,17 +683,23 @@ def credentials_for_reading(
     identity_files: list[str] | None = None,
     kms_endpoint: str | None = None,
     kms_timeout: float = 10.0,
+    kms_key_ids: list[str] | None = None,
+    kms_discovery: bool = False,
+    max_kdf_memory: int | None = None,
 ) -> Credentials:
     """Options first, then ``$QELTRIX_PASSPHRASE``, then a prompt (when ``prompt`` and a terminal).
 
     A container with a KMS recipient is opened through the KMS when no other credential is
-    given (or when ``--kms-endpoint`` is); a container sealed only to public keys needs
-    ``--identity`` and says so instead of asking for a passphrase.
+    given (or when a KMS option is); only the keys named by ``--kms-key-id`` are called unless
+    ``--kms-discovery``. A container sealed only to public keys needs ``--identity`` and says
+    so instead of asking for a passphrase.
     """
     creds = _explicit_credentials(key_file, passphrase_file, identity_files)
+    creds.max_kdf_memory = max_kdf_memory
     kinds = _stanza_kinds(src) if src != "-" and os.path.isfile(src) else set()
-    if (_crypto.KIND_KMS in kinds and (kms_endpoint or not creds.given())) or (src == "-" and kms_endpoint):
-        creds.kms = kms_config(kms_endpoint, kms_timeout)
+    kms_asked = bool(kms_endpoint or kms_key_ids or kms_discovery)
+    if (_crypto.KIND_KMS in kinds and (kms_asked or not creds.given())) or (src == "-" and kms_asked):
+        creds.kms = kms_config(kms_endpoint, kms_timeout, kms_key_ids, kms_discovery)
     if creds.given() or not prompt:
         return creds
     # The public header was read first: fail fast on a non-container, and do not ask for a
@@ -952,6 +1003,10 @@ def unpack(
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    kms_key_id: KmsKeyIdOpt = None,
+    kms_discovery: KmsDiscoveryOpt = False,
+    max_kdf_memory: MaxKdfMemoryOpt = None,
+    allow_incomplete: AllowIncompleteOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -967,6 +1022,9 @@ def unpack(
       qeltrix unpack --key-file my.key movie.qltx movie.mp4
       qeltrix unpack backup.qltx - | tar x        # asks for the passphrase
       qeltrix unpack --identity me.id db.qltx db.dump
+
+    An INCOMPLETE container (a gateway stream cut before its end) fails with exit code 5
+    before anything is written; --allow-incomplete restores what authenticated, with a warning.
     """
     _refuse_passphrase_value(passphrase)
     _check_input(src)
@@ -976,7 +1034,15 @@ def unpack(
             "refusing to read a container from the terminal", hint="pipe or redirect it", code=ExitCode.USAGE
         )
     creds = credentials_for_reading(
-        src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
+        src,
+        key_file,
+        passphrase_file,
+        identity_files=identity,
+        kms_endpoint=kms_endpoint,
+        kms_timeout=kms_timeout,
+        kms_key_ids=kms_key_id,
+        kms_discovery=kms_discovery,
+        max_kdf_memory=max_kdf_memory,
     )
     total = None
     with _progress(not quiet, "unpacking", total) as progress:
@@ -987,6 +1053,7 @@ def unpack(
             workers=workers,
             progress=progress,
             overwrite=force,
+            allow_incomplete=allow_incomplete,
         )
     if dst == "-":
         _stdout().flush()
@@ -1008,31 +1075,46 @@ def cat(
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    kms_key_id: KmsKeyIdOpt = None,
+    kms_discovery: KmsDiscoveryOpt = False,
+    max_kdf_memory: MaxKdfMemoryOpt = None,
+    allow_incomplete: AllowIncompleteOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
 ) -> None:
     """Write the plaintext bytes [offset, offset+length) of SRC to stdout.
 
-    Only the blocks that cover the range are read and decrypted, so reading 64 KiB from
-    the middle of a 100 GiB container takes milliseconds. A range past the end is clipped,
-    like reading a file: it may be shorter than --length, or empty.
+        Only the blocks that cover the range are read and decrypted, so reading 64 KiB from
+        the middle of a 100 GiB container takes milliseconds. A range past the end is clipped,
+        like reading a file: it may be shorter than --length, or empty; in an INCOMPLETE container
+    (a cut stream) such a range fails with exit code 5 unless --allow-incomplete.
 
-    [bold]Examples[/bold]
+        [bold]Examples[/bold]
 
-      qeltrix cat --key-file my.key movie.qltx --offset 200MiB --length 1MiB > part.bin
-      qeltrix cat --key-file my.key logs.qltx --offset 1GiB | head -n 20
+          qeltrix cat --key-file my.key movie.qltx --offset 200MiB --length 1MiB > part.bin
+          qeltrix cat --key-file my.key logs.qltx --offset 1GiB | head -n 20
     """
     _refuse_passphrase_value(passphrase)
     _check_input(src)
     creds = credentials_for_reading(
-        src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
+        src,
+        key_file,
+        passphrase_file,
+        identity_files=identity,
+        kms_endpoint=kms_endpoint,
+        kms_timeout=kms_timeout,
+        kms_key_ids=kms_key_id,
+        kms_discovery=kms_discovery,
+        max_kdf_memory=max_kdf_memory,
     )
-    opened = open_reader(_stdin() if src == "-" else src, **creds.kwargs())
+    opened = open_reader(_stdin() if src == "-" else src, **creds.kwargs(), allow_incomplete=allow_incomplete)
     out = _stdout()
     try:
         r = opened.reader
         total = int(r.pt_total_len)
         end = total if length is None else min(total, offset + length)
+        # Reading to the end of an incomplete container fails here, before any output.
+        opened.check_end(offset, total - offset + 1 if length is None else length)
         chunk = max(int(r.block_size), 1 << 20)
         # Chunks aligned to block boundaries decrypt every block once.
         pos = offset
@@ -1223,6 +1305,10 @@ def verify(
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    kms_key_id: KmsKeyIdOpt = None,
+    kms_discovery: KmsDiscoveryOpt = False,
+    max_kdf_memory: MaxKdfMemoryOpt = None,
+    allow_incomplete: AllowIncompleteOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1231,7 +1317,9 @@ def verify(
 
     Exits 0 only if everything checks out. On failure it names the first bad block and the
     plaintext byte range it covers (and, with --json, every bad block), so the rest can
-    still be read with 'qeltrix cat'. Nothing is written anywhere.
+    still be read with 'qeltrix cat'. An INCOMPLETE container (a stream cut before its FINAL
+    frame) fails with exit code 5 even when every block present authenticates, unless
+    --allow-incomplete. Nothing is written anywhere.
 
     [bold]Examples[/bold]
 
@@ -1241,7 +1329,15 @@ def verify(
     _refuse_passphrase_value(passphrase)
     _check_input(src)
     creds = credentials_for_reading(
-        src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
+        src,
+        key_file,
+        passphrase_file,
+        identity_files=identity,
+        kms_endpoint=kms_endpoint,
+        kms_timeout=kms_timeout,
+        kms_key_ids=kms_key_id,
+        kms_discovery=kms_discovery,
+        max_kdf_memory=max_kdf_memory,
     )
     result: dict[str, Any] = {"file": src, "ok": False}
 
@@ -1268,12 +1364,26 @@ def verify(
                 first_error = e
             except QeltrixError as e:
                 fail(e)
+        if first_error is None and r.incomplete:
+            # Every block present authenticates, but the end is missing: never "OK".
+            message = incomplete_message(src, n, total)
+            if not allow_incomplete:
+                result.update(error="truncated", message=message)
+                if as_json:
+                    typer.echo(json.dumps(result, indent=2))
+                raise CliError(
+                    message,
+                    hint="'qeltrix unpack --allow-incomplete' restores what is there",
+                    code=ExitCode.TRUNCATED,
+                )
+            typer.echo(f"qeltrix: warning: {message}", err=True)
         if first_error is None:
             result["ok"] = True
             if as_json:
                 typer.echo(json.dumps(result, indent=2))
             else:
-                typer.echo(f"{src}: OK: {n:,} blocks, {total:,} bytes of plaintext authenticated")
+                state = "INCOMPLETE (allowed)" if r.incomplete else "complete"
+                typer.echo(f"{src}: OK: {n:,} blocks, {total:,} bytes of plaintext authenticated; {state}")
             return
         # The parallel scan stops at a failure that is not necessarily the first: rescan in order.
         bad: list[dict[str, Any]] = []
@@ -1556,6 +1666,9 @@ def recipients_add(
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    kms_key_id: KmsKeyIdOpt = None,
+    kms_discovery: KmsDiscoveryOpt = False,
+    max_kdf_memory: MaxKdfMemoryOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1576,7 +1689,15 @@ def recipients_add(
     if not public:
         raise CliError("nothing to add", hint="give --recipient PUBKEY or --recipients-file FILE", code=ExitCode.USAGE)
     creds = credentials_for_reading(
-        src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
+        src,
+        key_file,
+        passphrase_file,
+        identity_files=identity,
+        kms_endpoint=kms_endpoint,
+        kms_timeout=kms_timeout,
+        kms_key_ids=kms_key_id,
+        kms_discovery=kms_discovery,
+        max_kdf_memory=max_kdf_memory,
     )
     kms = kms_config(kms_endpoint, kms_timeout) if any(r.kind == _crypto.KIND_KMS for r in public) else None
     result = rewrite_recipients(src, RecipientChange(add_recipients=public, kms=kms), **creds.kwargs())
@@ -1600,6 +1721,9 @@ def recipients_remove(
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    kms_key_id: KmsKeyIdOpt = None,
+    kms_discovery: KmsDiscoveryOpt = False,
+    max_kdf_memory: MaxKdfMemoryOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1623,7 +1747,15 @@ def recipients_remove(
         else:
             targets.append(value.strip())
     creds = credentials_for_reading(
-        src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
+        src,
+        key_file,
+        passphrase_file,
+        identity_files=identity,
+        kms_endpoint=kms_endpoint,
+        kms_timeout=kms_timeout,
+        kms_key_ids=kms_key_id,
+        kms_discovery=kms_discovery,
+        max_kdf_memory=max_kdf_memory,
     )
     result = rewrite_recipients(src, RecipientChange(remove_recipients=targets), **creds.kwargs())
     _status(quiet, f"updated {src}: {len(result.after)} recipients")
@@ -1646,6 +1778,9 @@ def rotate_cmd(
     ] = False,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    kms_key_id: KmsKeyIdOpt = None,
+    kms_discovery: KmsDiscoveryOpt = False,
+    max_kdf_memory: MaxKdfMemoryOpt = None,
     workers: WorkersOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -1670,7 +1805,15 @@ def rotate_cmd(
     _in_place_target(src, "rotate")
     public = parse_recipient_options(recipient, recipients_file)
     creds = credentials_for_reading(
-        src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
+        src,
+        key_file,
+        passphrase_file,
+        identity_files=identity,
+        kms_endpoint=kms_endpoint,
+        kms_timeout=kms_timeout,
+        kms_key_ids=kms_key_id,
+        kms_discovery=kms_discovery,
+        max_kdf_memory=max_kdf_memory,
     )
     if creds.kms is None and (kinds := _stanza_kinds(src)) and _crypto.KIND_KMS in kinds:
         creds.kms = kms_config(kms_endpoint, kms_timeout)  # needed to re-wrap for the KMS recipient
@@ -1705,8 +1848,16 @@ def _on_signal(signum: int, frame: object) -> None:
     raise _Terminated(signum)
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    # The library's warnings (an incomplete container read on request) as one line, no source.
+    print(f"qeltrix: warning: {message}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     """Console-script entry point (``qeltrix`` and ``python -m qeltrix_v6``)."""
+    warnings.showwarning = _show_warning
     # SIGTERM and SIGHUP unwind like Ctrl-C, so atomic outputs remove their temporary files.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError, OSError):

@@ -15,13 +15,25 @@ import logging
 import os
 
 from . import _core
-from ._container import open_reader
+from ._container import _Opened, incomplete_message, open_reader
 from ._service import BackgroundService
+from .errors import TruncatedError
 
 __all__ = ["SeekServer"]
 
 log = logging.getLogger("qeltrix_v6.server")
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def served_reader(opened: _Opened, allow_incomplete: bool) -> _core.Reader:
+    """The Reader of an opened container, if it may be served: an INCOMPLETE one (a cut
+    stream) is refused unless ``allow_incomplete``, since an HTTP client would take its end
+    for the end of the data."""
+    reader = opened.reader
+    opened.close()  # the Reader keeps its own descriptor
+    if reader.incomplete and not allow_incomplete:
+        raise TruncatedError(incomplete_message(None, reader.block_count, reader.pt_total_len))
+    return reader
 
 
 class SeekServer(BackgroundService):
@@ -54,6 +66,7 @@ class SeekServer(BackgroundService):
         cache_blocks: int = 32,
         access_log: bool = False,
         workers: int = 2,
+        allow_incomplete: bool = False,
     ) -> None:
         if key is None and passphrase is None:
             raise ValueError("a key or a passphrase is required to open the containers")
@@ -76,13 +89,12 @@ class SeekServer(BackgroundService):
         }
         self._tls = tls_cert is not None
         self._cache_blocks = cache_blocks
+        self._allow_incomplete = allow_incomplete
         super().__init__()
 
     def _open(self, path: str) -> _core.Reader:
         opened = open_reader(path, passphrase=self._passphrase, key=self._key, cache_blocks=self._cache_blocks)
-        reader = opened.reader
-        opened.close()  # the Reader keeps its own descriptor
-        return reader
+        return served_reader(opened, self._allow_incomplete)
 
     @staticmethod
     def _log(level: str, line: str) -> None:

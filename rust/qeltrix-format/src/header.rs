@@ -53,6 +53,11 @@ pub const ARGON2ID_MAX_T_COST: u32 = 16;
 pub const ARGON2ID_MAX_M_COST_KIB: u32 = 1 << 20;
 /// Largest Argon2id lane count.
 pub const ARGON2ID_MAX_LANES: u32 = 16;
+/// Largest Argon2id `t_cost * m_cost_kib` (4 GiB of memory passes, e.g. t = 4 at 1 GiB): with
+/// one passphrase stanza per container this bounds the KDF work of any open (FORMAT.md 9).
+pub const ARGON2ID_MAX_WORK_KIB: u64 = 4 << 20;
+/// Passphrase stanzas (`argon2id` or `pbkdf2`) a container may hold: one KDF run per open.
+pub const MAX_PASSPHRASE_STANZAS: usize = 1;
 /// PBKDF2 iteration bounds.
 pub const PBKDF2_MIN_ITERATIONS: u32 = 1_000;
 /// Largest PBKDF2 iteration count.
@@ -104,6 +109,11 @@ impl Stanza {
                         8 * lanes
                     ));
                 }
+                if u64::from(t) * u64::from(m) > ARGON2ID_MAX_WORK_KIB {
+                    return limit(format!(
+                        "argon2id t_cost {t} x m_cost_kib {m} exceeds the work limit {ARGON2ID_MAX_WORK_KIB}"
+                    ));
+                }
             }
             KIND_PBKDF2 => {
                 let it = self.pbkdf2_iterations().expect("kind checked");
@@ -117,6 +127,11 @@ impl Stanza {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether this stanza wraps the MK under a passphrase (costs a KDF run to try).
+    pub fn is_passphrase(&self) -> bool {
+        matches!(self.kind, KIND_ARGON2ID | KIND_PBKDF2)
     }
 
     /// `spki_len u16 || spki || rsa_ct`: lengths consistent and within bounds.
@@ -297,6 +312,13 @@ impl Header {
             stanzas.push(stanza);
             pos = body_end;
         }
+        let passphrase_stanzas = stanzas.iter().filter(|s| s.is_passphrase()).count();
+        if passphrase_stanzas > MAX_PASSPHRASE_STANZAS {
+            // Each would cost a KDF run: refuse before any runs (FORMAT.md section 8, step 2).
+            return limit(format!(
+                "header has {passphrase_stanzas} passphrase stanzas; at most {MAX_PASSPHRASE_STANZAS} is allowed"
+            ));
+        }
         if bytes[pos..end].iter().any(|&b| b != 0) {
             // Padding is covered by the checksum; non-zero padding is non-canonical.
             return corrupt("header padding is not zero");
@@ -416,6 +438,67 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         sealed(Header::encode_unsealed(1, 1, 1 << 18, 64, [9; 16], &[key_stanza()], 0).expect("encodes"))
+    }
+
+    fn argon2id(t: u32, m: u32, lanes: u32) -> Stanza {
+        let mut body = vec![1u8; ARGON2ID_BODY_LEN];
+        body[16..20].copy_from_slice(&t.to_le_bytes());
+        body[20..24].copy_from_slice(&m.to_le_bytes());
+        body[24..28].copy_from_slice(&lanes.to_le_bytes());
+        Stanza {
+            kind: KIND_ARGON2ID,
+            body,
+        }
+    }
+
+    fn pbkdf2() -> Stanza {
+        let mut body = vec![1u8; PBKDF2_BODY_LEN];
+        body[16..20].copy_from_slice(&PBKDF2_MIN_ITERATIONS.to_le_bytes());
+        Stanza {
+            kind: KIND_PBKDF2,
+            body,
+        }
+    }
+
+    /// Encode without the writer's checks, as an attacker would.
+    fn raw_header(stanzas: &[Stanza]) -> Vec<u8> {
+        let mut v = Header::encode_unsealed(1, 1, 1 << 18, 64, [9; 16], &[key_stanza()], 0).expect("encodes");
+        let count = 1 + stanzas.len() as u16;
+        v[42..44].copy_from_slice(&count.to_le_bytes());
+        let mut pos = HEADER_FIXED_LEN + 3 + KEY_BODY_LEN;
+        for s in stanzas {
+            v[pos] = s.kind;
+            v[pos + 1..pos + 3].copy_from_slice(&(s.body.len() as u16).to_le_bytes());
+            v[pos + 3..pos + 3 + s.body.len()].copy_from_slice(&s.body);
+            pos += 3 + s.body.len();
+        }
+        sealed(v)
+    }
+
+    #[test]
+    fn one_passphrase_stanza_at_most() {
+        assert!(Header::parse(&raw_header(&[argon2id(3, 65536, 4)])).is_ok());
+        for pair in [
+            vec![argon2id(1, 64, 1), argon2id(1, 64, 1)],
+            vec![argon2id(1, 64, 1), pbkdf2()],
+            vec![pbkdf2(), pbkdf2()],
+        ] {
+            assert!(matches!(
+                Header::parse(&raw_header(&pair)),
+                Err(FormatError::Limit(m)) if m.contains("passphrase stanzas")
+            ));
+        }
+    }
+
+    #[test]
+    fn argon2id_work_is_bounded() {
+        assert!(argon2id(4, 1 << 20, 4).validate().is_ok());
+        assert!(argon2id(16, 1 << 18, 4).validate().is_ok());
+        assert!(matches!(argon2id(5, 1 << 20, 4).validate(), Err(FormatError::Limit(_))));
+        assert!(matches!(
+            argon2id(16, (1 << 18) + 8, 4).validate(),
+            Err(FormatError::Limit(_))
+        ));
     }
 
     #[test]

@@ -54,5 +54,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_BLOCK_SIZE", qeltrix_format::DEFAULT_BLOCK_SIZE)?;
     m.add("MIN_BLOCK_SIZE", qeltrix_format::MIN_BLOCK_SIZE)?;
     m.add("MAX_BLOCK_SIZE", qeltrix_format::MAX_BLOCK_SIZE)?;
+    m.add(
+        "ARGON2ID_MAX_M_COST_KIB",
+        qeltrix_format::header::ARGON2ID_MAX_M_COST_KIB,
+    )?;
     Ok(())
 }
