@@ -53,9 +53,9 @@ pub const ARGON2ID_MAX_T_COST: u32 = 16;
 pub const ARGON2ID_MAX_M_COST_KIB: u32 = 1 << 20;
 /// Largest Argon2id lane count.
 pub const ARGON2ID_MAX_LANES: u32 = 16;
-/// Largest Argon2id `t_cost * m_cost_kib` (4 GiB of memory passes, e.g. t = 4 at 1 GiB): with
+/// Largest Argon2id `t_cost * m_cost_kib` (2 GiB of memory passes, e.g. t = 2 at 1 GiB): with
 /// one passphrase stanza per container this bounds the KDF work of any open (FORMAT.md 9).
-pub const ARGON2ID_MAX_WORK_KIB: u64 = 4 << 20;
+pub const ARGON2ID_MAX_WORK_KIB: u64 = 2 << 20;
 /// Passphrase stanzas (`argon2id` or `pbkdf2`) a container may hold: one KDF run per open.
 pub const MAX_PASSPHRASE_STANZAS: usize = 1;
 /// PBKDF2 iteration bounds.
@@ -492,11 +492,11 @@ mod tests {
 
     #[test]
     fn argon2id_work_is_bounded() {
-        assert!(argon2id(4, 1 << 20, 4).validate().is_ok());
-        assert!(argon2id(16, 1 << 18, 4).validate().is_ok());
-        assert!(matches!(argon2id(5, 1 << 20, 4).validate(), Err(FormatError::Limit(_))));
+        assert!(argon2id(2, 1 << 20, 4).validate().is_ok());
+        assert!(argon2id(16, 1 << 17, 4).validate().is_ok());
+        assert!(matches!(argon2id(3, 1 << 20, 4).validate(), Err(FormatError::Limit(_))));
         assert!(matches!(
-            argon2id(16, (1 << 18) + 8, 4).validate(),
+            argon2id(16, (1 << 17) + 8, 4).validate(),
             Err(FormatError::Limit(_))
         ));
     }
