@@ -563,10 +563,11 @@ class SharedKeySession(_Session):
 
     msg_lens = (SK_MSG1_LEN, SK_MSG2_LEN, 0)
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, nonce: bytes | None = None) -> None:
         super().__init__()
         self._key = key
-        self._nonce = random_bytes(SK_NONCE_LEN)
+        # ``nonce`` only for test vectors: a live session always draws a fresh one.
+        self._nonce = nonce if nonce is not None else random_bytes(SK_NONCE_LEN)
 
     def start(self) -> bytes:
         """Initiator: message 1."""

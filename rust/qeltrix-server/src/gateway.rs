@@ -949,6 +949,8 @@ impl Pumps {
         loop {
             match recv(s, &mut *buf, RecvFlags::DONTWAIT) {
                 Ok((n, _)) => {
+                    // As in read_some: an abort's SHUT_RD is not the source's clean end.
+                    self.check_alive()?;
                     self.count(side, n, true);
                     return Ok(Some(n));
                 }
