@@ -1309,3 +1309,103 @@ fn read_exactly(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<bool> {
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> Arc<ConnStats> {
+        Arc::new(ConnStats {
+            id: 1,
+            peer: "127.0.0.1:1".parse().expect("addr"),
+            started: Instant::now(),
+            ended: Mutex::new(None),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            blocks: AtomicU64::new(0),
+            last_activity_ms: AtomicU64::new(0),
+            preauth_deadline_ms: AtomicU64::new(u64::MAX),
+            aborted: AtomicBool::new(false),
+            error: Mutex::new(None),
+        })
+    }
+
+    fn pumps() -> Pumps {
+        Pumps {
+            idle: Duration::from_secs(30),
+            flush_delay: Duration::ZERO,
+            stats: stats(),
+        }
+    }
+
+    /// A connected pair over loopback: (accepted side, connecting side).
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (a, _) = l.accept().expect("accept");
+        a.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        (a, c)
+    }
+
+    /// The 44-byte fixed part of a stream header declaring `header_len`.
+    fn fixed_header(header_len: u32) -> Vec<u8> {
+        let mut h = b"QLTXV6\r\n".to_vec();
+        h.extend_from_slice(&1u16.to_le_bytes());
+        h.extend_from_slice(&header_len.to_le_bytes());
+        h.extend_from_slice(&[0, 0, 1, 0]);
+        h.extend_from_slice(&(64u32 << 10).to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h.extend_from_slice(&[7; 16]);
+        h.extend_from_slice(&1u16.to_le_bytes());
+        assert_eq!(h.len(), HEADER_FIXED_LEN);
+        h
+    }
+
+    #[test]
+    fn a_declared_header_over_the_stream_limit_is_refused_before_reading_it() {
+        let (a, mut c) = pair();
+        c.write_all(&fixed_header(1 << 20)).expect("write");
+        // Nothing more is sent: the refusal must not wait for the declared bytes.
+        match read_stream_header(&pumps(), &a, Side::Client, 16 << 20) {
+            Err(GwError::Protocol(m)) => assert!(m.contains("at most 4096"), "{m}"),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_silent_peer_misses_the_handshake_deadline() {
+        let (a, _c) = pair();
+        let p = pumps();
+        p.stats.preauth_deadline_ms.store(100, Ordering::Relaxed);
+        let err = read_stream_header(&p, &a, Side::Client, 16 << 20).expect_err("must time out");
+        assert!(err.to_string().contains("handshake timeout"), "{err}");
+        p.stats.authenticated();
+        assert!(!p.stats.past_deadline());
+    }
+
+    #[test]
+    fn abort_resets_the_peer_instead_of_ending_cleanly() {
+        let (a, mut c) = pair();
+        let p = pumps();
+        abort(&p, &[&a]);
+        // A pump blocked on `a` wakes up with an error, never with a clean end of input.
+        let mut buf = [0u8; 8];
+        let e = p.read_some(&a, Side::Client, &mut buf).expect_err("aborted");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+        drop(a);
+        c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let e = c.read(&mut buf).expect_err("a reset, not an end of input");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn join_both_reports_the_cause_not_the_consequence() {
+        let aborted = || Err(GwError::Io(aborted_error()));
+        let cut = || Err(GwError::Truncated("cut".into()));
+        assert!(matches!(join_both(Ok(aborted()), cut()), Err(GwError::Truncated(_))));
+        assert!(matches!(join_both(Ok(cut()), aborted()), Err(GwError::Truncated(_))));
+        let auth = Err(GwError::Auth("bad tag".into()));
+        assert!(matches!(join_both(Ok(auth), cut()), Err(GwError::Auth(_))));
+        assert!(join_both(Ok(Ok(())), Ok(())).is_ok());
+    }
+}
