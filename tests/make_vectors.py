@@ -5,7 +5,8 @@ seeded with the vector's name, so the output is byte-for-byte reproducible. The 
 written by ``tests/reference_decoder.py``, which is written from docs/FORMAT.md only.
 
 For each NAME this writes ``NAME.qltx`` and ``NAME.json``; it also writes ``permutation.json``
-and ``stream-shared-key.json`` (FORMAT.md section 12.2).
+and ``stream/shared-key.json`` (FORMAT.md section 12.2; in a subdirectory, so the
+container-vector globs ``vectors/*.json`` do not take it for a container).
 ``python tests/make_vectors.py --check`` compares the files on disk instead of writing them.
 """
 
@@ -313,7 +314,7 @@ def build_vectors() -> dict[str, bytes]:
         files[f"{name}.qltx"] = container
         files[f"{name}.json"] = (_dumps(meta) + "\n").encode()
     files["permutation.json"] = (_dumps(permutation_cases()) + "\n").encode()
-    files["stream-shared-key.json"] = (_dumps(stream_shared_key_vector()) + "\n").encode()
+    files["stream/shared-key.json"] = (_dumps(stream_shared_key_vector()) + "\n").encode()
     for fname, data in files.items():
         assert len(data) < MAX_FILE_SIZE, (fname, len(data))
     return files
@@ -328,6 +329,7 @@ def main(argv: list[str]) -> int:
         return 1 if bad else 0
     VECTOR_DIR.mkdir(parents=True, exist_ok=True)
     for fname, data in sorted(files.items()):
+        (VECTOR_DIR / fname).parent.mkdir(parents=True, exist_ok=True)
         (VECTOR_DIR / fname).write_bytes(data)
         print(f"wrote tests/vectors/{fname} ({len(data)} bytes)")
     return 0

@@ -8,7 +8,7 @@ gateway, tested from outside over real sockets on 127.0.0.1 (FORMAT.md sections 
 - A sink that did not receive FINAL stores an INCOMPLETE container (`qeltrix info --json`).
 - Unauthenticated peers cannot grow the gateway's memory (declared header_len), cannot hold
   a connection slot beyond the handshake timeout, and the open-file limit is raised at start.
-- The shared-key session vector (tests/vectors/stream-shared-key.json) agrees with the product
+- The shared-key session vector (tests/vectors/stream/shared-key.json) agrees with the product
   and with the reference decoder.
 """
 
@@ -400,7 +400,7 @@ def test_reply_stream_reflected_as_a_request_never_reaches_the_target() -> None:
 def test_stream_vector_matches_the_product_and_the_reference_decoder(tmp_path: Path) -> None:
     v = {
         k: bytes.fromhex(x) if k.endswith("_hex") else x
-        for k, x in json.loads((VECTORS / "stream-shared-key.json").read_text()).items()
+        for k, x in json.loads((VECTORS / "stream" / "shared-key.json").read_text()).items()
     }
     key, nonce_i, nonce_r = v["key_hex"], v["nonce_i_hex"], v["nonce_r_hex"]
     initiator = _crypto.SharedKeySession(key, nonce=nonce_i)
