@@ -341,6 +341,24 @@ def test_client_reset_is_not_forwarded_as_a_clean_end() -> None:
     assert bytes(t.connections[0]["data"]) == A
 
 
+def test_target_reset_is_not_forwarded_as_a_clean_end() -> None:
+    # The decrypt side's plaintext source (the target) resets: no FINAL reply frame, so the
+    # router resets its client instead of ending the reply cleanly.
+    def resetting(c: socket.socket) -> None:
+        c.recv(MSG)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=lambda: resetting(srv.accept()[0]), daemon=True).start()
+    with srv:
+        stack, _, _, r = gateways(srv.getsockname()[:2], lambda a: relay(a))
+        with stack, client(r) as c:
+            c.sendall(A)
+            got, end = read_until_closed(c)
+    assert (got, end) == (b"", "reset")
+
+
 # --- 2. direction and freshness --------------------------------------------------------------
 
 
