@@ -4,7 +4,9 @@ Run as ``python tests/make_vectors.py``. Every random byte comes from a SHA-256 
 seeded with the vector's name, so the output is byte-for-byte reproducible. The containers are
 written by ``tests/reference_decoder.py``, which is written from docs/FORMAT.md only.
 
-For each NAME this writes ``NAME.qltx`` and ``NAME.json``; it also writes ``permutation.json``.
+For each NAME this writes ``NAME.qltx`` and ``NAME.json``; it also writes ``permutation.json``
+and ``stream/shared-key.json`` (FORMAT.md section 12.2; in a subdirectory, so the
+container-vector globs ``vectors/*.json`` do not take it for a container).
 ``python tests/make_vectors.py --check`` compares the files on disk instead of writing them.
 """
 
@@ -260,6 +262,39 @@ def permutation_cases() -> list[dict]:
     return out
 
 
+def stream_shared_key_vector() -> dict:
+    """FORMAT.md section 12.2: a shared-key session, its stream MKs and a one-frame request."""
+    rng = Drbg("stream-shared-key")
+    key, nonce_i, nonce_r = rng(32), rng(32), rng(32)
+    session = ref.shared_key_session(key, nonce_i, nonce_r)
+    container_id = rng(16)
+    plaintext = b"SET greeting hello\r\n"
+    stream = ref.encode_stream(
+        plaintext,
+        session=session,
+        direction=ref.DIRECTION_REQUEST,
+        block_size=64 << 10,
+        rng=Drbg("stream-shared-key frames"),
+    )
+    stream_cid = stream[26:42]
+    assert ref.decode_stream(stream, session=session, direction=ref.DIRECTION_REQUEST) == plaintext
+    return {
+        "description": "shared-key session (FORMAT.md 12.2): msg1, session, request/reply MKs, a request stream",
+        "key_hex": key.hex(),
+        "nonce_i_hex": nonce_i.hex(),
+        "nonce_r_hex": nonce_r.hex(),
+        "msg1_hex": ref.shared_key_msg1(key, nonce_i).hex(),
+        "session_hex": session.hex(),
+        "container_id_hex": container_id.hex(),
+        "request_mk_hex": ref.stream_mk(session, container_id, ref.DIRECTION_REQUEST).hex(),
+        "reply_mk_hex": ref.stream_mk(session, container_id, ref.DIRECTION_REPLY).hex(),
+        "stream_container_id_hex": stream_cid.hex(),
+        "stream_direction": ref.DIRECTION_REQUEST,
+        "stream_hex": stream.hex(),
+        "plaintext_hex": plaintext.hex(),
+    }
+
+
 def _dumps(obj, indent: int = 0) -> str:
     """JSON with one key per line but lists of scalars kept on one line."""
     pad = "  " * (indent + 1)
@@ -279,6 +314,7 @@ def build_vectors() -> dict[str, bytes]:
         files[f"{name}.qltx"] = container
         files[f"{name}.json"] = (_dumps(meta) + "\n").encode()
     files["permutation.json"] = (_dumps(permutation_cases()) + "\n").encode()
+    files["stream/shared-key.json"] = (_dumps(stream_shared_key_vector()) + "\n").encode()
     for fname, data in files.items():
         assert len(data) < MAX_FILE_SIZE, (fname, len(data))
     return files
@@ -293,6 +329,7 @@ def main(argv: list[str]) -> int:
         return 1 if bad else 0
     VECTOR_DIR.mkdir(parents=True, exist_ok=True)
     for fname, data in sorted(files.items()):
+        (VECTOR_DIR / fname).parent.mkdir(parents=True, exist_ok=True)
         (VECTOR_DIR / fname).write_bytes(data)
         print(f"wrote tests/vectors/{fname} ({len(data)} bytes)")
     return 0

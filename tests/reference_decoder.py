@@ -736,6 +736,110 @@ def encode(
 
 
 # --------------------------------------------------------------------------------------------
+# Gateway streams between gateways (sections 12 and 12.2)
+
+SK_MAGIC = b"QLTXSK1\n"
+INFO_SHARED_KEY_CHECK = b"qeltrix-v6 shared-key check"
+INFO_SHARED_KEY_SESSION = b"qeltrix-v6 shared-key session"
+INFO_STREAM = b"qeltrix-v6 handshake stream"
+KIND_HANDSHAKE = 16
+DIRECTION_REQUEST = 1
+DIRECTION_REPLY = 2
+MAX_STREAM_HEADER_LEN = 4096
+
+
+def shared_key_msg1(key: bytes, nonce_i: bytes) -> bytes:
+    """msg1 of section 12.2: magic || nonce_I || key_check."""
+    return SK_MAGIC + nonce_i + hkdf(key, nonce_i, INFO_SHARED_KEY_CHECK, 32)
+
+
+def shared_key_session(key: bytes, nonce_i: bytes, nonce_r: bytes) -> bytes:
+    return hkdf(key, nonce_i + nonce_r, INFO_SHARED_KEY_SESSION, 32)
+
+
+def stream_mk(session: bytes, container_id: bytes, direction: int) -> bytes:
+    return hkdf(session, container_id, INFO_STREAM + u8(direction), 32)
+
+
+def encode_stream(
+    plaintext: bytes,
+    *,
+    session: bytes,
+    direction: int,
+    block_size: int,
+    rng: Callable[[int], bytes],
+    cipher_id: int = CIPHER_AES_256_GCM,
+) -> bytes:
+    """A stream (section 12): header with one kind-16 stanza, frames in order, the last FINAL.
+
+    ``rng(n)`` supplies container_id, then per block cdk_salt, data_nonce, meta_nonce.
+    """
+    container_id = rng(16)
+    mk = stream_mk(session, container_id, direction)
+    keys = derive_keys(mk, container_id)
+    stanza = u8(KIND_HANDSHAKE) + u16(0)
+    header_len = HEADER_ALIGN
+    fixed = MAGIC + struct.pack("<HIHBBII", FORMAT_VERSION, header_len, 0, cipher_id, 0, block_size, 0)
+    body = fixed + container_id + u16(1) + stanza
+    body += bytes(header_len - HEADER_TAIL_LEN - len(body))
+    body += sha256(body)
+    out = [body + hmac_sha256(keys["header"], body)]
+    blocks = [plaintext[i : i + block_size] for i in range(0, len(plaintext), block_size)] or [b""]
+    for i, pt in enumerate(blocks):
+        meta_flags = META_FLAG_FINAL if i == len(blocks) - 1 else 0
+        cdk_salt, data_nonce = rng(16), rng(12)
+        pt_sha = sha256(pt)
+        meta_pt = u64le(i) + u32(len(pt)) + u8(meta_flags) + bytes(3) + cdk_salt + data_nonce + pt_sha
+        cdk = derive_cdk(mk, container_id, i, pt_sha, cdk_salt)
+        data_ct = seal(cipher_id, cdk, data_nonce, pt, container_id + u64le(i) + u32(len(pt)) + u8(meta_flags))
+        meta_nonce = rng(12)
+        out.append(meta_nonce + seal(cipher_id, keys["meta"], meta_nonce, meta_pt, container_id) + data_ct)
+    return b"".join(out)
+
+
+def decode_stream(stream: bytes, *, session: bytes, direction: int) -> bytes:
+    """Read a complete stream received in ``direction`` (section 12): every check, in order."""
+    (header_len,) = struct.unpack_from("<I", stream, 10)
+    if header_len > MAX_STREAM_HEADER_LEN:
+        raise RefMalformed("stream header larger than MAX_STREAM_HEADER_LEN")
+    hdr = parse_header(stream[:header_len])
+    if [k for k, _ in hdr["stanzas"]] != [KIND_HANDSHAKE] or hdr["header_flags"]:
+        raise RefMalformed("a stream header has one handshake stanza and is not permuted")
+    cid, cipher_id = hdr["container_id"], hdr["cipher_id"]
+    mk = stream_mk(session, cid, direction)
+    keys = derive_keys(mk, cid)
+    if not _hmac_verify(keys["header"], stream[: header_len - 32], stream[header_len - 32 : header_len]):
+        raise RefCorrupt("stream header_mac does not verify (wrong session or direction)")
+    pos, i, out = header_len, 0, []
+    while True:
+        if pos + META_FRAME_LEN > len(stream):
+            raise RefTruncated("stream ended without its FINAL frame")
+        meta_pt = open_(cipher_id, keys["meta"], stream[pos : pos + 12], stream[pos + 12 : pos + META_FRAME_LEN], cid)
+        if meta_pt is None:
+            raise RefCorrupt(f"frame {i}: metadata does not open")
+        block_index, pt_len, flags, reserved, cdk_salt, data_nonce, pt_sha = struct.unpack("<QIB3s16s12s32s", meta_pt)
+        if block_index != i or reserved != bytes(3) or flags & ~META_FLAG_FINAL or pt_len > hdr["block_size"]:
+            raise RefCorrupt(f"frame {i}: bad metadata")
+        if pt_len == 0 and not flags & META_FLAG_FINAL:
+            raise RefCorrupt(f"frame {i}: empty frame without FINAL")
+        end = pos + META_FRAME_LEN + pt_len + TAG_LEN
+        if end > len(stream):
+            raise RefTruncated(f"stream cut inside frame {i}")
+        cdk = derive_cdk(mk, cid, i, pt_sha, cdk_salt)
+        pt = open_(
+            cipher_id, cdk, data_nonce, stream[pos + META_FRAME_LEN : end], cid + u64le(i) + u32(pt_len) + u8(flags)
+        )
+        if pt is None or sha256(pt) != pt_sha:
+            raise RefCorrupt(f"frame {i}: data does not open")
+        out.append(pt)
+        pos, i = end, i + 1
+        if flags & META_FLAG_FINAL:
+            if pos != len(stream):
+                raise RefCorrupt("bytes after the FINAL frame")
+            return b"".join(out)
+
+
+# --------------------------------------------------------------------------------------------
 # Helpers for building negative test cases
 
 

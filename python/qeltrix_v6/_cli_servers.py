@@ -263,6 +263,16 @@ def gateway(
             rich_help_panel=PANEL_ADV,
         ),
     ] = 300.0,
+    handshake_timeout: Annotated[
+        float,
+        typer.Option(
+            "--handshake-timeout",
+            min=0.01,
+            metavar="SECONDS",
+            help="Seconds a peer has, from connecting, to authenticate its session and first stream header.",
+            rich_help_panel=PANEL_ADV,
+        ),
+    ] = 10.0,
     stats_interval: Annotated[
         float,
         typer.Option(
@@ -321,6 +331,7 @@ def gateway(
             max_connections=max_connections,
             idle_timeout=idle_timeout,
             stats_interval=stats_interval,
+            handshake_timeout=handshake_timeout,
         )
         gw.start()
     except ValueError as e:

@@ -5,6 +5,7 @@ from typing import Any
 
 DEFAULT_BLOCK_SIZE: int
 MIN_BLOCK_SIZE: int
+MAX_STREAM_HEADER_LEN: int
 MAX_BLOCK_SIZE: int
 ARGON2ID_MAX_M_COST_KIB: int
 
@@ -116,6 +117,7 @@ class GatewayCore:
         idle_timeout: float = 300.0,
         connect_timeout: float = 10.0,
         stats_interval: float = 0.0,
+        handshake_timeout: float = 10.0,
     ) -> None: ...
     @property
     def address(self) -> tuple[str, int]: ...

@@ -503,6 +503,97 @@ HS_MSG1_LEN = len(HS_MAGIC) + 64
 HS_MSG2_LEN = 96
 HS_MSG3_LEN = 32
 X25519_LEN = 32
+# FORMAT.md section 12.2: every stream MK is bound to its direction.
+DIRECTION_REQUEST = 1
+DIRECTION_REPLY = 2
+SK_MAGIC = b"QLTXSK1\n"
+LABEL_SHARED_KEY_CHECK = b"qeltrix-v6 shared-key check"
+LABEL_SHARED_KEY_SESSION = b"qeltrix-v6 shared-key session"
+SK_NONCE_LEN = 32
+SK_MSG1_LEN = len(SK_MAGIC) + 2 * SK_NONCE_LEN
+SK_MSG2_LEN = SK_NONCE_LEN
+
+
+def stream_mk(session: bytes, container_id: bytes, direction: int) -> bytes:
+    """The MK of a gateway stream (FORMAT.md section 12.2)."""
+    if not session:
+        raise AuthenticationError("no completed handshake")
+    return hkdf(session, container_id, LABEL_HANDSHAKE_STREAM + bytes([direction]))
+
+
+def shared_key_check(key: bytes, nonce_i: bytes) -> bytes:
+    """``key_check`` of a shared-key ``msg1`` (a wrong-key diagnostic, not authentication)."""
+    return hkdf(key, nonce_i, LABEL_SHARED_KEY_CHECK)
+
+
+def shared_key_session(key: bytes, nonce_i: bytes, nonce_r: bytes) -> bytes:
+    """The ``session`` of a shared-key connection (FORMAT.md section 12.2)."""
+    return hkdf(key, nonce_i + nonce_r, LABEL_SHARED_KEY_SESSION)
+
+
+class _Session:
+    """What both session kinds share: the role and the direction-bound stream MKs."""
+
+    msg_lens: tuple[int, int, int] = (0, 0, 0)
+
+    def __init__(self) -> None:
+        self.initiator = False
+        self.secret = b""
+
+    def send_mk(self, container_id: bytes) -> bytes:
+        """The MK of a stream this side sends: a request from the initiator, else a reply."""
+        return stream_mk(self.secret, container_id, DIRECTION_REQUEST if self.initiator else DIRECTION_REPLY)
+
+    def recv_mk(self, container_id: bytes) -> bytes:
+        """The MK of a stream this side receives (the other direction)."""
+        return stream_mk(self.secret, container_id, DIRECTION_REPLY if self.initiator else DIRECTION_REQUEST)
+
+
+class SharedKeySession(_Session):
+    """The shared-key session between gateways (FORMAT.md section 12.2): both sides send a
+    fresh nonce, so a recorded stream never authenticates on another connection.
+
+    >>> k = bytes(32)
+    >>> i, r = SharedKeySession(k), SharedKeySession(k)
+    >>> i.finish(r.respond(i.start()))
+    b''
+    >>> i.send_mk(b"c" * 16) == r.recv_mk(b"c" * 16) != r.send_mk(b"c" * 16)
+    True
+    """
+
+    msg_lens = (SK_MSG1_LEN, SK_MSG2_LEN, 0)
+
+    def __init__(self, key: bytes, nonce: bytes | None = None) -> None:
+        super().__init__()
+        self._key = key
+        # ``nonce`` only for test vectors: a live session always draws a fresh one.
+        self._nonce = nonce if nonce is not None else random_bytes(SK_NONCE_LEN)
+
+    def start(self) -> bytes:
+        """Initiator: message 1."""
+        self.initiator = True
+        return SK_MAGIC + self._nonce + shared_key_check(self._key, self._nonce)
+
+    def respond(self, msg1: bytes) -> bytes:
+        """Responder: check message 1; return message 2 (its nonce)."""
+        if len(msg1) != SK_MSG1_LEN or msg1[:8] != SK_MAGIC:
+            raise MalformedError("not a Qeltrix shared-key gateway session")
+        nonce_i = msg1[8:40]
+        if not _hmac.compare_digest(shared_key_check(self._key, nonce_i), msg1[40:]):
+            raise WrongKeyError("the peer gateway uses another shared key")
+        self.secret = shared_key_session(self._key, nonce_i, self._nonce)
+        return self._nonce
+
+    def finish(self, msg2: bytes) -> bytes:
+        """Initiator: take the responder's nonce (no third message)."""
+        if len(msg2) != SK_MSG2_LEN:
+            raise MalformedError("bad shared-key session reply")
+        self.secret = shared_key_session(self._key, self._nonce, msg2)
+        return b""
+
+    def confirm(self, msg3: bytes) -> None:
+        """Not used: the first stream header's MAC authenticates the initiator."""
+        raise MalformedError("a shared-key session has no third message")
 
 
 def x25519_generate() -> tuple[bytes, bytes]:
@@ -535,7 +626,7 @@ def _dh(private: bytes, public: bytes) -> bytes:
         raise AuthenticationError("handshake failed: invalid peer key") from None
 
 
-class Handshake:
+class Handshake(_Session):
     """The authenticated X25519 handshake between gateways (FORMAT.md section 12.1).
 
     Three messages: the initiator sends its ephemeral and static keys; the responder checks the
@@ -545,7 +636,10 @@ class Handshake:
     enters a DH with the other side's ephemeral).
     """
 
+    msg_lens = (HS_MSG1_LEN, HS_MSG2_LEN, HS_MSG3_LEN)
+
     def __init__(self, static_private: bytes, pinned: frozenset[bytes]) -> None:
+        super().__init__()
         self._s = static_private
         self._s_pub = x25519_public(static_private)
         self._pinned = pinned
@@ -554,7 +648,6 @@ class Handshake:
         self._msg1 = b""
         self._th = b""
         self._k_i = b""
-        self.secret = b""
         self.peer_static = b""
 
     def _keys(self, dh1: bytes, dh2: bytes, dh3: bytes, transcript: bytes) -> tuple[bytes, bytes]:
@@ -565,6 +658,7 @@ class Handshake:
 
     def start(self) -> bytes:
         """Initiator: message 1."""
+        self.initiator = True
         self._msg1 = HS_MAGIC + self._e_pub + self._s_pub
         return self._msg1
 
@@ -598,9 +692,3 @@ class Handshake:
         if not _hmac.compare_digest(hmac_sha256(self._k_i, self._th), msg3):
             self.secret = b""
             raise AuthenticationError("handshake failed: the initiator could not prove its key")
-
-    def stream_mk(self, container_id: bytes) -> bytes:
-        """The MK of a stream with this ``container_id`` in this session."""
-        if not self.secret:
-            raise AuthenticationError("no completed handshake")
-        return hkdf(self.secret, container_id, LABEL_HANDSHAKE_STREAM)

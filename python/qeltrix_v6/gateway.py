@@ -11,9 +11,12 @@ Modes:
 - ``sink``: store each incoming stream (V6, or plaintext with ``sink_raw=True``) as a
   container in ``sink_dir``; a cut connection leaves a container marked incomplete.
 
-Gateways that talk to each other share a 32-byte key file: each connection gets a fresh
-stream MK in each direction, wrapped under the shared key, so no long-term key crosses the
-wire, and each reply stream is bound to its request stream.
+Gateways that talk to each other share a 32-byte key file, or hold X25519 identities and
+pin each other's public keys. Each connection first agrees on a fresh session (both sides
+contribute randomness), and each stream MK is derived from it and from the stream's
+direction, so no key crosses the wire and no stream can be replayed or reflected
+(FORMAT.md section 12.2). A stream that fails authentication or ends without its FINAL
+frame makes the gateway reset its plaintext side: a cut is never a clean end.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from . import _core, _crypto
-from ._container import build_header, unlock_header
+from ._container import build_header
 from ._service import BackgroundService
 from .errors import AuthenticationError
 
@@ -66,9 +69,12 @@ def decode_public_key(text: str) -> bytes:
 class _Keyring:
     """Stream keys for gateways (the Rust loops call these methods).
 
-    Shared-key mode: each stream MK is wrapped under the gateways' shared key. Pinned-key mode
-    (``identity`` and ``peers``): an authenticated X25519 handshake on each connection derives
-    the stream MKs; no MK crosses the wire and a peer whose key is not pinned is refused.
+    Every connection between gateways first agrees on a session (FORMAT.md section 12):
+    shared-key mode (``key``) exchanges fresh nonces, pinned-key mode (``identity`` and
+    ``peers``) runs an authenticated X25519 handshake. Each stream MK is derived from the
+    session, the ``container_id`` and the stream's direction, so no MK crosses the wire and
+    nothing recorded on another connection, or reflected, authenticates. Streams with no peer
+    gateway (reflect, raw sink) wrap a random MK under ``key``.
     """
 
     def __init__(
@@ -79,17 +85,21 @@ class _Keyring:
         self._identity = identity
         self._peers = peers
 
-    def handshake_new(self) -> _crypto.Handshake | None:
+    def handshake_new(self) -> _crypto.Handshake | _crypto.SharedKeySession:
         if self._identity is None:
-            return None
+            assert self._key is not None
+            return _crypto.SharedKeySession(self._key)
         return _crypto.Handshake(self._identity, self._peers)
 
     def new_stream(
-        self, container_id: bytes | None, block_size: int, session: _crypto.Handshake | None = None
+        self,
+        container_id: bytes | None,
+        block_size: int,
+        session: _crypto.Handshake | _crypto.SharedKeySession | None = None,
     ) -> tuple[bytes, _crypto.ContainerKeys]:
         cid = container_id if container_id is not None else _crypto.random_bytes(16)
         if session is not None:
-            mk = session.stream_mk(cid)
+            mk = session.send_mk(cid)
             stanza = (KIND_HANDSHAKE, b"")
         else:
             assert self._key is not None
@@ -97,24 +107,32 @@ class _Keyring:
             stanza = _crypto.key_stanza(self._key, mk, cid)
         return build_header(mk, cid, self._cipher_id, block_size, 0, [stanza])
 
-    def storage_header(self, header: bytes, session: _crypto.Handshake | None = None) -> bytes:
-        """The header a sink stores: a handshake stream's MK dies with its session, so it is
-        re-wrapped under the sink's own key (the frames do not change)."""
+    def storage_header(
+        self, header: bytes, session: _crypto.Handshake | _crypto.SharedKeySession | None = None
+    ) -> bytes:
+        """The header a sink stores: a stream's MK dies with its session, so it is re-wrapped
+        under the sink's own key (the frames do not change)."""
         if session is None:
             return header
         assert self._key is not None
         f = SimpleNamespace(**_core.parse_header(header))
-        mk = session.stream_mk(f.container_id)
+        mk = session.recv_mk(f.container_id)
         stanza = _crypto.key_stanza(self._key, mk, f.container_id)
         return build_header(mk, f.container_id, f.cipher_id, f.block_size, 0, [stanza])[0]
 
-    def accept_stream(self, header: bytes, session: _crypto.Handshake | None = None) -> _crypto.ContainerKeys:
-        fields = SimpleNamespace(**_core.parse_header(header))
+    def accept_stream(
+        self, header: bytes, session: _crypto.Handshake | _crypto.SharedKeySession | None = None
+    ) -> _crypto.ContainerKeys:
         if session is None:
-            return unlock_header(fields, key=self._key)
+            # Every stream between gateways is keyed from a fresh session: a stream that
+            # needs none could be a recording.
+            raise AuthenticationError("a stream from a peer gateway needs a session")
+        fields = SimpleNamespace(**_core.parse_header(header))
         if _crypto.sha256(fields.header_checksummed) != fields.header_sha256:
             raise AuthenticationError("stream header is corrupt (checksum mismatch)")
-        keys = _crypto.ContainerKeys(session.stream_mk(fields.container_id), fields.container_id, fields.cipher_id)
+        if [k for k, _ in fields.stanzas] != [KIND_HANDSHAKE]:
+            raise AuthenticationError("a gateway stream header has exactly one handshake stanza")
+        keys = _crypto.ContainerKeys(session.recv_mk(fields.container_id), fields.container_id, fields.cipher_id)
         keys.verify_header_mac(fields.header_maced, fields.header_mac)
         return keys
 
@@ -167,6 +185,7 @@ class GatewayServer(BackgroundService):
         idle_timeout: float = 300.0,
         connect_timeout: float = 10.0,
         stats_interval: float = 0.0,
+        handshake_timeout: float = 10.0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -188,6 +207,9 @@ class GatewayServer(BackgroundService):
             raise ValueError(f"unknown cipher {cipher!r}")
         if not _core.MIN_BLOCK_SIZE <= block_size <= 16 << 20:
             raise ValueError("block_size must be between 16 bytes and 16 MiB")
+        if not handshake_timeout > 0:
+            raise ValueError("handshake_timeout must be positive")
+        max_connections = _raise_open_file_limit(max_connections)
         self.mode = mode
         self._listen = _split_hostport(listen)
         tgt = None
@@ -207,6 +229,7 @@ class GatewayServer(BackgroundService):
             "idle_timeout": idle_timeout,
             "connect_timeout": connect_timeout,
             "stats_interval": stats_interval,
+            "handshake_timeout": handshake_timeout,
         }
         super().__init__()
 
@@ -220,6 +243,45 @@ class GatewayServer(BackgroundService):
     def stats(self) -> dict[str, Any]:
         """Aggregate counters plus ``per_connection``: bytes in/out, blocks, duration, errors."""
         return self._core.stats() if self._core is not None else {}
+
+
+# Descriptors a gateway needs besides its connections: listener, logs, Python's own files.
+_FD_MARGIN = 64
+# Each connection holds up to two sockets (the accepted peer and the target).
+_FDS_PER_CONNECTION = 2
+
+
+def _raise_open_file_limit(max_connections: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit to what ``max_connections`` needs (FORMAT.md 12.2).
+
+    When the hard limit is too low, log a warning and return the connection limit it allows.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX: nothing to raise
+        return max_connections
+    need = max_connections * _FDS_PER_CONNECTION + _FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        new_soft = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+            soft = new_soft
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, new_soft, e)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        allowed = max(1, (soft - _FD_MARGIN) // _FDS_PER_CONNECTION)
+        log.warning(
+            "the open-file limit (%d, hard limit %s) allows only %d connections, not %d: using %d "
+            "(raise it with ulimit -n)",
+            soft,
+            "unlimited" if hard == resource.RLIM_INFINITY else hard,
+            allowed,
+            max_connections,
+            allowed,
+        )
+        return allowed
+    return max_connections
 
 
 def generate_identity() -> tuple[bytes, str]:

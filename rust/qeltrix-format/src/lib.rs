@@ -40,6 +40,9 @@ pub const MAX_BLOCK_SIZE: u32 = 64 << 20;
 pub const DEFAULT_BLOCK_SIZE: u32 = 256 << 10;
 /// Largest accepted `header_len`.
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
+/// Largest stream header a gateway reads from a peer that has not authenticated yet
+/// (FORMAT.md section 12).
+pub const MAX_STREAM_HEADER_LEN: u32 = 4096;
 /// Largest accepted `recipient_count`.
 pub const MAX_RECIPIENTS: u16 = 64;
 /// Largest accepted stanza `body_len`.

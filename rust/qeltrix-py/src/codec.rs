@@ -53,6 +53,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(default_perm_window, m)?)?;
     m.add("DEFAULT_BLOCK_SIZE", qeltrix_format::DEFAULT_BLOCK_SIZE)?;
     m.add("MIN_BLOCK_SIZE", qeltrix_format::MIN_BLOCK_SIZE)?;
+    m.add("MAX_STREAM_HEADER_LEN", qeltrix_format::MAX_STREAM_HEADER_LEN)?;
     m.add("MAX_BLOCK_SIZE", qeltrix_format::MAX_BLOCK_SIZE)?;
     m.add(
         "ARGON2ID_MAX_M_COST_KIB",

@@ -28,12 +28,14 @@ const STORAGE_HEADER: &str = "storage_header";
 const REPLY_ID: &str = "reply_id";
 /// `keyring.log(level, line)`.
 const LOG: &str = "log";
-/// `keyring.handshake_new() -> Handshake | None` (None in shared-key mode).
+/// `keyring.handshake_new() -> Handshake | SharedKeySession`: a session object with
+/// `msg_lens: (int, int, int)` (a third length of 0: no third message), `start()`,
+/// `respond(msg1)`, `finish(msg2)` and `confirm(msg3)` (FORMAT.md sections 12.1, 12.2).
 const HANDSHAKE_NEW: &str = "handshake_new";
-/// Handshake message sizes (FORMAT.md section 12.1).
-const HS_MSG1_LEN: usize = 72;
-const HS_MSG2_LEN: usize = 96;
-const HS_MSG3_LEN: usize = 32;
+/// The session's message lengths.
+const MSG_LENS: &str = "msg_lens";
+/// Largest handshake message a session may ask for (bounds pre-authentication memory).
+const MAX_HS_MSG_LEN: usize = 256;
 
 fn gw_err(py: Python<'_>, e: PyErr) -> GwError {
     let is = |c| error_class(py, c).is_ok_and(|cls| e.is_instance(py, &cls));
@@ -134,7 +136,7 @@ struct PyKeyring(Py<PyAny>);
 
 impl Keyring for PyKeyring {
     type Keys = PyStreamKeys;
-    /// A completed `qeltrix_v6._crypto.Handshake`.
+    /// A completed `qeltrix_v6._crypto.Handshake` or `SharedKeySession`.
     type Session = Py<PyAny>;
 
     fn handshake(
@@ -157,23 +159,37 @@ impl Keyring for PyKeyring {
                 r.extract(py).map_err(|e| gw_err(py, e))
             })
         };
-        let hs: Option<Py<PyAny>> = Python::attach(|py| {
-            let r = self.0.call_method0(py, HANDSHAKE_NEW).map_err(|e| gw_err(py, e))?;
-            Ok::<_, GwError>(if r.is_none(py) { None } else { Some(r) })
+        let (hs, lens) = Python::attach(|py| {
+            let hs = self.0.call_method0(py, HANDSHAKE_NEW).map_err(|e| gw_err(py, e))?;
+            let lens: (usize, usize, usize) = hs
+                .getattr(py, MSG_LENS)
+                .and_then(|l| l.extract(py))
+                .map_err(|e| gw_err(py, e))?;
+            Ok::<_, GwError>((hs, lens))
         })?;
-        let Some(hs) = hs else { return Ok(None) };
+        let (len1, len2, len3) = lens;
+        if [len1, len2, len3].iter().any(|&n| n > MAX_HS_MSG_LEN) || len1 == 0 || len2 == 0 {
+            return Err(GwError::Protocol(
+                "the session asks for bad handshake message sizes".into(),
+            ));
+        }
         if initiator {
             send(&call(&hs, "start", None)?)?;
-            let mut msg2 = [0u8; HS_MSG2_LEN];
+            let mut msg2 = vec![0u8; len2];
             recv(&mut msg2)?;
-            send(&call(&hs, "finish", Some(&msg2))?)?;
+            let msg3 = call(&hs, "finish", Some(&msg2))?;
+            if len3 > 0 {
+                send(&msg3)?;
+            }
         } else {
-            let mut msg1 = [0u8; HS_MSG1_LEN];
+            let mut msg1 = vec![0u8; len1];
             recv(&mut msg1)?;
             send(&call(&hs, "respond", Some(&msg1))?)?;
-            let mut msg3 = [0u8; HS_MSG3_LEN];
-            recv(&mut msg3)?;
-            call(&hs, "confirm", Some(&msg3))?;
+            if len3 > 0 {
+                let mut msg3 = vec![0u8; len3];
+                recv(&mut msg3)?;
+                call(&hs, "confirm", Some(&msg3))?;
+            }
         }
         Ok(Some(hs))
     }
@@ -258,7 +274,7 @@ impl GatewayCore {
     #[new]
     #[pyo3(signature = (mode, host, port, keyring, target=None, sink_dir=None, sink_raw=false, block_size=262144,
                         flush_delay=0.0, max_connections=1024, idle_timeout=300.0, connect_timeout=10.0,
-                        stats_interval=0.0))]
+                        stats_interval=0.0, handshake_timeout=10.0))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
     fn new(
         py: Python<'_>,
@@ -275,6 +291,7 @@ impl GatewayCore {
         idle_timeout: f64,
         connect_timeout: f64,
         stats_interval: f64,
+        handshake_timeout: f64,
     ) -> PyResult<GatewayCore> {
         let mode = match mode {
             "reflect" => Mode::Reflect,
@@ -298,6 +315,7 @@ impl GatewayCore {
         config.idle_timeout = Duration::from_secs_f64(idle_timeout.max(0.01));
         config.connect_timeout = Duration::from_secs_f64(connect_timeout.max(0.01));
         config.stats_interval = Duration::from_secs_f64(stats_interval.max(0.0));
+        config.handshake_timeout = Duration::from_secs_f64(handshake_timeout.max(0.01));
         let handle = py
             .detach(|| start_gateway(config, PyKeyring(keyring)))
             .map_err(|e| PyOSError::new_err(e.to_string()))?;

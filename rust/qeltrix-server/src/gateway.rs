@@ -7,10 +7,17 @@
 //! destination on the `FINAL` frame. Blocking writes give backpressure, so memory per
 //! connection is two blocks per direction whatever the peers do.
 //!
+//! A cut is never a clean end (FORMAT.md section 12): a destination is half-closed only after
+//! a `FINAL` frame (or, on the sealing side, after its source half-closed); any error aborts
+//! the whole connection, resetting (RST) both sockets of both directions. Until the first
+//! stream header has authenticated, a peer can make the gateway hold at most
+//! `MAX_STREAM_HEADER_LEN` bytes, for at most the handshake timeout (section 12.2).
+//!
 //! The cryptography is behind [`Keyring`] and [`StreamKeys`]; the pyo3 glue implements
 //! them over `qeltrix_v6._crypto`.
 use crate::LogLevel;
 use qeltrix_format::header::HEADER_FIXED_LEN;
+pub use qeltrix_format::MAX_STREAM_HEADER_LEN;
 use qeltrix_format::{
     frame_len, BlockMeta, Header, Index, IndexEntry, Trailer, INDEX_FLAG_INCOMPLETE, META_FLAG_FINAL, META_FRAME_LEN,
     TAG_LEN,
@@ -54,6 +61,9 @@ pub struct GatewayConfig {
     pub flush_delay: Duration,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// From accept until the peer's session and first stream header have authenticated
+    /// (FORMAT.md section 12.2): a silent or slow unauthenticated peer is dropped after it.
+    pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     /// Largest `block_size` accepted from a peer's stream header.
     pub max_peer_block_size: u32,
@@ -76,6 +86,7 @@ impl GatewayConfig {
             flush_delay: Duration::ZERO,
             max_connections: 1024,
             idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_peer_block_size: 16 << 20,
             backlog: 1024,
@@ -182,6 +193,11 @@ pub struct ConnStats {
     /// Frames sealed plus frames opened.
     pub blocks: AtomicU64,
     last_activity_ms: AtomicU64,
+    /// Milliseconds after `started` by which the peer must have authenticated; `u64::MAX`
+    /// once it has (or when nothing needs authenticating).
+    preauth_deadline_ms: AtomicU64,
+    /// Set when the connection is aborted: every pump stops at its next read or write.
+    aborted: AtomicBool,
     error: Mutex<Option<String>>,
 }
 
@@ -207,6 +223,15 @@ impl ConnStats {
     fn idle_for(&self) -> Duration {
         let now = self.started.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_activity_ms.load(Ordering::Relaxed)))
+    }
+
+    fn past_deadline(&self) -> bool {
+        let deadline = self.preauth_deadline_ms.load(Ordering::Relaxed);
+        deadline != u64::MAX && self.started.elapsed().as_millis() as u64 >= deadline
+    }
+
+    fn authenticated(&self) {
+        self.preauth_deadline_ms.store(u64::MAX, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> ConnSnapshot {
@@ -453,6 +478,8 @@ impl<K: Keyring> Gateway<K> {
                 bytes_out: AtomicU64::new(0),
                 blocks: AtomicU64::new(0),
                 last_activity_ms: AtomicU64::new(0),
+                preauth_deadline_ms: AtomicU64::new(u64::MAX),
+                aborted: AtomicBool::new(false),
                 error: Mutex::new(None),
             });
             self.open.lock().expect("stats lock").insert(id, stats.clone());
@@ -460,13 +487,18 @@ impl<K: Keyring> Gateway<K> {
             let spawned = std::thread::Builder::new()
                 .name(format!("qeltrix-gw-{id}"))
                 .spawn(move || {
-                    let mut stream = Some(stream);
                     let mut result = None;
-                    gw.keyring
-                        .on_thread(&mut || result = stream.take().map(|s| gw.handle(s, &stats)));
+                    gw.keyring.on_thread(&mut || result = Some(gw.handle(&stream, &stats)));
                     let result =
                         result.unwrap_or_else(|| Err(GwError::Protocol("connection thread did not run".into())));
+                    if result.is_err() {
+                        // Errors before the pumps started (session, header) abort too.
+                        set_reset_on_close(&stream);
+                    }
+                    // Free the slot before the peer sees the close, so a client that
+                    // retries at once is not refused.
                     gw.finish(&stats, result);
+                    drop(stream);
                 });
             if let Err(e) = spawned {
                 self.keyring
@@ -486,8 +518,10 @@ impl<K: Keyring> Gateway<K> {
             } else {
                 LogLevel::Warning
             };
-            self.keyring
-                .log(level, &format!("connection {} from {}: {e}", stats.id, stats.peer));
+            self.keyring.log(
+                level,
+                &format!("connection {} from {} aborted (reset): {e}", stats.id, stats.peer),
+            );
         }
         let snap = stats.snapshot();
         self.totals.bytes_in.fetch_add(snap.bytes_in, Ordering::Relaxed);
@@ -523,13 +557,15 @@ impl<K: Keyring> Gateway<K> {
 
     fn prepare(&self, s: &TcpStream) -> io::Result<()> {
         s.set_nodelay(true)?;
-        // Reads wake up at least this often to check the connection's overall idleness.
+        // Reads and writes wake up at least this often to check the connection's overall
+        // idleness, its handshake deadline and whether it was aborted.
         let tick = self
             .config
             .idle_timeout
+            .min(self.config.handshake_timeout)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         s.set_read_timeout(Some(tick))?;
-        s.set_write_timeout(Some(self.config.idle_timeout.max(Duration::from_millis(10))))?;
+        s.set_write_timeout(Some(tick))?;
         Ok(())
     }
 
@@ -557,8 +593,12 @@ impl<K: Keyring> Gateway<K> {
         )
     }
 
-    fn handle(&self, client: TcpStream, stats: &Arc<ConnStats>) -> Result<(), GwError> {
-        self.prepare(&client)?;
+    fn handle(&self, client: &TcpStream, stats: &Arc<ConnStats>) -> Result<(), GwError> {
+        self.prepare(client)?;
+        if self.config.mode != Mode::Reflect && !(self.config.mode == Mode::Sink && self.config.sink_raw) {
+            let ms = self.config.handshake_timeout.as_millis().min(u128::from(u64::MAX - 1)) as u64;
+            stats.preauth_deadline_ms.store(ms, Ordering::Relaxed);
+        }
         let p = Pumps {
             idle: self.config.idle_timeout,
             flush_delay: self.config.flush_delay,
@@ -570,14 +610,21 @@ impl<K: Keyring> Gateway<K> {
         match self.config.mode {
             Mode::Reflect => {
                 let (header, mut keys) = self.keyring.new_stream(None, None, bs)?;
-                p.write_all(&mut &client, Side::Client, &header)?;
-                let r = p.seal(&client, Side::Client, &mut &client, Side::Client, &mut keys, bs, nop);
-                after(&r, &client, &client);
+                p.write_all(&mut &*client, Side::Client, &header)?;
+                let r = p.seal(client, Side::Client, &mut &*client, Side::Client, &mut keys, bs, nop);
+                after(&p, &r, &[client], client);
                 r
             }
             Mode::Router => {
                 let peer = self.connect_target()?;
-                let session = self.handshake(&p, &peer, Side::Other, true)?;
+                let session = self.handshake(&p, &peer, Side::Other, true);
+                if session.is_err() {
+                    set_reset_on_close(&peer);
+                }
+                let session = session?;
+                // The peer is the gateway this one chose to connect to; its reply header is
+                // bounded by MAX_STREAM_HEADER_LEN and the idle timeout from here.
+                stats.authenticated();
                 let session = session.as_ref();
                 let (header, mut keys) = self.keyring.new_stream(session, None, bs)?;
                 let request_id = Header::parse(&header)
@@ -592,7 +639,7 @@ impl<K: Keyring> Gateway<K> {
                                 .map_err(GwError::Io)
                                 .and_then(|()| {
                                     p.seal(
-                                        &client,
+                                        client,
                                         Side::Client,
                                         &mut &peer,
                                         Side::Other,
@@ -601,7 +648,7 @@ impl<K: Keyring> Gateway<K> {
                                         &mut |_, _| Ok(()),
                                     )
                                 });
-                            after(&r, &client, &peer);
+                            after(&p, &r, &[client, &peer], &peer);
                             r
                         })
                     });
@@ -612,18 +659,21 @@ impl<K: Keyring> Gateway<K> {
                         }
                         let mut keys = self.keyring.accept_stream(session, &h)?;
                         p.open(&peer, Side::Other, &mut keys, h.block_size, &mut |_, _, _, pt| {
-                            p.write_all(&mut &client, Side::Client, pt).map_err(GwError::Io)
+                            p.write_all(&mut &*client, Side::Client, pt).map_err(GwError::Io)
                         })
                     })();
-                    after(&down, &peer, &client);
+                    after(&p, &down, &[client, &peer], client);
                     join_both(up.join(), down)
                 })
             }
             Mode::Decrypt => {
-                let session = self.handshake(&p, &client, Side::Client, false)?;
+                let session = self.handshake(&p, client, Side::Client, false)?;
                 let session = session.as_ref();
-                let h = read_stream_header(&p, &client, Side::Client, max_bs)?;
+                let h = read_stream_header(&p, client, Side::Client, max_bs)?;
+                // Authenticated under this connection's fresh session before the target is
+                // contacted: a replayed or reflected stream never reaches it.
                 let mut in_keys = self.keyring.accept_stream(session, &h)?;
+                stats.authenticated();
                 let reply_id = self.keyring.reply_id(&h.container_id)?;
                 let target = self.connect_target()?;
                 std::thread::scope(|scope| {
@@ -631,11 +681,11 @@ impl<K: Keyring> Gateway<K> {
                         self.run_on_thread(|| {
                             let r = self.keyring.new_stream(session, Some(reply_id), bs).and_then(
                                 |(reply_header, mut keys)| {
-                                    p.write_all(&mut &client, Side::Client, &reply_header)?;
+                                    p.write_all(&mut &*client, Side::Client, &reply_header)?;
                                     p.seal(
                                         &target,
                                         Side::Other,
-                                        &mut &client,
+                                        &mut &*client,
                                         Side::Client,
                                         &mut keys,
                                         bs,
@@ -643,18 +693,24 @@ impl<K: Keyring> Gateway<K> {
                                     )
                                 },
                             );
-                            after(&r, &target, &client);
+                            after(&p, &r, &[client, &target], client);
                             r
                         })
                     });
-                    let up = p.open(&client, Side::Client, &mut in_keys, h.block_size, &mut |_, _, _, pt| {
+                    let up = p.open(client, Side::Client, &mut in_keys, h.block_size, &mut |_, _, _, pt| {
                         p.write_all(&mut &target, Side::Other, pt).map_err(GwError::Io)
                     });
-                    after(&up, &client, &target);
+                    after(&p, &up, &[client, &target], &target);
                     join_both(down.join(), up)
                 })
             }
-            Mode::Sink => self.sink(&client, &p),
+            Mode::Sink => {
+                let r = self.sink(client, &p);
+                if r.is_err() {
+                    abort(&p, &[client]);
+                }
+                r
+            }
         }
     }
 
@@ -673,6 +729,7 @@ impl<K: Keyring> Gateway<K> {
         } else {
             let h = read_stream_header(p, client, Side::Client, self.config.max_peer_block_size)?;
             let k = self.keyring.accept_stream(session, &h)?;
+            p.stats.authenticated();
             (self.keyring.storage_header(session, &h)?, k, h.block_size)
         };
         let mut file = SinkFile::create(dir, p.stats.id, &header_bytes)?;
@@ -731,26 +788,55 @@ impl<K: Keyring> Gateway<K> {
     }
 }
 
-/// After one direction ends: a clean end half-closes the destination; an error closes both
-/// sockets so the other direction stops too.
-fn after(r: &Result<(), GwError>, src: &TcpStream, dst: &TcpStream) {
-    if r.is_ok() {
+/// After one direction ends: a clean end (a `FINAL` frame, or the source's half-close on the
+/// sealing side) half-closes the destination; an error aborts the connection (`sockets`).
+fn after(p: &Pumps, r: &Result<(), GwError>, sockets: &[&TcpStream], dst: &TcpStream) {
+    if r.is_ok() && !p.stats.aborted.load(Ordering::SeqCst) {
         let _ = dst.shutdown(Shutdown::Write);
     } else {
-        let _ = src.shutdown(Shutdown::Both);
-        let _ = dst.shutdown(Shutdown::Both);
+        abort(p, sockets);
     }
+}
+
+/// Abort a connection: its sockets are reset (RST, not FIN) when they are closed, and every
+/// pump blocked on them wakes up and stops without sending a `FINAL` frame.
+fn abort(p: &Pumps, sockets: &[&TcpStream]) {
+    p.stats.aborted.store(true, Ordering::SeqCst);
+    for s in sockets {
+        set_reset_on_close(s);
+        // Wakes a blocked reader without sending anything (SHUT_WR would send a FIN, which
+        // a plaintext peer would take for a clean end); a blocked writer wakes at its tick.
+        let _ = s.shutdown(Shutdown::Read);
+    }
+}
+
+/// `SO_LINGER` with timeout 0: closing the socket sends a TCP RST.
+fn set_reset_on_close(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
 fn join_both(other: std::thread::Result<Result<(), GwError>>, this: Result<(), GwError>) -> Result<(), GwError> {
     let other = other.unwrap_or_else(|_| Err(GwError::Protocol("a connection thread panicked".into())));
-    // Report the first real cause: an error is often the consequence of the other side's.
-    match (this, other) {
-        (Err(e @ (GwError::Auth(_) | GwError::Protocol(_) | GwError::WrongKey(_))), _) => Err(e),
-        (_, Err(e @ (GwError::Auth(_) | GwError::Protocol(_) | GwError::WrongKey(_)))) => Err(e),
-        (Err(e), _) | (_, Err(e)) => Err(e),
-        (Ok(()), Ok(())) => Ok(()),
+    // Report the real cause: an error is often the consequence of the other side's (an
+    // abort wakes the other pump with an "aborted" error).
+    fn rank(r: &Result<(), GwError>) -> u8 {
+        match r {
+            Ok(()) => 0,
+            Err(GwError::Io(e)) if e.kind() == io::ErrorKind::ConnectionAborted => 1,
+            Err(GwError::Io(_)) => 2,
+            Err(GwError::Truncated(_)) => 3,
+            Err(_) => 4,
+        }
     }
+    if rank(&other) > rank(&this) {
+        other
+    } else {
+        this
+    }
+}
+
+fn aborted_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the connection was aborted")
 }
 
 /// Receives each authenticated frame: `(meta_frame, data_ct, meta, plaintext)`.
@@ -790,20 +876,41 @@ impl Pumps {
     /// Block until some bytes or end of input; the connection's idle timeout applies.
     fn read_some(&self, s: &TcpStream, side: Side, buf: &mut [u8]) -> io::Result<usize> {
         loop {
+            self.check_alive()?;
             match (&*s).read(buf) {
                 Ok(n) => {
+                    // An abort's SHUT_RD reads as end of input: never take it for a clean end.
+                    self.check_alive()?;
                     self.count(side, n, true);
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_timeout(&e) => {
-                    if self.stats.idle_for() >= self.idle {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle too long"));
-                    }
-                }
+                Err(e) if is_timeout(&e) => self.check_idle()?,
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Fails once the connection was aborted or its peer missed the handshake deadline.
+    fn check_alive(&self) -> io::Result<()> {
+        if self.stats.aborted.load(Ordering::SeqCst) {
+            return Err(aborted_error());
+        }
+        if self.stats.past_deadline() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer did not authenticate within the handshake timeout",
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_idle(&self) -> io::Result<()> {
+        self.check_alive()?;
+        if self.stats.idle_for() >= self.idle {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle too long"));
+        }
+        Ok(())
     }
 
     /// Fill `buf`; `Ok(false)` when the input ended before its first byte.
@@ -842,6 +949,8 @@ impl Pumps {
         loop {
             match recv(s, &mut *buf, RecvFlags::DONTWAIT) {
                 Ok((n, _)) => {
+                    // As in read_some: an abort's SHUT_RD is not the source's clean end.
+                    self.check_alive()?;
                     self.count(side, n, true);
                     return Ok(Some(n));
                 }
@@ -863,7 +972,12 @@ impl Pumps {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the receiver stopped reading"))
+                    if self.stats.aborted.load(Ordering::SeqCst) {
+                        return Err(aborted_error());
+                    }
+                    if self.stats.idle_for() >= self.idle {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "the receiver stopped reading"));
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -974,7 +1088,7 @@ fn cut(e: io::Error) -> GwError {
     }
 }
 
-/// Read and parse a stream header (bounded by `MAX_HEADER_LEN`).
+/// Read and parse a stream header (bounded by `MAX_STREAM_HEADER_LEN`).
 fn read_stream_header(p: &Pumps, s: &TcpStream, side: Side, max_block_size: u32) -> Result<Header, GwError> {
     let mut buf = vec![0u8; HEADER_FIXED_LEN];
     if !p.read_full(s, side, &mut buf).map_err(cut)? {
@@ -982,8 +1096,14 @@ fn read_stream_header(p: &Pumps, s: &TcpStream, side: Side, max_block_size: u32)
             "the peer closed before sending a stream header".into(),
         ));
     }
-    let header_len = Header::peek_len(&buf).map_err(|e| GwError::Protocol(e.to_string()))? as usize;
-    buf.resize(header_len, 0);
+    let header_len = Header::peek_len(&buf).map_err(|e| GwError::Protocol(e.to_string()))?;
+    // Before anything is allocated: the peer has not authenticated yet.
+    if header_len > MAX_STREAM_HEADER_LEN {
+        return Err(GwError::Protocol(format!(
+            "the stream header declares {header_len} bytes; a stream header is at most {MAX_STREAM_HEADER_LEN}"
+        )));
+    }
+    buf.resize(header_len as usize, 0);
     if !p.read_full(s, side, &mut buf[HEADER_FIXED_LEN..]).map_err(cut)? {
         return Err(GwError::Truncated("the stream header is cut short".into()));
     }
@@ -1188,4 +1308,104 @@ fn read_exactly(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<bool> {
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> Arc<ConnStats> {
+        Arc::new(ConnStats {
+            id: 1,
+            peer: "127.0.0.1:1".parse().expect("addr"),
+            started: Instant::now(),
+            ended: Mutex::new(None),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            blocks: AtomicU64::new(0),
+            last_activity_ms: AtomicU64::new(0),
+            preauth_deadline_ms: AtomicU64::new(u64::MAX),
+            aborted: AtomicBool::new(false),
+            error: Mutex::new(None),
+        })
+    }
+
+    fn pumps() -> Pumps {
+        Pumps {
+            idle: Duration::from_secs(30),
+            flush_delay: Duration::ZERO,
+            stats: stats(),
+        }
+    }
+
+    /// A connected pair over loopback: (accepted side, connecting side).
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (a, _) = l.accept().expect("accept");
+        a.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        (a, c)
+    }
+
+    /// The 44-byte fixed part of a stream header declaring `header_len`.
+    fn fixed_header(header_len: u32) -> Vec<u8> {
+        let mut h = b"QLTXV6\r\n".to_vec();
+        h.extend_from_slice(&1u16.to_le_bytes());
+        h.extend_from_slice(&header_len.to_le_bytes());
+        h.extend_from_slice(&[0, 0, 1, 0]);
+        h.extend_from_slice(&(64u32 << 10).to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h.extend_from_slice(&[7; 16]);
+        h.extend_from_slice(&1u16.to_le_bytes());
+        assert_eq!(h.len(), HEADER_FIXED_LEN);
+        h
+    }
+
+    #[test]
+    fn a_declared_header_over_the_stream_limit_is_refused_before_reading_it() {
+        let (a, mut c) = pair();
+        c.write_all(&fixed_header(1 << 20)).expect("write");
+        // Nothing more is sent: the refusal must not wait for the declared bytes.
+        match read_stream_header(&pumps(), &a, Side::Client, 16 << 20) {
+            Err(GwError::Protocol(m)) => assert!(m.contains("at most 4096"), "{m}"),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_silent_peer_misses_the_handshake_deadline() {
+        let (a, _c) = pair();
+        let p = pumps();
+        p.stats.preauth_deadline_ms.store(100, Ordering::Relaxed);
+        let err = read_stream_header(&p, &a, Side::Client, 16 << 20).expect_err("must time out");
+        assert!(err.to_string().contains("handshake timeout"), "{err}");
+        p.stats.authenticated();
+        assert!(!p.stats.past_deadline());
+    }
+
+    #[test]
+    fn abort_resets_the_peer_instead_of_ending_cleanly() {
+        let (a, mut c) = pair();
+        let p = pumps();
+        abort(&p, &[&a]);
+        // A pump blocked on `a` wakes up with an error, never with a clean end of input.
+        let mut buf = [0u8; 8];
+        let e = p.read_some(&a, Side::Client, &mut buf).expect_err("aborted");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+        drop(a);
+        c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let e = c.read(&mut buf).expect_err("a reset, not an end of input");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn join_both_reports_the_cause_not_the_consequence() {
+        let aborted = || Err(GwError::Io(aborted_error()));
+        let cut = || Err(GwError::Truncated("cut".into()));
+        assert!(matches!(join_both(Ok(aborted()), cut()), Err(GwError::Truncated(_))));
+        assert!(matches!(join_both(Ok(cut()), aborted()), Err(GwError::Truncated(_))));
+        let auth = Err(GwError::Auth("bad tag".into()));
+        assert!(matches!(join_both(Ok(auth), cut()), Err(GwError::Auth(_))));
+        assert!(join_both(Ok(Ok(())), Ok(())).is_ok());
+    }
 }
