@@ -32,6 +32,7 @@ from .errors import (
     MalformedError,
     QeltrixError,
     QeltrixIOError,
+    SignatureError,
     TruncatedError,
     WrongKeyError,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "QeltrixError",
     "QeltrixIOError",
     "SeekServer",
+    "SignatureError",
     "TruncatedError",
     "WrongKeyError",
     "__version__",

@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as _cx  # type: ignore[no-redef,unused-ignore]
     from click.core import ParameterSource  # type: ignore[no-redef,assignment,unused-ignore]
 
-from . import _core, _crypto, _pubkeys
+from . import _core, _crypto, _pubkeys, _signing
 from ._container import _open_input, open_reader
 from ._container import pack as _pack
 from ._container import unpack as _unpack
@@ -58,6 +58,7 @@ from .errors import (
     MalformedError,
     QeltrixError,
     QeltrixIOError,
+    SignatureError,
     TruncatedError,
     WrongKeyError,
 )
@@ -160,6 +161,12 @@ def _classify(e: BaseException) -> tuple[int, str | None, str | None]:
         return ExitCode.BROKEN_PIPE, None, None
     if isinstance(e, WrongKeyError):
         return ExitCode.WRONG_KEY, str(e), "check the passphrase or key file; 'qeltrix info FILE' lists the recipients"
+    if isinstance(e, SignatureError):
+        return (
+            ExitCode.CORRUPT,
+            str(e),
+            "not written by a required --signer, or changed since it was signed; 'qeltrix verify' shows the signer",
+        )
     if isinstance(e, TruncatedError):
         return ExitCode.TRUNCATED, str(e), "the file is cut short: an interrupted copy, download or write?"
     if isinstance(e, IntegrityError):
@@ -382,6 +389,67 @@ RecipientsFileOpt = Annotated[
         rich_help_panel=PANEL_KEY,
     ),
 ]
+PANEL_SIGN = "Signatures (who wrote it)"
+SignerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--signer",
+        metavar="PUBKEY",
+        help="Require a signature by this qltx-ed25519:... key (from 'qeltrix keygen --ed25519'). Repeatable: any "
+        "one of them.",
+        rich_help_panel=PANEL_SIGN,
+    ),
+]
+SignersFileOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--signers-file",
+        metavar="FILE",
+        help="File of accepted signers: one qltx-ed25519:... key per line; # comments.",
+        rich_help_panel=PANEL_SIGN,
+    ),
+]
+SignWithOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sign-with",
+        metavar="KEY_FILE",
+        help="Sign with this Ed25519 private key ('qeltrix keygen --ed25519'), so readers can check who wrote it.",
+        rich_help_panel=PANEL_SIGN,
+    ),
+]
+
+
+def signers_from_options(signer: list[str] | None, signers_file: list[str] | None) -> list[str] | None:
+    """The pinned signer keys of --signer/--signers-file (checked), or None when neither was given."""
+    if not signer and not signers_file:
+        return None
+    out: list[str] = []
+    try:
+        for text in signer or []:
+            _signing.decode_signer(text)
+            out.append(text.strip())
+        for path in signers_file or []:
+            out += _signing.read_signers_file(path)
+    except MalformedError as e:
+        raise CliError(str(e), code=ExitCode.USAGE) from None
+    if not out:
+        raise CliError("the signers file lists no signer", code=ExitCode.USAGE)
+    return out
+
+
+def read_signing_key(path: str | None) -> _crypto.Ed25519Signer | None:
+    """The signer of --sign-with, checked before anything is read or written."""
+    if path is None:
+        return None
+    try:
+        return _signing.load_signer(path)
+    except MalformedError as e:
+        raise CliError(str(e), hint="make one with 'qeltrix keygen --ed25519 -o FILE'", code=ExitCode.USAGE) from None
+    except QeltrixIOError as e:
+        raise CliError(str(e), code=ExitCode.IO) from None
+
+
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no status messages.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.", rich_help_panel=PANEL_ADV)]
 WorkersOpt = Annotated[
@@ -870,6 +938,7 @@ def pack(
     recipients_file: RecipientsFileOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -891,6 +960,7 @@ def pack(
       qeltrix pack --recipient qltx-x25519:AbC... --recipient ops-rsa.pub.pem db.dump db.qltx
       qeltrix pack --passphrase-file pw.txt --block-size 1MiB backup.tar backup.qltx
       tar c docs | qeltrix pack --key-file my.key - - > docs.tar.qltx
+      qeltrix pack --sign-with me.sign --recipient qltx-x25519:AbC... db.dump db.qltx
     """
     _refuse_passphrase_value(passphrase)
     if not _core.MIN_BLOCK_SIZE <= block_size <= _core.MAX_BLOCK_SIZE:
@@ -912,6 +982,7 @@ def pack(
     public = parse_recipient_options(recipient, recipients_file)
     if (recipient or recipients_file) and not public:
         raise CliError("the recipients file lists no recipient", code=ExitCode.USAGE)
+    signer = read_signing_key(sign_with)
     creds = credentials_for_writing(key_file, passphrase_file, dst, recipients=bool(public))
     kdf_name, kdf_params = _kdf_settings(kdf, kdf_iterations, has_passphrase=creds.passphrase is not None, ctx=ctx)
     kms = kms_config(kms_endpoint, kms_timeout) if any(r.kind == _crypto.KIND_KMS for r in public) else None
@@ -931,6 +1002,7 @@ def pack(
             overwrite=force,
             recipients=public,
             kms=kms,
+            sign_with=signer,
         )
     if dst == "-":
         _stdout().flush()
@@ -952,6 +1024,8 @@ def unpack(
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    signer: SignerOpt = None,
+    signers_file: SignersFileOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -967,8 +1041,10 @@ def unpack(
       qeltrix unpack --key-file my.key movie.qltx movie.mp4
       qeltrix unpack backup.qltx - | tar x        # asks for the passphrase
       qeltrix unpack --identity me.id db.qltx db.dump
+      qeltrix unpack --identity me.id --signer qltx-ed25519:XyZ... db.qltx db.dump
     """
     _refuse_passphrase_value(passphrase)
+    signers = signers_from_options(signer, signers_file)
     _check_input(src)
     _check_output(dst, force)
     if src == "-" and sys.stdin.isatty():
@@ -987,6 +1063,7 @@ def unpack(
             workers=workers,
             progress=progress,
             overwrite=force,
+            signers=signers,
         )
     if dst == "-":
         _stdout().flush()
@@ -1008,6 +1085,8 @@ def cat(
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    signer: SignerOpt = None,
+    signers_file: SignersFileOpt = None,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
 ) -> None:
@@ -1023,11 +1102,12 @@ def cat(
       qeltrix cat --key-file my.key logs.qltx --offset 1GiB | head -n 20
     """
     _refuse_passphrase_value(passphrase)
+    signers = signers_from_options(signer, signers_file)
     _check_input(src)
     creds = credentials_for_reading(
         src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
     )
-    opened = open_reader(_stdin() if src == "-" else src, **creds.kwargs())
+    opened = open_reader(_stdin() if src == "-" else src, **creds.kwargs(), signers=signers)
     out = _stdout()
     try:
         r = opened.reader
@@ -1066,8 +1146,8 @@ def _public_info(src: str) -> dict[str, Any]:
         }
 
 
-def _private_info(src: str, creds: Credentials, with_blocks: bool) -> dict[str, Any]:
-    opened = open_reader(src, **creds.kwargs())
+def _private_info(src: str, creds: Credentials, with_blocks: bool, signers: list[str] | None = None) -> dict[str, Any]:
+    opened = open_reader(src, **creds.kwargs(), signers=signers)
     try:
         r = opened.reader
         n = int(r.block_count)
@@ -1119,6 +1199,8 @@ def _print_info(info: dict[str, Any]) -> None:
     recipients = info["recipients"]
     for i, desc in enumerate(recipients):
         rows.append(("recipients" if i == 0 else "", f"{i + 1}. {recipient_summary(desc)}"))
+    if "origin" in info:
+        rows.append(("origin", info["origin"]["text"]))
     if "plaintext_len" in info:
         ix = info["index"]
         rows += [
@@ -1159,6 +1241,8 @@ def info(
     as_json: JsonOpt = False,
     blocks: Annotated[bool, typer.Option("--blocks", help="List every block of the index (needs a key).")] = False,
     identity: IdentityOpt = None,
+    signer: SignerOpt = None,
+    signers_file: SignersFileOpt = None,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
 ) -> None:
@@ -1172,14 +1256,25 @@ def info(
 
       qeltrix info movie.qltx
       qeltrix info --key-file my.key --json movie.qltx | jq .plaintext_len
+      qeltrix info --signer qltx-ed25519:XyZ... movie.qltx    # checks the signature, no key needed
     """
     _refuse_passphrase_value(passphrase)
+    signers = signers_from_options(signer, signers_file)
     if src == "-":
         raise CliError("info needs a file, not stdin", code=ExitCode.USAGE)
     _check_input(src)
     public = _public_info(src)
     if not public["header_checksum_ok"]:
         raise AuthenticationError("container header is corrupt (checksum mismatch)")
+    # The signature is checked from public bytes (no key): header, index and frame digests.
+    origin = _signing.public_origin(src, _signing.parse_signers(signers))
+    public["origin"] = {**origin.as_json(), "text": origin.text()}
+    if signers is not None:
+        _signing.require_signed_flag(_core.HEADER_FLAG_SIGNED if origin.signed else 0)
+        if not origin.valid:
+            raise SignatureError("the container's signature does not verify: changed after signing, or forged")
+        if not origin.pinned:
+            raise SignatureError(f"the container is signed by {origin.signer}, which is not a required signer")
     creds = _explicit_credentials(key_file, passphrase_file, identity)
     if not creds.given() and prompt:
         creds = credentials_for_reading(src, None, None)
@@ -1190,7 +1285,7 @@ def info(
     data = dict(public)
     data["unlocked"] = creds.given()
     if creds.given():
-        data.update(_private_info(src, creds, blocks))
+        data.update(_private_info(src, creds, blocks, signers))
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:
@@ -1223,6 +1318,8 @@ def verify(
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    signer: SignerOpt = None,
+    signers_file: SignersFileOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1237,8 +1334,14 @@ def verify(
 
       qeltrix verify --key-file my.key movie.qltx
       qeltrix verify --key-file my.key --json movie.qltx
+      qeltrix verify --identity me.id --signer qltx-ed25519:XyZ... db.qltx
+
+    Integrity (under the container's key) and origin (who wrote it) are reported apart:
+    without --signer anyone holding a recipient's public key could have written SRC, and
+    verify says so; with --signer a container not signed by one of those keys fails.
     """
     _refuse_passphrase_value(passphrase)
+    signers = signers_from_options(signer, signers_file)
     _check_input(src)
     creds = credentials_for_reading(
         src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
@@ -1253,11 +1356,17 @@ def verify(
         raise e
 
     try:
-        opened = open_reader(_stdin() if src == "-" else src, **creds.kwargs())
+        opened = open_reader(_stdin() if src == "-" else src, **creds.kwargs(), signers=signers)
     except QeltrixError as e:
         fail(e)
     try:
         r = opened.reader
+        origin = _signing.check_signature(r, _signing.parse_signers(signers))
+        result["origin"] = {**origin.as_json(), "text": origin.text()}
+        if origin.signed and not origin.valid:
+            fail(SignatureError("the container's signature does not verify: changed after signing, or forged"))
+        if origin.valid and not r.frame_digests_required:
+            r.require_frame_digests()  # "valid" then also covers every frame read below
         n, total = int(r.block_count), int(r.pt_total_len)
         result.update(block_count=n, plaintext_len=total, complete=not bool(r.incomplete))
         first_error: BaseException | None = None
@@ -1274,6 +1383,8 @@ def verify(
                 typer.echo(json.dumps(result, indent=2))
             else:
                 typer.echo(f"{src}: OK: {n:,} blocks, {total:,} bytes of plaintext authenticated")
+                typer.echo("  integrity: authenticated under the container's key")
+                typer.echo(f"  origin: {origin.text()}")
             return
         # The parallel scan stops at a failure that is not necessarily the first: rescan in order.
         bad: list[dict[str, Any]] = []
@@ -1330,6 +1441,12 @@ def keygen(
         bool,
         typer.Option("--x25519", help="Write a gateway identity (X25519 private key) and print its public key."),
     ] = False,
+    ed25519: Annotated[
+        bool,
+        typer.Option(
+            "--ed25519", help="Write a signing key (Ed25519, PEM) for 'pack --sign-with' and print its public key."
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -1345,9 +1462,18 @@ def keygen(
       qeltrix keygen -o my.key
       qeltrix pack --key-file my.key secrets.db secrets.qltx
       qeltrix keygen --x25519 -o gw-a.id > gw-a.pub
+      qeltrix keygen --ed25519 -o me.sign > me.signer     # readers pin it with --signer
     """
     if output == "-":
         raise CliError("keygen writes a key file, not stdout", hint="give -o FILE", code=ExitCode.USAGE)
+    if x25519 and ed25519:
+        raise CliError("--x25519 and --ed25519 make different keys; choose one", code=ExitCode.USAGE)
+    if ed25519:
+        pem, signer_pub = _crypto.ed25519_generate()
+        write_key_file(output, pem)
+        typer.echo(_signing.encode_signer(signer_pub))
+        _status(quiet, f"wrote a new signing key to {output} (mode 0600); its public key (for --signer) is above")
+        return
     if x25519:
         from .gateway import encode_public_key
 

@@ -21,6 +21,14 @@ pub const OPEN_BLOCK: &str = "open_block";
 pub const SEAL_INDEX: &str = "seal_index";
 /// `ContainerKeys.open_index(footer, footer_offset) -> index_pt`.
 pub const OPEN_INDEX: &str = "open_index";
+/// `ContainerKeys.frame_sha256(inbuf, frame_len) -> digest`: SHA-256 of a stored frame (section 15).
+pub const FRAME_SHA256: &str = "frame_sha256";
+/// `ContainerKeys.sha256(data) -> digest` (header, footer and digest-list hashes of section 15).
+pub const SHA256: &str = "sha256";
+/// `Ed25519Signer.sign(signed_message) -> signature` (`qeltrix_v6._crypto.Ed25519Signer`).
+pub const SIGN: &str = "sign";
+/// `Ed25519Signer.public`: the 32-byte `signer_pub` (an attribute).
+pub const SIGNER_PUBLIC: &str = "public";
 /// File-like methods used on Python sources and sinks.
 pub const READINTO: &str = "readinto";
 pub const WRITE: &str = "write";
@@ -38,9 +46,10 @@ pub enum ErrorClass {
     Io = 4,
     WrongKey = 5,
     Base = 6,
+    Signature = 7,
 }
 
-const ERROR_NAMES: [&str; 7] = [
+const ERROR_NAMES: [&str; 8] = [
     "MalformedError",
     "LimitExceededError",
     "AuthenticationError",
@@ -48,6 +57,7 @@ const ERROR_NAMES: [&str; 7] = [
     "QeltrixIOError",
     "WrongKeyError",
     "QeltrixError",
+    "SignatureError",
 ];
 
 /// The Python class for an error kind.
