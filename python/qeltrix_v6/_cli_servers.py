@@ -25,6 +25,8 @@ from .cli import (
     PassphraseFileOpt,
     PassphraseTrap,
     QuietOpt,
+    SignerOpt,
+    SignersFileOpt,
     _can_prompt,
     _check_input,
     _check_output,
@@ -37,6 +39,7 @@ from .cli import (
     kms_config,
     parse_size,
     read_key_file,
+    signers_from_options,
 )
 from .gateway import MODES, GatewayServer, decode_public_key
 from .server import SeekServer
@@ -64,7 +67,9 @@ class _SeekServer(SeekServer):
         self._creds = creds
 
     def _open(self, path: str) -> Any:
-        opened = _container.open_reader(path, **self._creds.kwargs(), cache_blocks=self._cache_blocks)
+        opened = _container.open_reader(
+            path, **self._creds.kwargs(), cache_blocks=self._cache_blocks, signers=self._signers
+        )
         reader = opened.reader
         opened.close()  # the Reader keeps its own descriptor
         return reader
@@ -143,6 +148,8 @@ def serve(
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
+    signer: SignerOpt = None,
+    signers_file: SignersFileOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -157,8 +164,13 @@ def serve(
 
       qeltrix serve --key-file my.key ~/vault
       qeltrix serve --key-file my.key --host 0.0.0.0 --token-file token.txt --tls-cert c.pem --tls-key k.pem ~/vault
+      qeltrix serve --identity me.id --signer qltx-ed25519:XyZ... ~/vault   # only what that key signed
+
+    With --signer/--signers-file only containers signed by a listed key are served, and every
+    block is checked against the signature before it is sent; others get an error status.
     """
     _refuse_passphrase_value(passphrase)
+    signers = signers_from_options(signer, signers_file)
     if not os.path.isdir(root):
         raise CliError(f"{root} is not a directory", code=ExitCode.IO)
     if (tls_cert is None) != (tls_key is None):
@@ -182,6 +194,7 @@ def serve(
         tls_key=tls_key,
         max_connections=max_connections,
         access_log=access_log,
+        signers=signers,
     )
     try:
         server.start()

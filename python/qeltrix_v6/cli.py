@@ -1567,6 +1567,7 @@ def passwd(
     kdf: KdfOpt = KdfName.argon2id,
     kdf_iterations: KdfIterationsOpt = None,
     identity: IdentityOpt = None,
+    sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1580,6 +1581,8 @@ def passwd(
 
     The master key does not change: a copy of SRC made earlier still opens with the old
     passphrase. To revoke a credential for good, unpack and pack again.
+
+    A signed SRC is refused (nothing changes) unless --sign-with KEY_FILE signs it again.
 
     [bold]Examples[/bold]
 
@@ -1620,7 +1623,7 @@ def passwd(
         add_keys=add_keys,
         remove_keys=remove_keys,
     )
-    result = rewrite_recipients(src, change, **creds.kwargs())
+    result = rewrite_recipients(src, change, **creds.kwargs(), sign_with=read_signing_key(sign_with))
     summary = ", ".join(recipient_summary(d) for d in result.after)
     _status(quiet, f"updated {src}: recipients now {summary}")
 
@@ -1682,6 +1685,7 @@ def recipients_add(
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1705,7 +1709,12 @@ def recipients_add(
         src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
     )
     kms = kms_config(kms_endpoint, kms_timeout) if any(r.kind == _crypto.KIND_KMS for r in public) else None
-    result = rewrite_recipients(src, RecipientChange(add_recipients=public, kms=kms), **creds.kwargs())
+    result = rewrite_recipients(
+        src,
+        RecipientChange(add_recipients=public, kms=kms),
+        **creds.kwargs(),
+        sign_with=read_signing_key(sign_with),
+    )
     _status(quiet, f"updated {src}: {len(result.after)} recipients")
 
 
@@ -1726,6 +1735,7 @@ def recipients_remove(
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1751,7 +1761,9 @@ def recipients_remove(
     creds = credentials_for_reading(
         src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
     )
-    result = rewrite_recipients(src, RecipientChange(remove_recipients=targets), **creds.kwargs())
+    result = rewrite_recipients(
+        src, RecipientChange(remove_recipients=targets), **creds.kwargs(), sign_with=read_signing_key(sign_with)
+    )
     _status(quiet, f"updated {src}: {len(result.after)} recipients")
 
 
@@ -1773,6 +1785,7 @@ def rotate_cmd(
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
     workers: WorkersOpt = None,
+    sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1785,6 +1798,8 @@ def rotate_cmd(
     kept from the public keys stored in the header; a passphrase or key-file recipient is
     kept only if you give that passphrase or key (a secret cannot be read back from the
     header): give them, or --drop-missing to drop the others. --recipient adds recipients.
+    A signed SRC is refused unless --sign-with KEY_FILE signs the rotated one (its old
+    signature is checked on every block); an unsigned SRC rotated with --sign-with is signed.
 
     [bold]Examples[/bold]
 
@@ -1795,6 +1810,7 @@ def rotate_cmd(
     _refuse_passphrase_value(passphrase)
     _in_place_target(src, "rotate")
     public = parse_recipient_options(recipient, recipients_file)
+    signer = read_signing_key(sign_with)
     creds = credentials_for_reading(
         src, key_file, passphrase_file, identity_files=identity, kms_endpoint=kms_endpoint, kms_timeout=kms_timeout
     )
@@ -1805,7 +1821,13 @@ def rotate_cmd(
     total = os.path.getsize(src)
     with _progress(not quiet, "rotating", total) as progress:
         result = rotate(
-            src, **creds.kwargs(), drop_missing=drop_missing, add_recipients=public, workers=workers, progress=progress
+            src,
+            **creds.kwargs(),
+            drop_missing=drop_missing,
+            add_recipients=public,
+            workers=workers,
+            progress=progress,
+            sign_with=signer,
         )
     dropped = f"; dropped {len(result.dropped)}" if result.dropped else ""
     _status(
