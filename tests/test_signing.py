@@ -511,3 +511,54 @@ def test_seekserver_serves_only_signed_and_checks_each_block(tmp_path: Path) -> 
         assert get(server, "/badframe.bin", "bytes=0-99") == (206, pt[:100])
     with qeltrix_v6.SeekServer(tmp_path, key=KEY) as server:  # no signer pinned: served as before
         assert get(server, "/unsigned.bin", "bytes=0-99") == (206, pt[:100])
+
+
+# --- the vector and the independent reference decoder ---------------------------------------
+
+VECTORS = Path(__file__).resolve().parent / "vectors"
+
+
+def test_signed_vector_read_by_the_product() -> None:
+    meta = json.loads((VECTORS / "signed.json").read_text())
+    c = (VECTORS / meta["container"]).read_bytes()
+    key = bytes.fromhex(meta["key_hex"])
+    assert _signing.decode_signer(meta["signer"]).hex() == meta["signer_pub_hex"]
+    assert unpack_bytes(c, key=key, signers=[meta["signer"]]).hex() == meta["plaintext_hex"]
+    with pytest.raises(SignatureError):
+        unpack_bytes(c, key=key, signers=[SIGNER])
+    assert len(c) - 24 - (meta["footer_offset"] + meta["footer_len"]) == meta["sig_len"]
+
+
+def test_reference_and_product_agree_on_signed_containers() -> None:
+    import reference_decoder as ref
+
+    pt = make_plaintext(64 * 9 + 7, "agree")
+    # Product writes, reference reads (S1-S3) and recomputes every digest and the signature.
+    c = signed(pt, block_size=64)
+    assert ref.decode(c, key=KEY, signers=[SIGN_PUB]) == pt
+    info = ref.inspect(c, key=KEY)
+    sig = ref.check_signature(c, info)
+    assert sig["valid"] and sig["signer_pub"] == SIGN_PUB
+    with pytest.raises(ref.RefSignature):
+        ref.decode(c, key=KEY, signers=[OTHER_PUB])
+    # Reference writes (deterministic Ed25519 from a seed), product reads.
+    seed = bytes(range(32))
+    seed_pub = _crypto.Ed25519Signer(seed).public
+    rc = ref.encode(pt, key=KEY, block_size=64, perm_window=4, sign_with=seed)
+    assert unpack_bytes(rc, signers=[seed_pub]) == pt
+    with pytest.raises(SignatureError):
+        unpack_bytes(rc, signers=[SIGN_PUB])
+    # Both reject the same changes: unsigned, a rewritten frame, a flipped section byte.
+    cases = [
+        ref.encode(pt, key=KEY, block_size=64),
+        reseal_frame(rc, 4, b"R" * 64),
+        flip(rc, layout(rc)["sig_offset"] + 100),
+        flip(rc, layout(rc)["trailer_offset"] - 1),
+    ]
+    for bad in cases:
+        with pytest.raises(ref.RefSignature):
+            ref.decode(bad, key=KEY, signers=[seed_pub])
+        with pytest.raises(SignatureError):
+            unpack_bytes(bad, signers=[seed_pub])
+        # And neither depends on the section without a signer.
+        assert ref.decode(bad, key=KEY) == unpack_bytes(bad)
