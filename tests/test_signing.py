@@ -562,3 +562,28 @@ def test_reference_and_product_agree_on_signed_containers() -> None:
             unpack_bytes(bad, signers=[seed_pub])
         # And neither depends on the section without a signer.
         assert ref.decode(bad, key=KEY) == unpack_bytes(bad)
+
+
+def test_serve_subprocess_with_signers_file(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from test_cli_servers import running
+
+    root = tmp_path / "root"
+    root.mkdir()
+    pt = make_plaintext(300_000, "serve")
+    (root / "ok.bin.qltx").write_bytes(signed(pt))
+    (root / "unsigned.bin.qltx").write_bytes(pack_bytes(pt))
+    key_file, signers = tmp_path / "k", tmp_path / "signers.txt"
+    key_file.write_bytes(KEY)
+    signers.write_text(f"# release signers\n{SIGNER}\n")
+    args = ("serve", str(root), "--port", "0", "--key-file", str(key_file), "--signers-file", str(signers))
+    with running(*args, ready=r"on (http://\S+)") as (_, m):
+        req = urllib.request.Request(m.group(1) + "/ok.bin", headers={"Range": "bytes=200000-200009"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 206 and resp.read() == pt[200000:200010]
+        req = urllib.request.Request(m.group(1) + "/unsigned.bin", headers={"Range": "bytes=0-9"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code >= 500 and pt[:10] not in e.value.read()
