@@ -109,6 +109,15 @@ def test_sign_with_rejects_other_key_kinds(tmp_path: Path) -> None:
             pack_bytes(b"x", sign_with=bad)
     with pytest.raises(qeltrix_v6.QeltrixIOError):
         pack_bytes(b"x", sign_with=str(tmp_path / "missing.sign"))
+    # An X25519 identity or key file is 32 raw bytes: refused as a signing key file.
+    ident = tmp_path / "me.id"
+    ident.write_bytes(x_priv)
+    with pytest.raises(qeltrix_v6.MalformedError, match="PEM"):
+        pack_bytes(b"x", sign_with=ident)
+    (tmp_path / "in").write_bytes(b"x")
+    r = run("pack", "--key-file", ident, "--sign-with", ident, tmp_path / "in", tmp_path / "out.qltx")
+    assert r.returncode == EXIT_USAGE and b"keygen --ed25519" in r.stderr
+    assert not (tmp_path / "out.qltx").exists()
 
 
 # --- round trips ----------------------------------------------------------------------------

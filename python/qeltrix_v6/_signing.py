@@ -106,7 +106,8 @@ def read_signers_file(path: str | os.PathLike[str]) -> list[str]:
 
 
 def load_signer(sign_with: SignWith) -> _crypto.Ed25519Signer:
-    """A signer from a key (PEM or 32-byte seed), a path to a PEM key file, or a signer."""
+    """A signer from key bytes (PEM, or a raw 32-byte seed), the path of a PEM key file (never a
+    raw 32-byte file: that is a key file or an X25519 identity), or a signer."""
     if isinstance(sign_with, _crypto.Ed25519Signer):
         return sign_with
     if isinstance(sign_with, str | os.PathLike):
@@ -117,6 +118,11 @@ def load_signer(sign_with: SignWith) -> _crypto.Ed25519Signer:
             raise QeltrixIOError(f"signing key {os.fspath(sign_with)}: no such file") from None
         except OSError as e:
             raise QeltrixIOError(f"signing key {os.fspath(sign_with)}: {e.strerror}") from None
+        if b"-----BEGIN" not in data:
+            # A 32-byte file is a key file or an X25519 identity: never reuse it as a seed.
+            raise MalformedError(
+                f"signing key {os.fspath(sign_with)}: not a PEM Ed25519 private key (qeltrix keygen --ed25519)"
+            )
         try:
             return _crypto.Ed25519Signer(data)
         except MalformedError as e:
