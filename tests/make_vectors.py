@@ -122,7 +122,7 @@ def ok_vector(
             sig["signer_pub"] + hashlib.sha256(sig["signer_pub"]).digest()[:4]
         ).decode().rstrip("=")
         meta["sig_len"] = info["sig_len"]
-        meta["frame_sha256_hex"] = [d.hex() for d in sig["frame_digests"]]
+        meta["frame_digest_hex"] = [d.hex() for d in sig["frame_digests"]]
     return name, container, meta
 
 

@@ -647,8 +647,8 @@ def decode(
         raise RefSignature("signed by a key that is not pinned")
     out = []
     for i in range(info["block_count"]):
-        off, pt_len = info["frame_offsets"][i], info["pt_lens"][i]
-        if sha256(container[off : off + META_FRAME_LEN + pt_len + TAG_LEN]) != sig["frame_digests"][i]:  # S3
+        off = info["frame_offsets"][i]
+        if sha256(container[off : off + META_FRAME_LEN]) != sig["frame_digests"][i]:  # S3
             raise RefSignature(f"block {i}: frame does not match its signed digest")
         out.append(decode_block(container, info, i))
     return b"".join(out)
@@ -819,7 +819,7 @@ def encode(
 
         priv = Ed25519PrivateKey.from_private_bytes(sign_with)
         signer_pub = priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        digests = b"".join(sha256(f) for f in frames)  # logical order
+        digests = b"".join(sha256(f[:META_FRAME_LEN]) for f in frames)  # frame_digest_i, logical order
         message = signed_message(header, n, digests, footer, footer_offset, signer_pub)
         out.append(signer_pub + digests + priv.sign(message))
     out.append(u64le(footer_offset) + u64le(footer_len) + TRAILER_MAGIC)

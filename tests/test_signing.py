@@ -377,6 +377,28 @@ def test_co_recipient_rewriting_a_frame_is_caught_by_its_digest() -> None:
     assert qeltrix_v6.seek_extract(io.BytesIO(bad), 0, 100, key=KEY, signers=[SIGNER]) == pt[:100]
 
 
+def test_co_recipient_keeping_the_signed_metadata_cannot_change_the_data() -> None:
+    """frame_digest covers only meta_nonce || meta_ct (FORMAT.md 15.4): a co-recipient who keeps
+    those bytes and re-encrypts data_ct under the same CDK and nonce fails the pt_sha256 check."""
+    pt = make_plaintext(64 * 4, "meta")
+    c = signed(pt, block_size=64, permute=False)
+    opened = _container.open_reader(io.BytesIO(c), key=KEY)
+    try:
+        keys, (_, pt_len, off) = opened.keys, opened.reader.block_info(1)
+    finally:
+        opened.close()
+    frame = bytearray(c[off : off + _crypto.META_FRAME_LEN + pt_len + 16])
+    i, n, flags, _, salt, nonce, sha = struct.unpack("<QIB3s16s12s32s", keys.open_meta(frame))
+    cdk = keys._cdk(salt, i, sha)
+    aead = _crypto._AEADS[keys.cipher_id](cdk)
+    data_ct = aead.encrypt(nonce, b"M" * n, keys._data_aad(i, n, flags))
+    bad = bytearray(c)
+    bad[off + _crypto.META_FRAME_LEN : off + len(frame)] = data_ct
+    for signers in ([SIGNER], None):
+        with pytest.raises(AuthenticationError, match="integrity hash"):
+            unpack_bytes(bytes(bad), signers=signers)
+
+
 def test_verify_without_signer_fails_on_a_broken_signature(tmp_path: Path) -> None:
     pt = make_plaintext(300, "v")
     key_file = tmp_path / "k"

@@ -475,9 +475,10 @@ class ContainerKeys:
         if not _hmac.compare_digest(sha256(out), pt_sha256):
             raise AuthenticationError(f"block {block_index} failed its integrity hash")
 
-    def frame_sha256(self, inbuf: bytearray, frame_len: int) -> bytes:
-        """``SHA256(inbuf[:frame_len])``: the digest of a stored frame (FORMAT.md section 15)."""
-        return sha256(memoryview(inbuf)[:frame_len])
+    def frame_digest(self, inbuf: bytearray) -> bytes:
+        """``frame_digest = SHA256(meta_nonce || meta_ct)``: the first ``META_FRAME_LEN`` bytes of
+        the frame in ``inbuf`` (FORMAT.md section 15; they commit to the whole block)."""
+        return sha256(memoryview(inbuf)[:META_FRAME_LEN])
 
     def sha256(self, data: bytes) -> bytes:
         """``SHA256(data)`` (the header, footer and digest-list hashes of section 15)."""

@@ -15,7 +15,7 @@ pub const SIG_LABEL: [u8; 21] = *b"qeltrix-v6 signature\0";
 pub const SIGNER_PUB_LEN: usize = 32;
 /// Length of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
-/// Length of one `frame_sha256_i`.
+/// Length of one `frame_digest_i`.
 pub const FRAME_DIGEST_LEN: usize = 32;
 /// `signer_pub || signature`: the section without its frame digests.
 pub const SIG_FIXED_LEN: usize = SIGNER_PUB_LEN + SIGNATURE_LEN;
@@ -42,7 +42,7 @@ pub fn sig_len_for_footer(footer_len: u64) -> Option<u64> {
 }
 
 /// The 165-byte message an Ed25519 signature covers, from the hashes the crypto layer computed:
-/// `SHA256(header)`, `SHA256(frame_sha256_0 || ...)`, `SHA256(footer)`.
+/// `SHA256(header)`, `SHA256(frame_digest_0 || ...)`, `SHA256(footer)`.
 pub fn signed_message(
     header_sha256: &Digest,
     block_count: u64,
@@ -73,7 +73,7 @@ pub fn signed_message(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureSection {
     pub signer_pub: [u8; SIGNER_PUB_LEN],
-    /// `frame_sha256_0 || ... || frame_sha256_(n-1)`, 32 bytes each, in logical order.
+    /// `frame_digest_0 || ... || frame_digest_(n-1)`, 32 bytes each, in logical order.
     pub frame_digests: Vec<u8>,
     pub signature: [u8; SIGNATURE_LEN],
 }
@@ -98,7 +98,7 @@ impl SignatureSection {
         (self.frame_digests.len() / FRAME_DIGEST_LEN) as u64
     }
 
-    /// `frame_sha256_i`, if `i` is in range.
+    /// `frame_digest_i`, if `i` is in range.
     pub fn frame_digest(&self, i: usize) -> Option<&[u8]> {
         let at = i.checked_mul(FRAME_DIGEST_LEN)?;
         self.frame_digests.get(at..at + FRAME_DIGEST_LEN)
@@ -131,7 +131,7 @@ impl SignatureAccumulator {
         SignatureAccumulator::default()
     }
 
-    /// Record `SHA256(frame)` of block `block_index`, in any order; each block exactly once.
+    /// Record `frame_digest` of block `block_index`, in any order; each block exactly once.
     pub fn set(&mut self, block_index: u64, digest: &Digest) -> Result<()> {
         if block_index >= MAX_BLOCK_COUNT {
             return Err(FormatError::Limit(format!(
@@ -163,7 +163,7 @@ impl SignatureAccumulator {
         self.present.len() as u64
     }
 
-    /// `frame_sha256_0 || ...`, for the caller to hash into `signed_message`; an error if a
+    /// `frame_digest_0 || ...`, for the caller to hash into `signed_message`; an error if a
     /// block below the highest one has no digest.
     pub fn frame_digests(&self) -> Result<&[u8]> {
         if self.missing != 0 {

@@ -54,7 +54,7 @@ fn ok_vectors_parse_to_their_recorded_fields() {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             let signer: String = sec.signer_pub.iter().map(|b| format!("{b:02x}")).collect();
             assert_eq!(signer, v["signer_pub_hex"].as_str().unwrap(), "{name}");
-            for (i, d) in v["frame_sha256_hex"].as_array().unwrap().iter().enumerate() {
+            for (i, d) in v["frame_digest_hex"].as_array().unwrap().iter().enumerate() {
                 let got: String = sec
                     .frame_digest(i)
                     .unwrap()

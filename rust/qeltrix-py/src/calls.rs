@@ -2,7 +2,7 @@
 //! gateway paths (FORMAT.md section 5): Rust encodes and decodes the V6-C metadata, Python
 //! does the cryptography, buffers are `bytearray`s both sides write into.
 use crate::io::PyBuf;
-use crate::types::{FRAME_SHA256, OPEN_BLOCK, OPEN_META, SEAL_BLOCK, SEAL_META, SHA256, SIGN, SIGNER_PUBLIC};
+use crate::types::{FRAME_DIGEST, OPEN_BLOCK, OPEN_META, SEAL_BLOCK, SEAL_META, SHA256, SIGN, SIGNER_PUBLIC};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use qeltrix_format::BlockMeta;
@@ -53,10 +53,9 @@ pub fn open_data(py: Python<'_>, keys: &Py<PyAny>, meta: &BlockMeta, inbuf: &PyB
     Ok(())
 }
 
-/// `SHA256(inbuf[..frame_len])`: the digest of a stored frame (FORMAT.md section 15).
-pub fn frame_sha256(py: Python<'_>, keys: &Py<PyAny>, inbuf: &PyBuf, frame_len: usize) -> PyResult<[u8; 32]> {
-    keys.call_method1(py, FRAME_SHA256, (inbuf.obj(py), frame_len))?
-        .extract(py)
+/// `frame_digest` of the frame at the start of `inbuf` (FORMAT.md section 15).
+pub fn frame_digest(py: Python<'_>, keys: &Py<PyAny>, inbuf: &PyBuf) -> PyResult<[u8; 32]> {
+    keys.call_method1(py, FRAME_DIGEST, (inbuf.obj(py),))?.extract(py)
 }
 
 /// `SHA256(data)` through the crypto layer.

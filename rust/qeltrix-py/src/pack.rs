@@ -29,7 +29,7 @@ enum Msg {
         block_index: u64,
         buf: PyBuf,
         pt_len: u32,
-        /// `SHA256(frame)` when signing (FORMAT.md section 15), computed by the worker.
+        /// `frame_digest` when signing (FORMAT.md section 15), computed by the worker.
         digest: Option<[u8; 32]>,
     },
     Eof {
@@ -306,12 +306,7 @@ impl Plan {
             let digest = Python::attach(|py| -> PyResult<Option<[u8; 32]>> {
                 calls::seal_frame(py, &self.keys, job.block_index, meta_flags, &job.buf, job.pt_len, &out)?;
                 match self.signer {
-                    Some(_) => Ok(Some(calls::frame_sha256(
-                        py,
-                        &self.keys,
-                        &out,
-                        frame_len(pt_len) as usize,
-                    )?)),
+                    Some(_) => Ok(Some(calls::frame_digest(py, &self.keys, &out)?)),
                     None => Ok(None),
                 }
             })?;

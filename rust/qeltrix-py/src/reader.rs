@@ -100,7 +100,7 @@ impl Reader {
             })?;
         if self.digests_required.load(Ordering::Acquire) {
             let expected = loaded.signature.as_ref().and_then(|s| s.frame_digest(i));
-            let digest = Python::attach(|py| calls::frame_sha256(py, &loaded.keys, frame, n))?;
+            let digest = Python::attach(|py| calls::frame_digest(py, &loaded.keys, frame))?;
             if expected != Some(&digest[..]) {
                 return Err(Error::Signature(format!(
                     "block {i} does not match the signed container (changed after signing)"

@@ -21,8 +21,9 @@ pub const OPEN_BLOCK: &str = "open_block";
 pub const SEAL_INDEX: &str = "seal_index";
 /// `ContainerKeys.open_index(footer, footer_offset) -> index_pt`.
 pub const OPEN_INDEX: &str = "open_index";
-/// `ContainerKeys.frame_sha256(inbuf, frame_len) -> digest`: SHA-256 of a stored frame (section 15).
-pub const FRAME_SHA256: &str = "frame_sha256";
+/// `ContainerKeys.frame_digest(inbuf) -> digest`: `SHA256(meta_nonce || meta_ct)` of the frame at
+/// the start of `inbuf` (its first `META_FRAME_LEN` bytes; FORMAT.md section 15).
+pub const FRAME_DIGEST: &str = "frame_digest";
 /// `ContainerKeys.sha256(data) -> digest` (header, footer and digest-list hashes of section 15).
 pub const SHA256: &str = "sha256";
 /// `Ed25519Signer.sign(signed_message) -> signature` (`qeltrix_v6._crypto.Ed25519Signer`).
