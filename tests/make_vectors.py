@@ -12,6 +12,7 @@ container-vector globs ``vectors/*.json`` do not take it for a container).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import struct
@@ -82,6 +83,8 @@ def ok_vector(
     rng = Drbg(name)
     key = rng(32) if use_key else None
     plaintext = rng(size)
+    if encode_args.pop("signed", False):
+        encode_args["sign_with"] = rng(32)
     container = ref.encode(plaintext, key=key, passphrase=passphrase, rng=rng, **encode_args)
 
     # Self-checks: every credential opens it, and frames sit where section 7 says.
@@ -112,6 +115,16 @@ def ok_vector(
     }
     if passphrase is not None:
         meta["kdf_params"] = encode_args.get("kdf_params")
+    if "sign_with" in encode_args:
+        sig = ref.check_signature(container, info)
+        assert sig["valid"], name
+        assert ref.decode(container, key=key, signers=[sig["signer_pub"]]) == plaintext, name
+        meta["signer_pub_hex"] = sig["signer_pub"].hex()
+        meta["signer"] = "qltx-ed25519:" + base64.urlsafe_b64encode(
+            sig["signer_pub"] + hashlib.sha256(sig["signer_pub"]).digest()[:4]
+        ).decode().rstrip("=")
+        meta["sig_len"] = info["sig_len"]
+        meta["frame_digest_hex"] = [d.hex() for d in sig["frame_digests"]]
     return name, container, meta
 
 
@@ -185,6 +198,14 @@ def container_vectors() -> list[tuple[str, bytes, dict]]:
             kdf="pbkdf2",
             kdf_params=PBKDF2_SMALL,
             block_size=64,
+        ),
+        ok_vector(
+            "signed",
+            "signed by an Ed25519 key (section 15): 3 blocks of 64 (last 20 bytes), perm_window 2",
+            148,
+            block_size=64,
+            perm_window=2,
+            signed=True,
         ),
     ]
 

@@ -7,9 +7,12 @@ section 8 is made in the order the spec lists them.
 
 Public API:
 
-- ``decode(container, *, key=None, passphrase=None) -> bytes``
+- ``decode(container, *, key=None, passphrase=None, signers=None) -> bytes``; ``signers`` (raw
+  32-byte Ed25519 public keys) makes the signed-container checks S1-S3 of section 8
 - ``encode(plaintext, *, key=None, passphrase=None, kdf="argon2id", kdf_params=None,
-  cipher_id=1, block_size=262144, permute=True, perm_window=None, rng=os.urandom) -> bytes``
+  cipher_id=1, block_size=262144, permute=True, perm_window=None, rng=os.urandom,
+  sign_with=None) -> bytes``; ``sign_with`` (a 32-byte Ed25519 seed) signs it (section 15)
+- ``check_signature(container, info) -> dict``: section 15.2 for a signed container
 - ``inspect(container, *, key=None, passphrase=None) -> dict``: steps 1-6 of section 8, returns
   the parsed header, trailer and index (used by the vector generator and the tests).
 - ``parse_header(container) -> dict``: steps 1-2 of section 8 (no credential needed).
@@ -63,6 +66,12 @@ class RefWrongKey(RefError):
     kind = "wrong_key"
 
 
+class RefSignature(RefCorrupt):
+    """A required signer's signature is missing, from another key, or does not match (section 15)."""
+
+    kind = "signature"
+
+
 class RefTruncated(RefError):
     """The trailer magic is missing (section 8, step 5)."""
 
@@ -80,6 +89,9 @@ HEADER_FIXED_LEN = 44
 HEADER_TAIL_LEN = 64  # header_sha256 || header_mac
 HEADER_ALIGN = 4096
 FLAG_PERMUTED = 0x0001
+FLAG_SIGNED = 0x0002
+SIG_LABEL = b"qeltrix-v6 signature\x00"
+SIG_FIXED_LEN = 96  # signer_pub (32) + signature (64)
 
 CIPHER_AES_256_GCM = 1
 CIPHER_CHACHA20_POLY1305 = 2
@@ -359,7 +371,7 @@ def parse_header(container: bytes) -> dict:
         raise RefMalformed(f"header_len {header_len} out of range")
     if header_len > len(c):
         raise RefTruncated("header_len larger than the file")
-    if flags & ~FLAG_PERMUTED:
+    if flags & ~(FLAG_PERMUTED | FLAG_SIGNED):
         raise RefMalformed(f"unknown header_flags bits {flags:#06x}")
     if cipher_id not in (CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305):
         raise RefMalformed(f"unknown cipher_id {cipher_id}")
@@ -478,10 +490,12 @@ def inspect(container: bytes, *, key: bytes | None = None, passphrase: str | Non
     footer_offset, footer_len = struct.unpack_from("<QQ", c, len(c) - TRAILER_LEN)
     if header_len > footer_offset:
         raise RefCorrupt("footer_offset inside the header")
-    if footer_offset + footer_len + TRAILER_LEN != len(c):
-        raise RefCorrupt("footer_offset + footer_len + 24 != file length")
     if footer_len < FOOTER_MIN_LEN or (footer_len - FOOTER_MIN_LEN) % INDEX_ENTRY_LEN:
         raise RefCorrupt(f"bad footer_len {footer_len}")
+    signed = bool(hdr["header_flags"] & FLAG_SIGNED)
+    sig_len = SIG_FIXED_LEN + 32 * ((footer_len - FOOTER_MIN_LEN) // INDEX_ENTRY_LEN) if signed else 0
+    if footer_offset + footer_len + sig_len + TRAILER_LEN != len(c):
+        raise RefCorrupt("footer_offset + footer_len + sig_len + 24 != file length")
 
     # Step 6.
     footer = c[footer_offset : footer_offset + footer_len]
@@ -523,6 +537,53 @@ def inspect(container: bytes, *, key: bytes | None = None, passphrase: str | Non
         "pt_lens": [pt_len for _, pt_len in entries],
         "mk": mk,
         "keys": keys,
+        "sig_len": sig_len,
+    }
+
+
+def signed_message(
+    header: bytes, block_count: int, digests: bytes, footer: bytes, footer_offset: int, signer_pub: bytes
+) -> bytes:
+    """Section 15.1."""
+    return (
+        SIG_LABEL
+        + sha256(header)
+        + u64le(block_count)
+        + sha256(digests)
+        + sha256(footer)
+        + u64le(footer_offset)
+        + signer_pub
+    )
+
+
+def check_signature(container: bytes, info: dict) -> dict:
+    """Check S2 of section 8 for a signed container (after ``inspect``): parse the section,
+    verify the Ed25519 signature. Returns ``{signer_pub, frame_digests, valid}``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    c = container
+    n = info["block_count"]
+    start = info["footer_offset"] + info["footer_len"]
+    section = c[start : start + info["sig_len"]]
+    assert len(section) == SIG_FIXED_LEN + 32 * n
+    signer_pub, digests, signature = section[:32], section[32:-64], section[-64:]
+    message = signed_message(
+        c[: info["header_len"]],
+        n,
+        digests,
+        c[info["footer_offset"] : start],
+        info["footer_offset"],
+        signer_pub,
+    )
+    try:
+        Ed25519PublicKey.from_public_bytes(signer_pub).verify(signature, message)
+        valid = True
+    except (InvalidSignature, ValueError):
+        valid = False
+    return {
+        "signer_pub": signer_pub,
+        "frame_digests": [digests[32 * i : 32 * i + 32] for i in range(n)],
+        "valid": valid,
     }
 
 
@@ -569,10 +630,33 @@ def decode_block(container: bytes, info: dict, i: int) -> bytes:
     return pt
 
 
-def decode(container: bytes, *, key: bytes | None = None, passphrase: str | None = None) -> bytes:
-    """Decrypt a whole container, making every check of FORMAT.md section 8 in order."""
+def decode(
+    container: bytes,
+    *,
+    key: bytes | None = None,
+    passphrase: str | None = None,
+    signers: Iterable[bytes] | None = None,
+) -> bytes:
+    """Decrypt a whole container, making every check of FORMAT.md section 8 in order; with
+    ``signers``, also S1-S3 (the container must be signed by one of them)."""
+    pinned = set(signers) if signers is not None else None
+    if pinned is not None and not parse_header(container)["header_flags"] & FLAG_SIGNED:  # S1
+        raise RefSignature("not signed, and a signer is required")
     info = inspect(container, key=key, passphrase=passphrase)
-    return b"".join(decode_block(container, info, i) for i in range(info["block_count"]))
+    if pinned is None:
+        return b"".join(decode_block(container, info, i) for i in range(info["block_count"]))
+    sig = check_signature(container, info)  # S2
+    if not sig["valid"]:
+        raise RefSignature("signature does not verify")
+    if sig["signer_pub"] not in pinned:
+        raise RefSignature("signed by a key that is not pinned")
+    out = []
+    for i in range(info["block_count"]):
+        off = info["frame_offsets"][i]
+        if sha256(container[off : off + META_FRAME_LEN]) != sig["frame_digests"][i]:  # S3
+            raise RefSignature(f"block {i}: frame does not match its signed digest")
+        out.append(decode_block(container, info, i))
+    return b"".join(out)
 
 
 def _check_credentials(key: bytes | None, passphrase: str | None) -> None:
@@ -599,6 +683,7 @@ def encode(
     perm_window: int | None = None,
     rng: Callable[[int], bytes] = os.urandom,
     extra_stanzas: Iterable[tuple[int, bytes]] = (),
+    sign_with: bytes | None = None,
 ) -> bytes:
     """Reference writer.
 
@@ -622,6 +707,8 @@ def encode(
     else:
         perm_window = 0
         flags = 0
+    if sign_with is not None:
+        flags |= FLAG_SIGNED
 
     def rand(n: int) -> bytes:
         out = rng(n)
@@ -731,6 +818,15 @@ def encode(
     footer = footer_nonce + seal(cipher_id, keys["index"], footer_nonce, index_pt, aad)
     assert len(footer) == footer_len
     out.append(footer)
+    if sign_with is not None:  # section 15 (Ed25519 is deterministic: vectors reproduce)
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        priv = Ed25519PrivateKey.from_private_bytes(sign_with)
+        signer_pub = priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        digests = b"".join(sha256(f[:META_FRAME_LEN]) for f in frames)  # frame_digest_i, logical order
+        message = signed_message(header, n, digests, footer, footer_offset, signer_pub)
+        out.append(signer_pub + digests + priv.sign(message))
     out.append(u64le(footer_offset) + u64le(footer_len) + TRAILER_MAGIC)
     return b"".join(out)
 

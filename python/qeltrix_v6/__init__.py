@@ -33,6 +33,7 @@ from .errors import (
     MalformedError,
     QeltrixError,
     QeltrixIOError,
+    SignatureError,
     TruncatedError,
     WrongKeyError,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "QeltrixError",
     "QeltrixIOError",
     "SeekServer",
+    "SignatureError",
     "TruncatedError",
     "WrongKeyError",
     "__version__",

@@ -28,6 +28,8 @@ from .cli import (
     PassphraseFileOpt,
     PassphraseTrap,
     QuietOpt,
+    SignerOpt,
+    SignersFileOpt,
     _can_prompt,
     _check_input,
     _check_output,
@@ -40,6 +42,7 @@ from .cli import (
     kms_config,
     parse_size,
     read_key_file,
+    signers_from_options,
 )
 from .gateway import MODES, GatewayServer, decode_public_key
 from .server import SeekServer, served_reader
@@ -67,7 +70,9 @@ class _SeekServer(SeekServer):
         self._creds = creds
 
     def _open(self, path: str) -> Any:
-        opened = _container.open_reader(path, **self._creds.kwargs(), cache_blocks=self._cache_blocks)
+        opened = _container.open_reader(
+            path, **self._creds.kwargs(), cache_blocks=self._cache_blocks, signers=self._signers
+        )
         return served_reader(opened, self._allow_incomplete)
 
 
@@ -149,6 +154,8 @@ def serve(
     kms_key_id: KmsKeyIdOpt = None,
     kms_discovery: KmsDiscoveryOpt = False,
     allow_incomplete: AllowIncompleteOpt = False,
+    signer: SignerOpt = None,
+    signers_file: SignersFileOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -163,8 +170,13 @@ def serve(
 
       qeltrix serve --key-file my.key ~/vault
       qeltrix serve --key-file my.key --host 0.0.0.0 --token-file token.txt --tls-cert c.pem --tls-key k.pem ~/vault
+      qeltrix serve --identity me.id --signer qltx-ed25519:XyZ... ~/vault   # only what that key signed
+
+    With --signer/--signers-file only containers signed by a listed key are served, and every
+    block is checked against the signature before it is sent; others get an error status.
     """
     _refuse_passphrase_value(passphrase)
+    signers = signers_from_options(signer, signers_file)
     if not os.path.isdir(root):
         raise CliError(f"{root} is not a directory", code=ExitCode.IO)
     if (tls_cert is None) != (tls_key is None):
@@ -189,6 +201,7 @@ def serve(
         max_connections=max_connections,
         access_log=access_log,
         allow_incomplete=allow_incomplete,
+        signers=signers,
     )
     try:
         server.start()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, Literal, Protocol, cast, overload
 
-from . import _core, _crypto, _pubkeys
+from . import _core, _crypto, _pubkeys, _signing
 from ._atomic import AtomicOutput
 from .errors import (
     AuthenticationError,
@@ -104,12 +104,15 @@ def build_header(
     perm_window: int,
     stanzas: list[tuple[int, bytes]],
     min_header_len: int = 0,
+    *,
+    signed: bool = False,
 ) -> tuple[bytes, _crypto.ContainerKeys]:
     """Encode and seal a header (FORMAT.md section 3); return it with the container keys.
 
-    ``min_header_len`` keeps an existing header's length when recipients are rewritten in place.
+    ``min_header_len`` keeps an existing header's length when recipients are rewritten in place;
+    ``signed`` sets the SIGNED flag (a signature section will follow the footer, section 15).
     """
-    flags = HEADER_FLAG_PERMUTED if perm_window else 0
+    flags = (HEADER_FLAG_PERMUTED if perm_window else 0) | (_signing.HEADER_FLAG_SIGNED if signed else 0)
     unsealed = _core.encode_header_unsealed(
         flags, cipher_id, block_size, perm_window, container_id, stanzas, min_header_len
     )
@@ -134,6 +137,7 @@ def pack(
     overwrite: bool = True,
     recipients: Sequence[RecipientArg] | None = None,
     kms: Any = None,
+    sign_with: _signing.SignWith | None = None,
 ) -> PackResult:
     """Encrypt ``src`` into a V6 container at ``dst``.
 
@@ -141,7 +145,9 @@ def pack(
     default, ``kdf="pbkdf2"`` on request), a 32-byte ``key``, public ``recipients``
     (``qltx-x25519:...`` keys, PEM RSA public keys, ``kms:KEY_ID`` with ``kms=KmsConfig(...)``),
     or several of them: each is one recipient. No secret is needed to pack for public
-    recipients: the packer cannot read what it wrote. Blocks
+    recipients: the packer cannot read what it wrote. ``sign_with`` (an Ed25519 private key:
+    PEM bytes, a 32-byte seed, or the path of a ``qeltrix keygen --ed25519`` file) signs the
+    container, so readers that pin its public key (``signers=[...]``) know who wrote it. Blocks
     are sealed on ``workers`` threads (default: one per core) with bounded memory. A path
     ``dst`` is written atomically: it appears only when complete.
 
@@ -159,6 +165,7 @@ def pack(
         raise ValueError(f"unknown cipher {cipher!r}: use one of {', '.join(_crypto.CIPHERS)}")
     if not _core.MIN_BLOCK_SIZE <= block_size <= _core.MAX_BLOCK_SIZE:
         raise ValueError(f"block_size must be in {_core.MIN_BLOCK_SIZE}..{_core.MAX_BLOCK_SIZE}")
+    signer = _signing.load_signer(sign_with) if sign_with is not None else None
     mk = _crypto.random_bytes(_crypto.MK_LEN)
     container_id = _crypto.random_bytes(16)
     stanzas = []
@@ -170,7 +177,9 @@ def pack(
     if len(stanzas) > _MAX_RECIPIENTS:
         raise ValueError(f"a container holds at most {_MAX_RECIPIENTS} recipients, not {len(stanzas)}")
     perm_window = _core.default_perm_window(block_size) if permute else 0
-    header, keys = build_header(mk, container_id, _crypto.CIPHERS[cipher], block_size, perm_window, stanzas)
+    header, keys = build_header(
+        mk, container_id, _crypto.CIPHERS[cipher], block_size, perm_window, stanzas, signed=signer is not None
+    )
 
     with contextlib.ExitStack() as stack:
         total: int | None = None
@@ -187,7 +196,7 @@ def pack(
         else:
             atomic, dst_arg = None, dst
         pt_len, block_count, container_len = _core.pack_stream(
-            src_arg, dst_arg, keys, header, block_size, perm_window, keys.k_perm, workers, progress, total
+            src_arg, dst_arg, keys, header, block_size, perm_window, keys.k_perm, workers, progress, total, signer
         )
         if atomic is not None:
             atomic.commit()
@@ -261,6 +270,7 @@ def open_reader(
     allow_incomplete: bool = False,
     max_kdf_memory: int | None = None,
     kms_key_ids: Sequence[str] | None = None,
+    signers: _signing.SignersArg = None,
 ) -> _Opened:
     """Open a container for reading: checksum, unwrap the MK, verify the header MAC, load the index.
 
@@ -270,10 +280,16 @@ def open_reader(
     ``cache_blocks`` decrypted blocks are kept for reuse by later reads. A read that reaches
     the end of an incomplete container raises :class:`TruncatedError` unless
     ``allow_incomplete``; ``max_kdf_memory`` caps the passphrase KDF's memory (bytes).
+    ``signers`` (pinned ``qltx-ed25519:`` public keys) requires the container to be signed by
+    one of them: the signature is checked here, and each frame against its signed digest
+    before it is decrypted (:class:`~qeltrix_v6.SignatureError` otherwise).
     """
     kms = _kms_with_keys(kms, kms_key_ids)
     identities = _pubkeys.load_identities(identity)
     _check_reader_credentials(passphrase, key, identities, kms)
+    pinned = _signing.parse_signers(signers)
+    if signers is not None and not pinned:
+        raise ValueError("signers is empty: give at least one qltx-ed25519: public key, or None")
     owned: list[IO[bytes]] = []
     if isinstance(src, str | os.PathLike):
         f = _open_input(src)
@@ -289,10 +305,14 @@ def open_reader(
             arg = src
     try:
         reader = _core.Reader(arg, cache_blocks)
+        if pinned:
+            _signing.require_signed_flag(int(reader.header_flags))  # S1, before any KDF
         keys = unlock_header(
             reader, passphrase=passphrase, key=key, identity=identities, kms=kms, max_kdf_memory=max_kdf_memory
         )
         reader.load_index(keys)
+        if pinned:
+            _signing.enforce(reader, pinned)
     except BaseException:
         for f in owned:
             f.close()
@@ -540,6 +560,7 @@ def unpack(
     allow_incomplete: bool = False,
     max_kdf_memory: int | None = None,
     kms_key_ids: Sequence[str] | None = None,
+    signers: _signing.SignersArg = None,
 ) -> int:
     """Decrypt the container ``src`` into ``dst``; return the plaintext length.
 
@@ -547,6 +568,7 @@ def unpack(
     atomically; if anything fails (wrong key, tampering, Ctrl-C) no output file is left. An
     incomplete container (a cut stream) raises :class:`TruncatedError` before anything is
     written, unless ``allow_incomplete=True`` (then it warns and writes what authenticated).
+    ``signers`` requires a signature by one of these ``qltx-ed25519:`` keys (see :func:`open`).
     """
     _check_workers(workers)
     opened = open_reader(
@@ -558,6 +580,7 @@ def unpack(
         allow_incomplete=allow_incomplete,
         max_kdf_memory=max_kdf_memory,
         kms_key_ids=kms_key_ids,
+        signers=signers,
     )
     try:
         opened.check_end(0, opened.reader.pt_total_len + 1)
@@ -584,10 +607,13 @@ def seek_extract(
     allow_incomplete: bool = False,
     max_kdf_memory: int | None = None,
     kms_key_ids: Sequence[str] | None = None,
+    signers: _signing.SignersArg = None,
 ) -> bytes:
     """Plaintext bytes ``[offset, offset + length)`` of a container, decrypting only the blocks
     that cover them. Reads past the end return what exists, like a file; in an incomplete
     container such a read raises :class:`TruncatedError` unless ``allow_incomplete=True``.
+    With ``signers``, the signature and the frames read are checked against it (no other
+    frame is read).
     """
     if offset < 0 or length < 0:
         raise ValueError("offset and length must be non-negative")
@@ -600,6 +626,7 @@ def seek_extract(
         allow_incomplete=allow_incomplete,
         max_kdf_memory=max_kdf_memory,
         kms_key_ids=kms_key_ids,
+        signers=signers,
     )
     try:
         opened.check_end(offset, length)
@@ -788,7 +815,7 @@ class ContainerWriter(io.RawIOBase):
             self.close()
 
 
-_READ_OPTIONS = ("kms", "allow_incomplete", "max_kdf_memory", "kms_key_ids", "cache_blocks")
+_READ_OPTIONS = ("kms", "allow_incomplete", "max_kdf_memory", "kms_key_ids", "cache_blocks", "signers")
 
 
 @overload
@@ -806,8 +833,10 @@ def open(
 ) -> ContainerFile | ContainerWriter:
     """Open a container as a file object.
 
-    ``"rb"``: a seekable, read-only view of the plaintext. ``"wb"``: a streaming writer that
-    packs what is written (``kwargs`` are :func:`pack`'s options), for input of unknown length.
+    ``"rb"``: a seekable, read-only view of the plaintext; ``signers=[...]`` requires a
+    signature by one of those ``qltx-ed25519:`` keys, checked at open and on every frame read.
+    ``"wb"``: a streaming writer that packs what is written (``kwargs`` are :func:`pack`'s
+    options, ``sign_with=`` included), for input of unknown length.
 
     >>> import io, qeltrix_v6
     >>> buf = io.BytesIO()

@@ -8,6 +8,8 @@ MIN_BLOCK_SIZE: int
 MAX_STREAM_HEADER_LEN: int
 MAX_BLOCK_SIZE: int
 ARGON2ID_MAX_M_COST_KIB: int
+HEADER_FLAG_SIGNED: int
+SIG_FIXED_LEN: int
 
 def encode_header_unsealed(
     header_flags: int,
@@ -20,6 +22,15 @@ def encode_header_unsealed(
 ) -> bytes: ...
 def perm_forward(k_perm: bytes, window: int, k: int, j: int) -> int: ...
 def default_perm_window(block_size: int) -> int: ...
+def signed_message(
+    header_sha256: bytes,
+    block_count: int,
+    frame_digests_sha256: bytes,
+    footer_sha256: bytes,
+    footer_offset: int,
+    signer_pub: bytes,
+) -> bytes: ...
+def encode_signature_section(signer_pub: bytes, frame_digests: bytes, signature: bytes) -> bytes: ...
 def pack_stream(
     src: int | Any,
     dst: int | Any,
@@ -31,6 +42,7 @@ def pack_stream(
     workers: int | None = None,
     progress: Callable[[int, int | None], object] | None = None,
     total_hint: int | None = None,
+    signer: Any = None,
 ) -> tuple[int, int, int]: ...
 
 class Reader:
@@ -39,6 +51,13 @@ class Reader:
     def read_at(self, pos: int, n: int) -> bytes: ...
     def read_block(self, i: int) -> bytes: ...
     def block_info(self, i: int) -> tuple[int, int, int]: ...
+    def signature_parts(self) -> tuple[bytes, bytes, bytes] | None: ...
+    def footer(self) -> tuple[bytes, int]: ...
+    def require_frame_digests(self) -> None: ...
+    @property
+    def frame_digests_required(self) -> bool: ...
+    @property
+    def header_bytes(self) -> bytes: ...
     def unpack_to(
         self,
         dst: int | Any,

@@ -475,6 +475,15 @@ class ContainerKeys:
         if not _hmac.compare_digest(sha256(out), pt_sha256):
             raise AuthenticationError(f"block {block_index} failed its integrity hash")
 
+    def frame_digest(self, inbuf: bytearray) -> bytes:
+        """``frame_digest = SHA256(meta_nonce || meta_ct)``: the first ``META_FRAME_LEN`` bytes of
+        the frame in ``inbuf`` (FORMAT.md section 15; they commit to the whole block)."""
+        return sha256(memoryview(inbuf)[:META_FRAME_LEN])
+
+    def sha256(self, data: bytes) -> bytes:
+        """``SHA256(data)`` (the header, footer and digest-list hashes of section 15)."""
+        return sha256(data)
+
     def _index_aad(self, footer_offset: int, footer_len: int) -> bytes:
         return self.container_id + struct.pack("<QQ", footer_offset, footer_len)
 
@@ -492,6 +501,76 @@ class ContainerKeys:
             )
         except InvalidTag:
             raise AuthenticationError("container index failed authentication (corrupt or tampered)") from None
+
+
+# --- signatures (FORMAT.md section 15) ---------------------------------------------------
+
+ED25519_LEN = 32
+ED25519_SIG_LEN = 64
+
+
+class Ed25519Signer:
+    """An Ed25519 signing key (RFC 8032, pure Ed25519): the object the Rust pack pipeline calls.
+
+    ``private`` is a PKCS#8 PEM private key (``qeltrix keygen --ed25519``, ``openssl genpkey
+    -algorithm ed25519``) or the raw 32-byte seed.
+    """
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, private: bytes) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+
+        data = bytes(private)
+        if len(data) == ED25519_LEN:
+            key = Ed25519PrivateKey.from_private_bytes(data)
+        elif b"-----BEGIN" in data:
+            try:
+                loaded = load_pem_private_key(data, password=None)
+            except TypeError:
+                raise MalformedError(
+                    "encrypted PEM signing keys are not supported: store it unencrypted, mode 0600"
+                ) from None
+            except ValueError:
+                raise MalformedError("the signing key is not a readable PEM private key") from None
+            if not isinstance(loaded, Ed25519PrivateKey):
+                raise MalformedError("a signing key must be an Ed25519 private key (qeltrix keygen --ed25519)")
+            key = loaded
+        else:
+            raise MalformedError("a signing key is a PEM Ed25519 private key (qeltrix keygen --ed25519)")
+        self._key = key
+        self.public: bytes = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def sign(self, message: bytes) -> bytes:
+        """``Ed25519-Sign(signer_priv, message)`` (64 bytes)."""
+        return self._key.sign(bytes(message))
+
+
+def ed25519_generate() -> tuple[bytes, bytes]:
+    """A new Ed25519 key pair: ``(PKCS#8 PEM private key, raw 32-byte public key)``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    priv = Ed25519PrivateKey.generate()
+    return (
+        priv.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
+        priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+    )
+
+
+def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is a valid Ed25519 signature of ``message`` under ``public``."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if len(public) != ED25519_LEN or len(signature) != ED25519_SIG_LEN:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes(public)).verify(bytes(signature), bytes(message))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 # --- gateway handshake (FORMAT.md section 12.1) ------------------------------------------

@@ -10,6 +10,11 @@ A header rewrite does not rotate the MK. Anyone who kept a copy of the container
 old header, or the MK itself) can still open that copy with a removed credential. To revoke a
 credential for good, :func:`rotate` re-encrypts every block under a fresh MK (``qeltrix
 rotate``), streaming, and replaces the file atomically.
+
+Signed containers (docs/FORMAT.md section 15.3): a header rewrite changes what the signature
+covers, and a rotation changes every frame. Both refuse a signed container unless given a
+signing key (``sign_with``), and then sign the result again, after checking that the old
+signature verifies; nothing is ever left with a signature that does not verify.
 """
 
 from __future__ import annotations
@@ -25,11 +30,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _core, _crypto, _pubkeys
+from . import _core, _crypto, _pubkeys, _signing
 from ._atomic import AtomicOutput
 from ._container import HEADER_FLAG_PERMUTED, IdentityArg, Progress, build_header, open_reader
 from ._pubkeys import Recipient
-from .errors import AuthenticationError, MalformedError, QeltrixError, QeltrixIOError
+from .errors import AuthenticationError, MalformedError, QeltrixError, QeltrixIOError, SignatureError
 
 KIND_NAMES = {
     _crypto.KIND_KEY: "key",
@@ -223,15 +228,20 @@ def rewrite_recipients(
     key: bytes | None = None,
     identity: IdentityArg = None,
     kms: Any = None,
+    sign_with: _signing.SignWith | None = None,
 ) -> RewriteResult:
     """Open ``path`` with the current credential, apply ``change`` and rewrite the header in place.
 
     The container is fully opened first (header MAC and index verified). The new header has
     exactly the old ``header_len``; if the new recipients do not fit, nothing is written. The
     write is one ``pwrite`` of the header at offset 0 followed by ``fsync``.
+
+    A signed container is refused unless ``sign_with`` is given; then its signature section is
+    replaced by one over the new header (same frame digests and index), checked first.
     """
     if change.is_empty():
         raise RecipientError("nothing to change")
+    signer = _signing.load_signer(sign_with) if sign_with is not None else None
     p = os.fspath(path)
     with contextlib.ExitStack() as stack:
         f = stack.enter_context(_locked(p))
@@ -241,20 +251,39 @@ def rewrite_recipients(
         r = opened.reader
         old_len = int(r.header_len)
         stanzas = [(int(kind), bytes(body)) for kind, body in r.stanzas]
-        expected_flags = HEADER_FLAG_PERMUTED if r.perm_window else 0
+        signed = bool(r.header_flags & _signing.HEADER_FLAG_SIGNED)
+        expected_flags = (HEADER_FLAG_PERMUTED if r.perm_window else 0) | (_signing.HEADER_FLAG_SIGNED if signed else 0)
         if r.header_flags != expected_flags:
             raise RecipientError(f"unexpected header flags {r.header_flags:#x}; refusing to rewrite")
+        if signed and signer is None:
+            raise RecipientError(
+                "this container is signed: a new header would break its signature; give --sign-with KEY_FILE "
+                "(sign_with=) to sign it again"
+            )
+        if not signed and signer is not None:
+            raise RecipientError(
+                "this container is not signed, and a header rewrite cannot add a signature; "
+                "'qeltrix rotate --sign-with KEY_FILE' re-encrypts and signs it"
+            )
         mk = opened.keys.mk
         cid = bytes(r.container_id)
         new_stanzas = plan_stanzas(stanzas, mk, cid, change)
-        header, keys = build_header(mk, cid, r.cipher_id, r.block_size, r.perm_window, new_stanzas, old_len)
+        header, keys = build_header(
+            mk, cid, r.cipher_id, r.block_size, r.perm_window, new_stanzas, old_len, signed=signed
+        )
         if len(header) != old_len:
             raise RecipientError(
                 f"the new recipients need a {len(header)}-byte header but this container's header has "
                 f"{old_len} bytes; 'qeltrix rotate' rewrites the container with a larger header"
             )
         _check_new_header(header, new_stanzas, keys)
+        section = b""
+        if signer is not None:
+            section = _signing.resign_section(r, header, signer)
         _pwrite_all(fd, header, 0)
+        if section:
+            footer, footer_offset = r.footer()
+            _pwrite_all(fd, section, int(footer_offset) + len(footer))
         os.fsync(fd)
     return RewriteResult(
         old_len,
@@ -378,6 +407,7 @@ def rotate(
     add_recipients: list[Recipient] | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
+    sign_with: _signing.SignWith | None = None,
 ) -> RotateResult:
     """Re-encrypt the container at ``path`` under a fresh MK and ``container_id``, in place.
 
@@ -388,8 +418,13 @@ def rotate(
     explains: give the passphrase and/or key that should stay, or ``drop_missing=True`` to drop
     the secret-based recipients that were not given. After a rotation the old MK opens nothing
     in the new file.
+
+    A signed container is refused unless ``sign_with`` is given; with it, the old signature
+    must verify (every frame is checked against it while decrypting) and the new container is
+    signed by ``sign_with``. An unsigned container rotated with ``sign_with`` becomes signed.
     """
     p = os.fspath(path)
+    signer = _signing.load_signer(sign_with) if sign_with is not None else None
     with contextlib.ExitStack() as stack:
         f = stack.enter_context(_locked(p))
         opened = open_reader(f, passphrase=passphrase, key=key, identity=identity, kms=kms)
@@ -397,6 +432,15 @@ def rotate(
         r = opened.reader
         if r.incomplete:
             raise RecipientError("this is a recovered, incomplete container; unpack it and pack it again instead")
+        if r.header_flags & _signing.HEADER_FLAG_SIGNED:
+            if signer is None:
+                raise RecipientError(
+                    "this container is signed: the rotated one would not be; give --sign-with KEY_FILE "
+                    "(sign_with=) to sign it"
+                )
+            if not _signing.check_signature(r).valid:
+                raise SignatureError("the container's signature does not verify; refusing to re-sign it")
+            r.require_frame_digests()  # rotate only what was signed
         old_mk, old_cid = opened.keys.mk, bytes(r.container_id)
         new_mk = _crypto.random_bytes(_crypto.MK_LEN)
         new_cid = _crypto.random_bytes(16)
@@ -421,7 +465,14 @@ def rotate(
             raise RecipientError(f"a container holds at most {MAX_RECIPIENTS} recipients")
         block_size, perm_window = int(r.block_size), int(r.perm_window)
         header, keys = build_header(
-            new_mk, new_cid, int(r.cipher_id), block_size, perm_window, new_stanzas, int(r.header_len)
+            new_mk,
+            new_cid,
+            int(r.cipher_id),
+            block_size,
+            perm_window,
+            new_stanzas,
+            int(r.header_len),
+            signed=signer is not None,
         )
         _check_new_header(header, new_stanzas, keys)
         mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
@@ -450,7 +501,17 @@ def rotate(
                 raise
             try:
                 pt_len, block_count, container_len = _core.pack_stream(
-                    rfd, out.fileno(), keys, header, block_size, perm_window, keys.k_perm, workers, progress, total
+                    rfd,
+                    out.fileno(),
+                    keys,
+                    header,
+                    block_size,
+                    perm_window,
+                    keys.k_perm,
+                    workers,
+                    progress,
+                    total,
+                    signer,
                 )
             finally:
                 _close_quietly(rfd)  # a decryptor still writing gets EPIPE and stops

@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as _cx  # type: ignore[no-redef,unused-ignore]
     from click.core import ParameterSource  # type: ignore[no-redef,assignment,unused-ignore]
 
-from . import _core, _crypto, _pubkeys
+from . import _core, _crypto, _pubkeys, _signing
 from ._container import _open_input, incomplete_message, open_reader
 from ._container import pack as _pack
 from ._container import unpack as _unpack
@@ -59,6 +59,7 @@ from .errors import (
     MalformedError,
     QeltrixError,
     QeltrixIOError,
+    SignatureError,
     TruncatedError,
     WrongKeyError,
 )
@@ -161,6 +162,12 @@ def _classify(e: BaseException) -> tuple[int, str | None, str | None]:
         return ExitCode.BROKEN_PIPE, None, None
     if isinstance(e, WrongKeyError):
         return ExitCode.WRONG_KEY, str(e), "check the passphrase or key file; 'qeltrix info FILE' lists the recipients"
+    if isinstance(e, SignatureError):
+        return (
+            ExitCode.CORRUPT,
+            str(e),
+            "not written by a required --signer, or changed since it was signed; 'qeltrix verify' shows the signer",
+        )
     if isinstance(e, TruncatedError):
         return ExitCode.TRUNCATED, str(e), "the file is cut short: an interrupted copy, download or write?"
     if isinstance(e, IntegrityError):
@@ -421,6 +428,67 @@ AllowIncompleteOpt = Annotated[
         "with a warning, instead of failing with exit code 5.",
     ),
 ]
+PANEL_SIGN = "Signatures (who wrote it)"
+SignerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--signer",
+        metavar="PUBKEY",
+        help="Require a signature by this qltx-ed25519:... key (from 'qeltrix keygen --ed25519'). Repeatable: any "
+        "one of them.",
+        rich_help_panel=PANEL_SIGN,
+    ),
+]
+SignersFileOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--signers-file",
+        metavar="FILE",
+        help="File of accepted signers: one qltx-ed25519:... key per line; # comments.",
+        rich_help_panel=PANEL_SIGN,
+    ),
+]
+SignWithOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sign-with",
+        metavar="KEY_FILE",
+        help="Sign with this Ed25519 private key ('qeltrix keygen --ed25519'), so readers can check who wrote it.",
+        rich_help_panel=PANEL_SIGN,
+    ),
+]
+
+
+def signers_from_options(signer: list[str] | None, signers_file: list[str] | None) -> list[str] | None:
+    """The pinned signer keys of --signer/--signers-file (checked), or None when neither was given."""
+    if not signer and not signers_file:
+        return None
+    out: list[str] = []
+    try:
+        for text in signer or []:
+            _signing.decode_signer(text)
+            out.append(text.strip())
+        for path in signers_file or []:
+            out += _signing.read_signers_file(path)
+    except MalformedError as e:
+        raise CliError(str(e), code=ExitCode.USAGE) from None
+    if not out:
+        raise CliError("the signers file lists no signer", code=ExitCode.USAGE)
+    return out
+
+
+def read_signing_key(path: str | None) -> _crypto.Ed25519Signer | None:
+    """The signer of --sign-with, checked before anything is read or written."""
+    if path is None:
+        return None
+    try:
+        return _signing.load_signer(path)
+    except MalformedError as e:
+        raise CliError(str(e), hint="make one with 'qeltrix keygen --ed25519 -o FILE'", code=ExitCode.USAGE) from None
+    except QeltrixIOError as e:
+        raise CliError(str(e), code=ExitCode.IO) from None
+
+
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no status messages.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.", rich_help_panel=PANEL_ADV)]
 WorkersOpt = Annotated[
@@ -921,6 +989,7 @@ def pack(
     recipients_file: RecipientsFileOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_timeout: KmsTimeoutOpt = 10.0,
+    sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -942,6 +1011,7 @@ def pack(
       qeltrix pack --recipient qltx-x25519:AbC... --recipient ops-rsa.pub.pem db.dump db.qltx
       qeltrix pack --passphrase-file pw.txt --block-size 1MiB backup.tar backup.qltx
       tar c docs | qeltrix pack --key-file my.key - - > docs.tar.qltx
+      qeltrix pack --sign-with me.sign --recipient qltx-x25519:AbC... db.dump db.qltx
     """
     _refuse_passphrase_value(passphrase)
     if not _core.MIN_BLOCK_SIZE <= block_size <= _core.MAX_BLOCK_SIZE:
@@ -963,6 +1033,7 @@ def pack(
     public = parse_recipient_options(recipient, recipients_file)
     if (recipient or recipients_file) and not public:
         raise CliError("the recipients file lists no recipient", code=ExitCode.USAGE)
+    signer = read_signing_key(sign_with)
     creds = credentials_for_writing(key_file, passphrase_file, dst, recipients=bool(public))
     kdf_name, kdf_params = _kdf_settings(kdf, kdf_iterations, has_passphrase=creds.passphrase is not None, ctx=ctx)
     kms = kms_config(kms_endpoint, kms_timeout) if any(r.kind == _crypto.KIND_KMS for r in public) else None
@@ -982,6 +1053,7 @@ def pack(
             overwrite=force,
             recipients=public,
             kms=kms,
+            sign_with=signer,
         )
     if dst == "-":
         _stdout().flush()
@@ -1007,6 +1079,8 @@ def unpack(
     kms_discovery: KmsDiscoveryOpt = False,
     max_kdf_memory: MaxKdfMemoryOpt = None,
     allow_incomplete: AllowIncompleteOpt = False,
+    signer: SignerOpt = None,
+    signers_file: SignersFileOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1022,11 +1096,13 @@ def unpack(
       qeltrix unpack --key-file my.key movie.qltx movie.mp4
       qeltrix unpack backup.qltx - | tar x        # asks for the passphrase
       qeltrix unpack --identity me.id db.qltx db.dump
+      qeltrix unpack --identity me.id --signer qltx-ed25519:XyZ... db.qltx db.dump
 
     An INCOMPLETE container (a gateway stream cut before its end) fails with exit code 5
     before anything is written; --allow-incomplete restores what authenticated, with a warning.
     """
     _refuse_passphrase_value(passphrase)
+    signers = signers_from_options(signer, signers_file)
     _check_input(src)
     _check_output(dst, force)
     if src == "-" and sys.stdin.isatty():
@@ -1054,6 +1130,7 @@ def unpack(
             progress=progress,
             overwrite=force,
             allow_incomplete=allow_incomplete,
+            signers=signers,
         )
     if dst == "-":
         _stdout().flush()
@@ -1079,6 +1156,8 @@ def cat(
     kms_discovery: KmsDiscoveryOpt = False,
     max_kdf_memory: MaxKdfMemoryOpt = None,
     allow_incomplete: AllowIncompleteOpt = False,
+    signer: SignerOpt = None,
+    signers_file: SignersFileOpt = None,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
 ) -> None:
@@ -1095,6 +1174,7 @@ def cat(
           qeltrix cat --key-file my.key logs.qltx --offset 1GiB | head -n 20
     """
     _refuse_passphrase_value(passphrase)
+    signers = signers_from_options(signer, signers_file)
     _check_input(src)
     creds = credentials_for_reading(
         src,
@@ -1107,7 +1187,9 @@ def cat(
         kms_discovery=kms_discovery,
         max_kdf_memory=max_kdf_memory,
     )
-    opened = open_reader(_stdin() if src == "-" else src, **creds.kwargs(), allow_incomplete=allow_incomplete)
+    opened = open_reader(
+        _stdin() if src == "-" else src, **creds.kwargs(), allow_incomplete=allow_incomplete, signers=signers
+    )
     out = _stdout()
     try:
         r = opened.reader
@@ -1148,8 +1230,8 @@ def _public_info(src: str) -> dict[str, Any]:
         }
 
 
-def _private_info(src: str, creds: Credentials, with_blocks: bool) -> dict[str, Any]:
-    opened = open_reader(src, **creds.kwargs())
+def _private_info(src: str, creds: Credentials, with_blocks: bool, signers: list[str] | None = None) -> dict[str, Any]:
+    opened = open_reader(src, **creds.kwargs(), signers=signers)
     try:
         r = opened.reader
         n = int(r.block_count)
@@ -1201,6 +1283,8 @@ def _print_info(info: dict[str, Any]) -> None:
     recipients = info["recipients"]
     for i, desc in enumerate(recipients):
         rows.append(("recipients" if i == 0 else "", f"{i + 1}. {recipient_summary(desc)}"))
+    if "origin" in info:
+        rows.append(("origin", info["origin"]["text"]))
     if "plaintext_len" in info:
         ix = info["index"]
         rows += [
@@ -1241,6 +1325,8 @@ def info(
     as_json: JsonOpt = False,
     blocks: Annotated[bool, typer.Option("--blocks", help="List every block of the index (needs a key).")] = False,
     identity: IdentityOpt = None,
+    signer: SignerOpt = None,
+    signers_file: SignersFileOpt = None,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
 ) -> None:
@@ -1254,14 +1340,25 @@ def info(
 
       qeltrix info movie.qltx
       qeltrix info --key-file my.key --json movie.qltx | jq .plaintext_len
+      qeltrix info --signer qltx-ed25519:XyZ... movie.qltx    # checks the signature, no key needed
     """
     _refuse_passphrase_value(passphrase)
+    signers = signers_from_options(signer, signers_file)
     if src == "-":
         raise CliError("info needs a file, not stdin", code=ExitCode.USAGE)
     _check_input(src)
     public = _public_info(src)
     if not public["header_checksum_ok"]:
         raise AuthenticationError("container header is corrupt (checksum mismatch)")
+    # The signature is checked from public bytes (no key): header, index and frame digests.
+    origin = _signing.public_origin(src, _signing.parse_signers(signers))
+    public["origin"] = {**origin.as_json(), "text": origin.text()}
+    if signers is not None:
+        _signing.require_signed_flag(_core.HEADER_FLAG_SIGNED if origin.signed else 0)
+        if not origin.valid:
+            raise SignatureError("the container's signature does not verify: changed after signing, or forged")
+        if not origin.pinned:
+            raise SignatureError(f"the container is signed by {origin.signer}, which is not a required signer")
     creds = _explicit_credentials(key_file, passphrase_file, identity)
     if not creds.given() and prompt:
         creds = credentials_for_reading(src, None, None)
@@ -1272,7 +1369,7 @@ def info(
     data = dict(public)
     data["unlocked"] = creds.given()
     if creds.given():
-        data.update(_private_info(src, creds, blocks))
+        data.update(_private_info(src, creds, blocks, signers))
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:
@@ -1309,6 +1406,8 @@ def verify(
     kms_discovery: KmsDiscoveryOpt = False,
     max_kdf_memory: MaxKdfMemoryOpt = None,
     allow_incomplete: AllowIncompleteOpt = False,
+    signer: SignerOpt = None,
+    signers_file: SignersFileOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1325,8 +1424,14 @@ def verify(
 
       qeltrix verify --key-file my.key movie.qltx
       qeltrix verify --key-file my.key --json movie.qltx
+      qeltrix verify --identity me.id --signer qltx-ed25519:XyZ... db.qltx
+
+    Integrity (under the container's key) and origin (who wrote it) are reported apart:
+    without --signer anyone holding a recipient's public key could have written SRC, and
+    verify says so; with --signer a container not signed by one of those keys fails.
     """
     _refuse_passphrase_value(passphrase)
+    signers = signers_from_options(signer, signers_file)
     _check_input(src)
     creds = credentials_for_reading(
         src,
@@ -1349,11 +1454,17 @@ def verify(
         raise e
 
     try:
-        opened = open_reader(_stdin() if src == "-" else src, **creds.kwargs())
+        opened = open_reader(_stdin() if src == "-" else src, **creds.kwargs(), signers=signers)
     except QeltrixError as e:
         fail(e)
     try:
         r = opened.reader
+        origin = _signing.check_signature(r, _signing.parse_signers(signers))
+        result["origin"] = {**origin.as_json(), "text": origin.text()}
+        if origin.signed and not origin.valid:
+            fail(SignatureError("the container's signature does not verify: changed after signing, or forged"))
+        if origin.valid and not r.frame_digests_required:
+            r.require_frame_digests()  # "valid" then also covers every frame read below
         n, total = int(r.block_count), int(r.pt_total_len)
         result.update(block_count=n, plaintext_len=total, complete=not bool(r.incomplete))
         first_error: BaseException | None = None
@@ -1382,8 +1493,15 @@ def verify(
             if as_json:
                 typer.echo(json.dumps(result, indent=2))
             else:
-                state = "INCOMPLETE (allowed)" if r.incomplete else "complete"
-                typer.echo(f"{src}: OK: {n:,} blocks, {total:,} bytes of plaintext authenticated; {state}")
+                completeness = (
+                    "INCOMPLETE (allowed by --allow-incomplete): a stream cut before its FINAL frame"
+                    if r.incomplete
+                    else "complete: the data ends where its writer's input ended"
+                )
+                typer.echo(f"{src}: OK: {n:,} blocks, {total:,} bytes of plaintext authenticated")
+                typer.echo("  integrity: authenticated under the container's key")
+                typer.echo(f"  completeness: {completeness}")
+                typer.echo(f"  origin: {origin.text()}")
             return
         # The parallel scan stops at a failure that is not necessarily the first: rescan in order.
         bad: list[dict[str, Any]] = []
@@ -1440,6 +1558,12 @@ def keygen(
         bool,
         typer.Option("--x25519", help="Write a gateway identity (X25519 private key) and print its public key."),
     ] = False,
+    ed25519: Annotated[
+        bool,
+        typer.Option(
+            "--ed25519", help="Write a signing key (Ed25519, PEM) for 'pack --sign-with' and print its public key."
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -1455,9 +1579,18 @@ def keygen(
       qeltrix keygen -o my.key
       qeltrix pack --key-file my.key secrets.db secrets.qltx
       qeltrix keygen --x25519 -o gw-a.id > gw-a.pub
+      qeltrix keygen --ed25519 -o me.sign > me.signer     # readers pin it with --signer
     """
     if output == "-":
         raise CliError("keygen writes a key file, not stdout", hint="give -o FILE", code=ExitCode.USAGE)
+    if x25519 and ed25519:
+        raise CliError("--x25519 and --ed25519 make different keys; choose one", code=ExitCode.USAGE)
+    if ed25519:
+        pem, signer_pub = _crypto.ed25519_generate()
+        write_key_file(output, pem)
+        typer.echo(_signing.encode_signer(signer_pub))
+        _status(quiet, f"wrote a new signing key to {output} (mode 0600); its public key (for --signer) is above")
+        return
     if x25519:
         from .gateway import encode_public_key
 
@@ -1551,6 +1684,7 @@ def passwd(
     kdf: KdfOpt = KdfName.argon2id,
     kdf_iterations: KdfIterationsOpt = None,
     identity: IdentityOpt = None,
+    sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1564,6 +1698,8 @@ def passwd(
 
     The master key does not change: a copy of SRC made earlier still opens with the old
     passphrase. To revoke a credential for good, unpack and pack again.
+
+    A signed SRC is refused (nothing changes) unless --sign-with KEY_FILE signs it again.
 
     [bold]Examples[/bold]
 
@@ -1604,7 +1740,7 @@ def passwd(
         add_keys=add_keys,
         remove_keys=remove_keys,
     )
-    result = rewrite_recipients(src, change, **creds.kwargs())
+    result = rewrite_recipients(src, change, **creds.kwargs(), sign_with=read_signing_key(sign_with))
     summary = ", ".join(recipient_summary(d) for d in result.after)
     _status(quiet, f"updated {src}: recipients now {summary}")
 
@@ -1669,6 +1805,7 @@ def recipients_add(
     kms_key_id: KmsKeyIdOpt = None,
     kms_discovery: KmsDiscoveryOpt = False,
     max_kdf_memory: MaxKdfMemoryOpt = None,
+    sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1700,7 +1837,12 @@ def recipients_add(
         max_kdf_memory=max_kdf_memory,
     )
     kms = kms_config(kms_endpoint, kms_timeout) if any(r.kind == _crypto.KIND_KMS for r in public) else None
-    result = rewrite_recipients(src, RecipientChange(add_recipients=public, kms=kms), **creds.kwargs())
+    result = rewrite_recipients(
+        src,
+        RecipientChange(add_recipients=public, kms=kms),
+        **creds.kwargs(),
+        sign_with=read_signing_key(sign_with),
+    )
     _status(quiet, f"updated {src}: {len(result.after)} recipients")
 
 
@@ -1724,6 +1866,7 @@ def recipients_remove(
     kms_key_id: KmsKeyIdOpt = None,
     kms_discovery: KmsDiscoveryOpt = False,
     max_kdf_memory: MaxKdfMemoryOpt = None,
+    sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1757,7 +1900,9 @@ def recipients_remove(
         kms_discovery=kms_discovery,
         max_kdf_memory=max_kdf_memory,
     )
-    result = rewrite_recipients(src, RecipientChange(remove_recipients=targets), **creds.kwargs())
+    result = rewrite_recipients(
+        src, RecipientChange(remove_recipients=targets), **creds.kwargs(), sign_with=read_signing_key(sign_with)
+    )
     _status(quiet, f"updated {src}: {len(result.after)} recipients")
 
 
@@ -1782,6 +1927,7 @@ def rotate_cmd(
     kms_discovery: KmsDiscoveryOpt = False,
     max_kdf_memory: MaxKdfMemoryOpt = None,
     workers: WorkersOpt = None,
+    sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
@@ -1794,6 +1940,8 @@ def rotate_cmd(
     kept from the public keys stored in the header; a passphrase or key-file recipient is
     kept only if you give that passphrase or key (a secret cannot be read back from the
     header): give them, or --drop-missing to drop the others. --recipient adds recipients.
+    A signed SRC is refused unless --sign-with KEY_FILE signs the rotated one (its old
+    signature is checked on every block); an unsigned SRC rotated with --sign-with is signed.
 
     [bold]Examples[/bold]
 
@@ -1804,6 +1952,7 @@ def rotate_cmd(
     _refuse_passphrase_value(passphrase)
     _in_place_target(src, "rotate")
     public = parse_recipient_options(recipient, recipients_file)
+    signer = read_signing_key(sign_with)
     creds = credentials_for_reading(
         src,
         key_file,
@@ -1822,7 +1971,13 @@ def rotate_cmd(
     total = os.path.getsize(src)
     with _progress(not quiet, "rotating", total) as progress:
         result = rotate(
-            src, **creds.kwargs(), drop_missing=drop_missing, add_recipients=public, workers=workers, progress=progress
+            src,
+            **creds.kwargs(),
+            drop_missing=drop_missing,
+            add_recipients=public,
+            workers=workers,
+            progress=progress,
+            sign_with=signer,
         )
     dropped = f"; dropped {len(result.dropped)}" if result.dropped else ""
     _status(

@@ -7,6 +7,7 @@ can catch one class. The subclasses say what a user can do about it::
     ├── WrongKeyError          the passphrase or key does not open this container
     ├── IntegrityError         the bytes are not what the writer wrote
     │   ├── AuthenticationError    a MAC, AEAD tag or checksum failed (corruption or tampering)
+    │   │   └── SignatureError         not signed by a required signer, or changed since signed
     │   └── TruncatedError         the container ends early (cut short, or never finished)
     ├── MalformedError         not a V6 container, or a field out of its domain (ValueError)
     │   └── LimitExceededError     a length, count or KDF parameter over a documented limit
@@ -24,6 +25,7 @@ __all__ = [
     "MalformedError",
     "QeltrixError",
     "QeltrixIOError",
+    "SignatureError",
     "TruncatedError",
     "WrongKeyError",
 ]
@@ -43,6 +45,11 @@ class IntegrityError(QeltrixError):
 
 class AuthenticationError(IntegrityError):
     """A checksum, MAC or AEAD tag failed: the container is corrupt or was tampered with."""
+
+
+class SignatureError(AuthenticationError):
+    """A required signer's signature is missing, from another key, or does not match the
+    container (its header, index or a frame changed after signing; docs/FORMAT.md section 15)."""
 
 
 class TruncatedError(IntegrityError):

@@ -6,7 +6,9 @@ The HTTP loop runs in Rust (hyper on tokio); containers are opened here, with th
 credential, and decrypted through the same crypto layer as everything else.
 
 It serves plaintext, so it binds to 127.0.0.1 unless told otherwise; use ``token=`` and TLS
-(``tls_cert=``/``tls_key=``) for anything else.
+(``tls_cert=``/``tls_key=``) for anything else. With ``signers=[...]`` it serves only
+containers signed by one of those ``qltx-ed25519:`` keys, and checks every block it serves
+against the signature (docs/FORMAT.md section 15); others are refused with an error status.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import _core
+from . import _core, _signing
 from ._container import _Opened, incomplete_message, open_reader
 from ._service import BackgroundService
 from .errors import TruncatedError
@@ -67,6 +69,7 @@ class SeekServer(BackgroundService):
         access_log: bool = False,
         workers: int = 2,
         allow_incomplete: bool = False,
+        signers: _signing.SignersArg = None,
     ) -> None:
         if key is None and passphrase is None:
             raise ValueError("a key or a passphrase is required to open the containers")
@@ -90,10 +93,15 @@ class SeekServer(BackgroundService):
         self._tls = tls_cert is not None
         self._cache_blocks = cache_blocks
         self._allow_incomplete = allow_incomplete
+        self._signers = sorted(_signing.parse_signers(signers)) if signers is not None else None
+        if self._signers is not None and not self._signers:
+            raise ValueError("signers is empty: give at least one qltx-ed25519: public key, or None")
         super().__init__()
 
     def _open(self, path: str) -> _core.Reader:
-        opened = open_reader(path, passphrase=self._passphrase, key=self._key, cache_blocks=self._cache_blocks)
+        opened = open_reader(
+            path, passphrase=self._passphrase, key=self._key, cache_blocks=self._cache_blocks, signers=self._signers
+        )
         return served_reader(opened, self._allow_incomplete)
 
     @staticmethod

@@ -254,7 +254,7 @@ impl Header {
             ));
         }
         let header_flags = read_u16(bytes, 14);
-        if header_flags & !HEADER_FLAG_PERMUTED != 0 {
+        if header_flags & !crate::HEADER_FLAGS_KNOWN != 0 {
             return malformed(format!("unknown header_flags bits {header_flags:#06x}"));
         }
         let cipher_id = bytes[16];
@@ -339,6 +339,11 @@ impl Header {
     /// Whether frames are stored in permuted order.
     pub fn permuted(&self) -> bool {
         self.header_flags & HEADER_FLAG_PERMUTED != 0
+    }
+
+    /// Whether a signature section follows the footer (FORMAT.md section 15).
+    pub fn signed(&self) -> bool {
+        self.header_flags & crate::HEADER_FLAG_SIGNED != 0
     }
 
     /// The bytes `header_sha256` covers.

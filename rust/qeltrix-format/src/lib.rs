@@ -12,6 +12,7 @@ pub mod header;
 pub mod index;
 pub mod meta;
 pub mod permute;
+pub mod signature;
 pub mod siphash;
 pub mod trailer;
 
@@ -20,6 +21,7 @@ pub use header::{Header, Stanza, HEADER_FIXED_LEN, HEADER_SEAL_LEN};
 pub use index::{footer_len, Index, IndexEntry, INDEX_ENTRY_LEN, INDEX_FIXED_LEN, INDEX_FOOTER_MIN_LEN};
 pub use meta::{BlockMeta, META_FRAME_LEN, META_PT_LEN};
 pub use permute::Permutation;
+pub use signature::{signed_message, SignatureAccumulator, SignatureSection, SIG_FIXED_LEN};
 pub use trailer::{Trailer, TRAILER_LEN};
 
 /// First bytes of every container: `"QLTXV6" 0x0D 0x0A`.
@@ -51,6 +53,10 @@ pub const MAX_STANZA_BODY_LEN: u16 = 4096;
 pub const MAX_BLOCK_COUNT: u64 = 1 << 32;
 /// `header_flags` bit: frames are stored in permuted order (section 7).
 pub const HEADER_FLAG_PERMUTED: u16 = 1;
+/// `header_flags` bit: a signature section follows the footer (section 15).
+pub const HEADER_FLAG_SIGNED: u16 = 2;
+/// Every `header_flags` bit this crate knows.
+pub const HEADER_FLAGS_KNOWN: u16 = HEADER_FLAG_PERMUTED | HEADER_FLAG_SIGNED;
 /// `meta_flags` bit: the last block of a complete stream.
 pub const META_FLAG_FINAL: u8 = 1;
 /// `index_flags` bit: a recovered stream that never saw its FINAL block.

@@ -27,6 +27,12 @@ impl Trailer {
     /// Parse the last [`TRAILER_LEN`] bytes of a file of `file_len` bytes whose header is
     /// `header_len` bytes, with the checks of FORMAT.md section 8 step 5.
     pub fn parse(b: &[u8], file_len: u64, header_len: u32) -> Result<Trailer> {
+        Self::parse_with(b, file_len, header_len, false)
+    }
+
+    /// [`Trailer::parse`] for a container whose header says `signed`: a signature section of
+    /// `sig_len` bytes (FORMAT.md section 15) then lies between the footer and the trailer.
+    pub fn parse_with(b: &[u8], file_len: u64, header_len: u32, signed: bool) -> Result<Trailer> {
         if b.len() != TRAILER_LEN || b[16..24] != TRAILER_MAGIC {
             return Err(FormatError::Truncated(
                 "no trailer at the end of the file (cut short, or a stream that never \
@@ -38,9 +44,18 @@ impl Trailer {
             footer_offset: read_u64(b, 0),
             footer_len: read_u64(b, 8),
         };
+        if t.footer_len < INDEX_FOOTER_MIN_LEN || (t.footer_len - INDEX_FOOTER_MIN_LEN) % INDEX_ENTRY_LEN as u64 != 0 {
+            return corrupt(format!("footer_len {} is not a valid index size", t.footer_len));
+        }
+        let sig_len = if signed {
+            crate::signature::sig_len_for_footer(t.footer_len)
+        } else {
+            Some(0)
+        };
         let end = t
             .footer_offset
             .checked_add(t.footer_len)
+            .and_then(|e| e.checked_add(sig_len?))
             .and_then(|e| e.checked_add(TRAILER_LEN as u64));
         if end != Some(file_len) {
             return corrupt("trailer does not match the file length");
@@ -48,10 +63,12 @@ impl Trailer {
         if t.footer_offset < u64::from(header_len) {
             return corrupt("footer overlaps the header");
         }
-        if t.footer_len < INDEX_FOOTER_MIN_LEN || (t.footer_len - INDEX_FOOTER_MIN_LEN) % INDEX_ENTRY_LEN as u64 != 0 {
-            return corrupt(format!("footer_len {} is not a valid index size", t.footer_len));
-        }
         Ok(t)
+    }
+
+    /// Offset of the signature section of a signed container (right after the footer).
+    pub fn sig_offset(&self) -> u64 {
+        self.footer_offset + self.footer_len
     }
 
     /// Number of index entries the footer holds.
@@ -102,6 +119,13 @@ mod tests {
             Trailer::parse(&odd.encode(), 4096 + 50 + 24, 4096),
             Err(FormatError::Corrupt(_))
         ));
+        // Signed: the section (96 + 32 * 2 bytes) sits between footer and trailer.
+        assert!(matches!(
+            Trailer::parse_with(&b, 4096 + 72 + 24, 4096, true),
+            Err(FormatError::Corrupt(_))
+        ));
+        assert_eq!(Trailer::parse_with(&b, 4096 + 72 + 160 + 24, 4096, true), Ok(t));
+        assert_eq!(t.sig_offset(), 4096 + 72);
         let huge = Trailer {
             footer_offset: u64::MAX,
             footer_len: u64::MAX,

@@ -1,7 +1,7 @@
 //! The shared test vectors (`tests/vectors/*.json`, FORMAT.md section 13), checked without
 //! decryption: every structural field the JSON records must parse to the recorded value, and
 //! the frames the index would point at must tile the region between header and footer.
-use qeltrix_format::{frame_len, FormatError, Header, Trailer, TRAILER_LEN};
+use qeltrix_format::{frame_len, FormatError, Header, SignatureSection, Trailer, TRAILER_LEN};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -44,8 +44,27 @@ fn ok_vectors_parse_to_their_recorded_fields() {
         assert_eq!(cid, v["container_id_hex"].as_str().unwrap(), "{name}");
 
         let file_len = bytes.len() as u64;
-        let t = Trailer::parse(&bytes[bytes.len() - TRAILER_LEN..], file_len, h.header_len)
+        let t = Trailer::parse_with(&bytes[bytes.len() - TRAILER_LEN..], file_len, h.header_len, h.signed())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if h.signed() {
+            // FORMAT.md section 15: the section sits between footer and trailer.
+            let sig_len = v["sig_len"].as_u64().unwrap();
+            let start = t.sig_offset() as usize;
+            let sec = SignatureSection::parse(&bytes[start..start + sig_len as usize], t.block_count())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let signer: String = sec.signer_pub.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(signer, v["signer_pub_hex"].as_str().unwrap(), "{name}");
+            for (i, d) in v["frame_digest_hex"].as_array().unwrap().iter().enumerate() {
+                let got: String = sec
+                    .frame_digest(i)
+                    .unwrap()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                assert_eq!(got, d.as_str().unwrap(), "{name}: digest {i}");
+            }
+            assert!(Trailer::parse(&bytes[bytes.len() - TRAILER_LEN..], file_len, h.header_len).is_err());
+        }
         assert_eq!(t.footer_offset, v["footer_offset"].as_u64().unwrap(), "{name}");
         assert_eq!(t.footer_len, v["footer_len"].as_u64().unwrap(), "{name}");
         assert_eq!(t.block_count(), v["block_count"].as_u64().unwrap(), "{name}");

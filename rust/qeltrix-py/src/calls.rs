@@ -2,7 +2,7 @@
 //! gateway paths (FORMAT.md section 5): Rust encodes and decodes the V6-C metadata, Python
 //! does the cryptography, buffers are `bytearray`s both sides write into.
 use crate::io::PyBuf;
-use crate::types::{OPEN_BLOCK, OPEN_META, SEAL_BLOCK, SEAL_META};
+use crate::types::{FRAME_DIGEST, OPEN_BLOCK, OPEN_META, SEAL_BLOCK, SEAL_META, SHA256, SIGN, SIGNER_PUBLIC};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use qeltrix_format::BlockMeta;
@@ -51,4 +51,24 @@ pub fn open_data(py: Python<'_>, keys: &Py<PyAny>, meta: &BlockMeta, inbuf: &PyB
     );
     keys.call_method1(py, OPEN_BLOCK, args)?;
     Ok(())
+}
+
+/// `frame_digest` of the frame at the start of `inbuf` (FORMAT.md section 15).
+pub fn frame_digest(py: Python<'_>, keys: &Py<PyAny>, inbuf: &PyBuf) -> PyResult<[u8; 32]> {
+    keys.call_method1(py, FRAME_DIGEST, (inbuf.obj(py),))?.extract(py)
+}
+
+/// `SHA256(data)` through the crypto layer.
+pub fn sha256(py: Python<'_>, keys: &Py<PyAny>, data: &[u8]) -> PyResult<[u8; 32]> {
+    keys.call_method1(py, SHA256, (PyBytes::new(py, data),))?.extract(py)
+}
+
+/// The signer's 32-byte public key.
+pub fn signer_public(py: Python<'_>, signer: &Py<PyAny>) -> PyResult<[u8; 32]> {
+    signer.getattr(py, SIGNER_PUBLIC)?.extract(py)
+}
+
+/// `Ed25519-Sign(signer_priv, message)`.
+pub fn sign(py: Python<'_>, signer: &Py<PyAny>, message: &[u8]) -> PyResult<[u8; 64]> {
+    signer.call_method1(py, SIGN, (PyBytes::new(py, message),))?.extract(py)
 }

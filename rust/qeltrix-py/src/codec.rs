@@ -32,6 +32,47 @@ fn encode_header_unsealed<'py>(
     Ok(PyBytes::new(py, &bytes))
 }
 
+/// `signed_message` of FORMAT.md section 15 from the hashes the crypto layer computed.
+#[pyfunction]
+fn signed_message<'py>(
+    py: Python<'py>,
+    header_sha256: [u8; 32],
+    block_count: u64,
+    frame_digests_sha256: [u8; 32],
+    footer_sha256: [u8; 32],
+    footer_offset: u64,
+    signer_pub: [u8; 32],
+) -> Bound<'py, PyBytes> {
+    let m = qeltrix_format::signed_message(
+        &header_sha256,
+        block_count,
+        &frame_digests_sha256,
+        &footer_sha256,
+        footer_offset,
+        &signer_pub,
+    );
+    PyBytes::new(py, &m)
+}
+
+/// `signature_section = signer_pub || frame_digests || signature` (FORMAT.md section 15).
+#[pyfunction]
+fn encode_signature_section<'py>(
+    py: Python<'py>,
+    signer_pub: [u8; 32],
+    frame_digests: Vec<u8>,
+    signature: [u8; 64],
+) -> PyResult<Bound<'py, PyBytes>> {
+    let n = (frame_digests.len() / qeltrix_format::signature::FRAME_DIGEST_LEN) as u64;
+    let s = qeltrix_format::SignatureSection {
+        signer_pub,
+        frame_digests,
+        signature,
+    }
+    .encode();
+    qeltrix_format::SignatureSection::parse(&s, n).map_err(Error::from)?;
+    Ok(PyBytes::new(py, &s))
+}
+
 /// Physical slot of logical block `j` in window `window` of `k` blocks (FORMAT.md section 7).
 #[pyfunction]
 fn perm_forward(k_perm: [u8; 16], window: u64, k: u64, j: u64) -> PyResult<u64> {
@@ -51,6 +92,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_header_unsealed, m)?)?;
     m.add_function(wrap_pyfunction!(perm_forward, m)?)?;
     m.add_function(wrap_pyfunction!(default_perm_window, m)?)?;
+    m.add_function(wrap_pyfunction!(signed_message, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_signature_section, m)?)?;
+    m.add("HEADER_FLAG_SIGNED", qeltrix_format::HEADER_FLAG_SIGNED)?;
+    m.add("SIG_FIXED_LEN", qeltrix_format::SIG_FIXED_LEN)?;
     m.add("DEFAULT_BLOCK_SIZE", qeltrix_format::DEFAULT_BLOCK_SIZE)?;
     m.add("MIN_BLOCK_SIZE", qeltrix_format::MIN_BLOCK_SIZE)?;
     m.add("MAX_STREAM_HEADER_LEN", qeltrix_format::MAX_STREAM_HEADER_LEN)?;

@@ -13,6 +13,8 @@ pub enum Error {
     Io(std::io::Error),
     /// A Python callback (crypto or file object) raised; re-raised unchanged.
     Py(PyErr),
+    /// A frame or section does not match the container's signature (FORMAT.md section 15).
+    Signature(String),
 }
 
 /// Result alias of the extension.
@@ -24,6 +26,7 @@ impl fmt::Display for Error {
             Error::Format(e) => e.fmt(f),
             Error::Io(e) => write!(f, "I/O error: {e}"),
             Error::Py(e) => e.fmt(f),
+            Error::Signature(m) => write!(f, "signature check failed: {m}"),
         }
     }
 }
@@ -57,6 +60,7 @@ impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
         match e {
             Error::Py(e) => e,
+            Error::Signature(_) => raise(ErrorClass::Signature, e.to_string()),
             Error::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
                 raise(ErrorClass::Truncated, format!("container is truncated: {io}"))
             }

@@ -12,7 +12,8 @@ use crate::types::SEAL_INDEX;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use qeltrix_format::{frame_len, FormatError, Index, IndexEntry, Permutation, Trailer};
+use qeltrix_format::{frame_len, signed_message, FormatError, Header, Index, IndexEntry, Permutation, Trailer};
+use qeltrix_format::{SignatureAccumulator, SIG_FIXED_LEN};
 use qeltrix_format::{MAX_BLOCK_COUNT, MAX_BLOCK_SIZE, META_FLAG_FINAL, MIN_BLOCK_SIZE};
 use std::collections::BTreeMap;
 
@@ -24,8 +25,16 @@ struct Job {
 }
 
 enum Msg {
-    Frame { block_index: u64, buf: PyBuf, pt_len: u32 },
-    Eof { block_count: u64 },
+    Frame {
+        block_index: u64,
+        buf: PyBuf,
+        pt_len: u32,
+        /// `frame_digest` when signing (FORMAT.md section 15), computed by the worker.
+        digest: Option<[u8; 32]>,
+    },
+    Eof {
+        block_count: u64,
+    },
 }
 
 /// Summary of a finished pack.
@@ -39,9 +48,11 @@ struct Packed {
 ///
 /// `src` and `dst` are file descriptors (`int`) or binary file objects. `keys` is a
 /// `qeltrix_v6._crypto.ContainerKeys`. `perm_window == 0` stores frames in logical order.
+/// `signer` (a `qeltrix_v6._crypto.Ed25519Signer`) signs the container (section 15); the
+/// header's `SIGNED` flag must say so.
 /// Returns `(pt_total_len, block_count, container_len)`.
 #[pyfunction]
-#[pyo3(signature = (src, dst, keys, header, block_size, perm_window, k_perm, workers=None, progress=None, total_hint=None))]
+#[pyo3(signature = (src, dst, keys, header, block_size, perm_window, k_perm, workers=None, progress=None, total_hint=None, signer=None))]
 #[allow(clippy::too_many_arguments)] // a pyfunction's keyword arguments
 pub fn pack_stream(
     py: Python<'_>,
@@ -55,7 +66,14 @@ pub fn pack_stream(
     workers: Option<usize>,
     progress: Option<Py<PyAny>>,
     total_hint: Option<u64>,
+    signer: Option<Py<PyAny>>,
 ) -> PyResult<(u64, u64, u64)> {
+    if Header::parse(&header).map_err(Error::from)?.signed() != signer.is_some() {
+        return Err(Error::Format(FormatError::Malformed(
+            "the header's SIGNED flag disagrees with the signer given".into(),
+        ))
+        .into());
+    }
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
         return Err(Error::Format(FormatError::Limit(format!(
             "block_size {block_size} outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"
@@ -82,6 +100,7 @@ pub fn pack_stream(
         permuted: perm_window > 0,
         k_perm,
         workers,
+        signer,
     };
     let mut progress = Progress::new(progress, total_hint);
     let packed = py.detach(|| plan.run(&mut source, &mut sink, &header, in_bufs, out_bufs, &mut progress))?;
@@ -95,6 +114,7 @@ struct Plan {
     permuted: bool,
     k_perm: [u8; 16],
     workers: usize,
+    signer: Option<Py<PyAny>>,
 }
 
 impl Plan {
@@ -147,7 +167,7 @@ impl Plan {
         if let Some(e) = shared.take_error() {
             return Err(e);
         }
-        let (entries, footer_offset) = result.expect("no error means the writer finished");
+        let (entries, footer_offset, digests) = result.expect("no error means the writer finished");
         let index = Index::new(entries, 0)?;
         let footer = Python::attach(|py| -> PyResult<Vec<u8>> {
             let index_pt = PyBytes::new(py, &index.encode());
@@ -156,6 +176,14 @@ impl Plan {
                 .extract(py)
         })?;
         sink.write_bytes(&footer)?;
+        let sig_len = match &self.signer {
+            Some(signer) => {
+                let section = self.sign(signer, header, digests, &footer, footer_offset, index.block_count())?;
+                sink.write_bytes(&section)?;
+                section.len() as u64
+            }
+            None => 0,
+        };
         let trailer = Trailer {
             footer_offset,
             footer_len: footer.len() as u64,
@@ -166,7 +194,34 @@ impl Plan {
         Ok(Packed {
             pt_total_len: index.pt_total_len,
             block_count: index.block_count(),
-            container_len: footer_offset + footer.len() as u64 + trailer.encode().len() as u64,
+            container_len: footer_offset + footer.len() as u64 + sig_len + trailer.encode().len() as u64,
+        })
+    }
+
+    /// The signature section (FORMAT.md section 15): hash header, digests and footer, sign.
+    fn sign(
+        &self,
+        signer: &Py<PyAny>,
+        header: &[u8],
+        digests: SignatureAccumulator,
+        footer: &[u8],
+        footer_offset: u64,
+        block_count: u64,
+    ) -> Result<Vec<u8>> {
+        Python::attach(|py| -> Result<Vec<u8>> {
+            let signer_pub = calls::signer_public(py, signer)?;
+            let message = signed_message(
+                &calls::sha256(py, &self.keys, header)?,
+                block_count,
+                &calls::sha256(py, &self.keys, digests.frame_digests()?)?,
+                &calls::sha256(py, &self.keys, footer)?,
+                footer_offset,
+                &signer_pub,
+            );
+            let signature = calls::sign(py, signer, &message)?;
+            let section = digests.finish(block_count, signer_pub, signature)?;
+            debug_assert!(section.len() >= SIG_FIXED_LEN);
+            Ok(section)
         })
     }
 
@@ -248,8 +303,12 @@ impl Plan {
             };
             let meta_flags = if job.last { META_FLAG_FINAL } else { 0 };
             let pt_len = job.pt_len as u32;
-            Python::attach(|py| {
-                calls::seal_frame(py, &self.keys, job.block_index, meta_flags, &job.buf, job.pt_len, &out)
+            let digest = Python::attach(|py| -> PyResult<Option<[u8; 32]>> {
+                calls::seal_frame(py, &self.keys, job.block_index, meta_flags, &job.buf, job.pt_len, &out)?;
+                match self.signer {
+                    Some(_) => Ok(Some(calls::frame_digest(py, &self.keys, &out)?)),
+                    None => Ok(None),
+                }
             })?;
             if !shared.send(free_in, job.buf) {
                 return Ok(());
@@ -260,6 +319,7 @@ impl Plan {
                     block_index: job.block_index,
                     buf: out,
                     pt_len,
+                    digest,
                 },
             ) {
                 return Ok(());
@@ -276,7 +336,8 @@ impl Plan {
         msgs: &Receiver<Msg>,
         free_out: &Sender<PyBuf>,
         progress: &mut Progress,
-    ) -> Result<(Vec<IndexEntry>, u64)> {
+    ) -> Result<(Vec<IndexEntry>, u64, SignatureAccumulator)> {
+        let mut digests = SignatureAccumulator::new();
         let mut pending: BTreeMap<u64, (PyBuf, u32)> = BTreeMap::new();
         let mut entries: Vec<IndexEntry> = Vec::new();
         let mut block_count: Option<u64> = None;
@@ -286,7 +347,7 @@ impl Plan {
             let window_start = window_no * self.window;
             if let Some(n) = block_count {
                 if window_start >= n {
-                    return Ok((entries, offset));
+                    return Ok((entries, offset, digests));
                 }
             }
             let k = block_count.map_or(self.window, |n| self.window.min(n - window_start));
@@ -322,7 +383,11 @@ impl Plan {
                     block_index,
                     buf,
                     pt_len,
+                    digest,
                 }) => {
+                    if let Some(d) = digest {
+                        digests.set(block_index, &d)?;
+                    }
                     pending.insert(block_index, (buf, pt_len));
                 }
                 Ok(Msg::Eof { block_count: n }) => block_count = Some(n),

@@ -15,9 +15,10 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use qeltrix_format::header::HEADER_FIXED_LEN;
-use qeltrix_format::{frame_len, BlockMeta, FormatError, Header, Index, Trailer, TRAILER_LEN};
+use qeltrix_format::signature::sig_len;
+use qeltrix_format::{frame_len, BlockMeta, FormatError, Header, Index, SignatureSection, Trailer, TRAILER_LEN};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// Decrypted blocks kept per reader unless the opener asks for more.
@@ -29,6 +30,10 @@ struct Loaded {
     /// Largest `pt_len` in the index: buffers are sized by the data actually present, not by
     /// the header's `block_size`, so a tiny container declaring 64 MiB blocks costs little.
     max_pt_len: u32,
+    footer: Vec<u8>,
+    footer_offset: u64,
+    /// The signature section of a signed container (FORMAT.md section 15), parsed, unverified.
+    signature: Option<SignatureSection>,
 }
 
 /// A small LRU of decrypted blocks, shared by every thread reading this container.
@@ -69,6 +74,9 @@ pub struct Reader {
     /// Spare frame and plaintext buffers, so steady-state reads allocate only the cached copy.
     frames: Mutex<Vec<PyBuf>>,
     outs: Mutex<Vec<PyBuf>>,
+    /// Check S3 of FORMAT.md section 8: every frame read must match its signed digest. Set by
+    /// the Python layer once it has verified the signature (S2).
+    digests_required: AtomicBool,
 }
 
 impl Reader {
@@ -90,6 +98,15 @@ impl Reader {
                 }
                 e => e,
             })?;
+        if self.digests_required.load(Ordering::Acquire) {
+            let expected = loaded.signature.as_ref().and_then(|s| s.frame_digest(i));
+            let digest = Python::attach(|py| calls::frame_digest(py, &loaded.keys, frame))?;
+            if expected != Some(&digest[..]) {
+                return Err(Error::Signature(format!(
+                    "block {i} does not match the signed container (changed after signing)"
+                )));
+            }
+        }
         let expect_final = i as u64 + 1 == loaded.index.block_count() && !loaded.index.incomplete();
         Python::attach(|py| -> Result<()> {
             let meta_pt = calls::open_meta(py, &loaded.keys, frame)?;
@@ -334,24 +351,34 @@ impl Reader {
             }),
             frames: Mutex::new(Vec::new()),
             outs: Mutex::new(Vec::new()),
+            digests_required: AtomicBool::new(false),
         })
     }
 
     /// Read the trailer and decrypt the footer with `keys` (a `ContainerKeys`).
     fn load_index(&self, py: Python<'_>, keys: Py<PyAny>) -> PyResult<()> {
-        let (trailer, footer) = py.detach(|| -> Result<(Trailer, Vec<u8>)> {
+        let signed = self.header.signed();
+        let (trailer, footer, section) = py.detach(|| -> Result<(Trailer, Vec<u8>, Option<Vec<u8>>)> {
             if self.file_len < u64::from(self.header.header_len) + TRAILER_LEN as u64 {
                 return Err(FormatError::Truncated("the file ends right after its header".into()).into());
             }
             let tb = self
                 .source
                 .read_vec_at(self.file_len - TRAILER_LEN as u64, TRAILER_LEN)?;
-            let trailer = Trailer::parse(&tb, self.file_len, self.header.header_len)?;
-            // footer_len <= file_len was checked by Trailer::parse: the allocation is bounded.
+            let trailer = Trailer::parse_with(&tb, self.file_len, self.header.header_len, signed)?;
+            // footer_len (and sig_len) <= file_len was checked by Trailer::parse_with: the
+            // allocations are bounded by the file.
             let footer = self
                 .source
                 .read_vec_at(trailer.footer_offset, trailer.footer_len as usize)?;
-            Ok((trailer, footer))
+            let section = match signed {
+                true => {
+                    let n = sig_len(trailer.block_count()).expect("checked by parse_with") as usize;
+                    Some(self.source.read_vec_at(trailer.sig_offset(), n)?)
+                }
+                false => None,
+            };
+            Ok((trailer, footer, section))
         })?;
         let index_pt: Vec<u8> = keys
             .call_method1(py, OPEN_INDEX, (PyBytes::new(py, &footer), trailer.footer_offset))?
@@ -365,12 +392,64 @@ impl Reader {
         )
         .map_err(Error::from)?;
         let max_pt_len = index.entries.iter().map(|e| e.pt_len).max().unwrap_or(0);
+        let signature = section
+            .map(|b| SignatureSection::parse(&b, trailer.block_count()))
+            .transpose()
+            .map_err(Error::from)?;
         let _ = self.loaded.set(Loaded {
             keys,
             index,
             max_pt_len,
+            footer,
+            footer_offset: trailer.footer_offset,
+            signature,
         });
         Ok(())
+    }
+
+    /// `(signer_pub, frame_digests, signature)` of a signed container (after `load_index`),
+    /// as stored and not yet verified; `None` when the container is not signed.
+    #[allow(clippy::type_complexity)] // three byte strings
+    fn signature_parts<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+        Ok(self.loaded()?.signature.as_ref().map(|s| {
+            (
+                PyBytes::new(py, &s.signer_pub),
+                PyBytes::new(py, &s.frame_digests),
+                PyBytes::new(py, &s.signature),
+            )
+        }))
+    }
+
+    /// `(footer, footer_offset)` exactly as stored (after `load_index`).
+    fn footer<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyBytes>, u64)> {
+        let l = self.loaded()?;
+        Ok((PyBytes::new(py, &l.footer), l.footer_offset))
+    }
+
+    /// From now on, check every frame read against its signed digest before opening it
+    /// (check S3 of FORMAT.md section 8). Call after verifying the signature.
+    fn require_frame_digests(&self) -> PyResult<()> {
+        if self.loaded()?.signature.is_none() {
+            return Err(Error::Signature("the container is not signed".into()).into());
+        }
+        self.digests_required.store(true, Ordering::Release);
+        self.cache.lock().expect("cache lock").entries.clear();
+        Ok(())
+    }
+
+    /// Whether frames are checked against their signed digests.
+    #[getter]
+    fn frame_digests_required(&self) -> bool {
+        self.digests_required.load(Ordering::Acquire)
+    }
+
+    /// Every header byte (`header_len` bytes), as stored.
+    #[getter]
+    fn header_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.header.encoded)
     }
 
     /// Plaintext bytes `[pos, pos + n)`, clipped at the end like a file read.

@@ -21,6 +21,15 @@ pub const OPEN_BLOCK: &str = "open_block";
 pub const SEAL_INDEX: &str = "seal_index";
 /// `ContainerKeys.open_index(footer, footer_offset) -> index_pt`.
 pub const OPEN_INDEX: &str = "open_index";
+/// `ContainerKeys.frame_digest(inbuf) -> digest`: `SHA256(meta_nonce || meta_ct)` of the frame at
+/// the start of `inbuf` (its first `META_FRAME_LEN` bytes; FORMAT.md section 15).
+pub const FRAME_DIGEST: &str = "frame_digest";
+/// `ContainerKeys.sha256(data) -> digest` (header, footer and digest-list hashes of section 15).
+pub const SHA256: &str = "sha256";
+/// `Ed25519Signer.sign(signed_message) -> signature` (`qeltrix_v6._crypto.Ed25519Signer`).
+pub const SIGN: &str = "sign";
+/// `Ed25519Signer.public`: the 32-byte `signer_pub` (an attribute).
+pub const SIGNER_PUBLIC: &str = "public";
 /// File-like methods used on Python sources and sinks.
 pub const READINTO: &str = "readinto";
 pub const WRITE: &str = "write";
@@ -38,9 +47,10 @@ pub enum ErrorClass {
     Io = 4,
     WrongKey = 5,
     Base = 6,
+    Signature = 7,
 }
 
-const ERROR_NAMES: [&str; 7] = [
+const ERROR_NAMES: [&str; 8] = [
     "MalformedError",
     "LimitExceededError",
     "AuthenticationError",
@@ -48,6 +58,7 @@ const ERROR_NAMES: [&str; 7] = [
     "QeltrixIOError",
     "WrongKeyError",
     "QeltrixError",
+    "SignatureError",
 ];
 
 /// The Python class for an error kind.
