@@ -999,3 +999,5 @@ def test_readme_examples_run(tmp_path: Path) -> None:
     assert (tmp_path / "restored.mp4").read_bytes() == (tmp_path / "video.mp4").read_bytes()
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["ok"] is False and report["first_bad_block"]["block"] >= 0
+    # The cut stream: the two whole frames before the cut, and nothing claimed beyond them.
+    assert (tmp_path / "first-part.bin").read_bytes() == (tmp_path / "video.mp4").read_bytes()[: 2 * 65536]
