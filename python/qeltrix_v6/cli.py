@@ -1196,7 +1196,7 @@ def cat(
         total = int(r.pt_total_len)
         end = total if length is None else min(total, offset + length)
         # Reading to the end of an incomplete container fails here, before any output.
-        opened.check_end(offset, total - offset + 1 if length is None else length)
+        opened.check_end(offset, max(1, total - offset + 1) if length is None else length)
         chunk = max(int(r.block_size), 1 << 20)
         # Chunks aligned to block boundaries decrypt every block once.
         pos = offset
