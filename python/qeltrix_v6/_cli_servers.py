@@ -30,6 +30,7 @@ from .cli import (
     QuietOpt,
     SignerOpt,
     SignersFileOpt,
+    SignWithOpt,
     _can_prompt,
     _check_input,
     _check_output,
@@ -42,6 +43,7 @@ from .cli import (
     kms_config,
     parse_size,
     read_key_file,
+    read_signing_key,
     signers_from_options,
 )
 from .gateway import MODES, GatewayServer, decode_public_key
@@ -292,6 +294,7 @@ def gateway(
             "--stats-interval", min=0, help="Seconds between stats log lines (0: off).", rich_help_panel=PANEL_ADV
         ),
     ] = 60.0,
+    sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -306,9 +309,19 @@ def gateway(
     Pinned-key mode (no shared secret; each side pins the other's public key):
 
       qeltrix gateway --mode router --listen 127.0.0.1:6380 --target gw2:7000 --identity a.id --peer qltx-x25519:...
+
+    A sink with --sign-with KEY_FILE signs every container it stores (cut streams too), so
+    readers can require it with --signer.
     """
     if mode not in MODES:
         raise CliError(f"unknown mode {mode!r}", hint=f"use one of: {', '.join(MODES)}", code=ExitCode.USAGE)
+    if sign_with is not None and mode != "sink":
+        raise CliError(
+            f"--sign-with is for --mode sink (a sink signs what it stores), not --mode {mode}",
+            hint="streams between gateways are never signed; drop --sign-with",
+            code=ExitCode.USAGE,
+        )
+    signer = read_signing_key(sign_with)
     peers = list(peer or [])
     if peers_file:
         try:
@@ -345,6 +358,7 @@ def gateway(
             idle_timeout=idle_timeout,
             stats_interval=stats_interval,
             handshake_timeout=handshake_timeout,
+            sign_with=signer,
         )
         gw.start()
     except ValueError as e:

@@ -31,6 +31,7 @@ from .errors import (
     LimitExceededError,
     MalformedError,
     QeltrixIOError,
+    SignatureError,
     TruncatedError,
     WrongKeyError,
 )
@@ -485,8 +486,16 @@ def recover(
     _check_reader_credentials(passphrase, key, identities, kms)
     with _open_input(src) as f:
         src_len = os.fstat(f.fileno()).st_size
+        reader = _core.Reader(f.fileno())
+        if int(reader.header_flags) & _signing.HEADER_FLAG_SIGNED:
+            # A signing sink died before it signed: an index alone would leave SIGNED set with no
+            # signature, which FORMAT.md section 15.3 forbids.
+            raise SignatureError(
+                "this stream was stored by a signing sink that stopped before signing it; "
+                "recover cannot vouch for it in the sink's name"
+            )
         keys = unlock_header(
-            _core.Reader(f.fileno()),
+            reader,
             passphrase=passphrase,
             key=key,
             identity=identities,

@@ -137,6 +137,7 @@ class GatewayCore:
         connect_timeout: float = 10.0,
         stats_interval: float = 0.0,
         handshake_timeout: float = 10.0,
+        signer: Any = None,
     ) -> None: ...
     @property
     def address(self) -> tuple[str, int]: ...

@@ -9,7 +9,8 @@ Modes:
   encrypted on their way back. A router whose target is another router adds a layer; each
   decrypt gateway peels one.
 - ``sink``: store each incoming stream (V6, or plaintext with ``sink_raw=True``) as a
-  container in ``sink_dir``; a cut connection leaves a container marked incomplete.
+  container in ``sink_dir``; a cut connection leaves a container marked incomplete. With
+  ``sign_with`` (an Ed25519 key) the sink signs every container it stores (FORMAT.md 12, 15).
 
 Gateways that talk to each other share a 32-byte key file, or hold X25519 identities and
 pin each other's public keys. Each connection first agrees on a fresh session (both sides
@@ -28,7 +29,7 @@ from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
-from . import _core, _crypto
+from . import _core, _crypto, _signing
 from ._container import build_header
 from ._service import BackgroundService
 from .errors import AuthenticationError
@@ -78,12 +79,19 @@ class _Keyring:
     """
 
     def __init__(
-        self, key: bytes | None, cipher_id: int, identity: bytes | None = None, peers: frozenset[bytes] = frozenset()
+        self,
+        key: bytes | None,
+        cipher_id: int,
+        identity: bytes | None = None,
+        peers: frozenset[bytes] = frozenset(),
+        *,
+        sink_signed: bool = False,
     ) -> None:
         self._key = key
         self._cipher_id = cipher_id
         self._identity = identity
         self._peers = peers
+        self._sink_signed = sink_signed
 
     def handshake_new(self) -> _crypto.Handshake | _crypto.SharedKeySession:
         if self._identity is None:
@@ -108,17 +116,27 @@ class _Keyring:
         return build_header(mk, cid, self._cipher_id, block_size, 0, [stanza])
 
     def storage_header(
-        self, header: bytes, session: _crypto.Handshake | _crypto.SharedKeySession | None = None
+        self,
+        header: bytes,
+        session: _crypto.Handshake | _crypto.SharedKeySession | None = None,
+        keys: _crypto.ContainerKeys | None = None,
     ) -> bytes:
         """The header a sink stores: a stream's MK dies with its session, so it is re-wrapped
-        under the sink's own key (the frames do not change)."""
-        if session is None:
+        under the sink's own key (the frames do not change). A signing sink's header has SIGNED
+        set under its header_mac (FORMAT.md section 15); a raw sink's stream (no session, its MK
+        already wrapped under the sink's key, ``keys`` its keys) is then sealed again with it."""
+        if session is None and not self._sink_signed:
             return header
         assert self._key is not None
         f = SimpleNamespace(**_core.parse_header(header))
-        mk = session.recv_mk(f.container_id)
-        stanza = _crypto.key_stanza(self._key, mk, f.container_id)
-        return build_header(mk, f.container_id, f.cipher_id, f.block_size, 0, [stanza])[0]
+        if session is not None:
+            mk = session.recv_mk(f.container_id)
+            stanzas = [_crypto.key_stanza(self._key, mk, f.container_id)]
+        else:
+            assert keys is not None
+            mk, stanzas = keys.mk, list(f.stanzas)
+        signed = self._sink_signed
+        return build_header(mk, f.container_id, f.cipher_id, f.block_size, 0, stanzas, signed=signed)[0]
 
     def accept_stream(
         self, header: bytes, session: _crypto.Handshake | _crypto.SharedKeySession | None = None
@@ -165,6 +183,10 @@ class GatewayServer(BackgroundService):
     ...         stream = b"".join(iter(lambda: s.recv(65536), b""))
     >>> stream[:8], b"hello" in stream
     (b'QLTXV6\\r\\n', False)
+
+    A sink given ``sign_with`` (an Ed25519 private key: PEM bytes, a path, or an
+    ``Ed25519Signer``, as for :func:`pack`) stores every stream as a signed container, cut
+    streams included; readers check it with ``signers=[...]``.
     """
 
     def __init__(
@@ -186,9 +208,13 @@ class GatewayServer(BackgroundService):
         connect_timeout: float = 10.0,
         stats_interval: float = 0.0,
         handshake_timeout: float = 10.0,
+        sign_with: _signing.SignWith | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if sign_with is not None and mode != "sink":
+            raise ValueError(f"only a sink signs what it stores: sign_with is not for mode {mode!r}")
+        signer = _signing.load_signer(sign_with) if sign_with is not None else None
         pinned = frozenset(decode_public_key(p) if isinstance(p, str) else bytes(p) for p in peers)
         if identity is not None:
             if len(identity) != _crypto.X25519_LEN:
@@ -217,7 +243,11 @@ class GatewayServer(BackgroundService):
             th, tp = _split_hostport(target)
             tgt = f"[{th}]:{tp}" if ":" in th else f"{th}:{tp}"
         self._keyring = _Keyring(
-            bytes(key) if key is not None else None, _crypto.CIPHERS[cipher], identity=identity, peers=pinned
+            bytes(key) if key is not None else None,
+            _crypto.CIPHERS[cipher],
+            identity=identity,
+            peers=pinned,
+            sink_signed=signer is not None,
         )
         self._settings: dict[str, Any] = {
             "target": tgt,
@@ -230,6 +260,7 @@ class GatewayServer(BackgroundService):
             "connect_timeout": connect_timeout,
             "stats_interval": stats_interval,
             "handshake_timeout": handshake_timeout,
+            "signer": signer,
         }
         super().__init__()
 

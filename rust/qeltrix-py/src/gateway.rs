@@ -22,7 +22,7 @@ use std::time::Duration;
 const NEW_STREAM: &str = "new_stream";
 /// `keyring.accept_stream(header: bytes, session | None) -> ContainerKeys`.
 const ACCEPT_STREAM: &str = "accept_stream";
-/// `keyring.storage_header(header: bytes, session | None) -> bytes`.
+/// `keyring.storage_header(header: bytes, session | None, keys: ContainerKeys) -> bytes`.
 const STORAGE_HEADER: &str = "storage_header";
 /// `keyring.reply_id(container_id) -> bytes`.
 const REPLY_ID: &str = "reply_id";
@@ -129,10 +129,25 @@ impl StreamKeys for PyStreamKeys {
         })
         .map_err(|e| Python::attach(|py| gw_err(py, e)))
     }
+
+    fn frame_digest(&mut self, meta_frame: &[u8]) -> Result<[u8; 32], GwError> {
+        Python::attach(|py| -> PyResult<[u8; 32]> {
+            ensure(py, &mut self.inbuf, META_FRAME_LEN)?;
+            let inbuf = self.inbuf.as_mut().expect("ensured");
+            inbuf.as_mut_slice()[..META_FRAME_LEN].copy_from_slice(&meta_frame[..META_FRAME_LEN]);
+            calls::frame_digest(py, &self.keys, inbuf)
+        })
+        .map_err(|e| Python::attach(|py| gw_err(py, e)))
+    }
+
+    fn sha256(&mut self, data: &[u8]) -> Result<[u8; 32], GwError> {
+        Python::attach(|py| calls::sha256(py, &self.keys, data)).map_err(|e| Python::attach(|py| gw_err(py, e)))
+    }
 }
 
-/// The gateway's key material, held by a Python object (`qeltrix_v6.gateway._Keyring`).
-struct PyKeyring(Py<PyAny>);
+/// The gateway's key material, held by a Python object (`qeltrix_v6.gateway._Keyring`), and a
+/// sink's signing key (a `qeltrix_v6._crypto.Ed25519Signer`, FORMAT.md section 15), if any.
+struct PyKeyring(Py<PyAny>, Option<Py<PyAny>>);
 
 impl Keyring for PyKeyring {
     type Keys = PyStreamKeys;
@@ -223,15 +238,33 @@ impl Keyring for PyKeyring {
         })
     }
 
-    fn storage_header(&self, session: Option<&Py<PyAny>>, header: &Header) -> Result<Vec<u8>, GwError> {
+    fn storage_header(
+        &self,
+        session: Option<&Py<PyAny>>,
+        header: &Header,
+        keys: &PyStreamKeys,
+    ) -> Result<Vec<u8>, GwError> {
         Python::attach(|py| {
             let session = session.map(|s| s.clone_ref(py));
+            let args = (PyBytes::new(py, &header.encoded), session, keys.keys.clone_ref(py));
             let r = self
                 .0
-                .call_method1(py, STORAGE_HEADER, (PyBytes::new(py, &header.encoded), session))
+                .call_method1(py, STORAGE_HEADER, args)
                 .map_err(|e| gw_err(py, e))?;
             r.extract(py).map_err(|e| gw_err(py, e))
         })
+    }
+
+    fn sink_signer(&self) -> Result<Option<[u8; 32]>, GwError> {
+        let Some(signer) = &self.1 else { return Ok(None) };
+        Python::attach(|py| calls::signer_public(py, signer).map(Some).map_err(|e| gw_err(py, e)))
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], GwError> {
+        let Some(signer) = &self.1 else {
+            return Err(GwError::Protocol("this gateway has no signing key".into()));
+        };
+        Python::attach(|py| calls::sign(py, signer, message).map_err(|e| gw_err(py, e)))
     }
 
     fn on_thread(&self, f: &mut dyn FnMut()) {
@@ -274,7 +307,7 @@ impl GatewayCore {
     #[new]
     #[pyo3(signature = (mode, host, port, keyring, target=None, sink_dir=None, sink_raw=false, block_size=262144,
                         flush_delay=0.0, max_connections=1024, idle_timeout=300.0, connect_timeout=10.0,
-                        stats_interval=0.0, handshake_timeout=10.0))]
+                        stats_interval=0.0, handshake_timeout=10.0, signer=None))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
     fn new(
         py: Python<'_>,
@@ -292,7 +325,11 @@ impl GatewayCore {
         connect_timeout: f64,
         stats_interval: f64,
         handshake_timeout: f64,
+        signer: Option<Py<PyAny>>,
     ) -> PyResult<GatewayCore> {
+        if signer.is_some() && (mode != "sink") {
+            return Err(PyValueError::new_err("only a sink signs what it stores"));
+        }
         let mode = match mode {
             "reflect" => Mode::Reflect,
             "router" => Mode::Router,
@@ -317,7 +354,7 @@ impl GatewayCore {
         config.stats_interval = Duration::from_secs_f64(stats_interval.max(0.0));
         config.handshake_timeout = Duration::from_secs_f64(handshake_timeout.max(0.01));
         let handle = py
-            .detach(|| start_gateway(config, PyKeyring(keyring)))
+            .detach(|| start_gateway(config, PyKeyring(keyring, signer)))
             .map_err(|e| PyOSError::new_err(e.to_string()))?;
         let addr = handle.local_addr();
         Ok(GatewayCore {

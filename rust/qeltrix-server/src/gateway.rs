@@ -17,15 +17,16 @@
 //! them over `qeltrix_v6._crypto`.
 use crate::LogLevel;
 use qeltrix_format::header::HEADER_FIXED_LEN;
+use qeltrix_format::signature::{Digest, SIGNATURE_LEN, SIGNER_PUB_LEN};
 pub use qeltrix_format::MAX_STREAM_HEADER_LEN;
 use qeltrix_format::{
-    frame_len, BlockMeta, Header, Index, IndexEntry, Trailer, INDEX_FLAG_INCOMPLETE, META_FLAG_FINAL, META_FRAME_LEN,
-    TAG_LEN,
+    frame_len, signed_message, BlockMeta, Header, Index, IndexEntry, SignatureAccumulator, Trailer,
+    INDEX_FLAG_INCOMPLETE, META_FLAG_FINAL, META_FRAME_LEN, TAG_LEN,
 };
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -151,9 +152,25 @@ pub trait Keyring: Send + Sync + 'static {
     ) -> Result<(Vec<u8>, Self::Keys), GwError>;
     /// Verify an incoming stream's header and return keys to open its frames.
     fn accept_stream(&self, session: Option<&Self::Session>, header: &Header) -> Result<Self::Keys, GwError>;
-    /// The header a sink stores for an accepted stream: in pinned-key mode the stream MK must
-    /// be re-wrapped under a long-term key, since the session that derived it is gone.
-    fn storage_header(&self, session: Option<&Self::Session>, header: &Header) -> Result<Vec<u8>, GwError>;
+    /// The header a sink stores for a stream with keys `keys` (an accepted stream, or a raw
+    /// sink's own): a session-derived MK must be re-wrapped under a long-term key, since the
+    /// session that derived it is gone; when the sink signs ([`Keyring::sink_signer`]), the
+    /// header has `SIGNED` set under its `header_mac` (FORMAT.md section 15).
+    fn storage_header(
+        &self,
+        session: Option<&Self::Session>,
+        header: &Header,
+        keys: &Self::Keys,
+    ) -> Result<Vec<u8>, GwError>;
+    /// The Ed25519 public key (`signer_pub`) a sink signs what it stores with, or `None` when it
+    /// stores unsigned containers.
+    fn sink_signer(&self) -> Result<Option<[u8; SIGNER_PUB_LEN]>, GwError> {
+        Ok(None)
+    }
+    /// `Ed25519-Sign(signer_priv, signed_message)` with the sink's signing key.
+    fn sign(&self, _message: &[u8]) -> Result<[u8; SIGNATURE_LEN], GwError> {
+        Err(GwError::Protocol("this gateway has no signing key".into()))
+    }
     /// The `container_id` a reply to `request` must carry.
     fn reply_id(&self, request: &[u8; 16]) -> Result<[u8; 16], GwError>;
     /// One log line.
@@ -177,6 +194,11 @@ pub trait StreamKeys: Send + 'static {
     fn open_data(&mut self, meta: &BlockMeta, data_ct: &[u8], pt: &mut Vec<u8>) -> Result<(), GwError>;
     /// Seal an index as a footer that will start at `footer_offset`.
     fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError>;
+    /// `frame_digest` of the frame starting with `meta_frame` (its first `META_FRAME_LEN`
+    /// bytes; FORMAT.md section 15).
+    fn frame_digest(&mut self, meta_frame: &[u8]) -> Result<Digest, GwError>;
+    /// `SHA256(data)` (the header, digest-list and footer hashes of `signed_message`).
+    fn sha256(&mut self, data: &[u8]) -> Result<Digest, GwError>;
 }
 
 /// Live counters of one connection.
@@ -606,7 +628,7 @@ impl<K: Keyring> Gateway<K> {
         };
         let bs = self.config.block_size;
         let max_bs = self.config.max_peer_block_size;
-        let nop = &mut |_: u32, _: u64| Ok(());
+        let nop = &mut |_: &mut K::Keys, _: u32, _: &[u8]| Ok(());
         match self.config.mode {
             Mode::Reflect => {
                 let (header, mut keys) = self.keyring.new_stream(None, None, bs)?;
@@ -645,7 +667,7 @@ impl<K: Keyring> Gateway<K> {
                                         Side::Other,
                                         &mut keys,
                                         bs,
-                                        &mut |_, _| Ok(()),
+                                        &mut |_, _, _| Ok(()),
                                     )
                                 });
                             after(&p, &r, &[client, &peer], &peer);
@@ -658,7 +680,7 @@ impl<K: Keyring> Gateway<K> {
                             return Err(GwError::Auth("the reply stream is not bound to this connection".into()));
                         }
                         let mut keys = self.keyring.accept_stream(session, &h)?;
-                        p.open(&peer, Side::Other, &mut keys, h.block_size, &mut |_, _, _, pt| {
+                        p.open(&peer, Side::Other, &mut keys, h.block_size, &mut |_, _, _, _, pt| {
                             p.write_all(&mut &*client, Side::Client, pt).map_err(GwError::Io)
                         })
                     })();
@@ -689,7 +711,7 @@ impl<K: Keyring> Gateway<K> {
                                         Side::Client,
                                         &mut keys,
                                         bs,
-                                        &mut |_, _| Ok(()),
+                                        &mut |_, _, _| Ok(()),
                                     )
                                 },
                             );
@@ -697,9 +719,13 @@ impl<K: Keyring> Gateway<K> {
                             r
                         })
                     });
-                    let up = p.open(client, Side::Client, &mut in_keys, h.block_size, &mut |_, _, _, pt| {
-                        p.write_all(&mut &target, Side::Other, pt).map_err(GwError::Io)
-                    });
+                    let up = p.open(
+                        client,
+                        Side::Client,
+                        &mut in_keys,
+                        h.block_size,
+                        &mut |_, _, _, _, pt| p.write_all(&mut &target, Side::Other, pt).map_err(GwError::Io),
+                    );
                     after(&p, &up, &[client, &target], &target);
                     join_both(down.join(), up)
                 })
@@ -723,43 +749,47 @@ impl<K: Keyring> Gateway<K> {
             self.handshake(p, client, Side::Client, false)?
         };
         let session = session.as_ref();
-        let (header_bytes, mut keys, block_size) = if self.config.sink_raw {
+        let (header, mut keys, block_size) = if self.config.sink_raw {
             let (h, k) = self.keyring.new_stream(None, None, bs)?;
-            (h, k, bs)
+            (Header::parse(&h).map_err(|e| GwError::Protocol(e.to_string()))?, k, bs)
         } else {
             let h = read_stream_header(p, client, Side::Client, self.config.max_peer_block_size)?;
             let k = self.keyring.accept_stream(session, &h)?;
             p.stats.authenticated();
-            (self.keyring.storage_header(session, &h)?, k, h.block_size)
+            let block_size = h.block_size;
+            (h, k, block_size)
         };
-        let mut file = SinkFile::create(dir, p.stats.id, &header_bytes)?;
+        let header_bytes = self.keyring.storage_header(session, &header, &keys)?;
+        let signs = self.keyring.sink_signer()?.is_some();
+        let stored_header = Header::parse(&header_bytes).map_err(|e| GwError::Protocol(e.to_string()))?;
+        if stored_header.signed() != signs || stored_header.container_id != header.container_id {
+            return Err(GwError::Protocol(
+                "the header to store disagrees with the stream (container_id) or with the sink's signing key (SIGNED)"
+                    .into(),
+            ));
+        }
+        let mut file = SinkFile::create(dir, p.stats.id, &header_bytes, signs)?;
         let r = if self.config.sink_raw {
-            let mut rec = Recorder::at(file.offset);
-            let out = &mut file.file;
-            let r = p.seal(
+            let SinkFile { file: out, stored, .. } = &mut file;
+            p.seal(
                 client,
                 Side::Client,
                 out,
                 Side::Other,
                 &mut keys,
                 bs,
-                &mut |pt_len, len| {
-                    rec.add(pt_len, len);
-                    Ok(())
-                },
-            );
-            file.take(rec);
-            r
+                &mut |keys, pt_len, frame| stored.add(keys, frame, frame.len() as u64, pt_len),
+            )
         } else {
             p.open(
                 client,
                 Side::Client,
                 &mut keys,
                 block_size,
-                &mut |meta_frame, ct, meta, _| file.frame(meta_frame, ct, meta.pt_len).map_err(GwError::Io),
+                &mut |keys, meta_frame, ct, meta, _| file.frame(keys, meta_frame, ct, meta.pt_len),
             )
         };
-        let path = file.finish(&mut keys, r.is_err())?;
+        let path = file.finish(&self.keyring, &mut keys, r.is_err())?;
         let state = if r.is_ok() {
             "complete"
         } else {
@@ -772,9 +802,7 @@ impl<K: Keyring> Gateway<K> {
         if r.is_ok() && !self.config.sink_raw {
             // Acknowledge durable storage with an empty reply stream bound to the request, so
             // a router in front of the sink ends cleanly and its client sees a half-close.
-            let container_id = Header::parse(&header_bytes)
-                .map_err(|e| GwError::Protocol(e.to_string()))?
-                .container_id;
+            let container_id = header.container_id;
             let (reply, mut reply_keys) =
                 self.keyring
                     .new_stream(session, Some(self.keyring.reply_id(&container_id)?), bs)?;
@@ -839,8 +867,11 @@ fn aborted_error() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "the connection was aborted")
 }
 
-/// Receives each authenticated frame: `(meta_frame, data_ct, meta, plaintext)`.
-type Deliver<'a> = dyn FnMut(&[u8], &[u8], &BlockMeta, &[u8]) -> Result<(), GwError> + 'a;
+/// Receives each authenticated frame: `(keys, meta_frame, data_ct, meta, plaintext)`.
+type Deliver<'a, S> = dyn FnMut(&mut S, &[u8], &[u8], &BlockMeta, &[u8]) -> Result<(), GwError> + 'a;
+
+/// Told of each frame a seal pump wrote: `(keys, pt_len, frame)`.
+type OnFrame<'a, S> = dyn FnMut(&mut S, u32, &[u8]) -> Result<(), GwError> + 'a;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -986,7 +1017,7 @@ impl Pumps {
     }
 
     /// Read plaintext from `src`, write frames to `dst`, end with a `FINAL` frame at end of
-    /// input. `on_frame(pt_len, frame_len)` is told of every frame written.
+    /// input. `on_frame(keys, pt_len, frame)` is told of every frame written.
     #[allow(clippy::too_many_arguments)] // the two sides and their roles
     fn seal<S: StreamKeys>(
         &self,
@@ -996,7 +1027,7 @@ impl Pumps {
         dst_side: Side,
         keys: &mut S,
         block_size: u32,
-        on_frame: &mut dyn FnMut(u32, u64) -> Result<(), GwError>,
+        on_frame: &mut OnFrame<'_, S>,
     ) -> Result<(), GwError> {
         let bs = block_size as usize;
         let mut buf = vec![0u8; bs];
@@ -1026,7 +1057,7 @@ impl Pumps {
             keys.seal(block_index, flags, &buf[..filled], &mut frame)?;
             self.write_all(dst, dst_side, &frame)?;
             self.stats.blocks.fetch_add(1, Ordering::Relaxed);
-            on_frame(filled as u32, frame.len() as u64)?;
+            on_frame(&mut *keys, filled as u32, &frame)?;
             block_index += 1;
             if eof {
                 return Ok(());
@@ -1042,7 +1073,7 @@ impl Pumps {
         side: Side,
         keys: &mut S,
         block_size: u32,
-        deliver: &mut Deliver<'_>,
+        deliver: &mut Deliver<'_, S>,
     ) -> Result<(), GwError> {
         let mut meta_frame = [0u8; META_FRAME_LEN];
         let mut ct = Vec::new();
@@ -1071,7 +1102,7 @@ impl Pumps {
             }
             keys.open_data(&meta, &ct, &mut pt)?;
             self.stats.blocks.fetch_add(1, Ordering::Relaxed);
-            deliver(&meta_frame, &ct, &meta, &pt)?;
+            deliver(&mut *keys, &meta_frame, &ct, &meta, &pt)?;
             expect += 1;
             if meta.is_final() {
                 return Ok(());
@@ -1111,6 +1142,11 @@ fn read_stream_header(p: &Pumps, s: &TcpStream, side: Side, max_block_size: u32)
     if header.permuted() {
         return Err(GwError::Protocol("a stream must not be permuted".into()));
     }
+    // A stream has no signature section (a sink that signs sets SIGNED on the header it
+    // stores, not on the wire): FORMAT.md section 12.
+    if header.signed() {
+        return Err(GwError::Protocol("a stream must not be signed (SIGNED is set)".into()));
+    }
     if header.block_size > max_block_size {
         return Err(GwError::Protocol(format!(
             "the peer's block_size {} exceeds this gateway's limit {max_block_size}",
@@ -1120,40 +1156,55 @@ fn read_stream_header(p: &Pumps, s: &TcpStream, side: Side, max_block_size: u32)
     Ok(header)
 }
 
-/// Where index entries of frames written by a seal pump are recorded.
-struct Recorder {
+/// What a sink has recorded of the frames it stored: their index entries and, when it signs,
+/// their `frame_digest`s (32 bytes per frame, the only memory that grows with the stream).
+struct Stored {
     offset: u64,
     entries: Vec<IndexEntry>,
+    digests: Option<SignatureAccumulator>,
 }
 
-impl Recorder {
-    fn at(offset: u64) -> Recorder {
-        Recorder {
-            offset,
-            entries: Vec::new(),
+impl Stored {
+    /// Record the frame of `frame_len` bytes just written at `self.offset`; `meta_frame` is its
+    /// start (at least its first `META_FRAME_LEN` bytes).
+    fn add<S: StreamKeys>(
+        &mut self,
+        keys: &mut S,
+        meta_frame: &[u8],
+        frame_len: u64,
+        pt_len: u32,
+    ) -> Result<(), GwError> {
+        if let Some(digests) = self.digests.as_mut() {
+            let head = meta_frame
+                .get(..META_FRAME_LEN)
+                .ok_or_else(|| GwError::Protocol("a frame shorter than its metadata".into()))?;
+            let digest = keys.frame_digest(head)?;
+            digests.push(&digest).map_err(|e| GwError::Protocol(e.to_string()))?;
         }
-    }
-
-    fn add(&mut self, pt_len: u32, len: u64) {
         self.entries.push(IndexEntry {
             frame_offset: self.offset,
             pt_len,
         });
-        self.offset += len;
+        self.offset = self
+            .offset
+            .checked_add(frame_len)
+            .ok_or_else(|| GwError::Protocol("the stored stream outgrows u64 offsets".into()))?;
+        Ok(())
     }
 }
 
-/// A stream being stored: `.NAME.part` until it ends, then `NAME` with an index.
+/// A stream being stored: `.NAME.part` until it ends, then `NAME` with an index (and, for a
+/// signing sink, a signature section: FORMAT.md section 15).
 struct SinkFile {
     file: File,
     tmp: PathBuf,
     dest: PathBuf,
-    offset: u64,
-    entries: Vec<IndexEntry>,
+    header: Vec<u8>,
+    stored: Stored,
 }
 
 impl SinkFile {
-    fn create(dir: &Path, id: u64, header: &[u8]) -> io::Result<SinkFile> {
+    fn create(dir: &Path, id: u64, header: &[u8], signed: bool) -> io::Result<SinkFile> {
         let ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
@@ -1165,37 +1216,50 @@ impl SinkFile {
             file,
             tmp,
             dest: dir.join(name),
-            offset: header.len() as u64,
-            entries: Vec::new(),
+            header: header.to_vec(),
+            stored: Stored {
+                offset: header.len() as u64,
+                entries: Vec::new(),
+                digests: signed.then(SignatureAccumulator::new),
+            },
         })
     }
 
-    fn frame(&mut self, meta_frame: &[u8], ct: &[u8], pt_len: u32) -> io::Result<()> {
+    fn frame<S: StreamKeys>(&mut self, keys: &mut S, meta_frame: &[u8], ct: &[u8], pt_len: u32) -> Result<(), GwError> {
         self.file.write_all(meta_frame)?;
         self.file.write_all(ct)?;
-        self.entries.push(IndexEntry {
-            frame_offset: self.offset,
-            pt_len,
-        });
-        self.offset += (meta_frame.len() + ct.len()) as u64;
-        Ok(())
+        self.stored
+            .add(keys, meta_frame, (meta_frame.len() + ct.len()) as u64, pt_len)
     }
 
-    fn take(&mut self, rec: Recorder) {
-        self.offset = rec.offset;
-        self.entries = rec.entries;
-    }
-
-    /// Append the index (flagged `INCOMPLETE` when the stream was cut) and trailer, sync,
-    /// and move the file to its final name.
-    fn finish<S: StreamKeys>(mut self, keys: &mut S, incomplete: bool) -> Result<PathBuf, GwError> {
+    /// Append the index (flagged `INCOMPLETE` when the stream was cut), the signature section
+    /// when the sink signs (a cut stream's too: it vouches for what was received), and the
+    /// trailer; sync, and move the file to its final name.
+    fn finish<K: Keyring>(mut self, keyring: &K, keys: &mut K::Keys, incomplete: bool) -> Result<PathBuf, GwError> {
+        let footer_offset = self.stored.offset;
+        // Bytes written after the last recorded frame (a write or digest that failed half way)
+        // are dropped, so that the footer starts where the index says.
+        self.file.set_len(footer_offset)?;
+        self.file.seek(SeekFrom::Start(footer_offset))?;
         let flags = if incomplete { INDEX_FLAG_INCOMPLETE } else { 0 };
-        let index =
-            Index::new(std::mem::take(&mut self.entries), flags).map_err(|e| GwError::Protocol(e.to_string()))?;
-        let footer = keys.seal_index(&index.encode(), self.offset)?;
+        let index = Index::new(std::mem::take(&mut self.stored.entries), flags)
+            .map_err(|e| GwError::Protocol(e.to_string()))?;
+        let footer = keys.seal_index(&index.encode(), footer_offset)?;
         self.file.write_all(&footer)?;
+        if let Some(digests) = self.stored.digests.take() {
+            let section = sign_stored(
+                keyring,
+                keys,
+                &self.header,
+                digests,
+                &footer,
+                footer_offset,
+                index.block_count(),
+            )?;
+            self.file.write_all(&section)?;
+        }
         let trailer = Trailer {
-            footer_offset: self.offset,
+            footer_offset,
             footer_len: footer.len() as u64,
         };
         self.file.write_all(&trailer.encode())?;
@@ -1203,6 +1267,33 @@ impl SinkFile {
         std::fs::rename(&self.tmp, &self.dest)?;
         Ok(self.dest)
     }
+}
+
+/// The signature section of a stored stream (FORMAT.md section 15.1): hash the header, the
+/// frame digests and the footer, and have the sink's key sign `signed_message`.
+fn sign_stored<K: Keyring>(
+    keyring: &K,
+    keys: &mut K::Keys,
+    header: &[u8],
+    digests: SignatureAccumulator,
+    footer: &[u8],
+    footer_offset: u64,
+    block_count: u64,
+) -> Result<Vec<u8>, GwError> {
+    let format = |e: qeltrix_format::FormatError| GwError::Protocol(e.to_string());
+    let signer_pub = keyring
+        .sink_signer()?
+        .ok_or_else(|| GwError::Protocol("this sink has no signing key".into()))?;
+    let message = signed_message(
+        &keys.sha256(header)?,
+        block_count,
+        &keys.sha256(digests.frame_digests().map_err(format)?)?,
+        &keys.sha256(footer)?,
+        footer_offset,
+        &signer_pub,
+    );
+    let signature = keyring.sign(&message)?;
+    digests.finish(block_count, signer_pub, signature).map_err(format)
 }
 
 /// What [`recover_stream`] found.
@@ -1370,6 +1461,121 @@ mod tests {
             Err(GwError::Protocol(m)) => assert!(m.contains("at most 4096"), "{m}"),
             other => panic!("expected a protocol error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_stream_header_with_signed_set_is_refused() {
+        for (flags, refused) in [(0u16, None), (2, Some("must not be signed"))] {
+            let stanza = qeltrix_format::Stanza {
+                kind: 16,
+                body: Vec::new(),
+            };
+            let mut h = Header::encode_unsealed(flags, 1, 64 << 10, 0, [7; 16], &[stanza], 0).expect("encode");
+            h.extend_from_slice(&[0; 64]); // header_sha256 || header_mac: checked later, by the keyring
+            let (a, mut c) = pair();
+            c.write_all(&h).expect("write");
+            match (read_stream_header(&pumps(), &a, Side::Client, 16 << 20), refused) {
+                (Ok(parsed), None) => assert_eq!(parsed.encoded, h),
+                (Err(GwError::Protocol(m)), Some(why)) => assert!(m.contains(why), "{m}"),
+                (other, _) => panic!("flags {flags}: {other:?}"),
+            }
+        }
+    }
+
+    /// Stream keys whose "crypto" is plain copying: enough to check how a sink lays out what it
+    /// stores, with no Python.
+    struct PlainKeys;
+
+    impl StreamKeys for PlainKeys {
+        fn seal(&mut self, _: u64, _: u8, _: &[u8], _: &mut Vec<u8>) -> Result<(), GwError> {
+            unreachable!()
+        }
+        fn open_meta(&mut self, _: &[u8]) -> Result<BlockMeta, GwError> {
+            unreachable!()
+        }
+        fn open_data(&mut self, _: &BlockMeta, _: &[u8], _: &mut Vec<u8>) -> Result<(), GwError> {
+            unreachable!()
+        }
+        fn seal_index(&mut self, index_pt: &[u8], _: u64) -> Result<Vec<u8>, GwError> {
+            let mut footer = vec![0; 12];
+            footer.extend_from_slice(index_pt);
+            footer.extend_from_slice(&[0; TAG_LEN]);
+            Ok(footer)
+        }
+        fn frame_digest(&mut self, meta_frame: &[u8]) -> Result<Digest, GwError> {
+            assert_eq!(meta_frame.len(), META_FRAME_LEN);
+            Ok([meta_frame[0]; 32])
+        }
+        fn sha256(&mut self, data: &[u8]) -> Result<Digest, GwError> {
+            Ok([data.len() as u8; 32])
+        }
+    }
+
+    /// A signing keyring whose signature is the message's first 64 bytes.
+    struct Signing;
+
+    impl Keyring for Signing {
+        type Keys = PlainKeys;
+        type Session = ();
+        fn handshake(
+            &self,
+            _: bool,
+            _: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+            _: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
+        ) -> Result<Option<()>, GwError> {
+            Ok(None)
+        }
+        fn new_stream(&self, _: Option<&()>, _: Option<[u8; 16]>, _: u32) -> Result<(Vec<u8>, PlainKeys), GwError> {
+            unreachable!()
+        }
+        fn accept_stream(&self, _: Option<&()>, _: &Header) -> Result<PlainKeys, GwError> {
+            unreachable!()
+        }
+        fn storage_header(&self, _: Option<&()>, h: &Header, _: &PlainKeys) -> Result<Vec<u8>, GwError> {
+            Ok(h.encoded.clone())
+        }
+        fn reply_id(&self, r: &[u8; 16]) -> Result<[u8; 16], GwError> {
+            Ok(*r)
+        }
+        fn sink_signer(&self) -> Result<Option<[u8; 32]>, GwError> {
+            Ok(Some([9; 32]))
+        }
+        fn sign(&self, message: &[u8]) -> Result<[u8; 64], GwError> {
+            Ok(message[..64].try_into().expect("165 bytes"))
+        }
+    }
+
+    #[test]
+    fn a_signing_sink_appends_footer_signature_section_and_trailer_even_when_cut() {
+        let dir = std::env::temp_dir().join(format!("qeltrix-sink-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let header = vec![0xAB; 128];
+        let mut file = SinkFile::create(&dir, 1, &header, true).expect("create");
+        let mut keys = PlainKeys;
+        for i in 0..3u8 {
+            let meta_frame = [i + 1; META_FRAME_LEN];
+            file.frame(&mut keys, &meta_frame, &[0; 10 + TAG_LEN], 10)
+                .expect("frame");
+        }
+        // A half-written frame after the last recorded one is dropped at finish.
+        file.file.write_all(&[0xEE; 50]).expect("write");
+        let path = file.finish(&Signing, &mut keys, true).expect("finish");
+        let c = std::fs::read(&path).expect("read");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        let trailer = Trailer::parse_with(&c[c.len() - qeltrix_format::TRAILER_LEN..], c.len() as u64, 128, true)
+            .expect("a signed container's trailer");
+        let frames_len = 3 * (META_FRAME_LEN + 10 + TAG_LEN) as u64;
+        assert_eq!(trailer.footer_offset, 128 + frames_len);
+        let sig_at = (trailer.footer_offset + trailer.footer_len) as usize;
+        let section = qeltrix_format::SignatureSection::parse(&c[sig_at..c.len() - qeltrix_format::TRAILER_LEN], 3)
+            .expect("a section for 3 frames");
+        assert_eq!(section.signer_pub, [9; 32]);
+        for i in 0..3 {
+            assert_eq!(section.frame_digest(i), Some(&[i as u8 + 1; 32][..]));
+        }
+        // The signature covers signed_message, which starts with SIG_LABEL and SHA256(header).
+        assert_eq!(&section.signature[..21], b"qeltrix-v6 signature\0");
+        assert_eq!(section.signature[21..53], [128; 32]);
     }
 
     #[test]
