@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac as _hmac
 import os
 import struct
+import threading
 import unicodedata
 
 from cryptography.exceptions import InvalidTag
@@ -116,9 +117,17 @@ def _key_kek(key: bytes, container_id: bytes) -> bytes:
     return hkdf(key, container_id, LABEL_RECIPIENT_KEY)
 
 
+# Two Argon2id derivations with lanes > 1 running at once in one process can hang each other
+# for good (cryptography 50.0.2 with its bundled OpenSSL: each waits on the other's lane
+# threads), and later ones then fail with MemoryError. So one runs at a time; each still uses
+# its lanes in parallel, and a KDF is meant to be the slow part anyway.
+_ARGON2ID_LOCK = threading.Lock()
+
+
 def _argon2id_kek(passphrase: bytes, salt: bytes, t_cost: int, m_cost_kib: int, lanes: int) -> bytes:
     kdf = Argon2id(salt=salt, length=KEY_LEN, iterations=t_cost, lanes=lanes, memory_cost=m_cost_kib)
-    return kdf.derive(passphrase)
+    with _ARGON2ID_LOCK:
+        return kdf.derive(passphrase)
 
 
 def _pbkdf2_kek(passphrase: bytes, salt: bytes, iterations: int) -> bytes:
