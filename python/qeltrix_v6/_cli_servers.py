@@ -71,7 +71,7 @@ class _SeekServer(SeekServer):
         )
         self._creds = creds
 
-    def _open(self, path: str) -> Any:
+    def _open_container(self, path: str) -> Any:
         opened = _container.open_reader(
             path, **self._creds.kwargs(), cache_blocks=self._cache_blocks, signers=self._signers
         )

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
 
 from . import _core, _signing
 from ._container import _Opened, incomplete_message, open_reader
+from ._kms import KmsUnavailableError
 from ._service import BackgroundService
-from .errors import TruncatedError
+from .errors import QeltrixError, QeltrixIOError, TruncatedError
 
 __all__ = ["SeekServer"]
 
@@ -36,6 +41,70 @@ def served_reader(opened: _Opened, allow_incomplete: bool) -> _core.Reader:
     if reader.incomplete and not allow_incomplete:
         raise TruncatedError(incomplete_message(None, reader.block_count, reader.pt_total_len))
     return reader
+
+
+FileVersion = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+
+
+class Unlocker:
+    """Opens each container once, however many requests ask for it at the same time.
+
+    Opening under a passphrase runs Argon2id (0.1-5 s): concurrent first requests for one file
+    wait for a single open (one lock per file, from a fixed set of stripes, so memory stays
+    bounded), recent successes are reused, and failures are remembered, so a container the
+    server's credential does not open costs one KDF run, not one per request. Both are keyed by
+    the file's version (device, inode, size, mtime), so a changed file is opened afresh.
+    Transient failures (I/O, an unreachable KMS) are not remembered.
+    """
+
+    STRIPES = 64
+
+    def __init__(self, open_fn: Callable[[str], _core.Reader], max_recent: int = 16, max_failures: int = 1024) -> None:
+        self._open_fn = open_fn
+        self._locks = [threading.Lock() for _ in range(self.STRIPES)]
+        self._guard = threading.Lock()
+        self._recent: OrderedDict[str, tuple[FileVersion, _core.Reader]] = OrderedDict()
+        self._failures: OrderedDict[str, tuple[FileVersion, QeltrixError]] = OrderedDict()
+        self._max_recent = max_recent
+        self._max_failures = max_failures
+
+    @staticmethod
+    def _version(path: str) -> FileVersion:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    def _remember(
+        self,
+        table: OrderedDict[str, tuple[FileVersion, object]],
+        path: str,
+        entry: tuple[FileVersion, object],
+        cap: int,
+    ) -> None:
+        with self._guard:
+            table[path] = entry
+            table.move_to_end(path)
+            while len(table) > cap:
+                table.popitem(last=False)
+
+    def open(self, path: str) -> _core.Reader:
+        with self._locks[zlib.crc32(path.encode("utf-8", "surrogateescape")) % self.STRIPES]:
+            version = self._version(path)
+            with self._guard:
+                failed = self._failures.get(path)
+                recent = self._recent.get(path)
+            if failed is not None and failed[0] == version:
+                raise failed[1]
+            if recent is not None and recent[0] == version:
+                return recent[1]
+            try:
+                reader = self._open_fn(path)
+            except (QeltrixIOError, KmsUnavailableError):
+                raise  # transient: try again next time
+            except QeltrixError as e:
+                self._remember(self._failures, path, (version, e), self._max_failures)  # type: ignore[arg-type]
+                raise
+            self._remember(self._recent, path, (version, reader), self._max_recent)  # type: ignore[arg-type]
+            return reader
 
 
 class SeekServer(BackgroundService):
@@ -96,9 +165,14 @@ class SeekServer(BackgroundService):
         self._signers = sorted(_signing.parse_signers(signers)) if signers is not None else None
         if self._signers is not None and not self._signers:
             raise ValueError("signers is empty: give at least one qltx-ed25519: public key, or None")
+        self._unlocker = Unlocker(self._open_container)
         super().__init__()
 
     def _open(self, path: str) -> _core.Reader:
+        """Called by the HTTP loop for each container it does not hold open."""
+        return self._unlocker.open(path)
+
+    def _open_container(self, path: str) -> _core.Reader:
         opened = open_reader(
             path, passphrase=self._passphrase, key=self._key, cache_blocks=self._cache_blocks, signers=self._signers
         )
