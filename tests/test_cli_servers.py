@@ -77,6 +77,28 @@ def test_serve_subprocess_answers_ranges(tmp_path: Path, key_file: Path) -> None
     assert proc.returncode == 0
 
 
+@pytest.mark.parametrize("command", ["serve", "gateway"])
+def test_sigterm_is_a_clean_stop(tmp_path: Path, key_file: Path, command: str) -> None:
+    """SIGTERM (systemd, docker stop) stops a server cleanly: exit 0, no error line."""
+    args = (
+        ["serve", str(tmp_path), "--port", "0", "--key-file", str(key_file)]
+        if command == "serve"
+        else ["gateway", "--mode", "reflect", "--listen", "127.0.0.1:0", "--key-file", str(key_file)]
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qeltrix_v6", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "listening on" in line or "serving" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "error" not in err and "Traceback" not in err
+
+
 def test_serve_without_a_key_is_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "QELTRIX_PASSPHRASE"}
     r = subprocess.run(

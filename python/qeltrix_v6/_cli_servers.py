@@ -38,6 +38,7 @@ from .cli import (
     _prompt_passphrase,
     _refuse_passphrase_value,
     _status,
+    _Terminated,
     app,
     credentials_for_reading,
     kms_config,
@@ -206,13 +207,16 @@ def serve(
         signers=signers,
     )
     try:
-        server.start()
-    except OSError as e:
-        raise CliError(f"cannot serve on {host}:{port}: {e}", code=ExitCode.IO) from None
-    print(f"serving {root} on {server.url}", file=sys.stderr, flush=True)
-    try:
+        try:
+            server.start()
+        except OSError as e:
+            raise CliError(f"cannot serve on {host}:{port}: {e}", code=ExitCode.IO) from None
+        print(f"serving {root} on {server.url}", file=sys.stderr, flush=True)
         server.serve_forever()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated):
+        # SIGTERM (systemd, docker stop) and Ctrl-C are how a server is stopped: a clean exit,
+        # even when the signal comes while it is still starting.
+        server.stop()
         _status(quiet, "stopped")
 
 
@@ -342,6 +346,7 @@ def gateway(
     except ValueError as e:
         raise CliError(str(e), code=ExitCode.USAGE) from None
     _logging(quiet)
+    gw: GatewayServer | None = None
     try:
         gw = GatewayServer(
             mode,
@@ -365,11 +370,18 @@ def gateway(
         raise CliError(str(e), code=ExitCode.USAGE) from None
     except OSError as e:
         raise CliError(f"cannot listen on {listen}: {e}", code=ExitCode.IO) from None
-    host, port = gw.address
-    print(f"{mode} gateway listening on {host}:{port}", file=sys.stderr, flush=True)
+    except (KeyboardInterrupt, _Terminated):
+        if gw is not None:
+            gw.stop()
+        _status(quiet, "stopped")
+        return
     try:
+        host, port = gw.address
+        print(f"{mode} gateway listening on {host}:{port}", file=sys.stderr, flush=True)
         gw.serve_forever()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated):
+        # SIGTERM (systemd, docker stop) and Ctrl-C are how a gateway is stopped: a clean exit.
+        gw.stop()
         _status(quiet, "stopped")
 
 
