@@ -1,0 +1,131 @@
+"""SeekServer request handling against RFC 9110/9112, over real sockets on 127.0.0.1 with real
+clients (http.client, urllib, curl, and raw sockets for requests those clients will not send):
+range planning that bounds one request's work, preconditions, Host, the auth scheme, the
+Content-Type of an encoded path, and headers every response carries."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import os
+import socket
+import subprocess
+from email.parser import BytesParser
+from pathlib import Path
+
+import pytest
+import qeltrix_v6
+from conftest import require
+
+KEY = bytes(range(32))
+BLOCK = 4096
+DATA = os.urandom(300_000)
+N = len(DATA)
+MAX_PARTS = 16  # rust/qeltrix-server/src/range.rs
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    r = tmp_path_factory.mktemp("root")
+    qeltrix_v6.pack(io.BytesIO(DATA), r / "data.bin.qltx", key=KEY, block_size=BLOCK)
+    qeltrix_v6.pack(io.BytesIO(b"hello\n"), r / "file.txt.qltx", key=KEY)
+    qeltrix_v6.pack(io.BytesIO(b"<p>hi</p>"), r / "page.html.qltx", key=KEY)
+    return r
+
+
+@pytest.fixture(scope="module")
+def server(root: Path):
+    with qeltrix_v6.SeekServer(root, key=KEY, header_timeout=2.0, idle_timeout=5.0) as s:
+        yield s
+
+
+def request(server: qeltrix_v6.SeekServer, path: str, headers: dict[str, str] | None = None, method: str = "GET"):
+    conn = http.client.HTTPConnection(*server.address, timeout=10)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def raw_request(server: qeltrix_v6.SeekServer, data: bytes) -> bytes:
+    with socket.create_connection(server.address, timeout=10) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def multipart(headers: dict[str, str], body: bytes) -> list[tuple[str, bytes]]:
+    """The (Content-Range, payload) of each part of a multipart/byteranges body."""
+    ctype = headers["content-type"]
+    assert ctype.startswith("multipart/byteranges; boundary=")
+    msg = BytesParser().parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
+    return [(p["Content-Range"], p.get_payload(decode=True)) for p in msg.get_payload()]
+
+
+def spread(n: int) -> str:
+    """`n` one-byte ranges, each in its own block."""
+    return "bytes=" + ",".join(f"{i * BLOCK}-{i * BLOCK}" for i in range(n))
+
+
+# Range planning (RFC 9110 14.2, 15.3.7.2): (Range header, status, parts as (first, last)).
+# A 200 means the header was ignored and the representation is served once.
+PLAN_CASES = [
+    pytest.param("bytes=" + ",".join(["0-"] * 64), 200, [(0, N - 1)], id="64x bytes=0-"),
+    pytest.param("bytes=" + ",".join(["-1000000"] * 64), 200, [(0, N - 1)], id="64x suffix past the length"),
+    pytest.param(f"bytes=0-{N // 2},{N // 2 - 10}-", 200, [(0, N - 1)], id="two halves overlapping: more than N"),
+    pytest.param(spread(64), 200, [(0, N - 1)], id="64 one-byte ranges in 64 blocks"),
+    pytest.param(spread(MAX_PARTS + 1), 200, [(0, N - 1)], id="one part over the bound"),
+    pytest.param(spread(MAX_PARTS), 206, [(i * BLOCK, i * BLOCK) for i in range(MAX_PARTS)], id="at the bound"),
+    pytest.param(
+        "bytes=0-99,50-149,1000-1099,1100-1199,5000-5009",
+        206,
+        [(0, 149), (1000, 1199), (5000, 5009)],
+        id="overlapping and touching coalesced",
+    ),
+    pytest.param("bytes=5000-5009,0-9,3-20", 206, [(5000, 5009), (0, 20)], id="request order kept"),
+    pytest.param("bytes=" + ",".join(f"{i}-{i}" for i in range(64)), 206, [(0, 63)], id="64 touching: one range"),
+    pytest.param(f"bytes=0-9,{N - 10}-", 206, [(0, 9), (N - 10, N - 1)], id="two ranges: multipart"),
+]
+
+
+def check_plan(status: int, headers: dict[str, str], body: bytes, want_status: int, want) -> None:
+    assert status == want_status
+    assert len(body) <= N + MAX_PARTS * 200  # never more than the representation plus part heads
+    if status == 200:
+        assert body == DATA
+        assert "content-range" not in headers
+    elif len(want) == 1:
+        a, b = want[0]
+        assert headers["content-range"] == f"bytes {a}-{b}/{N}"
+        assert body == DATA[a : b + 1]
+    else:
+        parts = multipart(headers, body)
+        assert [cr for cr, _ in parts] == [f"bytes {a}-{b}/{N}" for a, b in want]
+        assert [p for _, p in parts] == [DATA[a : b + 1] for a, b in want]
+
+
+@pytest.mark.parametrize(("range_header", "status", "want"), PLAN_CASES)
+def test_range_plan_with_http_client(server, range_header, status, want) -> None:
+    st, h, body = request(server, "/data.bin", {"Range": range_header})
+    assert int(h["content-length"]) == len(body)
+    check_plan(st, h, body, status, want)
+
+
+@pytest.mark.parametrize(("range_header", "status", "want"), PLAN_CASES)
+def test_range_plan_with_curl(server, tmp_path, range_header, status, want) -> None:
+    curl = require("curl")
+    out, hdr = tmp_path / "body", tmp_path / "headers"
+    cmd = [curl, "-s", "-o", str(out), "-D", str(hdr), "-H", f"Range: {range_header}", f"{server.url}/data.bin"]
+    subprocess.run(cmd, check=True, timeout=30)
+    lines = hdr.read_text().splitlines()
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if ":" in line)}
+    check_plan(int(lines[0].split()[1]), headers, out.read_bytes(), status, want)
+
+
+def test_head_of_an_amplifying_range_announces_the_length_once(server) -> None:
+    st, h, body = request(server, "/data.bin", {"Range": "bytes=" + ",".join(["0-"] * 64)}, method="HEAD")
+    assert (st, int(h["content-length"]), body) == (200, N, b"")
