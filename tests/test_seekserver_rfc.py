@@ -10,6 +10,8 @@ import io
 import os
 import socket
 import subprocess
+import urllib.error
+import urllib.request
 from email.parser import BytesParser
 from pathlib import Path
 
@@ -129,3 +131,62 @@ def test_range_plan_with_curl(server, tmp_path, range_header, status, want) -> N
 def test_head_of_an_amplifying_range_announces_the_length_once(server) -> None:
     st, h, body = request(server, "/data.bin", {"Range": "bytes=" + ",".join(["0-"] * 64)}, method="HEAD")
     assert (st, int(h["content-length"]), body) == (200, N, b"")
+
+
+PAST, FUTURE = "Sun, 06 Nov 1994 08:49:37 GMT", "Fri, 01 Jan 2100 00:00:00 GMT"
+
+
+def validators(server) -> tuple[str, str]:
+    _, h, _ = request(server, "/data.bin", method="HEAD")
+    return h["etag"], h["last-modified"]
+
+
+# Preconditions in RFC 9110 13.2.2 order: (headers, with a Range?, status). The etag and
+# Last-Modified of the container replace ETAG and LM.
+PRECONDITION_CASES = [
+    ({"If-Match": '"other"'}, 412),
+    ({"If-Match": '"other"', "Range": "bytes=0-9"}, 412),
+    ({"If-Match": '"other"', "Range": "bytes=0-9,100-109"}, 412),
+    ({"If-Match": "W/ETAG"}, 412),  # weak tags never match strongly (13.1.1)
+    ({"If-Match": "ETAG"}, 200),
+    ({"If-Match": '"other", ETAG', "Range": "bytes=0-9"}, 206),
+    ({"If-Match": "*", "Range": "bytes=0-9"}, 206),
+    ({"If-Unmodified-Since": PAST}, 412),
+    ({"If-Unmodified-Since": PAST, "Range": "bytes=0-9"}, 412),
+    ({"If-Unmodified-Since": "LM", "Range": "bytes=0-9"}, 206),
+    ({"If-Unmodified-Since": FUTURE}, 200),
+    ({"If-Unmodified-Since": "not a date"}, 200),  # ignored (13.1.4)
+    ({"If-Match": "ETAG", "If-Unmodified-Since": PAST}, 200),  # If-Match decides (step 2)
+    ({"If-Match": '"other"', "If-None-Match": "ETAG"}, 412),  # step 1 before step 3
+    ({"If-Unmodified-Since": PAST, "If-Modified-Since": FUTURE}, 412),  # step 2 before step 4
+    ({"If-None-Match": "ETAG", "Range": "bytes=0-9"}, 304),
+    ({"If-None-Match": "W/ETAG"}, 304),  # weak comparison (13.1.2)
+    ({"If-Modified-Since": "LM"}, 304),
+    ({"If-None-Match": '"other"', "If-Modified-Since": "LM"}, 200),  # If-None-Match decides
+]
+
+
+@pytest.mark.parametrize(("headers", "status"), PRECONDITION_CASES)
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_preconditions(server, headers, status, method) -> None:
+    etag, lm = validators(server)
+    sent = {k: v.replace("ETAG", etag).replace("LM", lm) for k, v in headers.items()}
+    st, h, body = request(server, "/data.bin", sent, method=method)
+    assert st == status
+    assert h["etag"] == etag
+    if method == "HEAD" or status == 304:
+        assert body == b""
+    elif status == 412:
+        assert body == b"precondition failed\n"
+    elif status == 206:
+        assert body == DATA[:10]
+    else:
+        assert body == DATA
+
+
+def test_precondition_failed_with_urllib(server) -> None:
+    req = urllib.request.Request(f"{server.url}/data.bin", headers={"If-Match": '"stale"', "Range": "bytes=0-9"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 412
+    assert DATA[:10] not in e.value.read()
