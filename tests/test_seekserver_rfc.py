@@ -190,3 +190,85 @@ def test_precondition_failed_with_urllib(server) -> None:
         urllib.request.urlopen(req, timeout=10)
     assert e.value.code == 412
     assert DATA[:10] not in e.value.read()
+
+
+def status_of(reply: bytes) -> int:
+    return int(reply.split(b" ", 2)[1])
+
+
+# Host (RFC 9112 3.2): (request head lines after the request line, HTTP version, status).
+HOST_CASES = [
+    pytest.param([], "1.1", 400, id="HTTP/1.1 without Host"),
+    pytest.param(["Host: a", "Host: a"], "1.1", 400, id="two Host lines"),
+    pytest.param(["Host: a", "Host: b"], "1.0", 400, id="two Host lines, HTTP/1.0"),
+    pytest.param(["Host: a b"], "1.1", 400, id="space in Host"),
+    pytest.param(["Host: a/b"], "1.1", 400, id="slash in Host"),
+    pytest.param(["Host: a:port"], "1.1", 400, id="port not digits"),
+    pytest.param(["Host: [::1"], "1.1", 400, id="unclosed IP-literal"),
+    pytest.param(["Host: user@a"], "1.1", 400, id="userinfo"),
+    pytest.param([], "1.0", 200, id="HTTP/1.0 without Host"),
+    pytest.param(["Host: example.com"], "1.1", 200, id="name"),
+    pytest.param(["Host: 127.0.0.1:8080"], "1.1", 200, id="address and port"),
+    pytest.param(["Host: [::1]:8080"], "1.1", 200, id="IPv6 literal"),
+    pytest.param(["Host:"], "1.1", 200, id="empty (no authority)"),
+]
+
+
+@pytest.mark.parametrize(("lines", "version", "status"), HOST_CASES)
+def test_host_header(server, lines, version, status) -> None:
+    head = "\r\n".join([f"GET /file.txt HTTP/{version}", *lines, "Connection: close", "", ""])
+    reply = raw_request(server, head.encode())
+    assert status_of(reply) == status
+    assert (b"hello\n" in reply) == (status == 200)
+
+
+def test_missing_host_closes_the_connection(server) -> None:
+    # A pipelined second request after the rejected one is not answered.
+    reply = raw_request(server, b"GET /file.txt HTTP/1.1\r\n\r\nGET /file.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert reply.count(b"HTTP/1.1") == 1
+
+
+@pytest.fixture(scope="module")
+def token_server(root: Path):
+    with qeltrix_v6.SeekServer(root, key=KEY, token="s3cret-token") as s:
+        yield s
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        ("Bearer s3cret-token", 200),
+        ("bearer s3cret-token", 200),  # RFC 9110 11.1: the scheme is case-insensitive
+        ("BEARER s3cret-token", 200),
+        ("bEaReR  s3cret-token", 200),  # 1*SP
+        ("Bearer S3CRET-TOKEN", 401),  # the token is not
+        ("Basic s3cret-token", 401),
+        ("Bearers3cret-token", 401),
+        ("s3cret-token", 401),
+    ],
+)
+def test_auth_scheme_is_case_insensitive(token_server, authorization, status) -> None:
+    st, h, body = request(token_server, "/file.txt", {"Authorization": authorization})
+    assert st == status
+    assert (body == b"hello\n") == (status == 200)
+    if status == 401:
+        assert h["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    ("path", "ctype"),
+    [
+        ("/file.txt", "text/plain; charset=utf-8"),
+        ("/file%2Etxt", "text/plain; charset=utf-8"),
+        ("/file%2etxt", "text/plain; charset=utf-8"),
+        ("/%66ile.txt", "text/plain; charset=utf-8"),
+        ("/page%2Ehtml", "text/html; charset=utf-8"),
+        ("/data%2Ebin", "application/octet-stream"),
+    ],
+)
+def test_content_type_from_the_decoded_path(server, path, ctype) -> None:
+    st, h, _ = request(server, path, method="HEAD")
+    assert (st, h["content-type"]) == (200, ctype)
+    with urllib.request.urlopen(server.url + path, timeout=10) as resp:
+        assert resp.headers["Content-Type"] == ctype

@@ -294,6 +294,63 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether a request's `Host` is acceptable (RFC 9112 3.2): a server must answer 400 to an
+/// HTTP/1.1 request without one, and to any request with more than one `Host` line or an
+/// invalid value. HTTP/1.0 may omit it. Hosts are not matched against a list: any name is
+/// served, as the root is the same for all.
+fn host_is_valid(headers: &HeaderMap, version: hyper::Version) -> bool {
+    let mut lines = headers.get_all(header::HOST).iter();
+    match (lines.next(), lines.next()) {
+        (None, _) => version < hyper::Version::HTTP_11,
+        (Some(v), None) => v.to_str().is_ok_and(host_value_is_valid),
+        (Some(_), Some(_)) => false,
+    }
+}
+
+/// `Host = uri-host [ ":" port ]` (RFC 9110 7.2, RFC 3986 3.2.2): an IP-literal in brackets or
+/// a reg-name (unreserved, pct-encoded, sub-delims; an IPv4 address is one), then digits.
+/// Empty is valid: a client sends it when the target URI has no authority.
+fn host_value_is_valid(value: &str) -> bool {
+    let unreserved_or_sub_delim = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
+    let (host, port) = if let Some(literal) = value.strip_prefix('[') {
+        let Some((inside, after)) = literal.split_once(']') else {
+            return false;
+        };
+        if inside.is_empty() || !inside.bytes().all(|b| unreserved_or_sub_delim(b) || b == b':') {
+            return false;
+        }
+        match after.strip_prefix(':') {
+            Some(port) => ("", port),
+            None if after.is_empty() => ("", ""),
+            None => return false,
+        }
+    } else {
+        value.split_once(':').unwrap_or((value, ""))
+    };
+    let bytes = host.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if bytes.len() > i + 2 && bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit() => {
+                i += 3
+            }
+            b if unreserved_or_sub_delim(b) => i += 1,
+            _ => return false,
+        }
+    }
+    port.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The token of `Authorization: Bearer <token>`. The scheme is case-insensitive (RFC 9110
+/// 11.1) and followed by one or more spaces (`credentials = auth-scheme [ 1*SP token68 ]`,
+/// 11.4).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' ').trim_end())
+}
+
 /// An `If-Match` / `If-None-Match` field value: `*` or a list of entity-tags (RFC 9110 8.8.3).
 #[derive(Debug, PartialEq, Eq)]
 enum TagList<'a> {
@@ -503,6 +560,13 @@ impl<O: Opener> State<O> {
         let (parts, body) = req.into_parts();
         // Request bodies are not expected; drain a little so keep-alive survives a small one.
         drop(body.collect());
+        if !host_is_valid(&parts.headers, parts.version) {
+            // The request's target is ambiguous; do not read another request after it.
+            let mut r = simple(StatusCode::BAD_REQUEST, "one valid Host header is required");
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
         let head = parts.method == Method::HEAD;
         if parts.method != Method::GET && !head {
             let mut r = simple(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are supported");
@@ -515,7 +579,7 @@ impl<O: Opener> State<O> {
                 .headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(bearer_token)
                 .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
             if !ok {
                 let mut r = simple(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
@@ -549,7 +613,12 @@ impl<O: Opener> State<O> {
         };
         let meta = std::fs::metadata(&path).map_err(|_| Box::new(simple(StatusCode::NOT_FOUND, "not found")))?;
         let st = stamp(&meta);
-        let name = url_path.rsplit('/').next().unwrap_or_default().to_owned();
+        // The name the Content-Type comes from is the decoded one that was resolved:
+        // `/file%2Etxt` is `file.txt` (RFC 9110 4.2.3 makes them the same URI).
+        let name = url_path.rsplit('/').next().unwrap_or_default();
+        let name = percent_encoding::percent_decode_str(name)
+            .decode_utf8_lossy()
+            .into_owned();
         if let Some((c, s)) = self.cache.lock().expect("cache lock").get(&path) {
             if *s == st {
                 return Ok((c.clone(), st.1, name));
@@ -841,12 +910,64 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 mod tests {
     use super::*;
 
-    fn headers(lines: &[(&'static str, &str)]) -> HeaderMap {
+    /// Header lines of a table case, in order.
+    type Lines<'a> = &'a [(&'static str, &'a str)];
+
+    fn headers(lines: Lines) -> HeaderMap {
         let mut h = HeaderMap::new();
         for &(name, value) in lines {
             h.append(name, HeaderValue::from_str(value).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn hosts() {
+        use hyper::Version;
+        let h11 = Version::HTTP_11;
+        let cases: &[(Lines, Version, bool)] = &[
+            (&[("host", "example.com")], h11, true),
+            (&[("host", "example.com:8080")], h11, true),
+            (&[("host", "127.0.0.1:80")], h11, true),
+            (&[("host", "[::1]:8080")], h11, true),
+            (&[("host", "[::1]")], h11, true),
+            (&[("host", "xn--bcher-kva.example")], h11, true),
+            (&[("host", "a%41b")], h11, true),
+            (&[("host", "")], h11, true),
+            (&[], h11, false),
+            (&[], Version::HTTP_10, true),
+            (&[("host", "a"), ("host", "a")], h11, false),
+            (&[("host", "a"), ("host", "b")], Version::HTTP_10, false),
+            (&[("host", "a b")], h11, false),
+            (&[("host", "a/b")], h11, false),
+            (&[("host", "a@b")], h11, false),
+            (&[("host", "a:b")], h11, false),
+            (&[("host", "a:1:2")], h11, false),
+            (&[("host", "[::1")], h11, false),
+            (&[("host", "[]")], h11, false),
+            (&[("host", "[::1]x")], h11, false),
+            (&[("host", "a%4")], h11, false),
+            (&[("host", "a%zz")], h11, false),
+        ];
+        for (lines, version, want) in cases {
+            assert_eq!(host_is_valid(&headers(lines), *version), *want, "{lines:?} {version:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc", Some("abc")),
+            ("Bearer abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearerabc", None),
+            ("Bearer", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(bearer_token(value), *want, "{value:?}");
+        }
     }
 
     #[test]
@@ -882,8 +1003,7 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT",
             "Wed, 21 Oct 2015 07:28:01 GMT",
         );
-        type Case<'a> = (&'a [(&'static str, &'a str)], Option<SystemTime>, Precondition);
-        let cases: &[Case] = &[
+        let cases: &[(Lines, Option<SystemTime>, Precondition)] = &[
             (&[], Some(mtime), Proceed),
             // 1. If-Match, strong comparison.
             (&[("if-match", "\"v1\"")], Some(mtime), Proceed),
