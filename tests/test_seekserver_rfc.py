@@ -272,3 +272,30 @@ def test_content_type_from_the_decoded_path(server, path, ctype) -> None:
     assert (st, h["content-type"]) == (200, ctype)
     with urllib.request.urlopen(server.url + path, timeout=10) as resp:
         assert resp.headers["Content-Type"] == ctype
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status"),
+    [
+        ("GET", "/page.html", {}, 200),
+        ("GET", "/data.bin", {"Range": "bytes=0-9"}, 206),
+        ("GET", "/data.bin", {"Range": "bytes=0-9,100-109"}, 206),
+        ("HEAD", "/data.bin", {}, 200),
+        ("GET", "/data.bin", {"Range": f"bytes={N}-"}, 416),
+        ("GET", "/data.bin", {"If-None-Match": "*"}, 304),
+        ("GET", "/data.bin", {"If-Match": '"x"'}, 412),
+        ("GET", "/missing", {}, 404),
+        ("POST", "/data.bin", {}, 405),
+    ],
+)
+def test_nosniff_on_every_response(server, method, path, headers, status) -> None:
+    st, h, _ = request(server, path, headers, method=method)
+    assert (st, h["x-content-type-options"]) == (status, "nosniff")
+
+
+def test_nosniff_on_401_and_400(token_server) -> None:
+    st, h, _ = request(token_server, "/page.html")
+    assert (st, h["x-content-type-options"]) == (401, "nosniff")
+    reply = raw_request(token_server, b"GET /page.html HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert b"\r\nx-content-type-options: nosniff\r\n" in reply.lower()

@@ -4,6 +4,11 @@
 //! One tokio runtime on its own thread accepts connections; hyper parses HTTP. Decryption is
 //! blocking work on tokio's blocking pool; each response streams through a small bounded
 //! channel, so memory per connection is a few blocks whatever the range size.
+//!
+//! A request is answered by the first of these checks that decides it: `Host` (400, RFC 9112
+//! 3.2), method (405), bearer token (401), path and container (404, 403, 500), preconditions
+//! in RFC 9110 13.2.2 order (412, 304), then `If-Range` and `Range` (206, 416, or 200; see
+//! `range.rs` for how a multi-range request is bounded).
 use crate::path::{resolve, PathError};
 use crate::range::{parse_range, RangeRequest};
 use crate::{mime, Container, LogLevel, OpenError, Opener};
@@ -542,6 +547,12 @@ impl<O: Opener> State<O> {
         let mut resp = self.respond(req).await;
         resp.headers_mut()
             .insert(header::SERVER, HeaderValue::from_static("qeltrix-v6"));
+        // The Content-Type comes from the file name, and `.html` is served as text/html: a
+        // browser must not guess another type from the bytes (a text file that sniffs as
+        // HTML would run script on this origin). On every response this handler makes,
+        // errors included; hyper's own 400/431 for unparseable requests carry no body type.
+        resp.headers_mut()
+            .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         if self.config.access_log {
             let range = range_header.map(|r| format!(" [{r}]")).unwrap_or_default();
             self.opener.log(
