@@ -4,6 +4,11 @@
 //! One tokio runtime on its own thread accepts connections; hyper parses HTTP. Decryption is
 //! blocking work on tokio's blocking pool; each response streams through a small bounded
 //! channel, so memory per connection is a few blocks whatever the range size.
+//!
+//! A request is answered by the first of these checks that decides it: `Host` (400, RFC 9112
+//! 3.2), method (405), bearer token (401), path and container (404, 403, 500), preconditions
+//! in RFC 9110 13.2.2 order (412, 304), then `If-Range` and `Range` (206, 416, or 200; see
+//! `range.rs` for how a multi-range request is bounded).
 use crate::path::{resolve, PathError};
 use crate::range::{parse_range, RangeRequest};
 use crate::{mime, Container, LogLevel, OpenError, Opener};
@@ -294,12 +299,178 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Whether an entity-tag list (If-None-Match) matches `etag`, with weak comparison.
-fn etag_list_matches(list: &str, etag: &str) -> bool {
+/// Whether a request's `Host` is acceptable (RFC 9112 3.2): a server must answer 400 to an
+/// HTTP/1.1 request without one, and to any request with more than one `Host` line or an
+/// invalid value. HTTP/1.0 may omit it. Hosts are not matched against a list: any name is
+/// served, as the root is the same for all.
+fn host_is_valid(headers: &HeaderMap, version: hyper::Version) -> bool {
+    let mut lines = headers.get_all(header::HOST).iter();
+    match (lines.next(), lines.next()) {
+        (None, _) => version < hyper::Version::HTTP_11,
+        (Some(v), None) => v.to_str().is_ok_and(host_value_is_valid),
+        (Some(_), Some(_)) => false,
+    }
+}
+
+/// `Host = uri-host [ ":" port ]` (RFC 9110 7.2, RFC 3986 3.2.2): an IP-literal in brackets or
+/// a reg-name (unreserved, pct-encoded, sub-delims; an IPv4 address is one), then digits.
+/// Empty is valid: a client sends it when the target URI has no authority.
+fn host_value_is_valid(value: &str) -> bool {
+    let unreserved_or_sub_delim = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
+    let (host, port) = if let Some(literal) = value.strip_prefix('[') {
+        let Some((inside, after)) = literal.split_once(']') else {
+            return false;
+        };
+        if inside.is_empty() || !inside.bytes().all(|b| unreserved_or_sub_delim(b) || b == b':') {
+            return false;
+        }
+        match after.strip_prefix(':') {
+            Some(port) => ("", port),
+            None if after.is_empty() => ("", ""),
+            None => return false,
+        }
+    } else {
+        value.split_once(':').unwrap_or((value, ""))
+    };
+    let bytes = host.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if bytes.len() > i + 2 && bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit() => {
+                i += 3
+            }
+            b if unreserved_or_sub_delim(b) => i += 1,
+            _ => return false,
+        }
+    }
+    port.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The token of `Authorization: Bearer <token>`. The scheme is case-insensitive (RFC 9110
+/// 11.1) and followed by one or more spaces (`credentials = auth-scheme [ 1*SP token68 ]`,
+/// 11.4).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' ').trim_end())
+}
+
+/// An `If-Match` / `If-None-Match` field value: `*` or a list of entity-tags (RFC 9110 8.8.3).
+#[derive(Debug, PartialEq, Eq)]
+enum TagList<'a> {
+    Any,
+    /// `(weak, opaque-tag including its quotes)`
+    Tags(Vec<(bool, &'a str)>),
+}
+
+/// Parse `"*" / #entity-tag`, joined from all field lines; `None` if it is not one.
+fn parse_tag_list(value: &str) -> Option<TagList<'_>> {
+    let is_ows = |c: char| c == ' ' || c == '\t';
+    if value.trim_matches(is_ows) == "*" {
+        return Some(TagList::Any);
+    }
+    let mut tags = Vec::new();
+    let mut rest = value;
+    loop {
+        rest = rest.trim_start_matches(|c| is_ows(c) || c == ',');
+        if rest.is_empty() {
+            break;
+        }
+        let weak = rest.starts_with("W/");
+        if weak {
+            rest = &rest[2..];
+        }
+        // opaque-tag = DQUOTE *etagc DQUOTE; etagc = %x21 / %x23-7E / obs-text
+        let inner = rest.strip_prefix('"')?;
+        let end = inner.find('"')?;
+        if !inner[..end].bytes().all(|b| b == 0x21 || (0x23..=0x7e).contains(&b)) {
+            return None;
+        }
+        tags.push((weak, &rest[..end + 2]));
+        rest = inner[end + 1..].trim_start_matches(is_ows);
+        if !rest.is_empty() && !rest.starts_with(',') {
+            return None;
+        }
+    }
+    (!tags.is_empty()).then_some(TagList::Tags(tags))
+}
+
+/// All field lines of a list-valued header, joined as RFC 9110 5.3 allows; `None` if absent.
+/// A line that is not visible ASCII makes the whole value unparseable (`Some("")`).
+fn joined(headers: &HeaderMap, name: &header::HeaderName) -> Option<String> {
+    let mut lines = headers.get_all(name).iter().peekable();
+    lines.peek()?;
+    let parts: Option<Vec<&str>> = lines.map(|v| v.to_str().ok()).collect();
+    Some(parts.map(|p| p.join(", ")).unwrap_or_default())
+}
+
+/// A single HTTP-date header; absent, repeated or invalid dates are ignored (RFC 9110 13.1.3,
+/// 13.1.4: "including when the field value appears to be a list of dates").
+fn single_date(headers: &HeaderMap, name: &header::HeaderName) -> Option<httpdate::HttpDate> {
+    let mut lines = headers.get_all(name).iter();
+    let (Some(v), None) = (lines.next(), lines.next()) else {
+        return None;
+    };
+    v.to_str().ok()?.parse().ok()
+}
+
+/// The outcome of RFC 9110 13.2.2 steps 1-4 for a GET or HEAD of an existing representation.
+#[derive(Debug, PartialEq, Eq)]
+enum Precondition {
+    /// Go on to the Range (step 5) and the normal response.
+    Proceed,
+    /// 304: the client's copy is current.
+    NotModified,
+    /// 412: If-Match or If-Unmodified-Since is false.
+    Failed,
+}
+
+/// Evaluate the preconditions in the order of RFC 9110 13.2.2, for a representation whose
+/// strong `etag` is given with its quotes and whose Last-Modified is `mtime`.
+///
+/// 1. If-Match (13.1.1, strong comparison; `*` is true as the representation exists): false
+///    gives 412. An unparseable value is false.
+/// 2. Otherwise If-Unmodified-Since (13.1.4, ignored without a valid single date or an mtime):
+///    modified after the date gives 412.
+/// 3. If-None-Match (13.1.2, weak comparison): a match gives 304 for GET and HEAD.
+/// 4. Otherwise If-Modified-Since (13.1.3): not modified since the date gives 304.
+///
+/// These run before the Range (step 5), so a failing precondition is 412 whether or not a
+/// Range is present, and they are only reached for a representation that exists and may be
+/// served (13.2.1: a 401, 403 or 404 takes precedence).
+fn evaluate_preconditions(headers: &HeaderMap, etag: &str, mtime: Option<SystemTime>) -> Precondition {
     let bare = etag.trim_start_matches("W/");
-    list.split(',')
-        .map(str::trim)
-        .any(|t| t == "*" || t.trim_start_matches("W/") == bare)
+    let last_modified = mtime.map(httpdate::HttpDate::from);
+    if let Some(value) = joined(headers, &header::IF_MATCH) {
+        let matches = match parse_tag_list(&value) {
+            Some(TagList::Any) => true,
+            Some(TagList::Tags(tags)) => tags.iter().any(|&(weak, t)| !weak && t == etag),
+            None => false,
+        };
+        if !matches {
+            return Precondition::Failed;
+        }
+    } else if let (Some(since), Some(lm)) = (single_date(headers, &header::IF_UNMODIFIED_SINCE), last_modified) {
+        if lm > since {
+            return Precondition::Failed;
+        }
+    }
+    if let Some(value) = joined(headers, &header::IF_NONE_MATCH) {
+        let matches = match parse_tag_list(&value) {
+            Some(TagList::Any) => true,
+            Some(TagList::Tags(tags)) => tags.iter().any(|&(_, t)| t == bare),
+            None => false,
+        };
+        if matches {
+            return Precondition::NotModified;
+        }
+    } else if let (Some(since), Some(lm)) = (single_date(headers, &header::IF_MODIFIED_SINCE), last_modified) {
+        if lm <= since {
+            return Precondition::NotModified;
+        }
+    }
+    Precondition::Proceed
 }
 
 /// A part of the response body: plaintext `[first, last]`, with its multipart head.
@@ -376,6 +547,12 @@ impl<O: Opener> State<O> {
         let mut resp = self.respond(req).await;
         resp.headers_mut()
             .insert(header::SERVER, HeaderValue::from_static("qeltrix-v6"));
+        // The Content-Type comes from the file name, and `.html` is served as text/html: a
+        // browser must not guess another type from the bytes (a text file that sniffs as
+        // HTML would run script on this origin). On every response this handler makes,
+        // errors included; hyper's own 400/431 for unparseable requests carry no body type.
+        resp.headers_mut()
+            .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         if self.config.access_log {
             let range = range_header.map(|r| format!(" [{r}]")).unwrap_or_default();
             self.opener.log(
@@ -394,6 +571,13 @@ impl<O: Opener> State<O> {
         let (parts, body) = req.into_parts();
         // Request bodies are not expected; drain a little so keep-alive survives a small one.
         drop(body.collect());
+        if !host_is_valid(&parts.headers, parts.version) {
+            // The request's target is ambiguous; do not read another request after it.
+            let mut r = simple(StatusCode::BAD_REQUEST, "one valid Host header is required");
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
         let head = parts.method == Method::HEAD;
         if parts.method != Method::GET && !head {
             let mut r = simple(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are supported");
@@ -406,7 +590,7 @@ impl<O: Opener> State<O> {
                 .headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(bearer_token)
                 .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
             if !ok {
                 let mut r = simple(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
@@ -440,7 +624,12 @@ impl<O: Opener> State<O> {
         };
         let meta = std::fs::metadata(&path).map_err(|_| Box::new(simple(StatusCode::NOT_FOUND, "not found")))?;
         let st = stamp(&meta);
-        let name = url_path.rsplit('/').next().unwrap_or_default().to_owned();
+        // The name the Content-Type comes from is the decoded one that was resolved:
+        // `/file%2Etxt` is `file.txt` (RFC 9110 4.2.3 makes them the same URI).
+        let name = url_path.rsplit('/').next().unwrap_or_default();
+        let name = percent_encoding::percent_decode_str(name)
+            .decode_utf8_lossy()
+            .into_owned();
         if let Some((c, s)) = self.cache.lock().expect("cache lock").get(&path) {
             if *s == st {
                 return Ok((c.clone(), st.1, name));
@@ -497,21 +686,21 @@ impl<O: Opener> State<O> {
             base = base.header(header::LAST_MODIFIED, lm);
         }
 
-        let not_modified = match hdr(&header::IF_NONE_MATCH) {
-            Some(list) => etag_list_matches(list, &etag),
-            None => match (
-                hdr(&header::IF_MODIFIED_SINCE).and_then(|d| httpdate::parse_http_date(d).ok()),
-                mtime,
-            ) {
-                (Some(since), Some(m)) => httpdate::HttpDate::from(m) <= httpdate::HttpDate::from(since),
-                _ => false,
-            },
-        };
-        if not_modified {
-            return base
-                .status(StatusCode::NOT_MODIFIED)
-                .body(Body::Empty)
-                .expect("valid response");
+        match evaluate_preconditions(headers, &etag, mtime) {
+            Precondition::Proceed => {}
+            Precondition::NotModified => {
+                return base
+                    .status(StatusCode::NOT_MODIFIED)
+                    .body(Body::Empty)
+                    .expect("valid response");
+            }
+            Precondition::Failed => {
+                return base
+                    .status(StatusCode::PRECONDITION_FAILED)
+                    .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .body(Body::Full(Some(Bytes::from_static(b"precondition failed\n"))))
+                    .expect("valid response");
+            }
         }
 
         // If-Range: honour Range only if the validator still matches (strong comparison).
@@ -725,5 +914,165 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Header lines of a table case, in order.
+    type Lines<'a> = &'a [(&'static str, &'a str)];
+
+    fn headers(lines: Lines) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for &(name, value) in lines {
+            h.append(name, HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hosts() {
+        use hyper::Version;
+        let h11 = Version::HTTP_11;
+        let cases: &[(Lines, Version, bool)] = &[
+            (&[("host", "example.com")], h11, true),
+            (&[("host", "example.com:8080")], h11, true),
+            (&[("host", "127.0.0.1:80")], h11, true),
+            (&[("host", "[::1]:8080")], h11, true),
+            (&[("host", "[::1]")], h11, true),
+            (&[("host", "xn--bcher-kva.example")], h11, true),
+            (&[("host", "a%41b")], h11, true),
+            (&[("host", "")], h11, true),
+            (&[], h11, false),
+            (&[], Version::HTTP_10, true),
+            (&[("host", "a"), ("host", "a")], h11, false),
+            (&[("host", "a"), ("host", "b")], Version::HTTP_10, false),
+            (&[("host", "a b")], h11, false),
+            (&[("host", "a/b")], h11, false),
+            (&[("host", "a@b")], h11, false),
+            (&[("host", "a:b")], h11, false),
+            (&[("host", "a:1:2")], h11, false),
+            (&[("host", "[::1")], h11, false),
+            (&[("host", "[]")], h11, false),
+            (&[("host", "[::1]x")], h11, false),
+            (&[("host", "a%4")], h11, false),
+            (&[("host", "a%zz")], h11, false),
+        ];
+        for (lines, version, want) in cases {
+            assert_eq!(host_is_valid(&headers(lines), *version), *want, "{lines:?} {version:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc", Some("abc")),
+            ("Bearer abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearerabc", None),
+            ("Bearer", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(bearer_token(value), *want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn tag_lists() {
+        use TagList::*;
+        let cases: &[(&str, Option<TagList>)] = &[
+            ("*", Some(Any)),
+            (" * ", Some(Any)),
+            ("\"a\"", Some(Tags(vec![(false, "\"a\"")]))),
+            ("W/\"a\", \"b\"", Some(Tags(vec![(true, "\"a\""), (false, "\"b\"")]))),
+            ("\"a,b\"", Some(Tags(vec![(false, "\"a,b\"")]))),
+            (" , \"a\" ,, ", Some(Tags(vec![(false, "\"a\"")]))),
+            ("", None),
+            ("a", None),
+            ("\"a", None),
+            ("\"a\" \"b\"", None),
+            ("\"a\", *", None),
+            ("w/\"a\"", None),
+            ("\"a b\"", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(&parse_tag_list(value), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn preconditions_in_rfc_9110_order() {
+        use Precondition::*;
+        let etag = "\"v1\"";
+        let mtime = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        let (before, same, after) = (
+            "Wed, 21 Oct 2015 07:27:59 GMT",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "Wed, 21 Oct 2015 07:28:01 GMT",
+        );
+        let cases: &[(Lines, Option<SystemTime>, Precondition)] = &[
+            (&[], Some(mtime), Proceed),
+            // 1. If-Match, strong comparison.
+            (&[("if-match", "\"v1\"")], Some(mtime), Proceed),
+            (&[("if-match", "\"v0\", \"v1\"")], Some(mtime), Proceed),
+            (&[("if-match", "\"v0\""), ("if-match", "\"v1\"")], Some(mtime), Proceed),
+            (&[("if-match", "*")], Some(mtime), Proceed),
+            (&[("if-match", "\"v0\"")], Some(mtime), Failed),
+            (&[("if-match", "W/\"v1\"")], Some(mtime), Failed),
+            (&[("if-match", "garbage")], Some(mtime), Failed),
+            // If-Match decides; If-Unmodified-Since is then ignored.
+            (
+                &[("if-match", "\"v1\""), ("if-unmodified-since", before)],
+                Some(mtime),
+                Proceed,
+            ),
+            // 2. If-Unmodified-Since.
+            (&[("if-unmodified-since", before)], Some(mtime), Failed),
+            (&[("if-unmodified-since", same)], Some(mtime), Proceed),
+            (&[("if-unmodified-since", after)], Some(mtime), Proceed),
+            (&[("if-unmodified-since", "yesterday")], Some(mtime), Proceed),
+            (
+                &[("if-unmodified-since", before), ("if-unmodified-since", before)],
+                Some(mtime),
+                Proceed,
+            ),
+            (&[("if-unmodified-since", before)], None, Proceed),
+            // 3. If-None-Match, weak comparison.
+            (&[("if-none-match", "\"v1\"")], Some(mtime), NotModified),
+            (&[("if-none-match", "W/\"v1\"")], Some(mtime), NotModified),
+            (&[("if-none-match", "*")], Some(mtime), NotModified),
+            (&[("if-none-match", "\"v0\"")], Some(mtime), Proceed),
+            (
+                &[("if-none-match", "\"v0\""), ("if-modified-since", after)],
+                Some(mtime),
+                Proceed,
+            ),
+            // 4. If-Modified-Since.
+            (&[("if-modified-since", same)], Some(mtime), NotModified),
+            (&[("if-modified-since", before)], Some(mtime), Proceed),
+            (&[("if-modified-since", same)], None, Proceed),
+            // A failing step 1 or 2 wins over a step 3 or 4 that would give 304.
+            (
+                &[("if-match", "\"v0\""), ("if-none-match", "\"v1\"")],
+                Some(mtime),
+                Failed,
+            ),
+            (
+                &[("if-unmodified-since", before), ("if-modified-since", same)],
+                Some(mtime),
+                Failed,
+            ),
+        ];
+        for (lines, mtime, want) in cases {
+            assert_eq!(
+                &evaluate_preconditions(&headers(lines), etag, *mtime),
+                want,
+                "{lines:?}"
+            );
+        }
     }
 }

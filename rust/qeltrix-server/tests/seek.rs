@@ -206,7 +206,7 @@ fn token_and_slow_clients() {
     assert_eq!(get(addr, "/dir/file.mp4", "Authorization: Bearer s3cret\r\n").0, 200);
     std::thread::sleep(Duration::from_millis(1500));
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = slow.write_all(b"le.mp4 HTTP/1.1\r\n\r\n");
+    let _ = slow.write_all(b"le.mp4 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n");
     let mut buf = Vec::new();
     let _ = slow.read_to_end(&mut buf);
     assert!(
