@@ -151,6 +151,15 @@ def serve(
     max_connections: Annotated[
         int, typer.Option("--max-connections", min=1, help="Concurrent connections.", rich_help_panel=PANEL_ADV)
     ] = 1024,
+    max_connections_per_client: Annotated[
+        int,
+        typer.Option(
+            "--max-connections-per-client",
+            min=1,
+            help="Concurrent connections from one client address; more are refused.",
+            rich_help_panel=PANEL_ADV,
+        ),
+    ] = 64,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
@@ -202,6 +211,7 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         max_connections=max_connections,
+        max_connections_per_client=max_connections_per_client,
         access_log=access_log,
         allow_incomplete=allow_incomplete,
         signers=signers,

@@ -109,6 +109,7 @@ class SeekServerCore:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         max_connections: int = 1024,
+        max_connections_per_client: int = 64,
         header_timeout: float = 10.0,
         idle_timeout: float = 60.0,
         access_log: bool = False,

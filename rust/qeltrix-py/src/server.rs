@@ -107,7 +107,7 @@ impl SeekServerCore {
     /// Bind `host:port` and serve containers under `root` on a background thread.
     #[new]
     #[pyo3(signature = (root, open, log=None, host="127.0.0.1", port=0, token=None, tls_cert=None, tls_key=None,
-                        max_connections=1024, header_timeout=10.0, idle_timeout=60.0, access_log=false, workers=2))]
+                        max_connections=1024, max_connections_per_client=64, header_timeout=10.0, idle_timeout=60.0, access_log=false, workers=2))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
     fn new(
         py: Python<'_>,
@@ -120,6 +120,7 @@ impl SeekServerCore {
         tls_cert: Option<PathBuf>,
         tls_key: Option<PathBuf>,
         max_connections: usize,
+        max_connections_per_client: usize,
         header_timeout: f64,
         idle_timeout: f64,
         access_log: bool,
@@ -142,6 +143,7 @@ impl SeekServerCore {
             }
         };
         config.max_connections = max_connections.max(1);
+        config.max_connections_per_client = max_connections_per_client.max(1);
         config.header_timeout = Duration::from_secs_f64(header_timeout.max(0.001));
         config.idle_timeout = Duration::from_secs_f64(idle_timeout.max(0.001));
         config.access_log = access_log;

@@ -2,8 +2,11 @@
 //! requests, keep-alive, bearer tokens, TLS, a connection limit and timeouts.
 //!
 //! One tokio runtime on its own thread accepts connections; hyper parses HTTP. Decryption is
-//! blocking work on tokio's blocking pool; each response streams through a small bounded
-//! channel, so memory per connection is a few blocks whatever the range size.
+//! blocking work on tokio's blocking pool, but a response never holds a blocking thread while
+//! it waits for its client: the body is pulled, and each poll that finds the last chunk taken
+//! starts one short `spawn_blocking` call that decrypts the next `STEP_LEN` bytes (a block or a
+//! few). A client that stops reading holds its socket and at most one step of plaintext, no
+//! thread, and is dropped after `idle_timeout` without progress.
 //!
 //! A request is answered by the first of these checks that decides it: `Host` (400, RFC 9112
 //! 3.2), method (405), bearer token (401), path and container (404, 403, 500), preconditions
@@ -11,7 +14,7 @@
 //! `range.rs` for how a multi-range request is bounded).
 use crate::path::{resolve, PathError};
 use crate::range::{parse_range, RangeRequest};
-use crate::{mime, Container, LogLevel, OpenError, Opener};
+use crate::{mime, Container, LogLevel, OpenError, Opener, ReadError};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -19,8 +22,9 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,11 +32,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 
-/// Chunks buffered between the decrypting thread and the socket, per response.
-const CHANNEL_CHUNKS: usize = 4;
+/// Plaintext one blocking call produces for a response before it returns (it may overshoot by
+/// up to one chunk the container emits, i.e. one block).
+const STEP_LEN: u64 = 256 * 1024;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -43,6 +49,10 @@ pub struct Config {
     /// PEM certificate chain and private key files.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_connections: usize,
+    /// Connections at once from one client IP address; more are refused (closed at accept).
+    pub max_connections_per_client: usize,
+    /// Upper bound of tokio's blocking pool (opening containers, decrypting one step each).
+    pub max_blocking_threads: usize,
     /// A request's headers must arrive within this time (slow-loris bound).
     pub header_timeout: Duration,
     /// A connection with no traffic for this long is closed.
@@ -78,6 +88,8 @@ impl Config {
             token: None,
             tls: None,
             max_connections: 1024,
+            max_connections_per_client: 64,
+            max_blocking_threads: 512,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             open_cache: 64,
@@ -154,6 +166,7 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder
         .worker_threads(config.worker_threads.max(1))
+        .max_blocking_threads(config.max_blocking_threads.max(1))
         .thread_name("qeltrix-seek")
         .enable_all();
     if let Some(hooks) = &config.thread_hooks {
@@ -170,6 +183,7 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
         opener,
         cache: Mutex::new(HashMap::new()),
         limit: Arc::new(Semaphore::new(0)),
+        per_client: Mutex::new(HashMap::new()),
         boundary: AtomicU64::new(0),
     });
     state.limit.add_permits(state.config.max_connections);
@@ -219,7 +233,96 @@ struct State<O: Opener> {
     opener: O,
     cache: OpenCache<O::C>,
     limit: Arc<Semaphore>,
+    /// Open connections per client address.
+    per_client: Mutex<HashMap<IpAddr, usize>>,
     boundary: AtomicU64,
+}
+
+/// One connection counted against its client address; uncounted on drop.
+struct ClientSlot<O: Opener> {
+    state: Arc<State<O>>,
+    ip: IpAddr,
+}
+
+impl<O: Opener> Drop for ClientSlot<O> {
+    fn drop(&mut self) {
+        let mut map = self.state.per_client.lock().expect("per-client lock");
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Blocking: plaintext `[pos, pos + len)` from its start, stopping after about `STEP_LEN`.
+type ReadStep = Arc<dyn Fn(u64, u64) -> StepResult + Send + Sync>;
+/// The authenticated chunks a step produced, and the error that stopped it early, if any:
+/// chunks before a damaged block are still sent, then the connection is cut.
+type StepResult = (Vec<Bytes>, Option<ReadError>);
+
+/// A response body produced on demand: nothing is decrypted until hyper asks for more.
+struct Stream {
+    /// Chunks decrypted and not yet handed to hyper (at most one step).
+    ready: VecDeque<Bytes>,
+    /// What is left to send; the front part's `first` advances as steps complete.
+    parts: VecDeque<Part>,
+    /// The step under way on the blocking pool, and how many bytes it was asked for.
+    step: Option<(JoinHandle<StepResult>, u64)>,
+    read: ReadStep,
+    /// A read error to report once the chunks before it are sent.
+    failed: Option<ReadError>,
+    /// Bytes of the body not yet handed to hyper.
+    remaining: u64,
+}
+
+impl Stream {
+    /// The next chunk, starting a decryption step if none is ready.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, io::Error>>> {
+        loop {
+            if let Some(b) = self.ready.pop_front() {
+                return Poll::Ready(Some(Ok(b)));
+            }
+            if let Some(e) = self.failed.take() {
+                return Poll::Ready(Some(Err(io::Error::other(e.0))));
+            }
+            if let Some((task, asked)) = &mut self.step {
+                let asked = *asked;
+                let (chunks, failed) = match Pin::new(task).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(r)) => r,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(io::Error::other(e)))),
+                };
+                self.step = None;
+                let got: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                if got > asked || (got == 0 && failed.is_none()) {
+                    return Poll::Ready(Some(Err(io::Error::other("container returned a wrong length"))));
+                }
+                let part = self.parts.front_mut().expect("a step has a part");
+                part.first += got;
+                if part.first > part.last {
+                    self.parts.pop_front();
+                }
+                self.ready.extend(chunks);
+                self.failed = failed;
+                continue;
+            }
+            let Some(part) = self.parts.front_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Some(h) = part.head.take() {
+                return Poll::Ready(Some(Ok(h)));
+            }
+            if part.last < part.first {
+                self.parts.pop_front();
+                continue;
+            }
+            let (pos, len) = (part.first, part.last - part.first + 1);
+            let read = self.read.clone();
+            self.step = Some((tokio::task::spawn_blocking(move || read(pos, len)), len));
+        }
+    }
 }
 
 fn stamp(meta: &std::fs::Metadata) -> FileStamp {
@@ -230,11 +333,7 @@ fn stamp(meta: &std::fs::Metadata) -> FileStamp {
 enum Body {
     Empty,
     Full(Option<Bytes>),
-    Stream {
-        first: Option<Bytes>,
-        rx: mpsc::Receiver<Result<Bytes, io::Error>>,
-        remaining: u64,
-    },
+    Stream(Box<Stream>),
 }
 
 impl HttpBody for Body {
@@ -245,24 +344,21 @@ impl HttpBody for Body {
         match &mut *self {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Body::Stream { first, rx, remaining } => {
-                if let Some(b) = first.take() {
-                    // `remaining` already excludes the first chunk.
-                    return Poll::Ready(Some(Ok(Frame::data(b))));
-                }
-                match rx.poll_recv(cx) {
-                    Poll::Ready(Some(Ok(b))) => {
-                        *remaining = remaining.saturating_sub(b.len() as u64);
+            Body::Stream(s) => match s.poll_chunk(cx) {
+                Poll::Ready(Some(Ok(b))) => match s.remaining.checked_sub(b.len() as u64) {
+                    Some(r) => {
+                        s.remaining = r;
                         Poll::Ready(Some(Ok(Frame::data(b))))
                     }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-                    Poll::Ready(None) if *remaining > 0 => {
-                        Poll::Ready(Some(Err(io::Error::other("response ended early"))))
-                    }
-                    Poll::Ready(None) => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
+                    None => Poll::Ready(Some(Err(io::Error::other("response longer than announced")))),
+                },
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) if s.remaining > 0 => {
+                    Poll::Ready(Some(Err(io::Error::other("response ended early"))))
                 }
-            }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
@@ -270,7 +366,7 @@ impl HttpBody for Body {
         match self {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
-            Body::Stream { first, remaining, .. } => first.is_none() && *remaining == 0,
+            Body::Stream(s) => s.remaining == 0,
         }
     }
 
@@ -278,9 +374,7 @@ impl HttpBody for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Stream { first, remaining, .. } => {
-                SizeHint::with_exact(*remaining + first.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            Body::Stream(s) => SizeHint::with_exact(s.remaining),
         }
     }
 }
@@ -492,6 +586,27 @@ impl<O: Opener> State<O> {
             );
             return;
         };
+        let ip = peer.ip();
+        {
+            let mut map = self.per_client.lock().expect("per-client lock");
+            let n = map.entry(ip).or_insert(0);
+            if *n >= self.config.max_connections_per_client {
+                drop(map);
+                self.opener.log(
+                    LogLevel::Warning,
+                    &format!(
+                        "per-client connection limit ({}) reached; refusing {peer}",
+                        self.config.max_connections_per_client
+                    ),
+                );
+                return;
+            }
+            *n += 1;
+        }
+        let slot = ClientSlot {
+            state: self.clone(),
+            ip,
+        };
         let _ = stream.set_nodelay(true);
         match tls {
             Some(acceptor) => match tokio::time::timeout(self.config.header_timeout, acceptor.accept(stream)).await {
@@ -511,6 +626,7 @@ impl<O: Opener> State<O> {
                     .await
             }
         }
+        drop(slot);
         drop(permit);
     }
 
@@ -796,44 +912,34 @@ impl<O: Opener> State<O> {
         if head || content_len == 0 {
             return base.body(Body::Empty).expect("valid response");
         }
-        let (tx, mut rx) = mpsc::channel::<Result<Bytes, io::Error>>(CHANNEL_CHUNKS);
         let state = self.clone();
-        tokio::task::spawn_blocking(move || {
-            for part in parts {
-                if let Some(h) = part.head {
-                    if tx.blocking_send(Ok(h)).is_err() {
-                        return;
-                    }
-                }
-                if part.last < part.first {
-                    continue;
-                }
-                let mut gone = false;
-                let r = container.read(part.first, part.last - part.first + 1, &mut |chunk| {
-                    gone = tx.blocking_send(Ok(chunk)).is_err();
-                    !gone
-                });
-                if let Err(e) = r {
-                    state.opener.log(LogLevel::Error, &format!("read failed: {}", e.0));
-                    let _ = tx.blocking_send(Err(io::Error::other(e.0)));
-                    return;
-                }
-                if gone {
-                    return;
-                }
+        let read: ReadStep = Arc::new(move |pos, len| {
+            let mut chunks = Vec::new();
+            let mut got = 0u64;
+            let r = container.read(pos, len, &mut |chunk| {
+                got += chunk.len() as u64;
+                chunks.push(chunk);
+                got < STEP_LEN
+            });
+            if let Err(e) = &r {
+                state.opener.log(LogLevel::Error, &format!("read failed: {}", e.0));
             }
+            (chunks, r.err())
         });
-        // Wait for the first chunk so that a container failing authentication in the first
-        // block gets a clean 500 instead of a cut 200.
-        match rx.recv().await {
+        let mut stream = Box::new(Stream {
+            ready: VecDeque::new(),
+            parts: parts.into(),
+            step: None,
+            read,
+            failed: None,
+            remaining: content_len,
+        });
+        // Decrypt the first chunk before answering so that a container failing authentication
+        // in the first block gets a clean 500 instead of a cut 200.
+        match std::future::poll_fn(|cx| stream.poll_chunk(cx)).await {
             Some(Ok(first)) => {
-                let remaining = content_len - first.len() as u64;
-                base.body(Body::Stream {
-                    first: Some(first),
-                    rx,
-                    remaining,
-                })
-                .expect("valid response")
+                stream.ready.push_front(first);
+                base.body(Body::Stream(stream)).expect("valid response")
             }
             Some(Err(_)) | None => simple(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -22,7 +22,9 @@ impl Container for Plain {
         if self.1 {
             return Err(ReadError("block 0 failed authentication".into()));
         }
-        for chunk in self.0[pos as usize..(pos + len) as usize].chunks(7) {
+        // Tiny chunks for the small files (many frames), block-sized ones for the big one.
+        let chunk_len = if self.0.len() > 1 << 20 { 64 * 1024 } else { 7 };
+        for chunk in self.0[pos as usize..(pos + len) as usize].chunks(chunk_len) {
             if !emit(Bytes::copy_from_slice(chunk)) {
                 break;
             }
@@ -213,6 +215,111 @@ fn token_and_slow_clients() {
         !String::from_utf8_lossy(&buf).contains("200 OK"),
         "slow client was served"
     );
+    server.stop();
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A 32 MiB file: far more than the socket buffers, so a client that does not read stalls.
+fn big_file(root: &Path) -> Vec<u8> {
+    let data: Vec<u8> = (0..32u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(root.join("big.bin.qltx"), &data).unwrap();
+    data
+}
+
+/// Connect and ask for the whole big file without reading the answer.
+fn stalled(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s
+}
+
+#[test]
+fn stalled_readers_hold_no_thread() {
+    let (root, data) = setup("stall");
+    let big = big_file(&root);
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), root.clone());
+    // Two blocking threads: one stalled response holding one would starve everyone else.
+    config.max_blocking_threads = 2;
+    let mut server = start(config, PlainOpener).unwrap();
+    let addr = server.local_addr();
+    let stuck: Vec<TcpStream> = (0..24).map(|_| stalled(addr)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Liveness, not speed: others are served in full while the stalled ones stay connected.
+    let (status, _, body) = get(addr, "/dir/file.mp4", "");
+    assert_eq!((status, body), (200, data));
+    assert_eq!(get(addr, "/nope", "").0, 404);
+    let (status, _, body) = get(addr, "/big.bin", "Range: bytes=1000-5000000\r\n");
+    assert_eq!(status, 206);
+    assert!(body == big[1000..=5_000_000]);
+
+    // A trickle reader does not block others either.
+    let mut trickle = stalled(addr);
+    let mut byte = [0u8; 1];
+    for _ in 0..5 {
+        trickle.read_exact(&mut byte).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _, body) = get(addr, "/big.bin", "");
+    assert_eq!(status, 200);
+    assert!(body == big, "full body differs");
+    drop(stuck);
+    server.stop();
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn stalled_reader_is_dropped_after_idle_timeout() {
+    let (root, _) = setup("stalldrop");
+    let big = big_file(&root);
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), root.clone());
+    config.idle_timeout = Duration::from_millis(700);
+    let mut server = start(config, PlainOpener).unwrap();
+    let mut s = stalled(server.local_addr());
+    std::thread::sleep(Duration::from_secs(3));
+    // The server gave up on the response: reading now ends early instead of at 32 MiB.
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(buf.len() < big.len(), "a stalled response was kept for good");
+    server.stop();
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn per_client_connection_limit() {
+    let (root, data) = setup("perclient");
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), root.clone());
+    config.max_connections_per_client = 2;
+    let mut server = start(config, PlainOpener).unwrap();
+    let addr = server.local_addr();
+    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The third is closed without an answer.
+    let mut third = TcpStream::connect(addr).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = third.write_all(b"GET /dir/file.mp4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = Vec::new();
+    let _ = third.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "the connection over the limit was served");
+    // Once one closes, the client is served again.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(b"GET /dir/file.mp4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        if buf.ends_with(&data) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never served after the limit freed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     server.stop();
     std::fs::remove_dir_all(&root).unwrap();
 }
