@@ -237,6 +237,23 @@ pub struct ConnSnapshot {
 }
 
 impl ConnStats {
+    /// Counters of a connection accepted now: no deadline set, not aborted.
+    fn new(id: u64, peer: SocketAddr) -> ConnStats {
+        ConnStats {
+            id,
+            peer,
+            started: Instant::now(),
+            ended: Mutex::new(None),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            blocks: AtomicU64::new(0),
+            last_activity_ms: AtomicU64::new(0),
+            preauth_deadline_ms: AtomicU64::new(u64::MAX),
+            aborted: AtomicBool::new(false),
+            error: Mutex::new(None),
+        }
+    }
+
     fn touch(&self) {
         self.last_activity_ms
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -491,19 +508,7 @@ impl<K: Keyring> Gateway<K> {
             self.active.fetch_add(1, Ordering::SeqCst);
             self.totals.connections.fetch_add(1, Ordering::Relaxed);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let stats = Arc::new(ConnStats {
-                id,
-                peer,
-                started: Instant::now(),
-                ended: Mutex::new(None),
-                bytes_in: AtomicU64::new(0),
-                bytes_out: AtomicU64::new(0),
-                blocks: AtomicU64::new(0),
-                last_activity_ms: AtomicU64::new(0),
-                preauth_deadline_ms: AtomicU64::new(u64::MAX),
-                aborted: AtomicBool::new(false),
-                error: Mutex::new(None),
-            });
+            let stats = Arc::new(ConnStats::new(id, peer));
             self.open.lock().expect("stats lock").insert(id, stats.clone());
             let gw = self.clone();
             let spawned = std::thread::Builder::new()
@@ -1406,19 +1411,7 @@ mod tests {
     use super::*;
 
     fn stats() -> Arc<ConnStats> {
-        Arc::new(ConnStats {
-            id: 1,
-            peer: "127.0.0.1:1".parse().expect("addr"),
-            started: Instant::now(),
-            ended: Mutex::new(None),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            blocks: AtomicU64::new(0),
-            last_activity_ms: AtomicU64::new(0),
-            preauth_deadline_ms: AtomicU64::new(u64::MAX),
-            aborted: AtomicBool::new(false),
-            error: Mutex::new(None),
-        })
+        Arc::new(ConnStats::new(1, "127.0.0.1:1".parse().expect("addr")))
     }
 
     fn pumps() -> Pumps {
