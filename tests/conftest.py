@@ -8,12 +8,17 @@ Profiles (select with ``HYPOTHESIS_PROFILE``):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
+import re
 import shutil
+import signal
+import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -116,3 +121,40 @@ def small_container() -> tuple[bytes, bytes]:
     """``(plaintext, container)``: 10 full 64-byte blocks, permuted, under ``KEY``."""
     pt = make_plaintext(640, "small")
     return pt, pack_bytes(pt, block_size=64)
+
+
+@contextlib.contextmanager
+def running_cli(
+    *args: str, ready: str, preexec: Callable[[], None] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], re.Match[str], list[str]]]:
+    """Start `python -m qeltrix_v6 ARGS` (a server), wait for the stderr line matching `ready`;
+    yield the process, that match and the stderr lines so far; interrupt it (Ctrl-C) at the end.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("QELTRIX_PASSPHRASE", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qeltrix_v6", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=preexec,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    timer = threading.Timer(30, proc.kill)
+    timer.start()
+    lines: list[str] = []
+    match = None
+    for line in proc.stderr:
+        lines.append(line)
+        if match := re.search(ready, line):
+            break
+    timer.cancel()
+    assert match, "".join(lines)
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining
+    try:
+        yield proc, match, lines
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

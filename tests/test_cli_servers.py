@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
+from conftest import running_cli
 
 KEY = os.urandom(32)
 
@@ -32,34 +33,8 @@ def key_file(tmp_path: Path) -> Path:
 @contextlib.contextmanager
 def running(*args: str, ready: str) -> Iterator[tuple[subprocess.Popen[str], re.Match[str]]]:
     """Start `python -m qeltrix_v6 ARGS`, wait for the stderr line matching `ready`."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("QELTRIX_PASSPHRASE", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qeltrix_v6", *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    match = None
-    lines = []
-    timer = threading.Timer(30, proc.kill)
-    timer.start()
-    for line in proc.stderr:
-        lines.append(line)
-        match = re.search(ready, line)
-        if match:
-            break
-    timer.cancel()
-    assert match, "".join(lines)
-    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining
-    try:
+    with running_cli(*args, ready=ready) as (proc, match, _):
         yield proc, match
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_serve_subprocess_answers_ranges(tmp_path: Path, key_file: Path) -> None:

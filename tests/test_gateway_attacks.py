@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import resource
-import signal
 import socket
 import struct
 import subprocess
@@ -33,6 +32,7 @@ from typing import Any
 
 import pytest
 import qeltrix_v6
+from conftest import running_cli
 from qeltrix_v6 import _crypto
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,12 +55,10 @@ WAIT = 20.0
 # --- real TCP endpoints ------------------------------------------------------------------
 
 
-class Target:
-    """A real TCP server that records each connection's bytes and how it ended."""
+class Listener:
+    """A TCP server on 127.0.0.1 that runs ``_accepted(conn)`` for each connection on a thread."""
 
-    def __init__(self, echo: bool = True) -> None:
-        self.echo = echo
-        self.connections: list[dict[str, Any]] = []
+    def __init__(self) -> None:
         self._srv = socket.create_server(("127.0.0.1", 0))
         self._srv.settimeout(0.2)
         self._stop = threading.Event()
@@ -76,9 +74,29 @@ class Target:
                 continue
             except OSError:
                 return
-            conn: dict[str, Any] = {"data": bytearray(), "end": None, "done": threading.Event()}
-            self.connections.append(conn)
-            threading.Thread(target=self._serve, args=(c, conn), daemon=True).start()
+            self._accepted(c)
+
+    def _accepted(self, c: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._srv.close()
+
+
+class Target(Listener):
+    """A real TCP server that records each connection's bytes and how it ended."""
+
+    def __init__(self, echo: bool = True) -> None:
+        self.echo = echo
+        self.connections: list[dict[str, Any]] = []
+        super().__init__()
+
+    def _accepted(self, c: socket.socket) -> None:
+        conn: dict[str, Any] = {"data": bytearray(), "end": None, "done": threading.Event()}
+        self.connections.append(conn)
+        threading.Thread(target=self._serve, args=(c, conn), daemon=True).start()
 
     def _serve(self, c: socket.socket, conn: dict[str, Any]) -> None:
         c.settimeout(60)
@@ -104,11 +122,6 @@ class Target:
             time.sleep(0.01)
         raise AssertionError(f"the target never received {n} bytes")
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._srv.close()
-
 
 @contextlib.contextmanager
 def target_server(echo: bool = True) -> Iterator[Target]:
@@ -119,7 +132,7 @@ def target_server(echo: bool = True) -> Iterator[Target]:
         t.close()
 
 
-class Relay:
+class Relay(Listener):
     """An on-path attacker: a TCP proxy that forwards both directions and can drop the tail
     of the request direction (``up_limit`` bytes, then close), flip one bit at an offset of
     either direction, and records every connection's bytes."""
@@ -129,22 +142,10 @@ class Relay:
     ) -> None:
         self.to, self.up_limit, self.flip_up, self.flip_down = to, up_limit, flip_up, flip_down
         self.recorded: list[tuple[bytearray, bytearray]] = []
-        self._srv = socket.create_server(("127.0.0.1", 0))
-        self._srv.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        self.address = self._srv.getsockname()[:2]
+        super().__init__()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                c, _ = self._srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._conn, args=(c,), daemon=True).start()
+    def _accepted(self, c: socket.socket) -> None:
+        threading.Thread(target=self._conn, args=(c,), daemon=True).start()
 
     def _conn(self, c: socket.socket) -> None:
         up_rec, down_rec = bytearray(), bytearray()
@@ -183,11 +184,6 @@ class Relay:
                 return
             time.sleep(0.01)
         raise AssertionError(f"the relay never forwarded {n} request bytes")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._srv.close()
 
 
 @contextlib.contextmanager
@@ -456,32 +452,8 @@ def cli_gateway(
 ) -> Iterator[tuple[subprocess.Popen[str], tuple[str, int], list[str]]]:
     """`python -m qeltrix_v6 gateway ARGS` as a subprocess; yields it, its address and the
     stderr lines up to the listening line."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qeltrix_v6", "gateway", *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-        preexec_fn=preexec,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    timer = threading.Timer(30, proc.kill)
-    timer.start()
-    lines, match = [], None
-    for line in proc.stderr:
-        lines.append(line)
-        if match := re.search(r"listening on (\S+):(\d+)", line):
-            break
-    timer.cancel()
-    assert match, "".join(lines)
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
-    try:
-        yield proc, (match.group(1), int(match.group(2))), lines
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_cli("gateway", *args, ready=r"listening on (\S+):(\d+)", preexec=preexec) as (proc, m, lines):
+        yield proc, (m.group(1), int(m.group(2))), lines
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import os
-import re
-import signal
 import socket
 import struct
 import subprocess
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
+from conftest import running_cli
 from qeltrix_v6 import _container, _crypto, _signing
 from qeltrix_v6.gateway import KIND_HANDSHAKE
 
@@ -286,28 +285,5 @@ def seal_final_frame(ckeys: _crypto.ContainerKeys, pt: bytes) -> bytes:
 @contextmanager
 def cli_gateway(*args: str) -> Iterator[tuple[str, int]]:
     """`qeltrix gateway ARGS` as a subprocess; yields its address, interrupts it at the end."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qeltrix_v6", "gateway", *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    assert proc.stderr is not None
-    timer = threading.Timer(30, proc.kill)
-    timer.start()
-    lines, match = [], None
-    for line in proc.stderr:
-        lines.append(line)
-        if match := re.search(r"listening on (\S+):(\d+)", line):
-            break
-    timer.cancel()
-    assert match, "".join(lines)
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
-    try:
-        yield match.group(1), int(match.group(2))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_cli("gateway", *args, ready=r"listening on (\S+):(\d+)") as (_, m, _lines):
+        yield m.group(1), int(m.group(2))
