@@ -40,7 +40,6 @@ DEFAULT_BLOCK_SIZE: int = _core.DEFAULT_BLOCK_SIZE
 HEADER_FLAG_PERMUTED = 1
 _MAX_RECIPIENTS = 64  # docs/FORMAT.md section 9
 _ARGON2ID_MAX_M_COST_KIB: int = _core.ARGON2ID_MAX_M_COST_KIB
-_ARGON2ID_PARAMS = struct.Struct("<16sIII")
 _TRAILER_LEN = 24  # docs/FORMAT.md section 6.1
 
 PathOrFile = str | os.PathLike[str] | IO[bytes]
@@ -372,7 +371,7 @@ def _check_kdf_memory(stanzas: Sequence[tuple[int, bytes]], max_kdf_memory: int 
     ceiling = MAX_KDF_MEMORY if max_kdf_memory is None else max_kdf_memory
     for kind, body in stanzas:
         if kind == _crypto.KIND_ARGON2ID:
-            _salt, t_cost, m_cost_kib, lanes = _ARGON2ID_PARAMS.unpack_from(body)
+            t_cost, m_cost_kib, lanes = _crypto.argon2id_params(body)
             if m_cost_kib * 1024 > ceiling:
                 raise LimitExceededError(
                     f"the passphrase KDF of this container asks for {m_cost_kib // 1024} MiB of memory "

@@ -166,6 +166,12 @@ def passphrase_stanza(
     raise MalformedError(f"unknown kdf {kdf!r}: use 'argon2id' or 'pbkdf2'")
 
 
+def argon2id_params(body: bytes) -> tuple[int, int, int]:
+    """``(t_cost, m_cost_kib, lanes)`` of an ``argon2id`` stanza body (FORMAT.md 3.1)."""
+    _salt, t_cost, m_cost_kib, lanes, _nonce, _wrapped = _ARGON2ID_BODY.unpack(body)
+    return t_cost, m_cost_kib, lanes
+
+
 def unwrap_stanza(
     kind: int, body: bytes, container_id: bytes, *, key: bytes | None, passphrase: str | bytes | None
 ) -> bytes | None:

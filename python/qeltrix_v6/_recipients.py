@@ -47,7 +47,6 @@ KIND_NAMES = {
 PASSPHRASE_KINDS = frozenset({_crypto.KIND_ARGON2ID, _crypto.KIND_PBKDF2})
 
 MAX_RECIPIENTS = 64  # docs/FORMAT.md section 9
-_ARGON2ID_PARAMS = struct.Struct("<16sIII")
 _PBKDF2_PARAMS = struct.Struct("<16sI")
 
 
@@ -62,7 +61,7 @@ def describe_stanza(kind: int, body: bytes) -> dict[str, Any]:
         return {"kind": "unknown", "kind_id": kind, "body_len": len(body)}
     out: dict[str, Any] = {"kind": name, "kind_id": kind}
     if kind == _crypto.KIND_ARGON2ID:
-        _, t_cost, m_cost_kib, lanes = _ARGON2ID_PARAMS.unpack_from(body)
+        t_cost, m_cost_kib, lanes = _crypto.argon2id_params(body)
         out.update(t_cost=t_cost, m_cost_kib=m_cost_kib, lanes=lanes)
     elif kind == _crypto.KIND_PBKDF2:
         _, iterations = _PBKDF2_PARAMS.unpack_from(body)
