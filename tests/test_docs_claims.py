@@ -1,5 +1,6 @@
 """Claims are tests: every test that docs/SECURITY.md names exists (so a rename cannot leave a
-claim pointing at nothing), and every test file it names exists."""
+claim pointing at nothing), every test file it names exists, and the declared MSRV is the
+toolchain the workspace is actually built with."""
 
 from __future__ import annotations
 
@@ -30,3 +31,43 @@ def test_every_test_file_named_in_security_md_exists() -> None:
     assert files
     missing = sorted(f for f in files if not (ROOT / "tests" / f).exists())
     assert not missing, f"SECURITY.md names test files that do not exist: {missing}"
+
+
+def test_declared_msrv_is_the_toolchain_that_builds() -> None:
+    """Cargo.toml's rust-version is a claim too: it must be the pinned toolchain that CI builds
+    and tests with, not an older one nobody ran."""
+    import tomllib
+
+    workspace = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]
+    channel = tomllib.loads((ROOT / "rust-toolchain.toml").read_text())["toolchain"]["channel"]
+    assert channel.startswith(workspace["rust-version"] + "."), (workspace["rust-version"], channel)
+
+
+def _format_sections() -> list[tuple[int, ...]]:
+    text = (ROOT / "docs" / "FORMAT.md").read_text()
+    return [tuple(int(n) for n in m.split(".")) for m in re.findall(r"^#{2,4} (\d+(?:\.\d+)*)\.? ", text, re.M)]
+
+
+def test_format_md_sections_are_numbered_in_order() -> None:
+    sections = _format_sections()
+    assert len(sections) > 15
+    assert sections == sorted(sections), "FORMAT.md sections out of order"
+    assert len(set(sections)) == len(sections), "FORMAT.md has a section number twice"
+
+
+def test_every_format_md_cross_reference_exists() -> None:
+    """``FORMAT.md section 12.2`` in code and docs, and ``section 15`` inside FORMAT.md, name a
+    section that exists (renumbering cannot leave a dangling reference)."""
+    known = {".".join(map(str, s)) for s in _format_sections()}
+    pattern = re.compile(r"FORMAT\.md(?:\)|\]\([^)]*\))?,? (?:section |§)?(\d+(?:\.\d+)*)")
+    refs: list[tuple[str, str]] = []
+    sources = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "benches").glob("*.md")]
+    sources += [*(ROOT / "python").rglob("*.py"), *(ROOT / "rust").rglob("*.rs"), *(ROOT / "tests").glob("*.py")]
+    for path in sources:
+        text = path.read_text()
+        refs += [(path.name, n) for n in pattern.findall(text)]
+        if path.name == "FORMAT.md":
+            refs += [(path.name, n) for n in re.findall(r"\bsections? (\d+(?:\.\d+)*)", text)]
+    assert len(refs) > 20
+    dangling = sorted({(f, n.rstrip(".")) for f, n in refs if n.rstrip(".") not in known})
+    assert not dangling, f"references to FORMAT.md sections that do not exist: {dangling}"

@@ -30,12 +30,14 @@ from fractions import Fraction
 from typing import Annotated, Any, NoReturn
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 try:  # typer >= 0.22 carries its own copy of click
+    from typer._click import core as _ck
     from typer._click import exceptions as _cx
     from typer._click.core import ParameterSource
 except ImportError:  # pragma: no cover - older typer on top of click
+    from click import core as _ck  # type: ignore[no-redef,unused-ignore]
     from click import exceptions as _cx  # type: ignore[no-redef,unused-ignore]
     from click.core import ParameterSource  # type: ignore[no-redef,assignment,unused-ignore]
 
@@ -88,19 +90,21 @@ class ExitCode(enum.IntEnum):
     NOT_A_CONTAINER = 7
     INTERRUPTED = 130
     BROKEN_PIPE = 141
+    TERMINATED = 143
 
 
 EXIT_CODE_HELP: dict[ExitCode, str] = {
-    ExitCode.OK: "success (verify: every block authenticated)",
+    ExitCode.OK: "success (verify: every block authenticated, and the container is complete)",
     ExitCode.ERROR: "any other error",
     ExitCode.USAGE: "usage error: bad option or value, or no key given",
     ExitCode.WRONG_KEY: "wrong passphrase or key file",
     ExitCode.CORRUPT: "the container is corrupt or was tampered with",
-    ExitCode.TRUNCATED: "the container is cut short (truncated)",
+    ExitCode.TRUNCATED: "the container is cut short (truncated), or INCOMPLETE (a cut stream)",
     ExitCode.IO: "I/O error: missing file, permission, disk full, output exists",
     ExitCode.NOT_A_CONTAINER: "not a Qeltrix V6 container, or a field over a limit",
-    ExitCode.INTERRUPTED: "interrupted (Ctrl-C, SIGTERM); no partial output file is left",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); no partial output file is left",
     ExitCode.BROKEN_PIPE: "the reader of stdout went away (broken pipe)",
+    ExitCode.TERMINATED: "terminated by SIGTERM (SIGHUP: 129); no partial output file is left",
 }
 
 
@@ -222,6 +226,33 @@ def _report(e: BaseException, debug: bool) -> int:
     return int(code)
 
 
+def _metavar_for(opt: TyperOption) -> str | None:
+    """The conventional metavar for an option that did not name one: none for a flag
+    (``--quiet``, not ``--quiet <bool>``), ``SECONDS`` for durations, ``N`` for counts."""
+    if opt.is_flag or opt.count:
+        return ""
+    kind = opt.type_descriptor.annotation
+    if kind in (int, float):
+        name = (opt.name or "").lower()
+        if name.endswith("_ms"):
+            return "MS"
+        if any(w in name for w in ("timeout", "interval", "delay", "seconds")):
+            return "SECONDS"
+        return "N" if kind is int else "NUMBER"
+    return None
+
+
+def _tidy_metavars(command: _ck.Command, help_names: list[str]) -> None:
+    """Give every option of ``command`` and its subcommands (``--help`` too) a readable
+    metavar where typer would print ``<bool>`` or ``<float range>``, before help is rendered."""
+    ctx = _ck.Context(command, info_name=command.name, help_option_names=help_names)
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if isinstance(param, TyperOption) and param.metavar is None:
+            param.metavar = _metavar_for(param)
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_metavars(sub, help_names)
+
+
 class QeltrixGroup(TyperGroup):
     """Runs a command and turns every failure into one line on stderr and an exit code."""
 
@@ -237,6 +268,7 @@ class QeltrixGroup(TyperGroup):
         prog_name = prog_name or "qeltrix"
         debug = "--debug" in args or bool(os.environ.get(DEBUG_ENV))
         self._main_shell_completion(extra, prog_name, complete_var)
+        _tidy_metavars(self, HELP_OPTION_NAMES)
         try:
             with self.make_context(prog_name, args, **extra) as ctx:
                 self.invoke(ctx)
@@ -250,6 +282,8 @@ class QeltrixGroup(TyperGroup):
         return code
 
 
+HELP_OPTION_NAMES = ["-h", "--help"]
+
 app = typer.Typer(
     cls=QeltrixGroup,
     help="Qeltrix V6: encrypted, seekable, streaming containers.\n\n"
@@ -259,7 +293,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": HELP_OPTION_NAMES},
 )
 
 
@@ -1751,7 +1785,7 @@ recipients_app = typer.Typer(
     help="List, add and remove the recipients of a container (header only; blocks untouched).",
     no_args_is_help=True,
     rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": HELP_OPTION_NAMES},
 )
 app.add_typer(recipients_app, name="recipients", rich_help_panel="Keys")
 
