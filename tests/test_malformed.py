@@ -32,8 +32,9 @@ from qeltrix_v6 import (
 PT = make_plaintext(3 * 64 + 10, "malformed")
 PW = "hostile"
 TEMP_SUFFIX = ".qeltrix-tmp"
-#: A sanity bound only: a hostile header must be rejected before any expensive work.
-QUICK = 2.0
+# Liveness, not speed: a hostile length that made a reader loop or allocate without bound
+# fails here instead of stalling the run (pyproject's default timeout is 300 s).
+pytestmark = pytest.mark.timeout(60)
 
 # Offsets of the fixed header fields (FORMAT.md section 3).
 OFF_VERSION, OFF_HEADER_LEN, OFF_FLAGS, OFF_CIPHER, OFF_RESERVED = 8, 10, 14, 16, 17
@@ -71,7 +72,8 @@ def patch(c: bytes, fmt: str, off: int, value: int, *, rehash: bool = True) -> b
 
 
 def quick_failure(c: bytes, cls: type[BaseException] = QeltrixError, **cred: object) -> QeltrixError:
-    """unpack, seek_extract and open all fail with ``cls`` (a QeltrixError) within QUICK seconds."""
+    """unpack, seek_extract and open all fail with ``cls`` (a QeltrixError). A hostile length
+    that made them loop or allocate without bound fails the module's timeout instead."""
     if not cred:
         cred = {"key": KEY}
     calls: list[Callable[[], object]] = [
@@ -81,11 +83,8 @@ def quick_failure(c: bytes, cls: type[BaseException] = QeltrixError, **cred: obj
     ]
     errors = []
     for call in calls:
-        t = time.perf_counter()
         with pytest.raises(QeltrixError) as e:
             call()
-        elapsed = time.perf_counter() - t
-        assert elapsed < QUICK, f"took {elapsed:.2f}s to reject hostile input"
         assert isinstance(e.value, cls), repr(e.value)
         assert str(e.value), "an error without a message"
         errors.append(e.value)
@@ -356,10 +355,8 @@ def _entry(i: int) -> int:
 def test_hostile_index_under_a_valid_key(key_box, edit):
     c = reseal_index(key_box, edit)
     out = io.BytesIO()
-    t = time.perf_counter()
     with pytest.raises(AuthenticationError):
         qeltrix_v6.unpack(io.BytesIO(c), out, key=KEY)
-    assert time.perf_counter() - t < QUICK
     assert out.getvalue() == PT[: len(out.getvalue())]
     with pytest.raises(AuthenticationError):
         qeltrix_v6.seek_extract(io.BytesIO(c), 0, len(PT), key=KEY)

@@ -9,15 +9,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import qeltrix_v6
@@ -197,16 +198,23 @@ def _header(stanzas: list[tuple[int, bytes]], count: int | None = None) -> bytes
 HOSTILE_ARGON2 = struct.pack("<16sIII12s48s", bytes(16), 16, 1 << 20, 1, bytes(12), bytes(48))
 
 
-def test_a_thousand_recipients_are_refused_quickly() -> None:
-    # Costly Argon2id stanzas: if a single KDF ran, this test would take minutes.
+def test_a_thousand_recipients_are_refused_before_any_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Costly Argon2id stanzas (1 GiB each): the count is refused before a single KDF runs.
+    runs: list[int] = []
+    real = _crypto._argon2id_kek
+
+    def counting(*args: Any) -> bytes:
+        runs.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_crypto, "_argon2id_kek", counting)
     c = _header([(2, HOSTILE_ARGON2)] * 1000)
     assert len(c) < 1 << 20
-    t = time.monotonic()
     with pytest.raises(LimitExceededError, match="recipient_count 1000"):
         qeltrix_v6.seek_extract(io.BytesIO(c), 0, 1, passphrase=PW)
     with pytest.raises(LimitExceededError):
         qeltrix_v6.seek_extract(io.BytesIO(_header([(4, bytes(124))] * 1000)), 0, 1, identity=os.urandom(32))
-    assert time.monotonic() - t < 2
+    assert runs == []
 
 
 @pytest.mark.parametrize(
@@ -222,10 +230,8 @@ def test_a_thousand_recipients_are_refused_quickly() -> None:
 def test_oversized_or_inconsistent_stanzas_are_refused(
     stanza: tuple[int, bytes], error: type[Exception], fragment: str
 ) -> None:
-    t = time.monotonic()
     with pytest.raises(error, match=fragment):
         qeltrix_v6.seek_extract(io.BytesIO(_header([stanza])), 0, 1, identity=os.urandom(32))
-    assert time.monotonic() - t < 1
 
 
 def test_cli_refuses_a_thousand_recipients(tmp_path: Path) -> None:
@@ -364,19 +370,25 @@ def test_cannot_remove_the_last_recipient(tmp_path: Path) -> None:
         rewrite_recipients(c, RecipientChange(remove_recipients=[pub]), identity=priv)
 
 
-def test_header_rewrite_time_does_not_grow_with_size(tmp_path: Path) -> None:
+def _bytes_read_by_this_process() -> int:
+    """``rchar`` of /proc/self/io: every byte read() and pread() returned, page cache or not."""
+    text = Path("/proc/self/io").read_text()
+    return int(re.search(r"^rchar: (\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs /proc/self/io")
+def test_header_rewrite_reads_the_header_not_the_blocks(tmp_path: Path) -> None:
     key = os.urandom(32)
-    times = []
-    for size in (1 << 10, 64 << 20):
-        c = tmp_path / f"{size}.qltx"
-        with open(c, "wb") as out:
-            qeltrix_v6.pack(io.BytesIO(bytes(size)), out, key=key, block_size=1 << 20)
-        _, pub = x25519_pair()
-        t = time.monotonic()
-        rewrite_recipients(c, RecipientChange(add_recipients=[_pub(pub)]), key=key)
-        times.append(time.monotonic() - t)
-    # A 64 MiB container takes about as long as a 1 KiB one (reading it all would not).
-    assert times[1] < max(0.25, 5 * times[0]), times
+    c = tmp_path / "big.qltx"
+    with open(c, "wb") as out:
+        qeltrix_v6.pack(io.BytesIO(bytes(64 << 20)), out, key=key, block_size=1 << 20)
+    _, pub = x25519_pair()
+    before = _bytes_read_by_this_process()
+    rewrite_recipients(c, RecipientChange(add_recipients=[_pub(pub)]), key=key)
+    read = _bytes_read_by_this_process() - before
+    # Header, trailer and index are a few KiB; one block alone is 1 MiB.
+    assert read < 1 << 20, read
+    assert qeltrix_v6.seek_extract(c, 5 << 20, 10, key=key) == bytes(10)
 
 
 def _pub(text: str):
@@ -572,6 +584,7 @@ def test_kms_cli(kms_server: str, kms_env: dict[str, str], tmp_path: Path) -> No
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.timeout(60)  # a hang (no KMS timeout) fails here; a retrying client takes seconds
 def test_kms_unreachable_is_a_clear_error_not_a_hang(kms_env: dict[str, str], tmp_path: Path) -> None:
     from qeltrix_v6 import KmsConfig
 
@@ -586,17 +599,13 @@ def test_kms_unreachable_is_a_clear_error_not_a_hang(kms_env: dict[str, str], tm
     closed.close()
     try:
         for endpoint in (dead, url):
-            t = time.monotonic()
             with pytest.raises(qeltrix_v6.KmsUnavailableError, match="KMS unreachable"):
                 pack_mem(b"x", recipients=["kms:alias/x"], kms=KmsConfig(endpoint_url=endpoint, timeout=0.5))
-            assert time.monotonic() - t < 10
         src = tmp_path / "src"
         src.write_bytes(b"x")
-        t = time.monotonic()
         r = invoke("pack", "--kms-endpoint", url, "--kms-timeout", "0.5", "-r", "kms:alias/x", src, tmp_path / "c")
         assert r.exit_code == ExitCode.IO
         assert "KMS unreachable" in error_line(r.stderr)
-        assert time.monotonic() - t < 10
         assert not (tmp_path / "c").exists()
     finally:
         silent.close()
