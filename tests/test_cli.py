@@ -44,7 +44,7 @@ def _no_ambient_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     # In-process runs must never reach a real terminal, whatever pytest was started from.
-    monkeypatch.setattr(cli, "_can_prompt", lambda: False)
+    monkeypatch.setattr(cli._credentials, "_can_prompt", lambda: False)
 
 
 @pytest.fixture(scope="module")
@@ -943,8 +943,8 @@ def test_prompt_logic_in_process(monkeypatch: pytest.MonkeyPatch, small_box: Pat
             raise EOFError
         return answers.pop(0)
 
-    monkeypatch.setattr(cli, "_can_prompt", lambda: True)
-    monkeypatch.setattr(cli, "_ask", ask)
+    monkeypatch.setattr(cli._credentials, "_can_prompt", lambda: True)
+    monkeypatch.setattr(cli._credentials, "_ask", ask)
     # info asks only with --prompt; a key-only container is never asked about.
     assert invoke("info", pw_box).exit_code == 0 and asked == []
     answers[:] = [pw.read_text().strip()]

@@ -41,7 +41,7 @@ runner = CliRunner()
 def _no_ambient_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(cli, "_can_prompt", lambda: False)
+    monkeypatch.setattr(cli._credentials, "_can_prompt", lambda: False)
 
 
 def invoke(*args: object):
@@ -313,11 +313,11 @@ def test_cli_rsa_and_recipients_file(tmp_path: Path, data: bytes, rsa_pair: tupl
 
 
 def test_serve_with_identity(tmp_path: Path, data: bytes) -> None:
-    from qeltrix_v6._cli_servers import _SeekServer
+    from qeltrix_v6.cli._servers import _SeekServer
 
     priv, pub = x25519_pair()
     qeltrix_v6.pack(io.BytesIO(data), tmp_path / "d.bin.qltx", recipients=[pub], block_size=4096)
-    with _SeekServer(str(tmp_path), creds=cli.Credentials(identities=[priv])) as server:
+    with _SeekServer(str(tmp_path), creds=cli._credentials.Credentials(identities=[priv])) as server:
         req = urllib.request.Request(server.url + "/d.bin", headers={"Range": "bytes=10-19"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.read() == data[10:20]

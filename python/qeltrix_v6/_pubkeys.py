@@ -9,6 +9,7 @@ recipients of a container can be listed, removed, and kept when its MK is rotate
 
 from __future__ import annotations
 
+import base64
 import os
 import struct
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ from .errors import MalformedError
 
 KMS_PREFIX = "kms:"
 X25519_PREFIX = "qltx-x25519:"
+SIGNER_PREFIX = "qltx-ed25519:"
 KMS_MAX_KEY_ID_LEN = 2048
 KMS_MAX_BLOB_LEN = 2048
 PUBLIC_KINDS = frozenset({_crypto.KIND_X25519, _crypto.KIND_RSA_OAEP, _crypto.KIND_KMS})
@@ -40,19 +42,46 @@ class Recipient:
         return recipient_text(self.kind, self.public)
 
 
-def _encode_x25519(public: bytes) -> str:
-    from .gateway import encode_public_key  # the format keygen --x25519 prints
+def _encode_key(prefix: str, public: bytes, length: int, what: str) -> str:
+    """``prefix`` + base64url(``public || SHA256(public)[:4]``), unpadded: a copy-pasteable
+    public key whose type is in its name and whose typos the checksum catches."""
+    if len(public) != length:
+        raise MalformedError(f"an {what} public key is {length} bytes")
+    return prefix + base64.urlsafe_b64encode(bytes(public) + _crypto.sha256(public)[:4]).decode().rstrip("=")
 
-    return encode_public_key(public)
 
-
-def _decode_x25519(text: str) -> bytes:
-    from .gateway import decode_public_key
-
+def _decode_key(prefix: str, text: str, what: str, hint: str) -> bytes:
+    text = text.strip()
+    if not text.startswith(prefix):
+        raise MalformedError(f"{what} starts with {prefix!r}{hint}")
+    body = text[len(prefix) :]
     try:
-        return decode_public_key(text)
-    except ValueError as e:
-        raise MalformedError(str(e)) from None
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except ValueError:
+        raise MalformedError("the public key is not valid base64url") from None
+    if len(raw) != 36 or _crypto.sha256(raw[:32])[:4] != raw[32:]:
+        raise MalformedError("the public key is damaged (bad length or checksum): copy it again")
+    return raw[:32]
+
+
+def encode_public_key(public: bytes) -> str:
+    """An X25519 public key as ``qltx-x25519:...`` (what ``qeltrix keygen --x25519`` prints)."""
+    return _encode_key(X25519_PREFIX, public, _crypto.X25519_LEN, "X25519")
+
+
+def decode_public_key(text: str) -> bytes:
+    """The 32 bytes of a ``qltx-x25519:`` key, checking prefix and checksum."""
+    return _decode_key(X25519_PREFIX, text, "a Qeltrix X25519 public key", "")
+
+
+def encode_signer(public: bytes) -> str:
+    """An Ed25519 signer key as ``qltx-ed25519:...`` (``qeltrix keygen --ed25519``)."""
+    return _encode_key(SIGNER_PREFIX, public, _crypto.ED25519_LEN, "Ed25519")
+
+
+def decode_signer(text: str) -> bytes:
+    """The 32-byte public key of a ``qltx-ed25519:`` text, checking prefix and checksum."""
+    return _decode_key(SIGNER_PREFIX, text, "a signer is a public key that", " (qeltrix keygen --ed25519)")
 
 
 def rsa_fingerprint(spki: bytes) -> str:
@@ -62,7 +91,7 @@ def rsa_fingerprint(spki: bytes) -> str:
 
 def recipient_text(kind: int, public: bytes) -> str:
     if kind == _crypto.KIND_X25519:
-        return _encode_x25519(public)
+        return encode_public_key(public)
     if kind == _crypto.KIND_RSA_OAEP:
         return "rsa:" + rsa_fingerprint(public)
     if kind == _crypto.KIND_KMS:
@@ -82,7 +111,7 @@ def parse_recipient(item: str | bytes | Recipient) -> Recipient:
     if isinstance(item, str):
         text = item.strip()
         if text.startswith(X25519_PREFIX):
-            return Recipient(_crypto.KIND_X25519, _crypto.check_x25519_public(_decode_x25519(text)))
+            return Recipient(_crypto.KIND_X25519, _crypto.check_x25519_public(decode_public_key(text)))
         if text.startswith(KMS_PREFIX):
             key_id = text[len(KMS_PREFIX) :].strip()
             if not key_id or len(key_id.encode()) > KMS_MAX_KEY_ID_LEN:

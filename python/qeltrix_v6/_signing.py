@@ -13,16 +13,15 @@ builds ``signed_message``; every hash and Ed25519 operation is in :mod:`._crypto
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import _core, _crypto
+from ._pubkeys import SIGNER_PREFIX, decode_signer, encode_signer
 from .errors import MalformedError, QeltrixIOError, SignatureError
 
-SIGNER_PREFIX = "qltx-ed25519:"
 HEADER_FLAG_SIGNED: int = _core.HEADER_FLAG_SIGNED
 _MAX_SIGNERS_FILE = 1 << 20
 
@@ -42,29 +41,6 @@ class SignedReader(Protocol):
     def footer(self) -> tuple[bytes, int]: ...
     def signature_parts(self) -> tuple[bytes, bytes, bytes] | None: ...
     def require_frame_digests(self) -> None: ...
-
-
-def encode_signer(public: bytes) -> str:
-    """``qltx-ed25519:`` + base64url(``public || SHA256(public)[:4]``), unpadded."""
-    if len(public) != _crypto.ED25519_LEN:
-        raise MalformedError("an Ed25519 public key is 32 bytes")
-    raw = bytes(public) + _crypto.sha256(public)[:4]
-    return SIGNER_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_signer(text: str) -> bytes:
-    """The 32-byte public key of a ``qltx-ed25519:`` text, checking prefix and checksum."""
-    text = text.strip()
-    if not text.startswith(SIGNER_PREFIX):
-        raise MalformedError(f"a signer is a public key starting with {SIGNER_PREFIX!r} (qeltrix keygen --ed25519)")
-    body = text[len(SIGNER_PREFIX) :]
-    try:
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-    except ValueError:
-        raise MalformedError("the signer public key is not valid base64url") from None
-    if len(raw) != 36 or _crypto.sha256(raw[:32])[:4] != raw[32:]:
-        raise MalformedError("the signer public key is damaged (bad length or checksum): copy it again")
-    return raw[:32]
 
 
 def parse_signers(items: SignersArg) -> frozenset[bytes]:

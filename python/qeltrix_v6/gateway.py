@@ -22,7 +22,6 @@ frame makes the gateway reset its plaintext side: a cut is never a clean end.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 from collections.abc import Iterable
@@ -31,6 +30,7 @@ from typing import Any
 
 from . import _core, _crypto, _signing
 from ._container import build_header
+from ._pubkeys import decode_public_key, encode_public_key
 from ._service import BackgroundService
 from .errors import AuthenticationError
 
@@ -43,28 +43,6 @@ REPLY_LABEL = b"qeltrix-v6 reply"
 
 
 KIND_HANDSHAKE = 16
-PUBKEY_PREFIX = "qltx-x25519:"
-
-
-def encode_public_key(public: bytes) -> str:
-    """A copy-pasteable X25519 public key: a type prefix, base64url, a 4-byte checksum."""
-    if len(public) != _crypto.X25519_LEN:
-        raise ValueError("an X25519 public key is 32 bytes")
-    return PUBKEY_PREFIX + base64.urlsafe_b64encode(public + _crypto.sha256(public)[:4]).decode().rstrip("=")
-
-
-def decode_public_key(text: str) -> bytes:
-    """Parse :func:`encode_public_key`'s format, checking prefix and checksum."""
-    text = text.strip()
-    if not text.startswith(PUBKEY_PREFIX):
-        raise ValueError(f"a Qeltrix X25519 public key starts with {PUBKEY_PREFIX!r}")
-    try:
-        raw = base64.urlsafe_b64decode(text[len(PUBKEY_PREFIX) :] + "==")
-    except ValueError:
-        raise ValueError("the public key is not valid base64url") from None
-    if len(raw) != 36 or _crypto.sha256(raw[:32])[:4] != raw[32:]:
-        raise ValueError("the public key is damaged (bad length or checksum): copy it again")
-    return raw[:32]
 
 
 class _Keyring:

@@ -9,16 +9,31 @@ from typing import Annotated, Any
 
 import typer
 
-from . import _container
-from .cli import (
+from .. import _container
+from .._pubkeys import decode_public_key
+from ..gateway import MODES, GatewayServer
+from ..server import SeekServer, served_reader
+from ._app import (
+    PASSPHRASE_ENV,
+    CliError,
+    ExitCode,
+    _Terminated,
+    app,
+)
+from ._credentials import (
+    Credentials,
+    _can_prompt,
+    _explicit_credentials,
+    _prompt_passphrase,
+    credentials_for_reading,
+    kms_config,
+    read_key_file,
+)
+from ._options import (
     PANEL_ADV,
     PANEL_KEY,
-    PASSPHRASE_ENV,
     AllowIncompleteOpt,
-    CliError,
-    Credentials,
     DebugOpt,
-    ExitCode,
     ForceOpt,
     IdentityOpt,
     KeyFileOpt,
@@ -31,24 +46,16 @@ from .cli import (
     SignerOpt,
     SignersFileOpt,
     SignWithOpt,
-    _can_prompt,
-    _check_input,
-    _check_output,
-    _explicit_credentials,
-    _prompt_passphrase,
     _refuse_passphrase_value,
-    _status,
-    _Terminated,
-    app,
-    credentials_for_reading,
-    kms_config,
     parse_size,
-    read_key_file,
     read_signing_key,
     signers_from_options,
 )
-from .gateway import MODES, GatewayServer, decode_public_key
-from .server import SeekServer, served_reader
+from ._output import (
+    _check_input,
+    _check_output,
+    _status,
+)
 
 TOKEN_ENV = "QELTRIX_TOKEN"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}

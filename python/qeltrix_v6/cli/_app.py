@@ -1,0 +1,283 @@
+"""Exit codes, one-line errors, the typer app and the entry point: what every command shares."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import signal
+import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import typer
+from typer._click import core as _ck
+from typer._click import exceptions as _cx
+from typer.core import TyperGroup, TyperOption
+
+from .. import _crypto
+from .._recipients import (
+    RecipientError,
+)
+from ..errors import (
+    IntegrityError,
+    MalformedError,
+    QeltrixError,
+    QeltrixIOError,
+    SignatureError,
+    TruncatedError,
+    WrongKeyError,
+)
+
+PASSPHRASE_ENV = "QELTRIX_PASSPHRASE"
+NEW_PASSPHRASE_ENV = "QELTRIX_NEW_PASSPHRASE"
+DEBUG_ENV = "QELTRIX_DEBUG"
+KEY_FILE_LEN = _crypto.KEY_LEN
+KMS_ENDPOINT_ENV = "QELTRIX_KMS_ENDPOINT"
+IDENTITY_KINDS = frozenset({_crypto.KIND_X25519, _crypto.KIND_RSA_OAEP})
+
+
+# --- exit codes: the one place they are defined ----------------------------------------------
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of ``qeltrix`` (documented in ``qeltrix --help`` and the README)."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    WRONG_KEY = 3
+    CORRUPT = 4
+    TRUNCATED = 5
+    IO = 6
+    NOT_A_CONTAINER = 7
+    INTERRUPTED = 130
+    BROKEN_PIPE = 141
+    TERMINATED = 143
+
+
+EXIT_CODE_HELP: dict[ExitCode, str] = {
+    ExitCode.OK: "success (verify: every block authenticated, and the container is complete)",
+    ExitCode.ERROR: "any other error",
+    ExitCode.USAGE: "usage error: bad option or value, or no key given",
+    ExitCode.WRONG_KEY: "wrong passphrase or key file",
+    ExitCode.CORRUPT: "the container is corrupt or was tampered with",
+    ExitCode.TRUNCATED: "the container is cut short (truncated), or INCOMPLETE (a cut stream)",
+    ExitCode.IO: "I/O error: missing file, permission, disk full, output exists",
+    ExitCode.NOT_A_CONTAINER: "not a Qeltrix V6 container, or a field over a limit",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); no partial output file is left",
+    ExitCode.BROKEN_PIPE: "the reader of stdout went away (broken pipe)",
+    ExitCode.TERMINATED: "terminated by SIGTERM (SIGHUP: 129); no partial output file is left",
+}
+
+
+def _exit_code_epilog() -> str:
+    lines = ["[bold]Exit codes[/bold]", ""]
+    lines += [f"  {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items()]
+    lines += [
+        "",
+        f"Keys: --key-file FILE, --passphrase-file FILE, ${PASSPHRASE_ENV}, or a prompt on the terminal;",
+        "public-key recipients: pack --recipient PUBKEY, then unpack --identity ID_FILE.",
+        "Run 'qeltrix COMMAND --help' for examples.",
+    ]
+    return "\n".join(lines)
+
+
+class CliError(_cx.ClickException):
+    """An expected failure: one message line, an optional hint, an exit code."""
+
+    def __init__(self, message: str, *, hint: str | None = None, code: ExitCode = ExitCode.ERROR) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.exit_code = int(code)
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so temporary outputs are removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _classify(e: BaseException) -> tuple[int, str | None, str | None]:
+    """(exit code, message, hint) for an exception; message None means print nothing."""
+    if isinstance(e, CliError):
+        return e.exit_code, e.format_message(), e.hint
+    if isinstance(e, _cx.NoArgsIsHelpError):
+        return ExitCode.USAGE, None, None
+    if isinstance(e, _cx.UsageError):
+        path = e.ctx.command_path if e.ctx is not None else "qeltrix"
+        return ExitCode.USAGE, e.format_message(), f"run '{path} --help' for usage and examples"
+    if isinstance(e, _cx.ClickException):
+        return e.exit_code, e.format_message(), None
+    if isinstance(e, typer.Abort):
+        if isinstance(e.__cause__, EOFError):
+            return ExitCode.ERROR, "no input at the prompt", None
+        return ExitCode.INTERRUPTED, "interrupted", None
+    if isinstance(e, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED, "interrupted", None
+    if isinstance(e, EOFError):
+        return ExitCode.ERROR, "no input at the prompt (end of file)", None
+    if isinstance(e, _Terminated):
+        return 128 + e.signum, f"terminated by signal {e.signum}", None
+    if _is_broken_pipe(e):
+        return ExitCode.BROKEN_PIPE, None, None
+    if isinstance(e, WrongKeyError):
+        return ExitCode.WRONG_KEY, str(e), "check the passphrase or key file; 'qeltrix info FILE' lists the recipients"
+    if isinstance(e, SignatureError):
+        return (
+            ExitCode.CORRUPT,
+            str(e),
+            "not written by a required --signer, or changed since it was signed; 'qeltrix verify' shows the signer",
+        )
+    if isinstance(e, TruncatedError):
+        return ExitCode.TRUNCATED, str(e), "the file is cut short: an interrupted copy, download or write?"
+    if isinstance(e, IntegrityError):
+        return (
+            ExitCode.CORRUPT,
+            str(e),
+            "the container is damaged or was tampered with; 'qeltrix verify' names bad blocks",
+        )
+    if isinstance(e, RecipientError):
+        return ExitCode.ERROR, str(e), "nothing was changed"
+    if isinstance(e, MalformedError):
+        return ExitCode.NOT_A_CONTAINER, str(e), None
+    if isinstance(e, QeltrixIOError):
+        return ExitCode.IO, str(e), None
+    if isinstance(e, QeltrixError):
+        return ExitCode.ERROR, str(e), None
+    if isinstance(e, OSError):
+        what = f"{e.filename}: " if e.filename else ""
+        return ExitCode.IO, f"{what}{e.strerror or e}", None
+    if isinstance(e, ValueError):
+        return ExitCode.USAGE, str(e), None
+    if isinstance(e, MemoryError):
+        return ExitCode.ERROR, "out of memory", None
+    return (
+        ExitCode.ERROR,
+        f"internal error: {type(e).__name__}: {e}",
+        "run again with --debug for a traceback, and please report it",
+    )
+
+
+def _is_broken_pipe(e: BaseException) -> bool:
+    if isinstance(e, BrokenPipeError):
+        return True
+    return isinstance(e, OSError) and ("Broken pipe" in str(e) or e.errno == 32)
+
+
+def _report(e: BaseException, debug: bool) -> int:
+    code, message, hint = _classify(e)
+    if code == ExitCode.BROKEN_PIPE:
+        # Nobody reads stdout any more: silence it so the interpreter's final flush stays quiet.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return int(code)
+    if debug and not isinstance(e, _cx.UsageError):
+        traceback.print_exception(e, file=sys.stderr)
+    if message is not None:
+        typer.echo(f"qeltrix: error: {_one_line(message)}", err=True)
+        if hint:
+            typer.echo(f"hint: {_one_line(hint)}", err=True)
+    return int(code)
+
+
+def _metavar_for(opt: TyperOption) -> str | None:
+    """The conventional metavar for an option that did not name one: none for a flag
+    (``--quiet``, not ``--quiet <bool>``), ``SECONDS`` for durations, ``N`` for counts."""
+    if opt.is_flag or opt.count:
+        return ""
+    kind = opt.type_descriptor.annotation
+    if kind in (int, float):
+        name = (opt.name or "").lower()
+        if name.endswith("_ms"):
+            return "MS"
+        if any(w in name for w in ("timeout", "interval", "delay", "seconds")):
+            return "SECONDS"
+        return "N" if kind is int else "NUMBER"
+    return None
+
+
+def _tidy_metavars(command: _ck.Command, help_names: list[str]) -> None:
+    """Give every option of ``command`` and its subcommands (``--help`` too) a readable
+    metavar where typer would print ``<bool>`` or ``<float range>``, before help is rendered."""
+    ctx = _ck.Context(command, info_name=command.name, help_option_names=help_names)
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if isinstance(param, TyperOption) and param.metavar is None:
+            param.metavar = _metavar_for(param)
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_metavars(sub, help_names)
+
+
+class QeltrixGroup(TyperGroup):
+    """Runs a command and turns every failure into one line on stderr and an exit code."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        prog_name = prog_name or "qeltrix"
+        debug = "--debug" in args or bool(os.environ.get(DEBUG_ENV))
+        self._main_shell_completion(extra, prog_name, complete_var)
+        _tidy_metavars(self, HELP_OPTION_NAMES)
+        try:
+            with self.make_context(prog_name, args, **extra) as ctx:
+                self.invoke(ctx)
+            code = 0
+        except typer.Exit as e:
+            code = e.exit_code
+        except (Exception, KeyboardInterrupt, _Terminated) as e:
+            code = _report(e, debug)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+HELP_OPTION_NAMES = ["-h", "--help"]
+
+app = typer.Typer(
+    cls=QeltrixGroup,
+    help="Qeltrix V6: encrypted, seekable, streaming containers.\n\n"
+    "Encrypt a file into a container, read any byte range back by decrypting only the blocks "
+    "that cover it, and check it for tampering.",
+    epilog=_exit_code_epilog(),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": HELP_OPTION_NAMES},
+)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    # The library's warnings (an incomplete container read on request) as one line, no source.
+    print(f"qeltrix: warning: {message}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    """Console-script entry point (``qeltrix`` and ``python -m qeltrix_v6``)."""
+    warnings.showwarning = _show_warning
+    # SIGTERM and SIGHUP unwind like Ctrl-C, so atomic outputs remove their temporary files.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, _on_signal)
+    app(prog_name="qeltrix")
