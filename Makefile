@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: test deps rust-test py-test lint fmt
+.PHONY: test deps rust-test py-test lint fmt fuzz
 
 test: deps rust-test py-test
 
@@ -28,3 +28,9 @@ lint:
 fmt:
 	cargo fmt --all
 	$(PYTHON) -m ruff format python tests benches
+
+# Coverage-guided fuzzing of the parsers of untrusted bytes (libFuzzer, stable toolchain), for
+# a bounded time: `make fuzz FUZZ_SECONDS=600`. Not part of `make test`.
+FUZZ_SECONDS ?= 60
+fuzz:
+	./fuzz/run.sh "header tail range" $(FUZZ_SECONDS)

@@ -1,6 +1,6 @@
 """Round trips of the product API (pack, unpack, seek_extract, open) and interoperability with
 the independent reference decoder (tests/reference_decoder.py) and the vectors of
-tests/vectors/ (docs/FORMAT.md section 13)."""
+tests/vectors/ (docs/FORMAT.md section 14)."""
 
 from __future__ import annotations
 

@@ -76,7 +76,9 @@ impl Index {
     /// `block_count` comes from the trailer (`footer_len`), so the allocation below is
     /// bounded by bytes that were really read.
     pub fn decode(b: &[u8], block_count: u64, block_size: u32, header_len: u32, footer_offset: u64) -> Result<Index> {
-        let expect = (INDEX_FIXED_LEN as u64).checked_add(block_count * INDEX_ENTRY_LEN as u64);
+        let expect = block_count
+            .checked_mul(INDEX_ENTRY_LEN as u64)
+            .and_then(|n| n.checked_add(INDEX_FIXED_LEN as u64));
         if Some(b.len() as u64) != expect {
             return corrupt("index length does not match the trailer");
         }

@@ -38,7 +38,7 @@ pub const CONTAINER_ID_LEN: usize = 16;
 pub const MIN_BLOCK_SIZE: u32 = 16;
 /// Largest accepted `block_size` (64 MiB): a reader allocates one block per worker.
 pub const MAX_BLOCK_SIZE: u32 = 64 << 20;
-/// Default `block_size` (256 KiB); see FORMAT.md section 12 for the measurement.
+/// Default `block_size` (256 KiB); see FORMAT.md section 13 for the measurement.
 pub const DEFAULT_BLOCK_SIZE: u32 = 256 << 10;
 /// Largest accepted `header_len`.
 pub const MAX_HEADER_LEN: u32 = 1 << 20;

@@ -44,7 +44,9 @@ impl Trailer {
             footer_offset: read_u64(b, 0),
             footer_len: read_u64(b, 8),
         };
-        if t.footer_len < INDEX_FOOTER_MIN_LEN || (t.footer_len - INDEX_FOOTER_MIN_LEN) % INDEX_ENTRY_LEN as u64 != 0 {
+        if t.footer_len < INDEX_FOOTER_MIN_LEN
+            || !(t.footer_len - INDEX_FOOTER_MIN_LEN).is_multiple_of(INDEX_ENTRY_LEN as u64)
+        {
             return corrupt(format!("footer_len {} is not a valid index size", t.footer_len));
         }
         let sig_len = if signed {

@@ -1,4 +1,4 @@
-//! The shared test vectors (`tests/vectors/*.json`, FORMAT.md section 13), checked without
+//! The shared test vectors (`tests/vectors/*.json`, FORMAT.md section 14), checked without
 //! decryption: every structural field the JSON records must parse to the recorded value, and
 //! the frames the index would point at must tile the region between header and footer.
 use qeltrix_format::{frame_len, FormatError, Header, SignatureSection, Trailer, TRAILER_LEN};

@@ -258,6 +258,41 @@ mod tests {
             }
         }
 
+        /// Structured headers in every form a client may send (`a-b`, `a-`, `-n`, hostile
+        /// numbers, spaces, empty elements, case): the plan is always bounded and inside.
+        #[test]
+        fn structured_headers_plan_inside_the_representation(
+            specs in proptest::collection::vec(
+                (0u8..4, prop_oneof![0u64..600, Just(u64::MAX), Just(u64::MAX - 1)], 0u64..600),
+                0..80,
+            ),
+            spaces in any::<bool>(),
+            unit in prop_oneof![Just("bytes"), Just("BYTES"), Just("Bytes"), Just("items")],
+            len in 0u64..500,
+        ) {
+            let sep = if spaces { " , " } else { "," };
+            let text: Vec<String> = specs
+                .iter()
+                .map(|&(form, a, b)| match form {
+                    0 => format!("{}-{}", a.min(b), a.max(b)),
+                    1 => format!("{a}-"),
+                    2 => format!("-{b}"),
+                    _ => String::new(),
+                })
+                .collect();
+            let header = format!("{unit}={}", text.join(sep));
+            match parse_range(Some(&header), len) {
+                Partial(parts) => {
+                    prop_assert!(unit.eq_ignore_ascii_case("bytes"));
+                    prop_assert!(!parts.is_empty() && parts.len() <= MAX_PARTS);
+                    prop_assert!(parts.iter().all(|&(a, b)| a <= b && b < len));
+                    prop_assert!(parts.iter().map(|&(a, b)| b - a + 1).sum::<u64>() <= len);
+                }
+                Unsatisfiable => prop_assert!(unit.eq_ignore_ascii_case("bytes")),
+                Full => {}
+            }
+        }
+
         #[test]
         fn satisfiable_ranges_lie_inside(h in "[ -~]{0,40}", len in 0u64..10_000) {
             if let Partial(rs) = parse_range(Some(&h), len) {
