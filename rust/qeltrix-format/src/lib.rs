@@ -14,6 +14,7 @@ pub mod meta;
 pub mod permute;
 pub mod signature;
 pub mod siphash;
+pub mod tail;
 pub mod trailer;
 
 pub use error::{FormatError, Result};
@@ -22,6 +23,7 @@ pub use index::{footer_len, Index, IndexEntry, INDEX_ENTRY_LEN, INDEX_FIXED_LEN,
 pub use meta::{BlockMeta, META_FRAME_LEN, META_PT_LEN};
 pub use permute::Permutation;
 pub use signature::{signed_message, SignatureAccumulator, SignatureSection, SIG_FIXED_LEN};
+pub use tail::{container_tail, read_full, TailCrypto};
 pub use trailer::{Trailer, TRAILER_LEN};
 
 /// First bytes of every container: `"QLTXV6" 0x0D 0x0A`.

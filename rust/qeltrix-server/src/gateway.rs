@@ -20,7 +20,7 @@ use qeltrix_format::header::HEADER_FIXED_LEN;
 use qeltrix_format::signature::{Digest, SIGNATURE_LEN, SIGNER_PUB_LEN};
 pub use qeltrix_format::MAX_STREAM_HEADER_LEN;
 use qeltrix_format::{
-    frame_len, signed_message, BlockMeta, Header, Index, IndexEntry, SignatureAccumulator, Trailer,
+    container_tail, frame_len, read_full, BlockMeta, Header, Index, IndexEntry, SignatureAccumulator, TailCrypto,
     INDEX_FLAG_INCOMPLETE, META_FLAG_FINAL, META_FRAME_LEN, TAG_LEN,
 };
 use std::collections::{HashMap, VecDeque};
@@ -125,6 +125,55 @@ impl fmt::Display for GwError {
 impl From<io::Error> for GwError {
     fn from(e: io::Error) -> Self {
         GwError::Io(e)
+    }
+}
+
+impl From<qeltrix_format::FormatError> for GwError {
+    fn from(e: qeltrix_format::FormatError) -> Self {
+        GwError::Protocol(e.to_string())
+    }
+}
+
+/// A signing sink's key, as a container tail needs it.
+trait TailSigner {
+    fn public(&self) -> Result<[u8; SIGNER_PUB_LEN], GwError>;
+    fn sign_message(&self, message: &[u8]) -> Result<[u8; SIGNATURE_LEN], GwError>;
+}
+
+impl<K: Keyring> TailSigner for K {
+    fn public(&self) -> Result<[u8; SIGNER_PUB_LEN], GwError> {
+        self.sink_signer()?
+            .ok_or_else(|| GwError::Protocol("this sink has no signing key".into()))
+    }
+    fn sign_message(&self, message: &[u8]) -> Result<[u8; SIGNATURE_LEN], GwError> {
+        Keyring::sign(self, message)
+    }
+}
+
+/// The crypto a container tail needs ([`qeltrix_format::container_tail`]): a stream's keys
+/// and, for a signing sink, the gateway's signing key.
+struct TailKeys<'a, S: StreamKeys> {
+    keys: &'a mut S,
+    signer: Option<&'a dyn TailSigner>,
+}
+
+impl<S: StreamKeys> TailCrypto for TailKeys<'_, S> {
+    type Error = GwError;
+    fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError> {
+        self.keys.seal_index(index_pt, footer_offset)
+    }
+    fn sha256(&mut self, data: &[u8]) -> Result<Digest, GwError> {
+        self.keys.sha256(data)
+    }
+    fn signer_public(&mut self) -> Result<[u8; SIGNER_PUB_LEN], GwError> {
+        self.signer
+            .ok_or_else(|| GwError::Protocol("this gateway has no signing key".into()))?
+            .public()
+    }
+    fn sign(&mut self, message: &[u8]) -> Result<[u8; SIGNATURE_LEN], GwError> {
+        self.signer
+            .ok_or_else(|| GwError::Protocol("this gateway has no signing key".into()))?
+            .sign_message(message)
     }
 }
 
@@ -1184,7 +1233,7 @@ impl Stored {
                 .get(..META_FRAME_LEN)
                 .ok_or_else(|| GwError::Protocol("a frame shorter than its metadata".into()))?;
             let digest = keys.frame_digest(head)?;
-            digests.push(&digest).map_err(|e| GwError::Protocol(e.to_string()))?;
+            digests.push(&digest)?;
         }
         self.entries.push(IndexEntry {
             frame_offset: self.offset,
@@ -1247,58 +1296,23 @@ impl SinkFile {
         self.file.set_len(footer_offset)?;
         self.file.seek(SeekFrom::Start(footer_offset))?;
         let flags = if incomplete { INDEX_FLAG_INCOMPLETE } else { 0 };
-        let index = Index::new(std::mem::take(&mut self.stored.entries), flags)
-            .map_err(|e| GwError::Protocol(e.to_string()))?;
-        let footer = keys.seal_index(&index.encode(), footer_offset)?;
-        self.file.write_all(&footer)?;
-        if let Some(digests) = self.stored.digests.take() {
-            let section = sign_stored(
-                keyring,
-                keys,
-                &self.header,
-                digests,
-                &footer,
-                footer_offset,
-                index.block_count(),
-            )?;
-            self.file.write_all(&section)?;
-        }
-        let trailer = Trailer {
-            footer_offset,
-            footer_len: footer.len() as u64,
+        let index = Index::new(std::mem::take(&mut self.stored.entries), flags)?;
+        let mut crypto = TailKeys {
+            keys,
+            signer: Some(keyring),
         };
-        self.file.write_all(&trailer.encode())?;
+        let tail = container_tail(
+            &mut crypto,
+            &self.header,
+            &index,
+            footer_offset,
+            self.stored.digests.take(),
+        )?;
+        self.file.write_all(&tail)?;
         self.file.sync_all()?;
         std::fs::rename(&self.tmp, &self.dest)?;
         Ok(self.dest)
     }
-}
-
-/// The signature section of a stored stream (FORMAT.md section 15.1): hash the header, the
-/// frame digests and the footer, and have the sink's key sign `signed_message`.
-fn sign_stored<K: Keyring>(
-    keyring: &K,
-    keys: &mut K::Keys,
-    header: &[u8],
-    digests: SignatureAccumulator,
-    footer: &[u8],
-    footer_offset: u64,
-    block_count: u64,
-) -> Result<Vec<u8>, GwError> {
-    let format = |e: qeltrix_format::FormatError| GwError::Protocol(e.to_string());
-    let signer_pub = keyring
-        .sink_signer()?
-        .ok_or_else(|| GwError::Protocol("this sink has no signing key".into()))?;
-    let message = signed_message(
-        &keys.sha256(header)?,
-        block_count,
-        &keys.sha256(digests.frame_digests().map_err(format)?)?,
-        &keys.sha256(footer)?,
-        footer_offset,
-        &signer_pub,
-    );
-    let signature = keyring.sign(&message)?;
-    digests.finish(block_count, signer_pub, signature).map_err(format)
 }
 
 /// What [`recover_stream`] found.
@@ -1331,7 +1345,7 @@ pub fn recover_stream<S: StreamKeys>(
     let mut stopped = None;
     let mut pt_len = 0u64;
     loop {
-        match read_exactly(src, &mut meta_frame) {
+        match read_full(src, &mut meta_frame) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
@@ -1351,7 +1365,7 @@ pub fn recover_stream<S: StreamKeys>(
             }
         };
         ct.resize(meta.pt_len as usize + TAG_LEN, 0);
-        if !matches!(read_exactly(src, &mut ct), Ok(true)) {
+        if !matches!(read_full(src, &mut ct), Ok(true)) {
             stopped = Some(format!("cut inside frame {}", entries.len()));
             break;
         }
@@ -1374,36 +1388,15 @@ pub fn recover_stream<S: StreamKeys>(
     }
     let blocks = entries.len() as u64;
     let flags = if complete { 0 } else { INDEX_FLAG_INCOMPLETE };
-    let index = Index::new(entries, flags).map_err(|e| GwError::Protocol(e.to_string()))?;
-    let footer = keys.seal_index(&index.encode(), offset)?;
-    dst.write_all(&footer)?;
-    dst.write_all(
-        &Trailer {
-            footer_offset: offset,
-            footer_len: footer.len() as u64,
-        }
-        .encode(),
-    )?;
+    let index = Index::new(entries, flags)?;
+    let mut crypto = TailKeys { keys, signer: None };
+    dst.write_all(&container_tail(&mut crypto, &header.encoded, &index, offset, None)?)?;
     Ok(Recovered {
         blocks,
         pt_len,
         complete,
         stopped: if complete { None } else { stopped },
     })
-}
-
-fn read_exactly(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<bool> {
-    let mut got = 0;
-    while got < buf.len() {
-        match src.read(&mut buf[got..]) {
-            Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }
 
 #[cfg(test)]
@@ -1555,8 +1548,9 @@ mod tests {
         let path = file.finish(&Signing, &mut keys, true).expect("finish");
         let c = std::fs::read(&path).expect("read");
         std::fs::remove_dir_all(&dir).expect("cleanup");
-        let trailer = Trailer::parse_with(&c[c.len() - qeltrix_format::TRAILER_LEN..], c.len() as u64, 128, true)
-            .expect("a signed container's trailer");
+        let trailer =
+            qeltrix_format::Trailer::parse_with(&c[c.len() - qeltrix_format::TRAILER_LEN..], c.len() as u64, 128, true)
+                .expect("a signed container's trailer");
         let frames_len = 3 * (META_FRAME_LEN + 10 + TAG_LEN) as u64;
         assert_eq!(trailer.footer_offset, 128 + frames_len);
         let sig_at = (trailer.footer_offset + trailer.footer_len) as usize;
