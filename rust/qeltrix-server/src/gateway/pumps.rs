@@ -1,0 +1,352 @@
+//! Socket I/O of one connection: the pumps that move bytes and frames, timeouts, and
+//! aborting a connection with a reset (FORMAT.md section 12: a cut is never a clean end).
+use super::*;
+
+/// After one direction ends: a clean end (a `FINAL` frame, or the source's half-close on the
+/// sealing side) half-closes the destination; an error aborts the connection (`sockets`).
+pub(super) fn after(p: &Pumps, r: &Result<(), GwError>, sockets: &[&TcpStream], dst: &TcpStream) {
+    if r.is_ok() && !p.stats.aborted.load(Ordering::SeqCst) {
+        let _ = dst.shutdown(Shutdown::Write);
+    } else {
+        abort(p, sockets);
+    }
+}
+
+/// Abort a connection: its sockets are reset (RST, not FIN) when they are closed, and every
+/// pump blocked on them wakes up and stops without sending a `FINAL` frame.
+pub(super) fn abort(p: &Pumps, sockets: &[&TcpStream]) {
+    p.stats.aborted.store(true, Ordering::SeqCst);
+    for s in sockets {
+        set_reset_on_close(s);
+        // Wakes a blocked reader without sending anything (SHUT_WR would send a FIN, which
+        // a plaintext peer would take for a clean end); a blocked writer wakes at its tick.
+        let _ = s.shutdown(Shutdown::Read);
+    }
+}
+
+/// `SO_LINGER` with timeout 0: closing the socket sends a TCP RST.
+pub(super) fn set_reset_on_close(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+pub(super) fn join_both(
+    other: std::thread::Result<Result<(), GwError>>,
+    this: Result<(), GwError>,
+) -> Result<(), GwError> {
+    let other = other.unwrap_or_else(|_| Err(GwError::Protocol("a connection thread panicked".into())));
+    // Report the real cause: an error is often the consequence of the other side's (an
+    // abort wakes the other pump with an "aborted" error).
+    fn rank(r: &Result<(), GwError>) -> u8 {
+        match r {
+            Ok(()) => 0,
+            Err(GwError::Io(e)) if e.kind() == io::ErrorKind::ConnectionAborted => 1,
+            Err(GwError::Io(_)) => 2,
+            Err(GwError::Truncated(_)) => 3,
+            Err(_) => 4,
+        }
+    }
+    if rank(&other) > rank(&this) {
+        other
+    } else {
+        this
+    }
+}
+
+pub(super) fn aborted_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the connection was aborted")
+}
+
+/// Receives each authenticated frame: `(keys, meta_frame, data_ct, meta, plaintext)`.
+type Deliver<'a, S> = dyn FnMut(&mut S, &[u8], &[u8], &BlockMeta, &[u8]) -> Result<(), GwError> + 'a;
+
+/// Told of each frame a seal pump wrote: `(keys, pt_len, frame)`.
+type OnFrame<'a, S> = dyn FnMut(&mut S, u32, &[u8]) -> Result<(), GwError> + 'a;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    /// The accepted peer: its bytes count in the connection's stats.
+    Client,
+    Other,
+}
+
+#[derive(Clone)]
+pub(super) struct Pumps {
+    pub(super) idle: Duration,
+    pub(super) flush_delay: Duration,
+    pub(super) stats: Arc<ConnStats>,
+}
+
+pub(super) fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+impl Pumps {
+    pub(super) fn count(&self, side: Side, n: usize, incoming: bool) {
+        self.stats.touch();
+        if side == Side::Client {
+            let c = if incoming {
+                &self.stats.bytes_in
+            } else {
+                &self.stats.bytes_out
+            };
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Block until some bytes or end of input; the connection's idle timeout applies.
+    pub(super) fn read_some(&self, s: &TcpStream, side: Side, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            self.check_alive()?;
+            match (&*s).read(buf) {
+                Ok(n) => {
+                    // An abort's SHUT_RD reads as end of input: never take it for a clean end.
+                    self.check_alive()?;
+                    self.count(side, n, true);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => self.check_idle()?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Fails once the connection was aborted or its peer missed the handshake deadline.
+    pub(super) fn check_alive(&self) -> io::Result<()> {
+        if self.stats.aborted.load(Ordering::SeqCst) {
+            return Err(aborted_error());
+        }
+        if self.stats.past_deadline() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer did not authenticate within the handshake timeout",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_idle(&self) -> io::Result<()> {
+        self.check_alive()?;
+        if self.stats.idle_for() >= self.idle {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle too long"));
+        }
+        Ok(())
+    }
+
+    /// Fill `buf`; `Ok(false)` when the input ended before its first byte.
+    pub(super) fn read_full(&self, s: &TcpStream, side: Side, buf: &mut [u8]) -> io::Result<bool> {
+        let mut got = 0;
+        while got < buf.len() {
+            let n = self.read_some(s, side, &mut buf[got..])?;
+            if n == 0 {
+                if got == 0 {
+                    return Ok(false);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "stream cut inside a frame",
+                ));
+            }
+            got += n;
+        }
+        Ok(true)
+    }
+
+    /// Bytes that are ready now (or within `flush_delay`): `None` when there are none.
+    pub(super) fn recv_ready(
+        &self,
+        s: &TcpStream,
+        side: Side,
+        buf: &mut [u8],
+        wait: Duration,
+    ) -> io::Result<Option<usize>> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        use rustix::net::{recv, RecvFlags};
+        if !wait.is_zero() {
+            let t = Timespec {
+                tv_sec: wait.as_secs() as _,
+                tv_nsec: wait.subsec_nanos() as _,
+            };
+            let mut fds = [PollFd::new(s, PollFlags::IN)];
+            if poll(&mut fds, Some(&t))? == 0 {
+                return Ok(None);
+            }
+        }
+        loop {
+            match recv(s, &mut *buf, RecvFlags::DONTWAIT) {
+                Ok((n, _)) => {
+                    // As in read_some: an abort's SHUT_RD is not the source's clean end.
+                    self.check_alive()?;
+                    self.count(side, n, true);
+                    return Ok(Some(n));
+                }
+                Err(rustix::io::Errno::AGAIN) => return Ok(None),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub(super) fn write_all(&self, w: &mut dyn Write, side: Side, data: &[u8]) -> io::Result<()> {
+        let mut pos = 0;
+        while pos < data.len() {
+            match w.write(&data[pos..]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    pos += n;
+                    self.count(side, n, false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => {
+                    if self.stats.aborted.load(Ordering::SeqCst) {
+                        return Err(aborted_error());
+                    }
+                    if self.stats.idle_for() >= self.idle {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "the receiver stopped reading"));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read plaintext from `src`, write frames to `dst`, end with a `FINAL` frame at end of
+    /// input. `on_frame(keys, pt_len, frame)` is told of every frame written.
+    #[allow(clippy::too_many_arguments)] // the two sides and their roles
+    pub(super) fn seal<S: StreamKeys>(
+        &self,
+        src: &TcpStream,
+        src_side: Side,
+        dst: &mut dyn Write,
+        dst_side: Side,
+        keys: &mut S,
+        block_size: u32,
+        on_frame: &mut OnFrame<'_, S>,
+    ) -> Result<(), GwError> {
+        let bs = block_size as usize;
+        let mut buf = vec![0u8; bs];
+        let mut frame = Vec::with_capacity(frame_len(block_size) as usize);
+        let mut block_index = 0u64;
+        let mut last_full = false;
+        loop {
+            let mut filled = self.read_some(src, src_side, &mut buf)?;
+            let mut eof = filled == 0;
+            while !eof && filled < bs {
+                // A bulk flow (the last frame was full, or plenty is arriving) waits briefly for
+                // a full block: fewer, larger frames. An interactive flow is sealed at once.
+                let bulk = last_full || filled >= BULK_THRESHOLD.min(bs / 2);
+                let wait = if bulk {
+                    self.flush_delay.max(BULK_WAIT)
+                } else {
+                    self.flush_delay
+                };
+                match self.recv_ready(src, src_side, &mut buf[filled..], wait)? {
+                    Some(0) => eof = true,
+                    Some(n) => filled += n,
+                    None => break,
+                }
+            }
+            last_full = filled == bs;
+            let flags = if eof { META_FLAG_FINAL } else { 0 };
+            keys.seal(block_index, flags, &buf[..filled], &mut frame)?;
+            self.write_all(dst, dst_side, &frame)?;
+            self.stats.blocks.fetch_add(1, Ordering::Relaxed);
+            on_frame(&mut *keys, filled as u32, &frame)?;
+            block_index += 1;
+            if eof {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Read frames from `src`; hand each fully authenticated frame to `deliver(meta_frame,
+    /// data_ct, meta, plaintext)`; stop after the `FINAL` frame.
+    pub(super) fn open<S: StreamKeys>(
+        &self,
+        src: &TcpStream,
+        side: Side,
+        keys: &mut S,
+        block_size: u32,
+        deliver: &mut Deliver<'_, S>,
+    ) -> Result<(), GwError> {
+        let mut meta_frame = [0u8; META_FRAME_LEN];
+        let mut ct = Vec::new();
+        let mut pt = Vec::new();
+        let mut expect = 0u64;
+        loop {
+            let complete = self.read_full(src, side, &mut meta_frame).map_err(cut)?;
+            if !complete {
+                return Err(GwError::Truncated(format!(
+                    "the stream ended after {expect} frames without its FINAL frame"
+                )));
+            }
+            let meta = keys.open_meta(&meta_frame)?;
+            if meta.block_index != expect {
+                return Err(GwError::Auth(format!(
+                    "frame {} arrived where frame {expect} was due",
+                    meta.block_index
+                )));
+            }
+            if meta.pt_len > block_size || (meta.pt_len == 0 && !meta.is_final()) {
+                return Err(GwError::Protocol(format!("frame {expect} has pt_len {}", meta.pt_len)));
+            }
+            ct.resize(meta.pt_len as usize + TAG_LEN, 0);
+            if !self.read_full(src, side, &mut ct).map_err(cut)? {
+                return Err(GwError::Truncated(format!("the stream ended inside frame {expect}")));
+            }
+            keys.open_data(&meta, &ct, &mut pt)?;
+            self.stats.blocks.fetch_add(1, Ordering::Relaxed);
+            deliver(&mut *keys, &meta_frame, &ct, &meta, &pt)?;
+            expect += 1;
+            if meta.is_final() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+pub(super) fn cut(e: io::Error) -> GwError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        GwError::Truncated(e.to_string())
+    } else {
+        GwError::Io(e)
+    }
+}
+
+/// Read and parse a stream header (bounded by `MAX_STREAM_HEADER_LEN`).
+pub(super) fn read_stream_header(p: &Pumps, s: &TcpStream, side: Side, max_block_size: u32) -> Result<Header, GwError> {
+    let mut buf = vec![0u8; HEADER_FIXED_LEN];
+    if !p.read_full(s, side, &mut buf).map_err(cut)? {
+        return Err(GwError::Truncated(
+            "the peer closed before sending a stream header".into(),
+        ));
+    }
+    let header_len = Header::peek_len(&buf).map_err(|e| GwError::Protocol(e.to_string()))?;
+    // Before anything is allocated: the peer has not authenticated yet.
+    if header_len > MAX_STREAM_HEADER_LEN {
+        return Err(GwError::Protocol(format!(
+            "the stream header declares {header_len} bytes; a stream header is at most {MAX_STREAM_HEADER_LEN}"
+        )));
+    }
+    buf.resize(header_len as usize, 0);
+    if !p.read_full(s, side, &mut buf[HEADER_FIXED_LEN..]).map_err(cut)? {
+        return Err(GwError::Truncated("the stream header is cut short".into()));
+    }
+    let header = Header::parse(&buf).map_err(|e| GwError::Protocol(e.to_string()))?;
+    if header.permuted() {
+        return Err(GwError::Protocol("a stream must not be permuted".into()));
+    }
+    // A stream has no signature section (a sink that signs sets SIGNED on the header it
+    // stores, not on the wire): FORMAT.md section 12.
+    if header.signed() {
+        return Err(GwError::Protocol("a stream must not be signed (SIGNED is set)".into()));
+    }
+    if header.block_size > max_block_size {
+        return Err(GwError::Protocol(format!(
+            "the peer's block_size {} exceeds this gateway's limit {max_block_size}",
+            header.block_size
+        )));
+    }
+    Ok(header)
+}

@@ -1,0 +1,246 @@
+//! Storing streams as containers (sink mode) and rebuilding a stored stream whose writer
+//! died (`qeltrix recover`), both finished by `qeltrix_format::container_tail`.
+use super::*;
+
+/// A signing sink's key, as a container tail needs it.
+pub(super) trait TailSigner {
+    fn public(&self) -> Result<[u8; SIGNER_PUB_LEN], GwError>;
+    fn sign_message(&self, message: &[u8]) -> Result<[u8; SIGNATURE_LEN], GwError>;
+}
+
+impl<K: Keyring> TailSigner for K {
+    fn public(&self) -> Result<[u8; SIGNER_PUB_LEN], GwError> {
+        self.sink_signer()?
+            .ok_or_else(|| GwError::Protocol("this sink has no signing key".into()))
+    }
+    fn sign_message(&self, message: &[u8]) -> Result<[u8; SIGNATURE_LEN], GwError> {
+        Keyring::sign(self, message)
+    }
+}
+
+/// The crypto a container tail needs ([`qeltrix_format::container_tail`]): a stream's keys
+/// and, for a signing sink, the gateway's signing key.
+pub(super) struct TailKeys<'a, S: StreamKeys> {
+    pub(super) keys: &'a mut S,
+    pub(super) signer: Option<&'a dyn TailSigner>,
+}
+
+impl<S: StreamKeys> TailCrypto for TailKeys<'_, S> {
+    type Error = GwError;
+    fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError> {
+        self.keys.seal_index(index_pt, footer_offset)
+    }
+    fn sha256(&mut self, data: &[u8]) -> Result<Digest, GwError> {
+        self.keys.sha256(data)
+    }
+    fn signer_public(&mut self) -> Result<[u8; SIGNER_PUB_LEN], GwError> {
+        self.signer
+            .ok_or_else(|| GwError::Protocol("this gateway has no signing key".into()))?
+            .public()
+    }
+    fn sign(&mut self, message: &[u8]) -> Result<[u8; SIGNATURE_LEN], GwError> {
+        self.signer
+            .ok_or_else(|| GwError::Protocol("this gateway has no signing key".into()))?
+            .sign_message(message)
+    }
+}
+
+/// What a sink has recorded of the frames it stored: their index entries and, when it signs,
+/// their `frame_digest`s (32 bytes per frame, the only memory that grows with the stream).
+pub(super) struct Stored {
+    pub(super) offset: u64,
+    pub(super) entries: Vec<IndexEntry>,
+    pub(super) digests: Option<SignatureAccumulator>,
+}
+
+impl Stored {
+    /// Record the frame of `frame_len` bytes just written at `self.offset`; `meta_frame` is its
+    /// start (at least its first `META_FRAME_LEN` bytes).
+    pub(super) fn add<S: StreamKeys>(
+        &mut self,
+        keys: &mut S,
+        meta_frame: &[u8],
+        frame_len: u64,
+        pt_len: u32,
+    ) -> Result<(), GwError> {
+        if let Some(digests) = self.digests.as_mut() {
+            let head = meta_frame
+                .get(..META_FRAME_LEN)
+                .ok_or_else(|| GwError::Protocol("a frame shorter than its metadata".into()))?;
+            let digest = keys.frame_digest(head)?;
+            digests.push(&digest)?;
+        }
+        self.entries.push(IndexEntry {
+            frame_offset: self.offset,
+            pt_len,
+        });
+        self.offset = self
+            .offset
+            .checked_add(frame_len)
+            .ok_or_else(|| GwError::Protocol("the stored stream outgrows u64 offsets".into()))?;
+        Ok(())
+    }
+}
+
+/// A stream being stored: `.NAME.part` until it ends, then `NAME` with an index (and, for a
+/// signing sink, a signature section: FORMAT.md section 15).
+pub(super) struct SinkFile {
+    pub(super) file: File,
+    pub(super) tmp: PathBuf,
+    pub(super) dest: PathBuf,
+    pub(super) header: Vec<u8>,
+    pub(super) stored: Stored,
+}
+
+impl SinkFile {
+    pub(super) fn create(dir: &Path, id: u64, header: &[u8], signed: bool) -> io::Result<SinkFile> {
+        let ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let name = format!("stream-{ms}-{id}.qltx");
+        let tmp = dir.join(format!(".{name}.part"));
+        let mut file = File::options().write(true).create_new(true).open(&tmp)?;
+        file.write_all(header)?;
+        Ok(SinkFile {
+            file,
+            tmp,
+            dest: dir.join(name),
+            header: header.to_vec(),
+            stored: Stored {
+                offset: header.len() as u64,
+                entries: Vec::new(),
+                digests: signed.then(SignatureAccumulator::new),
+            },
+        })
+    }
+
+    pub(super) fn frame<S: StreamKeys>(
+        &mut self,
+        keys: &mut S,
+        meta_frame: &[u8],
+        ct: &[u8],
+        pt_len: u32,
+    ) -> Result<(), GwError> {
+        self.file.write_all(meta_frame)?;
+        self.file.write_all(ct)?;
+        self.stored
+            .add(keys, meta_frame, (meta_frame.len() + ct.len()) as u64, pt_len)
+    }
+
+    /// Append the index (flagged `INCOMPLETE` when the stream was cut), the signature section
+    /// when the sink signs (a cut stream's too: it vouches for what was received), and the
+    /// trailer; sync, and move the file to its final name.
+    pub(super) fn finish<K: Keyring>(
+        mut self,
+        keyring: &K,
+        keys: &mut K::Keys,
+        incomplete: bool,
+    ) -> Result<PathBuf, GwError> {
+        let footer_offset = self.stored.offset;
+        // Bytes written after the last recorded frame (a write or digest that failed half way)
+        // are dropped, so that the footer starts where the index says.
+        self.file.set_len(footer_offset)?;
+        self.file.seek(SeekFrom::Start(footer_offset))?;
+        let flags = if incomplete { INDEX_FLAG_INCOMPLETE } else { 0 };
+        let index = Index::new(std::mem::take(&mut self.stored.entries), flags)?;
+        let mut crypto = TailKeys {
+            keys,
+            signer: Some(keyring),
+        };
+        let tail = container_tail(
+            &mut crypto,
+            &self.header,
+            &index,
+            footer_offset,
+            self.stored.digests.take(),
+        )?;
+        self.file.write_all(&tail)?;
+        self.file.sync_all()?;
+        std::fs::rename(&self.tmp, &self.dest)?;
+        Ok(self.dest)
+    }
+}
+
+/// What [`recover_stream`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub blocks: u64,
+    pub pt_len: u64,
+    /// The stream ended with its `FINAL` frame.
+    pub complete: bool,
+    /// Why scanning stopped, when it stopped before a `FINAL` frame.
+    pub stopped: Option<String>,
+}
+
+/// Rebuild a container from a stored stream whose index is missing (FORMAT.md section 12):
+/// copy `header` and every frame that authenticates, in order, to `dst`, then append an
+/// index (`INCOMPLETE` unless a `FINAL` frame was seen) and a trailer.
+pub fn recover_stream<S: StreamKeys>(
+    src: &mut dyn Read,
+    header: &Header,
+    keys: &mut S,
+    dst: &mut dyn Write,
+) -> Result<Recovered, GwError> {
+    dst.write_all(&header.encoded)?;
+    let mut offset = header.encoded.len() as u64;
+    let mut entries = Vec::new();
+    let mut meta_frame = [0u8; META_FRAME_LEN];
+    let mut ct = Vec::new();
+    let mut pt = Vec::new();
+    let mut complete = false;
+    let mut stopped = None;
+    let mut pt_len = 0u64;
+    loop {
+        match read_full(src, &mut meta_frame) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                stopped = Some(format!("cut inside frame {}: {e}", entries.len()));
+                break;
+            }
+        }
+        let meta = match keys.open_meta(&meta_frame) {
+            Ok(m) if m.block_index == entries.len() as u64 && m.pt_len <= header.block_size => m,
+            Ok(_) => {
+                stopped = Some(format!("frame {} is out of order or oversized", entries.len()));
+                break;
+            }
+            Err(e) => {
+                stopped = Some(format!("frame {}: {e}", entries.len()));
+                break;
+            }
+        };
+        ct.resize(meta.pt_len as usize + TAG_LEN, 0);
+        if !matches!(read_full(src, &mut ct), Ok(true)) {
+            stopped = Some(format!("cut inside frame {}", entries.len()));
+            break;
+        }
+        if let Err(e) = keys.open_data(&meta, &ct, &mut pt) {
+            stopped = Some(format!("frame {}: {e}", entries.len()));
+            break;
+        }
+        dst.write_all(&meta_frame)?;
+        dst.write_all(&ct)?;
+        entries.push(IndexEntry {
+            frame_offset: offset,
+            pt_len: meta.pt_len,
+        });
+        offset += (META_FRAME_LEN + ct.len()) as u64;
+        pt_len += u64::from(meta.pt_len);
+        if meta.is_final() {
+            complete = true;
+            break;
+        }
+    }
+    let blocks = entries.len() as u64;
+    let flags = if complete { 0 } else { INDEX_FLAG_INCOMPLETE };
+    let index = Index::new(entries, flags)?;
+    let mut crypto = TailKeys { keys, signer: None };
+    dst.write_all(&container_tail(&mut crypto, &header.encoded, &index, offset, None)?)?;
+    Ok(Recovered {
+        blocks,
+        pt_len,
+        complete,
+        stopped: if complete { None } else { stopped },
+    })
+}
