@@ -43,7 +43,7 @@ READ_LEN = 65536
 SWEEP_BLOCK_SIZES = (64 << 10, 256 << 10, 1 << 20, 4 << 20)
 REPO = Path(__file__).resolve().parent.parent
 
-# Targets (docs: DESIGN.md "Performance", benches/README.md).
+# Targets (docs/DESIGN.md "Performance", benches/README.md).
 TARGET_PACK_OVER_LIMIT = 0.75
 TARGET_PACK_OVER_AGE = 1.3
 TARGET_UNPACK_OVER_AGE = 2.0

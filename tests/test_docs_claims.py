@@ -71,3 +71,17 @@ def test_every_format_md_cross_reference_exists() -> None:
     assert len(refs) > 20
     dangling = sorted({(f, n.rstrip(".")) for f, n in refs if n.rstrip(".") not in known})
     assert not dangling, f"references to FORMAT.md sections that do not exist: {dangling}"
+
+
+def test_documents_cited_by_the_code_are_in_the_repository() -> None:
+    """A citation such as ``docs/DESIGN.md "Servers"`` names a file of this repository and a
+    heading in it, not a path on one developer's machine."""
+    cited: set[tuple[str, str]] = set()
+    for path in [*(ROOT / "rust").rglob("*.rs"), *(ROOT / "python").rglob("*.py"), *(ROOT / "tests").glob("*.py")]:
+        cited |= set(re.findall(r'(docs/[A-Z]+\.md)[ ,(]*"([^"]+)"', path.read_text()))
+    assert ("docs/DESIGN.md", "Servers") in cited
+    for doc, heading in cited:
+        text = (ROOT / doc).read_text()
+        assert re.search(rf"^#+ .*{re.escape(heading)}", text, re.M), f"{doc} has no heading {heading!r}"
+    for path in [*(ROOT / "python").rglob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "rust").rglob("*.rs")]:
+        assert "/work/shared" not in path.read_text(), f"{path} cites a path outside the repository"

@@ -1,4 +1,4 @@
-"""Incomplete is not OK (FORMAT.md sections 6 and 8; docs/SECURITY.md "completeness").
+"""Incomplete is not OK (FORMAT.md sections 6 and 8; docs/SECURITY.md "Three facts, reported apart").
 
 A container marked INCOMPLETE (a stream cut before its FINAL frame, stored by a sink or rebuilt
 by ``recover``) authenticates block by block, but its end is not the end of the data. ``verify``

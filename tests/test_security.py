@@ -1,4 +1,4 @@
-"""The security properties of /work/shared/DESIGN.md ("Security properties"), one test each,
+"""The security properties of docs/DESIGN.md ("Security properties"), one test each,
 on small containers (64-byte blocks) so every byte position can be attacked."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-//! URL path to container path, without ever leaving the root (DESIGN.md "Servers").
+//! URL path to container path, without ever leaving the root (docs/DESIGN.md "Servers").
 //!
 //! `GET /a/b.mp4` maps to `ROOT/a/b.mp4.qltx`. Every percent-decoded segment must be a
 //! plain name: no empty, `.` or `..` segments, no `/`, `\` or NUL inside a segment, no

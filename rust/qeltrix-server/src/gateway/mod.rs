@@ -1,4 +1,4 @@
-//! GatewayServer loops (FORMAT.md section 12 "Streams"; DESIGN.md "Servers").
+//! GatewayServer loops (FORMAT.md section 12 "Streams"; docs/DESIGN.md "Servers").
 //!
 //! One thread per direction of each connection: a *seal pump* reads plaintext, cuts it into
 //! frames (a frame is sealed when its block is full or the source has nothing more ready,
