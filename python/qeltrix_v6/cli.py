@@ -99,7 +99,7 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.TRUNCATED: "the container is cut short (truncated)",
     ExitCode.IO: "I/O error: missing file, permission, disk full, output exists",
     ExitCode.NOT_A_CONTAINER: "not a Qeltrix V6 container, or a field over a limit",
-    ExitCode.INTERRUPTED: "interrupted (Ctrl-C, SIGTERM); no partial output file is left",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C, SIGTERM); no partial output file is left (servers exit 0)",
     ExitCode.BROKEN_PIPE: "the reader of stdout went away (broken pipe)",
 }
 
