@@ -287,6 +287,17 @@ def test_access_log_json_stats_and_metrics(root: Path) -> None:
     assert not [r for r in records if r.levelno >= logging.ERROR]
 
 
+def test_silent_connection_is_closed_at_the_header_timeout(root: Path) -> None:
+    """Telling HTTP/1.1 from HTTP/2 waits for the first bytes; a client that sends none is
+    still closed after the header timeout, not the (longer) idle timeout."""
+    with qeltrix_v6.SeekServer(root, key=KEY, header_timeout=0.3, idle_timeout=600) as server:
+        s = socket.create_connection(server.address, timeout=WAIT_S)
+        try:
+            assert s.recv(100) == b""
+        finally:
+            s.close()
+
+
 def stalled(address: tuple[str, int], path: str) -> socket.socket:
     """A client that asks for a large body and does not read it."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -723,8 +723,15 @@ impl<O: Opener> State<O> {
         match tls {
             Some(acceptor) => match tokio::time::timeout(self.config.header_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => {
-                    self.serve_io(TokioIo::new(IdleIo::new(tls_stream, self.config.idle_timeout)), peer)
-                        .await
+                    self.serve_io(
+                        TokioIo::new(IdleIo::new(
+                            tls_stream,
+                            self.config.idle_timeout,
+                            self.config.header_timeout,
+                        )),
+                        peer,
+                    )
+                    .await
                 }
                 Ok(Err(e)) => {
                     SeekStats::add(&self.stats.tls_handshake_failures, 1);
@@ -738,8 +745,15 @@ impl<O: Opener> State<O> {
                 }
             },
             None => {
-                self.serve_io(TokioIo::new(IdleIo::new(stream, self.config.idle_timeout)), peer)
-                    .await
+                self.serve_io(
+                    TokioIo::new(IdleIo::new(
+                        stream,
+                        self.config.idle_timeout,
+                        self.config.header_timeout,
+                    )),
+                    peer,
+                )
+                .await
             }
         }
         drop(slot);
@@ -1103,6 +1117,8 @@ impl<O: Opener> State<O> {
 
 /// An I/O wrapper that fails with `TimedOut` when no byte moves in either direction for
 /// `idle`: closes keep-alive connections that went quiet and readers that stopped reading.
+/// The first byte must come within `first` (the header timeout): hyper's HTTP/1.1 header
+/// timeout only starts once the protocol is known, i.e. after the first bytes arrived.
 struct IdleIo<T> {
     inner: T,
     idle: Duration,
@@ -1110,11 +1126,11 @@ struct IdleIo<T> {
 }
 
 impl<T> IdleIo<T> {
-    fn new(inner: T, idle: Duration) -> IdleIo<T> {
+    fn new(inner: T, idle: Duration, first: Duration) -> IdleIo<T> {
         IdleIo {
             inner,
             idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+            deadline: Box::pin(tokio::time::sleep(first.min(idle))),
         }
     }
 
