@@ -287,6 +287,55 @@ def test_access_log_json_stats_and_metrics(root: Path) -> None:
     assert not [r for r in records if r.levelno >= logging.ERROR]
 
 
+def h2_stalled_streams(address: tuple[str, int], path: str, streams: int) -> socket.socket:
+    """An h2c connection (a real HTTP/2 client stack, hyper-h2) that opens `streams` GETs of
+    `path`, waits for each response's headers, then never grants flow-control window (the
+    server may send 64 KiB in all on the connection) and stops reading."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    s = socket.create_connection(address, timeout=WAIT_S)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    s.sendall(conn.data_to_send())
+    while conn.remote_settings.max_concurrent_streams > 1000:  # until the server's SETTINGS came
+        conn.receive_data(s.recv(65536))
+        s.sendall(conn.data_to_send())
+    assert conn.remote_settings.max_concurrent_streams == 32  # the server's bound per connection
+    host = f"{address[0]}:{address[1]}"
+    for _ in range(streams):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", host)])
+    s.sendall(conn.data_to_send())
+    answered = 0
+    while answered < streams:
+        data = s.recv(65536)
+        assert data, "server closed the connection"
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                assert dict(event.headers)[b":status"] == b"200"
+                answered += 1
+        s.sendall(conn.data_to_send())  # SETTINGS/PING acks only: no WINDOW_UPDATE is sent
+    return s
+
+
+def test_stalled_http2_streams_do_not_block_other_clients(root: Path, tmp_path: Path) -> None:
+    """20 HTTP/2 connections x 32 streams that stop reading (640 responses in flight, more
+    than tokio's 512 blocking threads) while other clients are served in full, over HTTP/2
+    and HTTP/1.1: a stalled stream holds no thread."""
+    with qeltrix_v6.SeekServer(root, key=KEY) as server:
+        stalled_conns = [h2_stalled_streams(server.address, "/big.bin", 32) for _ in range(20)]
+        try:
+            assert server.stats()["responses_in_flight"] == 640
+            for flags in (["--http2-prior-knowledge"], ["--http1.1"]):
+                curl([*flags, f"{server.url}/data.bin"], tmp_path / "full")
+                assert (tmp_path / "full").read_bytes() == DATA
+        finally:
+            for c in stalled_conns:
+                c.close()
+
+
 def test_silent_connection_is_closed_at_the_header_timeout(root: Path) -> None:
     """Telling HTTP/1.1 from HTTP/2 waits for the first bytes; a client that sends none is
     still closed after the header timeout, not the (longer) idle timeout."""
