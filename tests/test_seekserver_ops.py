@@ -336,6 +336,39 @@ def test_stalled_http2_streams_do_not_block_other_clients(root: Path, tmp_path: 
                 c.close()
 
 
+def h2_status(address: tuple[str, int], headers: list[tuple[str, str]]) -> int:
+    """The status of one h2c request with exactly these header fields."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    with socket.create_connection(address, timeout=WAIT_S) as s:
+        # The client library would refuse to send the malformed requests this test needs.
+        config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        conn.send_headers(1, headers, end_stream=True)
+        s.sendall(conn.data_to_send())
+        while data := s.recv(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    return int(dict(event.headers)[b":status"])
+            s.sendall(conn.data_to_send())
+    raise AssertionError("no response")
+
+
+def test_http2_host_is_authority(root: Path) -> None:
+    """Over HTTP/2 `:authority` stands for Host (RFC 9113 8.3.1): one of them is required, and
+    a Host that differs from `:authority` is refused."""
+    base = [(":method", "GET"), (":path", "/data.bin"), (":scheme", "http")]
+    with qeltrix_v6.SeekServer(root, key=KEY) as server:
+        a = server.address
+        assert h2_status(a, [*base, (":authority", "example.com")]) == 200
+        assert h2_status(a, [*base, ("host", "example.com")]) == 200
+        assert h2_status(a, base) == 400
+        assert h2_status(a, [*base, (":authority", "example.com"), ("host", "other.example")]) == 400
+
+
 def test_silent_connection_is_closed_at_the_header_timeout(root: Path) -> None:
     """Telling HTTP/1.1 from HTTP/2 waits for the first bytes; a client that sends none is
     still closed after the header timeout, not the (longer) idle timeout."""
@@ -384,20 +417,24 @@ def sigterm_server(root: Path) -> Iterator[tuple[subprocess.Popen[str], str, lis
         yield proc, m.group(1), lines
 
 
-def test_sigterm_drains_a_slow_download(sigterm_server, tmp_path: Path) -> None:
-    """SIGTERM while a slow download runs: it completes byte-exact, a new connection is
-    refused, and the server exits 0 with a clean message."""
+def test_sigterm_drains_slow_downloads(sigterm_server, tmp_path: Path) -> None:
+    """SIGTERM while slow downloads run over HTTP/1.1 and HTTP/2 (GOAWAY): they complete
+    byte-exact, a new connection is refused, and the server exits 0 with a clean message."""
     proc, base, lines = sigterm_server
-    out = tmp_path / "slow"
-    client = subprocess.Popen(
-        [require("curl"), "-sS", "--fail", "--limit-rate", "1M", "-o", str(out), f"{base}/slow.bin"],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    outs = {flag: tmp_path / f"slow{n}" for n, flag in enumerate(["--http1.1", "--http2-prior-knowledge"])}
+    clients = [
+        subprocess.Popen(
+            [require("curl"), "-sS", "--fail", flag, "--limit-rate", "1M", "-o", str(out), f"{base}/slow.bin"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag, out in outs.items()
+    ]
     try:
         deadline = time.monotonic() + WAIT_S
-        while (not out.exists() or out.stat().st_size == 0) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not all(o.exists() and o.stat().st_size for o in outs.values()):
             time.sleep(0.02)
-        assert out.stat().st_size < len(SLOW)  # still in flight
+        assert all(0 < o.stat().st_size < len(SLOW) for o in outs.values())  # both in flight
         proc.send_signal(signal.SIGTERM)
         host, port = base.removeprefix("http://").rsplit(":", 1)
         deadline = time.monotonic() + WAIT_S
@@ -409,11 +446,14 @@ def test_sigterm_drains_a_slow_download(sigterm_server, tmp_path: Path) -> None:
             except ConnectionRefusedError:
                 refused = True
         assert refused
-        assert client.wait(WAIT_S) == 0, client.stderr.read() if client.stderr else ""
+        for client in clients:
+            assert client.wait(WAIT_S) == 0, client.stderr.read() if client.stderr else ""
     finally:
-        client.kill()
-        client.wait()
-    assert out.read_bytes() == SLOW
+        for client in clients:
+            client.kill()
+            client.wait()
+    for out in outs.values():
+        assert out.read_bytes() == SLOW
     assert proc.wait(WAIT_S) == 0
     deadline = time.monotonic() + WAIT_S
     while not any("stopped (signal 15)" in line for line in lines) and time.monotonic() < deadline:
