@@ -3,7 +3,9 @@
 //! Every response body is wrapped in a [`Tracked`] body that counts the bytes handed to the
 //! connection and, when hyper drops it (the body ended, the client went away, or the
 //! connection was closed), updates [`SeekStats`] and writes one access line. So an aborted
-//! download logs the bytes really sent, not the `Content-Length` it announced.
+//! download logs the bytes really sent (handed to hyper, which writes them to the socket
+//! before it asks for more: the count can exceed what the client read by the socket and
+//! hyper buffers), not the `Content-Length` it announced.
 //!
 //! Two line formats:
 //! - `combined`: the Apache/nginx combined log format, then the `Range` header and the
