@@ -36,7 +36,7 @@ from .errors import QeltrixError, QeltrixIOError, TruncatedError
 __all__ = ["SeekServer"]
 
 log = logging.getLogger("qeltrix_v6.server")
-access_log = logging.getLogger("qeltrix_v6.server.access")
+access_logger = logging.getLogger("qeltrix_v6.server.access")
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 ACCESS_LOG_FORMATS = ("combined", "json")
 
@@ -204,7 +204,7 @@ class SeekServer(BackgroundService):
     @staticmethod
     def _log(level: str, line: str) -> None:
         if level == "access":
-            access_log.info("%s", line)
+            access_logger.info("%s", line)
         else:
             log.log(_LEVELS.get(level, logging.INFO), "%s", line)
 
