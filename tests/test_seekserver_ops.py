@@ -155,7 +155,8 @@ def test_access_log_combined_with_aborted_client(root: Path, tmp_path: Path) -> 
     """`--access-log` from the CLI, shown even with --quiet: one combined line per response
     (after it ends) with the bytes really sent; a client that goes away mid-body is no error."""
     with running_cli(
-        "serve", "--port", "0", "--key-file", str(root / "key"), "--access-log", "--quiet", str(root),
+        "serve", "--port", "0", "--key-file", str(root / "key"), "--access-log", "--quiet",
+        "--metrics", "127.0.0.1:0", str(root),
         ready=r"serving .* on (http://\S+)",
     ) as (_, m, lines):  # fmt: skip
         base = m.group(1)
@@ -198,6 +199,12 @@ def test_access_log_combined_with_aborted_client(root: Path, tmp_path: Path) -> 
         assert aborted.group("status") == "200"
         assert 65536 <= int(aborted.group("bytes")) < len(BIG)
         assert not [line for line in lines if " ERROR: " in line or "Traceback" in line]
+        # --metrics from the CLI: the same counters on their own port.
+        metrics_url = next(hit.group(1) for line in lines if (hit := re.match(r"metrics on (\S+)", line)))
+        with urllib.request.urlopen(metrics_url, timeout=WAIT_S) as resp:
+            text = resp.read().decode()
+        assert re.search(r'^qeltrix_seek_requests_total\{code="2xx"\} 3$', text, re.M), text
+        assert re.search(r"^qeltrix_seek_client_aborts_total 1$", text, re.M), text
 
 
 def test_access_log_json_stats_and_metrics(root: Path) -> None:
