@@ -128,7 +128,8 @@ def running_cli(
     *args: str, ready: str, preexec: Callable[[], None] | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], re.Match[str], list[str]]]:
     """Start `python -m qeltrix_v6 ARGS` (a server), wait for the stderr line matching `ready`;
-    yield the process, that match and the stderr lines so far; interrupt it (Ctrl-C) at the end.
+    yield the process, that match and the stderr lines (later ones are appended as they come);
+    interrupt it (Ctrl-C) at the end.
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("QELTRIX_PASSPHRASE", None)
@@ -148,7 +149,12 @@ def running_cli(
             break
     timer.cancel()
     assert match, "".join(lines)
-    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining
+
+    def pump(stream: io.TextIOBase) -> None:  # keep draining; later lines stay readable in `lines`
+        for line in stream:
+            lines.append(line)
+
+    threading.Thread(target=pump, args=(proc.stderr,), daemon=True).start()
     try:
         yield proc, match, lines
     finally:

@@ -8,6 +8,16 @@ from types import TracebackType
 from typing import Any, Self
 
 
+def split_hostport(value: str | tuple[str, int]) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``[v6]:PORT`` too; an empty host is 127.0.0.1) as ``(host, port)``."""
+    if isinstance(value, tuple):
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 class BackgroundService:
     """Start/stop/serve_forever/context manager around a ``_core`` server object.
 

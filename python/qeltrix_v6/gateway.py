@@ -32,6 +32,7 @@ from . import _core, _crypto, _signing
 from ._container import build_header
 from ._pubkeys import decode_public_key, encode_public_key
 from ._service import BackgroundService
+from ._service import split_hostport as _split_hostport
 from .errors import AuthenticationError
 
 __all__ = ["GatewayServer", "decode_public_key", "encode_public_key", "generate_identity"]
@@ -139,15 +140,6 @@ class _Keyring:
     @staticmethod
     def log(level: str, line: str) -> None:
         log.log(_LEVELS.get(level, logging.INFO), "%s", line)
-
-
-def _split_hostport(value: str | tuple[str, int]) -> tuple[str, int]:
-    if isinstance(value, tuple):
-        return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class GatewayServer(BackgroundService):

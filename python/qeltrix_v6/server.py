@@ -9,6 +9,13 @@ It serves plaintext, so it binds to 127.0.0.1 unless told otherwise; use ``token
 (``tls_cert=``/``tls_key=``) for anything else. With ``signers=[...]`` it serves only
 containers signed by one of those ``qltx-ed25519:`` keys, and checks every block it serves
 against the signature (docs/FORMAT.md section 15); others are refused with an error status.
+
+It speaks HTTP/1.1 and HTTP/2 (over TLS by ALPN ``h2``, and h2c with prior knowledge).
+Operations: ``access_log=True`` (or ``"json"``) writes one line per response to the logger
+``qeltrix_v6.server.access`` (combined log format or JSON lines, with the bytes really sent),
+:meth:`SeekServer.stats` returns the counters, ``metrics="HOST:PORT"`` serves them as
+Prometheus text at ``/metrics`` with a ``/healthz``, and ``stop(drain=SECONDS)`` (or
+``drain_timeout=``) lets responses in flight finish before closing.
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ from collections.abc import Callable
 from . import _core, _signing
 from ._container import _Opened, incomplete_message, open_reader
 from ._kms import KmsUnavailableError
-from ._service import BackgroundService
+from ._service import BackgroundService, split_hostport
 from .errors import QeltrixError, QeltrixIOError, TruncatedError
 
 __all__ = ["SeekServer"]
 
 log = logging.getLogger("qeltrix_v6.server")
+access_logger = logging.getLogger("qeltrix_v6.server.access")
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+ACCESS_LOG_FORMATS = ("combined", "json")
 
 
 def served_reader(opened: _Opened, allow_incomplete: bool) -> _core.Reader:
@@ -136,16 +145,26 @@ class SeekServer(BackgroundService):
         header_timeout: float = 10.0,
         idle_timeout: float = 60.0,
         cache_blocks: int = 32,
-        access_log: bool = False,
+        access_log: bool | str = False,
         workers: int = 2,
         allow_incomplete: bool = False,
         signers: _signing.SignersArg = None,
+        metrics: str | tuple[str, int] | None = None,
+        drain_timeout: float = 0.0,
     ) -> None:
         if key is None and passphrase is None:
             raise ValueError("a key or a passphrase is required to open the containers")
         if not os.path.isdir(root):
             raise ValueError(f"{os.fspath(root)} is not a directory")
+        if access_log is True:
+            access_log = "combined"
+        if access_log and access_log not in ACCESS_LOG_FORMATS:
+            raise ValueError(f"access_log must be True, False or one of {', '.join(ACCESS_LOG_FORMATS)}")
+        if drain_timeout < 0:
+            raise ValueError("drain_timeout must be >= 0")
         self.root = os.fspath(root)
+        self.drain_timeout = drain_timeout
+        self._final_stats: dict[str, int | dict[str, int]] = {}
         self._key = key
         self._passphrase = passphrase
         self._settings = {
@@ -158,8 +177,10 @@ class SeekServer(BackgroundService):
             "max_connections_per_client": max_connections_per_client,
             "header_timeout": header_timeout,
             "idle_timeout": idle_timeout,
-            "access_log": access_log,
+            "access_log": bool(access_log),
+            "access_log_format": access_log or "combined",
             "workers": workers,
+            "metrics": split_hostport(metrics) if metrics is not None else None,
         }
         self._tls = tls_cert is not None
         self._cache_blocks = cache_blocks
@@ -182,13 +203,57 @@ class SeekServer(BackgroundService):
 
     @staticmethod
     def _log(level: str, line: str) -> None:
-        log.log(_LEVELS.get(level, logging.INFO), "%s", line)
+        if level == "access":
+            access_logger.info("%s", line)
+        else:
+            log.log(_LEVELS.get(level, logging.INFO), "%s", line)
 
     def _make_core(self) -> _core.SeekServerCore:
         return _core.SeekServerCore(self.root, self._open, self._log, **self._settings)  # type: ignore[arg-type]
 
     def _started(self) -> None:
         log.info("serving %s on %s", self.root, self.url)
+        if self.metrics_url is not None:
+            log.info("metrics on %s/metrics", self.metrics_url)
+
+    def stop(self, drain: float | None = None) -> None:
+        """Stop accepting connections (new ones are refused). Responses in flight may finish
+        for up to ``drain`` seconds (default: ``drain_timeout``); idle connections close at
+        once, and whatever is still open after that is closed."""
+        core = self._core
+        if core is not None:
+            wait = max(0.0, self.drain_timeout if drain is None else drain)
+            in_flight = dict(core.stats()).get("responses_in_flight", 0)
+            if wait > 0 and in_flight:
+                log.info("stopping: new connections refused; %d response(s) in flight get %.3g s", in_flight, wait)
+            cut = core.stop(wait)
+            self._final_stats = _nest(core.stats())
+            if cut:
+                log.info("closed %d connection(s) still open after the %.3g s drain", cut, wait)
+            self._core = None
+        self._stopped.set()
+
+    def stats(self) -> dict[str, int | dict[str, int]]:
+        """Counters since start (after :meth:`stop`, the final ones).
+
+        ``connections_active``, ``connections_total``, ``connections_refused``
+        (``{"total_limit": n, "per_client_limit": n}``), ``http2_connections``,
+        ``tls_handshake_failures``, ``requests`` (by status class, ``{"2xx": n, ...}``),
+        ``responses_in_flight``, ``sent_bytes`` (body bytes), ``client_aborts`` (responses cut
+        by their client), ``open_cache_hits``, ``open_cache_misses``, ``unlock_failures``.
+        """
+        if self._core is None:
+            return dict(self._final_stats)
+        return _nest(self._core.stats())
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://HOST:PORT`` of the metrics endpoint, or None."""
+        addr = self._core.metrics_address if self._core is not None else None
+        if addr is None:
+            return None
+        host, port = addr
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @property
     def port(self) -> int:
@@ -202,3 +267,17 @@ class SeekServer(BackgroundService):
         if ":" in host:
             host = f"[{host}]"
         return f"{'https' if self._tls else 'http'}://{host}:{port}"
+
+
+def _nest(pairs: list[tuple[str, int]]) -> dict[str, int | dict[str, int]]:
+    """``[("requests:2xx", 3), ("sent_bytes", 9)]`` as ``{"requests": {"2xx": 3}, "sent_bytes": 9}``."""
+    out: dict[str, int | dict[str, int]] = {}
+    for name, value in pairs:
+        family, sep, label = name.partition(":")
+        if sep:
+            group = out.setdefault(family, {})
+            assert isinstance(group, dict)
+            group[label] = value
+        else:
+            out[name] = value
+    return out

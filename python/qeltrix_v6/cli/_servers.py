@@ -11,8 +11,9 @@ import typer
 
 from .. import _container
 from .._pubkeys import decode_public_key
+from .._service import split_hostport
 from ..gateway import MODES, GatewayServer
-from ..server import SeekServer, served_reader
+from ..server import ACCESS_LOG_FORMATS, SeekServer, served_reader
 from ._app import (
     PASSPHRASE_ENV,
     CliError,
@@ -167,7 +168,38 @@ def serve(
             rich_help_panel=PANEL_ADV,
         ),
     ] = 64,
-    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    access_log: Annotated[
+        bool,
+        typer.Option("--access-log", help="Log every response on stderr (combined log format), even with --quiet."),
+    ] = False,
+    access_log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--access-log-format",
+            metavar="FORMAT",
+            help="Access log lines: 'combined' (Apache/nginx, plus range and seconds) or 'json'; implies --access-log.",
+            rich_help_panel=PANEL_ADV,
+        ),
+    ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="HOST:PORT",
+            help="Serve Prometheus /metrics and /healthz on this address (keep it private).",
+            rich_help_panel=PANEL_ADV,
+        ),
+    ] = None,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            "--drain-timeout",
+            min=0,
+            metavar="SECONDS",
+            help="On SIGTERM or Ctrl-C, stop accepting and let responses in flight finish this long.",
+            rich_help_panel=PANEL_ADV,
+        ),
+    ] = 10.0,
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_key_id: KmsKeyIdOpt = None,
@@ -193,6 +225,9 @@ def serve(
 
     With --signer/--signers-file only containers signed by a listed key are served, and every
     block is checked against the signature before it is sent; others get an error status.
+
+    HTTP/1.1 and HTTP/2 (ALPN h2 with TLS, h2c with prior knowledge). SIGTERM drains: new
+    connections are refused, responses in flight get --drain-timeout seconds, exit status 0.
     """
     _refuse_passphrase_value(passphrase)
     signers = signers_from_options(signer, signers_file)
@@ -200,9 +235,23 @@ def serve(
         raise CliError(f"{root} is not a directory", code=ExitCode.IO)
     if (tls_cert is None) != (tls_key is None):
         raise CliError("--tls-cert and --tls-key go together", code=ExitCode.USAGE)
+    if access_log_format is not None and access_log_format not in ACCESS_LOG_FORMATS:
+        raise CliError(
+            f"unknown --access-log-format {access_log_format!r}",
+            hint=f"use one of: {', '.join(ACCESS_LOG_FORMATS)}",
+            code=ExitCode.USAGE,
+        )
+    try:
+        metrics_addr = split_hostport(metrics) if metrics is not None else None
+    except ValueError as e:
+        raise CliError(f"--metrics: {e}", code=ExitCode.USAGE) from None
     creds = _serve_credentials(key_file, passphrase_file, identity, kms_endpoint, kms_key_id, kms_discovery)
     bearer = _read_token(token, token_file)
     _logging(quiet)
+    log_format = access_log_format or ("combined" if access_log else None)
+    if log_format is not None:
+        # Asked for explicitly, so --quiet does not hide it.
+        logging.getLogger("qeltrix_v6.server.access").setLevel(logging.INFO)
     if host not in LOOPBACK and (bearer is None or tls_cert is None):
         logging.getLogger("qeltrix_v6.server").warning(
             "serving plaintext on %s without %s: anyone who can reach it can read the containers",
@@ -219,9 +268,11 @@ def serve(
         tls_key=tls_key,
         max_connections=max_connections,
         max_connections_per_client=max_connections_per_client,
-        access_log=access_log,
+        access_log=log_format or False,
         allow_incomplete=allow_incomplete,
         signers=signers,
+        metrics=metrics_addr,
+        drain_timeout=drain_timeout,
     )
     try:
         try:
@@ -229,11 +280,15 @@ def serve(
         except OSError as e:
             raise CliError(f"cannot serve on {host}:{port}: {e}", code=ExitCode.IO) from None
         print(f"serving {root} on {server.url}", file=sys.stderr, flush=True)
-        server.serve_forever()
-    except (KeyboardInterrupt, _Terminated):
-        # SIGTERM (systemd, docker stop) and Ctrl-C are how a server is stopped: a clean exit,
-        # even when the signal comes while it is still starting.
+        if server.metrics_url is not None:
+            print(f"metrics on {server.metrics_url}/metrics", file=sys.stderr, flush=True)
+        server.serve_forever()  # on SIGTERM/Ctrl-C it stops with a drain of --drain-timeout
+    except (KeyboardInterrupt, _Terminated) as e:
+        # SIGTERM (systemd, docker stop) and Ctrl-C are how a server is stopped: a clean exit
+        # (status 0), even when the signal comes while it is still starting.
         server.stop()
+        what = f"signal {e.signum}" if isinstance(e, _Terminated) else "interrupt"
+        logging.getLogger("qeltrix_v6.server").info("stopped (%s)", what)
         _status(quiet, "stopped")
 
 

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use qeltrix_server::http::{start, Config, ServerHandle, ThreadHooks};
+use qeltrix_server::metrics::SeekStats;
 use qeltrix_server::{Container, LogLevel, OpenError, Opener, ReadError};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -93,6 +94,17 @@ impl Opener for PyOpener {
             }
         });
     }
+
+    fn access(&self, line: &str) {
+        match &self.log {
+            Some(log) => Python::attach(|py| {
+                if let Err(e) = log.call1(py, ("access", line)) {
+                    e.print(py);
+                }
+            }),
+            None => eprintln!("{line}"),
+        }
+    }
 }
 
 /// The running HTTP server; `qeltrix_v6.SeekServer` wraps it.
@@ -100,6 +112,17 @@ impl Opener for PyOpener {
 pub struct SeekServerCore {
     handle: Mutex<Option<ServerHandle>>,
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    /// Kept after `stop()` so the final counts stay readable.
+    stats: Arc<SeekStats>,
+}
+
+fn resolve(host: &str, port: u16) -> PyResult<SocketAddr> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
+        .next()
+        .ok_or_else(|| PyOSError::new_err(format!("cannot resolve {host}")))
 }
 
 #[pymethods]
@@ -107,7 +130,8 @@ impl SeekServerCore {
     /// Bind `host:port` and serve containers under `root` on a background thread.
     #[new]
     #[pyo3(signature = (root, open, log=None, host="127.0.0.1", port=0, token=None, tls_cert=None, tls_key=None,
-                        max_connections=1024, max_connections_per_client=64, header_timeout=10.0, idle_timeout=60.0, access_log=false, workers=2))]
+                        max_connections=1024, max_connections_per_client=64, header_timeout=10.0, idle_timeout=60.0, access_log=false, workers=2,
+                        access_log_format="combined", metrics=None))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
     fn new(
         py: Python<'_>,
@@ -125,13 +149,18 @@ impl SeekServerCore {
         idle_timeout: f64,
         access_log: bool,
         workers: usize,
+        access_log_format: &str,
+        metrics: Option<(String, u16)>,
     ) -> PyResult<SeekServerCore> {
-        let addr = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
-            .next()
-            .ok_or_else(|| PyOSError::new_err(format!("cannot resolve {host}")))?;
+        let addr = resolve(host, port)?;
         let mut config = Config::new(addr, root);
+        config.access_log_format = access_log_format
+            .parse()
+            .map_err(pyo3::exceptions::PyValueError::new_err)?;
+        config.metrics_addr = match metrics {
+            Some((h, p)) => Some(resolve(&h, p)?),
+            None => None,
+        };
         config.token = token;
         config.tls = match (tls_cert, tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
@@ -158,6 +187,8 @@ impl SeekServerCore {
             .map_err(|e| PyOSError::new_err(e.to_string()))?;
         let addr = handle.local_addr();
         Ok(SeekServerCore {
+            metrics_addr: handle.metrics_addr(),
+            stats: handle.stats(),
             handle: Mutex::new(Some(handle)),
             addr,
         })
@@ -179,11 +210,32 @@ impl SeekServerCore {
             .is_some_and(|h| h.is_running())
     }
 
-    /// Stop serving and close every connection.
-    fn stop(&self, py: Python<'_>) {
+    /// `(host, port)` of the metrics endpoint, or None.
+    #[getter]
+    fn metrics_address(&self) -> Option<(String, u16)> {
+        self.metrics_addr.map(|a| (a.ip().to_string(), a.port()))
+    }
+
+    /// The counters as `{name: int}` (labelled ones as `name:label`).
+    fn stats(&self) -> Vec<(String, u64)> {
+        self.stats.snapshot()
+    }
+
+    /// Stop accepting; let responses in flight finish for up to `drain` seconds, then close
+    /// every connection. Returns how many connections were cut at the end of the drain.
+    #[pyo3(signature = (drain=0.0))]
+    fn stop(&self, py: Python<'_>, drain: f64) -> u64 {
         let handle = self.handle.lock().expect("handle lock").take();
-        if let Some(mut h) = handle {
-            py.detach(move || h.stop());
+        match handle {
+            Some(mut h) => {
+                let drain = if drain.is_finite() && drain > 0.0 {
+                    Duration::from_secs_f64(drain.min(86_400.0))
+                } else {
+                    Duration::ZERO
+                };
+                py.detach(move || h.stop_draining(drain))
+            }
+            None => 0,
         }
     }
 }

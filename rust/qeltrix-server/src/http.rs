@@ -1,5 +1,14 @@
-//! The SeekServer: HTTP/1.1 GET and HEAD over containers with RFC 9110 ranges, conditional
-//! requests, keep-alive, bearer tokens, TLS, a connection limit and timeouts.
+//! The SeekServer: HTTP/1.1 and HTTP/2 GET and HEAD over containers with RFC 9110 ranges,
+//! conditional requests, keep-alive, bearer tokens, TLS, a connection limit and timeouts.
+//!
+//! HTTP/2 is spoken over TLS when the client picks `h2` by ALPN, and in clear text (h2c) when
+//! a connection starts with the HTTP/2 preface (prior knowledge); hyper-util's `auto` builder
+//! tells them apart. An HTTP/2 connection carries at most `H2_MAX_STREAMS` responses at once,
+//! each pulled like an HTTP/1.1 body, so a stalled stream holds no thread either.
+//!
+//! Counters (`metrics.rs`) and the access log (`access_log.rs`) are kept by wrapping each
+//! response body; [`ServerHandle::stop_draining`] stops accepting and lets responses in flight
+//! finish for a bounded time.
 //!
 //! One tokio runtime on its own thread accepts connections; hyper parses HTTP. Decryption is
 //! blocking work on tokio's blocking pool, but a response never holds a blocking thread while
@@ -12,6 +21,8 @@
 //! 3.2), method (405), bearer token (401), path and container (404, 403, 500), preconditions
 //! in RFC 9110 13.2.2 order (412, 304), then `If-Range` and `Range` (206, 416, or 200; see
 //! `range.rs` for how a multi-range request is bounded).
+use crate::access_log::{self, Entry, Tracked};
+use crate::metrics::{self, Refusal, SeekStats};
 use crate::path::{resolve, PathError};
 use crate::range::{parse_range, RangeRequest};
 use crate::{mime, Container, LogLevel, OpenError, Opener, ReadError};
@@ -30,7 +41,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -39,6 +50,15 @@ use tokio_rustls::rustls;
 /// Plaintext one blocking call produces for a response before it returns (it may overshoot by
 /// up to one chunk the container emits, i.e. one block).
 const STEP_LEN: u64 = 256 * 1024;
+
+/// Responses at once on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS). Each holds at
+/// most one step of plaintext and `H2_SEND_BUF` of frames, so one connection stays within a
+/// few tens of MiB however its streams stall.
+const H2_MAX_STREAMS: u32 = 32;
+/// Bytes hyper buffers per HTTP/2 stream beyond what the peer's window lets out.
+const H2_SEND_BUF: usize = 256 * 1024;
+/// SETTINGS_MAX_HEADER_LIST_SIZE: requests here are a path and a few headers.
+const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -60,6 +80,10 @@ pub struct Config {
     /// Open containers kept (their index and block cache stay warm).
     pub open_cache: usize,
     pub access_log: bool,
+    /// Line format of the access log (when `access_log`).
+    pub access_log_format: access_log::Format,
+    /// Serve Prometheus `/metrics` and `/healthz` on this address too.
+    pub metrics_addr: Option<SocketAddr>,
     pub worker_threads: usize,
     /// Run on every server thread as it starts and stops (a binding sets up per-thread state
     /// once: the Python binding keeps a thread state so each decryption only takes the GIL).
@@ -94,6 +118,8 @@ impl Config {
             idle_timeout: Duration::from_secs(60),
             open_cache: 64,
             access_log: false,
+            access_log_format: access_log::Format::Combined,
+            metrics_addr: None,
             worker_threads: 2,
             thread_hooks: None,
         }
@@ -103,8 +129,11 @@ impl Config {
 /// A running server; dropping it does not stop it, [`ServerHandle::stop`] does.
 pub struct ServerHandle {
     local_addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    metrics_addr: Option<SocketAddr>,
+    /// `Some(drain)` once stopping: let responses in flight finish for up to `drain`.
+    shutdown: watch::Sender<Option<Duration>>,
+    stats: Arc<SeekStats>,
+    thread: Option<std::thread::JoinHandle<u64>>,
 }
 
 impl ServerHandle {
@@ -113,11 +142,30 @@ impl ServerHandle {
         self.local_addr
     }
 
+    /// The bound metrics address, if `Config::metrics_addr` was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The server's counters (live).
+    pub fn stats(&self) -> Arc<SeekStats> {
+        self.stats.clone()
+    }
+
     /// Stop accepting, close connections and join the server thread.
     pub fn stop(&mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        self.stop_draining(Duration::ZERO);
+    }
+
+    /// Stop accepting new connections (the listener is closed), let responses in flight
+    /// finish for up to `drain` (idle keep-alive connections are closed at once, HTTP/2 ones
+    /// get GOAWAY), then close what is left and join the server thread. Returns how many
+    /// connections were still open when the drain time ran out.
+    pub fn stop_draining(&mut self, drain: Duration) -> u64 {
+        let _ = self.shutdown.send(Some(drain));
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or(0),
+            None => 0,
         }
     }
 
@@ -144,6 +192,8 @@ fn load_tls(cert: &Path, key: &Path) -> io::Result<tokio_rustls::TlsAcceptor> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| bad("TLS certificate/key", &e))?;
+    let mut config = config;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -177,8 +227,21 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
     let std_listener = std::net::TcpListener::bind(config.addr)?;
     std_listener.set_nonblocking(true)?;
     let local_addr = std_listener.local_addr()?;
-    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("metrics address {addr}: {e}")))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let (shutdown, mut shutdown_rx) = watch::channel(None);
+    let stats = Arc::new(SeekStats::default());
     let state = Arc::new(State {
+        stats: stats.clone(),
+        stop: shutdown_rx.clone(),
         config: Config { root, ..config },
         opener,
         cache: Mutex::new(HashMap::new()),
@@ -190,10 +253,23 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
     let thread = std::thread::Builder::new()
         .name("qeltrix-seek-accept".into())
         .spawn(move || {
-            runtime.block_on(async move {
+            let cut = runtime.block_on(async move {
+                let (metrics_stop, metrics_stop_rx) = watch::channel(false);
+                if let Some(l) = metrics_listener {
+                    match TcpListener::from_std(l) {
+                        Ok(l) => {
+                            let source: Arc<dyn metrics::MetricsSource> = state.stats.clone();
+                            tokio::spawn(metrics::serve(l, source, metrics_stop_rx));
+                        }
+                        Err(e) => state.opener.log(LogLevel::Error, &format!("metrics listener: {e}")),
+                    }
+                }
                 let listener = match TcpListener::from_std(std_listener) {
                     Ok(l) => l,
-                    Err(e) => return state.opener.log(LogLevel::Error, &format!("listener: {e}")),
+                    Err(e) => {
+                        state.opener.log(LogLevel::Error, &format!("listener: {e}"));
+                        return 0;
+                    }
                 };
                 loop {
                     tokio::select! {
@@ -212,12 +288,28 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
                         }
                     }
                 }
+                // New connections are refused from here on; those open finish what is in
+                // flight (each connection task saw the same signal) until the drain time ends.
+                drop(listener);
+                state.stats.draining.store(true, Ordering::Relaxed);
+                let drain = shutdown_rx.borrow().unwrap_or_default();
+                let deadline = tokio::time::Instant::now() + drain;
+                while state.stats.connections_active.load(Ordering::Relaxed) > 0
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let _ = metrics_stop.send(true);
+                state.stats.connections_active.load(Ordering::Relaxed)
             });
             runtime.shutdown_timeout(Duration::from_secs(2));
+            cut
         })?;
     Ok(ServerHandle {
         local_addr,
+        metrics_addr,
         shutdown,
+        stats,
         thread: Some(thread),
     })
 }
@@ -236,6 +328,9 @@ struct State<O: Opener> {
     /// Open connections per client address.
     per_client: Mutex<HashMap<IpAddr, usize>>,
     boundary: AtomicU64,
+    stats: Arc<SeekStats>,
+    /// The stop signal: `Some(drain)` once the server stops accepting.
+    stop: watch::Receiver<Option<Duration>>,
 }
 
 /// One connection counted against its client address; uncounted on drop.
@@ -246,6 +341,7 @@ struct ClientSlot<O: Opener> {
 
 impl<O: Opener> Drop for ClientSlot<O> {
     fn drop(&mut self) {
+        self.state.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
         let mut map = self.state.per_client.lock().expect("per-client lock");
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
@@ -397,8 +493,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// HTTP/1.1 request without one, and to any request with more than one `Host` line or an
 /// invalid value. HTTP/1.0 may omit it. Hosts are not matched against a list: any name is
 /// served, as the root is the same for all.
-fn host_is_valid(headers: &HeaderMap, version: hyper::Version) -> bool {
+///
+/// HTTP/2 carries the host in `:authority` (hyper puts it in the request URI as `authority`),
+/// and `Host` only if the client sends one (RFC 9113 8.3.1): one of them is required, and when
+/// both are present they must be the same.
+fn host_is_valid(headers: &HeaderMap, version: hyper::Version, authority: Option<&str>) -> bool {
     let mut lines = headers.get_all(header::HOST).iter();
+    if version >= hyper::Version::HTTP_2 {
+        return match (authority, lines.next(), lines.next()) {
+            (_, Some(_), Some(_)) | (None, None, _) => false,
+            (Some(a), None, _) => host_value_is_valid(a),
+            (None, Some(h), None) => h.to_str().is_ok_and(host_value_is_valid),
+            (Some(a), Some(h), None) => h.as_bytes() == a.as_bytes() && host_value_is_valid(a),
+        };
+    }
     match (lines.next(), lines.next()) {
         (None, _) => version < hyper::Version::HTTP_11,
         (Some(v), None) => v.to_str().is_ok_and(host_value_is_valid),
@@ -577,6 +685,7 @@ struct Part {
 impl<O: Opener> State<O> {
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) {
         let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            self.stats.refused(Refusal::TotalLimit);
             self.opener.log(
                 LogLevel::Warning,
                 &format!(
@@ -592,6 +701,7 @@ impl<O: Opener> State<O> {
             let n = map.entry(ip).or_insert(0);
             if *n >= self.config.max_connections_per_client {
                 drop(map);
+                self.stats.refused(Refusal::PerClientLimit);
                 self.opener.log(
                     LogLevel::Warning,
                     &format!(
@@ -603,6 +713,8 @@ impl<O: Opener> State<O> {
             }
             *n += 1;
         }
+        SeekStats::add(&self.stats.connections_total, 1);
+        SeekStats::add(&self.stats.connections_active, 1);
         let slot = ClientSlot {
             state: self.clone(),
             ip,
@@ -611,19 +723,37 @@ impl<O: Opener> State<O> {
         match tls {
             Some(acceptor) => match tokio::time::timeout(self.config.header_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => {
-                    self.serve_io(TokioIo::new(IdleIo::new(tls_stream, self.config.idle_timeout)), peer)
-                        .await
+                    self.serve_io(
+                        TokioIo::new(IdleIo::new(
+                            tls_stream,
+                            self.config.idle_timeout,
+                            self.config.header_timeout,
+                        )),
+                        peer,
+                    )
+                    .await
                 }
-                Ok(Err(e)) => self
-                    .opener
-                    .log(LogLevel::Info, &format!("TLS handshake with {peer} failed: {e}")),
-                Err(_) => self
-                    .opener
-                    .log(LogLevel::Info, &format!("TLS handshake with {peer} timed out")),
+                Ok(Err(e)) => {
+                    SeekStats::add(&self.stats.tls_handshake_failures, 1);
+                    self.opener
+                        .log(LogLevel::Info, &format!("TLS handshake with {peer} failed: {e}"))
+                }
+                Err(_) => {
+                    SeekStats::add(&self.stats.tls_handshake_failures, 1);
+                    self.opener
+                        .log(LogLevel::Info, &format!("TLS handshake with {peer} timed out"))
+                }
             },
             None => {
-                self.serve_io(TokioIo::new(IdleIo::new(stream, self.config.idle_timeout)), peer)
-                    .await
+                self.serve_io(
+                    TokioIo::new(IdleIo::new(
+                        stream,
+                        self.config.idle_timeout,
+                        self.config.header_timeout,
+                    )),
+                    peer,
+                )
+                .await
             }
         }
         drop(slot);
@@ -635,31 +765,59 @@ impl<O: Opener> State<O> {
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let state = self.clone();
+        let h2_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(state.handle(req).await) }
+            if req.version() == hyper::Version::HTTP_2 && !h2_seen.swap(true, Ordering::Relaxed) {
+                SeekStats::add(&state.stats.http2_connections, 1);
+            }
+            async move { Ok::<_, std::convert::Infallible>(state.handle(req, peer).await) }
         });
-        let conn = hyper::server::conn::http1::Builder::new()
+        let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder
+            .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.config.header_timeout)
-            .max_buf_size(64 * 1024)
-            .serve_connection(io, service);
-        if let Err(e) = conn.await {
+            .max_buf_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_frame_size(16 * 1024)
+            .max_header_list_size(H2_MAX_HEADER_LIST)
+            .max_send_buf_size(H2_SEND_BUF)
+            .keep_alive_interval(None);
+        let conn = builder.serve_connection(io, service);
+        let mut conn = std::pin::pin!(conn);
+        let mut stop = self.stop.clone();
+        // On drain, an HTTP/1.1 connection finishes the response under way and closes; an
+        // HTTP/2 one sends GOAWAY and finishes its open streams.
+        let ended = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = async {
+                if stop.wait_for(Option::is_some).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
+            // A client that goes away, resets or times out is routine, not a server error:
+            // an info line (its responses are in the access log with the bytes really sent).
             if self.config.access_log {
                 self.opener
-                    .log(LogLevel::Info, &format!("connection from {peer} ended: {e}"));
+                    .log(LogLevel::Info, &format!("connection from {peer} closed early: {e}"));
             }
         }
     }
 
-    async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        let started = Instant::now();
-        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let range_header = req
-            .headers()
-            .get(header::RANGE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+    async fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Tracked<Body>> {
+        let entry = self.config.access_log.then(|| {
+            // The path only: a query string may carry a URL signature.
+            Entry::new(peer, req.method(), req.uri().path(), req.version(), req.headers())
+        });
         let mut resp = self.respond(req).await;
         resp.headers_mut()
             .insert(header::SERVER, HeaderValue::from_static("qeltrix-v6"));
@@ -669,29 +827,28 @@ impl<O: Opener> State<O> {
         // errors included; hyper's own 400/431 for unparseable requests carry no body type.
         resp.headers_mut()
             .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        if self.config.access_log {
-            let range = range_header.map(|r| format!(" [{r}]")).unwrap_or_default();
-            self.opener.log(
-                LogLevel::Info,
-                &format!(
-                    "{method} {path}{range} -> {} in {:.2} ms",
-                    resp.status().as_u16(),
-                    started.elapsed().as_secs_f64() * 1e3
-                ),
-            );
-        }
-        resp
+        let status = resp.status().as_u16();
+        let log = entry.map(|entry| {
+            let state = self.clone();
+            let sink: access_log::Sink = Arc::new(move |line: &str| state.opener.access(line));
+            (entry, self.config.access_log_format, sink)
+        });
+        resp.map(|body| Tracked::new(body, self.stats.clone(), status, log))
     }
 
     async fn respond(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         // Request bodies are not expected; drain a little so keep-alive survives a small one.
         drop(body.collect());
-        if !host_is_valid(&parts.headers, parts.version) {
-            // The request's target is ambiguous; do not read another request after it.
+        let authority = parts.uri.authority().map(|a| a.as_str());
+        if !host_is_valid(&parts.headers, parts.version, authority) {
+            // The request's target is ambiguous; do not read another request after it (an
+            // HTTP/2 stream ends by itself, and has no Connection header).
             let mut r = simple(StatusCode::BAD_REQUEST, "one valid Host header is required");
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            if parts.version < hyper::Version::HTTP_2 {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             return r;
         }
         let head = parts.method == Method::HEAD;
@@ -748,10 +905,19 @@ impl<O: Opener> State<O> {
             .into_owned();
         if let Some((c, s)) = self.cache.lock().expect("cache lock").get(&path) {
             if *s == st {
+                SeekStats::add(&self.stats.open_cache_hits, 1);
                 return Ok((c.clone(), st.1, name));
             }
         }
-        match self.opener.open(&path) {
+        SeekStats::add(&self.stats.open_cache_misses, 1);
+        let opened = self.opener.open(&path);
+        if matches!(
+            opened,
+            Err(OpenError::WrongKey(_) | OpenError::Damaged(_) | OpenError::Io(_))
+        ) {
+            SeekStats::add(&self.stats.unlock_failures, 1);
+        }
+        match opened {
             Ok(c) => {
                 let mut cache = self.cache.lock().expect("cache lock");
                 if cache.len() >= self.config.open_cache {
@@ -951,6 +1117,8 @@ impl<O: Opener> State<O> {
 
 /// An I/O wrapper that fails with `TimedOut` when no byte moves in either direction for
 /// `idle`: closes keep-alive connections that went quiet and readers that stopped reading.
+/// The first byte must come within `first` (the header timeout): hyper's HTTP/1.1 header
+/// timeout only starts once the protocol is known, i.e. after the first bytes arrived.
 struct IdleIo<T> {
     inner: T,
     idle: Duration,
@@ -958,11 +1126,11 @@ struct IdleIo<T> {
 }
 
 impl<T> IdleIo<T> {
-    fn new(inner: T, idle: Duration) -> IdleIo<T> {
+    fn new(inner: T, idle: Duration, first: Duration) -> IdleIo<T> {
         IdleIo {
             inner,
             idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+            deadline: Box::pin(tokio::time::sleep(first.min(idle))),
         }
     }
 
@@ -1067,7 +1235,29 @@ mod tests {
             (&[("host", "a%zz")], h11, false),
         ];
         for (lines, version, want) in cases {
-            assert_eq!(host_is_valid(&headers(lines), *version), *want, "{lines:?} {version:?}");
+            assert_eq!(
+                host_is_valid(&headers(lines), *version, None),
+                *want,
+                "{lines:?} {version:?}"
+            );
+        }
+        // HTTP/2: `:authority` (the URI's authority) stands for Host.
+        let h2 = Version::HTTP_2;
+        let cases: &[(Lines, Option<&str>, bool)] = &[
+            (&[], Some("example.com:443"), true),
+            (&[("host", "example.com")], None, true),
+            (&[("host", "example.com")], Some("example.com"), true),
+            (&[("host", "other.example")], Some("example.com"), false),
+            (&[("host", "a"), ("host", "a")], Some("a"), false),
+            (&[], None, false),
+            (&[], Some("a b"), false),
+        ];
+        for (lines, authority, want) in cases {
+            assert_eq!(
+                host_is_valid(&headers(lines), h2, *authority),
+                *want,
+                "{lines:?} {authority:?}"
+            );
         }
     }
 

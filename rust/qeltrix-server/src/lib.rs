@@ -1,13 +1,15 @@
 //! Qeltrix V6 servers, generic over where plaintext comes from.
 //!
 //! The SeekServer (`http`) serves plaintext byte ranges of containers under a root directory
-//! over HTTP/1.1 with RFC 9110 range semantics. It knows nothing about cryptography: it asks
+//! over HTTP/1.1 and HTTP/2 with RFC 9110 range semantics. It knows nothing about cryptography: it asks
 //! an [`Opener`] for a [`Container`] and the container for plaintext chunks. The pyo3 glue
 //! implements both over `qeltrix_v6._core.Reader`; the tests here use plaintext files.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod gateway;
 pub mod http;
+pub mod metrics;
 pub mod mime;
 pub mod path;
 pub mod range;
@@ -54,6 +56,11 @@ pub trait Opener: Send + Sync + 'static {
     /// One log line (errors, warnings, and access lines when enabled).
     fn log(&self, level: LogLevel, line: &str) {
         eprintln!("qeltrix-server {level:?}: {line}");
+    }
+    /// One access log line (`access_log.rs`), when the access log is on. A binding may route
+    /// it apart from other info lines, so that it shows whenever it was asked for.
+    fn access(&self, line: &str) {
+        self.log(LogLevel::Info, line)
     }
 }
 
