@@ -114,6 +114,10 @@ class SeekServerCore:
         idle_timeout: float = 60.0,
         access_log: bool = False,
         workers: int = 2,
+        verify_url: Callable[[str, str], str] | None = None,
+        cors_origins: list[str] | None = None,
+        cache_control: str | None = None,
+        list_directories: bool = False,
     ) -> None: ...
     @property
     def address(self) -> tuple[str, int]: ...
