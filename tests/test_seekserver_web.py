@@ -217,6 +217,7 @@ def test_listing_never_leaves_root_and_escapes_html(root: Path) -> None:
     with qeltrix_v6.SeekServer(root, key=KEY, directory_listing=True) as s:
         status, h, body = request(s.url, "/")
         assert status == 200 and h["content-type"] == "text/html; charset=utf-8"
+        assert h["content-security-policy"] == "default-src 'none'"
         page = body.decode()
         links = re.findall(r'<a href="([^"]*)">([^<]*)</a>', page)
         assert links == [("data.bin", "data.bin"), ("sub%20dir/", "sub dir/")], page
@@ -239,12 +240,17 @@ def test_listing_never_leaves_root_and_escapes_html(root: Path) -> None:
         assert json.loads(request(s.url, "/sub%20dir/", {"Accept": "application/json"})[2])["entries"][0]["name"] == (
             "a <i>&'\".txt"
         )
-        for outside in ("/../", "/%2e%2e/", "/escape-dir/", "/.hidden/", "//", "/sub%20dir/../../", "/nope/"):
+        for outside in ("/../", "/%2e%2e/", "/escape-dir/", "/.hidden/", "//", "/sub%20dir/../../", "/nope/",
+                        "/escape-dir", "/nope"):  # fmt: skip
             status, _, body = request(s.url, outside)
             assert status == 404 and b"outside" not in body, outside
+        # A directory without its trailing slash is redirected, as nginx does.
+        status, h, _ = request(s.url, "/sub%20dir?format=json")
+        assert (status, h["location"]) == (301, "/sub%20dir/?format=json")
     with qeltrix_v6.SeekServer(root, key=KEY) as s:
         assert request(s.url, "/")[0] == 404
         assert request(s.url, "/sub%20dir/")[0] == 404
+        assert request(s.url, "/sub%20dir")[0] == 404
 
 
 def test_listing_needs_the_same_authorisation(root: Path) -> None:

@@ -409,6 +409,15 @@ fn simple(status: StatusCode, msg: &str) -> Response<Body> {
     r
 }
 
+/// 301 to `location` (a path, already percent-encoded).
+fn redirect(location: &str) -> Response<Body> {
+    let mut r = simple(StatusCode::MOVED_PERMANENTLY, &format!("moved to {location}"));
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -754,7 +763,20 @@ impl<O: Opener> State<O> {
         let root = self.config.root.clone();
         let url_path = parts.uri.path().to_owned();
         let state = self.clone();
-        let opened = tokio::task::spawn_blocking(move || state.open(&root, &url_path)).await;
+        let query = parts.uri.query().map(str::to_owned);
+        let opened = tokio::task::spawn_blocking(move || {
+            let opened = state.open(&root, &url_path);
+            match opened {
+                Err(r) if r.status() == StatusCode::NOT_FOUND && state.config.list => {
+                    // `/dir` names a listable directory: send the client to `/dir/`, as nginx.
+                    Err(listing::redirect_to_directory(&root, &url_path, query.as_deref())
+                        .map(|location| Box::new(redirect(&location)))
+                        .unwrap_or(r))
+                }
+                other => other,
+            }
+        })
+        .await;
         let (container, mtime, name) = match opened {
             Ok(Ok(v)) => v,
             Ok(Err(r)) => return *r,
@@ -833,6 +855,8 @@ impl<O: Opener> State<O> {
             // The directory changes whenever a file is added: always ask again.
             .header(header::CACHE_CONTROL, "no-cache")
             .header(header::VARY, "Accept")
+            // Names are escaped; this is the second wall: the page may load and run nothing.
+            .header(header::CONTENT_SECURITY_POLICY, "default-src 'none'")
             .body(if head { Body::Empty } else { Body::Full(Some(body)) })
             .expect("valid response")
     }

@@ -13,7 +13,7 @@
 use crate::path::{decode_segment, name_is_plain, PathError, CONTAINER_SUFFIX};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::fmt::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Entries read from one directory at most; the listing says when it stopped there.
 pub const MAX_ENTRIES: usize = 10_000;
@@ -47,8 +47,23 @@ pub fn is_directory_url(url_path: &str) -> bool {
     url_path.ends_with('/')
 }
 
-/// List the directory a URL path ending in `/` names under `root` (canonical). Blocking.
-pub fn list(root: &Path, url_path: &str) -> Result<Listing, PathError> {
+/// The `Location` for a request of `/dir` (no trailing `/`) that names a directory the
+/// listing would show, keeping the query; `None` if it names none. Blocking.
+pub fn redirect_to_directory(root: &Path, url_path: &str, query: Option<&str>) -> Option<String> {
+    if url_path.ends_with('/') {
+        return None;
+    }
+    let with_slash = format!("{url_path}/");
+    resolve_dir(root, &with_slash).ok()?;
+    Some(match query {
+        Some(q) => format!("{with_slash}?{q}"),
+        None => with_slash,
+    })
+}
+
+/// The directory a URL path ending in `/` names under `root` (canonical), and its decoded
+/// path.
+fn resolve_dir(root: &Path, url_path: &str) -> Result<(PathBuf, String), PathError> {
     let rel = url_path.strip_prefix('/').ok_or(PathError::Rejected)?;
     let mut dir = root.to_path_buf();
     let mut path = String::from("/");
@@ -66,6 +81,12 @@ pub fn list(root: &Path, url_path: &str) -> Result<Listing, PathError> {
     if !dir.starts_with(root) || !dir.is_dir() {
         return Err(PathError::NotFound);
     }
+    Ok((dir, path))
+}
+
+/// List the directory a URL path ending in `/` names under `root` (canonical). Blocking.
+pub fn list(root: &Path, url_path: &str) -> Result<Listing, PathError> {
+    let (dir, path) = resolve_dir(root, url_path)?;
     let mut entries = Vec::new();
     let mut truncated = false;
     for item in std::fs::read_dir(&dir).map_err(|_| PathError::NotFound)? {
@@ -277,6 +298,17 @@ mod tests {
         }
         for missing in ["/escape-dir/", "/nope/", "/a%20%3Cb%3E%26.mp4.qltx/"] {
             assert_eq!(list(&root, missing), Err(PathError::NotFound), "{missing}");
+        }
+        assert_eq!(
+            redirect_to_directory(&root, "/sub", Some("a=1")).as_deref(),
+            Some("/sub/?a=1")
+        );
+        assert_eq!(
+            redirect_to_directory(&root, "/inside-link", None).as_deref(),
+            Some("/inside-link/")
+        );
+        for no in ["/sub/", "/escape-dir", "/.hidden-dir", "/nope", "/a%20%3Cb%3E%26.mp4"] {
+            assert_eq!(redirect_to_directory(&root, no, None), None, "{no}");
         }
         std::fs::remove_dir_all(&tmp).unwrap();
     }
