@@ -90,7 +90,7 @@ LABEL_SIGNED_URL = b"qeltrix-v6 signed url"
 
 
 def signed_url_mac(url_key: bytes, expires: int, path: str) -> bytes:
-    """The MAC of a signed SeekServer URL (README "Signed URLs"):
+    """The MAC of a signed SeekServer URL (README "Browsers and CDNs"):
     ``HMAC-SHA256(url_key, "qeltrix-v6 signed url" || LF || decimal(expires) || LF || path)``,
     ``path`` being the percent-decoded URL path in UTF-8."""
     message = LABEL_SIGNED_URL + b"\n" + str(expires).encode("ascii") + b"\n" + path.encode("utf-8")

@@ -1,4 +1,4 @@
-"""Expiring signed URLs for the SeekServer (README "Signed URLs", docs/SECURITY.md).
+"""Expiring signed URLs for the SeekServer (README "Browsers and CDNs", docs/SECURITY.md).
 
 A signed URL lets a client that cannot send an ``Authorization`` header (a browser's
 ``<video src=...>``, a CDN fetching on a user's behalf) read one path until a time::

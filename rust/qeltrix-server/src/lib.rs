@@ -55,7 +55,7 @@ pub trait Opener: Send + Sync + 'static {
     /// Blocking: open the container file at `path` (already resolved under the root).
     fn open(&self, path: &Path) -> Result<Arc<Self::C>, OpenError>;
     /// Blocking: check the signature a request's URL carries (`qx-expires`, `qx-sig`; the scheme
-    /// is in README "Signed URLs"). `url_path` is the raw path before `?`, `query` the raw query.
+    /// is in README "Browsers and CDNs"). `url_path` is the raw path before `?`, `query` the raw query.
     /// Only called when the server was configured with signed URLs and the query names a
     /// `qx-sig`; the default (no signing key) finds none valid.
     fn check_url_signature(&self, url_path: &str, query: &str) -> UrlSignature {

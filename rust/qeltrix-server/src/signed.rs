@@ -1,6 +1,6 @@
 //! Signed URLs: how the SeekServer decides that a request may be served when it carries no
 //! bearer token. The scheme itself (what is MACed, how the query looks) is Python's
-//! (`qeltrix_v6._signed_url`, README "Signed URLs"); the server only asks the [`Opener`]
+//! (`qeltrix_v6._signed_url`, README "Browsers and CDNs"); the server only asks the [`Opener`]
 //! whether a URL's signature holds, and maps the answer to a status.
 //!
 //! With a token and a URL key either credential opens a resource; with only a URL key a
