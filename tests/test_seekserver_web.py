@@ -309,6 +309,7 @@ def test_sign_url_cli_and_its_errors(tmp_path: Path) -> None:
         (["sign-url", "--url-key", str(url_key), "--expires", "3651d", "/a"], 2, "not a duration"),
         (["sign-url", "--url-key", str(url_key), "--base", "ftp:/x", "/a"], 2, "not a base URL"),
         (["sign-url", "--url-key", str(url_key), "/%ff"], 2, "not a URL path"),
+        (["sign-url", "--url-key", str(url_key), "https://m.example/a.mp4"], 2, "the path only"),
         (["serve", str(tmp_path), "--key-file", str(key_file), "--cors-origin", "example.com"], 2, "not an origin"),
         (["serve", str(tmp_path), "--key-file", str(key_file), "--cache-control", "a\x01"], 2, "Cache-Control"),
         (["serve", str(tmp_path), "--key-file", str(key_file), "--url-key", str(key_file)], 2, "a key of its own"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import re
 import time
 import urllib.parse
 
@@ -64,6 +65,8 @@ def sign_url(
     'https://media.example/a%20b.mp4?qx-expires=...&qx-sig=...'
     """
     key = _check_key(key)
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path):
+        raise ValueError("give the path only (e.g. /a.mp4), and the scheme and host as the base")
     if expires_at is None:
         seconds = expires.total_seconds() if isinstance(expires, datetime.timedelta) else float(expires)
         if not seconds > 0:
