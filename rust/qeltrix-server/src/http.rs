@@ -205,6 +205,7 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
         limit: Arc::new(Semaphore::new(0)),
         per_client: Mutex::new(HashMap::new()),
         boundary: AtomicU64::new(0),
+        valid_urls: signed::ValidCache::default(),
     });
     state.limit.add_permits(state.config.max_connections);
     let thread = std::thread::Builder::new()
@@ -256,6 +257,7 @@ struct State<O: Opener> {
     /// Open connections per client address.
     per_client: Mutex<HashMap<IpAddr, usize>>,
     boundary: AtomicU64,
+    valid_urls: signed::ValidCache,
 }
 
 /// One connection counted against its client address; uncounted on drop.
@@ -805,14 +807,21 @@ impl<O: Opener> State<O> {
             }
         }
         if self.config.signed_urls && signed::carries_signature(parts.uri.query()) {
+            let (path, query) = (parts.uri.path(), parts.uri.query().unwrap_or_default());
+            if self.valid_urls.holds(path, query) {
+                return None;
+            }
             let state = self.clone();
-            let (path, query) = (
-                parts.uri.path().to_owned(),
-                parts.uri.query().unwrap_or_default().to_owned(),
-            );
-            let outcome = tokio::task::spawn_blocking(move || state.opener.check_url_signature(&path, &query))
-                .await
-                .unwrap_or(UrlSignature::Invalid);
+            let (path, query) = (path.to_owned(), query.to_owned());
+            let outcome = tokio::task::spawn_blocking(move || {
+                let outcome = state.opener.check_url_signature(&path, &query);
+                if outcome == UrlSignature::Valid {
+                    state.valid_urls.insert(&path, &query);
+                }
+                outcome
+            })
+            .await
+            .unwrap_or(UrlSignature::Invalid);
             return signed::refusal(outcome).map(|(status, msg)| simple(status, msg));
         }
         if token.is_none() {

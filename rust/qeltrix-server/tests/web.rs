@@ -89,6 +89,13 @@ fn signed_urls_beside_the_token() {
     let (st, _, body) = get("/data.bin?qx-sig=old", "");
     assert_eq!((st, &body[..]), (403, &b"this signed URL has expired\n"[..]));
     assert_eq!(get("/sub/%3Cx%3E.txt?qx-sig=good", "").0, 403);
+    // One URL, many range requests (a <video>): checked once while it is valid.
+    let checks = opener.0.load(Ordering::Relaxed);
+    let later = "/data.bin?qx-expires=99999999999&qx-sig=good";
+    for _ in 0..3 {
+        assert_eq!(get(later, "Range: bytes=0-0\r\n").0, 206);
+    }
+    assert_eq!(opener.0.load(Ordering::Relaxed), checks + 1);
     // The token wins over a bad signature beside it.
     assert_eq!(get("/data.bin?qx-sig=bad", bearer).0, 200);
     server.stop();
