@@ -241,6 +241,7 @@ def serve(
       qeltrix serve --key-file my.key ~/vault
       qeltrix serve --key-file my.key --host 0.0.0.0 --token-file token.txt --tls-cert c.pem --tls-key k.pem ~/vault
       qeltrix serve --identity me.id --signer qltx-ed25519:XyZ... ~/vault   # only what that key signed
+      qeltrix serve --key-file my.key --url-key url.key --cors-origin https://app.example --list ~/vault
 
     With --signer/--signers-file only containers signed by a listed key are served, and every
     block is checked against the signature before it is sent; others get an error status.
