@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import qeltrix_v6
 from conftest import require, running_cli
+from hypothesis import given
+from hypothesis import strategies as st
 from qeltrix_v6 import _signed_url
 
 KEY = bytes(range(32))
@@ -80,6 +82,26 @@ def test_signed_url_test_vector() -> None:
     path, query = got.split("?")
     assert _signed_url.check(key, path, query, now=v["expires"]) == "valid"
     assert _signed_url.check(key, path, query, now=v["expires"] + 1) == "expired"
+
+
+@given(
+    path=st.text(st.characters(blacklist_categories=["Cs"]), max_size=40),
+    expires=st.integers(0, _signed_url.MAX_EXPIRES),
+    flip=st.integers(0, 42),
+)
+def test_any_path_round_trips_and_any_changed_signature_character_fails(path: str, expires: int, flip: int) -> None:
+    literal = "/" + path.replace("%", "%25")  # the path as a URL names it
+    url = qeltrix_v6.sign_url(literal, key=URL_KEY, expires_at=expires)
+    signed_path, query = url.split("?")
+    assert _signed_url.check(URL_KEY, signed_path, query, now=expires) == "valid"
+    # Another spelling of the same path: every character percent-encoded.
+    spelled = "".join(f"%{b:02X}" for b in ("/" + path).encode())
+    assert _signed_url.check(URL_KEY, spelled, query, now=expires) == "valid"
+    sig = query.split("qx-sig=")[1]
+    other = "A" if sig[flip] != "A" else "B"
+    tampered = query.replace(sig, sig[:flip] + other + sig[flip + 1 :])
+    assert _signed_url.check(URL_KEY, signed_path, tampered, now=expires) == "invalid"
+    assert _signed_url.check(URL_KEY, signed_path + "x", query, now=expires) == "invalid"
 
 
 @pytest.fixture(scope="module")
