@@ -26,6 +26,7 @@ from ._container import (
     unpack,
 )
 from ._kms import KmsConfig, KmsError, KmsUnavailableError
+from ._signed_url import sign_url
 from .errors import (
     AuthenticationError,
     IntegrityError,
@@ -79,5 +80,6 @@ __all__ = [
     "pack",
     "recover",
     "seek_extract",
+    "sign_url",
     "unpack",
 ]

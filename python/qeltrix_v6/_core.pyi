@@ -116,6 +116,10 @@ class SeekServerCore:
         workers: int = 2,
         access_log_format: str = "combined",
         metrics: tuple[str, int] | None = None,
+        verify_url: Callable[[str, str], str] | None = None,
+        cors_origins: list[str] | None = None,
+        cache_control: str | None = None,
+        list_directories: bool = False,
     ) -> None: ...
     @property
     def address(self) -> tuple[str, int]: ...

@@ -86,6 +86,22 @@ def hmac_sha256(key: bytes, data: bytes) -> bytes:
     return h.finalize()
 
 
+LABEL_SIGNED_URL = b"qeltrix-v6 signed url"
+
+
+def signed_url_mac(url_key: bytes, expires: int, path: str) -> bytes:
+    """The MAC of a signed SeekServer URL (README "Browsers and CDNs"):
+    ``HMAC-SHA256(url_key, "qeltrix-v6 signed url" || LF || decimal(expires) || LF || path)``,
+    ``path`` being the percent-decoded URL path in UTF-8."""
+    message = LABEL_SIGNED_URL + b"\n" + str(expires).encode("ascii") + b"\n" + path.encode("utf-8")
+    return hmac_sha256(url_key, message)
+
+
+def signed_url_mac_ok(url_key: bytes, expires: int, path: str, mac: bytes) -> bool:
+    """Whether ``mac`` is :func:`signed_url_mac` of these inputs (compared in constant time)."""
+    return _hmac.compare_digest(signed_url_mac(url_key, expires, path), mac)
+
+
 def random_bytes(n: int) -> bytes:
     """``n`` bytes from the operating system's CSPRNG."""
     return os.urandom(n)

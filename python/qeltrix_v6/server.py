@@ -16,18 +16,23 @@ Operations: ``access_log=True`` (or ``"json"``) writes one line per response to 
 :meth:`SeekServer.stats` returns the counters, ``metrics="HOST:PORT"`` serves them as
 Prometheus text at ``/metrics`` with a ``/healthz``, and ``stop(drain=SECONDS)`` (or
 ``drain_timeout=``) lets responses in flight finish before closing.
+For browsers and CDNs: ``url_key=`` accepts expiring signed URLs (:func:`qeltrix_v6.sign_url`)
+beside the token, or instead of it; ``cors_origins=`` lets pages on other origins read
+responses; ``cache_control=`` sets the ``Cache-Control`` of container responses;
+``directory_listing=True`` answers ``GET /dir/`` with the containers there (HTML or JSON).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from . import _core, _signing
+from . import _core, _signed_url, _signing
 from ._container import _Opened, incomplete_message, open_reader
 from ._kms import KmsUnavailableError
 from ._service import BackgroundService, split_hostport
@@ -39,6 +44,23 @@ log = logging.getLogger("qeltrix_v6.server")
 access_logger = logging.getLogger("qeltrix_v6.server.access")
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 ACCESS_LOG_FORMATS = ("combined", "json")
+DEFAULT_CACHE_CONTROL = "private, no-transform"
+# An origin as a browser serialises it: scheme "://" host [":" port], nothing after.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9._~%!$&'()*+,;=-]+)(:[0-9]{1,5})?", re.I)
+
+
+def check_cors_origin(origin: str) -> str:
+    """``origin`` if it is ``*`` or ``scheme://host[:port]`` (no path, no trailing slash)."""
+    if origin == "*" or _ORIGIN.fullmatch(origin):
+        return origin
+    raise ValueError(f"{origin!r} is not an origin; write it as scheme://host[:port] (e.g. https://example.com) or *")
+
+
+def check_cache_control(value: str) -> str:
+    """``value`` if it can be sent as a header value (visible ASCII and spaces)."""
+    if value.strip() and all(0x20 <= ord(c) < 0x7F or c == "\t" for c in value):
+        return value.strip()
+    raise ValueError(f"{value!r} is not a valid Cache-Control value")
 
 
 def served_reader(opened: _Opened, allow_incomplete: bool) -> _core.Reader:
@@ -151,6 +173,10 @@ class SeekServer(BackgroundService):
         signers: _signing.SignersArg = None,
         metrics: str | tuple[str, int] | None = None,
         drain_timeout: float = 0.0,
+        url_key: bytes | None = None,
+        cors_origins: Iterable[str] = (),
+        cache_control: str = DEFAULT_CACHE_CONTROL,
+        directory_listing: bool = False,
     ) -> None:
         if key is None and passphrase is None:
             raise ValueError("a key or a passphrase is required to open the containers")
@@ -181,7 +207,13 @@ class SeekServer(BackgroundService):
             "access_log_format": access_log or "combined",
             "workers": workers,
             "metrics": split_hostport(metrics) if metrics is not None else None,
+            "cors_origins": [check_cors_origin(o) for o in cors_origins],
+            "cache_control": check_cache_control(cache_control),
+            "list_directories": directory_listing,
         }
+        self._url_key = _signed_url._check_key(url_key) if url_key is not None else None
+        if self._url_key is not None:
+            self._settings["verify_url"] = self._verify_url
         self._tls = tls_cert is not None
         self._cache_blocks = cache_blocks
         self._allow_incomplete = allow_incomplete
@@ -200,6 +232,11 @@ class SeekServer(BackgroundService):
             path, passphrase=self._passphrase, key=self._key, cache_blocks=self._cache_blocks, signers=self._signers
         )
         return served_reader(opened, self._allow_incomplete)
+
+    def _verify_url(self, url_path: str, query: str) -> str:
+        """Called by the HTTP loop for a request whose query carries ``qx-sig``."""
+        assert self._url_key is not None
+        return _signed_url.check(self._url_key, url_path, query)
 
     @staticmethod
     def _log(level: str, line: str) -> None:

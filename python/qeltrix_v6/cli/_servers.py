@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Annotated, Any
 
 import typer
 
-from .. import _container
+from .. import _container, _signed_url
 from .._pubkeys import decode_public_key
 from .._service import split_hostport
 from ..gateway import MODES, GatewayServer
-from ..server import ACCESS_LOG_FORMATS, SeekServer, served_reader
+from ..server import (
+    ACCESS_LOG_FORMATS,
+    DEFAULT_CACHE_CONTROL,
+    SeekServer,
+    check_cache_control,
+    check_cors_origin,
+    served_reader,
+)
 from ._app import (
     PASSPHRASE_ENV,
     CliError,
@@ -60,6 +68,43 @@ from ._output import (
 
 TOKEN_ENV = "QELTRIX_TOKEN"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+_DURATION = re.compile(r"([0-9]{1,9})([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_URL_LIFETIME = 3650 * 86400
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``30s``, ``10m``, ``2h``, ``7d`` or a bare number of seconds (at most ten years)."""
+    m = _DURATION.fullmatch(text.strip().lower())
+    seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)] if m else 0
+    if not 0 < seconds <= MAX_URL_LIFETIME:
+        raise CliError(
+            f"--expires: {text!r} is not a duration between 1 second and 3650 days",
+            hint="use e.g. 30s, 10m, 2h or 7d",
+            code=ExitCode.USAGE,
+        )
+    return seconds
+
+
+UrlKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url-key",
+        metavar="FILE",
+        help="Key file (32 bytes, from 'qeltrix keygen -o FILE') for signed URLs; see 'qeltrix sign-url'.",
+        rich_help_panel=PANEL_KEY,
+    ),
+]
+
+
+def _read_url_key(path: str) -> bytes:
+    try:
+        return read_key_file(path)
+    except CliError as e:
+        e.message = f"--url-key: {e.message}"
+        raise
 
 
 def _logging(quiet: bool) -> None:
@@ -200,6 +245,26 @@ def serve(
             rich_help_panel=PANEL_ADV,
         ),
     ] = 10.0,
+    url_key: UrlKeyOpt = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            metavar="ORIGIN",
+            help="Let pages from ORIGIN (scheme://host[:port], or * for any) read responses (repeatable).",
+            rich_help_panel=PANEL_ADV,
+        ),
+    ] = None,
+    cache_control: Annotated[
+        str,
+        typer.Option(
+            "--cache-control", metavar="VALUE", help="Cache-Control of container responses.", rich_help_panel=PANEL_ADV
+        ),
+    ] = DEFAULT_CACHE_CONTROL,
+    list_directories: Annotated[
+        bool,
+        typer.Option("--list", help="Answer GET /dir/ with the containers and subdirectories there (HTML or JSON)."),
+    ] = False,
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_key_id: KmsKeyIdOpt = None,
@@ -222,12 +287,17 @@ def serve(
       qeltrix serve --key-file my.key ~/vault
       qeltrix serve --key-file my.key --host 0.0.0.0 --token-file token.txt --tls-cert c.pem --tls-key k.pem ~/vault
       qeltrix serve --identity me.id --signer qltx-ed25519:XyZ... ~/vault   # only what that key signed
+      qeltrix serve --key-file my.key --url-key url.key --cors-origin https://app.example --list ~/vault
 
     With --signer/--signers-file only containers signed by a listed key are served, and every
     block is checked against the signature before it is sent; others get an error status.
 
     HTTP/1.1 and HTTP/2 (ALPN h2 with TLS, h2c with prior knowledge). SIGTERM drains: new
     connections are refused, responses in flight get --drain-timeout seconds, exit status 0.
+
+    With --url-key, URLs made by 'qeltrix sign-url' are accepted until they expire, so a
+    browser's <video src=...> works behind authorisation: beside --token either credential
+    works; without --token every request needs a signed URL.
     """
     _refuse_passphrase_value(passphrase)
     signers = signers_from_options(signer, signers_file)
@@ -247,16 +317,31 @@ def serve(
         raise CliError(f"--metrics: {e}", code=ExitCode.USAGE) from None
     creds = _serve_credentials(key_file, passphrase_file, identity, kms_endpoint, kms_key_id, kms_discovery)
     bearer = _read_token(token, token_file)
+    url_mac_key = _read_url_key(url_key) if url_key else None
+    if url_mac_key is not None and url_mac_key == creds.key:
+        raise CliError(
+            "--url-key is the containers' key; a URL key must be a key of its own",
+            hint="make one with 'qeltrix keygen -o url.key'",
+            code=ExitCode.USAGE,
+        )
+    try:
+        origins = [check_cors_origin(o) for o in cors_origin or []]
+        cache_control = check_cache_control(cache_control)
+    except ValueError as e:
+        raise CliError(str(e), code=ExitCode.USAGE) from None
     _logging(quiet)
     log_format = access_log_format or ("combined" if access_log else None)
     if log_format is not None:
         # Asked for explicitly, so --quiet does not hide it.
         logging.getLogger("qeltrix_v6.server.access").setLevel(logging.INFO)
-    if host not in LOOPBACK and (bearer is None or tls_cert is None):
+    unauthenticated = bearer is None and url_mac_key is None
+    if host not in LOOPBACK and (unauthenticated or tls_cert is None):
         logging.getLogger("qeltrix_v6.server").warning(
             "serving plaintext on %s without %s: anyone who can reach it can read the containers",
             host,
-            " and ".join(w for w, missing in (("--token", bearer is None), ("TLS", tls_cert is None)) if missing),
+            " and ".join(
+                w for w, missing in (("--token or --url-key", unauthenticated), ("TLS", tls_cert is None)) if missing
+            ),
         )
     server = _SeekServer(
         root,
@@ -273,6 +358,10 @@ def serve(
         signers=signers,
         metrics=metrics_addr,
         drain_timeout=drain_timeout,
+        url_key=url_mac_key,
+        cors_origins=origins,
+        cache_control=cache_control,
+        directory_listing=list_directories,
     )
     try:
         try:
@@ -290,6 +379,48 @@ def serve(
         what = f"signal {e.signum}" if isinstance(e, _Terminated) else "interrupt"
         logging.getLogger("qeltrix_v6.server").info("stopped (%s)", what)
         _status(quiet, "stopped")
+
+
+@app.command("sign-url", rich_help_panel="Servers")
+def sign_url(
+    path: Annotated[str, typer.Argument(metavar="PATH", help="URL path to sign, e.g. /movies/a.mp4.")],
+    url_key: Annotated[
+        str,
+        typer.Option(
+            "--url-key", metavar="FILE", help="The key file 'qeltrix serve --url-key' uses.", rich_help_panel=PANEL_KEY
+        ),
+    ],
+    expires: Annotated[
+        str, typer.Option("--expires", metavar="DURATION", help="Lifetime: 30s, 10m, 2h, 7d (at most 3650d).")
+    ] = "10m",
+    base: Annotated[
+        str | None,
+        typer.Option("--base", metavar="URL", help="Print a full URL on this base, e.g. https://media.example:8080."),
+    ] = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Print PATH with a signature that 'qeltrix serve --url-key FILE' accepts until it expires.
+
+    The signature covers exactly this path (percent-decoded: /a%2Eb and /a.b are one path)
+    and the expiry time, nothing else: whoever holds the URL can GET or HEAD that one path,
+    any range of it, until then. Make the key once with 'qeltrix keygen -o url.key'.
+
+    [bold]Examples[/bold]
+
+      qeltrix keygen -o url.key
+      qeltrix serve --key-file my.key --url-key url.key --token-file token.txt ~/vault
+      qeltrix sign-url --url-key url.key --expires 2h --base https://media.example:8080 /movies/a.mp4
+    """
+    seconds = parse_duration(expires)
+    if base is not None and not re.fullmatch(r"https?://[^/?#\s]+/?", base):
+        raise CliError(f"--base: {base!r} is not a base URL", hint="use e.g. https://host:8080", code=ExitCode.USAGE)
+    key = _read_url_key(url_key)
+    try:
+        url = _signed_url.sign_url(path, key=key, expires=seconds, base=base)
+    except ValueError as e:  # a path that is not valid UTF-8 once decoded
+        raise CliError(f"{path!r} is not a URL path: {e}", code=ExitCode.USAGE) from None
+    typer.echo(url)
 
 
 @app.command(rich_help_panel="Servers")

@@ -5,9 +5,10 @@ use crate::types::{error_class, ErrorClass};
 use bytes::Bytes;
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
+use qeltrix_server::cors::Cors;
 use qeltrix_server::http::{start, Config, ServerHandle, ThreadHooks};
 use qeltrix_server::metrics::SeekStats;
-use qeltrix_server::{Container, LogLevel, OpenError, Opener, ReadError};
+use qeltrix_server::{Container, LogLevel, OpenError, Opener, ReadError, UrlSignature};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -41,10 +42,13 @@ impl Container for PyContainer {
 }
 
 /// Opens containers through a Python callable `open(path: str) -> Reader`; logs through
-/// `log(level: str, line: str)`.
+/// `log(level: str, line: str)`; checks signed URLs through `verify_url(path: str, query: str)
+/// -> "valid" | "expired" | "invalid"` (`qeltrix_v6._signed_url.check`, which does the MAC and
+/// its constant-time comparison through `qeltrix_v6._crypto`).
 struct PyOpener {
     open: Py<PyAny>,
     log: Option<Py<PyAny>>,
+    verify_url: Option<Py<PyAny>>,
 }
 
 impl Opener for PyOpener {
@@ -76,6 +80,27 @@ impl Opener for PyOpener {
                 .map_err(|e| OpenError::Io(format!("opener returned {e}")))?;
             Ok(Arc::new(PyContainer(reader)))
         })
+    }
+
+    fn check_url_signature(&self, url_path: &str, query: &str) -> UrlSignature {
+        let Some(verify) = &self.verify_url else {
+            return UrlSignature::Invalid;
+        };
+        let outcome = Python::attach(|py| {
+            verify
+                .call1(py, (url_path, query))
+                .and_then(|r| r.extract::<String>(py))
+                .map_err(|e| e.value(py).to_string())
+        });
+        match outcome.as_deref() {
+            Ok("valid") => UrlSignature::Valid,
+            Ok("expired") => UrlSignature::Expired,
+            Ok(_) => UrlSignature::Invalid,
+            Err(e) => {
+                self.log(LogLevel::Error, &format!("checking a signed URL failed: {e}"));
+                UrlSignature::Invalid
+            }
+        }
     }
 
     fn log(&self, level: LogLevel, line: &str) {
@@ -131,7 +156,8 @@ impl SeekServerCore {
     #[new]
     #[pyo3(signature = (root, open, log=None, host="127.0.0.1", port=0, token=None, tls_cert=None, tls_key=None,
                         max_connections=1024, max_connections_per_client=64, header_timeout=10.0, idle_timeout=60.0, access_log=false, workers=2,
-                        access_log_format="combined", metrics=None))]
+                        access_log_format="combined", metrics=None,
+                        verify_url=None, cors_origins=None, cache_control=None, list_directories=false))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
     fn new(
         py: Python<'_>,
@@ -151,6 +177,10 @@ impl SeekServerCore {
         workers: usize,
         access_log_format: &str,
         metrics: Option<(String, u16)>,
+        verify_url: Option<Py<PyAny>>,
+        cors_origins: Option<Vec<String>>,
+        cache_control: Option<String>,
+        list_directories: bool,
     ) -> PyResult<SeekServerCore> {
         let addr = resolve(host, port)?;
         let mut config = Config::new(addr, root);
@@ -162,6 +192,14 @@ impl SeekServerCore {
             None => None,
         };
         config.token = token;
+        config.signed_urls = verify_url.is_some();
+        config.cors = Cors::new(cors_origins.unwrap_or_default());
+        if let Some(cc) = cache_control {
+            config.cache_control = cc.parse().map_err(|_| {
+                pyo3::exceptions::PyValueError::new_err(format!("not a valid Cache-Control value: {cc:?}"))
+            })?;
+        }
+        config.list = list_directories;
         config.tls = match (tls_cert, tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -181,7 +219,7 @@ impl SeekServerCore {
             on_start: Arc::new(crate::pipeline::attach_thread),
             on_stop: Arc::new(crate::pipeline::detach_thread),
         });
-        let opener = PyOpener { open, log };
+        let opener = PyOpener { open, log, verify_url };
         let handle = py
             .detach(|| start(config, opener))
             .map_err(|e| PyOSError::new_err(e.to_string()))?;

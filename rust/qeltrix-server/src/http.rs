@@ -18,14 +18,17 @@
 //! thread, and is dropped after `idle_timeout` without progress.
 //!
 //! A request is answered by the first of these checks that decides it: `Host` (400, RFC 9112
-//! 3.2), method (405), bearer token (401), path and container (404, 403, 500), preconditions
-//! in RFC 9110 13.2.2 order (412, 304), then `If-Range` and `Range` (206, 416, or 200; see
-//! `range.rs` for how a multi-range request is bounded).
+//! 3.2), a CORS preflight (204 or 403, `cors.rs`), method (405), bearer token or signed URL
+//! (401, 403; `signed.rs`), a directory listing when enabled (`listing.rs`), path and
+//! container (404, 403, 500), preconditions in RFC 9110 13.2.2 order (412, 304), then
+//! `If-Range` and `Range` (206, 416, or 200; see `range.rs` for how a multi-range request is
+//! bounded). CORS headers are added to every answer for an allowed origin.
 use crate::access_log::{self, Entry, Tracked};
+use crate::cors::{Cors, Preflight};
 use crate::metrics::{self, Refusal, SeekStats};
 use crate::path::{resolve, PathError};
 use crate::range::{parse_range, RangeRequest};
-use crate::{mime, Container, LogLevel, OpenError, Opener, ReadError};
+use crate::{listing, mime, signed, Container, LogLevel, OpenError, Opener, ReadError, UrlSignature};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -59,6 +62,9 @@ const H2_MAX_STREAMS: u32 = 32;
 const H2_SEND_BUF: usize = 256 * 1024;
 /// SETTINGS_MAX_HEADER_LIST_SIZE: requests here are a path and a few headers.
 const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+/// `Cache-Control` unless configured: any cache may keep a copy only for this user, and must
+/// not transform (recompress, transcode) the bytes a range refers to.
+pub const DEFAULT_CACHE_CONTROL: &str = "private, no-transform";
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -66,6 +72,15 @@ pub struct Config {
     pub addr: SocketAddr,
     pub root: PathBuf,
     pub token: Option<String>,
+    /// Accept signed URLs (checked by [`Opener::check_url_signature`]); without a token they
+    /// are required.
+    pub signed_urls: bool,
+    /// Origins whose pages may read responses (empty: no CORS headers, OPTIONS is 405).
+    pub cors: Cors,
+    /// `Cache-Control` of container responses.
+    pub cache_control: HeaderValue,
+    /// Answer `GET /dir/` with a listing of the containers and subdirectories there.
+    pub list: bool,
     /// PEM certificate chain and private key files.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_connections: usize,
@@ -110,6 +125,10 @@ impl Config {
             addr,
             root,
             token: None,
+            signed_urls: false,
+            cors: Cors::default(),
+            cache_control: HeaderValue::from_static(DEFAULT_CACHE_CONTROL),
+            list: false,
             tls: None,
             max_connections: 1024,
             max_connections_per_client: 64,
@@ -248,6 +267,7 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
         limit: Arc::new(Semaphore::new(0)),
         per_client: Mutex::new(HashMap::new()),
         boundary: AtomicU64::new(0),
+        valid_urls: signed::ValidCache::default(),
     });
     state.limit.add_permits(state.config.max_connections);
     let thread = std::thread::Builder::new()
@@ -331,6 +351,7 @@ struct State<O: Opener> {
     stats: Arc<SeekStats>,
     /// The stop signal: `Some(drain)` once the server stops accepting.
     stop: watch::Receiver<Option<Duration>>,
+    valid_urls: signed::ValidCache,
 }
 
 /// One connection counted against its client address; uncounted on drop.
@@ -482,6 +503,15 @@ fn simple(status: StatusCode, msg: &str) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    r
+}
+
+/// 301 to `location` (a path, already percent-encoded).
+fn redirect(location: &str) -> Response<Body> {
+    let mut r = simple(StatusCode::MOVED_PERMANENTLY, &format!("moved to {location}"));
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
     r
 }
 
@@ -818,6 +848,7 @@ impl<O: Opener> State<O> {
             // The path only: a query string may carry a URL signature.
             Entry::new(peer, req.method(), req.uri().path(), req.version(), req.headers())
         });
+        let origin = req.headers().get(header::ORIGIN).cloned();
         let mut resp = self.respond(req).await;
         resp.headers_mut()
             .insert(header::SERVER, HeaderValue::from_static("qeltrix-v6"));
@@ -827,6 +858,7 @@ impl<O: Opener> State<O> {
         // errors included; hyper's own 400/431 for unparseable requests carry no body type.
         resp.headers_mut()
             .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        self.config.cors.decorate(origin.as_ref(), resp.headers_mut());
         let status = resp.status().as_u16();
         let log = entry.map(|entry| {
             let state = self.clone();
@@ -852,32 +884,57 @@ impl<O: Opener> State<O> {
             return r;
         }
         let head = parts.method == Method::HEAD;
+        if parts.method == Method::OPTIONS {
+            // A preflight carries no credentials (Fetch standard): answered before auth.
+            match self.config.cors.preflight(&parts.headers) {
+                Some(Preflight::Allowed(headers)) => {
+                    let mut r = Response::new(Body::Empty);
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    r.headers_mut().extend(headers);
+                    return r;
+                }
+                Some(Preflight::Refused) => {
+                    return simple(
+                        StatusCode::FORBIDDEN,
+                        "this origin may not read from this server (CORS)",
+                    )
+                }
+                None => {}
+            }
+        }
         if parts.method != Method::GET && !head {
             let mut r = simple(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are supported");
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            let allow = if self.config.cors.enabled() {
+                "GET, HEAD, OPTIONS"
+            } else {
+                "GET, HEAD"
+            };
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
             return r;
         }
-        if let Some(token) = &self.config.token {
-            let ok = parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer_token)
-                .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
-            if !ok {
-                let mut r = simple(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"qeltrix\""),
-                );
-                return r;
-            }
+        if let Some(r) = self.authorize(&parts).await {
+            return r;
+        }
+        if self.config.list && listing::is_directory_url(parts.uri.path()) {
+            return self.listing(&parts, head).await;
         }
         let root = self.config.root.clone();
         let url_path = parts.uri.path().to_owned();
         let state = self.clone();
-        let opened = tokio::task::spawn_blocking(move || state.open(&root, &url_path)).await;
+        let query = parts.uri.query().map(str::to_owned);
+        let opened = tokio::task::spawn_blocking(move || {
+            let opened = state.open(&root, &url_path);
+            match opened {
+                Err(r) if r.status() == StatusCode::NOT_FOUND && state.config.list => {
+                    // `/dir` names a listable directory: send the client to `/dir/`, as nginx.
+                    Err(listing::redirect_to_directory(&root, &url_path, query.as_deref())
+                        .map(|location| Box::new(redirect(&location)))
+                        .unwrap_or(r))
+                }
+                other => other,
+            }
+        })
+        .await;
         let (container, mtime, name) = match opened {
             Ok(Ok(v)) => v,
             Ok(Err(r)) => return *r,
@@ -885,6 +942,88 @@ impl<O: Opener> State<O> {
         };
         self.serve_container(&parts.headers, head, container, mtime, &name)
             .await
+    }
+
+    /// `None` if the request may be served: no credential is configured, its bearer token is
+    /// right, or its URL's signature holds (`signed.rs`); else the refusal.
+    async fn authorize(self: &Arc<Self>, parts: &hyper::http::request::Parts) -> Option<Response<Body>> {
+        let token = self.config.token.as_ref();
+        if token.is_none() && !self.config.signed_urls {
+            return None;
+        }
+        if let Some(token) = token {
+            let ok = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer_token)
+                .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
+            if ok {
+                return None;
+            }
+        }
+        if self.config.signed_urls && signed::carries_signature(parts.uri.query()) {
+            let (path, query) = (parts.uri.path(), parts.uri.query().unwrap_or_default());
+            if self.valid_urls.holds(path, query) {
+                return None;
+            }
+            let state = self.clone();
+            let (path, query) = (path.to_owned(), query.to_owned());
+            let outcome = tokio::task::spawn_blocking(move || {
+                let outcome = state.opener.check_url_signature(&path, &query);
+                if outcome == UrlSignature::Valid {
+                    state.valid_urls.insert(&path, &query);
+                }
+                outcome
+            })
+            .await
+            .unwrap_or(UrlSignature::Invalid);
+            return signed::refusal(outcome).map(|(status, msg)| simple(status, msg));
+        }
+        if token.is_none() {
+            return Some(simple(
+                StatusCode::FORBIDDEN,
+                "this server serves signed URLs only (qx-expires and qx-sig; see 'qeltrix sign-url')",
+            ));
+        }
+        let msg = if self.config.signed_urls {
+            "a valid bearer token or signed URL is required"
+        } else {
+            "a valid bearer token is required"
+        };
+        let mut r = simple(StatusCode::UNAUTHORIZED, msg);
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"qeltrix\""),
+        );
+        Some(r)
+    }
+
+    /// `GET /dir/` with `--list`: the directory's containers and subdirectories.
+    async fn listing(self: &Arc<Self>, parts: &hyper::http::request::Parts, head: bool) -> Response<Body> {
+        let root = self.config.root.clone();
+        let url_path = parts.uri.path().to_owned();
+        let Ok(Ok(found)) = tokio::task::spawn_blocking(move || listing::list(&root, &url_path)).await else {
+            return simple(StatusCode::NOT_FOUND, "not found");
+        };
+        let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let (body, ctype) = if listing::wants_json(parts.uri.query(), accept) {
+            (listing::json(&found), "application/json")
+        } else {
+            (listing::html(&found), "text/html; charset=utf-8")
+        };
+        let body = Bytes::from(body);
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, ctype)
+            .header(header::CONTENT_LENGTH, body.len())
+            // The directory changes whenever a file is added: always ask again.
+            .header(header::CACHE_CONTROL, "no-cache")
+            .header(header::VARY, "Accept")
+            // Names are escaped; this is the second wall: the page may load and run nothing.
+            .header(header::CONTENT_SECURITY_POLICY, "default-src 'none'")
+            .body(if head { Body::Empty } else { Body::Full(Some(body)) })
+            .expect("valid response")
     }
 
     /// Resolve and open (or reuse) the container for a URL path. Blocking.
@@ -963,7 +1102,7 @@ impl<O: Opener> State<O> {
         let mut base = Response::builder()
             .header(header::ACCEPT_RANGES, "bytes")
             .header(header::ETAG, &etag)
-            .header(header::CACHE_CONTROL, "private, no-transform");
+            .header(header::CACHE_CONTROL, self.config.cache_control.clone());
         if let Some(lm) = &last_modified {
             base = base.header(header::LAST_MODIFIED, lm);
         }

@@ -7,12 +7,15 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod cors;
 pub mod gateway;
 pub mod http;
+pub mod listing;
 pub mod metrics;
 pub mod mime;
 pub mod path;
 pub mod range;
+pub mod signed;
 
 use bytes::Bytes;
 use std::path::Path;
@@ -53,6 +56,14 @@ pub trait Opener: Send + Sync + 'static {
     type C: Container;
     /// Blocking: open the container file at `path` (already resolved under the root).
     fn open(&self, path: &Path) -> Result<Arc<Self::C>, OpenError>;
+    /// Blocking: check the signature a request's URL carries (`qx-expires`, `qx-sig`; the scheme
+    /// is in README "Browsers and CDNs"). `url_path` is the raw path before `?`, `query` the raw query.
+    /// Only called when the server was configured with signed URLs and the query names a
+    /// `qx-sig`; the default (no signing key) finds none valid.
+    fn check_url_signature(&self, url_path: &str, query: &str) -> UrlSignature {
+        let _ = (url_path, query);
+        UrlSignature::Invalid
+    }
     /// One log line (errors, warnings, and access lines when enabled).
     fn log(&self, level: LogLevel, line: &str) {
         eprintln!("qeltrix-server {level:?}: {line}");
@@ -62,6 +73,17 @@ pub trait Opener: Send + Sync + 'static {
     fn access(&self, line: &str) {
         self.log(LogLevel::Info, line)
     }
+}
+
+/// The outcome of checking a signed URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlSignature {
+    /// Signed for this path and not yet expired.
+    Valid,
+    /// Signed for this path, but its expiry time has passed (answered 403).
+    Expired,
+    /// Malformed, tampered with, signed with another key or for another path (answered 403).
+    Invalid,
 }
 
 /// Severity of a log line.

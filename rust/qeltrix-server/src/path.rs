@@ -29,10 +29,7 @@ pub fn resolve(root: &Path, url_path: &str) -> Result<PathBuf, PathError> {
     let mut out = root.to_path_buf();
     let segments: Vec<&str> = rel.split('/').collect();
     for (n, raw) in segments.iter().enumerate() {
-        let seg = percent_decode_str(raw).decode_utf8().map_err(|_| PathError::Rejected)?;
-        if seg.is_empty() || seg.starts_with('.') || seg.contains(['/', '\\', '\0']) {
-            return Err(PathError::Rejected);
-        }
+        let seg = decode_segment(raw)?;
         if n + 1 == segments.len() {
             out.push(format!("{seg}{CONTAINER_SUFFIX}"));
         } else {
@@ -44,6 +41,22 @@ pub fn resolve(root: &Path, url_path: &str) -> Result<PathBuf, PathError> {
         return Err(PathError::NotFound);
     }
     Ok(real)
+}
+
+/// One percent-decoded path segment, if it is a plain name: not empty, no leading dot, no
+/// `/`, `\\` or NUL (the rules of this module's doc, shared with directory listings).
+pub fn decode_segment(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
+    let seg = percent_decode_str(raw).decode_utf8().map_err(|_| PathError::Rejected)?;
+    if !name_is_plain(&seg) {
+        return Err(PathError::Rejected);
+    }
+    Ok(seg)
+}
+
+/// Whether a decoded name may be served or listed: not empty, not hidden (which also covers
+/// the `.qeltrix-tmp` files of unfinished writes), no separator or NUL inside.
+pub fn name_is_plain(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0'])
 }
 
 #[cfg(test)]
