@@ -10,6 +10,8 @@ MAX_BLOCK_SIZE: int
 ARGON2ID_MAX_M_COST_KIB: int
 HEADER_FLAG_SIGNED: int
 SIG_FIXED_LEN: int
+PYTHON_CALLS: list[tuple[str, str, int | None]]
+ERROR_CLASSES: list[str]
 
 def encode_header_unsealed(
     header_flags: int,

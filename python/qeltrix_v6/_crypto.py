@@ -398,8 +398,10 @@ def rsa_generate_pem(bits: int = 3072) -> tuple[bytes, bytes]:
 class ContainerKeys:
     """Keys of one container, derived from its MK; the object the Rust core calls per block.
 
-    Buffers passed in are ``bytearray`` objects owned by Rust worker threads; this class only
-    slices them, so each block costs no copy beyond the AEAD itself.
+    Buffers passed in are memoryviews of buffers owned by Rust worker threads (their size is
+    fixed while Python holds them); this class only slices them, so each block costs no copy
+    beyond the AEAD itself. The methods and their argument order are the contract of
+    ``rust/qeltrix-py/src/calls.rs`` (see :mod:`qeltrix_v6._contract`).
     """
 
     __slots__ = ("_aead_cls", "_index_aead", "_meta_aead", "_mk", "cipher_id", "container_id", "k_header", "k_perm")
@@ -438,7 +440,7 @@ class ContainerKeys:
         return self.container_id + _DATA_AAD.pack(block_index, pt_len, meta_flags)
 
     def seal_block(
-        self, block_index: int, meta_flags: int, inbuf: bytearray, pt_len: int, outbuf: bytearray
+        self, block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview
     ) -> tuple[bytes, bytes, bytes]:
         """Encrypt ``inbuf[:pt_len]`` into the ``data_ct`` part of ``outbuf``.
 
@@ -453,14 +455,14 @@ class ContainerKeys:
         self._aead_cls(cdk).encrypt_into(data_nonce, pt, self._data_aad(block_index, pt_len, meta_flags), out)
         return cdk_salt, data_nonce, pt_sha256
 
-    def seal_meta(self, meta_pt: bytes, outbuf: bytearray) -> None:
+    def seal_meta(self, meta_pt: bytes, outbuf: memoryview) -> None:
         """Write ``meta_nonce || meta_ct`` into ``outbuf[:META_FRAME_LEN]``."""
         meta_nonce = random_bytes(NONCE_LEN)
         out = memoryview(outbuf)
         out[:NONCE_LEN] = meta_nonce
         self._meta_aead.encrypt_into(meta_nonce, meta_pt, self.container_id, out[NONCE_LEN:META_FRAME_LEN])
 
-    def open_meta(self, inbuf: bytearray) -> bytes:
+    def open_meta(self, inbuf: memoryview) -> bytes:
         """Decrypt the V6-C metadata at the start of a frame; return ``meta_pt``."""
         frame = memoryview(inbuf)
         try:
@@ -476,8 +478,8 @@ class ContainerKeys:
         cdk_salt: bytes,
         data_nonce: bytes,
         pt_sha256: bytes,
-        inbuf: bytearray,
-        outbuf: bytearray,
+        inbuf: memoryview,
+        outbuf: memoryview,
     ) -> None:
         """Decrypt a frame's ``data_ct`` into ``outbuf[:pt_len]`` and check its SHA-256."""
         ct = memoryview(inbuf)[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN]
@@ -490,7 +492,7 @@ class ContainerKeys:
         if not _hmac.compare_digest(sha256(out), pt_sha256):
             raise AuthenticationError(f"block {block_index} failed its integrity hash")
 
-    def frame_digest(self, inbuf: bytearray) -> bytes:
+    def frame_digest(self, inbuf: memoryview) -> bytes:
         """``frame_digest = SHA256(meta_nonce || meta_ct)``: the first ``META_FRAME_LEN`` bytes of
         the frame in ``inbuf`` (FORMAT.md section 15; they commit to the whole block)."""
         return sha256(memoryview(inbuf)[:META_FRAME_LEN])

@@ -68,7 +68,8 @@ def decode_public_key(text: str) -> bytes:
 
 
 class _Keyring:
-    """Stream keys for gateways (the Rust loops call these methods).
+    """Stream keys for gateways (the Rust loops call these methods; their order and arity are
+    the contract of ``rust/qeltrix-py/src/calls.rs``, see :mod:`qeltrix_v6._contract`).
 
     Every connection between gateways first agrees on a session (FORMAT.md section 12):
     shared-key mode (``key``) exchanges fresh nonces, pinned-key mode (``identity`` and
@@ -101,9 +102,9 @@ class _Keyring:
 
     def new_stream(
         self,
+        session: _crypto.Handshake | _crypto.SharedKeySession | None,
         container_id: bytes | None,
         block_size: int,
-        session: _crypto.Handshake | _crypto.SharedKeySession | None = None,
     ) -> tuple[bytes, _crypto.ContainerKeys]:
         cid = container_id if container_id is not None else _crypto.random_bytes(16)
         if session is not None:
@@ -117,8 +118,8 @@ class _Keyring:
 
     def storage_header(
         self,
+        session: _crypto.Handshake | _crypto.SharedKeySession | None,
         header: bytes,
-        session: _crypto.Handshake | _crypto.SharedKeySession | None = None,
         keys: _crypto.ContainerKeys | None = None,
     ) -> bytes:
         """The header a sink stores: a stream's MK dies with its session, so it is re-wrapped
@@ -139,7 +140,7 @@ class _Keyring:
         return build_header(mk, f.container_id, f.cipher_id, f.block_size, 0, stanzas, signed=signed)[0]
 
     def accept_stream(
-        self, header: bytes, session: _crypto.Handshake | _crypto.SharedKeySession | None = None
+        self, session: _crypto.Handshake | _crypto.SharedKeySession | None, header: bytes
     ) -> _crypto.ContainerKeys:
         if session is None:
             # Every stream between gateways is keyed from a fresh session: a stream that

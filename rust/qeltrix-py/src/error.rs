@@ -1,5 +1,5 @@
 //! The extension's error type and its one conversion to a Python exception.
-use crate::types::{error_class, ErrorClass};
+use crate::calls::{error_class, ErrorClass};
 use pyo3::prelude::*;
 use qeltrix_format::FormatError;
 use std::fmt;

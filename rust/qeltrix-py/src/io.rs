@@ -3,8 +3,8 @@
 //! A source or sink is either a file descriptor (the fast path: Rust reads and writes it with
 //! the GIL released) or a Python binary file object (`readinto` / `write` / `seek`, called
 //! with the GIL held). Buffers are `bytearray`s so the crypto layer can `encrypt_into` them.
+use crate::calls;
 use crate::error::Result;
-use crate::types::{READINTO, SEEK, WRITE};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PySlice};
 use std::fs::File;
@@ -41,6 +41,11 @@ impl PyBuf {
     /// The bytearray, for passing to Python.
     pub fn obj<'py>(&self, py: Python<'py>) -> &Bound<'py, PyByteArray> {
         self.obj.bind(py)
+    }
+
+    /// The buffer as Python sees it during a call.
+    pub fn view<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        self.obj.bind(py).as_any().clone()
     }
 
     /// The whole buffer.
@@ -101,9 +106,8 @@ impl Source {
                 },
                 Source::Py(obj) => Python::attach(|py| -> PyResult<usize> {
                     let view = memview_slice(py, buf, got, want)?;
-                    let r = obj.call_method1(py, READINTO, (view,))?;
                     // None means "no data yet" on a non-blocking stream: treat as a retry.
-                    Ok(if r.is_none(py) { usize::MAX } else { r.extract(py)? })
+                    Ok(calls::readinto(py, obj, view, false)?.unwrap_or(usize::MAX))
                 })?,
             };
             if n == usize::MAX {
@@ -142,9 +146,7 @@ impl RandomSource {
             RandomSource::Fd(f) => Ok(f.metadata()?.len()),
             RandomSource::Py(m) => {
                 let obj = m.lock().expect("source lock");
-                Ok(Python::attach(|py| {
-                    obj.call_method1(py, SEEK, (0, 2))?.extract::<u64>(py)
-                })?)
+                Ok(Python::attach(|py| calls::seek(py, &obj, 0, 2))?)
             }
         }
     }
@@ -156,11 +158,11 @@ impl RandomSource {
             RandomSource::Py(m) => {
                 let obj = m.lock().expect("source lock");
                 Python::attach(|py| -> Result<()> {
-                    obj.call_method1(py, SEEK, (pos, 0))?;
+                    calls::seek(py, &obj, pos, 0)?;
                     let mut got = 0;
                     while got < n {
                         let view = memview_slice(py, buf, got, n)?;
-                        let r: Option<usize> = obj.call_method1(py, READINTO, (view,))?.extract(py)?;
+                        let r = calls::readinto(py, &obj, view, true)?;
                         match r {
                             Some(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
                             Some(k) => got += k,
@@ -204,7 +206,7 @@ impl Sink {
                 let mut pos = start;
                 while pos < end {
                     let view = memview_slice(py, buf, pos, end)?;
-                    let r: Option<usize> = obj.call_method1(py, WRITE, (view,))?.extract(py)?;
+                    let r = calls::write(py, obj, view)?;
                     match r {
                         Some(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
                         Some(k) => pos += k,
@@ -223,9 +225,7 @@ impl Sink {
             Sink::Py(obj) => Python::attach(|py| -> Result<()> {
                 let mut pos = 0;
                 while pos < data.len() {
-                    let r: Option<usize> = obj
-                        .call_method1(py, WRITE, (PyBytes::new(py, &data[pos..]),))?
-                        .extract(py)?;
+                    let r = calls::write(py, obj, PyBytes::new(py, &data[pos..]).into_any())?;
                     match r {
                         Some(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
                         Some(k) => pos += k,

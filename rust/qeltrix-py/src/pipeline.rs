@@ -105,7 +105,7 @@ impl Progress {
             return Ok(());
         }
         self.last = Instant::now();
-        Python::attach(|py| cb.call1(py, (done, self.total)).map(|_| ()))?;
+        Python::attach(|py| crate::calls::progress(py, cb, done, self.total))?;
         Ok(())
     }
 }

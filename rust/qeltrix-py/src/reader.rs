@@ -9,7 +9,6 @@ use crate::calls;
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, RandomSource, Sink};
 use crate::pipeline::{with_thread_state, worker_count, Progress, Shared, POLL};
-use crate::types::OPEN_INDEX;
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
@@ -380,9 +379,7 @@ impl Reader {
             };
             Ok((trailer, footer, section))
         })?;
-        let index_pt: Vec<u8> = keys
-            .call_method1(py, OPEN_INDEX, (PyBytes::new(py, &footer), trailer.footer_offset))?
-            .extract(py)?;
+        let index_pt = calls::open_index(py, &keys, &footer, trailer.footer_offset)?;
         let index = Index::decode(
             &index_pt,
             trailer.block_count(),

@@ -1,7 +1,7 @@
 //! The SeekServer binding: `qeltrix-server`'s HTTP loop over `Reader`s that the Python layer
 //! opens (it owns the credentials: `qeltrix_v6.server.SeekServer`).
+use crate::calls::{self, is_error, ErrorClass};
 use crate::reader::Reader;
-use crate::types::{error_class, ErrorClass};
 use bytes::Bytes;
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
@@ -52,7 +52,7 @@ impl Opener for PyOpener {
     fn open(&self, path: &Path) -> Result<Arc<PyContainer>, OpenError> {
         Python::attach(|py| {
             let classify = |e: PyErr| -> OpenError {
-                let is = |c| error_class(py, c).is_ok_and(|cls| e.is_instance(py, &cls));
+                let is = |c| is_error(py, &e, c);
                 let msg = e.value(py).to_string();
                 if is(ErrorClass::WrongKey) {
                     OpenError::WrongKey(msg)
@@ -66,10 +66,8 @@ impl Opener for PyOpener {
                     OpenError::Io(format!("{}: {msg}", e.get_type(py)))
                 }
             };
-            let reader = self
-                .open
-                .call1(py, (path.to_string_lossy().into_owned(),))
-                .map_err(classify)?;
+            let reader =
+                calls::open_container(py, &self.open, path.to_string_lossy().into_owned()).map_err(classify)?;
             let reader: Py<Reader> = reader
                 .extract(py)
                 .map_err(|e| OpenError::Io(format!("opener returned {e}")))?;
@@ -88,7 +86,7 @@ impl Opener for PyOpener {
             LogLevel::Error => "error",
         };
         Python::attach(|py| {
-            if let Err(e) = log.call1(py, (level, line)) {
+            if let Err(e) = calls::server_log(py, log, level, line) {
                 e.print(py);
             }
         });
