@@ -37,23 +37,16 @@ from .errors import (
 )
 
 DEFAULT_BLOCK_SIZE: int = _core.DEFAULT_BLOCK_SIZE
-HEADER_FLAG_PERMUTED = 1
-_MAX_RECIPIENTS = 64  # docs/FORMAT.md section 9
+HEADER_FLAG_PERMUTED: int = _core.HEADER_FLAG_PERMUTED
+_MAX_RECIPIENTS: int = _core.MAX_RECIPIENTS  # docs/FORMAT.md section 9
 _ARGON2ID_MAX_M_COST_KIB: int = _core.ARGON2ID_MAX_M_COST_KIB
-_TRAILER_LEN = 24  # docs/FORMAT.md section 6.1
+_TRAILER_LEN: int = _core.TRAILER_LEN  # docs/FORMAT.md section 6.1
 
 PathOrFile = str | os.PathLike[str] | IO[bytes]
 Progress = Callable[[int, int | None], object]
 IdentityArg = bytes | _crypto.Identity | Sequence[bytes | _crypto.Identity] | None
 RecipientArg = str | bytes | _pubkeys.Recipient
-_KIND_NAMES = {
-    _crypto.KIND_KEY: "key",
-    _crypto.KIND_ARGON2ID: "argon2id",
-    _crypto.KIND_PBKDF2: "pbkdf2",
-    _crypto.KIND_X25519: "x25519",
-    _crypto.KIND_RSA_OAEP: "rsa-oaep",
-    _crypto.KIND_KMS: "kms",
-}
+_KIND_NAMES: dict[int, str] = _core.STANZA_NAMES
 
 
 @dataclass(frozen=True)
@@ -167,7 +160,7 @@ def pack(
         raise ValueError(f"block_size must be in {_core.MIN_BLOCK_SIZE}..{_core.MAX_BLOCK_SIZE}")
     signer = _signing.load_signer(sign_with) if sign_with is not None else None
     mk = _crypto.random_bytes(_crypto.MK_LEN)
-    container_id = _crypto.random_bytes(16)
+    container_id = _crypto.random_bytes(_core.CONTAINER_ID_LEN)
     stanzas = []
     if key is not None:
         stanzas.append(_crypto.key_stanza(bytes(key), mk, container_id))

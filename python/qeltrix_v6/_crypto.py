@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from . import _core
 from .errors import AuthenticationError, MalformedError, WrongKeyError
 
 # Domain-separation labels (FORMAT.md section 4 and 3.1).
@@ -34,8 +35,9 @@ LABEL_RECIPIENT_KEY = b"qeltrix-v6 recipient key"
 LABEL_RECIPIENT_X25519 = b"qeltrix-v6 recipient x25519"
 LABEL_RECIPIENT_RSA = b"qeltrix-v6 recipient rsa-oaep"
 
-CIPHER_AES_256_GCM = 1
-CIPHER_CHACHA20_POLY1305 = 2
+# Format constants are defined once, in qeltrix-format, and read from _core.
+CIPHER_AES_256_GCM: int = _core.CIPHER_AES_256_GCM
+CIPHER_CHACHA20_POLY1305: int = _core.CIPHER_CHACHA20_POLY1305
 CIPHERS = {"aes-256-gcm": CIPHER_AES_256_GCM, "chacha20-poly1305": CIPHER_CHACHA20_POLY1305}
 Aead = AESGCM | ChaCha20Poly1305
 _AEADS: dict[int, type[AESGCM] | type[ChaCha20Poly1305]] = {
@@ -43,20 +45,21 @@ _AEADS: dict[int, type[AESGCM] | type[ChaCha20Poly1305]] = {
     CIPHER_CHACHA20_POLY1305: ChaCha20Poly1305,
 }
 
-KIND_KEY = 1
-KIND_ARGON2ID = 2
-KIND_PBKDF2 = 3
-KIND_X25519 = 4
-KIND_RSA_OAEP = 5
-KIND_KMS = 6
+KIND_KEY: int = _core.KIND_KEY
+KIND_ARGON2ID: int = _core.KIND_ARGON2ID
+KIND_PBKDF2: int = _core.KIND_PBKDF2
+KIND_X25519: int = _core.KIND_X25519
+KIND_RSA_OAEP: int = _core.KIND_RSA_OAEP
+KIND_KMS: int = _core.KIND_KMS
+KIND_HANDSHAKE: int = _core.KIND_HANDSHAKE
 
-MK_LEN = 32
-KEY_LEN = 32
-NONCE_LEN = 12
-TAG_LEN = 16
-SALT_LEN = 16
-META_PT_LEN = 76
-META_FRAME_LEN = NONCE_LEN + META_PT_LEN + TAG_LEN
+MK_LEN: int = _core.MK_LEN
+KEY_LEN: int = _core.MK_LEN
+NONCE_LEN: int = _core.NONCE_LEN
+TAG_LEN: int = _core.TAG_LEN
+SALT_LEN: int = _core.SALT_LEN
+META_PT_LEN: int = _core.META_PT_LEN
+META_FRAME_LEN: int = _core.META_FRAME_LEN
 
 ARGON2ID_DEFAULTS = {"t_cost": 3, "m_cost_kib": 65536, "lanes": 4}
 PBKDF2_DEFAULT_ITERATIONS = 600_000
@@ -197,10 +200,10 @@ def unwrap_stanza(
 
 # --- public-key recipients (FORMAT.md 3.1, kinds 4 and 5) -------------------------------
 
-X25519_BODY_LEN = 32 + 32 + NONCE_LEN + MK_LEN + TAG_LEN  # 124
-RSA_MIN_BITS = 3072
-RSA_MAX_BITS = 8192
-RSA_MAX_SPKI_LEN = 1200  # DER SubjectPublicKeyInfo of an 8192-bit key is 1,062 bytes
+X25519_BODY_LEN: int = _core.X25519_BODY_LEN  # eph_pub, recipient_pub, nonce, wrapped MK
+RSA_MIN_BITS: int = _core.RSA_MIN_BITS
+RSA_MAX_BITS: int = _core.RSA_MAX_BITS
+RSA_MAX_SPKI_LEN: int = _core.RSA_MAX_SPKI_LEN  # an 8192-bit key's DER SPKI is 1,062 bytes
 _X25519_BODY = struct.Struct("<32s32s12s48s")
 
 
@@ -522,8 +525,8 @@ class ContainerKeys:
 
 # --- signatures (FORMAT.md section 15) ---------------------------------------------------
 
-ED25519_LEN = 32
-ED25519_SIG_LEN = 64
+ED25519_LEN: int = _core.SIGNER_PUB_LEN
+ED25519_SIG_LEN: int = _core.SIGNATURE_LEN
 
 
 class Ed25519Signer:
@@ -592,22 +595,22 @@ def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
 
 # --- gateway handshake (FORMAT.md section 12.1) ------------------------------------------
 
-HS_MAGIC = b"QLTXHS1\n"
+HS_MAGIC: bytes = _core.HS_MAGIC
 LABEL_HANDSHAKE = b"qeltrix-v6 handshake"
 LABEL_HANDSHAKE_STREAM = b"qeltrix-v6 handshake stream"
-HS_MSG1_LEN = len(HS_MAGIC) + 64
-HS_MSG2_LEN = 96
-HS_MSG3_LEN = 32
-X25519_LEN = 32
+HS_MSG1_LEN: int = _core.HS_MSG1_LEN
+HS_MSG2_LEN: int = _core.HS_MSG2_LEN
+HS_MSG3_LEN: int = _core.HS_MSG3_LEN
+X25519_LEN: int = _core.X25519_LEN
 # FORMAT.md section 12.2: every stream MK is bound to its direction.
 DIRECTION_REQUEST = 1
 DIRECTION_REPLY = 2
-SK_MAGIC = b"QLTXSK1\n"
+SK_MAGIC: bytes = _core.SK_MAGIC
 LABEL_SHARED_KEY_CHECK = b"qeltrix-v6 shared-key check"
 LABEL_SHARED_KEY_SESSION = b"qeltrix-v6 shared-key session"
-SK_NONCE_LEN = 32
-SK_MSG1_LEN = len(SK_MAGIC) + 2 * SK_NONCE_LEN
-SK_MSG2_LEN = SK_NONCE_LEN
+SK_NONCE_LEN: int = _core.SK_NONCE_LEN
+SK_MSG1_LEN: int = _core.SK_MSG1_LEN
+SK_MSG2_LEN: int = _core.SK_MSG2_LEN
 
 
 def stream_mk(session: bytes, container_id: bytes, direction: int) -> bytes:

@@ -41,8 +41,7 @@ _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ER
 MODES = ("reflect", "router", "decrypt", "sink")
 REPLY_LABEL = b"qeltrix-v6 reply"
 
-
-KIND_HANDSHAKE = 16
+KIND_HANDSHAKE: int = _core.KIND_HANDSHAKE
 PUBKEY_PREFIX = "qltx-x25519:"
 
 
@@ -106,7 +105,7 @@ class _Keyring:
         container_id: bytes | None,
         block_size: int,
     ) -> tuple[bytes, _crypto.ContainerKeys]:
-        cid = container_id if container_id is not None else _crypto.random_bytes(16)
+        cid = container_id if container_id is not None else _crypto.random_bytes(_core.CONTAINER_ID_LEN)
         if session is not None:
             mk = session.send_mk(cid)
             stanza = (KIND_HANDSHAKE, b"")
@@ -232,8 +231,10 @@ class GatewayServer(BackgroundService):
             raise ValueError("sink mode needs an existing sink_dir")
         if cipher not in _crypto.CIPHERS:
             raise ValueError(f"unknown cipher {cipher!r}")
-        if not _core.MIN_BLOCK_SIZE <= block_size <= 16 << 20:
-            raise ValueError("block_size must be between 16 bytes and 16 MiB")
+        if not _core.MIN_BLOCK_SIZE <= block_size <= _core.MAX_STREAM_BLOCK_SIZE:
+            raise ValueError(
+                f"block_size must be between {_core.MIN_BLOCK_SIZE} bytes and {_core.MAX_STREAM_BLOCK_SIZE >> 20} MiB"
+            )
         if not handshake_timeout > 0:
             raise ValueError("handshake_timeout must be positive")
         max_connections = _raise_open_file_limit(max_connections)

@@ -5,6 +5,7 @@ use crate::io::PyBuf;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
+use qeltrix_format::handshake::MAX_HS_MSG_LEN;
 use qeltrix_format::{frame_len, BlockMeta, Header, META_FRAME_LEN};
 use qeltrix_server::gateway::{
     recover_stream, start_gateway, GatewayConfig, GatewayHandle, GwError, Keyring, Mode, StreamKeys,
@@ -16,9 +17,6 @@ use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
-
-/// Largest handshake message a session may ask for (bounds pre-authentication memory).
-const MAX_HS_MSG_LEN: usize = 256;
 
 fn gw_err(py: Python<'_>, e: PyErr) -> GwError {
     let is = |c| is_error(py, &e, c);
@@ -252,7 +250,7 @@ pub struct GatewayCore {
 #[pymethods]
 impl GatewayCore {
     #[new]
-    #[pyo3(signature = (mode, host, port, keyring, target=None, sink_dir=None, sink_raw=false, block_size=262144,
+    #[pyo3(signature = (mode, host, port, keyring, target=None, sink_dir=None, sink_raw=false, block_size=qeltrix_format::DEFAULT_BLOCK_SIZE,
                         flush_delay=0.0, max_connections=1024, idle_timeout=300.0, connect_timeout=10.0,
                         stats_interval=0.0, handshake_timeout=10.0, signer=None))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments

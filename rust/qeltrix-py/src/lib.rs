@@ -5,6 +5,7 @@
 //! (`calls.rs` lists every touchpoint: the Rust/Python contract). The GIL is released around all I/O and waits.
 mod calls;
 mod codec;
+mod constants;
 mod error;
 mod gateway;
 mod io;
@@ -25,5 +26,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gateway::parse_header, m)?)?;
     codec::register(m)?;
     calls::register(m)?;
+    constants::register(m)?;
     Ok(())
 }

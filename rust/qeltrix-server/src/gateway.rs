@@ -89,7 +89,7 @@ impl GatewayConfig {
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
-            max_peer_block_size: 16 << 20,
+            max_peer_block_size: qeltrix_format::MAX_STREAM_BLOCK_SIZE,
             backlog: 1024,
             stats_interval: Duration::ZERO,
         }
