@@ -78,7 +78,28 @@ def _check_credentials(
         raise ValueError("the passphrase is empty")
 
 
+def _check_file_arg(value: object, what: str, *, write: bool = False) -> None:
+    """Refuse a ``src``/``dst`` that is neither a path, a binary file object nor a file
+    descriptor with a ``TypeError`` or ``ValueError`` naming the argument, instead of an
+    ``AttributeError`` or a failure deep in a pipeline. ``True`` is not file descriptor 1."""
+    kinds = "a path, a binary file object or a file descriptor"
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be {kinds}, not a bool")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{what}: file descriptor {value} is negative")
+        return
+    if isinstance(value, str | os.PathLike):
+        return
+    methods = ("write",) if write else ("readinto", "read")
+    if not any(callable(getattr(value, m, None)) for m in methods):
+        raise TypeError(f"{what} must be {kinds}, not {type(value).__name__}")
+
+
 def _open_input(path: str | os.PathLike[str]) -> IO[bytes]:
+    if not isinstance(path, str | os.PathLike):
+        # builtins.open would take an int as a descriptor to adopt and close.
+        raise TypeError(f"expected a path, not {type(path).__name__}")
     try:
         return builtins.open(path, "rb", buffering=0)
     except FileNotFoundError:
@@ -174,6 +195,8 @@ def pack(
         mk, container_id, _crypto.CIPHERS[cipher], block_size, perm_window, stanzas, signed=signer is not None
     )
 
+    _check_file_arg(src, "src")
+    _check_file_arg(dst, "dst", write=True)
     with contextlib.ExitStack() as stack:
         total: int | None = None
         if isinstance(src, str | os.PathLike):
@@ -283,11 +306,14 @@ def open_reader(
     pinned = _signing.parse_signers(signers)
     if signers is not None and not pinned:
         raise ValueError("signers is empty: give at least one qltx-ed25519: public key, or None")
+    _check_file_arg(src, "src")
     owned: list[IO[bytes]] = []
     if isinstance(src, str | os.PathLike):
         f = _open_input(src)
         owned.append(f)
         arg: Any = f.fileno()
+    elif isinstance(src, int):
+        arg = src  # a file descriptor: Rust reads it in place
     else:
         if not (hasattr(src, "seekable") and src.seekable()):
             spool = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the _Opened
@@ -473,6 +499,9 @@ def recover(
     ``kept_len`` bytes of ``src`` (header and authenticated frames) were kept, the
     ``dropped_len`` bytes after them were not.
     """
+    for what, path in (("src", src), ("dst", dst)):
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"{what} must be a path, not {type(path).__name__}")
     kms = _kms_with_keys(kms, kms_key_ids)
     identities = _pubkeys.load_identities(identity)
     _check_reader_credentials(passphrase, key, identities, kms)
@@ -572,6 +601,7 @@ def unpack(
     ``signers`` requires a signature by one of these ``qltx-ed25519:`` keys (see :func:`open`).
     """
     _check_workers(workers)
+    _check_file_arg(dst, "dst", write=True)
     opened = open_reader(
         src,
         passphrase=passphrase,

@@ -15,6 +15,7 @@
 //! Byte buffers that Python writes into are passed as `memoryview`s of a [`PyBuf`] (see there).
 use crate::io::PyBuf;
 use pyo3::call::PyCallArgs;
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyType};
@@ -439,7 +440,13 @@ pub fn session_step1(py: Python<'_>, session: &Py<PyAny>, call: &PyCall<1>, msg:
 /// `src.readinto(view)`: bytes read, `None` for "no data yet".
 pub fn readinto(py: Python<'_>, src: &Py<PyAny>, view: Bound<'_, PyAny>, random: bool) -> PyResult<Option<usize>> {
     let call = if random { &RANDOM_READINTO } else { &READINTO };
-    invoke(py, src, call, (view,))?.extract()
+    count(invoke(py, src, call, (view,))?, call.name)
+}
+
+/// A file method's return value as a byte count: a non-negative int or `None`, else `TypeError`.
+fn count(r: Bound<'_, PyAny>, method: &str) -> PyResult<Option<usize>> {
+    r.extract()
+        .map_err(|_| PyTypeError::new_err(format!("{method}() must return a non-negative int or None, not {r}")))
 }
 
 /// `src.seek(offset, whence)`: the new position.
@@ -449,7 +456,7 @@ pub fn seek(py: Python<'_>, src: &Py<PyAny>, offset: u64, whence: u8) -> PyResul
 
 /// `dst.write(data)`: bytes written, `None` for "would block".
 pub fn write(py: Python<'_>, dst: &Py<PyAny>, data: Bound<'_, PyAny>) -> PyResult<Option<usize>> {
-    invoke(py, dst, &WRITE, (data,))?.extract()
+    count(invoke(py, dst, &WRITE, (data,))?, WRITE.name)
 }
 
 // --- callables ---

@@ -1,8 +1,9 @@
 //! The GatewayServer binding: `qeltrix-server`'s TCP loops with stream keys from the Python
 //! layer (`qeltrix_v6.gateway`), and `recover_stream` for stored streams without an index.
 use crate::calls::{self, is_error, ErrorClass};
+use crate::error::io_error;
 use crate::io::PyBuf;
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use qeltrix_format::handshake::MAX_HS_MSG_LEN;
@@ -284,9 +285,9 @@ impl GatewayCore {
         };
         let listen = (host, port)
             .to_socket_addrs()
-            .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
+            .map_err(|e| io_error(format!("cannot resolve {host}: {e}")))?
             .next()
-            .ok_or_else(|| PyOSError::new_err(format!("cannot resolve {host}")))?;
+            .ok_or_else(|| io_error(format!("cannot resolve {host}")))?;
         let mut config = GatewayConfig::new(mode, listen);
         config.target = target;
         config.sink_dir = sink_dir;
@@ -300,7 +301,7 @@ impl GatewayCore {
         config.handshake_timeout = Duration::from_secs_f64(handshake_timeout.max(0.01));
         let handle = py
             .detach(|| start_gateway(config, PyKeyring(keyring, signer)))
-            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            .map_err(|e| io_error(e.to_string()))?;
         let addr = handle.local_addr();
         Ok(GatewayCore {
             handle: Mutex::new(Some(handle)),
@@ -385,7 +386,7 @@ pub fn recover_stream_file(
         file.sync_all().map_err(|e| e.to_string())?;
         Ok(rec)
     });
-    let rec = r.map_err(PyOSError::new_err)?;
+    let rec = r.map_err(io_error)?;
     Ok((rec.blocks, rec.pt_len, rec.complete, rec.stopped))
 }
 

@@ -5,8 +5,9 @@
 //! with the GIL held). Buffers are `bytearray`s so the crypto layer can `encrypt_into` them.
 use crate::calls;
 use crate::error::Result;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PySlice};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyInt, PyMemoryView, PySlice};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{BorrowedFd, RawFd};
@@ -67,15 +68,41 @@ fn memview_slice<'py>(py: Python<'py>, buf: &PyBuf, start: usize, end: usize) ->
     mv.get_item(PySlice::new(py, start as isize, end as isize, 1))
 }
 
+/// An `int` argument as a duplicated file descriptor; `None` for any other object (a file
+/// object). `bool` and negative numbers are refused (`TypeError`, `ValueError`), and a
+/// descriptor that is not open is `QeltrixIOError`.
 fn fd_of(obj: &Bound<'_, PyAny>) -> PyResult<Option<File>> {
+    if obj.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err("a file descriptor must be an int, not a bool"));
+    }
     if !obj.is_instance_of::<PyInt>() {
         return Ok(None);
     }
-    let fd: RawFd = obj.extract()?;
-    // SAFETY: the caller passes a descriptor it keeps open for the duration of the call; we
-    // only borrow it to duplicate it, and the duplicate is ours to own and close.
-    let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    let fd: i64 = obj
+        .extract()
+        .map_err(|_| PyValueError::new_err("file descriptor out of range"))?;
+    let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0).ok_or_else(|| {
+        PyValueError::new_err(format!("file descriptor {fd} is out of range (negative or too large)"))
+    })?;
+    // SAFETY: `fd` is non-negative (`borrow_raw` requires `fd != -1`); the caller passes a
+    // descriptor it keeps open for the duration of the call, and we only borrow it to duplicate
+    // it (a closed one fails with EBADF). The duplicate is ours to own and close.
+    let owned = unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .map_err(|e| crate::error::io_error(format!("file descriptor {fd}: {e}")))?;
     Ok(Some(File::from(owned)))
+}
+
+/// A byte count a Python file object returned, refused when it claims more than it was given
+/// (slicing past the buffer would otherwise panic).
+fn checked_count(n: usize, asked: usize, method: &str) -> Result<usize> {
+    if n > asked {
+        return Err(std::io::Error::other(format!(
+            "{method} returned {n}, more than the {asked} bytes it was given"
+        ))
+        .into());
+    }
+    Ok(n)
 }
 
 /// Where plaintext (pack) or a container (unpack) is read from, sequentially.
@@ -117,7 +144,7 @@ impl Source {
             if n == 0 {
                 break;
             }
-            got += n;
+            got += checked_count(n, want - got, "readinto")?;
         }
         Ok(got)
     }
@@ -165,7 +192,7 @@ impl RandomSource {
                         let r = calls::readinto(py, &obj, view, true)?;
                         match r {
                             Some(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
-                            Some(k) => got += k,
+                            Some(k) => got += checked_count(k, n - got, "readinto")?,
                             None => std::thread::yield_now(),
                         }
                     }
@@ -209,7 +236,7 @@ impl Sink {
                     let r = calls::write(py, obj, view)?;
                     match r {
                         Some(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
-                        Some(k) => pos += k,
+                        Some(k) => pos += checked_count(k, end - pos, "write")?,
                         None => std::thread::yield_now(),
                     }
                 }
@@ -228,7 +255,7 @@ impl Sink {
                     let r = calls::write(py, obj, PyBytes::new(py, &data[pos..]).into_any())?;
                     match r {
                         Some(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
-                        Some(k) => pos += k,
+                        Some(k) => pos += checked_count(k, data.len() - pos, "write")?,
                         None => std::thread::yield_now(),
                     }
                 }

@@ -7,7 +7,7 @@
 use crate::calls;
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, Sink, Source};
-use crate::pipeline::{with_thread_state, worker_count, Progress, Shared, POLL};
+use crate::pipeline::{with_thread_state, worker_count, Progress, Shared};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
 use qeltrix_format::{frame_len, signed_message, FormatError, Header, Index, IndexEntry, Permutation, Trailer};
@@ -371,8 +371,8 @@ impl Plan {
                 progress.update(pt_done, false)?;
                 continue;
             }
-            match msgs.recv_timeout(POLL) {
-                Ok(Msg::Frame {
+            match shared.recv_or_fail(msgs, "pack")? {
+                Some(Msg::Frame {
                     block_index,
                     buf,
                     pt_len,
@@ -383,15 +383,8 @@ impl Plan {
                     }
                     pending.insert(block_index, (buf, pt_len));
                 }
-                Ok(Msg::Eof { block_count: n }) => block_count = Some(n),
-                Err(_) => {
-                    shared.check_signals();
-                    if shared.cancelled() {
-                        return Err(shared.take_error().unwrap_or(Error::Format(FormatError::Malformed(
-                            "pack stopped before the input ended".into(),
-                        ))));
-                    }
-                }
+                Some(Msg::Eof { block_count: n }) => block_count = Some(n),
+                None => {}
             }
         }
     }

@@ -67,10 +67,43 @@ impl Shared {
         }
     }
 
-    /// Run a stage, recording its error.
+    /// Run a stage, recording its error; a panic is recorded as [`Error::Internal`] so the
+    /// other stages stop and the caller gets an exception instead of a hang.
     pub fn run(&self, f: impl FnOnce() -> Result<()>) {
-        if let Err(e) = f() {
-            self.fail(e);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.fail(e),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                self.fail(Error::Internal(format!("a pipeline stage panicked: {what}")));
+            }
+        }
+    }
+
+    /// The coordinating thread's wait for the next message: `Ok(None)` on a timeout (after
+    /// looking at Ctrl-C), the first error once cancelled, and an error when every producer is
+    /// gone before the work is done (a stage that died must not leave the writer waiting).
+    pub fn recv_or_fail<T>(&self, rx: &Receiver<T>, what: &str) -> Result<Option<T>> {
+        match rx.recv_timeout(POLL) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                if e == RecvTimeoutError::Timeout {
+                    self.check_signals();
+                }
+                if self.cancelled() {
+                    return Err(self
+                        .take_error()
+                        .unwrap_or_else(|| Error::Internal(format!("{what} was cancelled"))));
+                }
+                if e == RecvTimeoutError::Disconnected {
+                    return Err(Error::Internal(format!("every stage stopped before {what} finished")));
+                }
+                Ok(None)
+            }
         }
     }
 

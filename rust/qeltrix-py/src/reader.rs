@@ -8,7 +8,7 @@
 use crate::calls;
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, RandomSource, Sink};
-use crate::pipeline::{with_thread_state, worker_count, Progress, Shared, POLL};
+use crate::pipeline::{with_thread_state, worker_count, Progress, Shared};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
@@ -177,7 +177,7 @@ impl Reader {
     fn read_bytes<'py>(&self, py: Python<'py>, pos: u64, len: u64) -> PyResult<Bound<'py, PyBytes>> {
         let total = self.loaded()?.index.pt_total_len;
         let n = pos.saturating_add(len).min(total).saturating_sub(pos);
-        let n = usize::try_from(n).map_err(|_| pyo3::exceptions::PyOverflowError::new_err("read too large"))?;
+        let n = usize::try_from(n).map_err(|_| Error::Format(FormatError::Limit(format!("a read of {n} bytes"))))?;
         PyBytes::new_with(py, n, |buf| {
             // The new bytes object is not reachable by any other code until this returns.
             py.detach(|| {
@@ -292,18 +292,8 @@ fn write_in_order(
             progress.update(pt_done, false)?;
             continue;
         }
-        match done.recv_timeout(POLL) {
-            Ok((i, buf)) => {
-                pending.insert(i, buf);
-            }
-            Err(_) => {
-                shared.check_signals();
-                if shared.cancelled() {
-                    return Err(shared
-                        .take_error()
-                        .unwrap_or_else(|| FormatError::Malformed("unpack stopped early".into()).into()));
-                }
-            }
+        if let Some((i, buf)) = shared.recv_or_fail(done, "unpack")? {
+            pending.insert(i, buf);
         }
     }
     sink.flush()?;

@@ -1,6 +1,7 @@
 //! The SeekServer binding: `qeltrix-server`'s HTTP loop over `Reader`s that the Python layer
 //! opens (it owns the credentials: `qeltrix_v6.server.SeekServer`).
 use crate::calls::{self, is_error, ErrorClass};
+use crate::error::io_error;
 use crate::reader::Reader;
 use bytes::Bytes;
 use pyo3::exceptions::PyOSError;
@@ -71,6 +72,12 @@ impl Opener for PyOpener {
             let reader: Py<Reader> = reader
                 .extract(py)
                 .map_err(|e| OpenError::Io(format!("opener returned {e}")))?;
+            // A reader without its index would be served as an empty file: refuse it.
+            if let Err(e) = reader.get().pt_len() {
+                return Err(OpenError::Io(format!(
+                    "opener returned a reader that is not loaded: {e}"
+                )));
+            }
             Ok(Arc::new(PyContainer(reader)))
         })
     }
@@ -126,9 +133,9 @@ impl SeekServerCore {
     ) -> PyResult<SeekServerCore> {
         let addr = (host, port)
             .to_socket_addrs()
-            .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
+            .map_err(|e| io_error(format!("cannot resolve {host}: {e}")))?
             .next()
-            .ok_or_else(|| PyOSError::new_err(format!("cannot resolve {host}")))?;
+            .ok_or_else(|| io_error(format!("cannot resolve {host}")))?;
         let mut config = Config::new(addr, root);
         config.token = token;
         config.tls = match (tls_cert, tls_key) {
@@ -153,7 +160,7 @@ impl SeekServerCore {
         let opener = PyOpener { open, log };
         let handle = py
             .detach(|| start(config, opener))
-            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            .map_err(|e| io_error(e.to_string()))?;
         let addr = handle.local_addr();
         Ok(SeekServerCore {
             handle: Mutex::new(Some(handle)),
