@@ -248,3 +248,51 @@ def test_server_refuses_an_unloaded_reader(box: bytes, tmp_path: Path) -> None:
         assert any("not loaded" in line for _, line in lines)
     finally:
         core.stop()
+
+
+# --- buffers Rust holds (rust/qeltrix-py/src/io.rs, PyBuf) ---------------------------------
+
+
+class ResizingSource:
+    """A source that tries to resize the buffer Rust reads into (through the memoryview it was
+    given): Rust holds a buffer export, so CPython refuses with BufferError."""
+
+    def __init__(self) -> None:
+        self.seen: list[type] = []
+
+    def readinto(self, b: Any) -> int:
+        self.seen.append(type(b))
+        owner = b.obj
+        b.release()  # even with the view Python was given released, Rust's export remains
+        owner.clear()
+        return 0
+
+
+def test_resizing_a_buffer_rust_holds_raises_buffer_error() -> None:
+    src = ResizingSource()
+    with pytest.raises(BufferError):
+        qeltrix_v6.pack(src, io.BytesIO(), key=KEY, block_size=64)
+    assert src.seen == [memoryview]
+
+
+def test_crypto_callbacks_receive_memoryviews(box: bytes) -> None:
+    """The buffers handed to ContainerKeys are memoryviews whose owner cannot be resized."""
+    from qeltrix_v6 import _crypto
+
+    seen: list[str] = []
+    original = _crypto.ContainerKeys.open_meta
+
+    def open_meta(self: Any, inbuf: Any) -> bytes:
+        try:
+            inbuf.obj.extend(b"x")
+        except BufferError:
+            seen.append(type(inbuf).__name__)
+        return original(self, inbuf)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(_crypto.ContainerKeys, "open_meta", open_meta)
+    try:
+        assert qeltrix_v6.seek_extract(io.BytesIO(box), 0, 10, key=KEY) == PT[:10]
+    finally:
+        mp.undo()
+    assert seen and set(seen) == {"memoryview"}

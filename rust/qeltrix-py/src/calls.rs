@@ -288,7 +288,7 @@ pub fn seal_frame(
     pt_len: usize,
     outbuf: &PyBuf,
 ) -> PyResult<()> {
-    let args = (block_index, meta_flags, inbuf.view(py), pt_len, outbuf.view(py));
+    let args = (block_index, meta_flags, inbuf.view(py)?, pt_len, outbuf.view(py)?);
     let (cdk_salt, data_nonce, pt_sha256): ([u8; 16], [u8; 12], [u8; 32]) =
         invoke(py, keys, &SEAL_BLOCK, args)?.extract()?;
     let meta = BlockMeta {
@@ -303,14 +303,14 @@ pub fn seal_frame(
         py,
         keys,
         &SEAL_META,
-        (PyBytes::new(py, &meta.encode()), outbuf.view(py)),
+        (PyBytes::new(py, &meta.encode()), outbuf.view(py)?),
     )?;
     Ok(())
 }
 
 /// Decrypt the V6-C metadata at the start of the frame in `inbuf`; returns `meta_pt`.
 pub fn open_meta(py: Python<'_>, keys: &Py<PyAny>, inbuf: &PyBuf) -> PyResult<Vec<u8>> {
-    invoke(py, keys, &OPEN_META, (inbuf.view(py),))?.extract()
+    invoke(py, keys, &OPEN_META, (inbuf.view(py)?,))?.extract()
 }
 
 /// Decrypt the frame's `data_ct` in `inbuf` into `outbuf[..meta.pt_len]`, checking its SHA-256.
@@ -322,8 +322,8 @@ pub fn open_data(py: Python<'_>, keys: &Py<PyAny>, meta: &BlockMeta, inbuf: &PyB
         PyBytes::new(py, &meta.cdk_salt),
         PyBytes::new(py, &meta.data_nonce),
         PyBytes::new(py, &meta.pt_sha256),
-        inbuf.view(py),
-        outbuf.view(py),
+        inbuf.view(py)?,
+        outbuf.view(py)?,
     );
     invoke(py, keys, &OPEN_BLOCK, args)?;
     Ok(())
@@ -331,7 +331,7 @@ pub fn open_data(py: Python<'_>, keys: &Py<PyAny>, meta: &BlockMeta, inbuf: &PyB
 
 /// `frame_digest` of the frame at the start of `inbuf` (FORMAT.md section 15).
 pub fn frame_digest(py: Python<'_>, keys: &Py<PyAny>, inbuf: &PyBuf) -> PyResult<[u8; 32]> {
-    invoke(py, keys, &FRAME_DIGEST, (inbuf.view(py),))?.extract()
+    invoke(py, keys, &FRAME_DIGEST, (inbuf.view(py)?,))?.extract()
 }
 
 /// `SHA256(data)` through the crypto layer.

@@ -219,7 +219,7 @@ impl Keyring for PyKeyring {
         Python::attach(|py| calls::sign(py, signer, message).map_err(|e| gw_err(py, e)))
     }
 
-    fn on_thread(&self, f: &mut dyn FnMut()) {
+    fn on_thread(&self, f: &mut (dyn FnMut() + Send)) {
         crate::pipeline::with_thread_state(f)
     }
 

@@ -2,9 +2,11 @@
 //!
 //! A source or sink is either a file descriptor (the fast path: Rust reads and writes it with
 //! the GIL released) or a Python binary file object (`readinto` / `write` / `seek`, called
-//! with the GIL held). Buffers are `bytearray`s so the crypto layer can `encrypt_into` them.
+//! with the GIL held). Buffers are `bytearray`s (see [`PyBuf`]) that Python sees as memoryviews,
+//! so the crypto layer can `encrypt_into` them.
 use crate::calls;
 use crate::error::Result;
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyInt, PyMemoryView, PySlice};
@@ -14,58 +16,54 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
-/// A `bytearray` owned by one pipeline stage, whose data pointer Rust uses without the GIL.
+/// A `bytearray` owned by one pipeline stage, whose bytes Rust reads and writes without the GIL.
+///
+/// `buffer` is a buffer export of the bytearray (`PyObject_GetBuffer`) held for the PyBuf's
+/// whole life: while an export exists CPython refuses to resize a bytearray (`BufferError`),
+/// so its storage neither moves nor shrinks, whatever Python code does with it. Python only
+/// ever receives memoryviews of it ([`PyBuf::view`]), during calls the owning thread makes.
 pub struct PyBuf {
     obj: Py<PyByteArray>,
-    ptr: *mut u8,
-    cap: usize,
+    buffer: PyBuffer<u8>,
 }
-
-// SAFETY: the pointer refers to the bytearray's heap storage, which `obj` keeps alive. The
-// buffer is never resized (Python code only ever sees it through memoryview slices during a
-// crypto call, and an exported memoryview forbids resizing anyway), and at any time exactly one
-// thread owns the PyBuf, so moving it between threads moves the only access path.
-unsafe impl Send for PyBuf {}
 
 impl PyBuf {
     /// A zero-filled buffer of `cap` bytes.
     pub fn new(py: Python<'_>, cap: usize) -> PyResult<PyBuf> {
         let b = PyByteArray::new_with(py, cap, |_| Ok(()))?;
-        let ptr = b.data();
+        let buffer = PyBuffer::<u8>::get(b.as_any())?;
+        debug_assert!(!buffer.readonly() && buffer.is_c_contiguous() && buffer.len_bytes() == cap);
         Ok(PyBuf {
             obj: b.unbind(),
-            ptr,
-            cap,
+            buffer,
         })
     }
 
-    /// The bytearray, for passing to Python.
-    pub fn obj<'py>(&self, py: Python<'py>) -> &Bound<'py, PyByteArray> {
-        self.obj.bind(py)
-    }
-
-    /// The buffer as Python sees it during a call.
-    pub fn view<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
-        self.obj.bind(py).as_any().clone()
+    /// A memoryview of the whole buffer, for passing to Python.
+    pub fn view<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(PyMemoryView::from(self.obj.bind(py).as_any())?.into_any())
     }
 
     /// The whole buffer.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: see the `Send` impl; `&self` excludes concurrent Rust writers and no Python
-        // code holds the buffer outside a call this thread is making.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.cap) }
+        // SAFETY: `buffer` is a C-contiguous export of `len_bytes()` bytes, kept valid and
+        // unmoved for as long as `self` holds it (an exported bytearray cannot be resized).
+        // Python writes into it only through memoryviews passed to a call the owning thread
+        // makes, never while this shared borrow (which needs that thread) is alive.
+        unsafe { std::slice::from_raw_parts(self.buffer.buf_ptr().cast::<u8>(), self.buffer.len_bytes()) }
     }
 
     /// The whole buffer, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as for `as_slice`, with `&mut self` making this the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.cap) }
+        // SAFETY: as for `as_slice`; the export is writable (a bytearray's), and `&mut self`
+        // makes this the only Rust reference while no Python call runs on this buffer.
+        unsafe { std::slice::from_raw_parts_mut(self.buffer.buf_ptr().cast::<u8>(), self.buffer.len_bytes()) }
     }
 }
 
 fn memview_slice<'py>(py: Python<'py>, buf: &PyBuf, start: usize, end: usize) -> PyResult<Bound<'py, PyAny>> {
-    let mv = PyMemoryView::from(buf.obj(py).as_any())?;
-    mv.get_item(PySlice::new(py, start as isize, end as isize, 1))
+    buf.view(py)?
+        .get_item(PySlice::new(py, start as isize, end as isize, 1))
 }
 
 /// An `int` argument as a duplicated file descriptor; `None` for any other object (a file

@@ -154,19 +154,9 @@ pub fn worker_count(requested: Option<usize>) -> usize {
 /// Run `f` on this (non-Python) thread with a Python thread state kept for its whole life,
 /// without holding the GIL: each later `Python::attach` in `f` then only takes the GIL instead
 /// of creating and destroying a thread state, which matters at one crypto call per frame.
-pub fn with_thread_state<R>(f: impl FnOnce() -> R) -> R {
-    struct AssertSend<T>(T);
-    // SAFETY: the wrapped closure and its result never leave this thread: `detach` runs its
-    // closure synchronously on the calling thread, so no value actually crosses threads.
-    unsafe impl<T> Send for AssertSend<T> {}
-    let f = AssertSend(f);
-    let r = Python::attach(|py| {
-        py.detach(move || {
-            let f = f;
-            AssertSend((f.0)())
-        })
-    });
-    r.0
+/// `f` and its result are `Send` (pyo3's `Ungil` check on `detach`): nothing GIL-bound crosses.
+pub fn with_thread_state<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    Python::attach(|py| py.detach(f))
 }
 
 thread_local! {
