@@ -119,3 +119,22 @@ def test_python_layer_reads_core_constants() -> None:
     assert len(_crypto.HS_MAGIC) + 2 * _crypto.X25519_LEN == _crypto.HS_MSG1_LEN
     assert max(_crypto.Handshake.msg_lens + _crypto.SharedKeySession.msg_lens) <= _core.MAX_HS_MSG_LEN
     assert {k: n for k, n in _core.STANZA_NAMES.items() if n != "handshake"} == _recipients.KIND_NAMES
+
+
+def test_one_header_type_from_every_parse_path() -> None:
+    """parse_header and Reader.header return the same type with the same fields."""
+    import io
+
+    import qeltrix_v6
+
+    box = io.BytesIO()
+    qeltrix_v6.pack(io.BytesIO(b"x" * 100), box, key=bytes(32), block_size=64)
+    reader = _core.Reader(io.BytesIO(box.getvalue()))
+    a, b = reader.header, _core.parse_header(reader.header_bytes)
+    assert type(a) is type(b) is _core.Header
+    fields = [n for n in dir(_core.Header) if not n.startswith("_")]
+    assert len(fields) >= 14
+    for name in fields:
+        assert getattr(a, name) == getattr(b, name), name
+    assert a.header_bytes == box.getvalue()[: a.header_len]
+    assert not a.signed

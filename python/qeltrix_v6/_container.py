@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, Any, Literal, Protocol, cast, overload
+from typing import IO, Any, Literal, cast, overload
 
 from . import _core, _crypto, _pubkeys, _signing
 from ._atomic import AtomicOutput
@@ -327,7 +327,7 @@ def open_reader(
         if pinned:
             _signing.require_signed_flag(int(reader.header_flags))  # S1, before any KDF
         keys = unlock_header(
-            reader, passphrase=passphrase, key=key, identity=identities, kms=kms, max_kdf_memory=max_kdf_memory
+            reader.header, passphrase=passphrase, key=key, identity=identities, kms=kms, max_kdf_memory=max_kdf_memory
         )
         reader.load_index(keys)
         if pinned:
@@ -350,25 +350,6 @@ def _kms_with_keys(kms: Any, kms_key_ids: Sequence[str] | None) -> Any:
 
     cfg = _kms.config_or_default(kms)
     return dataclasses.replace(cfg, key_ids=(*cfg.key_ids, *kms_key_ids))
-
-
-class HeaderFields(Protocol):
-    """The parsed header fields :func:`unlock_header` needs (a ``_core.Reader`` has them)."""
-
-    @property
-    def header_checksummed(self) -> bytes: ...
-    @property
-    def header_sha256(self) -> bytes: ...
-    @property
-    def header_maced(self) -> bytes: ...
-    @property
-    def header_mac(self) -> bytes: ...
-    @property
-    def stanzas(self) -> list[tuple[int, bytes]]: ...
-    @property
-    def container_id(self) -> bytes: ...
-    @property
-    def cipher_id(self) -> int: ...
 
 
 def _check_reader_credentials(
@@ -400,7 +381,7 @@ def _check_kdf_memory(stanzas: Sequence[tuple[int, bytes]], max_kdf_memory: int 
 
 
 def unlock_header(
-    h: HeaderFields,
+    h: _core.Header,
     *,
     passphrase: str | bytes | None = None,
     key: bytes | None = None,
@@ -516,7 +497,7 @@ def recover(
                 "recover cannot vouch for it in the sink's name"
             )
         keys = unlock_header(
-            reader,
+            reader.header,
             passphrase=passphrase,
             key=key,
             identity=identities,

@@ -308,7 +308,7 @@ def _locked(p: str) -> Iterator[io.FileIO]:
 
 def _check_new_header(header: bytes, stanzas: list[tuple[int, bytes]], keys: _crypto.ContainerKeys) -> None:
     """Parse the sealed header back before writing it: a bug here must never reach the disk."""
-    parsed = _core.Reader(io.BytesIO(header))
+    parsed = _core.parse_header(header)
     if [(int(k), bytes(b)) for k, b in parsed.stanzas] != stanzas:
         raise RecipientError("internal error: the new header does not round-trip; nothing written")
     if _crypto.sha256(parsed.header_checksummed) != parsed.header_sha256:

@@ -26,7 +26,6 @@ import base64
 import logging
 import os
 from collections.abc import Iterable
-from types import SimpleNamespace
 from typing import Any
 
 from . import _core, _crypto, _signing
@@ -128,7 +127,7 @@ class _Keyring:
         if session is None and not self._sink_signed:
             return header
         assert self._key is not None
-        f = SimpleNamespace(**_core.parse_header(header))
+        f = _core.parse_header(header)
         if session is not None:
             mk = session.recv_mk(f.container_id)
             stanzas = [_crypto.key_stanza(self._key, mk, f.container_id)]
@@ -145,7 +144,7 @@ class _Keyring:
             # Every stream between gateways is keyed from a fresh session: a stream that
             # needs none could be a recording.
             raise AuthenticationError("a stream from a peer gateway needs a session")
-        fields = SimpleNamespace(**_core.parse_header(header))
+        fields = _core.parse_header(header)
         if _crypto.sha256(fields.header_checksummed) != fields.header_sha256:
             raise AuthenticationError("stream header is corrupt (checksum mismatch)")
         if [k for k, _ in fields.stanzas] != [KIND_HANDSHAKE]:

@@ -5,7 +5,7 @@ use crate::error::io_error;
 use crate::io::PyBuf;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyDict, PyList};
 use qeltrix_format::handshake::MAX_HS_MSG_LEN;
 use qeltrix_format::{frame_len, BlockMeta, Header, META_FRAME_LEN};
 use qeltrix_server::gateway::{
@@ -388,26 +388,4 @@ pub fn recover_stream_file(
     });
     let rec = r.map_err(io_error)?;
     Ok((rec.blocks, rec.pt_len, rec.complete, rec.stopped))
-}
-
-/// Parse a header's bytes (structure and limits only; the caller verifies checksum and MAC).
-#[pyfunction]
-pub fn parse_header<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
-    let h = Header::parse(data).map_err(crate::error::Error::from)?;
-    let d = PyDict::new(py);
-    d.set_item("header_len", h.header_len)?;
-    d.set_item("header_flags", h.header_flags)?;
-    d.set_item("cipher_id", h.cipher_id)?;
-    d.set_item("block_size", h.block_size)?;
-    d.set_item("perm_window", h.perm_window)?;
-    d.set_item("container_id", PyBytes::new(py, &h.container_id))?;
-    d.set_item(
-        "stanzas",
-        PyList::new(py, h.stanzas.iter().map(|s| (s.kind, PyBytes::new(py, &s.body))))?,
-    )?;
-    d.set_item("header_checksummed", PyBytes::new(py, h.checksummed()))?;
-    d.set_item("header_sha256", PyBytes::new(py, h.header_sha256()))?;
-    d.set_item("header_maced", PyBytes::new(py, h.maced()))?;
-    d.set_item("header_mac", PyBytes::new(py, h.header_mac()))?;
-    Ok(d)
 }

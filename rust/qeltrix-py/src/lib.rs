@@ -8,6 +8,7 @@ mod codec;
 mod constants;
 mod error;
 mod gateway;
+mod header;
 mod io;
 mod pack;
 mod pipeline;
@@ -23,7 +24,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::SeekServerCore>()?;
     m.add_class::<gateway::GatewayCore>()?;
     m.add_function(wrap_pyfunction!(gateway::recover_stream_file, m)?)?;
-    m.add_function(wrap_pyfunction!(gateway::parse_header, m)?)?;
+    m.add_function(wrap_pyfunction!(header::parse_header, m)?)?;
+    m.add_class::<header::PyHeader>()?;
     codec::register(m)?;
     calls::register(m)?;
     constants::register(m)?;

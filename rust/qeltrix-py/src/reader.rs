@@ -433,6 +433,12 @@ impl Reader {
         self.digests_required.load(Ordering::Acquire)
     }
 
+    /// The parsed header (the same type `parse_header` returns).
+    #[getter]
+    fn header(&self) -> crate::header::PyHeader {
+        crate::header::PyHeader(self.header.clone())
+    }
+
     /// Every header byte (`header_len` bytes), as stored.
     #[getter]
     fn header_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
