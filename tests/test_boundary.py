@@ -296,3 +296,14 @@ def test_crypto_callbacks_receive_memoryviews(box: bytes) -> None:
     finally:
         mp.undo()
     assert seen and set(seen) == {"memoryview"}
+
+
+@pytest.mark.parametrize("value", [1e300, float("inf")])
+def test_server_seconds_out_of_range_are_value_errors(tmp_path: Path, value: float) -> None:
+    """Duration::from_secs_f64 panics on these; the servers refuse them as ValueError."""
+    for name in ("header_timeout", "idle_timeout"):
+        with pytest.raises(ValueError, match=name):
+            _core.SeekServerCore(str(tmp_path), lambda path: None, None, **{name: value})
+    for name in ("flush_delay", "idle_timeout", "connect_timeout", "stats_interval", "handshake_timeout"):
+        with pytest.raises(ValueError, match=name):
+            _core.GatewayCore("reflect", "127.0.0.1", 0, object(), **{name: value})

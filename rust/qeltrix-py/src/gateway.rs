@@ -3,6 +3,7 @@
 use crate::calls::{self, is_error, ErrorClass};
 use crate::error::io_error;
 use crate::io::PyBuf;
+use crate::pipeline::seconds;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -17,7 +18,6 @@ use std::io::{Seek, SeekFrom};
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
 
 fn gw_err(py: Python<'_>, e: PyErr) -> GwError {
     let is = |c| is_error(py, &e, c);
@@ -293,12 +293,12 @@ impl GatewayCore {
         config.sink_dir = sink_dir;
         config.sink_raw = sink_raw;
         config.block_size = block_size;
-        config.flush_delay = Duration::from_secs_f64(flush_delay.max(0.0));
+        config.flush_delay = seconds("flush_delay", flush_delay, 0.0)?;
         config.max_connections = max_connections.max(1);
-        config.idle_timeout = Duration::from_secs_f64(idle_timeout.max(0.01));
-        config.connect_timeout = Duration::from_secs_f64(connect_timeout.max(0.01));
-        config.stats_interval = Duration::from_secs_f64(stats_interval.max(0.0));
-        config.handshake_timeout = Duration::from_secs_f64(handshake_timeout.max(0.01));
+        config.idle_timeout = seconds("idle_timeout", idle_timeout, 0.01)?;
+        config.connect_timeout = seconds("connect_timeout", connect_timeout, 0.01)?;
+        config.stats_interval = seconds("stats_interval", stats_interval, 0.0)?;
+        config.handshake_timeout = seconds("handshake_timeout", handshake_timeout, 0.01)?;
         let handle = py
             .detach(|| start_gateway(config, PyKeyring(keyring, signer)))
             .map_err(|e| io_error(e.to_string()))?;

@@ -143,6 +143,14 @@ impl Progress {
     }
 }
 
+/// A `seconds` argument (a timeout or interval) as a `Duration`, raised to at least `min`; NaN,
+/// infinite or out-of-range values are a `ValueError` (`Duration::from_secs_f64` would panic).
+pub fn seconds(name: &str, value: f64, min: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value.max(min)).map_err(|_| {
+        pyo3::exceptions::PyValueError::new_err(format!("{name} must be a number of seconds, not {value}"))
+    })
+}
+
 /// Number of worker threads: the caller's choice, else one per core.
 pub fn worker_count(requested: Option<usize>) -> usize {
     requested

@@ -11,7 +11,6 @@ use qeltrix_server::{Container, LogLevel, OpenError, Opener, ReadError};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// An open container: a loaded `Reader` (frozen, so readable without the GIL).
 struct PyContainer(Py<Reader>);
@@ -149,8 +148,8 @@ impl SeekServerCore {
         };
         config.max_connections = max_connections.max(1);
         config.max_connections_per_client = max_connections_per_client.max(1);
-        config.header_timeout = Duration::from_secs_f64(header_timeout.max(0.001));
-        config.idle_timeout = Duration::from_secs_f64(idle_timeout.max(0.001));
+        config.header_timeout = crate::pipeline::seconds("header_timeout", header_timeout, 0.001)?;
+        config.idle_timeout = crate::pipeline::seconds("idle_timeout", idle_timeout, 0.001)?;
         config.access_log = access_log;
         config.worker_threads = workers.max(1);
         config.thread_hooks = Some(ThreadHooks {
