@@ -307,3 +307,98 @@ def test_server_seconds_out_of_range_are_value_errors(tmp_path: Path, value: flo
     for name in ("flush_delay", "idle_timeout", "connect_timeout", "stats_interval", "handshake_timeout"):
         with pytest.raises(ValueError, match=name):
             _core.GatewayCore("reflect", "127.0.0.1", 0, object(), **{name: value})
+
+
+# One hostile parameter at a time, every other argument valid, so each reaches as deep as it
+# can: (function, parameter, valid arguments).
+ONE_AT_A_TIME: list[tuple[str, str]] = [
+    ("pack", "src"),
+    ("pack", "dst"),
+    ("pack", "key"),
+    ("pack", "block_size"),
+    ("pack", "workers"),
+    ("pack", "cipher"),
+    ("pack", "permute"),
+    ("pack", "progress"),
+    ("unpack", "src"),
+    ("unpack", "dst"),
+    ("unpack", "key"),
+    ("unpack", "workers"),
+    ("unpack", "progress"),
+    ("seek_extract", "src"),
+    ("seek_extract", "offset"),
+    ("seek_extract", "length"),
+    ("seek_extract", "key"),
+    ("seek_extract", "signers"),
+    ("open_rb", "src"),
+    ("open_rb", "cache_blocks"),
+    ("open_rb", "max_kdf_memory"),
+    ("open_rb", "seek"),
+    ("open_wb", "dst"),
+    ("open_wb", "block_size"),
+    ("recover", "src"),
+    ("recover", "dst"),
+]
+NUMBERS = st.one_of(
+    st.integers(-(2**70), 2**70), st.sampled_from([-1, 0, 1, 2**32, 2**63, 2**64, 2**64 - 1]), st.floats()
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.sampled_from(ONE_AT_A_TIME), value=st.one_of(HOSTILE, NUMBERS))
+def test_one_hostile_argument_raises_documented_errors(
+    box: bytes, work_dir: Path, monkeypatch: pytest.MonkeyPatch, case: tuple[str, str], value: Any
+) -> None:
+    monkeypatch.chdir(work_dir)
+    fn, param = case
+    value = _fix(value)
+    (work_dir / "box.qltx").write_bytes(box)
+    kw: dict[str, Any] = {"key": KEY}
+    if fn == "pack":
+        args: dict[str, Any] = {"src": io.BytesIO(PT), "dst": io.BytesIO(), "block_size": 64}
+        args.update(kw)
+        args[param] = value
+
+        def call() -> object:
+            return qeltrix_v6.pack(**args)
+    elif fn == "unpack":
+        args = {"src": io.BytesIO(box), "dst": io.BytesIO(), **kw, param: value}
+
+        def call() -> object:
+            return qeltrix_v6.unpack(**args)
+    elif fn == "seek_extract":
+        args = {"src": io.BytesIO(box), "offset": 3, "length": 10, **kw, param: value}
+
+        def call() -> object:
+            return qeltrix_v6.seek_extract(**args)
+    elif fn == "open_rb":
+        args = {"path_or_file": io.BytesIO(box), **kw}
+        if param == "src":
+            args["path_or_file"] = value
+        elif param != "seek":
+            args[param] = value
+
+        def call() -> object:
+            with qeltrix_v6.open(**args) as f:
+                if param == "seek":
+                    f.seek(value)
+                return f.read(7)
+    elif fn == "open_wb":
+        args = {"path_or_file": io.BytesIO(), "mode": "wb", "block_size": 64, **kw}
+        args["path_or_file" if param == "dst" else param] = value
+
+        def call() -> object:
+            with qeltrix_v6.open(**args) as w:
+                return w.write(PT)
+    else:
+        args = {"src": "box.qltx", "dst": "out.qltx", "overwrite": True, **kw, param: value}
+
+        def call() -> object:
+            return qeltrix_v6.recover(**args)
+
+    try:
+        call()
+    except DOCUMENTED:
+        return
+    except BaseException as e:  # PanicException is a BaseException
+        raise AssertionError(f"{fn}({param}={value!r}) raised {type(e).__module__}.{type(e).__name__}: {e}") from e

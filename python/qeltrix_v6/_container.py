@@ -58,9 +58,20 @@ class PackResult:
     container_len: int
 
 
+_U64_MAX = (1 << 64) - 1  # offsets and lengths the core takes are u64: larger ones are past any end
+
+
 def _check_workers(workers: int | None) -> None:
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
+    if workers is not None and (not isinstance(workers, int) or not 1 <= workers <= _U64_MAX):
         raise ValueError(f"workers must be a positive integer or None (one per core), not {workers!r}")
+
+
+def _check_cache_blocks(cache_blocks: int) -> int:
+    if isinstance(cache_blocks, bool) or not isinstance(cache_blocks, int):
+        raise TypeError(f"cache_blocks must be an int, not {type(cache_blocks).__name__}")
+    if cache_blocks < 0:
+        raise ValueError(f"cache_blocks must be non-negative, not {cache_blocks}")
+    return min(cache_blocks, 4096)  # the core's own cap
 
 
 def _check_credentials(
@@ -323,7 +334,7 @@ def open_reader(
         else:
             arg = src
     try:
-        reader = _core.Reader(arg, cache_blocks)
+        reader = _core.Reader(arg, _check_cache_blocks(cache_blocks))
         if pinned:
             _signing.require_signed_flag(int(reader.header_flags))  # S1, before any KDF
         keys = unlock_header(
@@ -642,7 +653,7 @@ def seek_extract(
     )
     try:
         opened.check_end(offset, length)
-        return bytes(opened.reader.read_at(offset, length))
+        return bytes(opened.reader.read_at(min(offset, _U64_MAX), min(length, _U64_MAX)))
     finally:
         opened.close()
 
@@ -671,7 +682,7 @@ class ContainerFile(io.RawIOBase):
         self._checkClosed()
         view = memoryview(b).cast("B")
         self._opened.check_end(self._pos, len(view))
-        data = self._opened.reader.read_at(self._pos, len(view))
+        data = self._opened.reader.read_at(min(self._pos, _U64_MAX), len(view))
         n = len(data)
         view[:n] = data
         self._pos += n
@@ -680,7 +691,7 @@ class ContainerFile(io.RawIOBase):
     def readall(self) -> bytes:
         self._checkClosed()
         self._opened.check_end(self._pos, max(0, self.size - self._pos) + 1)  # to EOF
-        data: bytes = self._opened.reader.read_at(self._pos, max(0, self.size - self._pos))
+        data: bytes = self._opened.reader.read_at(min(self._pos, _U64_MAX), max(0, self.size - self._pos))
         self._pos += len(data)
         return data
 
