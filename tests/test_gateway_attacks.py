@@ -434,10 +434,10 @@ def test_stream_vector_matches_the_product_and_the_reference_decoder(tmp_path: P
     # The product's keyring accepts it as a request, and stores it as a sink would.
     keyring = qeltrix_v6.gateway._Keyring(key, 1)
     header = stream[:HEADER_LEN]
-    keyring.accept_stream(header, responder)
+    keyring.accept_stream(responder, header)
     with pytest.raises(qeltrix_v6.AuthenticationError):
-        keyring.accept_stream(header, initiator)  # a request is never accepted as a reply
-    (tmp_path / "s.part").write_bytes(keyring.storage_header(header, responder) + stream[HEADER_LEN:])
+        keyring.accept_stream(initiator, header)  # a request is never accepted as a reply
+    (tmp_path / "s.part").write_bytes(keyring.storage_header(responder, header) + stream[HEADER_LEN:])
     info = qeltrix_v6.recover(tmp_path / "s.part", tmp_path / "s.qltx", key=key)
     assert info["complete"] and info["pt_len"] == len(v["plaintext_hex"])
     assert ref.decode((tmp_path / "s.qltx").read_bytes(), key=key) == v["plaintext_hex"]

@@ -186,9 +186,9 @@ def test_unsigned_sink_is_unchanged_and_recover_refuses_the_unfinished_part_of_a
     # A signing sink that died before finishing leaves a SIGNED header and no signature:
     # recover must not turn it into a container whose signature cannot verify (FORMAT.md 15.3).
     keyring = qeltrix_v6.gateway._Keyring(K1, 1, sink_signed=True)
-    header, ckeys = keyring.new_stream(None, 4096)
+    header, ckeys = keyring.new_stream(None, None, 4096)
     part = tmp_path / "s.part"
-    part.write_bytes(keyring.storage_header(header, None, ckeys))
+    part.write_bytes(keyring.storage_header(None, header, ckeys))
     with pytest.raises(qeltrix_v6.SignatureError):
         qeltrix_v6.recover(part, tmp_path / "s.qltx", key=K1)
     assert not (tmp_path / "s.qltx").exists()

@@ -538,7 +538,7 @@ def test_kms_round_trip_and_rotation(kms_server: str, kms_env: dict[str, str], t
     cid = bytes(_core.Reader(io.BytesIO(c.read_bytes())).container_id)
     forged, _ = build_header(os.urandom(32), cid, 1, 4096, 0, stanzas)
     with pytest.raises(WrongKeyError, match="KMS refused"):
-        unlock_header(_core.Reader(io.BytesIO(forged)), kms=KmsConfig(endpoint_url=kms_server, key_ids=(arn,)))
+        unlock_header(_core.parse_header(forged), kms=KmsConfig(endpoint_url=kms_server, key_ids=(arn,)))
 
 
 def test_kms_strict_mode_never_calls_a_key_the_file_names(

@@ -81,12 +81,16 @@ class AtomicOutput:
             self._file.close()
             return
         assert self._tmp is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
         if not self.overwrite and os.path.lexists(self.path):
+            self._file.close()
             raise QeltrixIOError(f"{self.path} already exists (use --force to overwrite)")
-        os.replace(self._tmp, self.path)
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except OSError as e:  # e.g. the target is a directory, or its name is empty
+            raise QeltrixIOError(f"cannot write {self.path}: {e.strerror}") from e
         self._tmp = None
         with contextlib.suppress(OSError):
             dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, Any, Literal, Protocol, cast, overload
+from typing import IO, Any, Literal, cast, overload
 
 from . import _core, _crypto, _pubkeys, _signing
 from ._atomic import AtomicOutput
@@ -37,23 +37,16 @@ from .errors import (
 )
 
 DEFAULT_BLOCK_SIZE: int = _core.DEFAULT_BLOCK_SIZE
-HEADER_FLAG_PERMUTED = 1
-_MAX_RECIPIENTS = 64  # docs/FORMAT.md section 9
+HEADER_FLAG_PERMUTED: int = _core.HEADER_FLAG_PERMUTED
+_MAX_RECIPIENTS: int = _core.MAX_RECIPIENTS  # docs/FORMAT.md section 9
 _ARGON2ID_MAX_M_COST_KIB: int = _core.ARGON2ID_MAX_M_COST_KIB
-_TRAILER_LEN = 24  # docs/FORMAT.md section 6.1
+_TRAILER_LEN: int = _core.TRAILER_LEN  # docs/FORMAT.md section 6.1
 
 PathOrFile = str | os.PathLike[str] | IO[bytes]
 Progress = Callable[[int, int | None], object]
 IdentityArg = bytes | _crypto.Identity | Sequence[bytes | _crypto.Identity] | None
 RecipientArg = str | bytes | _pubkeys.Recipient
-_KIND_NAMES = {
-    _crypto.KIND_KEY: "key",
-    _crypto.KIND_ARGON2ID: "argon2id",
-    _crypto.KIND_PBKDF2: "pbkdf2",
-    _crypto.KIND_X25519: "x25519",
-    _crypto.KIND_RSA_OAEP: "rsa-oaep",
-    _crypto.KIND_KMS: "kms",
-}
+_KIND_NAMES: dict[int, str] = _core.STANZA_NAMES
 
 
 @dataclass(frozen=True)
@@ -65,9 +58,20 @@ class PackResult:
     container_len: int
 
 
+_U64_MAX = (1 << 64) - 1  # offsets and lengths the core takes are u64: larger ones are past any end
+
+
 def _check_workers(workers: int | None) -> None:
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
+    if workers is not None and (not isinstance(workers, int) or not 1 <= workers <= _U64_MAX):
         raise ValueError(f"workers must be a positive integer or None (one per core), not {workers!r}")
+
+
+def _check_cache_blocks(cache_blocks: int) -> int:
+    if isinstance(cache_blocks, bool) or not isinstance(cache_blocks, int):
+        raise TypeError(f"cache_blocks must be an int, not {type(cache_blocks).__name__}")
+    if cache_blocks < 0:
+        raise ValueError(f"cache_blocks must be non-negative, not {cache_blocks}")
+    return min(cache_blocks, 4096)  # the core's own cap
 
 
 def _check_credentials(
@@ -85,7 +89,28 @@ def _check_credentials(
         raise ValueError("the passphrase is empty")
 
 
+def _check_file_arg(value: object, what: str, *, write: bool = False) -> None:
+    """Refuse a ``src``/``dst`` that is neither a path, a binary file object nor a file
+    descriptor with a ``TypeError`` or ``ValueError`` naming the argument, instead of an
+    ``AttributeError`` or a failure deep in a pipeline. ``True`` is not file descriptor 1."""
+    kinds = "a path, a binary file object or a file descriptor"
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be {kinds}, not a bool")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{what}: file descriptor {value} is negative")
+        return
+    if isinstance(value, str | os.PathLike):
+        return
+    methods = ("write",) if write else ("readinto", "read")
+    if not any(callable(getattr(value, m, None)) for m in methods):
+        raise TypeError(f"{what} must be {kinds}, not {type(value).__name__}")
+
+
 def _open_input(path: str | os.PathLike[str]) -> IO[bytes]:
+    if not isinstance(path, str | os.PathLike):
+        # builtins.open would take an int as a descriptor to adopt and close.
+        raise TypeError(f"expected a path, not {type(path).__name__}")
     try:
         return builtins.open(path, "rb", buffering=0)
     except FileNotFoundError:
@@ -167,7 +192,7 @@ def pack(
         raise ValueError(f"block_size must be in {_core.MIN_BLOCK_SIZE}..{_core.MAX_BLOCK_SIZE}")
     signer = _signing.load_signer(sign_with) if sign_with is not None else None
     mk = _crypto.random_bytes(_crypto.MK_LEN)
-    container_id = _crypto.random_bytes(16)
+    container_id = _crypto.random_bytes(_core.CONTAINER_ID_LEN)
     stanzas = []
     if key is not None:
         stanzas.append(_crypto.key_stanza(bytes(key), mk, container_id))
@@ -181,6 +206,8 @@ def pack(
         mk, container_id, _crypto.CIPHERS[cipher], block_size, perm_window, stanzas, signed=signer is not None
     )
 
+    _check_file_arg(src, "src")
+    _check_file_arg(dst, "dst", write=True)
     with contextlib.ExitStack() as stack:
         total: int | None = None
         if isinstance(src, str | os.PathLike):
@@ -290,11 +317,14 @@ def open_reader(
     pinned = _signing.parse_signers(signers)
     if signers is not None and not pinned:
         raise ValueError("signers is empty: give at least one qltx-ed25519: public key, or None")
+    _check_file_arg(src, "src")
     owned: list[IO[bytes]] = []
     if isinstance(src, str | os.PathLike):
         f = _open_input(src)
         owned.append(f)
         arg: Any = f.fileno()
+    elif isinstance(src, int):
+        arg = src  # a file descriptor: Rust reads it in place
     else:
         if not (hasattr(src, "seekable") and src.seekable()):
             spool = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the _Opened
@@ -304,11 +334,11 @@ def open_reader(
         else:
             arg = src
     try:
-        reader = _core.Reader(arg, cache_blocks)
+        reader = _core.Reader(arg, _check_cache_blocks(cache_blocks))
         if pinned:
             _signing.require_signed_flag(int(reader.header_flags))  # S1, before any KDF
         keys = unlock_header(
-            reader, passphrase=passphrase, key=key, identity=identities, kms=kms, max_kdf_memory=max_kdf_memory
+            reader.header, passphrase=passphrase, key=key, identity=identities, kms=kms, max_kdf_memory=max_kdf_memory
         )
         reader.load_index(keys)
         if pinned:
@@ -331,25 +361,6 @@ def _kms_with_keys(kms: Any, kms_key_ids: Sequence[str] | None) -> Any:
 
     cfg = _kms.config_or_default(kms)
     return dataclasses.replace(cfg, key_ids=(*cfg.key_ids, *kms_key_ids))
-
-
-class HeaderFields(Protocol):
-    """The parsed header fields :func:`unlock_header` needs (a ``_core.Reader`` has them)."""
-
-    @property
-    def header_checksummed(self) -> bytes: ...
-    @property
-    def header_sha256(self) -> bytes: ...
-    @property
-    def header_maced(self) -> bytes: ...
-    @property
-    def header_mac(self) -> bytes: ...
-    @property
-    def stanzas(self) -> list[tuple[int, bytes]]: ...
-    @property
-    def container_id(self) -> bytes: ...
-    @property
-    def cipher_id(self) -> int: ...
 
 
 def _check_reader_credentials(
@@ -381,7 +392,7 @@ def _check_kdf_memory(stanzas: Sequence[tuple[int, bytes]], max_kdf_memory: int 
 
 
 def unlock_header(
-    h: HeaderFields,
+    h: _core.Header,
     *,
     passphrase: str | bytes | None = None,
     key: bytes | None = None,
@@ -480,6 +491,9 @@ def recover(
     ``kept_len`` bytes of ``src`` (header and authenticated frames) were kept, the
     ``dropped_len`` bytes after them were not.
     """
+    for what, path in (("src", src), ("dst", dst)):
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"{what} must be a path, not {type(path).__name__}")
     kms = _kms_with_keys(kms, kms_key_ids)
     identities = _pubkeys.load_identities(identity)
     _check_reader_credentials(passphrase, key, identities, kms)
@@ -494,7 +508,7 @@ def recover(
                 "recover cannot vouch for it in the sink's name"
             )
         keys = unlock_header(
-            reader,
+            reader.header,
             passphrase=passphrase,
             key=key,
             identity=identities,
@@ -579,6 +593,7 @@ def unpack(
     ``signers`` requires a signature by one of these ``qltx-ed25519:`` keys (see :func:`open`).
     """
     _check_workers(workers)
+    _check_file_arg(dst, "dst", write=True)
     opened = open_reader(
         src,
         passphrase=passphrase,
@@ -638,7 +653,7 @@ def seek_extract(
     )
     try:
         opened.check_end(offset, length)
-        return bytes(opened.reader.read_at(offset, length))
+        return bytes(opened.reader.read_at(min(offset, _U64_MAX), min(length, _U64_MAX)))
     finally:
         opened.close()
 
@@ -667,7 +682,7 @@ class ContainerFile(io.RawIOBase):
         self._checkClosed()
         view = memoryview(b).cast("B")
         self._opened.check_end(self._pos, len(view))
-        data = self._opened.reader.read_at(self._pos, len(view))
+        data = self._opened.reader.read_at(min(self._pos, _U64_MAX), len(view))
         n = len(data)
         view[:n] = data
         self._pos += n
@@ -676,7 +691,7 @@ class ContainerFile(io.RawIOBase):
     def readall(self) -> bytes:
         self._checkClosed()
         self._opened.check_end(self._pos, max(0, self.size - self._pos) + 1)  # to EOF
-        data: bytes = self._opened.reader.read_at(self._pos, max(0, self.size - self._pos))
+        data: bytes = self._opened.reader.read_at(min(self._pos, _U64_MAX), max(0, self.size - self._pos))
         self._pos += len(data)
         return data
 

@@ -3,13 +3,71 @@
 from collections.abc import Callable
 from typing import Any
 
-DEFAULT_BLOCK_SIZE: int
+# Format constants (rust/qeltrix-py/src/constants.rs, defined in qeltrix-format).
+FORMAT_VERSION: int
+TAG_LEN: int
+NONCE_LEN: int
+MK_LEN: int
+SALT_LEN: int
+CONTAINER_ID_LEN: int
+META_PT_LEN: int
+META_FRAME_LEN: int
+TRAILER_LEN: int
+INDEX_ENTRY_LEN: int
+INDEX_FOOTER_MIN_LEN: int
+HEADER_FIXED_LEN: int
 MIN_BLOCK_SIZE: int
-MAX_STREAM_HEADER_LEN: int
 MAX_BLOCK_SIZE: int
-ARGON2ID_MAX_M_COST_KIB: int
+DEFAULT_BLOCK_SIZE: int
+MAX_STREAM_BLOCK_SIZE: int
+MAX_HEADER_LEN: int
+MAX_STREAM_HEADER_LEN: int
+MAX_RECIPIENTS: int
+MAX_STANZA_BODY_LEN: int
+MAX_BLOCK_COUNT: int
+HEADER_FLAG_PERMUTED: int
 HEADER_FLAG_SIGNED: int
+META_FLAG_FINAL: int
+INDEX_FLAG_INCOMPLETE: int
+CIPHER_AES_256_GCM: int
+CIPHER_CHACHA20_POLY1305: int
+KIND_KEY: int
+KIND_ARGON2ID: int
+KIND_PBKDF2: int
+KIND_X25519: int
+KIND_RSA_OAEP: int
+KIND_KMS: int
+KIND_HANDSHAKE: int
+X25519_BODY_LEN: int
+RSA_MIN_BITS: int
+RSA_MAX_BITS: int
+RSA_MAX_SPKI_LEN: int
+KMS_MAX_KEY_ID_LEN: int
+KMS_MAX_BLOB_LEN: int
+ARGON2ID_MAX_T_COST: int
+ARGON2ID_MAX_M_COST_KIB: int
+ARGON2ID_MAX_LANES: int
+PBKDF2_MIN_ITERATIONS: int
+PBKDF2_MAX_ITERATIONS: int
 SIG_FIXED_LEN: int
+SIGNER_PUB_LEN: int
+SIGNATURE_LEN: int
+FRAME_DIGEST_LEN: int
+X25519_LEN: int
+HS_MSG1_LEN: int
+HS_MSG2_LEN: int
+HS_MSG3_LEN: int
+SK_NONCE_LEN: int
+SK_MSG1_LEN: int
+SK_MSG2_LEN: int
+MAX_HS_MSG_LEN: int
+MAGIC: bytes
+TRAILER_MAGIC: bytes
+HS_MAGIC: bytes
+SK_MAGIC: bytes
+STANZA_NAMES: dict[int, str]
+PYTHON_CALLS: list[tuple[str, str, int | None]]
+ERROR_CLASSES: list[str]
 
 def encode_header_unsealed(
     header_flags: int,
@@ -45,7 +103,40 @@ def pack_stream(
     signer: Any = None,
 ) -> tuple[int, int, int]: ...
 
+class Header:
+    """A parsed header (FORMAT.md section 3): what ``parse_header`` and ``Reader.header`` return."""
+    @property
+    def format_version(self) -> int: ...
+    @property
+    def header_len(self) -> int: ...
+    @property
+    def header_flags(self) -> int: ...
+    @property
+    def signed(self) -> bool: ...
+    @property
+    def cipher_id(self) -> int: ...
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def perm_window(self) -> int: ...
+    @property
+    def container_id(self) -> bytes: ...
+    @property
+    def stanzas(self) -> list[tuple[int, bytes]]: ...
+    @property
+    def header_bytes(self) -> bytes: ...
+    @property
+    def header_checksummed(self) -> bytes: ...
+    @property
+    def header_sha256(self) -> bytes: ...
+    @property
+    def header_maced(self) -> bytes: ...
+    @property
+    def header_mac(self) -> bytes: ...
+
 class Reader:
+    @property
+    def header(self) -> Header: ...
     def __init__(self, src: int | Any, cache_blocks: int = 8) -> None: ...
     def load_index(self, keys: Any) -> None: ...
     def read_at(self, pos: int, n: int) -> bytes: ...
@@ -155,4 +246,4 @@ class GatewayCore:
     def stop(self) -> None: ...
 
 def recover_stream_file(src: str, dst: str, keys: Any) -> tuple[int, int, bool, str | None]: ...
-def parse_header(data: bytes) -> dict[str, Any]: ...
+def parse_header(data: bytes) -> Header: ...

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from . import _core
 from .errors import AuthenticationError, MalformedError, WrongKeyError
 
 # Domain-separation labels (FORMAT.md section 4 and 3.1).
@@ -34,8 +35,9 @@ LABEL_RECIPIENT_KEY = b"qeltrix-v6 recipient key"
 LABEL_RECIPIENT_X25519 = b"qeltrix-v6 recipient x25519"
 LABEL_RECIPIENT_RSA = b"qeltrix-v6 recipient rsa-oaep"
 
-CIPHER_AES_256_GCM = 1
-CIPHER_CHACHA20_POLY1305 = 2
+# Format constants are defined once, in qeltrix-format, and read from _core.
+CIPHER_AES_256_GCM: int = _core.CIPHER_AES_256_GCM
+CIPHER_CHACHA20_POLY1305: int = _core.CIPHER_CHACHA20_POLY1305
 CIPHERS = {"aes-256-gcm": CIPHER_AES_256_GCM, "chacha20-poly1305": CIPHER_CHACHA20_POLY1305}
 Aead = AESGCM | ChaCha20Poly1305
 _AEADS: dict[int, type[AESGCM] | type[ChaCha20Poly1305]] = {
@@ -43,20 +45,21 @@ _AEADS: dict[int, type[AESGCM] | type[ChaCha20Poly1305]] = {
     CIPHER_CHACHA20_POLY1305: ChaCha20Poly1305,
 }
 
-KIND_KEY = 1
-KIND_ARGON2ID = 2
-KIND_PBKDF2 = 3
-KIND_X25519 = 4
-KIND_RSA_OAEP = 5
-KIND_KMS = 6
+KIND_KEY: int = _core.KIND_KEY
+KIND_ARGON2ID: int = _core.KIND_ARGON2ID
+KIND_PBKDF2: int = _core.KIND_PBKDF2
+KIND_X25519: int = _core.KIND_X25519
+KIND_RSA_OAEP: int = _core.KIND_RSA_OAEP
+KIND_KMS: int = _core.KIND_KMS
+KIND_HANDSHAKE: int = _core.KIND_HANDSHAKE
 
-MK_LEN = 32
-KEY_LEN = 32
-NONCE_LEN = 12
-TAG_LEN = 16
-SALT_LEN = 16
-META_PT_LEN = 76
-META_FRAME_LEN = NONCE_LEN + META_PT_LEN + TAG_LEN
+MK_LEN: int = _core.MK_LEN
+KEY_LEN: int = _core.MK_LEN
+NONCE_LEN: int = _core.NONCE_LEN
+TAG_LEN: int = _core.TAG_LEN
+SALT_LEN: int = _core.SALT_LEN
+META_PT_LEN: int = _core.META_PT_LEN
+META_FRAME_LEN: int = _core.META_FRAME_LEN
 
 ARGON2ID_DEFAULTS = {"t_cost": 3, "m_cost_kib": 65536, "lanes": 4}
 PBKDF2_DEFAULT_ITERATIONS = 600_000
@@ -213,10 +216,10 @@ def unwrap_stanza(
 
 # --- public-key recipients (FORMAT.md 3.1, kinds 4 and 5) -------------------------------
 
-X25519_BODY_LEN = 32 + 32 + NONCE_LEN + MK_LEN + TAG_LEN  # 124
-RSA_MIN_BITS = 3072
-RSA_MAX_BITS = 8192
-RSA_MAX_SPKI_LEN = 1200  # DER SubjectPublicKeyInfo of an 8192-bit key is 1,062 bytes
+X25519_BODY_LEN: int = _core.X25519_BODY_LEN  # eph_pub, recipient_pub, nonce, wrapped MK
+RSA_MIN_BITS: int = _core.RSA_MIN_BITS
+RSA_MAX_BITS: int = _core.RSA_MAX_BITS
+RSA_MAX_SPKI_LEN: int = _core.RSA_MAX_SPKI_LEN  # an 8192-bit key's DER SPKI is 1,062 bytes
 _X25519_BODY = struct.Struct("<32s32s12s48s")
 
 
@@ -414,8 +417,10 @@ def rsa_generate_pem(bits: int = 3072) -> tuple[bytes, bytes]:
 class ContainerKeys:
     """Keys of one container, derived from its MK; the object the Rust core calls per block.
 
-    Buffers passed in are ``bytearray`` objects owned by Rust worker threads; this class only
-    slices them, so each block costs no copy beyond the AEAD itself.
+    Buffers passed in are memoryviews of buffers owned by Rust worker threads (their size is
+    fixed while Python holds them); this class only slices them, so each block costs no copy
+    beyond the AEAD itself. The methods and their argument order are the contract of
+    ``rust/qeltrix-py/src/calls.rs`` (see :mod:`qeltrix_v6._contract`).
     """
 
     __slots__ = ("_aead_cls", "_index_aead", "_meta_aead", "_mk", "cipher_id", "container_id", "k_header", "k_perm")
@@ -454,7 +459,7 @@ class ContainerKeys:
         return self.container_id + _DATA_AAD.pack(block_index, pt_len, meta_flags)
 
     def seal_block(
-        self, block_index: int, meta_flags: int, inbuf: bytearray, pt_len: int, outbuf: bytearray
+        self, block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview
     ) -> tuple[bytes, bytes, bytes]:
         """Encrypt ``inbuf[:pt_len]`` into the ``data_ct`` part of ``outbuf``.
 
@@ -469,14 +474,14 @@ class ContainerKeys:
         self._aead_cls(cdk).encrypt_into(data_nonce, pt, self._data_aad(block_index, pt_len, meta_flags), out)
         return cdk_salt, data_nonce, pt_sha256
 
-    def seal_meta(self, meta_pt: bytes, outbuf: bytearray) -> None:
+    def seal_meta(self, meta_pt: bytes, outbuf: memoryview) -> None:
         """Write ``meta_nonce || meta_ct`` into ``outbuf[:META_FRAME_LEN]``."""
         meta_nonce = random_bytes(NONCE_LEN)
         out = memoryview(outbuf)
         out[:NONCE_LEN] = meta_nonce
         self._meta_aead.encrypt_into(meta_nonce, meta_pt, self.container_id, out[NONCE_LEN:META_FRAME_LEN])
 
-    def open_meta(self, inbuf: bytearray) -> bytes:
+    def open_meta(self, inbuf: memoryview) -> bytes:
         """Decrypt the V6-C metadata at the start of a frame; return ``meta_pt``."""
         frame = memoryview(inbuf)
         try:
@@ -492,8 +497,8 @@ class ContainerKeys:
         cdk_salt: bytes,
         data_nonce: bytes,
         pt_sha256: bytes,
-        inbuf: bytearray,
-        outbuf: bytearray,
+        inbuf: memoryview,
+        outbuf: memoryview,
     ) -> None:
         """Decrypt a frame's ``data_ct`` into ``outbuf[:pt_len]`` and check its SHA-256."""
         ct = memoryview(inbuf)[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN]
@@ -506,7 +511,7 @@ class ContainerKeys:
         if not _hmac.compare_digest(sha256(out), pt_sha256):
             raise AuthenticationError(f"block {block_index} failed its integrity hash")
 
-    def frame_digest(self, inbuf: bytearray) -> bytes:
+    def frame_digest(self, inbuf: memoryview) -> bytes:
         """``frame_digest = SHA256(meta_nonce || meta_ct)``: the first ``META_FRAME_LEN`` bytes of
         the frame in ``inbuf`` (FORMAT.md section 15; they commit to the whole block)."""
         return sha256(memoryview(inbuf)[:META_FRAME_LEN])
@@ -536,8 +541,8 @@ class ContainerKeys:
 
 # --- signatures (FORMAT.md section 15) ---------------------------------------------------
 
-ED25519_LEN = 32
-ED25519_SIG_LEN = 64
+ED25519_LEN: int = _core.SIGNER_PUB_LEN
+ED25519_SIG_LEN: int = _core.SIGNATURE_LEN
 
 
 class Ed25519Signer:
@@ -606,22 +611,22 @@ def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
 
 # --- gateway handshake (FORMAT.md section 12.1) ------------------------------------------
 
-HS_MAGIC = b"QLTXHS1\n"
+HS_MAGIC: bytes = _core.HS_MAGIC
 LABEL_HANDSHAKE = b"qeltrix-v6 handshake"
 LABEL_HANDSHAKE_STREAM = b"qeltrix-v6 handshake stream"
-HS_MSG1_LEN = len(HS_MAGIC) + 64
-HS_MSG2_LEN = 96
-HS_MSG3_LEN = 32
-X25519_LEN = 32
+HS_MSG1_LEN: int = _core.HS_MSG1_LEN
+HS_MSG2_LEN: int = _core.HS_MSG2_LEN
+HS_MSG3_LEN: int = _core.HS_MSG3_LEN
+X25519_LEN: int = _core.X25519_LEN
 # FORMAT.md section 12.2: every stream MK is bound to its direction.
 DIRECTION_REQUEST = 1
 DIRECTION_REPLY = 2
-SK_MAGIC = b"QLTXSK1\n"
+SK_MAGIC: bytes = _core.SK_MAGIC
 LABEL_SHARED_KEY_CHECK = b"qeltrix-v6 shared-key check"
 LABEL_SHARED_KEY_SESSION = b"qeltrix-v6 shared-key session"
-SK_NONCE_LEN = 32
-SK_MSG1_LEN = len(SK_MAGIC) + 2 * SK_NONCE_LEN
-SK_MSG2_LEN = SK_NONCE_LEN
+SK_NONCE_LEN: int = _core.SK_NONCE_LEN
+SK_MSG1_LEN: int = _core.SK_MSG1_LEN
+SK_MSG2_LEN: int = _core.SK_MSG2_LEN
 
 
 def stream_mk(session: bytes, container_id: bytes, direction: int) -> bytes:

@@ -24,9 +24,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from . import _core
 from .errors import QeltrixError, QeltrixIOError, WrongKeyError
 
-KIND_KMS = 6
+KIND_KMS: int = _core.KIND_KMS
 CONTEXT_KEY = "qeltrix-v6-container-id"
 ENDPOINT_ENV = "QELTRIX_KMS_ENDPOINT"
 
@@ -137,7 +138,7 @@ def kms_unwrap(cfg: KmsConfig, key_id: str, blob: bytes, container_id: bytes) ->
     """The MK from a ``kms`` stanza (raises :class:`WrongKeyError` if the KMS refuses)."""
     resp = _call(cfg, "decrypt", CiphertextBlob=blob, KeyId=key_id, EncryptionContext=_context(container_id))
     mk = bytes(resp.get("Plaintext", b""))
-    return mk if len(mk) == 32 else None
+    return mk if len(mk) == _core.MK_LEN else None
 
 
 __all__ = ["KmsConfig", "KmsError", "KmsUnavailableError"]

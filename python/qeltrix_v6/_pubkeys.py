@@ -15,14 +15,14 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from . import _crypto
+from . import _core, _crypto
 from .errors import MalformedError
 
 KMS_PREFIX = "kms:"
 X25519_PREFIX = "qltx-x25519:"
 SIGNER_PREFIX = "qltx-ed25519:"
-KMS_MAX_KEY_ID_LEN = 2048
-KMS_MAX_BLOB_LEN = 2048
+KMS_MAX_KEY_ID_LEN: int = _core.KMS_MAX_KEY_ID_LEN
+KMS_MAX_BLOB_LEN: int = _core.KMS_MAX_BLOB_LEN
 PUBLIC_KINDS = frozenset({_crypto.KIND_X25519, _crypto.KIND_RSA_OAEP, _crypto.KIND_KMS})
 
 

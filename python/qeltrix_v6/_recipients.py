@@ -36,17 +36,11 @@ from ._container import HEADER_FLAG_PERMUTED, IdentityArg, Progress, build_heade
 from ._pubkeys import Recipient
 from .errors import AuthenticationError, MalformedError, QeltrixError, QeltrixIOError, SignatureError
 
-KIND_NAMES = {
-    _crypto.KIND_KEY: "key",
-    _crypto.KIND_ARGON2ID: "argon2id",
-    _crypto.KIND_PBKDF2: "pbkdf2",
-    _crypto.KIND_X25519: "x25519",
-    _crypto.KIND_RSA_OAEP: "rsa-oaep",
-    _crypto.KIND_KMS: "kms",
-}
+# The recipient kinds: every named stanza kind but a gateway stream's handshake stanza.
+KIND_NAMES: dict[int, str] = {k: n for k, n in _core.STANZA_NAMES.items() if k != _core.KIND_HANDSHAKE}
 PASSPHRASE_KINDS = frozenset({_crypto.KIND_ARGON2ID, _crypto.KIND_PBKDF2})
 
-MAX_RECIPIENTS = 64  # docs/FORMAT.md section 9
+MAX_RECIPIENTS: int = _core.MAX_RECIPIENTS  # docs/FORMAT.md section 9
 _PBKDF2_PARAMS = struct.Struct("<16sI")
 
 
@@ -314,7 +308,7 @@ def _locked(p: str) -> Iterator[io.FileIO]:
 
 def _check_new_header(header: bytes, stanzas: list[tuple[int, bytes]], keys: _crypto.ContainerKeys) -> None:
     """Parse the sealed header back before writing it: a bug here must never reach the disk."""
-    parsed = _core.Reader(io.BytesIO(header))
+    parsed = _core.parse_header(header)
     if [(int(k), bytes(b)) for k, b in parsed.stanzas] != stanzas:
         raise RecipientError("internal error: the new header does not round-trip; nothing written")
     if _crypto.sha256(parsed.header_checksummed) != parsed.header_sha256:
@@ -442,7 +436,7 @@ def rotate(
             r.require_frame_digests()  # rotate only what was signed
         old_mk, old_cid = opened.keys.mk, bytes(r.container_id)
         new_mk = _crypto.random_bytes(_crypto.MK_LEN)
-        new_cid = _crypto.random_bytes(16)
+        new_cid = _crypto.random_bytes(_core.CONTAINER_ID_LEN)
         stanzas = [(int(k), bytes(b)) for k, b in r.stanzas]
         new_stanzas, kept, dropped = _rotated_stanzas(
             stanzas, old_mk, old_cid, new_mk, new_cid, passphrase=passphrase, key=key, kms=kms

@@ -238,21 +238,22 @@ def public_origin(path: str | os.PathLike[str], signers: frozenset[bytes] = froz
         if not int(reader.header_flags) & HEADER_FLAG_SIGNED:
             return Origin(signed=False)
         file_len = int(reader.file_len)
-        trailer_len, entry_len, footer_min = 24, 12, 48
+        trailer_len, entry_len, footer_min = _core.TRAILER_LEN, _core.INDEX_ENTRY_LEN, _core.INDEX_FOOTER_MIN_LEN
         if file_len < int(reader.header_len) + trailer_len:
             return Origin(signed=True)
         f.seek(file_len - trailer_len)
         footer_offset, footer_len, magic = struct.unpack("<QQ8s", f.read(trailer_len))
-        if magic != b"QLTXEND\n" or footer_len < footer_min or (footer_len - footer_min) % entry_len:
+        if magic != _core.TRAILER_MAGIC or footer_len < footer_min or (footer_len - footer_min) % entry_len:
             return Origin(signed=True)
         block_count = (footer_len - footer_min) // entry_len
-        sig_len = int(_core.SIG_FIXED_LEN) + 32 * block_count
+        sig_len = _core.SIG_FIXED_LEN + _core.FRAME_DIGEST_LEN * block_count
         if footer_offset < int(reader.header_len) or footer_offset + footer_len + sig_len + trailer_len != file_len:
             return Origin(signed=True)
         f.seek(footer_offset)
         footer = f.read(footer_len)
         section = f.read(sig_len)
-    signer_pub, digests, signature = section[:32], section[32:-64], section[-64:]
+    pub_len, signature_len = _core.SIGNER_PUB_LEN, _core.SIGNATURE_LEN
+    signer_pub, digests, signature = section[:pub_len], section[pub_len:-signature_len], section[-signature_len:]
     message = signed_message(bytes(reader.header_bytes), block_count, digests, footer, footer_offset, signer_pub)
     valid = _crypto.ed25519_verify(signer_pub, signature, message)
     return Origin(signed=True, signer=encode_signer(signer_pub), valid=valid, pinned=valid and signer_pub in signers)

@@ -14,6 +14,12 @@ can catch one class. The subclasses say what a user can do about it::
     └── QeltrixIOError         reading or writing failed (OSError)
 
 Authentication failures carry no detail that would help an attacker forge data.
+
+Arguments of the wrong type or out of their range raise ``TypeError`` or ``ValueError``, as
+usual in Python (a ``src``/``dst`` that is a bool, a negative file descriptor, or neither a
+path, a file object nor a descriptor); a file descriptor that is not open raises
+:class:`QeltrixIOError`. A pipeline worker thread that fails unexpectedly (a bug) raises
+:class:`QeltrixError` itself instead of hanging or raising pyo3's ``PanicException``.
 """
 
 from __future__ import annotations

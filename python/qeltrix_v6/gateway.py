@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
-from types import SimpleNamespace
 from typing import Any
 
 from . import _core, _crypto, _signing
@@ -43,11 +42,12 @@ MODES = ("reflect", "router", "decrypt", "sink")
 REPLY_LABEL = b"qeltrix-v6 reply"
 
 
-KIND_HANDSHAKE = 16
+KIND_HANDSHAKE: int = _core.KIND_HANDSHAKE
 
 
 class _Keyring:
-    """Stream keys for gateways (the Rust loops call these methods).
+    """Stream keys for gateways (the Rust loops call these methods; their order and arity are
+    the contract of ``rust/qeltrix-py/src/calls.rs``, see :mod:`qeltrix_v6._contract`).
 
     Every connection between gateways first agrees on a session (FORMAT.md section 12):
     shared-key mode (``key``) exchanges fresh nonces, pinned-key mode (``identity`` and
@@ -80,11 +80,11 @@ class _Keyring:
 
     def new_stream(
         self,
+        session: _crypto.Handshake | _crypto.SharedKeySession | None,
         container_id: bytes | None,
         block_size: int,
-        session: _crypto.Handshake | _crypto.SharedKeySession | None = None,
     ) -> tuple[bytes, _crypto.ContainerKeys]:
-        cid = container_id if container_id is not None else _crypto.random_bytes(16)
+        cid = container_id if container_id is not None else _crypto.random_bytes(_core.CONTAINER_ID_LEN)
         if session is not None:
             mk = session.send_mk(cid)
             stanza = (KIND_HANDSHAKE, b"")
@@ -96,8 +96,8 @@ class _Keyring:
 
     def storage_header(
         self,
+        session: _crypto.Handshake | _crypto.SharedKeySession | None,
         header: bytes,
-        session: _crypto.Handshake | _crypto.SharedKeySession | None = None,
         keys: _crypto.ContainerKeys | None = None,
     ) -> bytes:
         """The header a sink stores: a stream's MK dies with its session, so it is re-wrapped
@@ -107,7 +107,7 @@ class _Keyring:
         if session is None and not self._sink_signed:
             return header
         assert self._key is not None
-        f = SimpleNamespace(**_core.parse_header(header))
+        f = _core.parse_header(header)
         if session is not None:
             mk = session.recv_mk(f.container_id)
             stanzas = [_crypto.key_stanza(self._key, mk, f.container_id)]
@@ -118,13 +118,13 @@ class _Keyring:
         return build_header(mk, f.container_id, f.cipher_id, f.block_size, 0, stanzas, signed=signed)[0]
 
     def accept_stream(
-        self, header: bytes, session: _crypto.Handshake | _crypto.SharedKeySession | None = None
+        self, session: _crypto.Handshake | _crypto.SharedKeySession | None, header: bytes
     ) -> _crypto.ContainerKeys:
         if session is None:
             # Every stream between gateways is keyed from a fresh session: a stream that
             # needs none could be a recording.
             raise AuthenticationError("a stream from a peer gateway needs a session")
-        fields = SimpleNamespace(**_core.parse_header(header))
+        fields = _core.parse_header(header)
         if _crypto.sha256(fields.header_checksummed) != fields.header_sha256:
             raise AuthenticationError("stream header is corrupt (checksum mismatch)")
         if [k for k, _ in fields.stanzas] != [KIND_HANDSHAKE]:
@@ -201,8 +201,10 @@ class GatewayServer(BackgroundService):
             raise ValueError("sink mode needs an existing sink_dir")
         if cipher not in _crypto.CIPHERS:
             raise ValueError(f"unknown cipher {cipher!r}")
-        if not _core.MIN_BLOCK_SIZE <= block_size <= 16 << 20:
-            raise ValueError("block_size must be between 16 bytes and 16 MiB")
+        if not _core.MIN_BLOCK_SIZE <= block_size <= _core.MAX_STREAM_BLOCK_SIZE:
+            raise ValueError(
+                f"block_size must be between {_core.MIN_BLOCK_SIZE} bytes and {_core.MAX_STREAM_BLOCK_SIZE >> 20} MiB"
+            )
         if not handshake_timeout > 0:
             raise ValueError("handshake_timeout must be positive")
         max_connections = _raise_open_file_limit(max_connections)

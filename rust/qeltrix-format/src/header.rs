@@ -26,6 +26,19 @@ pub const KIND_X25519: u8 = 4;
 pub const KIND_RSA_OAEP: u8 = 5;
 /// Stanza kind: the MK wrapped by a KMS key (AWS KMS `Encrypt`).
 pub const KIND_KMS: u8 = 6;
+/// Stanza kind 16: a gateway stream keyed from its connection's session (FORMAT.md 12.1, 12.2;
+/// empty body, no wrapped key).
+pub const KIND_HANDSHAKE: u8 = 16;
+/// The name of each assigned stanza kind, as the CLI and `inspect` print it.
+pub const STANZA_NAMES: [(u8, &str); 7] = [
+    (KIND_KEY, "key"),
+    (KIND_ARGON2ID, "argon2id"),
+    (KIND_PBKDF2, "pbkdf2"),
+    (KIND_X25519, "x25519"),
+    (KIND_RSA_OAEP, "rsa-oaep"),
+    (KIND_KMS, "kms"),
+    (KIND_HANDSHAKE, "handshake"),
+];
 
 /// Body of an `x25519` stanza: `eph_pub || recipient_pub || wrap_nonce || wrapped_mk`.
 pub const X25519_BODY_LEN: usize = 32 + 32 + 12 + 48;
@@ -35,6 +48,10 @@ pub const RSA_MAX_SPKI_LEN: usize = 1200;
 pub const RSA_MIN_CT_LEN: usize = 384;
 /// Largest RSA ciphertext (8192 bits).
 pub const RSA_MAX_CT_LEN: usize = 1024;
+/// Smallest RSA modulus accepted for a recipient (bits): the ciphertext is the modulus' size.
+pub const RSA_MIN_BITS: usize = RSA_MIN_CT_LEN * 8;
+/// Largest RSA modulus accepted for a recipient (bits).
+pub const RSA_MAX_BITS: usize = RSA_MAX_CT_LEN * 8;
 /// Largest key id in a `kms` stanza.
 pub const KMS_MAX_KEY_ID_LEN: usize = 2048;
 /// Largest ciphertext blob in a `kms` stanza.

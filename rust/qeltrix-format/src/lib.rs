@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod handshake;
 pub mod header;
 pub mod index;
 pub mod meta;
@@ -47,6 +48,13 @@ pub const MAX_HEADER_LEN: u32 = 1 << 20;
 /// Largest stream header a gateway reads from a peer that has not authenticated yet
 /// (FORMAT.md section 12).
 pub const MAX_STREAM_HEADER_LEN: u32 = 4096;
+/// Largest `block_size` of a gateway stream (sent, or accepted from a peer): a gateway holds
+/// one block per direction of every connection.
+pub const MAX_STREAM_BLOCK_SIZE: u32 = 16 << 20;
+/// Length of a master key (MK), of every derived AEAD key and of a 32-byte `key`.
+pub const MK_LEN: usize = 32;
+/// Length of `cdk_salt` and of the passphrase KDF salts.
+pub const SALT_LEN: usize = 16;
 /// Largest accepted `recipient_count`.
 pub const MAX_RECIPIENTS: u16 = 64;
 /// Largest accepted stanza `body_len`.

@@ -1,13 +1,292 @@
-//! The per-block calls into `qeltrix_v6._crypto.ContainerKeys`, shared by the pack, read and
-//! gateway paths (FORMAT.md section 5): Rust encodes and decodes the V6-C metadata, Python
-//! does the cryptography, buffers are `bytearray`s both sides write into.
+//! Every Rust-to-Python touchpoint of the extension, in one place: the contract between the
+//! two halves.
+//!
+//! Each touchpoint is a [`PyCall`] (a method, or `__call__` of a callable) or a [`PyAttr`] (an
+//! attribute read) on one kind of duck-typed Python object, with its Python signature in its
+//! doc comment, and one typed wrapper below. No other module of this crate names a Python
+//! method or attribute: they call these wrappers. The argument count of a [`PyCall`] is part of
+//! its type, so a wrapper passing another number of arguments does not compile.
+//!
+//! The Python side of the contract is `qeltrix_v6._contract`: a `typing.Protocol` per object
+//! kind (mypy checks the real classes against them) and [`PYTHON_CALLS`], exported as
+//! `_core.PYTHON_CALLS`, which `tests/test_contract.py` checks against those classes with
+//! `inspect.signature`. The exception classes come from `qeltrix_v6.errors` ([`error_class`]).
+//!
+//! Byte buffers that Python writes into are passed as `memoryview`s of a [`PyBuf`] (see there).
 use crate::io::PyBuf;
-use crate::types::{FRAME_DIGEST, OPEN_BLOCK, OPEN_META, SEAL_BLOCK, SEAL_META, SHA256, SIGN, SIGNER_PUBLIC};
+use pyo3::call::PyCallArgs;
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyType};
 use qeltrix_format::BlockMeta;
 
-/// Seal `inbuf[..pt_len]` as frame `block_index` into `outbuf[..frame_len(pt_len)]`.
+/// One Python method (or `__call__`) that Rust calls with `N` positional arguments.
+pub struct PyCall<const N: usize> {
+    /// The kind of object it is called on (a Protocol name in `qeltrix_v6._contract`).
+    pub object: &'static str,
+    /// The method name; `__call__` for a callable.
+    pub name: &'static str,
+}
+
+impl<const N: usize> PyCall<N> {
+    const fn entry(&self) -> (&'static str, &'static str, Option<usize>) {
+        (self.object, self.name, Some(N))
+    }
+}
+
+/// One Python attribute that Rust reads.
+pub struct PyAttr {
+    pub object: &'static str,
+    pub name: &'static str,
+}
+
+impl PyAttr {
+    const fn entry(&self) -> (&'static str, &'static str, Option<usize>) {
+        (self.object, self.name, None)
+    }
+}
+
+/// Implemented by the argument tuples of `N` elements, so a call's arity is checked at compile time.
+pub trait Arity<const N: usize> {}
+macro_rules! arity {
+    ($n:literal; $($t:ident),*) => {
+        impl<$($t),*> Arity<$n> for ($($t,)*) {}
+    };
+}
+arity!(0;);
+arity!(1; A);
+arity!(2; A, B);
+arity!(3; A, B, C);
+arity!(5; A, B, C, D, E);
+arity!(8; A, B, C, D, E, F, G, H);
+
+fn invoke<'py, const N: usize, A>(
+    py: Python<'py>,
+    obj: &Py<PyAny>,
+    call: &PyCall<N>,
+    args: A,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    A: PyCallArgs<'py> + Arity<N>,
+{
+    let obj = obj.bind(py);
+    if call.name == "__call__" {
+        obj.call1(args)
+    } else {
+        obj.call_method1(call.name, args)
+    }
+}
+
+// --- `qeltrix_v6._crypto.ContainerKeys`: the per-container crypto (FORMAT.md sections 4-6) ---
+
+/// `seal_block(block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview)
+/// -> tuple[bytes, bytes, bytes]`: encrypt `inbuf[:pt_len]` into `outbuf`'s `data_ct`; returns
+/// `(cdk_salt, data_nonce, pt_sha256)`.
+pub const SEAL_BLOCK: PyCall<5> = PyCall {
+    object: "ContainerKeys",
+    name: "seal_block",
+};
+/// `seal_meta(meta_pt: bytes, outbuf: memoryview) -> None`: write `meta_nonce || meta_ct`.
+pub const SEAL_META: PyCall<2> = PyCall {
+    object: "ContainerKeys",
+    name: "seal_meta",
+};
+/// `open_meta(inbuf: memoryview) -> bytes`: the frame's decrypted `meta_pt`.
+pub const OPEN_META: PyCall<1> = PyCall {
+    object: "ContainerKeys",
+    name: "open_meta",
+};
+/// `open_block(block_index: int, pt_len: int, meta_flags: int, cdk_salt: bytes, data_nonce: bytes,
+/// pt_sha256: bytes, inbuf: memoryview, outbuf: memoryview) -> None`.
+pub const OPEN_BLOCK: PyCall<8> = PyCall {
+    object: "ContainerKeys",
+    name: "open_block",
+};
+/// `seal_index(index_pt: bytes, footer_offset: int) -> bytes`: the footer.
+pub const SEAL_INDEX: PyCall<2> = PyCall {
+    object: "ContainerKeys",
+    name: "seal_index",
+};
+/// `open_index(footer: bytes, footer_offset: int) -> bytes`: `index_pt`.
+pub const OPEN_INDEX: PyCall<2> = PyCall {
+    object: "ContainerKeys",
+    name: "open_index",
+};
+/// `frame_digest(inbuf: memoryview) -> bytes`: `SHA256(meta_nonce || meta_ct)` of the frame at
+/// the start of `inbuf` (its first `META_FRAME_LEN` bytes; FORMAT.md section 15).
+pub const FRAME_DIGEST: PyCall<1> = PyCall {
+    object: "ContainerKeys",
+    name: "frame_digest",
+};
+/// `sha256(data: bytes) -> bytes` (header, footer and digest-list hashes of section 15).
+pub const SHA256: PyCall<1> = PyCall {
+    object: "ContainerKeys",
+    name: "sha256",
+};
+
+// --- `qeltrix_v6._crypto.Ed25519Signer` (FORMAT.md section 15) ---
+
+/// `sign(message: bytes) -> bytes`: the 64-byte Ed25519 signature.
+pub const SIGN: PyCall<1> = PyCall {
+    object: "Signer",
+    name: "sign",
+};
+/// `public: bytes`: the 32-byte `signer_pub`.
+pub const SIGNER_PUBLIC: PyAttr = PyAttr {
+    object: "Signer",
+    name: "public",
+};
+
+// --- `qeltrix_v6.gateway._Keyring`: a gateway's key material (FORMAT.md section 12) ---
+
+/// `handshake_new() -> Session`: a fresh session for one connection.
+pub const HANDSHAKE_NEW: PyCall<0> = PyCall {
+    object: "Keyring",
+    name: "handshake_new",
+};
+/// `new_stream(session: Session | None, container_id: bytes | None, block_size: int)
+/// -> tuple[bytes, ContainerKeys]`: the header and keys of a stream this gateway sends.
+pub const NEW_STREAM: PyCall<3> = PyCall {
+    object: "Keyring",
+    name: "new_stream",
+};
+/// `accept_stream(session: Session | None, header: bytes) -> ContainerKeys`.
+pub const ACCEPT_STREAM: PyCall<2> = PyCall {
+    object: "Keyring",
+    name: "accept_stream",
+};
+/// `storage_header(session: Session | None, header: bytes, keys: ContainerKeys) -> bytes`: the
+/// header a sink stores.
+pub const STORAGE_HEADER: PyCall<3> = PyCall {
+    object: "Keyring",
+    name: "storage_header",
+};
+/// `reply_id(container_id: bytes) -> bytes`: the 16-byte `container_id` of the reply stream.
+pub const REPLY_ID: PyCall<1> = PyCall {
+    object: "Keyring",
+    name: "reply_id",
+};
+/// `log(level: str, line: str) -> None` (`level` is `info`, `warning` or `error`).
+pub const KEYRING_LOG: PyCall<2> = PyCall {
+    object: "Keyring",
+    name: "log",
+};
+
+// --- `qeltrix_v6._crypto.Handshake` / `SharedKeySession` (FORMAT.md sections 12.1, 12.2) ---
+
+/// `msg_lens: tuple[int, int, int]`: the three message lengths (0 for the third: none).
+pub const SESSION_MSG_LENS: PyAttr = PyAttr {
+    object: "Session",
+    name: "msg_lens",
+};
+/// `start() -> bytes`: the initiator's `msg1`.
+pub const SESSION_START: PyCall<0> = PyCall {
+    object: "Session",
+    name: "start",
+};
+/// `respond(msg1: bytes) -> bytes`: the responder's `msg2`.
+pub const SESSION_RESPOND: PyCall<1> = PyCall {
+    object: "Session",
+    name: "respond",
+};
+/// `finish(msg2: bytes) -> bytes`: the initiator's `msg3` (empty when there is none).
+pub const SESSION_FINISH: PyCall<1> = PyCall {
+    object: "Session",
+    name: "finish",
+};
+/// `confirm(msg3: bytes) -> None`: the responder checks `msg3`.
+pub const SESSION_CONFIRM: PyCall<1> = PyCall {
+    object: "Session",
+    name: "confirm",
+};
+
+// --- binary file objects given instead of a file descriptor ---
+
+/// `readinto(b: memoryview) -> int | None` (`None`: no data yet on a non-blocking stream).
+pub const READINTO: PyCall<1> = PyCall {
+    object: "Source",
+    name: "readinto",
+};
+/// `seek(offset: int, whence: int) -> int` on a random-access container source.
+pub const SEEK: PyCall<2> = PyCall {
+    object: "RandomSource",
+    name: "seek",
+};
+/// `readinto(b: memoryview) -> int | None` on a random-access container source.
+pub const RANDOM_READINTO: PyCall<1> = PyCall {
+    object: "RandomSource",
+    name: "readinto",
+};
+/// `write(b: memoryview | bytes) -> int | None`.
+pub const WRITE: PyCall<1> = PyCall {
+    object: "Sink",
+    name: "write",
+};
+
+// --- callables ---
+
+/// `progress(done: int, total: int | None) -> object`.
+pub const PROGRESS: PyCall<2> = PyCall {
+    object: "Progress",
+    name: "__call__",
+};
+/// SeekServer's `open(path: str) -> _core.Reader` (loaded).
+pub const OPEN_CONTAINER: PyCall<1> = PyCall {
+    object: "Opener",
+    name: "__call__",
+};
+/// SeekServer's `log(level: str, line: str) -> None`; `level` is `info`, `warning`, `error` or
+/// `access` (one access-log line).
+pub const SERVER_LOG: PyCall<2> = PyCall {
+    object: "ServerLog",
+    name: "__call__",
+};
+/// SeekServer's `verify_url(url_path: str, query: str) -> str`: `valid`, `expired` or
+/// `invalid` for a signed URL (the HMAC is Python's).
+pub const VERIFY_URL: PyCall<2> = PyCall {
+    object: "UrlVerifier",
+    name: "__call__",
+};
+
+/// Every touchpoint as `(object kind, name, positional argument count or None for an attribute)`;
+/// `_core.PYTHON_CALLS`.
+pub const PYTHON_CALLS: &[(&str, &str, Option<usize>)] = &[
+    SEAL_BLOCK.entry(),
+    SEAL_META.entry(),
+    OPEN_META.entry(),
+    OPEN_BLOCK.entry(),
+    SEAL_INDEX.entry(),
+    OPEN_INDEX.entry(),
+    FRAME_DIGEST.entry(),
+    SHA256.entry(),
+    SIGN.entry(),
+    SIGNER_PUBLIC.entry(),
+    HANDSHAKE_NEW.entry(),
+    NEW_STREAM.entry(),
+    ACCEPT_STREAM.entry(),
+    STORAGE_HEADER.entry(),
+    REPLY_ID.entry(),
+    KEYRING_LOG.entry(),
+    SESSION_MSG_LENS.entry(),
+    SESSION_START.entry(),
+    SESSION_RESPOND.entry(),
+    SESSION_FINISH.entry(),
+    SESSION_CONFIRM.entry(),
+    READINTO.entry(),
+    SEEK.entry(),
+    RANDOM_READINTO.entry(),
+    WRITE.entry(),
+    PROGRESS.entry(),
+    OPEN_CONTAINER.entry(),
+    SERVER_LOG.entry(),
+    VERIFY_URL.entry(),
+];
+
+// --- ContainerKeys wrappers ---
+
+/// Seal `inbuf[..pt_len]` as frame `block_index` into `outbuf[..frame_len(pt_len)]`: Rust
+/// encodes the V6-C metadata, Python does the cryptography (FORMAT.md section 5).
 pub fn seal_frame(
     py: Python<'_>,
     keys: &Py<PyAny>,
@@ -17,9 +296,9 @@ pub fn seal_frame(
     pt_len: usize,
     outbuf: &PyBuf,
 ) -> PyResult<()> {
-    let args = (block_index, meta_flags, inbuf.obj(py), pt_len, outbuf.obj(py));
+    let args = (block_index, meta_flags, inbuf.view(py)?, pt_len, outbuf.view(py)?);
     let (cdk_salt, data_nonce, pt_sha256): ([u8; 16], [u8; 12], [u8; 32]) =
-        keys.call_method1(py, SEAL_BLOCK, args)?.extract(py)?;
+        invoke(py, keys, &SEAL_BLOCK, args)?.extract()?;
     let meta = BlockMeta {
         block_index,
         pt_len: pt_len as u32,
@@ -28,13 +307,18 @@ pub fn seal_frame(
         data_nonce,
         pt_sha256,
     };
-    keys.call_method1(py, SEAL_META, (PyBytes::new(py, &meta.encode()), outbuf.obj(py)))?;
+    invoke(
+        py,
+        keys,
+        &SEAL_META,
+        (PyBytes::new(py, &meta.encode()), outbuf.view(py)?),
+    )?;
     Ok(())
 }
 
 /// Decrypt the V6-C metadata at the start of the frame in `inbuf`; returns `meta_pt`.
 pub fn open_meta(py: Python<'_>, keys: &Py<PyAny>, inbuf: &PyBuf) -> PyResult<Vec<u8>> {
-    keys.call_method1(py, OPEN_META, (inbuf.obj(py),))?.extract(py)
+    invoke(py, keys, &OPEN_META, (inbuf.view(py)?,))?.extract()
 }
 
 /// Decrypt the frame's `data_ct` in `inbuf` into `outbuf[..meta.pt_len]`, checking its SHA-256.
@@ -46,29 +330,217 @@ pub fn open_data(py: Python<'_>, keys: &Py<PyAny>, meta: &BlockMeta, inbuf: &PyB
         PyBytes::new(py, &meta.cdk_salt),
         PyBytes::new(py, &meta.data_nonce),
         PyBytes::new(py, &meta.pt_sha256),
-        inbuf.obj(py),
-        outbuf.obj(py),
+        inbuf.view(py)?,
+        outbuf.view(py)?,
     );
-    keys.call_method1(py, OPEN_BLOCK, args)?;
+    invoke(py, keys, &OPEN_BLOCK, args)?;
     Ok(())
 }
 
 /// `frame_digest` of the frame at the start of `inbuf` (FORMAT.md section 15).
 pub fn frame_digest(py: Python<'_>, keys: &Py<PyAny>, inbuf: &PyBuf) -> PyResult<[u8; 32]> {
-    keys.call_method1(py, FRAME_DIGEST, (inbuf.obj(py),))?.extract(py)
+    invoke(py, keys, &FRAME_DIGEST, (inbuf.view(py)?,))?.extract()
 }
 
 /// `SHA256(data)` through the crypto layer.
 pub fn sha256(py: Python<'_>, keys: &Py<PyAny>, data: &[u8]) -> PyResult<[u8; 32]> {
-    keys.call_method1(py, SHA256, (PyBytes::new(py, data),))?.extract(py)
+    invoke(py, keys, &SHA256, (PyBytes::new(py, data),))?.extract()
 }
+
+/// The footer sealing `index_pt` (FORMAT.md section 6).
+pub fn seal_index(py: Python<'_>, keys: &Py<PyAny>, index_pt: &[u8], footer_offset: u64) -> PyResult<Vec<u8>> {
+    invoke(py, keys, &SEAL_INDEX, (PyBytes::new(py, index_pt), footer_offset))?.extract()
+}
+
+/// `index_pt` from the footer.
+pub fn open_index(py: Python<'_>, keys: &Py<PyAny>, footer: &[u8], footer_offset: u64) -> PyResult<Vec<u8>> {
+    invoke(py, keys, &OPEN_INDEX, (PyBytes::new(py, footer), footer_offset))?.extract()
+}
+
+// --- Signer wrappers ---
 
 /// The signer's 32-byte public key.
 pub fn signer_public(py: Python<'_>, signer: &Py<PyAny>) -> PyResult<[u8; 32]> {
-    signer.getattr(py, SIGNER_PUBLIC)?.extract(py)
+    signer.getattr(py, SIGNER_PUBLIC.name)?.extract(py)
 }
 
 /// `Ed25519-Sign(signer_priv, message)`.
 pub fn sign(py: Python<'_>, signer: &Py<PyAny>, message: &[u8]) -> PyResult<[u8; 64]> {
-    signer.call_method1(py, SIGN, (PyBytes::new(py, message),))?.extract(py)
+    invoke(py, signer, &SIGN, (PyBytes::new(py, message),))?.extract()
+}
+
+// --- Keyring and Session wrappers ---
+
+/// A new session object for one connection.
+pub fn handshake_new(py: Python<'_>, keyring: &Py<PyAny>) -> PyResult<Py<PyAny>> {
+    Ok(invoke(py, keyring, &HANDSHAKE_NEW, ())?.unbind())
+}
+
+/// `(header, keys)` of a stream this gateway sends.
+pub fn new_stream(
+    py: Python<'_>,
+    keyring: &Py<PyAny>,
+    session: Option<&Py<PyAny>>,
+    container_id: Option<[u8; 16]>,
+    block_size: u32,
+) -> PyResult<(Vec<u8>, Py<PyAny>)> {
+    let cid = container_id.map(|c| PyBytes::new(py, &c));
+    invoke(py, keyring, &NEW_STREAM, (session, cid, block_size))?.extract()
+}
+
+/// The keys of a stream this gateway receives, from its header.
+pub fn accept_stream(
+    py: Python<'_>,
+    keyring: &Py<PyAny>,
+    session: Option<&Py<PyAny>>,
+    header: &[u8],
+) -> PyResult<Py<PyAny>> {
+    Ok(invoke(py, keyring, &ACCEPT_STREAM, (session, PyBytes::new(py, header)))?.unbind())
+}
+
+/// The header a sink stores for a stream.
+pub fn storage_header(
+    py: Python<'_>,
+    keyring: &Py<PyAny>,
+    session: Option<&Py<PyAny>>,
+    header: &[u8],
+    keys: &Py<PyAny>,
+) -> PyResult<Vec<u8>> {
+    invoke(py, keyring, &STORAGE_HEADER, (session, PyBytes::new(py, header), keys))?.extract()
+}
+
+/// The `container_id` of the reply to stream `request`.
+pub fn reply_id(py: Python<'_>, keyring: &Py<PyAny>, request: &[u8; 16]) -> PyResult<[u8; 16]> {
+    invoke(py, keyring, &REPLY_ID, (PyBytes::new(py, request),))?.extract()
+}
+
+/// Log a line through the keyring.
+pub fn keyring_log(py: Python<'_>, keyring: &Py<PyAny>, level: &str, line: &str) -> PyResult<()> {
+    invoke(py, keyring, &KEYRING_LOG, (level, line)).map(drop)
+}
+
+/// The session's three message lengths.
+pub fn session_msg_lens(py: Python<'_>, session: &Py<PyAny>) -> PyResult<(usize, usize, usize)> {
+    session.getattr(py, SESSION_MSG_LENS.name)?.extract(py)
+}
+
+/// One step of a session without an incoming message (`start`); `None` becomes empty bytes.
+pub fn session_step0(py: Python<'_>, session: &Py<PyAny>, call: &PyCall<0>) -> PyResult<Vec<u8>> {
+    let r = invoke(py, session, call, ())?;
+    if r.is_none() {
+        return Ok(Vec::new());
+    }
+    r.extract()
+}
+
+/// One step of a session with an incoming message (`respond`, `finish`, `confirm`); `None`
+/// becomes empty bytes.
+pub fn session_step1(py: Python<'_>, session: &Py<PyAny>, call: &PyCall<1>, msg: &[u8]) -> PyResult<Vec<u8>> {
+    let r = invoke(py, session, call, (PyBytes::new(py, msg),))?;
+    if r.is_none() {
+        return Ok(Vec::new());
+    }
+    r.extract()
+}
+
+// --- file objects ---
+
+/// `src.readinto(view)`: bytes read, `None` for "no data yet".
+pub fn readinto(py: Python<'_>, src: &Py<PyAny>, view: Bound<'_, PyAny>, random: bool) -> PyResult<Option<usize>> {
+    let call = if random { &RANDOM_READINTO } else { &READINTO };
+    count(invoke(py, src, call, (view,))?, call.name)
+}
+
+/// A file method's return value as a byte count: a non-negative int or `None`, else `TypeError`.
+fn count(r: Bound<'_, PyAny>, method: &str) -> PyResult<Option<usize>> {
+    r.extract()
+        .map_err(|_| PyTypeError::new_err(format!("{method}() must return a non-negative int or None, not {r}")))
+}
+
+/// `src.seek(offset, whence)`: the new position.
+pub fn seek(py: Python<'_>, src: &Py<PyAny>, offset: u64, whence: u8) -> PyResult<u64> {
+    invoke(py, src, &SEEK, (offset, whence))?.extract()
+}
+
+/// `dst.write(data)`: bytes written, `None` for "would block".
+pub fn write(py: Python<'_>, dst: &Py<PyAny>, data: Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+    count(invoke(py, dst, &WRITE, (data,))?, WRITE.name)
+}
+
+// --- callables ---
+
+/// `progress(done, total)`.
+pub fn progress(py: Python<'_>, callback: &Py<PyAny>, done: u64, total: Option<u64>) -> PyResult<()> {
+    invoke(py, callback, &PROGRESS, (done, total)).map(drop)
+}
+
+/// The SeekServer's `open(path)`.
+pub fn open_container(py: Python<'_>, open: &Py<PyAny>, path: String) -> PyResult<Py<PyAny>> {
+    Ok(invoke(py, open, &OPEN_CONTAINER, (path,))?.unbind())
+}
+
+/// The SeekServer's `log(level, line)`.
+pub fn server_log(py: Python<'_>, log: &Py<PyAny>, level: &str, line: &str) -> PyResult<()> {
+    invoke(py, log, &SERVER_LOG, (level, line)).map(drop)
+}
+
+/// What the SeekServer's URL verifier says of a signed URL (`valid`, `expired`, `invalid`).
+pub fn verify_url(py: Python<'_>, verify: &Py<PyAny>, url_path: &str, query: &str) -> PyResult<String> {
+    invoke(py, verify, &VERIFY_URL, (url_path, query))?.extract()
+}
+
+// --- the exception hierarchy ---
+
+/// Module holding the exception hierarchy.
+pub const ERRORS_MODULE: &str = "qeltrix_v6.errors";
+
+static ERROR_CLASSES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
+
+/// The exception classes, in the order of [`ERROR_NAMES`].
+#[derive(Clone, Copy)]
+pub enum ErrorClass {
+    Malformed = 0,
+    Limit = 1,
+    Authentication = 2,
+    Truncated = 3,
+    Io = 4,
+    WrongKey = 5,
+    Base = 6,
+    Signature = 7,
+}
+
+/// Class names in `qeltrix_v6.errors`, indexed by [`ErrorClass`]; `_core.ERROR_CLASSES`.
+pub const ERROR_NAMES: [&str; 8] = [
+    "MalformedError",
+    "LimitExceededError",
+    "AuthenticationError",
+    "TruncatedError",
+    "QeltrixIOError",
+    "WrongKeyError",
+    "QeltrixError",
+    "SignatureError",
+];
+
+/// The Python class for an error kind.
+pub fn error_class(py: Python<'_>, class: ErrorClass) -> PyResult<Bound<'_, PyType>> {
+    let classes = ERROR_CLASSES.get_or_try_init(py, || -> PyResult<Vec<Py<PyType>>> {
+        let module = py.import(ERRORS_MODULE)?;
+        ERROR_NAMES
+            .iter()
+            .map(|name| Ok(module.getattr(*name)?.cast_into::<PyType>()?.unbind()))
+            .collect()
+    })?;
+    Ok(classes[class as usize].bind(py).clone())
+}
+
+/// Whether `e` is an instance of the error kind `class`.
+pub fn is_error(py: Python<'_>, e: &PyErr, class: ErrorClass) -> bool {
+    error_class(py, class).is_ok_and(|cls| e.is_instance(py, &cls))
+}
+
+/// Register `PYTHON_CALLS` and `ERROR_CLASSES` on the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("PYTHON_CALLS", PYTHON_CALLS.to_vec())?;
+    m.add("ERROR_CLASSES", ERROR_NAMES.to_vec())?;
+    Ok(())
 }

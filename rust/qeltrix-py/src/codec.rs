@@ -94,15 +94,5 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(default_perm_window, m)?)?;
     m.add_function(wrap_pyfunction!(signed_message, m)?)?;
     m.add_function(wrap_pyfunction!(encode_signature_section, m)?)?;
-    m.add("HEADER_FLAG_SIGNED", qeltrix_format::HEADER_FLAG_SIGNED)?;
-    m.add("SIG_FIXED_LEN", qeltrix_format::SIG_FIXED_LEN)?;
-    m.add("DEFAULT_BLOCK_SIZE", qeltrix_format::DEFAULT_BLOCK_SIZE)?;
-    m.add("MIN_BLOCK_SIZE", qeltrix_format::MIN_BLOCK_SIZE)?;
-    m.add("MAX_STREAM_HEADER_LEN", qeltrix_format::MAX_STREAM_HEADER_LEN)?;
-    m.add("MAX_BLOCK_SIZE", qeltrix_format::MAX_BLOCK_SIZE)?;
-    m.add(
-        "ARGON2ID_MAX_M_COST_KIB",
-        qeltrix_format::header::ARGON2ID_MAX_M_COST_KIB,
-    )?;
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The extension's error type and its one conversion to a Python exception.
-use crate::types::{error_class, ErrorClass};
+use crate::calls::{error_class, ErrorClass};
 use pyo3::prelude::*;
 use qeltrix_format::FormatError;
 use std::fmt;
@@ -15,6 +15,9 @@ pub enum Error {
     Py(PyErr),
     /// A frame or section does not match the container's signature (FORMAT.md section 15).
     Signature(String),
+    /// A pipeline stage panicked or stopped without saying why: a bug, reported as
+    /// `QeltrixError` instead of a hang or a `PanicException`.
+    Internal(String),
 }
 
 /// Result alias of the extension.
@@ -27,6 +30,7 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "I/O error: {e}"),
             Error::Py(e) => e.fmt(f),
             Error::Signature(m) => write!(f, "signature check failed: {m}"),
+            Error::Internal(m) => write!(f, "internal error: {m}"),
         }
     }
 }
@@ -49,6 +53,12 @@ impl From<PyErr> for Error {
     }
 }
 
+/// `QeltrixIOError(msg)`: an operating-system failure outside a pipeline (binding a socket,
+/// resolving a host, a recovery's files).
+pub fn io_error(msg: impl Into<String>) -> PyErr {
+    raise(ErrorClass::Io, msg.into())
+}
+
 fn raise(class: ErrorClass, msg: String) -> PyErr {
     Python::attach(|py| match error_class(py, class) {
         Ok(cls) => PyErr::from_type(cls, msg),
@@ -61,6 +71,7 @@ impl From<Error> for PyErr {
         match e {
             Error::Py(e) => e,
             Error::Signature(_) => raise(ErrorClass::Signature, e.to_string()),
+            Error::Internal(_) => raise(ErrorClass::Base, e.to_string()),
             Error::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
                 raise(ErrorClass::Truncated, format!("container is truncated: {io}"))
             }

@@ -1,11 +1,13 @@
 //! The GatewayServer binding: `qeltrix-server`'s TCP loops with stream keys from the Python
 //! layer (`qeltrix_v6.gateway`), and `recover_stream` for stored streams without an index.
-use crate::calls;
+use crate::calls::{self, is_error, ErrorClass};
+use crate::error::io_error;
 use crate::io::PyBuf;
-use crate::types::{error_class, ErrorClass, SEAL_INDEX};
-use pyo3::exceptions::{PyOSError, PyValueError};
+use crate::pipeline::seconds;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyDict, PyList};
+use qeltrix_format::handshake::MAX_HS_MSG_LEN;
 use qeltrix_format::{frame_len, BlockMeta, Header, META_FRAME_LEN};
 use qeltrix_server::gateway::{
     recover_stream, start_gateway, GatewayConfig, GatewayHandle, GwError, Keyring, Mode, StreamKeys,
@@ -16,29 +18,9 @@ use std::io::{Seek, SeekFrom};
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
-
-/// `keyring.new_stream(container_id | None, block_size, session | None) -> (header, ContainerKeys)`.
-const NEW_STREAM: &str = "new_stream";
-/// `keyring.accept_stream(header: bytes, session | None) -> ContainerKeys`.
-const ACCEPT_STREAM: &str = "accept_stream";
-/// `keyring.storage_header(header: bytes, session | None, keys: ContainerKeys) -> bytes`.
-const STORAGE_HEADER: &str = "storage_header";
-/// `keyring.reply_id(container_id) -> bytes`.
-const REPLY_ID: &str = "reply_id";
-/// `keyring.log(level, line)`.
-const LOG: &str = "log";
-/// `keyring.handshake_new() -> Handshake | SharedKeySession`: a session object with
-/// `msg_lens: (int, int, int)` (a third length of 0: no third message), `start()`,
-/// `respond(msg1)`, `finish(msg2)` and `confirm(msg3)` (FORMAT.md sections 12.1, 12.2).
-const HANDSHAKE_NEW: &str = "handshake_new";
-/// The session's message lengths.
-const MSG_LENS: &str = "msg_lens";
-/// Largest handshake message a session may ask for (bounds pre-authentication memory).
-const MAX_HS_MSG_LEN: usize = 256;
 
 fn gw_err(py: Python<'_>, e: PyErr) -> GwError {
-    let is = |c| error_class(py, c).is_ok_and(|cls| e.is_instance(py, &cls));
+    let is = |c| is_error(py, &e, c);
     let msg = e.value(py).to_string();
     if is(ErrorClass::Authentication) {
         GwError::Auth(msg)
@@ -122,12 +104,8 @@ impl StreamKeys for PyStreamKeys {
     }
 
     fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError> {
-        Python::attach(|py| -> PyResult<Vec<u8>> {
-            self.keys
-                .call_method1(py, SEAL_INDEX, (PyBytes::new(py, index_pt), footer_offset))?
-                .extract(py)
-        })
-        .map_err(|e| Python::attach(|py| gw_err(py, e)))
+        Python::attach(|py| calls::seal_index(py, &self.keys, index_pt, footer_offset))
+            .map_err(|e| Python::attach(|py| gw_err(py, e)))
     }
 
     fn frame_digest(&mut self, meta_frame: &[u8]) -> Result<[u8; 32], GwError> {
@@ -161,25 +139,12 @@ impl Keyring for PyKeyring {
         recv: &mut dyn FnMut(&mut [u8]) -> std::io::Result<()>,
     ) -> Result<Option<Py<PyAny>>, GwError> {
         // The GIL is held only for the crypto calls, never across socket I/O.
-        let call = |hs: &Py<PyAny>, method: &str, arg: Option<&[u8]>| -> Result<Vec<u8>, GwError> {
-            Python::attach(|py| {
-                let r = match arg {
-                    Some(a) => hs.call_method1(py, method, (PyBytes::new(py, a),)),
-                    None => hs.call_method0(py, method),
-                };
-                let r = r.map_err(|e| gw_err(py, e))?;
-                if r.is_none(py) {
-                    return Ok(Vec::new());
-                }
-                r.extract(py).map_err(|e| gw_err(py, e))
-            })
+        let step = |hs: &Py<PyAny>, call: &calls::PyCall<1>, msg: &[u8]| -> Result<Vec<u8>, GwError> {
+            Python::attach(|py| calls::session_step1(py, hs, call, msg).map_err(|e| gw_err(py, e)))
         };
         let (hs, lens) = Python::attach(|py| {
-            let hs = self.0.call_method0(py, HANDSHAKE_NEW).map_err(|e| gw_err(py, e))?;
-            let lens: (usize, usize, usize) = hs
-                .getattr(py, MSG_LENS)
-                .and_then(|l| l.extract(py))
-                .map_err(|e| gw_err(py, e))?;
+            let hs = calls::handshake_new(py, &self.0).map_err(|e| gw_err(py, e))?;
+            let lens = calls::session_msg_lens(py, &hs).map_err(|e| gw_err(py, e))?;
             Ok::<_, GwError>((hs, lens))
         })?;
         let (len1, len2, len3) = lens;
@@ -189,21 +154,23 @@ impl Keyring for PyKeyring {
             ));
         }
         if initiator {
-            send(&call(&hs, "start", None)?)?;
+            let msg1 =
+                Python::attach(|py| calls::session_step0(py, &hs, &calls::SESSION_START).map_err(|e| gw_err(py, e)))?;
+            send(&msg1)?;
             let mut msg2 = vec![0u8; len2];
             recv(&mut msg2)?;
-            let msg3 = call(&hs, "finish", Some(&msg2))?;
+            let msg3 = step(&hs, &calls::SESSION_FINISH, &msg2)?;
             if len3 > 0 {
                 send(&msg3)?;
             }
         } else {
             let mut msg1 = vec![0u8; len1];
             recv(&mut msg1)?;
-            send(&call(&hs, "respond", Some(&msg1))?)?;
+            send(&step(&hs, &calls::SESSION_RESPOND, &msg1)?)?;
             if len3 > 0 {
                 let mut msg3 = vec![0u8; len3];
                 recv(&mut msg3)?;
-                call(&hs, "confirm", Some(&msg3))?;
+                step(&hs, &calls::SESSION_CONFIRM, &msg3)?;
             }
         }
         Ok(Some(hs))
@@ -216,24 +183,15 @@ impl Keyring for PyKeyring {
         block_size: u32,
     ) -> Result<(Vec<u8>, PyStreamKeys), GwError> {
         Python::attach(|py| {
-            let cid = container_id.map(|c| PyBytes::new(py, &c));
-            let session = session.map(|s| s.clone_ref(py));
-            let r = self
-                .0
-                .call_method1(py, NEW_STREAM, (cid, block_size, session))
-                .map_err(|e| gw_err(py, e))?;
-            let (header, keys): (Vec<u8>, Py<PyAny>) = r.extract(py).map_err(|e| gw_err(py, e))?;
+            let (header, keys) =
+                calls::new_stream(py, &self.0, session, container_id, block_size).map_err(|e| gw_err(py, e))?;
             Ok((header, PyStreamKeys::new(keys)))
         })
     }
 
     fn accept_stream(&self, session: Option<&Py<PyAny>>, header: &Header) -> Result<PyStreamKeys, GwError> {
         Python::attach(|py| {
-            let session = session.map(|s| s.clone_ref(py));
-            let keys = self
-                .0
-                .call_method1(py, ACCEPT_STREAM, (PyBytes::new(py, &header.encoded), session))
-                .map_err(|e| gw_err(py, e))?;
+            let keys = calls::accept_stream(py, &self.0, session, &header.encoded).map_err(|e| gw_err(py, e))?;
             Ok(PyStreamKeys::new(keys))
         })
     }
@@ -245,13 +203,7 @@ impl Keyring for PyKeyring {
         keys: &PyStreamKeys,
     ) -> Result<Vec<u8>, GwError> {
         Python::attach(|py| {
-            let session = session.map(|s| s.clone_ref(py));
-            let args = (PyBytes::new(py, &header.encoded), session, keys.keys.clone_ref(py));
-            let r = self
-                .0
-                .call_method1(py, STORAGE_HEADER, args)
-                .map_err(|e| gw_err(py, e))?;
-            r.extract(py).map_err(|e| gw_err(py, e))
+            calls::storage_header(py, &self.0, session, &header.encoded, &keys.keys).map_err(|e| gw_err(py, e))
         })
     }
 
@@ -267,18 +219,12 @@ impl Keyring for PyKeyring {
         Python::attach(|py| calls::sign(py, signer, message).map_err(|e| gw_err(py, e)))
     }
 
-    fn on_thread(&self, f: &mut dyn FnMut()) {
+    fn on_thread(&self, f: &mut (dyn FnMut() + Send)) {
         crate::pipeline::with_thread_state(f)
     }
 
     fn reply_id(&self, request: &[u8; 16]) -> Result<[u8; 16], GwError> {
-        Python::attach(|py| {
-            let r = self
-                .0
-                .call_method1(py, REPLY_ID, (PyBytes::new(py, request),))
-                .map_err(|e| gw_err(py, e))?;
-            r.extract(py).map_err(|e| gw_err(py, e))
-        })
+        Python::attach(|py| calls::reply_id(py, &self.0, request).map_err(|e| gw_err(py, e)))
     }
 
     fn log(&self, level: LogLevel, line: &str) {
@@ -288,7 +234,7 @@ impl Keyring for PyKeyring {
             LogLevel::Error => "error",
         };
         Python::attach(|py| {
-            if let Err(e) = self.0.call_method1(py, LOG, (level, line)) {
+            if let Err(e) = calls::keyring_log(py, &self.0, level, line) {
                 e.print(py);
             }
         });
@@ -305,7 +251,7 @@ pub struct GatewayCore {
 #[pymethods]
 impl GatewayCore {
     #[new]
-    #[pyo3(signature = (mode, host, port, keyring, target=None, sink_dir=None, sink_raw=false, block_size=262144,
+    #[pyo3(signature = (mode, host, port, keyring, target=None, sink_dir=None, sink_raw=false, block_size=qeltrix_format::DEFAULT_BLOCK_SIZE,
                         flush_delay=0.0, max_connections=1024, idle_timeout=300.0, connect_timeout=10.0,
                         stats_interval=0.0, handshake_timeout=10.0, signer=None))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
@@ -339,23 +285,23 @@ impl GatewayCore {
         };
         let listen = (host, port)
             .to_socket_addrs()
-            .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
+            .map_err(|e| io_error(format!("cannot resolve {host}: {e}")))?
             .next()
-            .ok_or_else(|| PyOSError::new_err(format!("cannot resolve {host}")))?;
+            .ok_or_else(|| io_error(format!("cannot resolve {host}")))?;
         let mut config = GatewayConfig::new(mode, listen);
         config.target = target;
         config.sink_dir = sink_dir;
         config.sink_raw = sink_raw;
         config.block_size = block_size;
-        config.flush_delay = Duration::from_secs_f64(flush_delay.max(0.0));
+        config.flush_delay = seconds("flush_delay", flush_delay, 0.0)?;
         config.max_connections = max_connections.max(1);
-        config.idle_timeout = Duration::from_secs_f64(idle_timeout.max(0.01));
-        config.connect_timeout = Duration::from_secs_f64(connect_timeout.max(0.01));
-        config.stats_interval = Duration::from_secs_f64(stats_interval.max(0.0));
-        config.handshake_timeout = Duration::from_secs_f64(handshake_timeout.max(0.01));
+        config.idle_timeout = seconds("idle_timeout", idle_timeout, 0.01)?;
+        config.connect_timeout = seconds("connect_timeout", connect_timeout, 0.01)?;
+        config.stats_interval = seconds("stats_interval", stats_interval, 0.0)?;
+        config.handshake_timeout = seconds("handshake_timeout", handshake_timeout, 0.01)?;
         let handle = py
             .detach(|| start_gateway(config, PyKeyring(keyring, signer)))
-            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            .map_err(|e| io_error(e.to_string()))?;
         let addr = handle.local_addr();
         Ok(GatewayCore {
             handle: Mutex::new(Some(handle)),
@@ -440,28 +386,6 @@ pub fn recover_stream_file(
         file.sync_all().map_err(|e| e.to_string())?;
         Ok(rec)
     });
-    let rec = r.map_err(PyOSError::new_err)?;
+    let rec = r.map_err(io_error)?;
     Ok((rec.blocks, rec.pt_len, rec.complete, rec.stopped))
-}
-
-/// Parse a header's bytes (structure and limits only; the caller verifies checksum and MAC).
-#[pyfunction]
-pub fn parse_header<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
-    let h = Header::parse(data).map_err(crate::error::Error::from)?;
-    let d = PyDict::new(py);
-    d.set_item("header_len", h.header_len)?;
-    d.set_item("header_flags", h.header_flags)?;
-    d.set_item("cipher_id", h.cipher_id)?;
-    d.set_item("block_size", h.block_size)?;
-    d.set_item("perm_window", h.perm_window)?;
-    d.set_item("container_id", PyBytes::new(py, &h.container_id))?;
-    d.set_item(
-        "stanzas",
-        PyList::new(py, h.stanzas.iter().map(|s| (s.kind, PyBytes::new(py, &s.body))))?,
-    )?;
-    d.set_item("header_checksummed", PyBytes::new(py, h.checksummed()))?;
-    d.set_item("header_sha256", PyBytes::new(py, h.header_sha256()))?;
-    d.set_item("header_maced", PyBytes::new(py, h.maced()))?;
-    d.set_item("header_mac", PyBytes::new(py, h.header_mac()))?;
-    Ok(d)
 }

@@ -2,75 +2,105 @@
 //!
 //! A source or sink is either a file descriptor (the fast path: Rust reads and writes it with
 //! the GIL released) or a Python binary file object (`readinto` / `write` / `seek`, called
-//! with the GIL held). Buffers are `bytearray`s so the crypto layer can `encrypt_into` them.
+//! with the GIL held). Buffers are `bytearray`s (see [`PyBuf`]) that Python sees as memoryviews,
+//! so the crypto layer can `encrypt_into` them.
+use crate::calls;
 use crate::error::Result;
-use crate::types::{READINTO, SEEK, WRITE};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PySlice};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyInt, PyMemoryView, PySlice};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
-/// A `bytearray` owned by one pipeline stage, whose data pointer Rust uses without the GIL.
+/// A `bytearray` owned by one pipeline stage, whose bytes Rust reads and writes without the GIL.
+///
+/// `buffer` is a buffer export of the bytearray (`PyObject_GetBuffer`) held for the PyBuf's
+/// whole life: while an export exists CPython refuses to resize a bytearray (`BufferError`),
+/// so its storage neither moves nor shrinks, whatever Python code does with it. Python only
+/// ever receives memoryviews of it ([`PyBuf::view`]), during calls the owning thread makes.
 pub struct PyBuf {
     obj: Py<PyByteArray>,
-    ptr: *mut u8,
-    cap: usize,
+    buffer: PyBuffer<u8>,
 }
-
-// SAFETY: the pointer refers to the bytearray's heap storage, which `obj` keeps alive. The
-// buffer is never resized (Python code only ever sees it through memoryview slices during a
-// crypto call, and an exported memoryview forbids resizing anyway), and at any time exactly one
-// thread owns the PyBuf, so moving it between threads moves the only access path.
-unsafe impl Send for PyBuf {}
 
 impl PyBuf {
     /// A zero-filled buffer of `cap` bytes.
     pub fn new(py: Python<'_>, cap: usize) -> PyResult<PyBuf> {
         let b = PyByteArray::new_with(py, cap, |_| Ok(()))?;
-        let ptr = b.data();
+        let buffer = PyBuffer::<u8>::get(b.as_any())?;
+        debug_assert!(!buffer.readonly() && buffer.is_c_contiguous() && buffer.len_bytes() == cap);
         Ok(PyBuf {
             obj: b.unbind(),
-            ptr,
-            cap,
+            buffer,
         })
     }
 
-    /// The bytearray, for passing to Python.
-    pub fn obj<'py>(&self, py: Python<'py>) -> &Bound<'py, PyByteArray> {
-        self.obj.bind(py)
+    /// A memoryview of the whole buffer, for passing to Python.
+    pub fn view<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(PyMemoryView::from(self.obj.bind(py).as_any())?.into_any())
     }
 
     /// The whole buffer.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: see the `Send` impl; `&self` excludes concurrent Rust writers and no Python
-        // code holds the buffer outside a call this thread is making.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.cap) }
+        // SAFETY: `buffer` is a C-contiguous export of `len_bytes()` bytes, kept valid and
+        // unmoved for as long as `self` holds it (an exported bytearray cannot be resized).
+        // Python writes into it only through memoryviews passed to a call the owning thread
+        // makes, never while this shared borrow (which needs that thread) is alive.
+        unsafe { std::slice::from_raw_parts(self.buffer.buf_ptr().cast::<u8>(), self.buffer.len_bytes()) }
     }
 
     /// The whole buffer, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as for `as_slice`, with `&mut self` making this the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.cap) }
+        // SAFETY: as for `as_slice`; the export is writable (a bytearray's), and `&mut self`
+        // makes this the only Rust reference while no Python call runs on this buffer.
+        unsafe { std::slice::from_raw_parts_mut(self.buffer.buf_ptr().cast::<u8>(), self.buffer.len_bytes()) }
     }
 }
 
 fn memview_slice<'py>(py: Python<'py>, buf: &PyBuf, start: usize, end: usize) -> PyResult<Bound<'py, PyAny>> {
-    let mv = PyMemoryView::from(buf.obj(py).as_any())?;
-    mv.get_item(PySlice::new(py, start as isize, end as isize, 1))
+    buf.view(py)?
+        .get_item(PySlice::new(py, start as isize, end as isize, 1))
 }
 
+/// An `int` argument as a duplicated file descriptor; `None` for any other object (a file
+/// object). `bool` and negative numbers are refused (`TypeError`, `ValueError`), and a
+/// descriptor that is not open is `QeltrixIOError`.
 fn fd_of(obj: &Bound<'_, PyAny>) -> PyResult<Option<File>> {
+    if obj.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err("a file descriptor must be an int, not a bool"));
+    }
     if !obj.is_instance_of::<PyInt>() {
         return Ok(None);
     }
-    let fd: RawFd = obj.extract()?;
-    // SAFETY: the caller passes a descriptor it keeps open for the duration of the call; we
-    // only borrow it to duplicate it, and the duplicate is ours to own and close.
-    let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    let fd: i64 = obj
+        .extract()
+        .map_err(|_| PyValueError::new_err("file descriptor out of range"))?;
+    let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0).ok_or_else(|| {
+        PyValueError::new_err(format!("file descriptor {fd} is out of range (negative or too large)"))
+    })?;
+    // SAFETY: `fd` is non-negative (`borrow_raw` requires `fd != -1`); the caller passes a
+    // descriptor it keeps open for the duration of the call, and we only borrow it to duplicate
+    // it (a closed one fails with EBADF). The duplicate is ours to own and close.
+    let owned = unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .map_err(|e| crate::error::io_error(format!("file descriptor {fd}: {e}")))?;
     Ok(Some(File::from(owned)))
+}
+
+/// A byte count a Python file object returned, refused when it claims more than it was given
+/// (slicing past the buffer would otherwise panic).
+fn checked_count(n: usize, asked: usize, method: &str) -> Result<usize> {
+    if n > asked {
+        return Err(std::io::Error::other(format!(
+            "{method} returned {n}, more than the {asked} bytes it was given"
+        ))
+        .into());
+    }
+    Ok(n)
 }
 
 /// Where plaintext (pack) or a container (unpack) is read from, sequentially.
@@ -101,9 +131,8 @@ impl Source {
                 },
                 Source::Py(obj) => Python::attach(|py| -> PyResult<usize> {
                     let view = memview_slice(py, buf, got, want)?;
-                    let r = obj.call_method1(py, READINTO, (view,))?;
                     // None means "no data yet" on a non-blocking stream: treat as a retry.
-                    Ok(if r.is_none(py) { usize::MAX } else { r.extract(py)? })
+                    Ok(calls::readinto(py, obj, view, false)?.unwrap_or(usize::MAX))
                 })?,
             };
             if n == usize::MAX {
@@ -113,7 +142,7 @@ impl Source {
             if n == 0 {
                 break;
             }
-            got += n;
+            got += checked_count(n, want - got, "readinto")?;
         }
         Ok(got)
     }
@@ -142,9 +171,7 @@ impl RandomSource {
             RandomSource::Fd(f) => Ok(f.metadata()?.len()),
             RandomSource::Py(m) => {
                 let obj = m.lock().expect("source lock");
-                Ok(Python::attach(|py| {
-                    obj.call_method1(py, SEEK, (0, 2))?.extract::<u64>(py)
-                })?)
+                Ok(Python::attach(|py| calls::seek(py, &obj, 0, 2))?)
             }
         }
     }
@@ -156,14 +183,14 @@ impl RandomSource {
             RandomSource::Py(m) => {
                 let obj = m.lock().expect("source lock");
                 Python::attach(|py| -> Result<()> {
-                    obj.call_method1(py, SEEK, (pos, 0))?;
+                    calls::seek(py, &obj, pos, 0)?;
                     let mut got = 0;
                     while got < n {
                         let view = memview_slice(py, buf, got, n)?;
-                        let r: Option<usize> = obj.call_method1(py, READINTO, (view,))?.extract(py)?;
+                        let r = calls::readinto(py, &obj, view, true)?;
                         match r {
                             Some(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
-                            Some(k) => got += k,
+                            Some(k) => got += checked_count(k, n - got, "readinto")?,
                             None => std::thread::yield_now(),
                         }
                     }
@@ -204,10 +231,10 @@ impl Sink {
                 let mut pos = start;
                 while pos < end {
                     let view = memview_slice(py, buf, pos, end)?;
-                    let r: Option<usize> = obj.call_method1(py, WRITE, (view,))?.extract(py)?;
+                    let r = calls::write(py, obj, view)?;
                     match r {
                         Some(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
-                        Some(k) => pos += k,
+                        Some(k) => pos += checked_count(k, end - pos, "write")?,
                         None => std::thread::yield_now(),
                     }
                 }
@@ -223,12 +250,10 @@ impl Sink {
             Sink::Py(obj) => Python::attach(|py| -> Result<()> {
                 let mut pos = 0;
                 while pos < data.len() {
-                    let r: Option<usize> = obj
-                        .call_method1(py, WRITE, (PyBytes::new(py, &data[pos..]),))?
-                        .extract(py)?;
+                    let r = calls::write(py, obj, PyBytes::new(py, &data[pos..]).into_any())?;
                     match r {
                         Some(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
-                        Some(k) => pos += k,
+                        Some(k) => pos += checked_count(k, data.len() - pos, "write")?,
                         None => std::thread::yield_now(),
                     }
                 }

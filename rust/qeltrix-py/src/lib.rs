@@ -2,17 +2,18 @@
 //!
 //! Framing, the index, seek math, the permutation and the threaded pipelines live here and in
 //! `qeltrix-format`; every AEAD, HKDF and SHA-256 call goes back to `qeltrix_v6._crypto`
-//! (see `types.rs` for every touchpoint). The GIL is released around all I/O and waits.
+//! (`calls.rs` lists every touchpoint: the Rust/Python contract). The GIL is released around all I/O and waits.
 mod calls;
 mod codec;
+mod constants;
 mod error;
 mod gateway;
+mod header;
 mod io;
 mod pack;
 mod pipeline;
 mod reader;
 mod server;
-mod types;
 
 use pyo3::prelude::*;
 
@@ -23,7 +24,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::SeekServerCore>()?;
     m.add_class::<gateway::GatewayCore>()?;
     m.add_function(wrap_pyfunction!(gateway::recover_stream_file, m)?)?;
-    m.add_function(wrap_pyfunction!(gateway::parse_header, m)?)?;
+    m.add_function(wrap_pyfunction!(header::parse_header, m)?)?;
+    m.add_class::<header::PyHeader>()?;
     codec::register(m)?;
+    calls::register(m)?;
+    constants::register(m)?;
     Ok(())
 }

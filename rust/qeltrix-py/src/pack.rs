@@ -7,11 +7,9 @@
 use crate::calls;
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, Sink, Source};
-use crate::pipeline::{with_thread_state, worker_count, Progress, Shared, POLL};
-use crate::types::SEAL_INDEX;
+use crate::pipeline::{with_thread_state, worker_count, Progress, Shared};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 use qeltrix_format::{frame_len, signed_message, FormatError, Header, Index, IndexEntry, Permutation, Trailer};
 use qeltrix_format::{SignatureAccumulator, SIG_FIXED_LEN};
 use qeltrix_format::{MAX_BLOCK_COUNT, MAX_BLOCK_SIZE, META_FLAG_FINAL, MIN_BLOCK_SIZE};
@@ -169,12 +167,7 @@ impl Plan {
         }
         let (entries, footer_offset, digests) = result.expect("no error means the writer finished");
         let index = Index::new(entries, 0)?;
-        let footer = Python::attach(|py| -> PyResult<Vec<u8>> {
-            let index_pt = PyBytes::new(py, &index.encode());
-            self.keys
-                .call_method1(py, SEAL_INDEX, (index_pt, footer_offset))?
-                .extract(py)
-        })?;
+        let footer = Python::attach(|py| calls::seal_index(py, &self.keys, &index.encode(), footer_offset))?;
         sink.write_bytes(&footer)?;
         let sig_len = match &self.signer {
             Some(signer) => {
@@ -378,8 +371,8 @@ impl Plan {
                 progress.update(pt_done, false)?;
                 continue;
             }
-            match msgs.recv_timeout(POLL) {
-                Ok(Msg::Frame {
+            match shared.recv_or_fail(msgs, "pack")? {
+                Some(Msg::Frame {
                     block_index,
                     buf,
                     pt_len,
@@ -390,15 +383,8 @@ impl Plan {
                     }
                     pending.insert(block_index, (buf, pt_len));
                 }
-                Ok(Msg::Eof { block_count: n }) => block_count = Some(n),
-                Err(_) => {
-                    shared.check_signals();
-                    if shared.cancelled() {
-                        return Err(shared.take_error().unwrap_or(Error::Format(FormatError::Malformed(
-                            "pack stopped before the input ended".into(),
-                        ))));
-                    }
-                }
+                Some(Msg::Eof { block_count: n }) => block_count = Some(n),
+                None => {}
             }
         }
     }

@@ -67,10 +67,43 @@ impl Shared {
         }
     }
 
-    /// Run a stage, recording its error.
+    /// Run a stage, recording its error; a panic is recorded as [`Error::Internal`] so the
+    /// other stages stop and the caller gets an exception instead of a hang.
     pub fn run(&self, f: impl FnOnce() -> Result<()>) {
-        if let Err(e) = f() {
-            self.fail(e);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.fail(e),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                self.fail(Error::Internal(format!("a pipeline stage panicked: {what}")));
+            }
+        }
+    }
+
+    /// The coordinating thread's wait for the next message: `Ok(None)` on a timeout (after
+    /// looking at Ctrl-C), the first error once cancelled, and an error when every producer is
+    /// gone before the work is done (a stage that died must not leave the writer waiting).
+    pub fn recv_or_fail<T>(&self, rx: &Receiver<T>, what: &str) -> Result<Option<T>> {
+        match rx.recv_timeout(POLL) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                if e == RecvTimeoutError::Timeout {
+                    self.check_signals();
+                }
+                if self.cancelled() {
+                    return Err(self
+                        .take_error()
+                        .unwrap_or_else(|| Error::Internal(format!("{what} was cancelled"))));
+                }
+                if e == RecvTimeoutError::Disconnected {
+                    return Err(Error::Internal(format!("every stage stopped before {what} finished")));
+                }
+                Ok(None)
+            }
         }
     }
 
@@ -105,9 +138,17 @@ impl Progress {
             return Ok(());
         }
         self.last = Instant::now();
-        Python::attach(|py| cb.call1(py, (done, self.total)).map(|_| ()))?;
+        Python::attach(|py| crate::calls::progress(py, cb, done, self.total))?;
         Ok(())
     }
+}
+
+/// A `seconds` argument (a timeout or interval) as a `Duration`, raised to at least `min`; NaN,
+/// infinite or out-of-range values are a `ValueError` (`Duration::from_secs_f64` would panic).
+pub fn seconds(name: &str, value: f64, min: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value.max(min)).map_err(|_| {
+        pyo3::exceptions::PyValueError::new_err(format!("{name} must be a number of seconds, not {value}"))
+    })
 }
 
 /// Number of worker threads: the caller's choice, else one per core.
@@ -121,19 +162,9 @@ pub fn worker_count(requested: Option<usize>) -> usize {
 /// Run `f` on this (non-Python) thread with a Python thread state kept for its whole life,
 /// without holding the GIL: each later `Python::attach` in `f` then only takes the GIL instead
 /// of creating and destroying a thread state, which matters at one crypto call per frame.
-pub fn with_thread_state<R>(f: impl FnOnce() -> R) -> R {
-    struct AssertSend<T>(T);
-    // SAFETY: the wrapped closure and its result never leave this thread: `detach` runs its
-    // closure synchronously on the calling thread, so no value actually crosses threads.
-    unsafe impl<T> Send for AssertSend<T> {}
-    let f = AssertSend(f);
-    let r = Python::attach(|py| {
-        py.detach(move || {
-            let f = f;
-            AssertSend((f.0)())
-        })
-    });
-    r.0
+/// `f` and its result are `Send` (pyo3's `Ungil` check on `detach`): nothing GIL-bound crosses.
+pub fn with_thread_state<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    Python::attach(|py| py.detach(f))
 }
 
 thread_local! {

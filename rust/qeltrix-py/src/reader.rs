@@ -8,8 +8,7 @@
 use crate::calls;
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, RandomSource, Sink};
-use crate::pipeline::{with_thread_state, worker_count, Progress, Shared, POLL};
-use crate::types::OPEN_INDEX;
+use crate::pipeline::{with_thread_state, worker_count, Progress, Shared};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
@@ -178,7 +177,7 @@ impl Reader {
     fn read_bytes<'py>(&self, py: Python<'py>, pos: u64, len: u64) -> PyResult<Bound<'py, PyBytes>> {
         let total = self.loaded()?.index.pt_total_len;
         let n = pos.saturating_add(len).min(total).saturating_sub(pos);
-        let n = usize::try_from(n).map_err(|_| pyo3::exceptions::PyOverflowError::new_err("read too large"))?;
+        let n = usize::try_from(n).map_err(|_| Error::Format(FormatError::Limit(format!("a read of {n} bytes"))))?;
         PyBytes::new_with(py, n, |buf| {
             // The new bytes object is not reachable by any other code until this returns.
             py.detach(|| {
@@ -293,18 +292,8 @@ fn write_in_order(
             progress.update(pt_done, false)?;
             continue;
         }
-        match done.recv_timeout(POLL) {
-            Ok((i, buf)) => {
-                pending.insert(i, buf);
-            }
-            Err(_) => {
-                shared.check_signals();
-                if shared.cancelled() {
-                    return Err(shared
-                        .take_error()
-                        .unwrap_or_else(|| FormatError::Malformed("unpack stopped early".into()).into()));
-                }
-            }
+        if let Some((i, buf)) = shared.recv_or_fail(done, "unpack")? {
+            pending.insert(i, buf);
         }
     }
     sink.flush()?;
@@ -380,9 +369,7 @@ impl Reader {
             };
             Ok((trailer, footer, section))
         })?;
-        let index_pt: Vec<u8> = keys
-            .call_method1(py, OPEN_INDEX, (PyBytes::new(py, &footer), trailer.footer_offset))?
-            .extract(py)?;
+        let index_pt = calls::open_index(py, &keys, &footer, trailer.footer_offset)?;
         let index = Index::decode(
             &index_pt,
             trailer.block_count(),
@@ -444,6 +431,12 @@ impl Reader {
     #[getter]
     fn frame_digests_required(&self) -> bool {
         self.digests_required.load(Ordering::Acquire)
+    }
+
+    /// The parsed header (the same type `parse_header` returns).
+    #[getter]
+    fn header(&self) -> crate::header::PyHeader {
+        crate::header::PyHeader(self.header.clone())
     }
 
     /// Every header byte (`header_len` bytes), as stored.

@@ -1,7 +1,8 @@
 //! The SeekServer binding: `qeltrix-server`'s HTTP loop over `Reader`s that the Python layer
 //! opens (it owns the credentials: `qeltrix_v6.server.SeekServer`).
+use crate::calls::{self, is_error, ErrorClass};
+use crate::error::io_error;
 use crate::reader::Reader;
-use crate::types::{error_class, ErrorClass};
 use bytes::Bytes;
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
@@ -57,7 +58,7 @@ impl Opener for PyOpener {
     fn open(&self, path: &Path) -> Result<Arc<PyContainer>, OpenError> {
         Python::attach(|py| {
             let classify = |e: PyErr| -> OpenError {
-                let is = |c| error_class(py, c).is_ok_and(|cls| e.is_instance(py, &cls));
+                let is = |c| is_error(py, &e, c);
                 let msg = e.value(py).to_string();
                 if is(ErrorClass::WrongKey) {
                     OpenError::WrongKey(msg)
@@ -71,13 +72,17 @@ impl Opener for PyOpener {
                     OpenError::Io(format!("{}: {msg}", e.get_type(py)))
                 }
             };
-            let reader = self
-                .open
-                .call1(py, (path.to_string_lossy().into_owned(),))
-                .map_err(classify)?;
+            let reader =
+                calls::open_container(py, &self.open, path.to_string_lossy().into_owned()).map_err(classify)?;
             let reader: Py<Reader> = reader
                 .extract(py)
                 .map_err(|e| OpenError::Io(format!("opener returned {e}")))?;
+            // A reader without its index would be served as an empty file: refuse it.
+            if let Err(e) = reader.get().pt_len() {
+                return Err(OpenError::Io(format!(
+                    "opener returned a reader that is not loaded: {e}"
+                )));
+            }
             Ok(Arc::new(PyContainer(reader)))
         })
     }
@@ -86,12 +91,8 @@ impl Opener for PyOpener {
         let Some(verify) = &self.verify_url else {
             return UrlSignature::Invalid;
         };
-        let outcome = Python::attach(|py| {
-            verify
-                .call1(py, (url_path, query))
-                .and_then(|r| r.extract::<String>(py))
-                .map_err(|e| e.value(py).to_string())
-        });
+        let outcome =
+            Python::attach(|py| calls::verify_url(py, verify, url_path, query).map_err(|e| e.value(py).to_string()));
         match outcome.as_deref() {
             Ok("valid") => UrlSignature::Valid,
             Ok("expired") => UrlSignature::Expired,
@@ -114,7 +115,7 @@ impl Opener for PyOpener {
             LogLevel::Error => "error",
         };
         Python::attach(|py| {
-            if let Err(e) = log.call1(py, (level, line)) {
+            if let Err(e) = calls::server_log(py, log, level, line) {
                 e.print(py);
             }
         });
@@ -123,7 +124,7 @@ impl Opener for PyOpener {
     fn access(&self, line: &str) {
         match &self.log {
             Some(log) => Python::attach(|py| {
-                if let Err(e) = log.call1(py, ("access", line)) {
+                if let Err(e) = calls::server_log(py, log, "access", line) {
                     e.print(py);
                 }
             }),
@@ -145,9 +146,9 @@ pub struct SeekServerCore {
 fn resolve(host: &str, port: u16) -> PyResult<SocketAddr> {
     (host, port)
         .to_socket_addrs()
-        .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
+        .map_err(|e| io_error(format!("cannot resolve {host}: {e}")))?
         .next()
-        .ok_or_else(|| PyOSError::new_err(format!("cannot resolve {host}")))
+        .ok_or_else(|| io_error(format!("cannot resolve {host}")))
 }
 
 #[pymethods]
@@ -211,8 +212,8 @@ impl SeekServerCore {
         };
         config.max_connections = max_connections.max(1);
         config.max_connections_per_client = max_connections_per_client.max(1);
-        config.header_timeout = Duration::from_secs_f64(header_timeout.max(0.001));
-        config.idle_timeout = Duration::from_secs_f64(idle_timeout.max(0.001));
+        config.header_timeout = crate::pipeline::seconds("header_timeout", header_timeout, 0.001)?;
+        config.idle_timeout = crate::pipeline::seconds("idle_timeout", idle_timeout, 0.001)?;
         config.access_log = access_log;
         config.worker_threads = workers.max(1);
         config.thread_hooks = Some(ThreadHooks {
@@ -222,7 +223,7 @@ impl SeekServerCore {
         let opener = PyOpener { open, log, verify_url };
         let handle = py
             .detach(|| start(config, opener))
-            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            .map_err(|e| io_error(e.to_string()))?;
         let addr = handle.local_addr();
         Ok(SeekServerCore {
             metrics_addr: handle.metrics_addr(),

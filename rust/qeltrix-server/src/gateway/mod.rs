@@ -100,7 +100,7 @@ impl GatewayConfig {
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
-            max_peer_block_size: 16 << 20,
+            max_peer_block_size: qeltrix_format::MAX_STREAM_BLOCK_SIZE,
             backlog: 1024,
             stats_interval: Duration::ZERO,
         }
@@ -196,7 +196,7 @@ pub trait Keyring: Send + Sync + 'static {
     }
     /// Run a connection thread's whole body; a binding may set up per-thread state once here
     /// (the Python binding keeps a thread state, so each crypto call only takes the GIL).
-    fn on_thread(&self, f: &mut dyn FnMut()) {
+    fn on_thread(&self, f: &mut (dyn FnMut() + Send)) {
         f()
     }
 }
@@ -471,7 +471,7 @@ impl<K: Keyring> Gateway<K> {
     }
 
     /// Run `f` inside the keyring's per-thread setup (see [`Keyring::on_thread`]).
-    fn run_on_thread<T>(&self, f: impl FnOnce() -> T) -> T {
+    fn run_on_thread<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let mut f = Some(f);
         let mut out = None;
         self.keyring.on_thread(&mut || out = f.take().map(|f| f()));
