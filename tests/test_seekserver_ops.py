@@ -431,7 +431,7 @@ def test_sigterm_drains_slow_downloads(sigterm_server, tmp_path: Path) -> None:
     outs = {flag: tmp_path / f"slow{n}" for n, flag in enumerate(["--http1.1", "--http2-prior-knowledge"])}
     clients = [
         subprocess.Popen(
-            [require("curl"), "-sS", "--fail", flag, "--limit-rate", "1M", "-o", str(out), f"{base}/slow.bin"],
+            [require("curl"), "-sS", "--fail", flag, "--limit-rate", "512K", "-o", str(out), f"{base}/slow.bin"],
             stderr=subprocess.PIPE,
             text=True,
         )

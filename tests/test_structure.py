@@ -9,6 +9,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "python" / "qeltrix_v6"
 MAX_LINES = 1000
+NATIVE = {p.name.split(".")[0] for p in PKG.glob("*.pyi")}  # extension modules
 
 
 def _module_name(path: Path) -> str:
@@ -26,8 +27,10 @@ def _import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.ImportFrom) and node.level:
                 base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
-                subs = {f"{target}.{a.name}" for a in node.names} & modules.keys()
-                deps |= subs or ({target} & modules.keys())
+                subs = {f"{target}.{a.name}" for a in node.names}
+                # `from . import _core` names the Rust extension (no .py file): not an edge.
+                native = {n for n in subs if n.rsplit(".", 1)[1] in NATIVE}
+                deps |= (subs & modules.keys()) or ({target} & modules.keys() if not native else set())
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("qeltrix_v6"):
                 deps |= {node.module} & modules.keys()  # type: ignore[arg-type]
         graph[name] = deps - {name}
