@@ -1,12 +1,13 @@
 //! The SeekServer: HTTP/1.1 GET and HEAD over containers with RFC 9110 ranges, conditional
 //! requests, keep-alive, bearer tokens, TLS, a connection limit and timeouts.
 //!
-//! One tokio runtime on its own thread accepts connections; hyper parses HTTP. Decryption is
-//! blocking work on tokio's blocking pool, but a response never holds a blocking thread while
-//! it waits for its client: the body is pulled, and each poll that finds the last chunk taken
-//! starts one short `spawn_blocking` call that decrypts the next `STEP_LEN` bytes (a block or a
-//! few). A client that stops reading holds its socket and at most one step of plaintext, no
-//! thread, and is dropped after `idle_timeout` without progress.
+//! One tokio runtime on its own thread accepts connections; hyper parses HTTP. Opening a
+//! container is blocking work on tokio's blocking pool; decryption runs on a few dedicated
+//! step threads (`steppool.rs`), and a response never holds a thread while it waits for its
+//! client: the body is pulled, and each step decrypts about `STEP_LEN` bytes (a block or a
+//! few) and returns. The next step of a long range starts as soon as the previous one is
+//! handed over (decrypt-ahead), so a client that stops reading holds its socket and at most
+//! two steps of plaintext, no thread, and is dropped after `idle_timeout` without progress.
 //!
 //! A request is answered by the first of these checks that decides it: `Host` (400, RFC 9112
 //! 3.2), method (405), bearer token (401), path and container (404, 403, 500), preconditions
@@ -14,6 +15,7 @@
 //! `range.rs` for how a multi-range request is bounded).
 use crate::path::{resolve, PathError};
 use crate::range::{parse_range, RangeRequest};
+use crate::steppool::StepPool;
 use crate::{mime, Container, LogLevel, OpenError, Opener, ReadError};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -32,8 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::rustls;
 
 /// Plaintext one blocking call produces for a response before it returns (it may overshoot by
@@ -51,8 +52,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Connections at once from one client IP address; more are refused (closed at accept).
     pub max_connections_per_client: usize,
-    /// Upper bound of tokio's blocking pool (opening containers, decrypting one step each).
+    /// Upper bound of tokio's blocking pool (opening containers).
     pub max_blocking_threads: usize,
+    /// Threads decrypting response bodies, one step at a time (see `steppool.rs`).
+    pub step_threads: usize,
     /// A request's headers must arrive within this time (slow-loris bound).
     pub header_timeout: Duration,
     /// A connection with no traffic for this long is closed.
@@ -90,6 +93,7 @@ impl Config {
             max_connections: 1024,
             max_connections_per_client: 64,
             max_blocking_threads: 512,
+            step_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             open_cache: 64,
@@ -178,7 +182,10 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
     std_listener.set_nonblocking(true)?;
     let local_addr = std_listener.local_addr()?;
     let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let steps = Arc::new(StepPool::new(config.step_threads, config.thread_hooks.clone())?);
+    let step_pool = steps.clone();
     let state = Arc::new(State {
+        steps,
         config: Config { root, ..config },
         opener,
         cache: Mutex::new(HashMap::new()),
@@ -214,6 +221,7 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
                 }
             });
             runtime.shutdown_timeout(Duration::from_secs(2));
+            step_pool.shutdown();
         })?;
     Ok(ServerHandle {
         local_addr,
@@ -231,6 +239,8 @@ type Opened<C> = (Arc<C>, Option<SystemTime>, String);
 struct State<O: Opener> {
     config: Config,
     opener: O,
+    /// Where response bodies are decrypted.
+    steps: Arc<StepPool>,
     cache: OpenCache<O::C>,
     limit: Arc<Semaphore>,
     /// Open connections per client address.
@@ -262,14 +272,22 @@ type ReadStep = Arc<dyn Fn(u64, u64) -> StepResult + Send + Sync>;
 /// chunks before a damaged block are still sent, then the connection is cut.
 type StepResult = (Vec<Bytes>, Option<ReadError>);
 
-/// A response body produced on demand: nothing is decrypted until hyper asks for more.
+/// A response body produced on demand: nothing is decrypted until hyper asks for more, and
+/// then at most one step ahead of what hyper has taken.
+///
+/// When a step's chunks arrive, the next step of the same part starts at once on the step
+/// pool (decrypt-ahead), so a long range is decrypted on one thread while the previous step
+/// is written to the socket on another. A response therefore holds at most two steps of
+/// plaintext (the chunks not yet taken and the step ahead) and never a thread: a step runs to
+/// its end without waiting for the client.
 struct Stream {
     /// Chunks decrypted and not yet handed to hyper (at most one step).
     ready: VecDeque<Bytes>,
     /// What is left to send; the front part's `first` advances as steps complete.
     parts: VecDeque<Part>,
-    /// The step under way on the blocking pool, and how many bytes it was asked for.
-    step: Option<(JoinHandle<StepResult>, u64)>,
+    /// The step under way on the step pool, and how many bytes it was asked for.
+    step: Option<(oneshot::Receiver<StepResult>, u64)>,
+    steps: Arc<StepPool>,
     read: ReadStep,
     /// A read error to report once the chunks before it are sent.
     failed: Option<ReadError>,
@@ -292,7 +310,7 @@ impl Stream {
                 let (chunks, failed) = match Pin::new(task).poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(r)) => r,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(io::Error::other(e)))),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Some(Err(io::Error::other("the server is stopping")))),
                 };
                 self.step = None;
                 let got: u64 = chunks.iter().map(|c| c.len() as u64).sum();
@@ -306,6 +324,9 @@ impl Stream {
                 }
                 self.ready.extend(chunks);
                 self.failed = failed;
+                if self.failed.is_none() {
+                    self.start_ahead();
+                }
                 continue;
             }
             let Some(part) = self.parts.front_mut() else {
@@ -319,10 +340,34 @@ impl Stream {
                 continue;
             }
             let (pos, len) = (part.first, part.last - part.first + 1);
-            let read = self.read.clone();
-            self.step = Some((tokio::task::spawn_blocking(move || read(pos, len)), len));
+            self.start_step(pos, len);
         }
     }
+
+    fn start_step(&mut self, pos: u64, len: u64) {
+        let read = self.read.clone();
+        self.step = Some((self.steps.run(move || read(pos, len)), len));
+    }
+
+    /// Decrypt ahead: start the next step of the current part if its data comes next (a part
+    /// whose multipart head is not sent yet waits, so the head goes first).
+    fn start_ahead(&mut self) {
+        if let Some(part) = self.parts.front() {
+            if part.head.is_none() && part.first <= part.last {
+                let (pos, len) = (part.first, part.last - part.first + 1);
+                self.start_step(pos, len);
+            }
+        }
+    }
+}
+
+/// The name the Content-Type comes from: the decoded last segment that was resolved
+/// (`/file%2Etxt` is `file.txt`; RFC 9110 4.2.3 makes them the same URI).
+fn content_name(url_path: &str) -> String {
+    let name = url_path.rsplit('/').next().unwrap_or_default();
+    percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn stamp(meta: &std::fs::Metadata) -> FileStamp {
@@ -719,8 +764,13 @@ impl<O: Opener> State<O> {
         }
         let root = self.config.root.clone();
         let url_path = parts.uri.path().to_owned();
-        let state = self.clone();
-        let opened = tokio::task::spawn_blocking(move || state.open(&root, &url_path)).await;
+        let opened = match self.open_if_cached(&root, &url_path) {
+            Some(hit) => Ok(Ok(hit)),
+            None => {
+                let state = self.clone();
+                tokio::task::spawn_blocking(move || state.open(&root, &url_path)).await
+            }
+        };
         let (container, mtime, name) = match opened {
             Ok(Ok(v)) => v,
             Ok(Err(r)) => return *r,
@@ -728,6 +778,18 @@ impl<O: Opener> State<O> {
         };
         self.serve_container(&parts.headers, head, container, mtime, &name)
             .await
+    }
+
+    /// The container for a URL path if it is open and its file unchanged; `None` when it must
+    /// be opened (or answered with an error) by [`Self::open`]. Only path resolution and a
+    /// `stat`, like nginx's open-file cache: no thread hand-off for the common case, which
+    /// profiling showed costing more CPU than the HTTP handling of a range request.
+    fn open_if_cached(&self, root: &Path, url_path: &str) -> Option<Opened<O::C>> {
+        let path = resolve(root, url_path).ok()?;
+        let st = stamp(&std::fs::metadata(&path).ok()?);
+        let cache = self.cache.lock().expect("cache lock");
+        let (c, s) = cache.get(&path)?;
+        (*s == st).then(|| (c.clone(), st.1, content_name(url_path)))
     }
 
     /// Resolve and open (or reuse) the container for a URL path. Blocking.
@@ -740,12 +802,7 @@ impl<O: Opener> State<O> {
         };
         let meta = std::fs::metadata(&path).map_err(|_| Box::new(simple(StatusCode::NOT_FOUND, "not found")))?;
         let st = stamp(&meta);
-        // The name the Content-Type comes from is the decoded one that was resolved:
-        // `/file%2Etxt` is `file.txt` (RFC 9110 4.2.3 makes them the same URI).
-        let name = url_path.rsplit('/').next().unwrap_or_default();
-        let name = percent_encoding::percent_decode_str(name)
-            .decode_utf8_lossy()
-            .into_owned();
+        let name = content_name(url_path);
         if let Some((c, s)) = self.cache.lock().expect("cache lock").get(&path) {
             if *s == st {
                 return Ok((c.clone(), st.1, name));
@@ -930,6 +987,7 @@ impl<O: Opener> State<O> {
             ready: VecDeque::new(),
             parts: parts.into(),
             step: None,
+            steps: self.steps.clone(),
             read,
             failed: None,
             remaining: content_len,

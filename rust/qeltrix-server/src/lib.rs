@@ -6,11 +6,13 @@
 //! implements both over `qeltrix_v6._core.Reader`; the tests here use plaintext files.
 #![forbid(unsafe_code)]
 
+pub mod blockcache;
 pub mod gateway;
 pub mod http;
 pub mod mime;
 pub mod path;
 pub mod range;
+pub mod steppool;
 
 use bytes::Bytes;
 use std::path::Path;
