@@ -6,8 +6,9 @@
 //! step threads (`steppool.rs`), and a response never holds a thread while it waits for its
 //! client: the body is pulled, and each step decrypts about `STEP_LEN` bytes (a block or a
 //! few) and returns. The next step of a long range starts as soon as the previous one is
-//! handed over (decrypt-ahead), so a client that stops reading holds its socket and at most
-//! two steps of plaintext, no thread, and is dropped after `idle_timeout` without progress.
+//! handed over (decrypt-ahead, within a server-wide budget), so a client that stops reading
+//! holds its socket and at most two steps of plaintext, no thread, and is dropped after
+//! `idle_timeout` without progress.
 //!
 //! A request is answered by the first of these checks that decides it: `Host` (400, RFC 9112
 //! 3.2), method (405), bearer token (401), path and container (404, 403, 500), preconditions
@@ -40,6 +41,31 @@ use tokio_rustls::rustls;
 /// Plaintext one blocking call produces for a response before it returns (it may overshoot by
 /// up to one chunk the container emits, i.e. one block).
 const STEP_LEN: u64 = 256 * 1024;
+
+/// Plaintext all responses together may hold in steps decrypted ahead of their client. A
+/// response that cannot get a share of it decrypts one step at a time (as when its client
+/// reads slowly anyway), so 600 clients that stop reading cost one step each, plus this.
+const AHEAD_BUDGET: u64 = 32 << 20;
+
+/// A share of [`AHEAD_BUDGET`], given back on drop.
+struct AheadTicket(Arc<AtomicU64>);
+
+impl AheadTicket {
+    fn take(budget: &Arc<AtomicU64>) -> Option<AheadTicket> {
+        budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + STEP_LEN <= AHEAD_BUDGET).then_some(used + STEP_LEN)
+            })
+            .ok()
+            .map(|_| AheadTicket(budget.clone()))
+    }
+}
+
+impl Drop for AheadTicket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(STEP_LEN, Ordering::AcqRel);
+    }
+}
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -186,6 +212,7 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
     let step_pool = steps.clone();
     let state = Arc::new(State {
         steps,
+        ahead_budget: Arc::new(AtomicU64::new(0)),
         config: Config { root, ..config },
         opener,
         cache: Mutex::new(HashMap::new()),
@@ -241,6 +268,8 @@ struct State<O: Opener> {
     opener: O,
     /// Where response bodies are decrypted.
     steps: Arc<StepPool>,
+    /// Bytes of steps decrypted ahead, over all responses (see [`AHEAD_BUDGET`]).
+    ahead_budget: Arc<AtomicU64>,
     cache: OpenCache<O::C>,
     limit: Arc<Semaphore>,
     /// Open connections per client address.
@@ -288,6 +317,9 @@ struct Stream {
     /// The step under way on the step pool, and how many bytes it was asked for.
     step: Option<(oneshot::Receiver<StepResult>, u64)>,
     steps: Arc<StepPool>,
+    /// Held while `step` is a step decrypted ahead (until its chunks become the current ones).
+    ahead: Option<AheadTicket>,
+    ahead_budget: Arc<AtomicU64>,
     read: ReadStep,
     /// A read error to report once the chunks before it are sent.
     failed: Option<ReadError>,
@@ -313,6 +345,7 @@ impl Stream {
                     Poll::Ready(Err(_)) => return Poll::Ready(Some(Err(io::Error::other("the server is stopping")))),
                 };
                 self.step = None;
+                self.ahead = None;
                 let got: u64 = chunks.iter().map(|c| c.len() as u64).sum();
                 if got > asked || (got == 0 && failed.is_none()) {
                     return Poll::Ready(Some(Err(io::Error::other("container returned a wrong length"))));
@@ -354,8 +387,12 @@ impl Stream {
     fn start_ahead(&mut self) {
         if let Some(part) = self.parts.front() {
             if part.head.is_none() && part.first <= part.last {
+                let Some(ticket) = AheadTicket::take(&self.ahead_budget) else {
+                    return;
+                };
                 let (pos, len) = (part.first, part.last - part.first + 1);
                 self.start_step(pos, len);
+                self.ahead = Some(ticket);
             }
         }
     }
@@ -988,6 +1025,8 @@ impl<O: Opener> State<O> {
             parts: parts.into(),
             step: None,
             steps: self.steps.clone(),
+            ahead: None,
+            ahead_budget: self.ahead_budget.clone(),
             read,
             failed: None,
             remaining: content_len,
