@@ -293,9 +293,9 @@ def cpu_seconds(leaders: Sequence[int]) -> float:
     return total
 
 
-def peak_rss_bytes(leaders: Sequence[int]) -> int:
-    """Sum of the peak resident set sizes (VmHWM) of every live process in the sessions these
-    processes lead (nginx: master and workers)."""
+def peak_rss_bytes(leaders: Sequence[int], field: str = "VmHWM:") -> int:
+    """Sum of the peak resident set sizes (VmHWM; ``field="VmRSS:"`` for the current ones) of
+    every live process in the sessions these processes lead (nginx: master and workers)."""
     wanted = set(leaders)
     total = 0
     for entry in os.listdir("/proc"):
@@ -308,7 +308,7 @@ def peak_rss_bytes(leaders: Sequence[int]) -> int:
                 continue
             with open(f"/proc/{entry}/status") as f:
                 for line in f:
-                    if line.startswith("VmHWM:"):
+                    if line.startswith(field):
                         total += int(line.split()[1]) * 1024
         except (OSError, ValueError, IndexError):
             continue

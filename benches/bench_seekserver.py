@@ -342,6 +342,7 @@ def wrk_measured(url: str, path: str, script: Path, conns: int, seconds: int, le
         timeout=seconds + 90,
     )
     cpu = cpu_seconds([leader]) - cpu0
+    rss = peak_rss_bytes([leader], "VmRSS:")
     m = re.search(r"WRKJSON (\{.*\})", out)
     if not m:
         log(f"  wrk failed: {out[-500:]}")
@@ -359,6 +360,7 @@ def wrk_measured(url: str, path: str, script: Path, conns: int, seconds: int, le
         "cpu_s": cpu,
         "cpu_ms_per_req": cpu * 1e3 / n,
         "cpu_ms_per_mb": cpu * 1e3 / max(1e-9, d["bytes"] / 1e6),
+        "rss_after": rss,
     }
 
 
@@ -396,6 +398,18 @@ class Stalled:
     def close(self) -> None:
         for s in self.socks:
             s.close()
+
+
+def wait_cpu_settled(leader: int, limit: float = 120.0) -> float:
+    """Wait until the server's processes use under 5% of a core over half a second (or
+    ``limit`` seconds pass); returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        c0 = cpu_seconds([leader])
+        time.sleep(0.5)
+        if cpu_seconds([leader]) - c0 < 0.025:
+            break
+    return time.monotonic() - t0
 
 
 def crypto_floor_ms_per_block(block_size: int, seconds: float = 1.0) -> float:
@@ -679,7 +693,10 @@ def run(
                     log(f"[{name}] {args.stalled} stalled clients + wrk -c{c} random ranges")
                     stalled = Stalled(url, args.stalled)
                     try:
-                        time.sleep(1.0)  # let the server start (and block on) every stalled response
+                        # Each stalled response first fills its socket buffers (MBs each): wait
+                        # until that work is done so it is not counted against the ranges.
+                        settle_s = wait_cpu_settled(pid)
+                        log(f"  stalled responses settled after {settle_s:.1f} s")
                         r["wrk_stalled"] = w = wrk_measured(url, "/" + NAME, script, c, wrk_seconds, pid)
                         r["stalled_alive"] = stalled.alive()
                     finally:
@@ -710,7 +727,7 @@ def print_wrk_table(results: dict[str, Any], servers: list[str]) -> None:
     print()
     c = results.get("wrk_connections")
     print(f"wrk -t2 -c{c}: server CPU = user + system of the server's processes / requests")
-    headers = ["server", "phase", "req/s", "p50 ms", "p99 ms", "MB/s", "CPU ms/req", "errors", "peak RSS"]
+    headers = ["server", "phase", "req/s", "p50 ms", "p99 ms", "MB/s", "CPU ms/req", "errors", "RSS after", "peak RSS"]
     rows = []
     phases = (("wrk", "64 KiB ranges"), ("wrk_full", "full GETs"), ("wrk_stalled", "ranges + stalled"))
     for name in servers:
@@ -729,7 +746,8 @@ def print_wrk_table(results: dict[str, Any], servers: list[str]) -> None:
                     fnum(w["mb_per_s"], ".0f"),
                     fnum(w["cpu_ms_per_req"], ".3f"),
                     str(w["errors"]),
-                    fmt_size(r.get("peak_rss", 0)) if key == "wrk" else "",
+                    f"{w['rss_after'] / (1 << 20):.0f} MiB",
+                    f"{r.get('peak_rss', 0) / (1 << 20):.0f} MiB" if key == "wrk" else "",
                 ]
             )
     print_table(headers, rows)

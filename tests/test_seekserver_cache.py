@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,17 @@ def test_decrypt_ahead_bodies_are_exact(root: Path) -> None:
             head, _, data = part.partition(b"\r\n\r\n")
             assert f"Content-Range: bytes {a}-{b}/{len(DATA)}".encode() in head
             assert data.removesuffix(b"\r\n") == DATA[a : b + 1]
+
+
+@pytest.mark.parametrize("block_cache", [0, 8 * BLOCK])
+def test_many_clients_reading_the_same_blocks_at_once_get_exact_bytes(root: Path, block_cache: int) -> None:
+    # Concurrent readers of one block share a single decryption (the others wait for it);
+    # each must still get exactly its own range, with or without the cache.
+    ranges = [(1000 + 37 * n, 1000 + 37 * n + 3 * BLOCK) for n in range(24)]
+    with qeltrix_v6.SeekServer(root, key=KEY, block_cache=block_cache) as server, ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(lambda r: get(server, "/v.bin", f"bytes={r[0]}-{r[1]}"), ranges * 2))
+    for (a, b), (status, body, _) in zip(ranges * 2, got, strict=True):
+        assert status == 206 and body == DATA[a : b + 1]
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

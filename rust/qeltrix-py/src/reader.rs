@@ -18,9 +18,9 @@ use qeltrix_format::header::HEADER_FIXED_LEN;
 use qeltrix_format::signature::sig_len;
 use qeltrix_format::{frame_len, BlockMeta, FormatError, Header, Index, SignatureSection, Trailer, TRAILER_LEN};
 use qeltrix_server::blockcache::BlockCache as SharedCache;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// Decrypted blocks kept per reader unless the opener asks for more.
 const DEFAULT_CACHE_BLOCKS: usize = 8;
@@ -72,6 +72,50 @@ impl PyBlockCache {
     }
 }
 
+/// One decryption of a block that other threads may wait for.
+#[derive(Default)]
+struct Flight {
+    /// `Some(Some(plaintext))` once done, `Some(None)` if it failed.
+    done: Mutex<Option<Option<Bytes>>>,
+    cv: Condvar,
+}
+
+impl Flight {
+    fn wait(&self) -> Option<Bytes> {
+        let mut g = self.done.lock().expect("flight lock");
+        loop {
+            if let Some(r) = &*g {
+                return r.clone();
+            }
+            g = self.cv.wait(g).expect("flight lock");
+        }
+    }
+}
+
+/// The thread decrypting a block for others: publishes the outcome, even if it unwinds.
+struct Lead<'a> {
+    reader: &'a Reader,
+    i: usize,
+    result: Option<Bytes>,
+}
+
+impl Lead<'_> {
+    fn finish(mut self, r: Result<Bytes>) -> Result<Bytes> {
+        self.result = r.as_ref().ok().cloned();
+        r
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let flight = self.reader.inflight.lock().expect("inflight lock").remove(&self.i);
+        if let Some(f) = flight {
+            *f.done.lock().expect("flight lock") = Some(self.result.take());
+            f.cv.notify_all();
+        }
+    }
+}
+
 /// A verified plaintext buffer lent out as `Bytes`; back to its reader's pool when dropped.
 struct PooledOut {
     buf: Option<PyBuf>,
@@ -112,6 +156,9 @@ pub struct Reader {
     cache: Arc<SharedCache>,
     /// This reader's key space in `cache`.
     cache_owner: u64,
+    /// Blocks being decrypted now, so that concurrent readers of one block (600 clients
+    /// starting the same video) wait for one decryption instead of each doing it.
+    inflight: Mutex<HashMap<usize, Arc<Flight>>>,
     /// Spare frame and plaintext buffers, so steady-state reads allocate nothing. A plaintext
     /// buffer is handed out as the block's `Bytes` (no copy) and comes back here when the
     /// last reference to it (the cache's, a response's) is dropped.
@@ -180,11 +227,39 @@ impl Reader {
         }
     }
 
-    /// The plaintext of block `i`, from the cache or decrypted and verified now.
+    /// The plaintext of block `i`, from the cache, from a decryption of it under way on
+    /// another thread, or decrypted and verified now.
     pub fn block(&self, i: usize) -> Result<Bytes> {
         if let Some(b) = self.cache.get(self.cache_owner, i as u64) {
             return Ok(b);
         }
+        let joined = {
+            let mut m = self.inflight.lock().expect("inflight lock");
+            match m.get(&i) {
+                Some(f) => Some(f.clone()),
+                None => {
+                    m.insert(i, Arc::new(Flight::default()));
+                    None
+                }
+            }
+        };
+        if let Some(flight) = joined {
+            if let Some(b) = flight.wait() {
+                return Ok(b);
+            }
+            // The other decryption failed: find out why (and fail) here too.
+            return self.decrypt_block(i);
+        }
+        let lead = Lead {
+            reader: self,
+            i,
+            result: None,
+        };
+        lead.finish(self.decrypt_block(i))
+    }
+
+    /// Read, decrypt and verify block `i`; cache its plaintext.
+    fn decrypt_block(&self, i: usize) -> Result<Bytes> {
         let loaded = self.loaded()?;
         let mut frame = Self::take_buf(&self.frames, frame_len(loaded.max_pt_len) as usize)?;
         let out = Self::take_buf(&self.outs, loaded.max_pt_len as usize)?;
@@ -410,6 +485,7 @@ impl Reader {
             loaded: OnceLock::new(),
             cache,
             cache_owner,
+            inflight: Mutex::new(HashMap::new()),
             frames: Mutex::new(Vec::new()),
             outs: Arc::new(Mutex::new(Vec::new())),
             digests_required: AtomicBool::new(false),
