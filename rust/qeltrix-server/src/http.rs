@@ -38,8 +38,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::rustls;
 
-/// Plaintext one blocking call produces for a response before it returns (it may overshoot by
-/// up to one chunk the container emits, i.e. one block).
+/// Plaintext one step produces for a response before it returns (it may overshoot by up to
+/// one chunk the container emits, i.e. one block).
 const STEP_LEN: u64 = 256 * 1024;
 
 /// Plaintext all responses together may hold in steps decrypted ahead of their client. A
@@ -342,7 +342,10 @@ impl Stream {
                 let (chunks, failed) = match Pin::new(task).poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(r)) => r,
-                    Poll::Ready(Err(_)) => return Poll::Ready(Some(Err(io::Error::other("the server is stopping")))),
+                    Poll::Ready(Err(_)) => {
+                        // The step panicked, or the server is stopping.
+                        return Poll::Ready(Some(Err(io::Error::other("decryption step did not complete"))));
+                    }
                 };
                 self.step = None;
                 self.ahead = None;

@@ -78,8 +78,12 @@ impl StepPool {
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> oneshot::Receiver<T> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
-            if !tx.is_closed() {
-                let _ = tx.send(f());
+            if tx.is_closed() {
+                return;
+            }
+            // A step that panics drops `tx` (its response fails) but not the thread.
+            if let Ok(r) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let _ = tx.send(r);
             }
         });
         let mut q = self.shared.queue.lock().expect("step queue lock");
@@ -148,6 +152,14 @@ mod tests {
         pool.shutdown();
         // After shutdown nothing runs: the receiver reports the step was dropped.
         assert!(pool.run(|| 1).blocking_recv().is_err());
+    }
+
+    #[test]
+    fn a_panicking_step_fails_its_response_and_the_thread_goes_on() {
+        let pool = StepPool::new(1, None).unwrap();
+        let failed = pool.run(|| -> u32 { panic!("step failed") });
+        assert!(failed.blocking_recv().is_err());
+        assert_eq!(pool.run(|| 7).blocking_recv().unwrap(), 7);
     }
 
     #[test]
