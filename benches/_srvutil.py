@@ -293,6 +293,28 @@ def cpu_seconds(leaders: Sequence[int]) -> float:
     return total
 
 
+def peak_rss_bytes(leaders: Sequence[int], field: str = "VmHWM:") -> int:
+    """Sum of the peak resident set sizes (VmHWM; ``field="VmRSS:"`` for the current ones) of
+    every live process in the sessions these processes lead (nginx: master and workers)."""
+    wanted = set(leaders)
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                sid = int(f.read().rsplit(")", 1)[1].split()[3])
+            if int(entry) not in wanted and sid not in wanted:
+                continue
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith(field):
+                        total += int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def _cpu_times() -> tuple[int, int]:
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:9]]

@@ -8,6 +8,15 @@ and nginx serving the plaintext (the limit). Issue 4, "Performance".
     python benches/bench_seekserver.py --size 256MiB --requests 5000 --json out.json
     python benches/bench_seekserver.py --profile prof/ # also profile SeekServer (perf, py-spy)
 
+With wrk installed it also runs, per server, ``wrk -c64`` (``--wrk-connections``) on random
+ranges, on full GETs of a smaller file (``--full-size``, default 16 MiB) and on random ranges
+again while ``--stalled`` (600) clients hold a full GET of the big file open without reading
+(from several 127.0.1.x source addresses, so the per-client limit does not refuse them), and
+reports req/s, p50/p99, server CPU per request (user + system of the server's processes over
+the run, divided by the requests), and peak RSS. SeekServer's CPU per range is compared
+with the floor: the SHA-256 + AES-GCM a range must do (1 + (len - 1) / block_size blocks on
+average), timed with the same ``qeltrix_v6._crypto`` calls in this process during the run.
+
 Run it with a RELEASE build of qeltrix_v6 (benches/SERVERS.md). Needs ``nginx``, ``rclone``
 and ``curl`` (Debian packages); ``wrk`` is used when present. Everything listens on
 127.0.0.1 only; every loop is bounded, and every process started here is stopped at the end
@@ -30,6 +39,7 @@ import platform
 import random
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +56,7 @@ from _srvutil import (
     Procs,
     Profiler,
     child_lifetime_guard,
+    cpu_seconds,
     devnull_ok,
     first_line,
     fmt_size,
@@ -55,6 +66,7 @@ from _srvutil import (
     hard_deadline,
     log,
     parse_size,
+    peak_rss_bytes,
     percentile,
     print_table,
     ratio,
@@ -64,6 +76,7 @@ from _srvutil import (
 )
 
 NAME = "data.bin"
+FULL_NAME = "full.bin"  # the smaller file of the wrk full-GET phase
 TARGET_P50_MS = 1.0  # 64 KiB random range p50 (issue 4)
 TARGET_FULL_OVER_RCLONE = 2.0  # full GET throughput vs rclone crypt (issue 4)
 SERVERS = ("qeltrix", "rclone-crypt", "nginx")
@@ -73,10 +86,12 @@ SERVERS = ("qeltrix", "rclone-crypt", "nginx")
 # child: a SeekServer in its own process
 
 
-def child_seekserver(root: str, workers: int, cache_blocks: int, lifetime: float) -> None:
+def child_seekserver(root: str, workers: int, block_cache: int, lifetime: float) -> None:
     import qeltrix_v6
 
-    server = qeltrix_v6.SeekServer(root, key=KEY, host=LOOPBACK, port=0, workers=workers, cache_blocks=cache_blocks)
+    server = qeltrix_v6.SeekServer(
+        root, key=KEY, host=LOOPBACK, port=0, workers=workers, block_cache=block_cache, max_connections=4096
+    )
     server.start()
     print(f"URL {server.url} PID {os.getpid()}", flush=True)
     child_lifetime_guard(lifetime, server.stop)
@@ -145,8 +160,8 @@ def start_qeltrix(procs: Procs, root: Path, args: argparse.Namespace) -> tuple[s
             str(root),
             "--qx-workers",
             str(args.qx_workers),
-            "--qx-cache-blocks",
-            str(args.qx_cache_blocks),
+            "--qx-block-cache",
+            str(args.qx_block_cache),
             "--max-seconds",
             str(args.max_seconds),
         ],
@@ -183,6 +198,8 @@ def start_rclone(procs: Procs, work: Path, plain: Path) -> tuple[str, int]:
     stored = list(store.iterdir())
     if len(stored) != 1 or stored[0].name == NAME:
         raise RuntimeError(f"rclone crypt store does not hold one encrypted file: {stored}")
+    if (plain.parent / FULL_NAME).exists():
+        subprocess.run([*base, "copy", str(plain.parent / FULL_NAME), "secret:"], check=True, timeout=600)
     port = free_port()
     p = procs.start("rclone", [*base, "serve", "http", "secret:", "--addr", f"{LOOPBACK}:{port}", "--read-only"])
     wait_port(port, 30, p)
@@ -199,7 +216,7 @@ def start_nginx(procs: Procs, work: Path, plain_dir: Path, workers: int) -> tupl
         f"""worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections 4096; }}
 http {{
     access_log off;
     sendfile on;
@@ -305,17 +322,34 @@ end
 """
 
 
-def wrk_run(url: str, script: Path, threads: int, conns: int, seconds: int) -> dict[str, Any] | None:
+WRK_FULL_LUA = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {{\\"p50_us\\":%d,\\"p99_us\\":%d,\\"requests\\":%d,\\"duration_us\\":%d,\\"bytes\\":%d," ..
+    "\\"errors\\":%d}}\\n",
+    latency:percentile(50), latency:percentile(99), summary.requests, summary.duration, summary.bytes,
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+def wrk_measured(url: str, path: str, script: Path, conns: int, seconds: int, leader: int) -> dict[str, Any] | None:
+    """``wrk -t2 -c{conns}`` against ``url + path``, with the server's CPU time over the run."""
+    cpu0 = cpu_seconds([leader])
     out = run_text(
-        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), url + "/" + NAME],
-        timeout=seconds + 60,
+        ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "30s", "--latency", "-s", str(script), url + path],
+        timeout=seconds + 90,
     )
+    cpu = cpu_seconds([leader]) - cpu0
+    rss = peak_rss_bytes([leader], "VmRSS:")
     m = re.search(r"WRKJSON (\{.*\})", out)
     if not m:
         log(f"  wrk failed: {out[-500:]}")
         return None
     d = json.loads(m.group(1))
     secs = d["duration_us"] / 1e6
+    n = max(1, d["requests"])
     return {
         "p50_ms": d["p50_us"] / 1e3,
         "p99_ms": d["p99_us"] / 1e3,
@@ -323,7 +357,79 @@ def wrk_run(url: str, script: Path, threads: int, conns: int, seconds: int) -> d
         "requests": d["requests"],
         "errors": d["errors"],
         "mb_per_s": d["bytes"] / secs / 1e6,
+        "cpu_s": cpu,
+        "cpu_ms_per_req": cpu * 1e3 / n,
+        "cpu_ms_per_mb": cpu * 1e3 / max(1e-9, d["bytes"] / 1e6),
+        "rss_after": rss,
     }
+
+
+class Stalled:
+    """``n`` clients that each send a full GET of the big file and never read the answer, from
+    127.0.1.x source addresses (``per_addr`` each), with small receive buffers."""
+
+    def __init__(self, url: str, n: int, per_addr: int = 32) -> None:
+        host, port = split_url(url)
+        self.socks: list[socket.socket] = []
+        req = f"GET /{NAME} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        for i in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.bind((f"127.0.1.{1 + i // per_addr}", 0))
+            s.settimeout(10)
+            s.connect((host, port))
+            s.sendall(req)
+            self.socks.append(s)
+
+    def alive(self) -> int:
+        """How many are still connected (the server has not closed them)."""
+        n = 0
+        for s in self.socks:
+            try:
+                got = s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+            except BlockingIOError:
+                n += 1  # nothing to read yet: still connected
+                continue
+            except OSError:
+                continue
+            n += bool(got)  # data waiting: connected; b"": closed by the server
+        return n
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+def wait_cpu_settled(leader: int, limit: float = 120.0) -> float:
+    """Wait until the server's processes use under 5% of a core over half a second (or
+    ``limit`` seconds pass); returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        c0 = cpu_seconds([leader])
+        time.sleep(0.5)
+        if cpu_seconds([leader]) - c0 < 0.025:
+            break
+    return time.monotonic() - t0
+
+
+def crypto_floor_ms_per_block(block_size: int, seconds: float = 1.0) -> float:
+    """CPU ms of the SHA-256 + AES-256-GCM decryption one block of plaintext needs, through
+    ``qeltrix_v6._crypto`` (the calls the server makes), measured here and now."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from qeltrix_v6 import _crypto
+
+    key, nonce = os.urandom(32), os.urandom(12)
+    ct = AESGCM(key).encrypt(nonce, os.urandom(block_size), b"aad")
+    out = bytearray(block_size)
+    n = 0
+    t0 = time.process_time()
+    while True:
+        AESGCM(key).decrypt_into(nonce, ct, b"aad", out)
+        _crypto.sha256(out)
+        n += 1
+        used = time.process_time() - t0
+        if used >= seconds:
+            return used * 1e3 / n
 
 
 def full_get_curl(url: str, size: int, runs: int) -> dict[str, Any]:
@@ -383,10 +489,14 @@ def main() -> int:
     ap.add_argument("--full-runs", type=int, default=None, help="full-file GETs per server (median; default 3)")
     ap.add_argument("--wrk", choices=("auto", "no"), default="auto", help="also run wrk with a Lua script")
     ap.add_argument("--wrk-seconds", type=int, default=None, help="wrk duration per server (default 10; quick 5)")
-    ap.add_argument("--wrk-connections", type=int, default=8)
+    ap.add_argument("--wrk-connections", type=int, default=64)
+    ap.add_argument("--full-size", type=parse_size, default=16 << 20, help="file of the wrk full-GET phase")
+    ap.add_argument("--stalled", type=int, default=600, help="clients holding a full GET open without reading")
     ap.add_argument("--block-size", type=parse_size, default=None, help="qeltrix block size (default: library's)")
     ap.add_argument("--qx-workers", type=int, default=2, help="SeekServer tokio worker threads")
-    ap.add_argument("--qx-cache-blocks", type=int, default=32, help="SeekServer decrypted-block cache")
+    ap.add_argument(
+        "--qx-block-cache", type=parse_size, default=64 << 20, help="SeekServer decrypted-block cache (bytes)"
+    )
     ap.add_argument("--nginx-workers", type=int, default=2)
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of: " + ", ".join(SERVERS))
     ap.add_argument("--build-commit", default=None, help="commit the installed wheel was built from (recorded)")
@@ -411,7 +521,7 @@ def main() -> int:
         child_pack(args.child_pack[0], args.child_pack[1], args.block_size)
         return 0
     if args.child_seekserver:
-        child_seekserver(args.child_seekserver, args.qx_workers, args.qx_cache_blocks, args.max_seconds)
+        child_seekserver(args.child_seekserver, args.qx_workers, args.qx_block_cache, args.max_seconds)
         return 0
 
     size = args.size or ((128 << 20) if args.quick else (1 << 30))
@@ -455,7 +565,13 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.chmod(work, 0o755)  # nginx workers run as an unprivileged user
     procs = Procs(work)
-    results: dict[str, Any] = {"env": env, "size": size, "range_size": args.range_size, "servers": {}}
+    results: dict[str, Any] = {
+        "env": env,
+        "size": size,
+        "range_size": args.range_size,
+        "wrk_connections": args.wrk_connections,
+        "servers": {},
+    }
     try:
         cleanup = None if (args.keep or args.workdir) else (lambda: shutil.rmtree(work, ignore_errors=True))
         with hard_deadline(args.max_seconds, procs, cleanup):
@@ -492,10 +608,16 @@ def run(
     log(f"generating {fmt_size(size)} of plaintext in {work}")
     want_sha = make_plaintext(plain, size, args.seed)
     os.chmod(plain, 0o644)
+    full_plain = plain_dir / FULL_NAME
+    if use_wrk:
+        make_plaintext(full_plain, args.full_size, args.seed + 2)
+        os.chmod(full_plain, 0o644)
     if "qeltrix" in servers:
         info = pack_container(plain, root / (NAME + ".qltx"), args.block_size, size)
         log(f"  qeltrix pack: {info['seconds']:.1f} s, {info['block_count']} blocks")
         results["pack"] = info
+        if use_wrk:
+            pack_container(full_plain, root / (FULL_NAME + ".qltx"), args.block_size, args.full_size)
     urls: dict[str, tuple[str, int]] = {}
     if "qeltrix" in servers:
         urls["qeltrix"] = start_qeltrix(procs, root, args)
@@ -512,6 +634,8 @@ def run(
     warm = [rng.randrange(0, size - length + 1) for _ in range(50)]
     script = work / "ranges.lua"
     script.write_text(WRK_LUA.format(size=size, length=length, path="/" + NAME))
+    full_script = work / "full.lua"
+    full_script.write_text(WRK_FULL_LUA.format())
     prof_dir = Path(args.profile) if args.profile else None
 
     with open(plain, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as pm:
@@ -539,11 +663,51 @@ def run(
                 f"errors {rr['errors']}  reconnects {rr['reconnects']}  verified {checked - bad}/{checked}"
             )
             if use_wrk:
-                log(f"[{name}] wrk -c{args.wrk_connections} -d{wrk_seconds}s random ranges")
-                r["wrk"] = wrk_run(url, script, 2, args.wrk_connections, wrk_seconds)
-                if r["wrk"]:
-                    w = r["wrk"]
-                    log(f"  p50 {w['p50_ms']:.3f} ms  p99 {w['p99_ms']:.3f} ms  {w['req_per_s']:.0f} req/s")
+                c = args.wrk_connections
+                if name == "qeltrix":
+                    # Timed right before the server's own run: the machine's speed drifts.
+                    bs = args.block_size or 256 * 1024
+                    per_block = crypto_floor_ms_per_block(bs)
+                    blocks = 1 + (args.range_size - 1) / bs
+                    results["floor"] = {
+                        "block_size": bs,
+                        "ms_per_block": per_block,
+                        "blocks_per_range": blocks,
+                        "ms_per_range": per_block * blocks,
+                    }
+                    log(f"  crypto floor: {per_block:.3f} ms CPU per {fmt_size(bs)} block")
+                log(f"[{name}] wrk -c{c} -d{wrk_seconds}s random ranges")
+                r["wrk"] = w = wrk_measured(url, "/" + NAME, script, c, wrk_seconds, pid)
+                if w:
+                    log(
+                        f"  p50 {w['p50_ms']:.3f} ms  p99 {w['p99_ms']:.3f} ms  {w['req_per_s']:.0f} req/s  "
+                        f"CPU {w['cpu_ms_per_req']:.3f} ms/req"
+                    )
+                log(f"[{name}] wrk -c{c} -d{wrk_seconds}s full GETs of {fmt_size(args.full_size)}")
+                r["wrk_full"] = w = wrk_measured(url, "/" + FULL_NAME, full_script, c, wrk_seconds, pid)
+                if w:
+                    log(
+                        f"  p50 {w['p50_ms']:.1f} ms  p99 {w['p99_ms']:.1f} ms  {w['req_per_s']:.1f} req/s  "
+                        f"{w['mb_per_s']:.0f} MB/s  CPU {w['cpu_ms_per_mb']:.3f} ms/MB"
+                    )
+                if args.stalled:
+                    log(f"[{name}] {args.stalled} stalled clients + wrk -c{c} random ranges")
+                    stalled = Stalled(url, args.stalled)
+                    try:
+                        # Each stalled response first fills its socket buffers (MBs each): wait
+                        # until that work is done so it is not counted against the ranges.
+                        settle_s = wait_cpu_settled(pid)
+                        log(f"  stalled responses settled after {settle_s:.1f} s")
+                        r["wrk_stalled"] = w = wrk_measured(url, "/" + NAME, script, c, wrk_seconds, pid)
+                        r["stalled_alive"] = stalled.alive()
+                    finally:
+                        stalled.close()
+                    if w:
+                        log(
+                            f"  p50 {w['p50_ms']:.3f} ms  p99 {w['p99_ms']:.3f} ms  {w['req_per_s']:.0f} req/s  "
+                            f"CPU {w['cpu_ms_per_req']:.3f} ms/req  stalled still connected: {r['stalled_alive']}"
+                        )
+                r["peak_rss"] = peak_rss_bytes([pid])
             log(f"[{name}] full GET x{full_runs} (curl -o /dev/null)")
             prof = (
                 Profiler(prof_dir, f"{name}-full", pid, perf_hz=997, rate=250)
@@ -555,6 +719,68 @@ def run(
             r["full"]["verified"] = full_get_verify(url, size, want_sha)
             log(f"  {r['full']['mb_per_s']:.0f} MB/s  body sha256 ok: {r['full']['verified']}")
             results["servers"][name] = r
+
+
+def print_wrk_table(results: dict[str, Any], servers: list[str]) -> None:
+    S = results["servers"]
+    if not any(S.get(n, {}).get("wrk") for n in servers):
+        return
+    print()
+    c = results.get("wrk_connections")
+    print(f"wrk -t2 -c{c}: server CPU = user + system of the server's processes / requests")
+    headers = ["server", "phase", "req/s", "p50 ms", "p99 ms", "MB/s", "CPU ms/req", "errors", "RSS after", "peak RSS"]
+    rows = []
+    phases = (("wrk", "64 KiB ranges"), ("wrk_full", "full GETs"), ("wrk_stalled", "ranges + stalled"))
+    for name in servers:
+        r = S.get(name) or {}
+        for key, label in phases:
+            w = r.get(key)
+            if not w:
+                continue
+            rows.append(
+                [
+                    name,
+                    label,
+                    fnum(w["req_per_s"], ".0f"),
+                    fnum(w["p50_ms"], ".2f"),
+                    fnum(w["p99_ms"], ".2f"),
+                    fnum(w["mb_per_s"], ".0f"),
+                    fnum(w["cpu_ms_per_req"], ".3f"),
+                    str(w["errors"]),
+                    f"{w['rss_after'] / (1 << 20):.0f} MiB",
+                    f"{r.get('peak_rss', 0) / (1 << 20):.0f} MiB" if key == "wrk" else "",
+                ]
+            )
+    print_table(headers, rows)
+    floor = results.get("floor")
+    q = S.get("qeltrix") or {}
+    if floor and q.get("wrk"):
+        f_req = floor["ms_per_range"]
+        print(
+            f"crypto floor: {floor['ms_per_block']:.3f} ms per {fmt_size(floor['block_size'])} block (SHA-256 + "
+            f"AES-GCM via qeltrix_v6._crypto, CPU time), x {floor['blocks_per_range']:.3f} blocks per range "
+            f"= {f_req:.3f} ms; SeekServer CPU per range {q['wrk']['cpu_ms_per_req']:.3f} ms = "
+            f"{fnum(ratio(q['wrk']['cpu_ms_per_req'], f_req))}x the floor"
+        )
+        if q.get("wrk_full"):
+            f_mb = floor["ms_per_block"] / (floor["block_size"] / 1e6)
+            print(
+                f"full GETs: SeekServer CPU {q['wrk_full']['cpu_ms_per_mb']:.3f} ms/MB = "
+                f"{fnum(ratio(q['wrk_full']['cpu_ms_per_mb'], f_mb))}x the floor ({f_mb:.3f} ms/MB)"
+            )
+    for other in ("nginx", "rclone-crypt"):
+        o = S.get(other) or {}
+        parts = []
+        for key, label in phases:
+            a, b = q.get(key), o.get(key)
+            if a and b:
+                parts.append(
+                    f"{label}: req/s {fnum(ratio(a['req_per_s'], b['req_per_s']))}x, "
+                    f"CPU/req {fnum(ratio(a['cpu_ms_per_req'], b['cpu_ms_per_req']))}x"
+                )
+        if parts:
+            rss = fnum(ratio(q.get("peak_rss"), o.get("peak_rss")))
+            print(f"qeltrix / {other}: " + "; ".join(parts) + f"; peak RSS {rss}x")
 
 
 def report(results: dict[str, Any], servers: list[str]) -> None:
@@ -599,6 +825,7 @@ def report(results: dict[str, Any], servers: list[str]) -> None:
             ]
         )
     print_table(headers, rows)
+    print_wrk_table(results, servers)
 
     q = S.get("qeltrix")
     checks: list[tuple[str, bool | None, str]] = []

@@ -298,13 +298,15 @@ def open_reader(
     max_kdf_memory: int | None = None,
     kms_key_ids: Sequence[str] | None = None,
     signers: _signing.SignersArg = None,
+    block_cache: _core.BlockCache | None = None,
 ) -> _Opened:
     """Open a container for reading: checksum, unwrap the MK, verify the header MAC, load the index.
 
     ``identity`` is an X25519 private key (32 raw bytes), a PEM RSA private key, or a list of
     them; ``kms`` (a :class:`~qeltrix_v6.KmsConfig`) allows unwrapping KMS stanzas, and only
     with the keys in ``kms_key_ids`` (strict mode) unless the config says ``discovery=True``.
-    ``cache_blocks`` decrypted blocks are kept for reuse by later reads. A read that reaches
+    ``cache_blocks`` decrypted blocks are kept for reuse by later reads (in ``block_cache``
+    instead when given: a cache shared by several readers, bounded by bytes). A read that reaches
     the end of an incomplete container raises :class:`TruncatedError` unless
     ``allow_incomplete``; ``max_kdf_memory`` caps the passphrase KDF's memory (bytes).
     ``signers`` (pinned ``qltx-ed25519:`` public keys) requires the container to be signed by
@@ -334,7 +336,7 @@ def open_reader(
         else:
             arg = src
     try:
-        reader = _core.Reader(arg, _check_cache_blocks(cache_blocks))
+        reader = _core.Reader(arg, _check_cache_blocks(cache_blocks), block_cache)
         if pinned:
             _signing.require_signed_flag(int(reader.header_flags))  # S1, before any KDF
         keys = unlock_header(

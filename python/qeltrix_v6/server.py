@@ -74,6 +74,9 @@ def served_reader(opened: _Opened, allow_incomplete: bool) -> _core.Reader:
     return reader
 
 
+DEFAULT_BLOCK_CACHE = 64 << 20
+"""Bytes of decrypted blocks a SeekServer keeps for reuse, by default."""
+
 FileVersion = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
 
@@ -166,7 +169,7 @@ class SeekServer(BackgroundService):
         max_connections_per_client: int = 64,
         header_timeout: float = 10.0,
         idle_timeout: float = 60.0,
-        cache_blocks: int = 32,
+        block_cache: int = DEFAULT_BLOCK_CACHE,
         access_log: bool | str = False,
         workers: int = 2,
         allow_incomplete: bool = False,
@@ -215,7 +218,12 @@ class SeekServer(BackgroundService):
         if self._url_key is not None:
             self._settings["verify_url"] = self._verify_url
         self._tls = tls_cert is not None
-        self._cache_blocks = cache_blocks
+        if block_cache < 0:
+            raise ValueError(f"block_cache must be a number of bytes >= 0, not {block_cache}")
+        # One cache for every container served, bounded by bytes; each Reader (one per file
+        # version, see Unlocker) reads under its own key, so a changed file is never served
+        # from another version's plaintext.
+        self._block_cache = _core.BlockCache(block_cache)
         self._allow_incomplete = allow_incomplete
         self._signers = sorted(_signing.parse_signers(signers)) if signers is not None else None
         if self._signers is not None and not self._signers:
@@ -229,7 +237,11 @@ class SeekServer(BackgroundService):
 
     def _open_container(self, path: str) -> _core.Reader:
         opened = open_reader(
-            path, passphrase=self._passphrase, key=self._key, cache_blocks=self._cache_blocks, signers=self._signers
+            path,
+            passphrase=self._passphrase,
+            key=self._key,
+            block_cache=self._block_cache,
+            signers=self._signers,
         )
         return served_reader(opened, self._allow_incomplete)
 
@@ -237,6 +249,11 @@ class SeekServer(BackgroundService):
         """Called by the HTTP loop for a request whose query carries ``qx-sig``."""
         assert self._url_key is not None
         return _signed_url.check(self._url_key, url_path, query)
+
+    def block_cache_stats(self) -> dict[str, int]:
+        """The decrypted-block cache: ``entries``, ``bytes`` (of plaintext held), ``max_bytes``,
+        ``hits``, ``misses`` and ``evictions`` since the server was made."""
+        return self._block_cache.stats()
 
     @staticmethod
     def _log(level: str, line: str) -> None:

@@ -127,7 +127,7 @@ class _SeekServer(SeekServer):
 
     def _open_container(self, path: str) -> Any:
         opened = _container.open_reader(
-            path, **self._creds.kwargs(), cache_blocks=self._cache_blocks, signers=self._signers
+            path, **self._creds.kwargs(), block_cache=self._block_cache, signers=self._signers
         )
         return served_reader(opened, self._allow_incomplete)
 
@@ -265,6 +265,16 @@ def serve(
         bool,
         typer.Option("--list", help="Answer GET /dir/ with the containers and subdirectories there (HTML or JSON)."),
     ] = False,
+    block_cache: Annotated[
+        int,
+        typer.Option(
+            "--block-cache",
+            parser=parse_size,
+            metavar="SIZE",
+            help="Memory for decrypted blocks kept for reuse (seeking re-reads them); 0 turns it off.",
+            rich_help_panel=PANEL_ADV,
+        ),
+    ] = "64MiB",  # type: ignore[assignment]
     identity: IdentityOpt = None,
     kms_endpoint: KmsEndpointOpt = None,
     kms_key_id: KmsKeyIdOpt = None,
@@ -354,6 +364,7 @@ def serve(
         max_connections=max_connections,
         max_connections_per_client=max_connections_per_client,
         access_log=log_format or False,
+        block_cache=block_cache,
         allow_incomplete=allow_incomplete,
         signers=signers,
         metrics=metrics_addr,

@@ -21,6 +21,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack::pack_stream, m)?)?;
     m.add_class::<reader::Reader>()?;
+    m.add_class::<reader::PyBlockCache>()?;
     m.add_class::<server::SeekServerCore>()?;
     m.add_class::<gateway::GatewayCore>()?;
     m.add_function(wrap_pyfunction!(gateway::recover_stream_file, m)?)?;

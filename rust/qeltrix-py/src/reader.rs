@@ -3,8 +3,8 @@
 //! `Reader` parses the header on construction; the Python layer unwraps the MK from a
 //! stanza, verifies the header, and hands back a `ContainerKeys`; `load_index` then reads the
 //! trailer and footer. Reads decrypt only the blocks they overlap and keep the most recent
-//! decrypted blocks in a small cache, so a player's sequential small reads decrypt each block
-//! once.
+//! decrypted blocks in a cache bounded by bytes (the reader's own, or a `BlockCache` shared by
+//! every reader of a server), so a player's sequential small reads decrypt each block once.
 use crate::calls;
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, RandomSource, Sink};
@@ -16,9 +16,10 @@ use pyo3::types::{PyBytes, PyList};
 use qeltrix_format::header::HEADER_FIXED_LEN;
 use qeltrix_format::signature::sig_len;
 use qeltrix_format::{frame_len, BlockMeta, FormatError, Header, Index, SignatureSection, Trailer, TRAILER_LEN};
-use std::collections::{BTreeMap, VecDeque};
+use qeltrix_server::blockcache::BlockCache as SharedCache;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// Decrypted blocks kept per reader unless the opener asks for more.
 const DEFAULT_CACHE_BLOCKS: usize = 8;
@@ -35,30 +36,112 @@ struct Loaded {
     signature: Option<SignatureSection>,
 }
 
-/// A small LRU of decrypted blocks, shared by every thread reading this container.
-struct BlockCache {
-    /// Most recently used last.
-    entries: VecDeque<(usize, Bytes)>,
-    cap: usize,
-}
+/// A decrypted-block cache bounded by bytes, shareable between readers (a server gives all
+/// its readers one). Each reader reads under its own key space, so a reader of a changed file
+/// (a new `Reader`) never sees another reader's plaintext.
+#[pyclass(frozen, name = "BlockCache", module = "qeltrix_v6._core")]
+pub struct PyBlockCache(Arc<SharedCache>);
 
-impl BlockCache {
-    fn get(&mut self, i: usize) -> Option<Bytes> {
-        let pos = self.entries.iter().position(|(b, _)| *b == i)?;
-        let entry = self.entries.remove(pos).expect("position is valid");
-        let bytes = entry.1.clone();
-        self.entries.push_back(entry);
-        Some(bytes)
+#[pymethods]
+impl PyBlockCache {
+    /// A cache holding at most `max_bytes` of verified plaintext (0: none).
+    #[new]
+    fn new(max_bytes: usize) -> PyBlockCache {
+        PyBlockCache(Arc::new(SharedCache::new(max_bytes)))
     }
 
-    fn insert(&mut self, i: usize, b: Bytes) {
-        if self.cap == 0 || self.entries.iter().any(|(x, _)| *x == i) {
-            return;
+    /// `{"entries", "bytes", "max_bytes", "hits", "misses", "evictions"}`.
+    fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
+        let s = self.0.stats();
+        [
+            ("entries", s.entries as u64),
+            ("bytes", s.bytes as u64),
+            ("max_bytes", s.max_bytes as u64),
+            ("hits", s.hits),
+            ("misses", s.misses),
+            ("evictions", s.evictions),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[getter]
+    fn max_bytes(&self) -> usize {
+        self.0.max_bytes()
+    }
+}
+
+/// One decryption of a block that other threads may wait for.
+#[derive(Default)]
+struct Flight {
+    /// `Some(Some(plaintext))` once done, `Some(None)` if it failed.
+    done: Mutex<Option<Option<Bytes>>>,
+    cv: Condvar,
+}
+
+impl Flight {
+    fn wait(&self) -> Option<Bytes> {
+        let mut g = self.done.lock().expect("flight lock");
+        loop {
+            if let Some(r) = &*g {
+                return r.clone();
+            }
+            g = self.cv.wait(g).expect("flight lock");
         }
-        if self.entries.len() >= self.cap {
-            self.entries.pop_front();
+    }
+}
+
+/// The thread decrypting a block for others: publishes the outcome, even if it unwinds.
+struct Lead<'a> {
+    reader: &'a Reader,
+    i: usize,
+    result: Option<Bytes>,
+}
+
+impl Lead<'_> {
+    fn finish(mut self, r: Result<Bytes>) -> Result<Bytes> {
+        self.result = r.as_ref().ok().cloned();
+        r
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let flight = self.reader.inflight.lock().expect("inflight lock").remove(&self.i);
+        if let Some(f) = flight {
+            *f.done.lock().expect("flight lock") = Some(self.result.take());
+            f.cv.notify_all();
         }
-        self.entries.push_back((i, b));
+    }
+}
+
+/// A verified plaintext buffer lent out as `Bytes`; back to its reader's pool when dropped.
+struct PooledOut {
+    buf: Option<PyBuf>,
+    len: usize,
+    pool: Arc<Mutex<Vec<PyBuf>>>,
+}
+
+impl AsRef<[u8]> for PooledOut {
+    fn as_ref(&self) -> &[u8] {
+        // The buffer is only read from now on: `Bytes` never writes, and it goes back to the
+        // pool (where a decryption may write it again) only once every `Bytes` is gone.
+        &self.buf.as_ref().expect("present until dropped").as_slice()[..self.len]
+    }
+}
+
+impl Drop for PooledOut {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            Reader::give_buf(&self.pool, b);
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // A shared cache outlives its readers: free what only this one could read.
+        self.cache.forget_owner(self.cache_owner);
     }
 }
 
@@ -69,10 +152,17 @@ pub struct Reader {
     file_len: u64,
     header: Header,
     loaded: OnceLock<Loaded>,
-    cache: Mutex<BlockCache>,
-    /// Spare frame and plaintext buffers, so steady-state reads allocate only the cached copy.
+    cache: Arc<SharedCache>,
+    /// This reader's key space in `cache`.
+    cache_owner: u64,
+    /// Blocks being decrypted now, so that concurrent readers of one block (600 clients
+    /// starting the same video) wait for one decryption instead of each doing it.
+    inflight: Mutex<HashMap<usize, Arc<Flight>>>,
+    /// Spare frame and plaintext buffers, so steady-state reads allocate nothing. A plaintext
+    /// buffer is handed out as the block's `Bytes` (no copy) and comes back here when the
+    /// last reference to it (the cache's, a response's) is dropped.
     frames: Mutex<Vec<PyBuf>>,
-    outs: Mutex<Vec<PyBuf>>,
+    outs: Arc<Mutex<Vec<PyBuf>>>,
     /// Check S3 of FORMAT.md section 8: every frame read must match its signed digest. Set by
     /// the Python layer once it has verified the signature (S2).
     digests_required: AtomicBool,
@@ -136,22 +226,56 @@ impl Reader {
         }
     }
 
-    /// The plaintext of block `i`, from the cache or decrypted and verified now.
+    /// The plaintext of block `i`, from the cache, from a decryption of it under way on
+    /// another thread, or decrypted and verified now.
     pub fn block(&self, i: usize) -> Result<Bytes> {
-        if let Some(b) = self.cache.lock().expect("cache lock").get(i) {
+        if let Some(b) = self.cache.get(self.cache_owner, i as u64) {
             return Ok(b);
         }
+        let joined = {
+            let mut m = self.inflight.lock().expect("inflight lock");
+            match m.get(&i) {
+                Some(f) => Some(f.clone()),
+                None => {
+                    m.insert(i, Arc::new(Flight::default()));
+                    None
+                }
+            }
+        };
+        if let Some(flight) = joined {
+            if let Some(b) = flight.wait() {
+                return Ok(b);
+            }
+            // The other decryption failed: find out why (and fail) here too.
+            return self.decrypt_block(i);
+        }
+        let lead = Lead {
+            reader: self,
+            i,
+            result: None,
+        };
+        lead.finish(self.decrypt_block(i))
+    }
+
+    /// Read, decrypt and verify block `i`; cache its plaintext.
+    fn decrypt_block(&self, i: usize) -> Result<Bytes> {
         let loaded = self.loaded()?;
         let mut frame = Self::take_buf(&self.frames, frame_len(loaded.max_pt_len) as usize)?;
         let out = Self::take_buf(&self.outs, loaded.max_pt_len as usize)?;
         let pt_len = loaded.index.entries[i].pt_len as usize;
-        let r = self
-            .open_block(loaded, i, &mut frame, &out)
-            .map(|()| Bytes::copy_from_slice(&out.as_slice()[..pt_len]));
+        let r = self.open_block(loaded, i, &mut frame, &out);
         Self::give_buf(&self.frames, frame);
-        Self::give_buf(&self.outs, out);
-        let bytes = r?;
-        self.cache.lock().expect("cache lock").insert(i, bytes.clone());
+        if let Err(e) = r {
+            Self::give_buf(&self.outs, out);
+            return Err(e);
+        }
+        let bytes = Bytes::from_owner(PooledOut {
+            buf: Some(out),
+            len: pt_len,
+            pool: self.outs.clone(),
+        });
+        // Only plaintext that passed every check of open_block gets here.
+        self.cache.insert(self.cache_owner, i as u64, bytes.clone());
         Ok(bytes)
     }
 
@@ -304,9 +428,16 @@ fn write_in_order(
 #[pymethods]
 impl Reader {
     /// Open `src` (a file descriptor or a seekable binary file object) and parse its header.
+    /// Decrypted blocks go to `block_cache` when given, else to a cache of this reader's own
+    /// holding `cache_blocks` blocks of the header's block size.
     #[new]
-    #[pyo3(signature = (src, cache_blocks=DEFAULT_CACHE_BLOCKS))]
-    fn new(py: Python<'_>, src: &Bound<'_, PyAny>, cache_blocks: usize) -> PyResult<Reader> {
+    #[pyo3(signature = (src, cache_blocks=DEFAULT_CACHE_BLOCKS, block_cache=None))]
+    fn new(
+        py: Python<'_>,
+        src: &Bound<'_, PyAny>,
+        cache_blocks: usize,
+        block_cache: Option<PyRef<'_, PyBlockCache>>,
+    ) -> PyResult<Reader> {
         let source = RandomSource::from_py(src)?;
         let (file_len, header) = py.detach(|| -> Result<(u64, Header)> {
             let file_len = source.len()?;
@@ -329,17 +460,23 @@ impl Reader {
             let bytes = source.read_vec_at(0, header_len as usize)?;
             Ok((file_len, Header::parse(&bytes)?))
         })?;
+        let cache = match block_cache {
+            Some(shared) => shared.0.clone(),
+            None => Arc::new(SharedCache::new(
+                cache_blocks.min(4096).saturating_mul(header.block_size as usize),
+            )),
+        };
+        let cache_owner = cache.new_owner();
         Ok(Reader {
             source,
             file_len,
             header,
             loaded: OnceLock::new(),
-            cache: Mutex::new(BlockCache {
-                entries: VecDeque::new(),
-                cap: cache_blocks.min(4096),
-            }),
+            cache,
+            cache_owner,
+            inflight: Mutex::new(HashMap::new()),
             frames: Mutex::new(Vec::new()),
-            outs: Mutex::new(Vec::new()),
+            outs: Arc::new(Mutex::new(Vec::new())),
             digests_required: AtomicBool::new(false),
         })
     }
@@ -423,7 +560,7 @@ impl Reader {
             return Err(Error::Signature("the container is not signed".into()).into());
         }
         self.digests_required.store(true, Ordering::Release);
-        self.cache.lock().expect("cache lock").entries.clear();
+        self.cache.forget_owner(self.cache_owner);
         Ok(())
     }
 

@@ -10,12 +10,14 @@
 //! response body; [`ServerHandle::stop_draining`] stops accepting and lets responses in flight
 //! finish for a bounded time.
 //!
-//! One tokio runtime on its own thread accepts connections; hyper parses HTTP. Decryption is
-//! blocking work on tokio's blocking pool, but a response never holds a blocking thread while
-//! it waits for its client: the body is pulled, and each poll that finds the last chunk taken
-//! starts one short `spawn_blocking` call that decrypts the next `STEP_LEN` bytes (a block or a
-//! few). A client that stops reading holds its socket and at most one step of plaintext, no
-//! thread, and is dropped after `idle_timeout` without progress.
+//! One tokio runtime on its own thread accepts connections; hyper parses HTTP. Opening a
+//! container is blocking work on tokio's blocking pool; decryption runs on a few dedicated
+//! step threads (`steppool.rs`), and a response never holds a thread while it waits for its
+//! client: the body is pulled, and each step decrypts about `STEP_LEN` bytes (a block or a
+//! few) and returns. The next step of a long range starts as soon as the previous one is
+//! handed over (decrypt-ahead, within a server-wide budget), so a client that stops reading
+//! holds its socket and at most two steps of plaintext, no thread, and is dropped after
+//! `idle_timeout` without progress.
 //!
 //! A request is answered by the first of these checks that decides it: `Host` (400, RFC 9112
 //! 3.2), a CORS preflight (204 or 403, `cors.rs`), method (405), bearer token or signed URL
@@ -28,6 +30,7 @@ use crate::cors::{Cors, Preflight};
 use crate::metrics::{self, Refusal, SeekStats};
 use crate::path::{resolve, PathError};
 use crate::range::{parse_range, RangeRequest};
+use crate::steppool::StepPool;
 use crate::{listing, mime, signed, Container, LogLevel, OpenError, Opener, ReadError, UrlSignature};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -46,12 +49,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::rustls;
 
-/// Plaintext one blocking call produces for a response before it returns (it may overshoot by
-/// up to one chunk the container emits, i.e. one block).
+/// Plaintext one step produces for a response before it returns (it may overshoot by up to
+/// one chunk the container emits, i.e. one block).
 const STEP_LEN: u64 = 256 * 1024;
 
 /// Responses at once on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS). Each holds at
@@ -65,6 +67,30 @@ const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
 /// `Cache-Control` unless configured: any cache may keep a copy only for this user, and must
 /// not transform (recompress, transcode) the bytes a range refers to.
 pub const DEFAULT_CACHE_CONTROL: &str = "private, no-transform";
+/// Plaintext all responses together may hold in steps decrypted ahead of their client. A
+/// response that cannot get a share of it decrypts one step at a time (as when its client
+/// reads slowly anyway), so 600 clients that stop reading cost one step each, plus this.
+const AHEAD_BUDGET: u64 = 32 << 20;
+
+/// A share of [`AHEAD_BUDGET`], given back on drop.
+struct AheadTicket(Arc<AtomicU64>);
+
+impl AheadTicket {
+    fn take(budget: &Arc<AtomicU64>) -> Option<AheadTicket> {
+        budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + STEP_LEN <= AHEAD_BUDGET).then_some(used + STEP_LEN)
+            })
+            .ok()
+            .map(|_| AheadTicket(budget.clone()))
+    }
+}
+
+impl Drop for AheadTicket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(STEP_LEN, Ordering::AcqRel);
+    }
+}
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -86,8 +112,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Connections at once from one client IP address; more are refused (closed at accept).
     pub max_connections_per_client: usize,
-    /// Upper bound of tokio's blocking pool (opening containers, decrypting one step each).
+    /// Upper bound of tokio's blocking pool (opening containers).
     pub max_blocking_threads: usize,
+    /// Threads decrypting response bodies, one step at a time (see `steppool.rs`).
+    pub step_threads: usize,
     /// A request's headers must arrive within this time (slow-loris bound).
     pub header_timeout: Duration,
     /// A connection with no traffic for this long is closed.
@@ -133,6 +161,7 @@ impl Config {
             max_connections: 1024,
             max_connections_per_client: 64,
             max_blocking_threads: 512,
+            step_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             open_cache: 64,
@@ -258,7 +287,11 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
     let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let (shutdown, mut shutdown_rx) = watch::channel(None);
     let stats = Arc::new(SeekStats::default());
+    let steps = Arc::new(StepPool::new(config.step_threads, config.thread_hooks.clone())?);
+    let step_pool = steps.clone();
     let state = Arc::new(State {
+        steps,
+        ahead_budget: Arc::new(AtomicU64::new(0)),
         stats: stats.clone(),
         stop: shutdown_rx.clone(),
         config: Config { root, ..config },
@@ -323,6 +356,7 @@ pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
                 state.stats.connections_active.load(Ordering::Relaxed)
             });
             runtime.shutdown_timeout(Duration::from_secs(2));
+            step_pool.shutdown();
             cut
         })?;
     Ok(ServerHandle {
@@ -343,6 +377,10 @@ type Opened<C> = (Arc<C>, Option<SystemTime>, String);
 struct State<O: Opener> {
     config: Config,
     opener: O,
+    /// Where response bodies are decrypted.
+    steps: Arc<StepPool>,
+    /// Bytes of steps decrypted ahead, over all responses (see [`AHEAD_BUDGET`]).
+    ahead_budget: Arc<AtomicU64>,
     cache: OpenCache<O::C>,
     limit: Arc<Semaphore>,
     /// Open connections per client address.
@@ -379,14 +417,25 @@ type ReadStep = Arc<dyn Fn(u64, u64) -> StepResult + Send + Sync>;
 /// chunks before a damaged block are still sent, then the connection is cut.
 type StepResult = (Vec<Bytes>, Option<ReadError>);
 
-/// A response body produced on demand: nothing is decrypted until hyper asks for more.
+/// A response body produced on demand: nothing is decrypted until hyper asks for more, and
+/// then at most one step ahead of what hyper has taken.
+///
+/// When a step's chunks arrive, the next step of the same part starts at once on the step
+/// pool (decrypt-ahead), so a long range is decrypted on one thread while the previous step
+/// is written to the socket on another. A response therefore holds at most two steps of
+/// plaintext (the chunks not yet taken and the step ahead) and never a thread: a step runs to
+/// its end without waiting for the client.
 struct Stream {
     /// Chunks decrypted and not yet handed to hyper (at most one step).
     ready: VecDeque<Bytes>,
     /// What is left to send; the front part's `first` advances as steps complete.
     parts: VecDeque<Part>,
-    /// The step under way on the blocking pool, and how many bytes it was asked for.
-    step: Option<(JoinHandle<StepResult>, u64)>,
+    /// The step under way on the step pool, and how many bytes it was asked for.
+    step: Option<(oneshot::Receiver<StepResult>, u64)>,
+    steps: Arc<StepPool>,
+    /// Held while `step` is a step decrypted ahead (until its chunks become the current ones).
+    ahead: Option<AheadTicket>,
+    ahead_budget: Arc<AtomicU64>,
     read: ReadStep,
     /// A read error to report once the chunks before it are sent.
     failed: Option<ReadError>,
@@ -409,9 +458,13 @@ impl Stream {
                 let (chunks, failed) = match Pin::new(task).poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(r)) => r,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(io::Error::other(e)))),
+                    Poll::Ready(Err(_)) => {
+                        // The step panicked, or the server is stopping.
+                        return Poll::Ready(Some(Err(io::Error::other("decryption step did not complete"))));
+                    }
                 };
                 self.step = None;
+                self.ahead = None;
                 let got: u64 = chunks.iter().map(|c| c.len() as u64).sum();
                 if got > asked || (got == 0 && failed.is_none()) {
                     return Poll::Ready(Some(Err(io::Error::other("container returned a wrong length"))));
@@ -423,6 +476,9 @@ impl Stream {
                 }
                 self.ready.extend(chunks);
                 self.failed = failed;
+                if self.failed.is_none() {
+                    self.start_ahead();
+                }
                 continue;
             }
             let Some(part) = self.parts.front_mut() else {
@@ -436,10 +492,38 @@ impl Stream {
                 continue;
             }
             let (pos, len) = (part.first, part.last - part.first + 1);
-            let read = self.read.clone();
-            self.step = Some((tokio::task::spawn_blocking(move || read(pos, len)), len));
+            self.start_step(pos, len);
         }
     }
+
+    fn start_step(&mut self, pos: u64, len: u64) {
+        let read = self.read.clone();
+        self.step = Some((self.steps.run(move || read(pos, len)), len));
+    }
+
+    /// Decrypt ahead: start the next step of the current part if its data comes next (a part
+    /// whose multipart head is not sent yet waits, so the head goes first).
+    fn start_ahead(&mut self) {
+        if let Some(part) = self.parts.front() {
+            if part.head.is_none() && part.first <= part.last {
+                let Some(ticket) = AheadTicket::take(&self.ahead_budget) else {
+                    return;
+                };
+                let (pos, len) = (part.first, part.last - part.first + 1);
+                self.start_step(pos, len);
+                self.ahead = Some(ticket);
+            }
+        }
+    }
+}
+
+/// The name the Content-Type comes from: the decoded last segment that was resolved
+/// (`/file%2Etxt` is `file.txt`; RFC 9110 4.2.3 makes them the same URI).
+fn content_name(url_path: &str) -> String {
+    let name = url_path.rsplit('/').next().unwrap_or_default();
+    percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn stamp(meta: &std::fs::Metadata) -> FileStamp {
@@ -920,21 +1004,26 @@ impl<O: Opener> State<O> {
         }
         let root = self.config.root.clone();
         let url_path = parts.uri.path().to_owned();
-        let state = self.clone();
-        let query = parts.uri.query().map(str::to_owned);
-        let opened = tokio::task::spawn_blocking(move || {
-            let opened = state.open(&root, &url_path);
-            match opened {
-                Err(r) if r.status() == StatusCode::NOT_FOUND && state.config.list => {
-                    // `/dir` names a listable directory: send the client to `/dir/`, as nginx.
-                    Err(listing::redirect_to_directory(&root, &url_path, query.as_deref())
-                        .map(|location| Box::new(redirect(&location)))
-                        .unwrap_or(r))
-                }
-                other => other,
+        let opened = match self.open_if_cached(&root, &url_path) {
+            Some(hit) => Ok(Ok(hit)),
+            None => {
+                let state = self.clone();
+                let query = parts.uri.query().map(str::to_owned);
+                tokio::task::spawn_blocking(move || {
+                    let opened = state.open(&root, &url_path);
+                    match opened {
+                        Err(r) if r.status() == StatusCode::NOT_FOUND && state.config.list => {
+                            // `/dir` names a listable directory: send the client to `/dir/`, as nginx.
+                            Err(listing::redirect_to_directory(&root, &url_path, query.as_deref())
+                                .map(|location| Box::new(redirect(&location)))
+                                .unwrap_or(r))
+                        }
+                        other => other,
+                    }
+                })
+                .await
             }
-        })
-        .await;
+        };
         let (container, mtime, name) = match opened {
             Ok(Ok(v)) => v,
             Ok(Err(r)) => return *r,
@@ -1026,6 +1115,18 @@ impl<O: Opener> State<O> {
             .expect("valid response")
     }
 
+    /// The container for a URL path if it is open and its file unchanged; `None` when it must
+    /// be opened (or answered with an error) by [`Self::open`]. Only path resolution and a
+    /// `stat`, like nginx's open-file cache: no thread hand-off for the common case, which
+    /// profiling showed costing more CPU than the HTTP handling of a range request.
+    fn open_if_cached(&self, root: &Path, url_path: &str) -> Option<Opened<O::C>> {
+        let path = resolve(root, url_path).ok()?;
+        let st = stamp(&std::fs::metadata(&path).ok()?);
+        let cache = self.cache.lock().expect("cache lock");
+        let (c, s) = cache.get(&path)?;
+        (*s == st).then(|| (c.clone(), st.1, content_name(url_path)))
+    }
+
     /// Resolve and open (or reuse) the container for a URL path. Blocking.
     fn open(&self, root: &Path, url_path: &str) -> Result<Opened<O::C>, Box<Response<Body>>> {
         let path = match resolve(root, url_path) {
@@ -1036,12 +1137,7 @@ impl<O: Opener> State<O> {
         };
         let meta = std::fs::metadata(&path).map_err(|_| Box::new(simple(StatusCode::NOT_FOUND, "not found")))?;
         let st = stamp(&meta);
-        // The name the Content-Type comes from is the decoded one that was resolved:
-        // `/file%2Etxt` is `file.txt` (RFC 9110 4.2.3 makes them the same URI).
-        let name = url_path.rsplit('/').next().unwrap_or_default();
-        let name = percent_encoding::percent_decode_str(name)
-            .decode_utf8_lossy()
-            .into_owned();
+        let name = content_name(url_path);
         if let Some((c, s)) = self.cache.lock().expect("cache lock").get(&path) {
             if *s == st {
                 SeekStats::add(&self.stats.open_cache_hits, 1);
@@ -1235,6 +1331,9 @@ impl<O: Opener> State<O> {
             ready: VecDeque::new(),
             parts: parts.into(),
             step: None,
+            steps: self.steps.clone(),
+            ahead: None,
+            ahead_budget: self.ahead_budget.clone(),
             read,
             failed: None,
             remaining: content_len,
@@ -1319,6 +1418,30 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
                 Ok(()) => Poll::Pending,
             },
         }
+    }
+
+    /// Forwarded, so hyper writes body chunks with `writev` straight from the decrypted
+    /// blocks; without it hyper copies every body byte into its own buffer first.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                self.touch();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.check(cx) {
+                Err(e) => Poll::Ready(Err(e)),
+                Ok(()) => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

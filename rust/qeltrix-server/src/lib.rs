@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod blockcache;
 pub mod cors;
 pub mod gateway;
 pub mod http;
@@ -16,6 +17,7 @@ pub mod mime;
 pub mod path;
 pub mod range;
 pub mod signed;
+pub mod steppool;
 
 use bytes::Bytes;
 use std::path::Path;
