@@ -1124,7 +1124,11 @@ impl<O: Opener> State<O> {
         let st = stamp(&std::fs::metadata(&path).ok()?);
         let cache = self.cache.lock().expect("cache lock");
         let (c, s) = cache.get(&path)?;
-        (*s == st).then(|| (c.clone(), st.1, content_name(url_path)))
+        let hit = (*s == st).then(|| (c.clone(), st.1, content_name(url_path)));
+        if hit.is_some() {
+            SeekStats::add(&self.stats.open_cache_hits, 1);
+        }
+        hit
     }
 
     /// Resolve and open (or reuse) the container for a URL path. Blocking.
