@@ -1,10 +1,12 @@
-# One entry point for every check. `make test` is the README's test command and what CI runs.
+# One entry point for every check. `make test` is the README's test command and what CI runs:
+# test dependencies, lint (formatting, clippy, ruff, mypy --strict, stubtest of the extension's
+# stubs against the built module), then the Rust and Python suites.
 PYTHON ?= python3
 export HYPOTHESIS_PROFILE ?= ci
 
 .PHONY: test deps rust-test py-test lint fmt fuzz
 
-test: deps rust-test py-test
+test: deps lint rust-test py-test
 
 # Test dependencies: Debian packages for the real clients, the package itself (built by
 # maturin) and its `test` extra.
@@ -24,6 +26,7 @@ lint:
 	$(PYTHON) -m ruff check python tests benches
 	$(PYTHON) -m ruff format --check python tests benches
 	$(PYTHON) -m mypy
+	$(PYTHON) -m mypy.stubtest qeltrix_v6._core
 
 fmt:
 	cargo fmt --all

@@ -1,7 +1,87 @@
 """Type stubs for the Rust extension module ``qeltrix_v6._core``."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self, final
+
+__all__ = [
+    "ARGON2ID_MAX_LANES",
+    "ARGON2ID_MAX_M_COST_KIB",
+    "ARGON2ID_MAX_T_COST",
+    "CIPHER_AES_256_GCM",
+    "CIPHER_CHACHA20_POLY1305",
+    "CONTAINER_ID_LEN",
+    "DEFAULT_BLOCK_SIZE",
+    "ERROR_CLASSES",
+    "FORMAT_VERSION",
+    "FRAME_DIGEST_LEN",
+    "HEADER_FIXED_LEN",
+    "HEADER_FLAG_PERMUTED",
+    "HEADER_FLAG_SIGNED",
+    "HS_MAGIC",
+    "HS_MSG1_LEN",
+    "HS_MSG2_LEN",
+    "HS_MSG3_LEN",
+    "INDEX_ENTRY_LEN",
+    "INDEX_FLAG_INCOMPLETE",
+    "INDEX_FOOTER_MIN_LEN",
+    "KIND_ARGON2ID",
+    "KIND_HANDSHAKE",
+    "KIND_KEY",
+    "KIND_KMS",
+    "KIND_PBKDF2",
+    "KIND_RSA_OAEP",
+    "KIND_X25519",
+    "KMS_MAX_BLOB_LEN",
+    "KMS_MAX_KEY_ID_LEN",
+    "MAGIC",
+    "MAX_BLOCK_COUNT",
+    "MAX_BLOCK_SIZE",
+    "MAX_HEADER_LEN",
+    "MAX_HS_MSG_LEN",
+    "MAX_RECIPIENTS",
+    "MAX_STANZA_BODY_LEN",
+    "MAX_STREAM_BLOCK_SIZE",
+    "MAX_STREAM_HEADER_LEN",
+    "META_FLAG_FINAL",
+    "META_FRAME_LEN",
+    "META_PT_LEN",
+    "MIN_BLOCK_SIZE",
+    "MK_LEN",
+    "NONCE_LEN",
+    "PBKDF2_MAX_ITERATIONS",
+    "PBKDF2_MIN_ITERATIONS",
+    "PYTHON_CALLS",
+    "RSA_MAX_BITS",
+    "RSA_MAX_SPKI_LEN",
+    "RSA_MIN_BITS",
+    "SALT_LEN",
+    "SIGNATURE_LEN",
+    "SIGNER_PUB_LEN",
+    "SIG_FIXED_LEN",
+    "SK_MAGIC",
+    "SK_MSG1_LEN",
+    "SK_MSG2_LEN",
+    "SK_NONCE_LEN",
+    "STANZA_NAMES",
+    "TAG_LEN",
+    "TRAILER_LEN",
+    "TRAILER_MAGIC",
+    "X25519_BODY_LEN",
+    "X25519_LEN",
+    "BlockCache",
+    "GatewayCore",
+    "Header",
+    "Reader",
+    "SeekServerCore",
+    "default_perm_window",
+    "encode_header_unsealed",
+    "encode_signature_section",
+    "pack_stream",
+    "parse_header",
+    "perm_forward",
+    "recover_stream_file",
+    "signed_message",
+]
 
 # Format constants (rust/qeltrix-py/src/constants.rs, defined in qeltrix-format).
 FORMAT_VERSION: int
@@ -103,12 +183,14 @@ def pack_stream(
     signer: Any = None,
 ) -> tuple[int, int, int]: ...
 
+@final
 class BlockCache:
-    def __init__(self, max_bytes: int) -> None: ...
+    def __new__(cls, max_bytes: int) -> Self: ...
     def stats(self) -> dict[str, int]: ...
     @property
     def max_bytes(self) -> int: ...
 
+@final
 class Header:
     """A parsed header (FORMAT.md section 3): what ``parse_header`` and ``Reader.header`` return."""
     @property
@@ -140,10 +222,11 @@ class Header:
     @property
     def header_mac(self) -> bytes: ...
 
+@final
 class Reader:
     @property
     def header(self) -> Header: ...
-    def __init__(self, src: int | Any, cache_blocks: int = 8, block_cache: BlockCache | None = None) -> None: ...
+    def __new__(cls, src: int | Any, cache_blocks: int = ..., block_cache: BlockCache | None = None) -> Self: ...
     def load_index(self, keys: Any) -> None: ...
     def read_at(self, pos: int, n: int) -> bytes: ...
     def read_block(self, i: int) -> bytes: ...
@@ -194,9 +277,10 @@ class Reader:
     @property
     def incomplete(self) -> bool: ...
 
+@final
 class SeekServerCore:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         root: str,
         open: Callable[[str], Reader],
         log: Callable[[str, str], object] | None = None,
@@ -217,7 +301,7 @@ class SeekServerCore:
         cors_origins: list[str] | None = None,
         cache_control: str | None = None,
         list_directories: bool = False,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def address(self) -> tuple[str, int]: ...
     @property
@@ -227,9 +311,10 @@ class SeekServerCore:
     def stats(self) -> list[tuple[str, int]]: ...
     def stop(self, drain: float = 0.0) -> int: ...
 
+@final
 class GatewayCore:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         mode: str,
         host: str,
         port: int,
@@ -237,7 +322,7 @@ class GatewayCore:
         target: str | None = None,
         sink_dir: str | None = None,
         sink_raw: bool = False,
-        block_size: int = 262144,
+        block_size: int = ...,
         flush_delay: float = 0.0,
         max_connections: int = 1024,
         idle_timeout: float = 300.0,
@@ -245,7 +330,7 @@ class GatewayCore:
         stats_interval: float = 0.0,
         handshake_timeout: float = 10.0,
         signer: Any = None,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def address(self) -> tuple[str, int]: ...
     def stats(self) -> dict[str, Any]: ...
