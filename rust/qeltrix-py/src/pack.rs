@@ -10,8 +10,9 @@ use crate::io::{PyBuf, Sink, Source};
 use crate::pipeline::{with_thread_state, worker_count, Progress, Shared};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
-use qeltrix_format::{frame_len, signed_message, FormatError, Header, Index, IndexEntry, Permutation, Trailer};
-use qeltrix_format::{SignatureAccumulator, SIG_FIXED_LEN};
+use qeltrix_format::signature::{SIGNATURE_LEN, SIGNER_PUB_LEN};
+use qeltrix_format::SignatureAccumulator;
+use qeltrix_format::{container_tail, frame_len, FormatError, Header, Index, IndexEntry, Permutation, TailCrypto};
 use qeltrix_format::{MAX_BLOCK_COUNT, MAX_BLOCK_SIZE, META_FLAG_FINAL, MIN_BLOCK_SIZE};
 use std::collections::BTreeMap;
 
@@ -167,54 +168,29 @@ impl Plan {
         }
         let (entries, footer_offset, digests) = result.expect("no error means the writer finished");
         let index = Index::new(entries, 0)?;
-        let footer = Python::attach(|py| calls::seal_index(py, &self.keys, &index.encode(), footer_offset))?;
-        sink.write_bytes(&footer)?;
-        let sig_len = match &self.signer {
-            Some(signer) => {
-                let section = self.sign(signer, header, digests, &footer, footer_offset, index.block_count())?;
-                sink.write_bytes(&section)?;
-                section.len() as u64
-            }
-            None => 0,
-        };
-        let trailer = Trailer {
-            footer_offset,
-            footer_len: footer.len() as u64,
-        };
-        sink.write_bytes(&trailer.encode())?;
+        // Footer, signature section (when signing) and trailer: qeltrix_format::container_tail,
+        // shared with the gateway sink and recover.
+        let tail = Python::attach(|py| {
+            let mut crypto = PyTail {
+                py,
+                keys: &self.keys,
+                signer: self.signer.as_ref(),
+            };
+            container_tail(
+                &mut crypto,
+                header,
+                &index,
+                footer_offset,
+                self.signer.is_some().then_some(digests),
+            )
+        })?;
+        sink.write_bytes(&tail)?;
         sink.flush()?;
         progress.update(index.pt_total_len, true)?;
         Ok(Packed {
             pt_total_len: index.pt_total_len,
             block_count: index.block_count(),
-            container_len: footer_offset + footer.len() as u64 + sig_len + trailer.encode().len() as u64,
-        })
-    }
-
-    /// The signature section (FORMAT.md section 15): hash header, digests and footer, sign.
-    fn sign(
-        &self,
-        signer: &Py<PyAny>,
-        header: &[u8],
-        digests: SignatureAccumulator,
-        footer: &[u8],
-        footer_offset: u64,
-        block_count: u64,
-    ) -> Result<Vec<u8>> {
-        Python::attach(|py| -> Result<Vec<u8>> {
-            let signer_pub = calls::signer_public(py, signer)?;
-            let message = signed_message(
-                &calls::sha256(py, &self.keys, header)?,
-                block_count,
-                &calls::sha256(py, &self.keys, digests.frame_digests()?)?,
-                &calls::sha256(py, &self.keys, footer)?,
-                footer_offset,
-                &signer_pub,
-            );
-            let signature = calls::sign(py, signer, &message)?;
-            let section = digests.finish(block_count, signer_pub, signature)?;
-            debug_assert!(section.len() >= SIG_FIXED_LEN);
-            Ok(section)
+            container_len: footer_offset + tail.len() as u64,
         })
     }
 
@@ -387,5 +363,35 @@ impl Plan {
                 None => {}
             }
         }
+    }
+}
+
+/// The crypto of a container tail, through the Python layer (`calls.rs`).
+struct PyTail<'a, 'py> {
+    py: Python<'py>,
+    keys: &'a Py<PyAny>,
+    signer: Option<&'a Py<PyAny>>,
+}
+
+impl PyTail<'_, '_> {
+    fn signer(&self) -> Result<&Py<PyAny>> {
+        self.signer
+            .ok_or_else(|| Error::Format(FormatError::Malformed("no signing key".into())))
+    }
+}
+
+impl TailCrypto for PyTail<'_, '_> {
+    type Error = Error;
+    fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>> {
+        Ok(calls::seal_index(self.py, self.keys, index_pt, footer_offset)?)
+    }
+    fn sha256(&mut self, data: &[u8]) -> Result<[u8; 32]> {
+        Ok(calls::sha256(self.py, self.keys, data)?)
+    }
+    fn signer_public(&mut self) -> Result<[u8; SIGNER_PUB_LEN]> {
+        Ok(calls::signer_public(self.py, self.signer()?)?)
+    }
+    fn sign(&mut self, message: &[u8]) -> Result<[u8; SIGNATURE_LEN]> {
+        Ok(calls::sign(self.py, self.signer()?, message)?)
     }
 }
