@@ -29,7 +29,7 @@ use crate::access_log::{self, Entry, Tracked};
 use crate::cors::{Cors, Preflight};
 use crate::metrics::{self, Refusal, SeekStats};
 use crate::path::{resolve, PathError};
-use crate::range::{parse_range, RangeRequest};
+use crate::plan::{plan, Part, Plan, Representation};
 use crate::steppool::StepPool;
 use crate::{listing, mime, signed, Container, LogLevel, OpenError, Opener, ReadError, UrlSignature};
 use bytes::Bytes;
@@ -733,7 +733,7 @@ fn single_date(headers: &HeaderMap, name: &header::HeaderName) -> Option<httpdat
 
 /// The outcome of RFC 9110 13.2.2 steps 1-4 for a GET or HEAD of an existing representation.
 #[derive(Debug, PartialEq, Eq)]
-enum Precondition {
+pub(crate) enum Precondition {
     /// Go on to the Range (step 5) and the normal response.
     Proceed,
     /// 304: the client's copy is current.
@@ -755,7 +755,7 @@ enum Precondition {
 /// These run before the Range (step 5), so a failing precondition is 412 whether or not a
 /// Range is present, and they are only reached for a representation that exists and may be
 /// served (13.2.1: a 401, 403 or 404 takes precedence).
-fn evaluate_preconditions(headers: &HeaderMap, etag: &str, mtime: Option<SystemTime>) -> Precondition {
+pub(crate) fn evaluate_preconditions(headers: &HeaderMap, etag: &str, mtime: Option<SystemTime>) -> Precondition {
     let bare = etag.trim_start_matches("W/");
     let last_modified = mtime.map(httpdate::HttpDate::from);
     if let Some(value) = joined(headers, &header::IF_MATCH) {
@@ -787,13 +787,6 @@ fn evaluate_preconditions(headers: &HeaderMap, etag: &str, mtime: Option<SystemT
         }
     }
     Precondition::Proceed
-}
-
-/// A part of the response body: plaintext `[first, last]`, with its multipart head.
-struct Part {
-    head: Option<Bytes>,
-    first: u64,
-    last: u64,
 }
 
 impl<O: Opener> State<O> {
@@ -1193,121 +1186,58 @@ impl<O: Opener> State<O> {
         mtime: Option<SystemTime>,
         name: &str,
     ) -> Response<Body> {
-        let len = container.pt_len();
         let etag = format!("\"{}\"", container.etag_id());
-        let last_modified = mtime.map(httpdate::fmt_http_date);
-        let ctype = mime::content_type(name);
-        let hdr = |h: &header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
-
+        let rep = Representation {
+            len: container.pt_len(),
+            etag: &etag,
+            mtime,
+            content_type: mime::content_type(name),
+        };
         let mut base = Response::builder()
             .header(header::ACCEPT_RANGES, "bytes")
             .header(header::ETAG, &etag)
             .header(header::CACHE_CONTROL, self.config.cache_control.clone());
-        if let Some(lm) = &last_modified {
-            base = base.header(header::LAST_MODIFIED, lm);
+        if let Some(mtime) = mtime {
+            base = base.header(header::LAST_MODIFIED, httpdate::fmt_http_date(mtime));
         }
-
-        match evaluate_preconditions(headers, &etag, mtime) {
-            Precondition::Proceed => {}
-            Precondition::NotModified => {
+        let boundary = format!(
+            "qeltrix-{:016x}{:08x}",
+            self.boundary.fetch_add(1, Ordering::Relaxed),
+            std::process::id()
+        );
+        let (status, parts, content_type, content_len) = match plan(headers, &rep, &boundary) {
+            Plan::NotModified => {
                 return base
                     .status(StatusCode::NOT_MODIFIED)
                     .body(Body::Empty)
                     .expect("valid response");
             }
-            Precondition::Failed => {
+            Plan::PreconditionFailed => {
                 return base
                     .status(StatusCode::PRECONDITION_FAILED)
                     .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
                     .body(Body::Full(Some(Bytes::from_static(b"precondition failed\n"))))
                     .expect("valid response");
             }
-        }
-
-        // If-Range: honour Range only if the validator still matches (strong comparison).
-        let range_allowed = match hdr(&header::IF_RANGE) {
-            None => true,
-            Some(v) if v.starts_with('"') => v == etag,
-            Some(v) if v.starts_with("W/") => false,
-            Some(v) => last_modified.as_deref() == Some(v),
-        };
-        let range = if range_allowed {
-            parse_range(hdr(&header::RANGE), len)
-        } else {
-            RangeRequest::Full
-        };
-
-        let (status, parts, content_type, content_len) = match range {
-            RangeRequest::Unsatisfiable => {
+            Plan::Unsatisfiable => {
                 return base
                     .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                    .header(header::CONTENT_RANGE, format!("bytes */{}", rep.len))
                     .header(header::CONTENT_LENGTH, 0)
                     .body(Body::Empty)
                     .expect("valid response");
             }
-            RangeRequest::Full => {
-                let parts = if len > 0 {
-                    vec![Part {
-                        head: None,
-                        first: 0,
-                        last: len - 1,
-                    }]
-                } else {
-                    vec![]
-                };
-                (StatusCode::OK, parts, ctype.to_owned(), len)
-            }
-            RangeRequest::Partial(ranges) if ranges.len() == 1 => {
-                let (a, b) = ranges[0];
-                base = base.header(header::CONTENT_RANGE, format!("bytes {a}-{b}/{len}"));
-                (
-                    StatusCode::PARTIAL_CONTENT,
-                    vec![Part {
-                        head: None,
-                        first: a,
-                        last: b,
-                    }],
-                    ctype.to_owned(),
-                    b - a + 1,
-                )
-            }
-            RangeRequest::Partial(ranges) => {
-                let boundary = format!(
-                    "qeltrix-{:016x}{:08x}",
-                    self.boundary.fetch_add(1, Ordering::Relaxed),
-                    std::process::id()
-                );
-                let mut total = 0u64;
-                let mut parts: Vec<Part> = ranges
-                    .iter()
-                    .enumerate()
-                    .map(|(n, &(a, b))| {
-                        let lead = if n == 0 { "" } else { "\r\n" };
-                        let head = format!(
-                            "{lead}--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {a}-{b}/{len}\r\n\r\n"
-                        );
-                        total += head.len() as u64 + (b - a + 1);
-                        Part {
-                            head: Some(Bytes::from(head)),
-                            first: a,
-                            last: b,
-                        }
-                    })
-                    .collect();
-                let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
-                total += tail.len() as u64;
-                parts.push(Part {
-                    head: Some(tail),
-                    first: 1,
-                    last: 0,
-                });
-                (
-                    StatusCode::PARTIAL_CONTENT,
-                    parts,
-                    format!("multipart/byteranges; boundary={boundary}"),
-                    total,
-                )
+            Plan::Send {
+                status,
+                content_type,
+                content_range,
+                content_len,
+                parts,
+            } => {
+                if let Some(cr) = content_range {
+                    base = base.header(header::CONTENT_RANGE, cr);
+                }
+                (status, parts, content_type, content_len)
             }
         };
         let base = base

@@ -15,6 +15,7 @@ pub mod listing;
 pub mod metrics;
 pub mod mime;
 pub mod path;
+pub mod plan;
 pub mod range;
 pub mod signed;
 pub mod steppool;
