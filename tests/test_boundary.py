@@ -309,6 +309,30 @@ def test_server_seconds_out_of_range_are_value_errors(tmp_path: Path, value: flo
             _core.GatewayCore("reflect", "127.0.0.1", 0, object(), **{name: value})
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"port": -1}, ValueError),
+        ({"port": 70000}, ValueError),
+        ({"port": True}, TypeError),
+        ({"port": "80"}, TypeError),
+        ({"workers": -1}, ValueError),
+        ({"max_connections": -5}, ValueError),
+        ({"max_connections_per_client": 0}, ValueError),
+    ],
+)
+def test_server_counts_and_ports_are_checked(tmp_path: Path, kwargs: dict[str, Any], error: type[Exception]) -> None:
+    """Negative or huge counts and ports were pyo3 OverflowErrors, and True was port 1."""
+    with pytest.raises(error, match=next(iter(kwargs))):
+        qeltrix_v6.SeekServer(tmp_path, key=KEY, **kwargs)
+    if "max_connections" in kwargs:
+        with pytest.raises(error, match="max_connections"):
+            qeltrix_v6.GatewayServer("reflect", "127.0.0.1:0", key=KEY, **kwargs)
+    if "port" in kwargs and isinstance(kwargs["port"], int) and not isinstance(kwargs["port"], bool):
+        with pytest.raises(error, match="(?i)port"):
+            qeltrix_v6.GatewayServer("reflect", f"127.0.0.1:{kwargs['port']}", key=KEY)
+
+
 # One hostile parameter at a time, every other argument valid, so each reaches as deep as it
 # can: (function, parameter, valid arguments).
 ONE_AT_A_TIME: list[tuple[str, str]] = [

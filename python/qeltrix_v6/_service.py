@@ -8,14 +8,24 @@ from types import TracebackType
 from typing import Any, Self
 
 
+def check_int(name: str, value: object, low: int, high: int) -> int:
+    """``value`` if it is an int (not a bool) in ``[low, high]``; a clear TypeError or
+    ValueError otherwise, never the extension's OverflowError for a negative or huge count."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
 def split_hostport(value: str | tuple[str, int]) -> tuple[str, int]:
     """``"HOST:PORT"`` (``[v6]:PORT`` too; an empty host is 127.0.0.1) as ``(host, port)``."""
     if isinstance(value, tuple):
-        return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
+        return value[0], check_int("port", value[1], 0, 65535)
+    host, sep, digits = value.rpartition(":")
+    if not sep or not digits.isdigit():
         raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return host.strip("[]") or "127.0.0.1", check_int("port", int(digits), 0, 65535)
 
 
 class BackgroundService:

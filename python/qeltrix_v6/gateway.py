@@ -30,7 +30,7 @@ from typing import Any
 from . import _core, _crypto, _signing
 from ._container import build_header
 from ._pubkeys import decode_public_key, encode_public_key
-from ._service import BackgroundService
+from ._service import BackgroundService, check_int
 from ._service import split_hostport as _split_hostport
 from .errors import AuthenticationError
 
@@ -207,7 +207,7 @@ class GatewayServer(BackgroundService):
             )
         if not handshake_timeout > 0:
             raise ValueError("handshake_timeout must be positive")
-        max_connections = _raise_open_file_limit(max_connections)
+        max_connections = _raise_open_file_limit(check_int("max_connections", max_connections, 1, 1 << 20))
         self.mode = mode
         self._listen = _split_hostport(listen)
         tgt = None

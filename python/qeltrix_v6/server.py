@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from . import _core, _signed_url, _signing
 from ._container import _Opened, incomplete_message, open_reader
 from ._kms import KmsUnavailableError
-from ._service import BackgroundService, split_hostport
+from ._service import BackgroundService, check_int, split_hostport
 from .errors import QeltrixError, QeltrixIOError, TruncatedError
 
 __all__ = ["SeekServer"]
@@ -198,17 +198,19 @@ class SeekServer(BackgroundService):
         self._passphrase = passphrase
         self._settings = {
             "host": host,
-            "port": port,
+            "port": check_int("port", port, 0, 65535),
             "token": token,
             "tls_cert": os.fspath(tls_cert) if tls_cert is not None else None,
             "tls_key": os.fspath(tls_key) if tls_key is not None else None,
-            "max_connections": max_connections,
-            "max_connections_per_client": max_connections_per_client,
+            "max_connections": check_int("max_connections", max_connections, 1, 1 << 20),
+            "max_connections_per_client": check_int(
+                "max_connections_per_client", max_connections_per_client, 1, 1 << 20
+            ),
             "header_timeout": header_timeout,
             "idle_timeout": idle_timeout,
             "access_log": bool(access_log),
             "access_log_format": access_log or "combined",
-            "workers": workers,
+            "workers": check_int("workers", workers, 1, 256),
             "metrics": split_hostport(metrics) if metrics is not None else None,
             "cors_origins": [check_cors_origin(o) for o in cors_origins],
             "cache_control": check_cache_control(cache_control),
