@@ -329,7 +329,7 @@ def test_server_counts_and_ports_are_checked(tmp_path: Path, kwargs: dict[str, A
         with pytest.raises(error, match="max_connections"):
             qeltrix_v6.GatewayServer("reflect", "127.0.0.1:0", key=KEY, **kwargs)
     if "port" in kwargs and isinstance(kwargs["port"], int) and not isinstance(kwargs["port"], bool):
-        with pytest.raises(error, match="(?i)port"):
+        with pytest.raises(error, match=r"(?i)port"):
             qeltrix_v6.GatewayServer("reflect", f"127.0.0.1:{kwargs['port']}", key=KEY)
 
 

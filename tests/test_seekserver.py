@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
-from conftest import require
+from conftest import require, self_signed_cert
 
 KEY = bytes(range(32))
 DATA = os.urandom(300_000)
@@ -283,30 +283,7 @@ def test_token_required(root) -> None:
 
 
 def test_tls(root, tmp_path) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    cert_pem, key_pem = self_signed_cert(tmp_path)
     with qeltrix_v6.SeekServer(root, key=KEY, tls_cert=cert_pem, tls_key=key_pem) as server:
         assert server.url.startswith("https://")
         ctx = ssl.create_default_context(cafile=str(cert_pem))

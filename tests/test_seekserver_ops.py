@@ -4,7 +4,6 @@ compared byte for byte with the plaintext."""
 
 from __future__ import annotations
 
-import datetime
 import io
 import json
 import logging
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
-from conftest import KEY, make_plaintext, require, running_cli
+from conftest import KEY, make_plaintext, require, running_cli, self_signed_cert
 
 DATA = make_plaintext(600_000, "ops")
 BIG = make_plaintext(24 << 20, "ops-big")  # larger than loopback socket buffers
@@ -42,32 +41,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for localhost: (cert.pem, key.pem)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    d = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    c = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem, key_pem = d / "cert.pem", d / "key.pem"
-    cert_pem.write_bytes(c.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_pem, key_pem
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 
 def curl(args: list[str], out: Path) -> tuple[str, dict[str, str]]:
