@@ -325,7 +325,14 @@ def test_slow_receiver_applies_backpressure() -> None:
 
         t = threading.Thread(target=sender)
         t.start()
-        time.sleep(2)
+        # Wait until the sender is blocked: `sent` stops growing (20 polls in a row), which
+        # happens once socket buffers and the gateways' blocks are full.
+        last, still, deadline = -1, 0, time.monotonic() + 30
+        while still < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            still = still + 1 if sent[0] == last else 0
+            last = sent[0]
+        assert still == 20, "the sender never blocked: no backpressure"
         # With the receiver stalled, the pipeline holds only socket buffers and a few blocks.
         assert sent[0] < 64 << 20, f"{sent[0]} bytes accepted while the receiver was stalled"
         release.set()
