@@ -195,3 +195,22 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_pem, key_pem
+
+
+def http_request(
+    address: tuple[str, int],
+    path: str,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+    timeout: float = 10,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: (status, headers with lower-case names, body)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(*address, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()

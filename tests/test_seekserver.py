@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
-from conftest import require, self_signed_cert
+from conftest import http_request, require, self_signed_cert
 
 KEY = bytes(range(32))
 DATA = os.urandom(300_000)
@@ -50,14 +50,7 @@ def server(root: Path):
 
 
 def request(server: qeltrix_v6.SeekServer, path: str, headers: dict[str, str] | None = None, method: str = "GET"):
-    host, port = server.address
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        conn.request(method, path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
+    return http_request(server.address, path, headers, method)
 
 
 N = len(DATA)

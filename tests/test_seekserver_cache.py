@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
-from conftest import running_cli
+from conftest import http_request, running_cli
 
 KEY = bytes(range(32))
 BLOCK = 64 * 1024
@@ -42,14 +42,8 @@ def root(tmp_path: Path) -> Path:
 
 
 def get(server: qeltrix_v6.SeekServer, path: str, range_: str | None = None) -> tuple[int, bytes, str]:
-    host, port = server.address
-    conn = http.client.HTTPConnection(host, port, timeout=30)
-    try:
-        conn.request("GET", path, headers={"Range": range_} if range_ else {})
-        r = conn.getresponse()
-        return r.status, r.read(), r.getheader("Content-Type") or ""
-    finally:
-        conn.close()
+    status, headers, body = http_request(server.address, path, {"Range": range_} if range_ else None, timeout=30)
+    return status, body, headers.get("content-type", "")
 
 
 def test_cached_blocks_are_byte_identical_and_the_cache_stays_bounded(root: Path) -> None:

@@ -5,7 +5,6 @@ Content-Type of an encoded path, and headers every response carries."""
 
 from __future__ import annotations
 
-import http.client
 import io
 import os
 import socket
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
-from conftest import require
+from conftest import http_request, require
 
 KEY = bytes(range(32))
 BLOCK = 4096
@@ -42,13 +41,7 @@ def server(root: Path):
 
 
 def request(server: qeltrix_v6.SeekServer, path: str, headers: dict[str, str] | None = None, method: str = "GET"):
-    conn = http.client.HTTPConnection(*server.address, timeout=10)
-    try:
-        conn.request(method, path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
+    return http_request(server.address, path, headers, method)
 
 
 def raw_request(server: qeltrix_v6.SeekServer, data: bytes) -> bytes:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
+from conftest import http_request
 
 KEY = bytes(range(32))
 DATA = os.urandom(8 << 20)
@@ -64,13 +65,8 @@ def still_connected(s: socket.socket) -> bool:
 
 
 def fetch(server: qeltrix_v6.SeekServer, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(*server.address, timeout=LIVENESS_S)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    status, _, body = http_request(server.address, path, headers, timeout=LIVENESS_S)
+    return status, body
 
 
 def test_600_stalled_readers_do_not_block_another_client(root: Path) -> None:

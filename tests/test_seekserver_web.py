@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
-from conftest import require, running_cli
+from conftest import http_request, require, running_cli
 from hypothesis import given
 from hypothesis import strategies as st
 from qeltrix_v6 import _signed_url
@@ -41,13 +41,7 @@ VECTOR = json.loads((Path(__file__).parent / "vectors" / "url" / "signed-url.jso
 
 def request(url: str, path: str, headers: dict[str, str] | None = None, method: str = "GET"):
     u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
-    try:
-        conn.request(method, path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
+    return http_request((u.hostname or "127.0.0.1", u.port or 80), path, headers, method)
 
 
 @pytest.fixture(scope="module")
