@@ -1187,25 +1187,29 @@ impl<O: Opener> State<O> {
         name: &str,
     ) -> Response<Body> {
         let etag = format!("\"{}\"", container.etag_id());
+        let last_modified = mtime.map(httpdate::fmt_http_date);
         let rep = Representation {
             len: container.pt_len(),
             etag: &etag,
             mtime,
+            last_modified: last_modified.as_deref(),
             content_type: mime::content_type(name),
         };
         let mut base = Response::builder()
             .header(header::ACCEPT_RANGES, "bytes")
             .header(header::ETAG, &etag)
             .header(header::CACHE_CONTROL, self.config.cache_control.clone());
-        if let Some(mtime) = mtime {
-            base = base.header(header::LAST_MODIFIED, httpdate::fmt_http_date(mtime));
+        if let Some(lm) = &last_modified {
+            base = base.header(header::LAST_MODIFIED, lm);
         }
-        let boundary = format!(
-            "qeltrix-{:016x}{:08x}",
-            self.boundary.fetch_add(1, Ordering::Relaxed),
-            std::process::id()
-        );
-        let (status, parts, content_type, content_len) = match plan(headers, &rep, &boundary) {
+        let boundary = || {
+            format!(
+                "qeltrix-{:016x}{:08x}",
+                self.boundary.fetch_add(1, Ordering::Relaxed),
+                std::process::id()
+            )
+        };
+        let (status, parts, content_type, content_len) = match plan(headers, &rep, boundary) {
             Plan::NotModified => {
                 return base
                     .status(StatusCode::NOT_MODIFIED)

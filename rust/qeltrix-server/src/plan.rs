@@ -18,8 +18,10 @@ pub struct Representation<'a> {
     pub len: u64,
     /// Strong entity tag, quoted.
     pub etag: &'a str,
-    /// The file's modification time, if known (`Last-Modified`).
+    /// The file's modification time, if known, and as the `Last-Modified` text the response
+    /// carries (formatted once by the caller).
     pub mtime: Option<SystemTime>,
+    pub last_modified: Option<&'a str>,
     /// Media type of the plaintext.
     pub content_type: &'a str,
 }
@@ -54,22 +56,21 @@ pub enum Plan {
     },
 }
 
-/// Decide the answer. `boundary` separates the parts of a multipart body (the caller makes it
-/// unique; it must not occur in the plaintext's delimiters, RFC 2046 5.1.1).
-pub fn plan(headers: &HeaderMap, rep: &Representation<'_>, boundary: &str) -> Plan {
+/// Decide the answer. `boundary` makes the delimiter of a multipart body (the caller makes it
+/// unique, RFC 2046 5.1.1); it is called only for a multipart answer.
+pub fn plan(headers: &HeaderMap, rep: &Representation<'_>, boundary: impl FnOnce() -> String) -> Plan {
     match evaluate_preconditions(headers, rep.etag, rep.mtime) {
         Precondition::Proceed => {}
         Precondition::NotModified => return Plan::NotModified,
         Precondition::Failed => return Plan::PreconditionFailed,
     }
     let hdr = |h: &header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
-    let last_modified = rep.mtime.map(httpdate::fmt_http_date);
     // If-Range: honour Range only if the validator still matches (strong comparison).
     let range_allowed = match hdr(&header::IF_RANGE) {
         None => true,
         Some(v) if v.starts_with('"') => v == rep.etag,
         Some(v) if v.starts_with("W/") => false,
-        Some(v) => last_modified.as_deref() == Some(v),
+        Some(v) => rep.last_modified == Some(v),
     };
     let (len, ctype) = (rep.len, rep.content_type);
     let range = if range_allowed {
@@ -108,6 +109,7 @@ pub fn plan(headers: &HeaderMap, rep: &Representation<'_>, boundary: &str) -> Pl
             }
         }
         RangeRequest::Partial(ranges) => {
+            let boundary = boundary();
             let mut total = 0u64;
             let mut parts: Vec<Part> = ranges
                 .iter()
@@ -151,11 +153,14 @@ mod tests {
 
     const ETAG: &str = "\"v1\"";
 
+    const LAST_MODIFIED: &str = "Tue, 14 Nov 2023 22:13:20 GMT";
+
     fn rep(len: u64) -> Representation<'static> {
         Representation {
             len,
             etag: ETAG,
             mtime: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            last_modified: Some(LAST_MODIFIED),
             content_type: "video/mp4",
         }
     }
@@ -165,7 +170,7 @@ mod tests {
         for (k, v) in headers {
             h.append(*k, HeaderValue::from_str(v).unwrap());
         }
-        plan(&h, &rep(len), "B")
+        plan(&h, &rep(len), || "B".to_owned())
     }
 
     /// (status, content-range, content-length, plaintext ranges) of a `Send`.
@@ -194,6 +199,7 @@ mod tests {
     #[test]
     fn table() {
         let lm = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        assert_eq!(lm, LAST_MODIFIED);
         let earlier = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(1_600_000_000));
         // Whole representation.
         assert_eq!(sent(&plan_for(&[], 100)), (200, None, 100, vec![(0, 99)]));
