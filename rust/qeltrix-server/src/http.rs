@@ -1115,13 +1115,15 @@ impl<O: Opener> State<O> {
     fn open_if_cached(&self, root: &Path, url_path: &str) -> Option<Opened<O::C>> {
         let path = resolve(root, url_path).ok()?;
         let st = stamp(&std::fs::metadata(&path).ok()?);
+        self.cached(&path, st, url_path)
+    }
+
+    /// The open container for `path` if its file still has stamp `st` (counted as a hit).
+    fn cached(&self, path: &Path, st: FileStamp, url_path: &str) -> Option<Opened<O::C>> {
         let cache = self.cache.lock().expect("cache lock");
-        let (c, s) = cache.get(&path)?;
-        let hit = (*s == st).then(|| (c.clone(), st.1, content_name(url_path)));
-        if hit.is_some() {
-            SeekStats::add(&self.stats.open_cache_hits, 1);
-        }
-        hit
+        let (c, s) = cache.get(path).filter(|(_, s)| *s == st)?;
+        SeekStats::add(&self.stats.open_cache_hits, 1);
+        Some((c.clone(), s.1, content_name(url_path)))
     }
 
     /// Resolve and open (or reuse) the container for a URL path. Blocking.
@@ -1134,13 +1136,10 @@ impl<O: Opener> State<O> {
         };
         let meta = std::fs::metadata(&path).map_err(|_| Box::new(simple(StatusCode::NOT_FOUND, "not found")))?;
         let st = stamp(&meta);
-        let name = content_name(url_path);
-        if let Some((c, s)) = self.cache.lock().expect("cache lock").get(&path) {
-            if *s == st {
-                SeekStats::add(&self.stats.open_cache_hits, 1);
-                return Ok((c.clone(), st.1, name));
-            }
+        if let Some(hit) = self.cached(&path, st, url_path) {
+            return Ok(hit);
         }
+        let name = content_name(url_path);
         SeekStats::add(&self.stats.open_cache_misses, 1);
         let opened = self.opener.open(&path);
         if matches!(
