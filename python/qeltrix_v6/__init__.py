@@ -13,6 +13,8 @@ b'dawn'
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._container import (
     DEFAULT_BLOCK_SIZE,
     ContainerFile,
@@ -25,8 +27,6 @@ from ._container import (
     seek_extract,
     unpack,
 )
-from ._kms import KmsConfig, KmsError, KmsUnavailableError
-from ._signed_url import sign_url
 from .errors import (
     AuthenticationError,
     IntegrityError,
@@ -38,11 +38,32 @@ from .errors import (
     TruncatedError,
     WrongKeyError,
 )
-from .gateway import GatewayServer
-from .server import SeekServer
+
+if TYPE_CHECKING:
+    from ._kms import KmsConfig, KmsError, KmsUnavailableError
+    from ._signed_url import sign_url
+    from .gateway import GatewayServer
+    from .server import SeekServer
+
+# The servers, KMS and signed URLs are imported on first use: a one-shot read (``qeltrix cat``,
+# ``seek_extract`` from a script) needs none of them, and they pull in logging, http and more.
+_LAZY = {
+    "GatewayServer": ".gateway",
+    "SeekServer": ".server",
+    "KmsConfig": "._kms",
+    "KmsError": "._kms",
+    "KmsUnavailableError": "._kms",
+    "sign_url": "._signed_url",
+}
 
 
-def __getattr__(name: str) -> str:
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     from importlib.metadata import PackageNotFoundError, version
 
     # __version__ is looked up lazily: importlib.metadata costs ~100 ms at import time, most of

@@ -18,9 +18,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as _crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from . import _core
 from .errors import AuthenticationError, MalformedError, WrongKeyError
@@ -70,21 +68,26 @@ _PBKDF2_BODY = struct.Struct("<16sI12s48s")
 _KEY_BODY = struct.Struct("<12s48s")
 
 
+# One algorithm object for every hash, HKDF and HMAC: it is immutable, and constructing one
+# per call is a measurable part of a block's fixed cost.
+_SHA256 = hashes.SHA256()
+
+
 def sha256(data: bytes | bytearray | memoryview) -> bytes:
     """SHA-256 of ``data``."""
-    h = hashes.Hash(hashes.SHA256())
+    h = hashes.Hash(_SHA256)
     h.update(data)
     return h.finalize()
 
 
 def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
     """HKDF-SHA256 (RFC 5869)."""
-    return HKDF(hashes.SHA256(), length, salt, info).derive(ikm)
+    return HKDF(_SHA256, length, salt, info).derive(ikm)
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
     """HMAC-SHA256 (RFC 2104)."""
-    h = _crypto_hmac.HMAC(key, hashes.SHA256())
+    h = _crypto_hmac.HMAC(key, _SHA256)
     h.update(data)
     return h.finalize()
 
@@ -144,13 +147,17 @@ _ARGON2ID_LOCK = threading.Lock()
 
 
 def _argon2id_kek(passphrase: bytes, salt: bytes, t_cost: int, m_cost_kib: int, lanes: int) -> bytes:
+    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
     kdf = Argon2id(salt=salt, length=KEY_LEN, iterations=t_cost, lanes=lanes, memory_cost=m_cost_kib)
     with _ARGON2ID_LOCK:
         return kdf.derive(passphrase)
 
 
 def _pbkdf2_kek(passphrase: bytes, salt: bytes, iterations: int) -> bytes:
-    return PBKDF2HMAC(hashes.SHA256(), KEY_LEN, salt, iterations).derive(passphrase)
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+    return PBKDF2HMAC(_SHA256, KEY_LEN, salt, iterations).derive(passphrase)
 
 
 def key_stanza(key: bytes, mk: bytes, container_id: bytes) -> tuple[int, bytes]:
@@ -467,8 +474,8 @@ class ContainerKeys:
         """
         pt = memoryview(inbuf)[:pt_len]
         pt_sha256 = sha256(pt)
-        cdk_salt = random_bytes(SALT_LEN)
-        data_nonce = random_bytes(NONCE_LEN)
+        fresh = random_bytes(SALT_LEN + NONCE_LEN)  # one system call for both
+        cdk_salt, data_nonce = fresh[:SALT_LEN], fresh[SALT_LEN:]
         cdk = self._cdk(cdk_salt, block_index, pt_sha256)
         out = memoryview(outbuf)[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN]
         self._aead_cls(cdk).encrypt_into(data_nonce, pt, self._data_aad(block_index, pt_len, meta_flags), out)

@@ -19,13 +19,20 @@ Conventions, the same on every command:
 
 from __future__ import annotations
 
-from typing import Annotated
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .._demo import run_demo
-from ._app import EXIT_CODE_HELP, ExitCode, app, main
+from . import _app
+from ._app import EXIT_CODE_HELP, ExitCode
 from ._options import DebugOpt, human_size, parse_size
+
+if TYPE_CHECKING:
+    from ._app import app
 
 # --- root options -----------------------------------------------------------------------------
 
@@ -38,7 +45,7 @@ def _show_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
+@_app.app.callback()
 def _root(
     version: Annotated[
         bool,
@@ -49,11 +56,7 @@ def _root(
     """Qeltrix V6: encrypted, seekable, streaming containers."""
 
 
-# Importing the command modules registers their commands on `app`, in help order.
-from . import _containers, _inspect, _keys, _servers  # noqa: E402, F401
-
-
-@app.command(rich_help_panel="Other")
+@_app.app.command(rich_help_panel="Other")
 def demo() -> None:
     """Pack a generated 64 MiB sample, then read 64 KiB from its middle.
 
@@ -61,8 +64,88 @@ def demo() -> None:
 
       qeltrix demo
     """
+    from .._demo import run_demo
+
     if not run_demo(say=typer.echo):
         raise typer.Exit(1)
+
+
+# --- commands, loaded on demand -----------------------------------------------------------------
+#
+# Importing a command module registers its commands on the app. A process runs one command, so
+# ``main`` imports only the module that defines it and builds only that command (the servers'
+# module alone pulls in logging, sockets and email parsing; typer builds every option of every
+# command it is given). ``--help``, completion, an unknown name or a name missing from this map
+# load everything, in help order.
+
+_COMMAND_MODULES = ("_containers", "_inspect", "_keys", "_servers")
+_MODULE_OF = {
+    "pack": "_containers",
+    "unpack": "_containers",
+    "cat": "_containers",
+    "info": "_inspect",
+    "verify": "_inspect",
+    "keygen": "_keys",
+    "passwd": "_keys",
+    "recipients": "_keys",
+    "rotate": "_keys",
+    "serve": "_servers",
+    "sign-url": "_servers",
+    "gateway": "_servers",
+    "recover": "_servers",
+    "demo": "",
+}
+_ROOT_FLAGS = frozenset({"--debug"})
+
+
+def _command_name(info: Any) -> str:
+    return str(info.name or info.callback.__name__.replace("_", "-"))
+
+
+def _load_commands(modules: Sequence[str] = _COMMAND_MODULES) -> None:
+    """Import command modules (registering their commands), keeping the help order."""
+    for name in modules:
+        if name:
+            importlib.import_module(f"{__name__}.{name}")
+    order = {f"{__name__}.{name}": i for i, name in enumerate(_COMMAND_MODULES)}
+    _app.app.registered_commands.sort(key=lambda c: order.get(c.callback.__module__, len(order)))
+
+
+def _chosen_command(args: Sequence[str]) -> str | None:
+    """The command ``args`` run, when only it needs building; None when all are needed."""
+    if any(k.endswith("_COMPLETE") for k in os.environ):
+        return None
+    i = 0
+    while i < len(args) and args[i] in _ROOT_FLAGS:
+        i += 1
+    if i < len(args) and args[i] in _MODULE_OF:
+        return args[i]
+    return None
+
+
+def main() -> None:
+    """Console-script entry point (``qeltrix`` and ``python -m qeltrix_v6``)."""
+    chosen = _chosen_command(sys.argv[1:])
+    if chosen is None:
+        _load_commands()
+        _app.main()
+        return
+    _load_commands([_MODULE_OF[chosen]])
+    commands, groups = _app.app.registered_commands, _app.app.registered_groups
+    _app.app.registered_commands = [c for c in commands if _command_name(c) == chosen]
+    _app.app.registered_groups = [g for g in groups if g.name == chosen]
+    try:
+        _app.main()
+    finally:
+        _app.app.registered_commands, _app.app.registered_groups = commands, groups
+
+
+def __getattr__(name: str) -> Any:
+    # ``app`` with every command registered (tests and embedders use it directly).
+    if name == "app":
+        _load_commands()
+        return _app.app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["EXIT_CODE_HELP", "ExitCode", "app", "human_size", "main", "parse_size"]
