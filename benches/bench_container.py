@@ -49,6 +49,11 @@ TARGET_PACK_OVER_AGE = 1.3
 TARGET_UNPACK_OVER_AGE = 2.0
 TARGET_READ_P50_MS = 1.0
 TARGET_RSS_MIB = 256
+# The command line as users run it (issue 16): whole processes, start-up included.
+TARGET_CLI_PACK_OVER_AGE = 1.0
+TARGET_CLI_PACK_OVER_LIMIT = 0.8
+TARGET_CLI_UNPACK_OVER_AGE = 1.5
+TARGET_CLI_CAT_MS = 100.0
 
 # A child with no CPU and no read/write progress for this long is considered hung.
 STALL_SECONDS = 30.0
@@ -714,6 +719,40 @@ def fresh_process_reads(container: Path, inp: Path, cfg: Config, size: int) -> d
     return res
 
 
+def qeltrix_cmd() -> list[str]:
+    """The ``qeltrix`` console script of the interpreter running this benchmark (else ``-m``)."""
+    script = Path(sys.executable).parent / "qeltrix"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "qeltrix_v6"]
+
+
+def cli_cat_reads(container: Path, inp: Path, key_file: Path, cfg: Config, size: int) -> dict[str, Any]:
+    """``qeltrix cat --offset X --length 64KiB`` from a fresh process, timed from outside."""
+    rng = random.Random(8)
+    times, bad = [], 0
+    with open(inp, "rb", buffering=0) as ref:
+        for _ in range(cfg.proc_reads):
+            off = rng.randrange(0, max(1, size - READ_LEN))
+            cmd = [*qeltrix_cmd(), "cat", "--key-file", str(key_file), str(container), "--offset", str(off)]
+            t0 = time.perf_counter()
+            r = subprocess.run([*cmd, "--length", str(READ_LEN)], capture_output=True, check=False)
+            times.append((time.perf_counter() - t0) * 1e3)
+            if r.returncode != 0 or r.stdout != os.pread(ref.fileno(), READ_LEN, off):
+                bad += 1
+    base = []
+    for _ in range(max(3, cfg.proc_reads // 2)):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        base.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    res = {"count": len(times), "p50_ms": percentile(times, 50), "max_ms": times[-1],
+           "python_pass_p50_ms": statistics.median(base), "mismatches": bad}  # fmt: skip
+    log(
+        f"  qeltrix cat 64 KiB, fresh process x{len(times)}: p50 {res['p50_ms']:.1f} ms "
+        f"(python -c pass: {res['python_pass_p50_ms']:.1f} ms), mismatches {bad}"
+    )
+    return res
+
+
 def ensure_age() -> bool:
     if shutil.which("age") and shutil.which("age-keygen"):
         return True
@@ -860,9 +899,16 @@ def print_main_report(res: dict[str, Any]) -> None:
             f"64 KiB random reads, fresh process (x{pr['count']}): p50 {pr['p50_ms']:.1f} ms "
             f"(interpreter + import alone: {pr['import_only_p50_ms']:.1f} ms)"
         )
+    cc = res.get("cli_cat", {})
+    if "p50_ms" in cc:
+        print(
+            f"qeltrix cat 64 KiB, fresh process (x{cc['count']}): p50 {cc['p50_ms']:.1f} ms "
+            f"(python -c pass alone: {cc['python_pass_p50_ms']:.1f} ms)"
+        )
     print(f"correctness: unpack SHA-256 {verdict(res['checks'].get('unpack_sha256'))}, "
           f"random reads {verdict(res['checks'].get('reads'))}, "
           f"fresh-process reads {verdict(res['checks'].get('proc_reads'))}, "
+          f"CLI cat {verdict(res['checks'].get('cli_cat'))}, "
           f"age round trip {verdict(res['checks'].get('age'))}")  # fmt: skip
     print()
     print("ratios and targets")
@@ -918,6 +964,19 @@ def main_run(cfg: Config, json_path: str | None) -> dict[str, Any]:
                 cfg,
             )
         )
+        key_file = work / "bench.key"
+        key_file.write_bytes(KEY)
+        cli = qeltrix_cmd()
+        # The CLI as users run it: default settings, whole process (start-up included), timed
+        # from outside like age.
+        rows.append(
+            measure_cmd(
+                "qeltrix pack (CLI) ->/dev/null",
+                size,
+                [*cli, "pack", "--key-file", str(key_file), str(inp), os.devnull],
+                cfg,
+            )
+        )
         if not cont.exists():  # every pack hung: one more try without the clock
             run_child({"op": "pack", "src": str(inp), "dst": str(cont), **common}, timeout=cfg.timeout_for(size) * 3)
         have_container = cont.exists()
@@ -947,15 +1006,25 @@ def main_run(cfg: Config, json_path: str | None) -> dict[str, Any]:
                     cfg,
                 )
             )
+            rows.append(
+                measure_cmd(
+                    "qeltrix unpack (CLI) ->/dev/null",
+                    size,
+                    [*cli, "unpack", "--key-file", str(key_file), str(cont), os.devnull],
+                    cfg,
+                )
+            )
             log("random 64 KiB reads ...")
             res["reads"] = random_reads(cont, inp, cfg, cfg.reads)
             res["checks"]["reads"] = res["reads"].get("mismatches") == 0 if "mismatches" in res["reads"] else None
             res["proc_reads"] = fresh_process_reads(cont, inp, cfg, size)
             res["checks"]["proc_reads"] = res["proc_reads"]["mismatches"] == 0
+            res["cli_cat"] = cli_cat_reads(cont, inp, key_file, cfg, size)
+            res["checks"]["cli_cat"] = res["cli_cat"]["mismatches"] == 0
             cont.unlink()
         else:
             res["checks"]["unpack_sha256"] = False
-            res["reads"], res["proc_reads"] = {}, {}
+            res["reads"], res["proc_reads"], res["cli_cat"] = {}, {}, {}
         os.sync()
 
         age = age_bench(work, inp, size, in_sha, cfg)
@@ -982,6 +1051,16 @@ def main_run(cfg: Config, json_path: str | None) -> dict[str, Any]:
         def add(name: str, value: float | None, target: float) -> None:
             targets.append((name, value, target, None if value is None else value >= target))
 
+        cli_pack, cli_unpack = byname["qeltrix pack (CLI) ->/dev/null"], byname.get("qeltrix unpack (CLI) ->/dev/null")
+        add("CLI pack ->/dev/null / SHA+AES limit", ratio(cli_pack.best, limit), TARGET_CLI_PACK_OVER_LIMIT)
+        if "encrypt_null" in age:
+            cli_pack_age = ratio(cli_pack.best, age["encrypt_null"].best)
+            cli_unpack_age = ratio(cli_unpack.best if cli_unpack else None, age["decrypt_null"].best)
+            add("CLI pack ->/dev/null / age encrypt ->/dev/null", cli_pack_age, TARGET_CLI_PACK_OVER_AGE)
+            add("CLI unpack ->/dev/null / age decrypt ->/dev/null", cli_unpack_age, TARGET_CLI_UNPACK_OVER_AGE)
+        cat50 = res["cli_cat"].get("p50_ms")
+        targets.append(("CLI cat 64 KiB, fresh process, p50 (ms)", cat50, f"< {TARGET_CLI_CAT_MS:g}",
+                        None if cat50 is None else cat50 < TARGET_CLI_CAT_MS))  # fmt: skip
         add("pack ->/dev/null / SHA+AES limit", ratio(pack_null.best, limit), TARGET_PACK_OVER_LIMIT)
         add("pack file->file / SHA+AES limit", ratio(pack_ff.best, limit), TARGET_PACK_OVER_LIMIT)
         if "encrypt_file" in age:

@@ -38,6 +38,7 @@ NOT_FOR_CAT = (
     "qeltrix_v6.cli._inspect",
     "cryptography.hazmat.primitives.kdf.argon2",
     "cryptography.hazmat.primitives.kdf.pbkdf2",
+    "fractions",
 )
 
 _RUN_MAIN = """

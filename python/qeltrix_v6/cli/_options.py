@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import re
-from fractions import Fraction
 from typing import Annotated
 
 import typer
@@ -46,7 +45,12 @@ def parse_size(text: str) -> int:
     unit = m.group(2).lower() if m else ""
     if m is None or unit not in _UNITS:
         raise typer.BadParameter(f"{text!r} is not a size (examples: 4096, 64KiB, 1MiB, 1.5GiB, 10MB)")
-    value = Fraction(m.group(1).replace("_", "").replace(",", "")) * _UNITS[unit]
+    digits = m.group(1).replace("_", "").replace(",", "")
+    if "." not in digits:  # the common case, without importing fractions (and decimal)
+        return int(digits) * _UNITS[unit]
+    from fractions import Fraction
+
+    value = Fraction(digits) * _UNITS[unit]
     if value.denominator != 1:
         raise typer.BadParameter(f"{text!r} is not a whole number of bytes")
     return int(value)
