@@ -39,6 +39,7 @@ NOT_FOR_CAT = (
     "cryptography.hazmat.primitives.kdf.argon2",
     "cryptography.hazmat.primitives.kdf.pbkdf2",
     "fractions",
+    "hmac",
 )
 
 _RUN_MAIN = """
@@ -89,7 +90,7 @@ def test_import_qeltrix_v6_leaves_servers_and_cli_out() -> None:
     code = "import json, sys, qeltrix_v6; print(json.dumps(sorted(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     loaded = set(json.loads(proc.stdout))
-    heavy = {"typer", "pydantic", "logging", "qeltrix_v6.cli", "qeltrix_v6.server", "qeltrix_v6.gateway"}
+    heavy = {"typer", "pydantic", "logging", "hmac", "qeltrix_v6.cli", "qeltrix_v6.server", "qeltrix_v6.gateway"}
     assert sorted(loaded & heavy) == []
 
 

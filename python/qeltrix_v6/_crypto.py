@@ -8,11 +8,14 @@ operation it needs is a call into this module. The AEAD and hash calls release t
 
 from __future__ import annotations
 
-import hmac as _hmac
 import os
 import struct
 import threading
 import unicodedata
+
+# hmac.compare_digest itself, without importing hmac (which loads the interpreter's own OpenSSL,
+# a few ms of every process's start, for one function).
+from _operator import _compare_digest as compare_digest
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -105,7 +108,7 @@ def signed_url_mac(url_key: bytes, expires: int, path: str) -> bytes:
 
 def signed_url_mac_ok(url_key: bytes, expires: int, path: str, mac: bytes) -> bool:
     """Whether ``mac`` is :func:`signed_url_mac` of these inputs (compared in constant time)."""
-    return _hmac.compare_digest(signed_url_mac(url_key, expires, path), mac)
+    return compare_digest(signed_url_mac(url_key, expires, path), mac)
 
 
 def random_bytes(n: int) -> bytes:
@@ -377,12 +380,12 @@ class Identity:
         if kind != self.kind:
             return False
         if kind == KIND_X25519:
-            return len(body) == X25519_BODY_LEN and _hmac.compare_digest(body[32:64], self.public)
+            return len(body) == X25519_BODY_LEN and compare_digest(body[32:64], self.public)
         try:
             spki, _ = rsa_stanza_parts(body)
         except MalformedError:
             return False
-        return _hmac.compare_digest(spki, self.public)
+        return compare_digest(spki, self.public)
 
     def unwrap(self, kind: int, body: bytes, container_id: bytes) -> bytes | None:
         """The MK if this stanza is sealed to this identity and opens, else ``None``."""
@@ -455,7 +458,7 @@ class ContainerKeys:
 
     def verify_header_mac(self, maced: bytes, tag: bytes) -> None:
         """Raise :class:`AuthenticationError` unless ``tag`` is the header's MAC."""
-        if not _hmac.compare_digest(self.header_mac(maced), tag):
+        if not compare_digest(self.header_mac(maced), tag):
             raise AuthenticationError("container header failed authentication (corrupt or tampered)")
 
     def _cdk(self, cdk_salt: bytes, block_index: int, pt_sha256: bytes) -> bytes:
@@ -515,7 +518,7 @@ class ContainerKeys:
             self._aead_cls(cdk).decrypt_into(data_nonce, ct, self._data_aad(block_index, pt_len, meta_flags), out)
         except InvalidTag:
             raise AuthenticationError(f"block {block_index} failed authentication (corrupt or tampered)") from None
-        if not _hmac.compare_digest(sha256(out), pt_sha256):
+        if not compare_digest(sha256(out), pt_sha256):
             raise AuthenticationError(f"block {block_index} failed its integrity hash")
 
     def frame_digest(self, inbuf: memoryview) -> bytes:
@@ -701,7 +704,7 @@ class SharedKeySession(_Session):
         if len(msg1) != SK_MSG1_LEN or msg1[:8] != SK_MAGIC:
             raise MalformedError("not a Qeltrix shared-key gateway session")
         nonce_i = msg1[8:40]
-        if not _hmac.compare_digest(shared_key_check(self._key, nonce_i), msg1[40:]):
+        if not compare_digest(shared_key_check(self._key, nonce_i), msg1[40:]):
             raise WrongKeyError("the peer gateway uses another shared key")
         self.secret = shared_key_session(self._key, nonce_i, self._nonce)
         return self._nonce
@@ -804,13 +807,13 @@ class Handshake(_Session):
             raise WrongKeyError("the peer's public key is not pinned")
         self.peer_static = s_r
         k_r, k_i = self._keys(_dh(self._e, e_r), _dh(self._s, e_r), _dh(self._e, s_r), self._msg1 + e_r + s_r)
-        if not _hmac.compare_digest(hmac_sha256(k_r, self._th), tag_r):
+        if not compare_digest(hmac_sha256(k_r, self._th), tag_r):
             self.secret = b""
             raise AuthenticationError("handshake failed: the responder could not prove its key")
         return hmac_sha256(k_i, self._th)
 
     def confirm(self, msg3: bytes) -> None:
         """Responder: check the initiator's tag."""
-        if not _hmac.compare_digest(hmac_sha256(self._k_i, self._th), msg3):
+        if not compare_digest(hmac_sha256(self._k_i, self._th), msg3):
             self.secret = b""
             raise AuthenticationError("handshake failed: the initiator could not prove its key")
