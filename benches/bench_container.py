@@ -725,6 +725,16 @@ def qeltrix_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "qeltrix_v6"]
 
 
+def api_cmd(op: str, src: Path) -> list[str]:
+    """``qeltrix_v6.pack`` or ``unpack`` of ``src`` into /dev/null as a whole ``python -c`` process."""
+    code = (
+        "import os, sys, qeltrix_v6\n"
+        f"qeltrix_v6.{op}(sys.argv[1], os.open(os.devnull, os.O_WRONLY), key=bytes(range(32)))"
+    )
+    assert bytes(range(32)) == KEY
+    return [sys.executable, "-c", code, str(src)]
+
+
 def cli_cat_reads(container: Path, inp: Path, key_file: Path, cfg: Config, size: int) -> dict[str, Any]:
     """``qeltrix cat --offset X --length 64KiB`` from a fresh process, timed from outside."""
     rng = random.Random(8)
@@ -1014,6 +1024,9 @@ def main_run(cfg: Config, json_path: str | None) -> dict[str, Any]:
                     cfg,
                 )
             )
+            rows.append(
+                measure_cmd("qeltrix_v6.unpack() whole process ->/dev/null", size, api_cmd("unpack", cont), cfg)
+            )
             log("random 64 KiB reads ...")
             res["reads"] = random_reads(cont, inp, cfg, cfg.reads)
             res["checks"]["reads"] = res["reads"].get("mismatches") == 0 if "mismatches" in res["reads"] else None
@@ -1058,6 +1071,11 @@ def main_run(cfg: Config, json_path: str | None) -> dict[str, Any]:
             cli_unpack_age = ratio(cli_unpack.best if cli_unpack else None, age["decrypt_null"].best)
             add("CLI pack ->/dev/null / age encrypt ->/dev/null", cli_pack_age, TARGET_CLI_PACK_OVER_AGE)
             add("CLI unpack ->/dev/null / age decrypt ->/dev/null", cli_unpack_age, TARGET_CLI_UNPACK_OVER_AGE)
+        for what, api_name in (("pack", "qeltrix_v6.pack() whole process ->/dev/null"),
+                               ("unpack", "qeltrix_v6.unpack() whole process ->/dev/null")):  # fmt: skip
+            cli_m, api_m = byname.get(f"qeltrix {what} (CLI) ->/dev/null"), byname.get(api_name)
+            value = ratio(cli_m.best if cli_m else None, api_m.best if api_m else None)
+            targets.append((f"CLI {what} / API {what}, whole processes", value, "~ 1", None))
         cat50 = res["cli_cat"].get("p50_ms")
         targets.append(("CLI cat 64 KiB, fresh process, p50 (ms)", cat50, f"< {TARGET_CLI_CAT_MS:g}",
                         None if cat50 is None else cat50 < TARGET_CLI_CAT_MS))  # fmt: skip
