@@ -144,6 +144,7 @@ def __getattr__(name: str) -> Any:
     # ``app`` with every command registered (tests and embedders use it directly).
     if name == "app":
         _load_commands()
+        globals()["app"] = _app.app
         return _app.app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
