@@ -987,6 +987,8 @@ def main_run(cfg: Config, json_path: str | None) -> dict[str, Any]:
                 cfg,
             )
         )
+        # The same through the API in a whole process of its own (start-up included, like the CLI).
+        rows.append(measure_cmd("qeltrix_v6.pack() whole process ->/dev/null", size, api_cmd("pack", inp), cfg))
         if not cont.exists():  # every pack hung: one more try without the clock
             run_child({"op": "pack", "src": str(inp), "dst": str(cont), **common}, timeout=cfg.timeout_for(size) * 3)
         have_container = cont.exists()
