@@ -24,9 +24,6 @@ from typer._param_types import coerce_cli_choice
 from typer.core import TyperGroup, TyperOption
 
 from .. import _crypto
-from .._recipients import (
-    RecipientError,
-)
 from ..errors import (
     IntegrityError,
     MalformedError,
@@ -151,7 +148,9 @@ def _classify(e: BaseException) -> tuple[int, str | None, str | None]:
             str(e),
             "the container is damaged or was tampered with; 'qeltrix verify' names bad blocks",
         )
-    if isinstance(e, RecipientError):
+    # A RecipientError can only exist once its module is loaded (commands that only read never load it).
+    recipients = sys.modules.get("qeltrix_v6._recipients")
+    if recipients is not None and isinstance(e, recipients.RecipientError):
         return ExitCode.ERROR, str(e), "nothing was changed"
     if isinstance(e, MalformedError):
         return ExitCode.NOT_A_CONTAINER, str(e), None

@@ -11,14 +11,14 @@ from typer._click.core import ParameterSource
 
 from .. import _core, _crypto, _pubkeys
 from .._container import _open_input
-from .._recipients import (
-    PASSPHRASE_KINDS,
-)
 from ..errors import (
     MalformedError,
 )
 from ._app import IDENTITY_KINDS, KEY_FILE_LEN, PASSPHRASE_ENV, CliError, ExitCode
 from ._options import KdfName
+
+# _recipients.PASSPHRASE_KINDS, without importing that module (reading needs none of it).
+PASSPHRASE_KINDS = frozenset({_crypto.KIND_ARGON2ID, _crypto.KIND_PBKDF2})
 
 # --- terminal, prompts, key sources ---------------------------------------------------------
 
