@@ -18,10 +18,8 @@ keys) lets a writer pack for others.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
-import threading
 from collections.abc import Sequence
 from typing import IO, Any, ClassVar, cast
 
@@ -29,13 +27,13 @@ import fsspec
 from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from . import _core, _crypto, _pubkeys
-from ._container import ContainerFile, ContainerWriter, _Opened, unlock_header
+from . import _crypto, _pubkeys
+from ._container import ContainerFile, ContainerWriter, _Opened
+from ._keyring import KeyRing
 from .errors import MalformedError
 
 PASSPHRASE_ENV = "QELTRIX_PASSPHRASE"
 SUFFIX = ".qltx"
-_KEYS_CACHED = 1024  # unlocked headers kept per file system instance
 
 
 def _read_secret_file(path: str, what: str, limit: int = 1 << 16) -> bytes:
@@ -161,11 +159,9 @@ class QeltrixFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
                 f"(or recipients, to write), or set ${PASSPHRASE_ENV}"
             )
         _pubkeys.parse_recipients(self._recipients)  # refuse a bad key now, not at the first write
-        self._cache_blocks = cache_blocks
+        self._keyring = KeyRing(self._credentials, cache_blocks)
         self._pack_options = dict(pack_options or {})
-        self._keys: collections.OrderedDict[bytes, _crypto.ContainerKeys] = collections.OrderedDict()
         self._sizes: dict[tuple[str, int, Any], int] = {}
-        self._lock = threading.Lock()
 
     # --- paths ---------------------------------------------------------------------------
 
@@ -174,39 +170,16 @@ class QeltrixFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
 
     # --- reading -------------------------------------------------------------------------
 
-    def _unlock(self, reader: _core.Reader) -> _crypto.ContainerKeys:
-        """The keys of the container whose header ``reader`` holds. A header seen before (same
-        bytes, so same salt, stanzas and MAC) is not unlocked again: one KDF per container."""
-        header = bytes(reader.header_bytes)
-        with self._lock:
-            keys = self._keys.get(header)
-            if keys is not None:
-                self._keys.move_to_end(header)
-                return keys
-        if not self._credentials:
-            raise ValueError("qltx: this file system was given only recipients: it can write, not read")
-        keys = unlock_header(reader.header, **self._credentials)
-        with self._lock:
-            self._keys[header] = keys
-            while len(self._keys) > _KEYS_CACHED:
-                self._keys.popitem(last=False)
-        return keys
-
     def _open_container(self, tpath: str) -> _Opened:
+        if not self._keyring.credentials:
+            raise ValueError("qltx: this file system was given only recipients: it can write, not read")
         f = self.fs.open(tpath, "rb", cache_type="none")
-        try:
-            arg: Any = f
-            if isinstance(self.fs, LocalFileSystem):
-                # A local file: the reader preads its descriptor, with no Python in the loop.
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    arg = f.fileno()
-            reader = _core.Reader(arg, min(max(self._cache_blocks, 0), 4096))
-            keys = self._unlock(reader)
-            reader.load_index(keys)
-        except BaseException:
-            f.close()
-            raise
-        return _Opened(reader, keys, [f], name=tpath)
+        arg: Any = f
+        if isinstance(self.fs, LocalFileSystem):
+            # A local file: the reader preads its descriptor, with no Python in the loop.
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                arg = f.fileno()
+        return self._keyring.open(arg, [f], name=tpath)
 
     def _plaintext_size(self, entry: dict[str, Any]) -> int:
         key = (entry["name"], int(entry.get("size") or 0), entry.get("mtime") or entry.get("ETag") or entry.get("etag"))
