@@ -93,6 +93,9 @@ def test_open_read_seek_info_ls(tmp_path: Path, key_file: str) -> None:
         assert f.read(1000) == pt[123_456:124_456]
         f.seek(-10, 2)
         assert f.read() == pt[-10:]
+        f.seek(7)
+        assert f.read(290_000) == pt[7:290_007]  # several blocks: decrypted on several threads
+        assert f.tell() == 290_007
     fs, path = fsspec.url_to_fs(url, qltx={"key_file": key_file})
     assert path == f"{tmp_path}/d/a.bin.qltx"
     info = fs.info(path)
