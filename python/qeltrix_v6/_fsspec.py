@@ -87,6 +87,16 @@ class QeltrixFile(ContainerFile):
         self.path = path
         self.mode = "rb"
 
+    def read(self, size: int | None = -1) -> bytes:
+        """The reader's bytes as they are (``RawIOBase.read`` would copy them twice more)."""
+        if size is None or size < 0:
+            return self.readall()
+        self._checkClosed()
+        self._opened.check_end(self._pos, size)
+        data: bytes = self._opened.reader.read_at(min(self._pos, (1 << 64) - 1), size)
+        self._pos += len(data)
+        return data
+
 
 class _PackingFile(ContainerWriter):
     """``"wb"`` on a non-local target: packs into the target's writer, then closes it."""
