@@ -33,6 +33,7 @@ from ._keyring import KeyRing
 from .errors import MalformedError
 
 PASSPHRASE_ENV = "QELTRIX_PASSPHRASE"
+_FRAME_SLACK = 256  # more than a frame's own bytes beside its plaintext (metadata, nonce, tag)
 SUFFIX = ".qltx"
 
 
@@ -81,11 +82,26 @@ def load_credentials(
 class QeltrixFile(ContainerFile):
     """A container opened through :class:`QeltrixFileSystem`: the plaintext, seekable."""
 
-    def __init__(self, opened: _Opened, fs: QeltrixFileSystem, path: str) -> None:
+    def __init__(self, opened: _Opened, fs: QeltrixFileSystem, path: str, fd: int | None = None) -> None:
         super().__init__(opened, name=path)
         self.fs = fs
         self.path = path
         self.mode = "rb"
+        self._fd = fd
+        self._block = max(1, int(opened.reader.block_size))
+
+    def _prefetch(self, pos: int, size: int) -> None:
+        """Ask the kernel to start reading the frames of a multi-block read of a local file
+        (exactly those frames: no read-ahead past what was asked), so the disk works while
+        the first blocks decrypt."""
+        reader = self._opened.reader
+        first, last = pos // self._block, min(pos + size - 1, self.size - 1) // self._block
+        if self._fd is None or last - first < 2:
+            return
+        for i in range(first, min(last, reader.block_count - 1) + 1):
+            _, pt_len, frame_offset = reader.block_info(i)
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._fd, frame_offset, pt_len + _FRAME_SLACK, os.POSIX_FADV_WILLNEED)
 
     def read(self, size: int | None = -1) -> bytes:
         """The reader's bytes as they are (``RawIOBase.read`` would copy them twice more)."""
@@ -93,6 +109,7 @@ class QeltrixFile(ContainerFile):
             return self.readall()
         self._checkClosed()
         self._opened.check_end(self._pos, size)
+        self._prefetch(self._pos, size)
         data: bytes = self._opened.reader.read_at(min(self._pos, (1 << 64) - 1), size)
         self._pos += len(data)
         return data
@@ -180,22 +197,23 @@ class QeltrixFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
 
     # --- reading -------------------------------------------------------------------------
 
-    def _open_container(self, tpath: str) -> _Opened:
+    def _open_container(self, tpath: str) -> tuple[_Opened, int | None]:
+        """The opened container, and the descriptor its reader preads when it is a local file."""
         if not self._keyring.credentials:
             raise ValueError("qltx: this file system was given only recipients: it can write, not read")
         f = self.fs.open(tpath, "rb", cache_type="none")
-        arg: Any = f
+        fd: int | None = None
         if isinstance(self.fs, LocalFileSystem):
             # A local file: the reader preads its descriptor, with no Python in the loop.
             with contextlib.suppress(OSError, ValueError, AttributeError):
-                arg = f.fileno()
-        return self._keyring.open(arg, [f], name=tpath)
+                fd = f.fileno()
+        return self._keyring.open(f if fd is None else fd, [f], name=tpath), fd
 
     def _plaintext_size(self, entry: dict[str, Any]) -> int:
         key = (entry["name"], int(entry.get("size") or 0), entry.get("mtime") or entry.get("ETag") or entry.get("etag"))
         size = self._sizes.get(key)
         if size is None:
-            opened = self._open_container(entry["name"])
+            opened, _ = self._open_container(entry["name"])
             try:
                 size = int(opened.reader.pt_total_len)
             finally:
@@ -240,7 +258,8 @@ class QeltrixFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
     ) -> QeltrixFile | ContainerWriter:
         tpath = self._target_path(path)
         if mode == "rb":
-            return QeltrixFile(self._open_container(tpath), self, tpath)
+            opened, fd = self._open_container(tpath)
+            return QeltrixFile(opened, self, tpath, fd)
         if mode not in ("wb", "xb"):
             raise ValueError(f"qltx: mode must be 'rb' or 'wb', not {mode!r}")
         options = {**self._pack_options, **kwargs}
