@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import qeltrix_v6
-from conftest import KEY, make_plaintext
+from conftest import ARGON2_SMALL, KEY, make_plaintext
 
 fsspec = pytest.importorskip("fsspec")
 from fsspec.implementations.local import LocalFileOpener, LocalFileSystem  # noqa: E402
@@ -151,9 +151,6 @@ def test_credentials(tmp_path: Path, key_file: str, monkeypatch: pytest.MonkeyPa
         fsspec.filesystem("qltx", passphrase_file=str(tmp_path / "pw.txt")).cat_file(str(tmp_path / "p.txt.qltx"))
 
 
-from conftest import ARGON2_SMALL  # noqa: E402
-
-
 def test_tampered_block_fails_only_reads_that_touch_it(tmp_path: Path, key_file: str) -> None:
     pt = make_plaintext(5 * 4096, "tamper")
     (tmp_path / "t.bin").write_bytes(pt)
@@ -270,3 +267,21 @@ def test_dask_reads_a_directory_of_encrypted_parquet(tmp_path: Path, key_file: s
     )
     df = ddf.compute()
     assert len(df) == 300 and sorted(set(df["part"])) == [0, 1, 2] and df["v"].sum() == 3 * sum(range(100))
+
+
+def test_identity_file_reads_and_recipients_write(tmp_path: Path) -> None:
+    from qeltrix_v6 import _crypto, _pubkeys
+
+    priv, pub = _crypto.x25519_generate()
+    (tmp_path / "me.id").write_bytes(priv)
+    recipient = _pubkeys.encode_public_key(pub)
+    writer = fsspec.filesystem("qltx", recipients=[recipient], skip_instance_cache=True)
+    with writer.open(str(tmp_path / "for-me.txt.qltx"), "wb") as f:
+        f.write(b"sealed to a public key")
+    with pytest.raises(ValueError, match="can write, not read"):
+        writer.cat_file(str(tmp_path / "for-me.txt.qltx"))
+    reader = fsspec.filesystem("qltx", identity_file=str(tmp_path / "me.id"), skip_instance_cache=True)
+    assert reader.cat_file(str(tmp_path / "for-me.txt.qltx")) == b"sealed to a public key"
+    (tmp_path / "bad.id").write_bytes(b"not a key")
+    with pytest.raises(ValueError, match="identity file"):
+        fsspec.filesystem("qltx", identity_file=str(tmp_path / "bad.id"))
