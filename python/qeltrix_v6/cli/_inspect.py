@@ -367,6 +367,12 @@ def verify(
                     )
         if not bad:  # a transient failure the rescan did not reproduce: report it as is
             fail(first_error)
+        from ._archive import archive_verify_members
+
+        members_in = archive_verify_members(opened)  # an archive: name the members hit
+        if members_in is not None:
+            for b in bad:
+                b["members"] = members_in(b["pt_offset"], b["pt_len"])
         first = bad[0]
         result.update(
             error=first["error"],
@@ -382,6 +388,9 @@ def verify(
         reason = first["message"]
         prefix = f"block {first['block']} "
         what = f"{where} {reason.removeprefix(prefix)}" if reason.startswith(prefix) else f"{where}: {reason}"
+        if first.get("members"):
+            names = first["members"]
+            what += f"; members: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
         raise CliError(
             what,
             hint=f"damaged blocks: {bad_count} of {n}; the others can still be read with 'qeltrix cat'",
