@@ -962,6 +962,7 @@ LOCATOR_MAGIC = b"QLTXARC1"
 MEMBER_TYPES = {0: "file", 1: "dir", 2: "symlink", 3: "hardlink"}
 MAX_MEMBER_PATH_LEN = 4096
 MAX_MEMBER_LINK_LEN = 4096
+MAX_TABLE_LEN = 1 << 30  # section 9
 
 
 def encode_archive_plaintext(members: list[dict]) -> bytes:
@@ -1006,6 +1007,8 @@ def decode_members(plaintext: bytes) -> list[dict]:
         raise RefCorrupt("no archive locator")
     if table_offset + table_len + LOCATOR_LEN != total:
         raise RefCorrupt("locator does not match pt_total_len")
+    if table_len > MAX_TABLE_LEN:
+        raise RefMalformed("table_len over MAX_TABLE_LEN (limit exceeded)")
     if count > table_len // MEMBER_FIXED_LEN:
         raise RefCorrupt("member_count too large for table_len")
     t = plaintext[table_offset : table_offset + table_len]
