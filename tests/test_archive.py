@@ -349,3 +349,58 @@ def test_100k_members_list_and_get_one(tmp_path: Path) -> None:
         a.extract_all(tmp_path / "out", paths=["d/f099999"])
     assert (tmp_path / "out/d/f099999").read_bytes() == b"99999"
     assert len(list((tmp_path / "out/d").iterdir())) == 1
+
+
+class CountingFile(io.RawIOBase):
+    """A seekable file that counts the bytes read through it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._f = io.BytesIO(data)
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        n = self._f.readinto(b)
+        self.bytes_read += n
+        return n
+
+
+def test_listing_and_one_restore_read_only_the_table_and_that_member(tmp_path: Path) -> None:
+    """FORMAT.md section 16: listing reads the member table's frames (nothing of the data);
+    restoring one member reads its bytes plus at most two partly used blocks."""
+    block = 4096
+    big = os.urandom(2_000_000)
+    members = [d("d"), *(f(f"d/small{i:03d}", os.urandom(500)) for i in range(200)), f("d/big", big)]
+    members.insert(100, f("d/target", os.urandom(10_000)))
+    raw = ref.encode(ref.encode_archive_plaintext(members), key=KEY, block_size=block, archive=True)
+    info = ref.inspect(raw, key=KEY)
+    header_and_tail = info["header_len"] + info["footer_len"] + 24
+    frame_overhead = 120  # META_FRAME_LEN + tag, per block
+
+    src = CountingFile(raw)
+    with qeltrix_v6.open_archive(src, key=KEY, cache_blocks=8) as a:
+        listed = src.bytes_read
+        table_len = len(ref.encode_archive_plaintext(members)) - a.data_len
+        table_blocks = table_len // block + 2
+        assert listed <= header_and_tail + table_len + table_blocks * (block + frame_overhead)
+        assert listed < len(big) // 10  # none of the data
+        assert len(a) == 203
+        before = src.bytes_read
+        m = a.member("d/target")
+        assert a.open("d/target").read() == members[100]["data"]
+        restored = src.bytes_read - before
+        blocks = (m.offset + m.size - 1) // block - m.offset // block + 1
+        assert blocks <= m.size // block + 2
+        assert restored <= blocks * (block + frame_overhead)
