@@ -530,6 +530,9 @@ def open_archive(
     Reads the header, the index and the member table (only the blocks that hold it)."""
     read_options.setdefault("cache_blocks", 8)
     opened = open_reader(src, passphrase=passphrase, key=key, identity=identity, **read_options)
+    for f in opened._owned:  # a member's frames are scattered (permuted): no kernel readahead
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
     try:
         return Archive(opened)
     except BaseException:
