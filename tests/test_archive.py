@@ -404,3 +404,35 @@ def test_listing_and_one_restore_read_only_the_table_and_that_member(tmp_path: P
         blocks = (m.offset + m.size - 1) // block - m.offset // block + 1
         assert blocks <= m.size // block + 2
         assert restored <= blocks * (block + frame_overhead)
+
+
+# --- serving members -----------------------------------------------------------------------------
+
+
+def test_seekserver_serves_members_under_the_archive_path(tmp_path: Path, tree: Path) -> None:
+    from conftest import http_request
+
+    root = tmp_path / "root"
+    root.mkdir()
+    arc.pack_archive([tree], root / "backup.qltx", key=KEY, block_size=4096)
+    qeltrix_v6.pack(io.BytesIO(b"plain"), root / "plain.txt.qltx", key=KEY)
+    big = (tree / "big.bin").read_bytes()
+    with qeltrix_v6.SeekServer(root, key=KEY) as server:
+        status, headers, body = http_request(server.address, "/backup.qltx/docs/big.bin")
+        assert status == 200 and body == big and headers["content-length"] == str(len(big))
+        status, headers, body = http_request(
+            server.address, "/backup.qltx/docs/big.bin", {"Range": "bytes=100000-100009"}
+        )
+        assert status == 206 and body == big[100000:100010]
+        assert headers["content-range"] == f"bytes 100000-100009/{len(big)}"
+        etag_big = headers["etag"]
+        status, headers, body = http_request(server.address, "/backup.qltx/docs/a.txt")
+        assert (status, body) == (200, b"hello\n") and headers["content-type"].startswith("text/plain")
+        assert headers["etag"] != etag_big
+        assert http_request(server.address, "/backup.qltx/docs/hard")[2] == b"hello\n"
+        assert http_request(server.address, "/backup.qltx/docs/empty")[:3:2] == (200, b"")
+        for missing in ("/backup.qltx/docs/nope", "/backup.qltx/docs/sub", "/backup.qltx/docs/link"):
+            assert http_request(server.address, missing)[0] == 404, missing
+        for bad in ("/backup.qltx/docs/%2E%2E/a.txt", "/backup.qltx/../backup.qltx/docs/a.txt"):
+            assert http_request(server.address, bad)[0] == 404, bad
+        assert http_request(server.address, "/plain.txt")[2] == b"plain"
