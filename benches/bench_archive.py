@@ -168,6 +168,28 @@ def run(work: Path, args: argparse.Namespace) -> int:
         "get_bytes": get_b,
     }
 
+    # The same list and restore through the API in one process, timed inside it: the work
+    # itself, without the interpreter's and the CLI's start-up.
+    probe = (
+        "import sys, time, json, qeltrix_v6\n"
+        "t = time.perf_counter()\n"
+        "a = qeltrix_v6.open_archive(sys.argv[1], key=bytes(range(32)))\n"
+        "n = len(a.members())\n"
+        "t1 = time.perf_counter()\n"
+        "a.extract(sys.argv[2], sys.argv[3])\n"
+        "t2 = time.perf_counter()\n"
+        "print(json.dumps([t1 - t, t2 - t1]))\n"
+    )
+    evict(arch)
+    r = subprocess.run(
+        [sys.executable, "-c", probe, str(arch), target_rel, str(work / "api-restored.bin")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    api_list, api_get = json.loads(r.stdout)
+    results["qeltrix API"] = {"list_s": api_list, "get_s": api_get}
+
     # restic
     repo = work / "restic-repo"
     rcache = work / "cache" / "restic"
@@ -201,6 +223,9 @@ def run(work: Path, args: argparse.Namespace) -> int:
     qx = results["qeltrix"]
     print(f"{'':10} {'backup':>10} {'list':>10} {'list read':>12} {'restore 10MiB':>14} {'restore read':>13}")
     for name, r in results.items():
+        if "backup_s" not in r:
+            print(f"{name:10} {'':>10} {r['list_s']:>9.2f}s {'':>12} {r['get_s']:>13.2f}s   (in-process, no start-up)")
+            continue
         print(
             f"{name:10} {r['backup_s']:>9.2f}s {r['list_s']:>9.2f}s {r['list_bytes'] / MiB:>10.2f}MiB "
             f"{r['get_s']:>13.2f}s {r['get_bytes'] / MiB:>11.2f}MiB"
@@ -213,6 +238,12 @@ def run(work: Path, args: argparse.Namespace) -> int:
             f"restore {r['get_s'] / qx['get_s']:.2f}x, "
             f"restore bytes read {r['get_bytes'] / max(1, qx['get_bytes']):.2f}x"
         )
+    api = results["qeltrix API"]
+    print(
+        f"  in-process API vs the peers' commands: list restic {results['restic']['list_s'] / api['list_s']:.1f}x, "
+        f"borg {results['borg']['list_s'] / api['list_s']:.1f}x; restore restic "
+        f"{results['restic']['get_s'] / api['get_s']:.1f}x, borg {results['borg']['get_s'] / api['get_s']:.1f}x"
+    )
     print(
         f"\nqeltrix restore read {qx['get_bytes'] / MiB:.2f} MiB for a 10.00 MiB file (target: file + 2 blocks + table)"
     )
