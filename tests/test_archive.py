@@ -143,6 +143,11 @@ def test_from_tar_stream(tmp_path: Path, tree: Path, keyfile: Path) -> None:
         assert by["docs/link"].type == "symlink" and by["docs/hard"].type == "hardlink"
         assert a.open("docs/big.bin").read() == (tree / "big.bin").read_bytes()
         assert a.open("docs/hard").read() == b"hello\n"
+    piped = qeltrix("pack", "-q", "--key-file", str(keyfile), str(tree), "-")  # an archive to stdout
+    assert piped.returncode == 0, piped.stderr
+    (tmp_path / "piped.qltx").write_bytes(piped.stdout)
+    with qeltrix_v6.open_archive(tmp_path / "piped.qltx", key=KEY) as a:
+        assert a.open("docs/sub/deep.txt").read() == b"deep"
     r = qeltrix(
         "pack", "-q", "--key-file", str(keyfile), "--from-tar", "-", str(tmp_path / "x.qltx"), input=b"junk" * 200
     )

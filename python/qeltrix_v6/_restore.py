@@ -72,7 +72,7 @@ def _open_dir(root_fd: int, parts: Sequence[str], *, create: bool) -> int:
         for p in parts:
             if create:
                 with contextlib.suppress(FileExistsError):
-                    os.mkdir(p, 0o700, dir_fd=fd)
+                    os.mkdir(p, 0o777, dir_fd=fd)  # the umask applies; members' modes are set at the end
             try:
                 nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             except OSError as e:

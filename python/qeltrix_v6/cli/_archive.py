@@ -231,8 +231,7 @@ def is_archive_input(srcs: list[str], from_tar: str | None) -> bool:
 def pack_archive_cli(srcs: list[str], dst: str, from_tar: str | None, quiet: bool, **kwargs: Any) -> None:
     from ..archive import pack_archive
 
-    if dst == "-":
-        raise CliError("an archive is written to a file, not stdout", code=ExitCode.USAGE)
+    out: Any = _stdout() if dst == "-" else dst  # an archive streams out like a container
     for s in srcs:
         if not os.path.lexists(s):
             raise CliError(f"{s}: no such file or directory", code=ExitCode.IO)
@@ -240,18 +239,20 @@ def pack_archive_cli(srcs: list[str], dst: str, from_tar: str | None, quiet: boo
         if srcs:
             raise CliError("--from-tar takes the tar stream; give no other input", code=ExitCode.USAGE)
         if from_tar == "-":
-            result = pack_archive([], dst, from_tar=sys.stdin.buffer, **kwargs)
+            result = pack_archive([], out, from_tar=sys.stdin.buffer, **kwargs)
         else:
             with open(from_tar, "rb") as f:
-                result = pack_archive([], dst, from_tar=f, **kwargs)
+                result = pack_archive([], out, from_tar=f, **kwargs)
     else:
-        result = pack_archive(srcs, dst, **kwargs)
+        result = pack_archive(srcs, out, **kwargs)
     for s in result.skipped[:20]:
         typer.echo(f"qeltrix: warning: {s}: not a file, directory or symlink; not archived", err=True)
+    if dst == "-":
+        out.flush()
     _status(
         quiet,
         f"packed {result.member_count:,} members ({human_size(result.pt_len)}, {result.block_count} blocks) "
-        f"into {dst} ({result.container_len:,} bytes)",
+        f"into {'stdout' if dst == '-' else dst} ({result.container_len:,} bytes)",
     )
 
 
