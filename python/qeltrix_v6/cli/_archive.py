@@ -132,9 +132,7 @@ def ls_(
 @app.command(rich_help_panel="Archives")
 def get(
     src: Annotated[str, typer.Argument(metavar="ARCHIVE", help="Archive to read from.")],
-    paths: Annotated[
-        list[str], typer.Argument(metavar="MEMBER...", help="Members to restore (a directory: its tree).")
-    ],
+    paths: Annotated[list[str], typer.Argument(metavar="MEMBER", help="Members to restore (a directory: its tree).")],
     directory: Annotated[
         str, typer.Option("--directory", "-C", metavar="DIR", help="Restore under DIR (default: here).")
     ] = ".",

@@ -60,7 +60,7 @@ def pack(
     paths: Annotated[
         list[str],
         typer.Argument(
-            metavar="SRC... DST",
+            metavar="SRC DST",
             help="File to encrypt (- for stdin), or files and directories to archive; then DST (- for stdout).",
         ),
     ],
