@@ -105,6 +105,8 @@ def test_pack_ls_get_unpack_round_trip(tmp_path: Path, tree: Path, keyfile: Path
     long = qeltrix("ls", "--long", "--key-file", str(keyfile), str(out)).stdout.decode()
     assert "-rw-r----- " in long and "docs/link -> a.txt" in long
 
+    info = json.loads(qeltrix("info", "--json", str(out)).stdout)
+    assert info["archive"] is True
     r = qeltrix("get", "--key-file", str(keyfile), str(out), "docs/big.bin", "-o", "-")
     assert r.returncode == 0 and r.stdout == (tree / "big.bin").read_bytes()
 

@@ -63,6 +63,7 @@ def _public_info(src: str) -> dict[str, Any]:
             "cipher_id": int(r.cipher_id),
             "block_size": int(r.block_size),
             "permuted": bool(r.perm_window),
+            "archive": bool(int(r.header_flags) & _core.HEADER_FLAG_ARCHIVE),
             "perm_window": int(r.perm_window),
             "container_id": bytes(r.container_id).hex(),
             "header_len": int(r.header_len),
@@ -111,7 +112,11 @@ def _private_info(src: str, creds: Credentials, with_blocks: bool, signers: list
 def _print_info(info: dict[str, Any]) -> None:
     rows: list[tuple[str, str]] = [
         ("file", info["file"]),
-        ("format", f"Qeltrix V6, version {info['format_version']}"),
+        (
+            "format",
+            f"Qeltrix V6, version {info['format_version']}"
+            + (" (archive: 'qeltrix ls' lists its members)" if info["archive"] else ""),
+        ),
         ("cipher", info["cipher"]),
         ("block size", f"{human_size(info['block_size'])} ({info['block_size']:,} bytes)"),
         (
