@@ -181,6 +181,9 @@ def test_api(tmp_path: Path, tree: Path) -> None:
         with pytest.raises(qeltrix_v6.QeltrixIOError, match="already exists"):
             a.extract("docs/a.txt", tmp_path)
         a.extract("docs/a.txt", tmp_path, overwrite=True)
+        a.extract_all(tmp_path / "alone", paths=["docs/hard"])  # a hard link without its target
+        assert (tmp_path / "alone/docs/hard").read_bytes() == b"hello\n"
+        assert (tmp_path / "alone/docs/hard").stat().st_nlink == 1
         with pytest.raises(qeltrix_v6.QeltrixIOError, match="no such member"):
             a.open("docs/nope")
         with pytest.raises(qeltrix_v6.QeltrixIOError, match="is a dir"):
