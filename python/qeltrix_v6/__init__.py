@@ -27,6 +27,7 @@ from ._container import (
 )
 from ._kms import KmsConfig, KmsError, KmsUnavailableError
 from ._signed_url import sign_url
+from .archive import Archive, Member, open_archive
 from .errors import (
     AuthenticationError,
     IntegrityError,
@@ -57,6 +58,7 @@ def __getattr__(name: str) -> str:
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "Archive",
     "AuthenticationError",
     "ContainerFile",
     "ContainerWriter",
@@ -68,6 +70,7 @@ __all__ = [
     "KmsUnavailableError",
     "LimitExceededError",
     "MalformedError",
+    "Member",
     "PackResult",
     "QeltrixError",
     "QeltrixIOError",
@@ -77,6 +80,7 @@ __all__ = [
     "WrongKeyError",
     "__version__",
     "open",
+    "open_archive",
     "pack",
     "recover",
     "seek_extract",

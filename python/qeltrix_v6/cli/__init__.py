@@ -50,7 +50,7 @@ def _root(
 
 
 # Importing the command modules registers their commands on `app`, in help order.
-from . import _containers, _inspect, _keys, _mount, _servers  # noqa: E402, F401
+from . import _archive, _containers, _inspect, _keys, _mount, _servers  # noqa: E402, F401
 
 
 @app.command(rich_help_panel="Other")
