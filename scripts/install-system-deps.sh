@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the test suite drives as real clients: curl, ffmpeg/ffprobe and headless
 # Chromium with its driver (SeekServer tests), redis-server and redis-benchmark (an
-# unmodified application through a GatewayServer pair). Installs only what is missing.
+# unmodified application through a GatewayServer pair), fuse3 (qeltrix mount: fusermount3 and
+# libfuse 3). Installs only what is missing.
 set -euo pipefail
 need=()
 command -v curl >/dev/null || need+=(curl)
@@ -10,6 +11,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-benchmark >/dev/null || need+=(redis-tools)
+command -v fusermount3 >/dev/null || need+=(fuse3)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -209,6 +209,8 @@ def container_vectors() -> list[tuple[str, bytes, dict]]:
         ),
     ]
 
+    vecs.append(archive_vector())
+
     # Negative vectors.
     rng = Drbg("negative")
     key = rng(32)
@@ -266,6 +268,47 @@ def container_vectors() -> list[tuple[str, bytes, dict]]:
         )
     )
     return vecs
+
+
+def archive_vector() -> tuple[str, bytes, dict]:
+    """An archive (section 16): a directory, files of 0, 5 and 70 bytes (over one 64-byte
+    block), a symlink and a hard link."""
+    rng = Drbg("archive")
+    key = rng(32)
+    t = 1_700_000_000_123_456_789
+    spec = [
+        {"path": "docs", "type": "dir", "mode": 0o755, "mtime_ns": t},
+        {"path": "docs/empty", "type": "file", "mode": 0o644, "mtime_ns": t, "data": b""},
+        {"path": "docs/a.txt", "type": "file", "mode": 0o600, "mtime_ns": t + 1, "data": b"hello"},
+        {"path": "docs/big.bin", "type": "file", "mode": 0o644, "mtime_ns": -1, "data": rng(70)},
+        {"path": "docs/link", "type": "symlink", "mode": 0o777, "mtime_ns": t, "link": "a.txt"},
+        {"path": "docs/hard", "type": "hardlink", "mode": 0o600, "mtime_ns": t + 1, "link": "docs/a.txt"},
+    ]
+    plaintext = ref.encode_archive_plaintext(spec)
+    container = ref.encode(plaintext, key=key, rng=rng, block_size=64, archive=True)
+    members = ref.decode_archive(container, key=key)
+    for want, got in zip(spec, members, strict=True):
+        assert got.get("data", b"") == want.get("data", b"" if want["type"] != "hardlink" else b"hello")
+    info = ref.inspect(container, key=key)
+    meta = {
+        "description": "an archive (section 16): dir, files of 0, 5 and 70 bytes, a symlink, a hard link",
+        "container": "archive.qltx",
+        "key_hex": key.hex(),
+        "plaintext_hex": plaintext.hex(),
+        "plaintext_sha256": hashlib.sha256(plaintext).hexdigest(),
+        "expect": "ok",
+        **raw_header_fields(container),
+        "stanza_kinds": info["stanza_kinds"],
+        "footer_offset": info["footer_offset"],
+        "footer_len": info["footer_len"],
+        "block_count": info["block_count"],
+        "pt_total_len": info["pt_total_len"],
+        "index_flags": info["index_flags"],
+        "frame_offsets": info["frame_offsets"],
+        "pt_lens": info["pt_lens"],
+        "members": [{k: (v.hex() if k == "data" else v) for k, v in m.items()} for m in members],
+    }
+    return "archive", container, meta
 
 
 def permutation_cases() -> list[dict]:

@@ -90,6 +90,7 @@ HEADER_TAIL_LEN = 64  # header_sha256 || header_mac
 HEADER_ALIGN = 4096
 FLAG_PERMUTED = 0x0001
 FLAG_SIGNED = 0x0002
+FLAG_ARCHIVE = 0x0004  # section 16
 SIG_LABEL = b"qeltrix-v6 signature\x00"
 SIG_FIXED_LEN = 96  # signer_pub (32) + signature (64)
 
@@ -371,7 +372,7 @@ def parse_header(container: bytes) -> dict:
         raise RefMalformed(f"header_len {header_len} out of range")
     if header_len > len(c):
         raise RefTruncated("header_len larger than the file")
-    if flags & ~(FLAG_PERMUTED | FLAG_SIGNED):
+    if flags & ~(FLAG_PERMUTED | FLAG_SIGNED | FLAG_ARCHIVE):
         raise RefMalformed(f"unknown header_flags bits {flags:#06x}")
     if cipher_id not in (CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305):
         raise RefMalformed(f"unknown cipher_id {cipher_id}")
@@ -684,8 +685,12 @@ def encode(
     rng: Callable[[int], bytes] = os.urandom,
     extra_stanzas: Iterable[tuple[int, bytes]] = (),
     sign_with: bytes | None = None,
+    archive: bool = False,
 ) -> bytes:
     """Reference writer.
+
+    ``archive`` sets the ARCHIVE flag (section 16); ``plaintext`` is then an archive's plaintext
+    (:func:`encode_archive_plaintext`).
 
     With both ``key`` and ``passphrase`` the header gets a ``key`` stanza followed by a
     passphrase stanza (``kdf`` is "argon2id" or "pbkdf2"). ``extra_stanzas`` are raw
@@ -709,6 +714,8 @@ def encode(
         flags = 0
     if sign_with is not None:
         flags |= FLAG_SIGNED
+    if archive:
+        flags |= FLAG_ARCHIVE
 
     def rand(n: int) -> bytes:
         out = rng(n)
@@ -944,3 +951,127 @@ def rehash_header(container: bytes) -> bytes:
     (header_len,) = struct.unpack_from("<I", container, 10)
     end = header_len - HEADER_TAIL_LEN
     return container[:end] + sha256(container[:end]) + container[end + 32 :]
+
+
+# --------------------------------------------------------------------------------------------
+# Archives (section 16)
+
+MEMBER_FIXED_LEN = 36
+LOCATOR_LEN = 32
+LOCATOR_MAGIC = b"QLTXARC1"
+MEMBER_TYPES = {0: "file", 1: "dir", 2: "symlink", 3: "hardlink"}
+MAX_MEMBER_PATH_LEN = 4096
+MAX_MEMBER_LINK_LEN = 4096
+MAX_TABLE_LEN = 1 << 30  # section 9
+
+
+def encode_archive_plaintext(members: list[dict]) -> bytes:
+    """An archive's plaintext from members given in table order as dicts with ``path``,
+    ``type``, ``mode``, ``mtime_ns``, and ``data`` (files), ``link`` (symlinks, hard links)."""
+    codes = {v: k for k, v in MEMBER_TYPES.items()}
+    data = b""
+    placed: dict[str, tuple[int, int]] = {}
+    table = b""
+    for m in members:
+        offset = size = 0
+        if m["type"] == "file":
+            offset, size = len(data), len(m["data"])
+            data += m["data"]
+            placed[m["path"]] = (offset, size)
+        elif m["type"] == "hardlink":  # (a link to no member is encoded as is, for hostile tests)
+            offset, size = placed.get(m["link"], (0, 0))
+        path, link = m["path"].encode(), m.get("link", "").encode()
+        table += (
+            u8(codes[m["type"]])
+            + u8(0)
+            + u16(len(path))
+            + u32(m["mode"])
+            + struct.pack("<q", m["mtime_ns"])
+            + u64le(offset)
+            + u64le(size)
+            + u32(len(link))
+            + path
+            + link
+        )
+    return data + table + u64le(len(data)) + u64le(len(table)) + u64le(len(members)) + LOCATOR_MAGIC
+
+
+def decode_members(plaintext: bytes) -> list[dict]:
+    """The member table of an archive's plaintext, with checks 1-4 of section 16 (failures
+    are *corrupt*)."""
+    total = len(plaintext)
+    if total < LOCATOR_LEN:
+        raise RefCorrupt("plaintext shorter than the locator")
+    table_offset, table_len, count = struct.unpack_from("<QQQ", plaintext, total - LOCATOR_LEN)
+    if plaintext[-8:] != LOCATOR_MAGIC:
+        raise RefCorrupt("no archive locator")
+    if table_offset + table_len + LOCATOR_LEN != total:
+        raise RefCorrupt("locator does not match pt_total_len")
+    if table_len > MAX_TABLE_LEN:
+        raise RefMalformed("table_len over MAX_TABLE_LEN (limit exceeded)")
+    if count > table_len // MEMBER_FIXED_LEN:
+        raise RefCorrupt("member_count too large for table_len")
+    t = plaintext[table_offset : table_offset + table_len]
+    pos = 0
+    out: list[dict] = []
+    by_path: dict[str, dict] = {}
+    for _ in range(count):
+        if pos + MEMBER_FIXED_LEN > len(t):
+            raise RefCorrupt("member runs past the table")
+        code, reserved, path_len = struct.unpack_from("<BBH", t, pos)
+        (mode,) = struct.unpack_from("<I", t, pos + 4)
+        (mtime_ns,) = struct.unpack_from("<q", t, pos + 8)
+        offset, size = struct.unpack_from("<QQ", t, pos + 16)
+        (link_len,) = struct.unpack_from("<I", t, pos + 32)
+        pos += MEMBER_FIXED_LEN
+        if code not in MEMBER_TYPES or reserved != 0 or mode > 0o7777:
+            raise RefCorrupt("bad member type, reserved byte or mode")
+        if not 1 <= path_len <= MAX_MEMBER_PATH_LEN or link_len > MAX_MEMBER_LINK_LEN:
+            raise RefCorrupt("member path_len or link_len out of range")
+        if pos + path_len + link_len > len(t):
+            raise RefCorrupt("member name runs past the table")
+        try:
+            path = t[pos : pos + path_len].decode("utf-8")
+            link = t[pos + path_len : pos + path_len + link_len].decode("utf-8")
+        except UnicodeDecodeError:
+            raise RefCorrupt("member name is not UTF-8") from None
+        pos += path_len + link_len
+        parts = path.split("/")
+        if "\0" in path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise RefCorrupt(f"bad member path {path!r}")
+        if path in by_path:
+            raise RefCorrupt(f"duplicate member path {path!r}")
+        kind = MEMBER_TYPES[code]
+        if kind == "file":
+            ok = link_len == 0 and offset + size <= table_offset
+        elif kind == "dir":
+            ok = link_len == 0 and offset == 0 and size == 0
+        elif kind == "symlink":
+            ok = link_len >= 1 and offset == 0 and size == 0 and "\0" not in link
+        else:
+            target = by_path.get(link)
+            ok = (
+                target is not None and target["type"] == "file" and (offset, size) == (target["offset"], target["size"])
+            )
+        if not ok:
+            raise RefCorrupt(f"member {path!r} has inconsistent fields")
+        m = {"path": path, "type": kind, "mode": mode, "mtime_ns": mtime_ns, "offset": offset, "size": size}
+        if kind in ("symlink", "hardlink"):
+            m["link"] = link
+        by_path[path] = m
+        out.append(m)
+    if pos != len(t):
+        raise RefCorrupt("bytes left over after the last member")
+    return out
+
+
+def decode_archive(container: bytes, *, key: bytes | None = None, passphrase: str | None = None) -> list[dict]:
+    """The members of an archive (section 16), each with its ``data`` for files and hard links."""
+    if not parse_header(container)["header_flags"] & FLAG_ARCHIVE:
+        raise RefMalformed("ARCHIVE is not set: a single-file container")
+    pt = decode(container, key=key, passphrase=passphrase)
+    members = decode_members(pt)
+    for m in members:
+        if m["type"] in ("file", "hardlink"):
+            m["data"] = pt[m["offset"] : m["offset"] + m["size"]]
+    return members

@@ -358,9 +358,11 @@ def test_missing_input_and_directory(key: Path, tmp_path: Path) -> None:
     r = invoke("pack", "--key-file", key, tmp_path / "nope", tmp_path / "x.qltx")
     assert r.exit_code == ExitCode.IO
     assert_one_error(r.stderr, "no such file")
-    r = invoke("pack", "--key-file", key, tmp_path, tmp_path / "x.qltx")
-    assert r.exit_code == ExitCode.IO
-    assert_one_error(r.stderr, "is a directory")
+    # A directory packs into an archive (README "Archives"), never including the archive itself.
+    r = invoke("pack", "-q", "--key-file", key, tmp_path, tmp_path / "x.qltx")
+    assert r.exit_code == 0, r.stderr
+    r = invoke("ls", "--key-file", key, tmp_path / "x.qltx")
+    assert r.exit_code == 0 and "x.qltx" not in r.stdout and f"{tmp_path.name}/my.key" in r.stdout
 
 
 def test_not_a_container(src: Path, key: Path, tmp_path: Path) -> None:

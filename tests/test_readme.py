@@ -28,7 +28,9 @@ def test_readme_python_example_runs(block: str, tmp_path: pathlib.Path, monkeypa
     exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
 
 
-@pytest.mark.parametrize("module", ["qeltrix_v6", "qeltrix_v6._container", "qeltrix_v6._signed_url"])
+@pytest.mark.parametrize(
+    "module", ["qeltrix_v6", "qeltrix_v6._container", "qeltrix_v6._signed_url", "qeltrix_v6.archive"]
+)
 def test_docstring_examples(module: str) -> None:
     mod = importlib.import_module(module)
     failures, tried = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)

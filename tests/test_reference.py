@@ -197,6 +197,7 @@ def test_expected_vectors_present():
     required = {
         "empty", "one-block", "one-byte-over", "chacha", "permuted-window", "argon2id", "pbkdf2",
         "multi-recipient", "bad-header-checksum", "bad-header-mac", "truncated", "swapped-frames", "signed",
+        "archive",
     }  # fmt: skip
     assert required <= set(vector_names())
 
@@ -302,7 +303,7 @@ def test_not_a_container():
         (8, "<H", 2),  # format_version
         (10, "<I", 100),  # header_len below HEADER_FIXED_LEN + 64
         (10, "<I", ref.MAX_HEADER_LEN + 4096),  # header_len too large
-        (14, "<H", 5),  # unknown header flag (bit 2; bit 1 is SIGNED)
+        (14, "<H", 9),  # unknown header flag (bit 3; bit 1 is SIGNED, bit 2 ARCHIVE)
         (16, "<B", 3),  # unknown cipher
         (17, "<B", 1),  # reserved
         (18, "<I", 15),  # block_size below MIN_BLOCK_SIZE

@@ -42,11 +42,13 @@ from .errors import (
 if TYPE_CHECKING:
     from ._kms import KmsConfig, KmsError, KmsUnavailableError
     from ._signed_url import sign_url
+    from .archive import Archive, Member, open_archive
     from .gateway import GatewayServer
     from .server import SeekServer
 
-# The servers, KMS and signed URLs are imported on first use: a one-shot read (``qeltrix cat``,
-# ``seek_extract`` from a script) needs none of them, and they pull in logging, http and more.
+# The servers, KMS, signed URLs and archives are imported on first use: a one-shot read
+# (``qeltrix cat``, ``seek_extract`` from a script) needs none of them, and they pull in
+# logging, http and more.
 _LAZY = {
     "GatewayServer": ".gateway",
     "SeekServer": ".server",
@@ -54,14 +56,21 @@ _LAZY = {
     "KmsError": "._kms",
     "KmsUnavailableError": "._kms",
     "sign_url": "._signed_url",
+    "Archive": ".archive",
+    "Member": ".archive",
+    "open_archive": ".archive",
 }
 
 
+_LAZY_MODULES = frozenset({"archive", "gateway", "server"})
+
+
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    if name in _LAZY or name in _LAZY_MODULES:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        module = importlib.import_module(_LAZY.get(name, f".{name}"), __name__)
+        value = module if name in _LAZY_MODULES else getattr(module, name)
         globals()[name] = value
         return value
     from importlib.metadata import PackageNotFoundError, version
@@ -78,6 +87,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "Archive",
     "AuthenticationError",
     "ContainerFile",
     "ContainerWriter",
@@ -89,6 +99,7 @@ __all__ = [
     "KmsUnavailableError",
     "LimitExceededError",
     "MalformedError",
+    "Member",
     "PackResult",
     "QeltrixError",
     "QeltrixIOError",
@@ -98,6 +109,7 @@ __all__ = [
     "WrongKeyError",
     "__version__",
     "open",
+    "open_archive",
     "pack",
     "recover",
     "seek_extract",

@@ -131,13 +131,16 @@ def build_header(
     min_header_len: int = 0,
     *,
     signed: bool = False,
+    archive: bool = False,
 ) -> tuple[bytes, _crypto.ContainerKeys]:
     """Encode and seal a header (FORMAT.md section 3); return it with the container keys.
 
     ``min_header_len`` keeps an existing header's length when recipients are rewritten in place;
-    ``signed`` sets the SIGNED flag (a signature section will follow the footer, section 15).
+    ``signed`` sets the SIGNED flag (a signature section will follow the footer, section 15);
+    ``archive`` the ARCHIVE flag (the plaintext ends in a member table, section 16).
     """
     flags = (HEADER_FLAG_PERMUTED if perm_window else 0) | (_signing.HEADER_FLAG_SIGNED if signed else 0)
+    flags |= _core.HEADER_FLAG_ARCHIVE if archive else 0
     unsealed = _core.encode_header_unsealed(
         flags, cipher_id, block_size, perm_window, container_id, stanzas, min_header_len
     )
@@ -163,6 +166,7 @@ def pack(
     recipients: Sequence[RecipientArg] | None = None,
     kms: Any = None,
     sign_with: _signing.SignWith | None = None,
+    _archive: bool = False,
 ) -> PackResult:
     """Encrypt ``src`` into a V6 container at ``dst``.
 
@@ -203,7 +207,14 @@ def pack(
         raise ValueError(f"a container holds at most {_MAX_RECIPIENTS} recipients, not {len(stanzas)}")
     perm_window = _core.default_perm_window(block_size) if permute else 0
     header, keys = build_header(
-        mk, container_id, _crypto.CIPHERS[cipher], block_size, perm_window, stanzas, signed=signer is not None
+        mk,
+        container_id,
+        _crypto.CIPHERS[cipher],
+        block_size,
+        perm_window,
+        stanzas,
+        signed=signer is not None,
+        archive=_archive,  # qeltrix_v6.archive.pack_archive: src is an archive's plaintext
     )
 
     _check_file_arg(src, "src")

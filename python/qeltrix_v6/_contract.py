@@ -123,6 +123,13 @@ class Opener(Protocol):
     def __call__(self, path: str, /) -> _core.Reader: ...
 
 
+class MemberOpener(Protocol):
+    """The SeekServer's ``open_member(path, member)``: a loaded ``_core.Reader`` whose window is
+    the member of the archive at ``path`` (FORMAT.md section 16)."""
+
+    def __call__(self, path: str, member: str, /) -> _core.Reader: ...
+
+
 class ServerLog(Protocol):
     """The SeekServer's ``log(level, line)``; ``level`` ``access`` carries an access-log line."""
 
@@ -145,6 +152,7 @@ IMPLEMENTATIONS: dict[str, list[tuple[type, str | None]]] = {
     "Sink": [(io.BytesIO, None), (io.BufferedWriter, None), (io.FileIO, None)],
     "Progress": [],
     "Opener": [(server.SeekServer, "_open")],
+    "MemberOpener": [(server.SeekServer, "_open_member")],
     "ServerLog": [(server.SeekServer, "_log")],
     "UrlVerifier": [(server.SeekServer, "_verify_url")],
 }
@@ -181,6 +189,7 @@ def _conformance(
     _sessions: tuple[Session, Session] = (handshake, shared)
     _keyring: Keyring = keyring
     _opener: Opener = seek_server._open
+    _member_opener: MemberOpener = seek_server._open_member
     _log: ServerLog = seek_server._log
     _verify: UrlVerifier = seek_server._verify_url
     _sources: tuple[Source, Source] = (queue_source, stream)

@@ -15,6 +15,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FRAME_DIGEST_LEN",
     "HEADER_FIXED_LEN",
+    "HEADER_FLAG_ARCHIVE",
     "HEADER_FLAG_PERMUTED",
     "HEADER_FLAG_SIGNED",
     "HS_MAGIC",
@@ -107,6 +108,7 @@ MAX_STANZA_BODY_LEN: int
 MAX_BLOCK_COUNT: int
 HEADER_FLAG_PERMUTED: int
 HEADER_FLAG_SIGNED: int
+HEADER_FLAG_ARCHIVE: int
 META_FLAG_FINAL: int
 INDEX_FLAG_INCOMPLETE: int
 CIPHER_AES_256_GCM: int
@@ -234,6 +236,7 @@ class Reader:
     def signature_parts(self) -> tuple[bytes, bytes, bytes] | None: ...
     def footer(self) -> tuple[bytes, int]: ...
     def require_frame_digests(self) -> None: ...
+    def set_window(self, offset: int, size: int) -> None: ...
     @property
     def frame_digests_required(self) -> bool: ...
     @property
@@ -301,6 +304,7 @@ class SeekServerCore:
         cors_origins: list[str] | None = None,
         cache_control: str | None = None,
         list_directories: bool = False,
+        open_member: Callable[[str, str], Reader] | None = None,
     ) -> Self: ...
     @property
     def address(self) -> tuple[str, int]: ...

@@ -245,7 +245,9 @@ def rewrite_recipients(
         old_len = int(r.header_len)
         stanzas = [(int(kind), bytes(body)) for kind, body in r.stanzas]
         signed = bool(r.header_flags & _signing.HEADER_FLAG_SIGNED)
+        archive = bool(r.header_flags & _core.HEADER_FLAG_ARCHIVE)  # kept by the rewrite (FORMAT.md section 16)
         expected_flags = (HEADER_FLAG_PERMUTED if r.perm_window else 0) | (_signing.HEADER_FLAG_SIGNED if signed else 0)
+        expected_flags |= _core.HEADER_FLAG_ARCHIVE if archive else 0
         if r.header_flags != expected_flags:
             raise RecipientError(f"unexpected header flags {r.header_flags:#x}; refusing to rewrite")
         if signed and signer is None:
@@ -262,7 +264,7 @@ def rewrite_recipients(
         cid = bytes(r.container_id)
         new_stanzas = plan_stanzas(stanzas, mk, cid, change)
         header, keys = build_header(
-            mk, cid, r.cipher_id, r.block_size, r.perm_window, new_stanzas, old_len, signed=signed
+            mk, cid, r.cipher_id, r.block_size, r.perm_window, new_stanzas, old_len, signed=signed, archive=archive
         )
         if len(header) != old_len:
             raise RecipientError(
@@ -466,6 +468,7 @@ def rotate(
             new_stanzas,
             int(r.header_len),
             signed=signer is not None,
+            archive=bool(r.header_flags & _core.HEADER_FLAG_ARCHIVE),
         )
         _check_new_header(header, new_stanzas, keys)
         mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)

@@ -31,6 +31,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import _core, _signed_url, _signing
 from ._container import _Opened, incomplete_message, open_reader
@@ -231,11 +232,25 @@ class SeekServer(BackgroundService):
         if self._signers is not None and not self._signers:
             raise ValueError("signers is empty: give at least one qltx-ed25519: public key, or None")
         self._unlocker = Unlocker(self._open_container)
+        from ._archive_server import MemberOpener
+
+        pinned = frozenset(_signing.parse_signers(signers)) if signers is not None else None
+        self._members = MemberOpener(self._open_archive, self._block_cache, pinned)
+        self._settings["open_member"] = self._open_member
         super().__init__()
 
     def _open(self, path: str) -> _core.Reader:
         """Called by the HTTP loop for each container it does not hold open."""
         return self._unlocker.open(path)
+
+    def _open_member(self, path: str, member: str) -> _core.Reader:
+        """Called by the HTTP loop for a member of an archive: ``GET /backup.qltx/docs/a.pdf``."""
+        return self._members(path, member)
+
+    def _open_archive(self, path: str) -> Any:
+        from .archive import open_archive
+
+        return open_archive(path, passphrase=self._passphrase, key=self._key, signers=self._signers)
 
     def _open_container(self, path: str) -> _core.Reader:
         opened = open_reader(

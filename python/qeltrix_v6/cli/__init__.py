@@ -2,9 +2,10 @@
 
 One module per concern: ``_app`` (exit codes, errors, the app and ``main``), ``_options``
 (shared options and sizes), ``_credentials`` (where keys come from), ``_output`` (status,
-progress, path checks), and one module per command group: ``_containers`` (pack, unpack,
-cat), ``_inspect`` (info, verify), ``_keys`` (keygen, passwd, recipients, rotate) and
-``_servers`` (serve, gateway, recover); ``demo`` is here.
+progress, path checks), and one module per command group: ``_archive`` (ls, get),
+``_containers`` (pack, unpack, cat), ``_inspect`` (info, verify), ``_keys`` (keygen, passwd,
+recipients, rotate), ``_mount`` (mount) and ``_servers`` (serve, gateway, recover); ``demo``
+is here. ``main`` imports only the module of the command it runs.
 
 Conventions, the same on every command:
 
@@ -78,8 +79,10 @@ def demo() -> None:
 # command it is given). ``--help``, completion, an unknown name or a name missing from this map
 # load everything, in help order.
 
-_COMMAND_MODULES = ("_containers", "_inspect", "_keys", "_servers")
+_COMMAND_MODULES = ("_archive", "_containers", "_inspect", "_keys", "_mount", "_servers")
 _MODULE_OF = {
+    "ls": "_archive",
+    "get": "_archive",
     "pack": "_containers",
     "unpack": "_containers",
     "cat": "_containers",
@@ -89,6 +92,7 @@ _MODULE_OF = {
     "passwd": "_keys",
     "recipients": "_keys",
     "rotate": "_keys",
+    "mount": "_mount",
     "serve": "_servers",
     "sign-url": "_servers",
     "gateway": "_servers",
@@ -132,12 +136,18 @@ def main() -> None:
         return
     _load_commands([_MODULE_OF[chosen]])
     commands, groups = _app.app.registered_commands, _app.app.registered_groups
-    _app.app.registered_commands = [c for c in commands if _command_name(c) == chosen]
-    _app.app.registered_groups = [g for g in groups if g.name == chosen]
+    only_commands = [c for c in commands if _command_name(c) == chosen]
+    only_groups = [g for g in groups if g.name == chosen]
+    _app.app.registered_commands, _app.app.registered_groups = list(only_commands), list(only_groups)
     try:
         _app.main()
     finally:
+        # A command module imported while the command ran (pack imports _archive) registered
+        # its commands on the narrowed lists: keep them.
+        commands += [c for c in _app.app.registered_commands if c not in only_commands]
+        groups += [g for g in _app.app.registered_groups if g not in only_groups]
         _app.app.registered_commands, _app.app.registered_groups = commands, groups
+        _load_commands(())
 
 
 def __getattr__(name: str) -> Any:

@@ -57,10 +57,19 @@ from ._output import _check_input, _check_output, _progress, _same_file, _status
 @app.command(rich_help_panel="Containers")
 def pack(
     ctx: typer.Context,
-    src: Annotated[str, typer.Argument(metavar="SRC", help="File to encrypt, or - for stdin.")],
-    dst: Annotated[str, typer.Argument(metavar="DST", help="Container to write, or - for stdout.")],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="SRC DST",
+            help="File to encrypt (- for stdin), or files and directories to archive; then DST (- for stdout).",
+        ),
+    ],
     key_file: KeyFileOpt = None,
     passphrase_file: PassphraseFileOpt = None,
+    from_tar: Annotated[
+        str | None,
+        typer.Option("--from-tar", metavar="TAR", help="Make an archive of the tar stream TAR (- for stdin)."),
+    ] = None,
     cipher: Annotated[
         CipherName, typer.Option("--cipher", help="Block cipher.", case_sensitive=False)
     ] = CipherName.aes,
@@ -108,15 +117,29 @@ def pack(
       qeltrix pack --passphrase-file pw.txt --block-size 1MiB backup.tar backup.qltx
       tar c docs | qeltrix pack --key-file my.key - - > docs.tar.qltx
       qeltrix pack --sign-with me.sign --recipient qltx-x25519:AbC... db.dump db.qltx
+
+    Several inputs, a directory or --from-tar make an [bold]archive[/bold] (docs/FORMAT.md
+    section 16): one member per file, each restored alone with 'qeltrix get'.
+
+      qeltrix pack --key-file my.key docs photos backup.qltx
+      tar c docs | qeltrix pack --key-file my.key --from-tar - docs.qltx
     """
     _refuse_passphrase_value(passphrase)
+    from ._archive import is_archive_input, pack_archive_cli
+
+    if len(paths) < (1 if from_tar is not None else 2):
+        raise CliError("give SRC and DST (or --from-tar TAR and DST)", code=ExitCode.USAGE)
+    *srcs, dst = paths
+    archive = is_archive_input(srcs, from_tar)
+    src = srcs[0] if srcs else "-"
     if not _core.MIN_BLOCK_SIZE <= block_size <= _core.MAX_BLOCK_SIZE:
         raise CliError(
             f"--block-size must be between {_core.MIN_BLOCK_SIZE} bytes and {human_size(_core.MAX_BLOCK_SIZE)}, "
             f"not {block_size}",
             code=ExitCode.USAGE,
         )
-    _check_input(src)
+    if not archive:
+        _check_input(src)
     _check_output(dst, force)
     if dst == "-" and sys.stdout.isatty() and not force:
         raise CliError(
@@ -133,6 +156,27 @@ def pack(
     creds = credentials_for_writing(key_file, passphrase_file, dst, recipients=bool(public))
     kdf_name, kdf_params = _kdf_settings(kdf, kdf_iterations, has_passphrase=creds.passphrase is not None, ctx=ctx)
     kms = kms_config(kms_endpoint, kms_timeout) if any(r.kind == _crypto.KIND_KMS for r in public) else None
+    if archive:
+        with _progress(not quiet, "packing", None) as progress:
+            pack_archive_cli(
+                srcs,
+                dst,
+                from_tar,
+                quiet,
+                **creds.kwargs(),
+                cipher=cipher.value,
+                block_size=block_size,
+                workers=workers,
+                permute=not no_permute,
+                progress=progress,
+                kdf=kdf_name,
+                kdf_params=kdf_params,
+                overwrite=force,
+                recipients=public,
+                kms=kms,
+                sign_with=signer,
+            )
+        return
     total = None if src == "-" else os.path.getsize(src)
     with _progress(not quiet, "packing", total) as progress:
         result = _pack(
@@ -196,10 +240,33 @@ def unpack(
 
     An INCOMPLETE container (a gateway stream cut before its end) fails with exit code 5
     before anything is written; --allow-incomplete restores what authenticated, with a warning.
+
+    An [bold]archive[/bold] unpacks into the directory DST: the whole tree, with modes, times,
+    symlinks and hard links, never writing outside DST (existing files only with --force).
+
+      qeltrix unpack --key-file my.key backup.qltx restored/
     """
     _refuse_passphrase_value(passphrase)
     signers = signers_from_options(signer, signers_file)
     _check_input(src)
+    from ..archive import is_archive_file
+
+    if src != "-" and is_archive_file(src):
+        from ._archive import unpack_archive
+
+        creds = credentials_for_reading(
+            src,
+            key_file,
+            passphrase_file,
+            identity_files=identity,
+            kms_endpoint=kms_endpoint,
+            kms_timeout=kms_timeout,
+            kms_key_ids=kms_key_id,
+            kms_discovery=kms_discovery,
+            max_kdf_memory=max_kdf_memory,
+        )
+        unpack_archive(src, dst, creds, signers, force, quiet)
+        return
     _check_output(dst, force)
     if src == "-" and sys.stdin.isatty():
         raise CliError(
@@ -243,6 +310,10 @@ def cat(
         int | None,
         typer.Option("--length", parser=parse_size, metavar="SIZE", help="Bytes to write (default: to the end)."),
     ] = None,
+    member: Annotated[
+        str | None,
+        typer.Option("--member", "-m", metavar="PATH", help="Read the archive member PATH (offsets within it)."),
+    ] = None,
     key_file: KeyFileOpt = None,
     passphrase_file: PassphraseFileOpt = None,
     identity: IdentityOpt = None,
@@ -257,7 +328,8 @@ def cat(
     debug: DebugOpt = False,
     passphrase: PassphraseTrap = None,
 ) -> None:
-    """Write the plaintext bytes [offset, offset+length) of SRC to stdout.
+    """Write the plaintext bytes [offset, offset+length) of SRC (or of its archive member
+    --member PATH) to stdout.
 
         Only the blocks that cover the range are read and decrypted, so reading 64 KiB from
         the middle of a 100 GiB container takes milliseconds. A range past the end is clipped,
@@ -268,6 +340,7 @@ def cat(
 
           qeltrix cat --key-file my.key movie.qltx --offset 200MiB --length 1MiB > part.bin
           qeltrix cat --key-file my.key logs.qltx --offset 1GiB | head -n 20
+          qeltrix cat --key-file my.key backup.qltx --member docs/a.log --offset 1KiB
     """
     _refuse_passphrase_value(passphrase)
     signers = signers_from_options(signer, signers_file)
@@ -283,6 +356,11 @@ def cat(
         kms_discovery=kms_discovery,
         max_kdf_memory=max_kdf_memory,
     )
+    if member is not None:
+        from ._archive import cat_member
+
+        cat_member(src, member, offset, length, creds, signers)
+        return
     opened = open_reader(
         _stdin() if src == "-" else src, **creds.kwargs(), allow_incomplete=allow_incomplete, signers=signers
     )

@@ -63,6 +63,7 @@ def _public_info(src: str) -> dict[str, Any]:
             "cipher_id": int(r.cipher_id),
             "block_size": int(r.block_size),
             "permuted": bool(r.perm_window),
+            "archive": bool(int(r.header_flags) & _core.HEADER_FLAG_ARCHIVE),
             "perm_window": int(r.perm_window),
             "container_id": bytes(r.container_id).hex(),
             "header_len": int(r.header_len),
@@ -111,7 +112,11 @@ def _private_info(src: str, creds: Credentials, with_blocks: bool, signers: list
 def _print_info(info: dict[str, Any]) -> None:
     rows: list[tuple[str, str]] = [
         ("file", info["file"]),
-        ("format", f"Qeltrix V6, version {info['format_version']}"),
+        (
+            "format",
+            f"Qeltrix V6, version {info['format_version']}"
+            + (" (archive: 'qeltrix ls' lists its members)" if info["archive"] else ""),
+        ),
         ("cipher", info["cipher"]),
         ("block size", f"{human_size(info['block_size'])} ({info['block_size']:,} bytes)"),
         (
@@ -367,6 +372,12 @@ def verify(
                     )
         if not bad:  # a transient failure the rescan did not reproduce: report it as is
             fail(first_error)
+        from ._archive import archive_verify_members
+
+        members_in = archive_verify_members(opened)  # an archive: name the members hit
+        if members_in is not None:
+            for b in bad:
+                b["members"] = members_in(b["pt_offset"], b["pt_len"])
         first = bad[0]
         result.update(
             error=first["error"],
@@ -382,6 +393,9 @@ def verify(
         reason = first["message"]
         prefix = f"block {first['block']} "
         what = f"{where} {reason.removeprefix(prefix)}" if reason.startswith(prefix) else f"{where}: {reason}"
+        if first.get("members"):
+            names = first["members"]
+            what += f"; members: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
         raise CliError(
             what,
             hint=f"damaged blocks: {bad_count} of {n}; the others can still be read with 'qeltrix cat'",

@@ -65,8 +65,10 @@ pub const MAX_BLOCK_COUNT: u64 = 1 << 32;
 pub const HEADER_FLAG_PERMUTED: u16 = 1;
 /// `header_flags` bit: a signature section follows the footer (section 15).
 pub const HEADER_FLAG_SIGNED: u16 = 2;
-/// Every `header_flags` bit this crate knows.
-pub const HEADER_FLAGS_KNOWN: u16 = HEADER_FLAG_PERMUTED | HEADER_FLAG_SIGNED;
+/// `header_flags` bit 2: the container is an archive with a member table (FORMAT.md section 16).
+pub const HEADER_FLAG_ARCHIVE: u16 = 4;
+/// Every `header_flags` bit this version knows.
+pub const HEADER_FLAGS_KNOWN: u16 = HEADER_FLAG_PERMUTED | HEADER_FLAG_SIGNED | HEADER_FLAG_ARCHIVE;
 /// `meta_flags` bit: the last block of a complete stream.
 pub const META_FLAG_FINAL: u8 = 1;
 /// `index_flags` bit: a recovered stream that never saw its FINAL block.

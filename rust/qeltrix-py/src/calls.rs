@@ -236,6 +236,12 @@ pub const OPEN_CONTAINER: PyCall<1> = PyCall {
     object: "Opener",
     name: "__call__",
 };
+/// SeekServer's `open_member(path: str, member: str) -> _core.Reader` (loaded, its window set
+/// to the member of the archive at `path`; FORMAT.md section 16).
+pub const OPEN_MEMBER: PyCall<2> = PyCall {
+    object: "MemberOpener",
+    name: "__call__",
+};
 /// SeekServer's `log(level: str, line: str) -> None`; `level` is `info`, `warning`, `error` or
 /// `access` (one access-log line).
 pub const SERVER_LOG: PyCall<2> = PyCall {
@@ -279,6 +285,7 @@ pub const PYTHON_CALLS: &[(&str, &str, Option<usize>)] = &[
     WRITE.entry(),
     PROGRESS.entry(),
     OPEN_CONTAINER.entry(),
+    OPEN_MEMBER.entry(),
     SERVER_LOG.entry(),
     VERIFY_URL.entry(),
 ];
@@ -477,6 +484,11 @@ pub fn progress(py: Python<'_>, callback: &Py<PyAny>, done: u64, total: Option<u
 /// The SeekServer's `open(path)`.
 pub fn open_container(py: Python<'_>, open: &Py<PyAny>, path: String) -> PyResult<Py<PyAny>> {
     Ok(invoke(py, open, &OPEN_CONTAINER, (path,))?.unbind())
+}
+
+/// The SeekServer's `open_member(path, member)`.
+pub fn open_member(py: Python<'_>, open: &Py<PyAny>, path: String, member: String) -> PyResult<Py<PyAny>> {
+    Ok(invoke(py, open, &OPEN_MEMBER, (path, member))?.unbind())
 }
 
 /// The SeekServer's `log(level, line)`.

@@ -38,6 +38,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         MAX_BLOCK_COUNT = qeltrix_format::MAX_BLOCK_COUNT,
         HEADER_FLAG_PERMUTED = qeltrix_format::HEADER_FLAG_PERMUTED,
         HEADER_FLAG_SIGNED = qeltrix_format::HEADER_FLAG_SIGNED,
+        HEADER_FLAG_ARCHIVE = qeltrix_format::HEADER_FLAG_ARCHIVE,
         META_FLAG_FINAL = qeltrix_format::META_FLAG_FINAL,
         INDEX_FLAG_INCOMPLETE = qeltrix_format::INDEX_FLAG_INCOMPLETE,
         CIPHER_AES_256_GCM = qeltrix_format::CIPHER_AES_256_GCM,

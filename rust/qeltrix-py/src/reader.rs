@@ -166,6 +166,9 @@ pub struct Reader {
     /// Check S3 of FORMAT.md section 8: every frame read must match its signed digest. Set by
     /// the Python layer once it has verified the signature (S2).
     digests_required: AtomicBool,
+    /// `(offset, size)`: the server sees only plaintext `[offset, offset + size)`, one member
+    /// of an archive (FORMAT.md section 16). Set once, by `set_window`.
+    window: OnceLock<(u64, u64)>,
 }
 
 impl Reader {
@@ -282,6 +285,13 @@ impl Reader {
     /// Hand plaintext `[pos, pos + len)` (clipped at the end) to `emit` block by block;
     /// stop early when `emit` returns false.
     pub fn read_chunks(&self, pos: u64, len: u64, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<()> {
+        let (pos, len) = match self.window.get() {
+            Some(&(offset, size)) => {
+                let pos = pos.min(size);
+                (offset + pos, len.min(size - pos))
+            }
+            None => (pos, len),
+        };
         let index = &self.loaded()?.index;
         let end = pos.saturating_add(len).min(index.pt_total_len);
         for i in index.covering(pos, len) {
@@ -318,7 +328,13 @@ impl Reader {
 
     /// Plaintext length (after `load_index`).
     pub fn pt_len(&self) -> Result<u64> {
-        Ok(self.loaded()?.index.pt_total_len)
+        let total = self.loaded()?.index.pt_total_len;
+        Ok(self.window.get().map_or(total, |&(_, size)| size))
+    }
+
+    /// The window set by `set_window`, if any.
+    pub fn window(&self) -> Option<(u64, u64)> {
+        self.window.get().copied()
     }
 
     /// The header's `container_id`.
@@ -478,6 +494,7 @@ impl Reader {
             frames: Mutex::new(Vec::new()),
             outs: Arc::new(Mutex::new(Vec::new())),
             digests_required: AtomicBool::new(false),
+            window: OnceLock::new(),
         })
     }
 
@@ -551,6 +568,19 @@ impl Reader {
     fn footer<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyBytes>, u64)> {
         let l = self.loaded()?;
         Ok((PyBytes::new(py, &l.footer), l.footer_offset))
+    }
+
+    /// Restrict what the SeekServer serves from this (loaded) reader to plaintext
+    /// `[offset, offset + size)`: one member of an archive. Once only; other methods are
+    /// unaffected.
+    fn set_window(&self, offset: u64, size: u64) -> PyResult<()> {
+        let total = self.loaded()?.index.pt_total_len;
+        if offset.checked_add(size).is_none_or(|end| end > total) {
+            return Err(Error::Format(FormatError::Malformed("window outside the plaintext".into())).into());
+        }
+        self.window
+            .set((offset, size))
+            .map_err(|_| Error::Format(FormatError::Malformed("the window is already set".into())).into())
     }
 
     /// From now on, check every frame read against its signed digest before opening it

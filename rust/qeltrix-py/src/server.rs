@@ -31,7 +31,11 @@ impl Container for PyContainer {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        format!("{id}-{:x}", self.pt_len())
+        match self.0.get().window() {
+            // A member of an archive: its own entity, distinct from its neighbours of equal size.
+            Some((offset, size)) => format!("{id}-{offset:x}-{size:x}"),
+            None => format!("{id}-{:x}", self.pt_len()),
+        }
     }
 
     fn read(&self, pos: u64, len: u64, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<(), ReadError> {
@@ -48,14 +52,14 @@ impl Container for PyContainer {
 /// its constant-time comparison through `qeltrix_v6._crypto`).
 struct PyOpener {
     open: Py<PyAny>,
+    open_member: Option<Py<PyAny>>,
     log: Option<Py<PyAny>>,
     verify_url: Option<Py<PyAny>>,
 }
 
-impl Opener for PyOpener {
-    type C = PyContainer;
-
-    fn open(&self, path: &Path) -> Result<Arc<PyContainer>, OpenError> {
+impl PyOpener {
+    /// Call an opener (`open` or `open_member`) and check the `Reader` it returns.
+    fn open_with(&self, call: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> Result<Arc<PyContainer>, OpenError> {
         Python::attach(|py| {
             let classify = |e: PyErr| -> OpenError {
                 let is = |c| is_error(py, &e, c);
@@ -72,8 +76,7 @@ impl Opener for PyOpener {
                     OpenError::Io(format!("{}: {msg}", e.get_type(py)))
                 }
             };
-            let reader =
-                calls::open_container(py, &self.open, path.to_string_lossy().into_owned()).map_err(classify)?;
+            let reader = call(py).map_err(classify)?;
             let reader: Py<Reader> = reader
                 .extract(py)
                 .map_err(|e| OpenError::Io(format!("opener returned {e}")))?;
@@ -85,6 +88,23 @@ impl Opener for PyOpener {
             }
             Ok(Arc::new(PyContainer(reader)))
         })
+    }
+}
+
+impl Opener for PyOpener {
+    type C = PyContainer;
+
+    fn open(&self, path: &Path) -> Result<Arc<PyContainer>, OpenError> {
+        let path = path.to_string_lossy().into_owned();
+        self.open_with(|py| calls::open_container(py, &self.open, path))
+    }
+
+    fn open_member(&self, path: &Path, member: &str) -> Result<Arc<PyContainer>, OpenError> {
+        let Some(open_member) = &self.open_member else {
+            return Err(OpenError::NotFound);
+        };
+        let path = path.to_string_lossy().into_owned();
+        self.open_with(|py| calls::open_member(py, open_member, path, member.to_owned()))
     }
 
     fn check_url_signature(&self, url_path: &str, query: &str) -> UrlSignature {
@@ -158,7 +178,7 @@ impl SeekServerCore {
     #[pyo3(signature = (root, open, log=None, host="127.0.0.1", port=0, token=None, tls_cert=None, tls_key=None,
                         max_connections=1024, max_connections_per_client=64, header_timeout=10.0, idle_timeout=60.0, access_log=false, workers=2,
                         access_log_format="combined", metrics=None,
-                        verify_url=None, cors_origins=None, cache_control=None, list_directories=false))]
+                        verify_url=None, cors_origins=None, cache_control=None, list_directories=false, open_member=None))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
     fn new(
         py: Python<'_>,
@@ -182,6 +202,7 @@ impl SeekServerCore {
         cors_origins: Option<Vec<String>>,
         cache_control: Option<String>,
         list_directories: bool,
+        open_member: Option<Py<PyAny>>,
     ) -> PyResult<SeekServerCore> {
         let addr = resolve(host, port)?;
         let mut config = Config::new(addr, root);
@@ -220,7 +241,12 @@ impl SeekServerCore {
             on_start: Arc::new(crate::pipeline::attach_thread),
             on_stop: Arc::new(crate::pipeline::detach_thread),
         });
-        let opener = PyOpener { open, log, verify_url };
+        let opener = PyOpener {
+            open,
+            open_member,
+            log,
+            verify_url,
+        };
         let handle = py
             .detach(|| start(config, opener))
             .map_err(|e| io_error(e.to_string()))?;

@@ -28,7 +28,7 @@
 use crate::access_log::{self, Entry, Tracked};
 use crate::cors::{Cors, Preflight};
 use crate::metrics::{self, Refusal, SeekStats};
-use crate::path::{resolve, PathError};
+use crate::path::{resolve_target, PathError};
 use crate::plan::{plan, Part, Plan, Representation};
 use crate::steppool::StepPool;
 use crate::{listing, mime, signed, Container, LogLevel, OpenError, Opener, ReadError, UrlSignature};
@@ -513,6 +513,20 @@ impl Stream {
                 self.start_step(pos, len);
                 self.ahead = Some(ticket);
             }
+        }
+    }
+}
+
+/// The open-cache key of a container, or of one member of an archive (the archive's path, a
+/// NUL, the member: no file name holds a NUL, so it names nothing else).
+fn cache_key(path: &Path, member: Option<&str>) -> PathBuf {
+    match member {
+        None => path.to_path_buf(),
+        Some(m) => {
+            let mut key = path.as_os_str().to_owned();
+            key.push("\0");
+            key.push(m);
+            PathBuf::from(key)
         }
     }
 }
@@ -1113,9 +1127,9 @@ impl<O: Opener> State<O> {
     /// `stat`, like nginx's open-file cache: no thread hand-off for the common case, which
     /// profiling showed costing more CPU than the HTTP handling of a range request.
     fn open_if_cached(&self, root: &Path, url_path: &str) -> Option<Opened<O::C>> {
-        let path = resolve(root, url_path).ok()?;
+        let (path, member) = resolve_target(root, url_path).ok()?;
         let st = stamp(&std::fs::metadata(&path).ok()?);
-        self.cached(&path, st, url_path)
+        self.cached(&cache_key(&path, member.as_deref()), st, url_path)
     }
 
     /// The open container for `path` if its file still has stamp `st` (counted as a hit).
@@ -1128,7 +1142,7 @@ impl<O: Opener> State<O> {
 
     /// Resolve and open (or reuse) the container for a URL path. Blocking.
     fn open(&self, root: &Path, url_path: &str) -> Result<Opened<O::C>, Box<Response<Body>>> {
-        let path = match resolve(root, url_path) {
+        let (path, member) = match resolve_target(root, url_path) {
             Ok(p) => p,
             Err(PathError::NotFound | PathError::Rejected) => {
                 return Err(Box::new(simple(StatusCode::NOT_FOUND, "not found")))
@@ -1136,12 +1150,16 @@ impl<O: Opener> State<O> {
         };
         let meta = std::fs::metadata(&path).map_err(|_| Box::new(simple(StatusCode::NOT_FOUND, "not found")))?;
         let st = stamp(&meta);
-        if let Some(hit) = self.cached(&path, st, url_path) {
+        let key = cache_key(&path, member.as_deref());
+        if let Some(hit) = self.cached(&key, st, url_path) {
             return Ok(hit);
         }
         let name = content_name(url_path);
         SeekStats::add(&self.stats.open_cache_misses, 1);
-        let opened = self.opener.open(&path);
+        let opened = match &member {
+            None => self.opener.open(&path),
+            Some(m) => self.opener.open_member(&path, m),
+        };
         if matches!(
             opened,
             Err(OpenError::WrongKey(_) | OpenError::Damaged(_) | OpenError::Io(_))
@@ -1156,7 +1174,7 @@ impl<O: Opener> State<O> {
                         cache.remove(&k);
                     }
                 }
-                cache.insert(path, (c.clone(), st));
+                cache.insert(key, (c.clone(), st));
                 Ok((c, st.1, name))
             }
             Err(OpenError::NotFound) => Err(Box::new(simple(StatusCode::NOT_FOUND, "not found"))),

@@ -59,6 +59,12 @@ pub trait Opener: Send + Sync + 'static {
     type C: Container;
     /// Blocking: open the container file at `path` (already resolved under the root).
     fn open(&self, path: &Path) -> Result<Arc<Self::C>, OpenError>;
+    /// Blocking: open the member `member` of the archive file at `path` as a container of its
+    /// own (docs/FORMAT.md section 16). By default there are no archives: not found.
+    fn open_member(&self, path: &Path, member: &str) -> Result<Arc<Self::C>, OpenError> {
+        let _ = (path, member);
+        Err(OpenError::NotFound)
+    }
     /// Blocking: check the signature a request's URL carries (`qx-expires`, `qx-sig`; the scheme
     /// is in README "Browsers and CDNs"). `url_path` is the raw path before `?`, `query` the raw query.
     /// Only called when the server was configured with signed URLs and the query names a

@@ -43,6 +43,39 @@ pub fn resolve(root: &Path, url_path: &str) -> Result<PathBuf, PathError> {
     Ok(real)
 }
 
+/// Like [`resolve`], and when no container has that name, a member of an archive
+/// (docs/FORMAT.md section 16): `GET /backup.qltx/docs/a.pdf` maps to the file
+/// `ROOT/backup.qltx` (named in full, suffix included) and the member path `docs/a.pdf`.
+/// The archive's segments follow the rules of [`resolve`]; the member's are decoded the same
+/// way (the archive's reader checks that such a member exists).
+pub fn resolve_target(root: &Path, url_path: &str) -> Result<(PathBuf, Option<String>), PathError> {
+    match resolve(root, url_path) {
+        Err(PathError::NotFound) => {}
+        other => return other.map(|p| (p, None)),
+    }
+    let rel = url_path.strip_prefix('/').ok_or(PathError::Rejected)?;
+    let segments: Vec<&str> = rel.split('/').collect();
+    let mut out = root.to_path_buf();
+    for (n, raw) in segments.iter().enumerate().take(segments.len().saturating_sub(1)) {
+        let seg = decode_segment(raw)?;
+        out.push(&*seg);
+        if !seg.ends_with(CONTAINER_SUFFIX) {
+            continue;
+        }
+        let Ok(real) = out.canonicalize() else {
+            continue;
+        };
+        if real.starts_with(root) && real.is_file() {
+            let member = segments[n + 1..]
+                .iter()
+                .map(|raw| decode_segment(raw).map(|s| s.into_owned()))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok((real, Some(member.join("/"))));
+        }
+    }
+    Err(PathError::NotFound)
+}
+
 /// One percent-decoded path segment, if it is a plain name: not empty, no leading dot, no
 /// `/`, `\\` or NUL (the rules of this module's doc, shared with directory listings).
 pub fn decode_segment(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
@@ -89,6 +122,33 @@ mod tests {
         assert_eq!(resolve(&root, "/a"), Err(PathError::NotFound));
         assert_eq!(resolve(&root, "relative"), Err(PathError::Rejected));
         assert_eq!(resolve(&root, "/a/%ff"), Err(PathError::Rejected));
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn archive_members() {
+        let tmp = std::env::temp_dir().join(format!("qeltrix-path-member-test-{}", std::process::id()));
+        let root = tmp.join("root");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/backup.qltx"), b"x").unwrap();
+        std::fs::write(root.join("a/plain.mp4.qltx"), b"x").unwrap();
+        let root = root.canonicalize().unwrap();
+        let archive = root.join("a/backup.qltx");
+        assert_eq!(
+            resolve_target(&root, "/a/backup.qltx/docs/r%20s.pdf"),
+            Ok((archive.clone(), Some("docs/r s.pdf".into())))
+        );
+        assert_eq!(
+            resolve_target(&root, "/a/plain.mp4"),
+            Ok((root.join("a/plain.mp4.qltx"), None))
+        );
+        assert_eq!(resolve_target(&root, "/a/backup.qltx/../x"), Err(PathError::Rejected));
+        assert_eq!(
+            resolve_target(&root, "/a/backup.qltx/.hidden"),
+            Err(PathError::Rejected)
+        );
+        assert_eq!(resolve_target(&root, "/a/backup.qltx"), Err(PathError::NotFound));
+        assert_eq!(resolve_target(&root, "/a/missing.qltx/x"), Err(PathError::NotFound));
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }
