@@ -8,7 +8,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use qeltrix_format::handshake::MAX_HS_MSG_LEN;
-use qeltrix_format::{frame_len, BlockMeta, Header, META_FRAME_LEN};
+use qeltrix_format::{frame_len, BlockMeta, Header, META_FRAME_LEN, TAG_LEN};
 use qeltrix_server::gateway::{
     recover_stream, start_gateway, GatewayConfig, GatewayHandle, GwError, Keyring, Mode, StreamKeys,
 };
@@ -66,7 +66,7 @@ impl StreamKeys for PyStreamKeys {
                 self.outbuf.as_ref().expect("ensured"),
             );
             inbuf.as_mut_slice()[..pt.len()].copy_from_slice(pt);
-            calls::seal_frame(py, &self.keys, block_index, meta_flags, inbuf, pt.len(), outbuf)?;
+            calls::seal_stream_frame(py, &self.keys, block_index, meta_flags, inbuf, pt.len(), outbuf)?;
             frame.clear();
             frame.extend_from_slice(&outbuf.as_slice()[..flen]);
             Ok(())
@@ -101,6 +101,33 @@ impl StreamKeys for PyStreamKeys {
             Ok(())
         })
         .map_err(|e| Python::attach(|py| gw_err(py, e)))
+    }
+
+    fn open_frame(&mut self, buf: &[u8], pt: &mut Vec<u8>) -> Result<(BlockMeta, bool), GwError> {
+        let (meta_pt, opened) = Python::attach(|py| -> PyResult<(Vec<u8>, bool)> {
+            ensure(py, &mut self.inbuf, buf.len())?;
+            let cap = buf.len().saturating_sub(META_FRAME_LEN + TAG_LEN);
+            ensure(py, &mut self.outbuf, cap)?;
+            let (inbuf, outbuf) = (
+                self.inbuf.as_mut().expect("ensured"),
+                self.outbuf.as_ref().expect("ensured"),
+            );
+            inbuf.as_mut_slice()[..buf.len()].copy_from_slice(buf);
+            let (meta_pt, opened) = calls::open_stream_frame(py, &self.keys, inbuf, buf.len(), outbuf)?;
+            if opened {
+                // Only the metadata says how long the plaintext is: decoded below, copied here.
+                let pt_len = meta_pt
+                    .get(8..12)
+                    .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let pt_len = (pt_len as usize).min(cap);
+                pt.clear();
+                pt.extend_from_slice(&outbuf.as_slice()[..pt_len]);
+            }
+            Ok((meta_pt, opened))
+        })
+        .map_err(|e| Python::attach(|py| gw_err(py, e)))?;
+        let meta = BlockMeta::decode(&meta_pt).map_err(|e| GwError::Auth(e.to_string()))?;
+        Ok((meta, opened))
     }
 
     fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError> {

@@ -16,10 +16,12 @@
 //! The cryptography is behind [`Keyring`] and [`StreamKeys`]; the pyo3 glue implements
 //! them over `qeltrix_v6._crypto`.
 
+mod gate;
 mod pumps;
 mod sink;
 mod stats;
 
+pub use gate::CryptoGate;
 use pumps::*;
 use sink::*;
 pub use sink::{recover_stream, Recovered};
@@ -209,6 +211,19 @@ pub trait StreamKeys: Send + 'static {
     fn open_meta(&mut self, meta_frame: &[u8]) -> Result<BlockMeta, GwError>;
     /// Open `data_ct` into `pt` (replacing its contents), checking its SHA-256.
     fn open_data(&mut self, meta: &BlockMeta, data_ct: &[u8], pt: &mut Vec<u8>) -> Result<(), GwError>;
+    /// Open the frame at the start of `buf` (its first `buf.len()` bytes have arrived): its
+    /// metadata, and its data into `pt` when the whole frame is in `buf` (then `true`). The
+    /// caller checks the metadata before it releases a byte of `pt`. The default makes the two
+    /// calls; a binding may do both in one.
+    fn open_frame(&mut self, buf: &[u8], pt: &mut Vec<u8>) -> Result<(BlockMeta, bool), GwError> {
+        let meta = self.open_meta(&buf[..META_FRAME_LEN])?;
+        let end = META_FRAME_LEN + meta.pt_len as usize + TAG_LEN;
+        if buf.len() < end {
+            return Ok((meta, false));
+        }
+        self.open_data(&meta, &buf[META_FRAME_LEN..end], pt)?;
+        Ok((meta, true))
+    }
     /// Seal an index as a footer that will start at `footer_offset`.
     fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError>;
     /// `frame_digest` of the frame starting with `meta_frame` (its first `META_FRAME_LEN`
@@ -235,6 +250,7 @@ struct Gateway<K: Keyring> {
     open: Mutex<HashMap<u64, Arc<ConnStats>>>,
     closed: Mutex<VecDeque<ConnSnapshot>>,
     totals: Totals,
+    gate: Arc<CryptoGate>,
 }
 
 /// A running gateway.
@@ -304,6 +320,7 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
         open: Mutex::new(HashMap::new()),
         closed: Mutex::new(VecDeque::new()),
         totals: Totals::default(),
+        gate: Arc::new(CryptoGate::per_core()),
     });
     let mut threads = Vec::new();
     {
@@ -504,6 +521,7 @@ impl<K: Keyring> Gateway<K> {
             idle: self.config.idle_timeout,
             flush_delay: self.config.flush_delay,
             stats: stats.clone(),
+            gate: self.gate.clone(),
         };
         let bs = self.config.block_size;
         let max_bs = self.config.max_peer_block_size;
@@ -708,6 +726,7 @@ mod tests {
             idle: Duration::from_secs(30),
             flush_delay: Duration::ZERO,
             stats: stats(),
+            gate: Arc::new(CryptoGate::new(1)),
         }
     }
 
