@@ -720,9 +720,11 @@ class SharedKeySession(_Session):
 
     msg_lens = (SK_MSG1_LEN, SK_MSG2_LEN, 0)
 
-    def __init__(self, key: bytes, nonce: bytes | None = None) -> None:
+    def __init__(self, key: bytes, nonce: bytes | None = None, also_accept: tuple[bytes, ...] = ()) -> None:
         super().__init__()
         self._key = key
+        # A responder also accepts initiators using these keys (a key rotation in progress).
+        self._also_accept = also_accept
         # ``nonce`` only for test vectors: a live session always draws a fresh one.
         self._nonce = nonce if nonce is not None else random_bytes(SK_NONCE_LEN)
 
@@ -736,7 +738,11 @@ class SharedKeySession(_Session):
         if len(msg1) != SK_MSG1_LEN or msg1[:8] != SK_MAGIC:
             raise MalformedError("not a Qeltrix shared-key gateway session")
         nonce_i = msg1[8:40]
-        if not _hmac.compare_digest(shared_key_check(self._key, nonce_i), msg1[40:]):
+        for key in (self._key, *self._also_accept):
+            if _hmac.compare_digest(shared_key_check(key, nonce_i), msg1[40:]):
+                self._key = key
+                break
+        else:
             raise WrongKeyError("the peer gateway uses another shared key")
         self.secret = shared_key_session(self._key, nonce_i, self._nonce)
         return self._nonce

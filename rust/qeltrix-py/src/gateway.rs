@@ -273,6 +273,7 @@ impl Keyring for PyKeyring {
 pub struct GatewayCore {
     handle: Mutex<Option<GatewayHandle>>,
     addr: std::net::SocketAddr,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[pymethods]
@@ -280,7 +281,7 @@ impl GatewayCore {
     #[new]
     #[pyo3(signature = (mode, host, port, keyring, target=None, sink_dir=None, sink_raw=false, block_size=qeltrix_format::DEFAULT_BLOCK_SIZE,
                         flush_delay=0.0, max_connections=1024, idle_timeout=300.0, connect_timeout=10.0,
-                        stats_interval=0.0, handshake_timeout=10.0, signer=None))]
+                        stats_interval=0.0, handshake_timeout=10.0, signer=None, metrics=None))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
     fn new(
         py: Python<'_>,
@@ -299,6 +300,7 @@ impl GatewayCore {
         stats_interval: f64,
         handshake_timeout: f64,
         signer: Option<Py<PyAny>>,
+        metrics: Option<(String, u16)>,
     ) -> PyResult<GatewayCore> {
         if signer.is_some() && (mode != "sink") {
             return Err(PyValueError::new_err("only a sink signs what it stores"));
@@ -326,13 +328,24 @@ impl GatewayCore {
         config.connect_timeout = seconds("connect_timeout", connect_timeout, 0.01)?;
         config.stats_interval = seconds("stats_interval", stats_interval, 0.0)?;
         config.handshake_timeout = seconds("handshake_timeout", handshake_timeout, 0.01)?;
+        if let Some((mhost, mport)) = metrics {
+            config.metrics_addr = Some(
+                (mhost.as_str(), mport)
+                    .to_socket_addrs()
+                    .map_err(|e| io_error(format!("cannot resolve {mhost}: {e}")))?
+                    .next()
+                    .ok_or_else(|| io_error(format!("cannot resolve {mhost}")))?,
+            );
+        }
         let handle = py
             .detach(|| start_gateway(config, PyKeyring(keyring, signer)))
             .map_err(|e| io_error(e.to_string()))?;
         let addr = handle.local_addr();
+        let metrics_addr = handle.metrics_addr();
         Ok(GatewayCore {
             handle: Mutex::new(Some(handle)),
             addr,
+            metrics_addr,
         })
     }
 
@@ -340,6 +353,21 @@ impl GatewayCore {
     #[getter]
     fn address(&self) -> (String, u16) {
         (self.addr.ip().to_string(), self.addr.port())
+    }
+
+    /// `(host, port)` of the metrics endpoint, or `None`.
+    #[getter]
+    fn metrics_address(&self) -> Option<(String, u16)> {
+        self.metrics_addr.map(|a| (a.ip().to_string(), a.port()))
+    }
+
+    /// Stop accepting connections (the start of a drain); open ones go on, and so do
+    /// `/metrics` (with `/healthz` answering 503) and `stats()`.
+    fn stop_accepting(&self, py: Python<'_>) {
+        let mut guard = self.handle.lock().expect("handle lock");
+        if let Some(h) = guard.as_mut() {
+            py.detach(|| h.stop_accepting());
+        }
     }
 
     /// Aggregate and per-connection counters.
@@ -352,6 +380,7 @@ impl GatewayCore {
         out.set_item("active", a.active)?;
         out.set_item("refused", a.refused)?;
         out.set_item("failed", a.failed)?;
+        out.set_item("handshake_failures", a.handshake_failures)?;
         out.set_item("bytes_in", a.bytes_in)?;
         out.set_item("bytes_out", a.bytes_out)?;
         out.set_item("blocks", a.blocks)?;

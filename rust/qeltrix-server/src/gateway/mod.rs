@@ -85,6 +85,8 @@ pub struct GatewayConfig {
     pub backlog: i32,
     /// Interval of the aggregate stats log line; zero disables it.
     pub stats_interval: Duration,
+    /// Serve Prometheus `/metrics` and `/healthz` on this address too.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl GatewayConfig {
@@ -105,6 +107,7 @@ impl GatewayConfig {
             max_peer_block_size: qeltrix_format::MAX_STREAM_BLOCK_SIZE,
             backlog: 1024,
             stats_interval: Duration::ZERO,
+            metrics_addr: None,
         }
     }
 }
@@ -251,14 +254,19 @@ struct Gateway<K: Keyring> {
     closed: Mutex<VecDeque<ConnSnapshot>>,
     totals: Totals,
     gate: Arc<CryptoGate>,
+    /// Set when the gateway stops accepting (a drain): `/healthz` answers 503.
+    draining: AtomicBool,
 }
 
 /// A running gateway.
 pub struct GatewayHandle {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stats: Arc<dyn StatsSource>,
     stop: Box<dyn Fn() + Send + Sync>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    metrics_stop: Option<tokio::sync::watch::Sender<bool>>,
+    metrics_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl GatewayHandle {
@@ -277,11 +285,28 @@ impl GatewayHandle {
         self.stats.aggregate()
     }
 
-    /// Stop accepting and wait for the listener thread; open connections end on their own
-    /// (or at their idle timeout).
-    pub fn stop(&mut self) {
+    /// The bound metrics address, if `GatewayConfig::metrics_addr` was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Stop accepting (the start of a drain): open connections go on, `/metrics` still
+    /// answers and `/healthz` says `draining`.
+    pub fn stop_accepting(&mut self) {
         (self.stop)();
         for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Stop accepting and serving metrics; open connections end on their own (or at their
+    /// idle timeout).
+    pub fn stop(&mut self) {
+        self.stop_accepting();
+        if let Some(tx) = self.metrics_stop.take() {
+            let _ = tx.send(true);
+        }
+        if let Some(t) = self.metrics_thread.take() {
             let _ = t.join();
         }
     }
@@ -311,6 +336,15 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
     }
     let listener = bind(config.listen, config.backlog)?;
     let local_addr = listener.local_addr()?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("metrics address {addr}: {e}")))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        None => None,
+    };
     let gw = Arc::new(Gateway {
         config,
         keyring,
@@ -321,6 +355,7 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
         closed: Mutex::new(VecDeque::new()),
         totals: Totals::default(),
         gate: Arc::new(CryptoGate::per_core()),
+        draining: AtomicBool::new(false),
     });
     let mut threads = Vec::new();
     {
@@ -356,17 +391,42 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
                 })?,
         );
     }
+    let (metrics_addr, metrics_stop, metrics_thread) = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let source: Arc<dyn crate::metrics::MetricsSource> = gw.clone();
+            let t = std::thread::Builder::new()
+                .name("qeltrix-gw-metrics".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    if let Ok(rt) = rt {
+                        rt.block_on(async move {
+                            if let Ok(l) = tokio::net::TcpListener::from_std(l) {
+                                crate::metrics::serve(l, source, rx).await;
+                            }
+                        });
+                    }
+                })?;
+            (Some(addr), Some(tx), Some(t))
+        }
+        None => (None, None, None),
+    };
     let stopper = gw.clone();
     let stop = Box::new(move || {
+        stopper.draining.store(true, Ordering::SeqCst);
         stopper.stop.store(true, Ordering::SeqCst);
         // Wake the blocking accept.
         let _ = TcpStream::connect_timeout(&local_addr, Duration::from_secs(1));
     });
     Ok(GatewayHandle {
         local_addr,
+        metrics_addr,
         stats: gw,
         stop,
         threads,
+        metrics_stop,
+        metrics_thread,
     })
 }
 
@@ -390,7 +450,7 @@ impl<K: Keyring> Gateway<K> {
                 self.keyring.log(
                     LogLevel::Warning,
                     &format!(
-                        "connection limit ({}) reached; refusing {peer}",
+                        "connection from {peer} refused: connection limit ({}) reached",
                         self.config.max_connections
                     ),
                 );
@@ -428,19 +488,38 @@ impl<K: Keyring> Gateway<K> {
 
     fn finish(&self, stats: &Arc<ConnStats>, result: Result<(), GwError>) {
         *stats.ended.lock().expect("stats lock") = Some(Instant::now());
-        if let Err(e) = &result {
-            self.totals.failed.fetch_add(1, Ordering::Relaxed);
-            *stats.error.lock().expect("stats lock") = Some(e.to_string());
-            let level = if matches!(e, GwError::Io(_)) {
-                LogLevel::Info
-            } else {
-                LogLevel::Warning
-            };
-            self.keyring.log(
-                level,
-                &format!("connection {} from {} aborted (reset): {e}", stats.id, stats.peer),
-            );
-        }
+        let snap_now = stats.snapshot();
+        let (level, outcome) = match &result {
+            Ok(()) => (LogLevel::Info, "clean".to_owned()),
+            Err(e) => {
+                self.totals.failed.fetch_add(1, Ordering::Relaxed);
+                if stats.preauth_deadline_ms.load(Ordering::Relaxed) != u64::MAX {
+                    self.totals.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                *stats.error.lock().expect("stats lock") = Some(e.to_string());
+                let level = if matches!(e, GwError::Io(_)) {
+                    LogLevel::Info
+                } else {
+                    LogLevel::Warning
+                };
+                (level, format!("aborted (reset): {e}"))
+            }
+        };
+        // One line per connection, at its end (what an operator greps for).
+        self.keyring.log(
+            level,
+            &format!(
+                "connection {} from {} to {} ({}): {outcome}; {} B in, {} B out, {} frames, {:.3} s",
+                stats.id,
+                stats.peer,
+                self.describe_target(),
+                self.mode_name(),
+                snap_now.bytes_in,
+                snap_now.bytes_out,
+                snap_now.blocks,
+                snap_now.duration.as_secs_f64(),
+            ),
+        );
         let snap = stats.snapshot();
         self.totals.bytes_in.fetch_add(snap.bytes_in, Ordering::Relaxed);
         self.totals.bytes_out.fetch_add(snap.bytes_out, Ordering::Relaxed);
@@ -453,6 +532,23 @@ impl<K: Keyring> Gateway<K> {
         closed.push_back(snap);
         drop(closed);
         self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn mode_name(&self) -> &'static str {
+        match self.config.mode {
+            Mode::Reflect => "reflect",
+            Mode::Router => "router",
+            Mode::Decrypt => "decrypt",
+            Mode::Sink => "sink",
+        }
+    }
+
+    fn describe_target(&self) -> String {
+        match (&self.config.target, &self.config.sink_dir) {
+            (Some(t), _) => t.clone(),
+            (None, Some(d)) => d.display().to_string(),
+            (None, None) => "itself".into(),
+        }
     }
 
     fn connect_target(&self) -> Result<TcpStream, GwError> {
