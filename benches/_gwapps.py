@@ -53,7 +53,7 @@ def postgres() -> Iterator[int]:
     if os.geteuid() == 0:
         nobody = pwd.getpwnam("nobody")
         os.chown(data, nobody.pw_uid, nobody.pw_gid)
-        run_as = ["runuser", "-u", "nobody", "--"]
+        run_as = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "nobody", "--"]
     data.chmod(0o700)
     subprocess.run(
         [*run_as, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"],

@@ -16,6 +16,7 @@
 //! The cryptography is behind [`Keyring`] and [`StreamKeys`]; the pyo3 glue implements
 //! them over `qeltrix_v6._crypto`.
 
+mod aio;
 mod gate;
 mod pumps;
 mod sink;
@@ -154,7 +155,7 @@ impl From<qeltrix_format::FormatError> for GwError {
 pub trait Keyring: Send + Sync + 'static {
     type Keys: StreamKeys;
     /// What an authenticated peer handshake leaves behind (pinned-key mode).
-    type Session: Send + Sync;
+    type Session: Send + Sync + 'static;
     /// Pinned-key mode: run the peer handshake (FORMAT.md section 12.1) over `send`/`recv`
     /// before any stream; a peer whose key is not pinned is refused here. Shared-key mode
     /// returns `None` without a byte exchanged.
@@ -256,6 +257,8 @@ struct Gateway<K: Keyring> {
     gate: Arc<CryptoGate>,
     /// Set when the gateway stops accepting (a drain): `/healthz` answers 503.
     draining: AtomicBool,
+    /// Where router and decrypt connections run once their streams are set up.
+    workers: std::sync::OnceLock<aio::Workers>,
 }
 
 /// A running gateway.
@@ -356,7 +359,12 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
         totals: Totals::default(),
         gate: Arc::new(CryptoGate::per_core()),
         draining: AtomicBool::new(false),
+        workers: std::sync::OnceLock::new(),
     });
+    if matches!(gw.config.mode, Mode::Router | Mode::Decrypt) {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let _ = gw.workers.set(aio::Workers::start(&gw, n)?);
+    }
     let mut threads = Vec::new();
     {
         let gw = gw.clone();
@@ -469,6 +477,18 @@ impl<K: Keyring> Gateway<K> {
                     gw.keyring.on_thread(&mut || result = Some(gw.handle(&stream, &stats)));
                     let result =
                         result.unwrap_or_else(|| Err(GwError::Protocol("connection thread did not run".into())));
+                    // Set up: the data phase goes on without this thread.
+                    let result = match result {
+                        Ok(Some((other, handoff))) => match gw.workers.get() {
+                            Some(w) => {
+                                w.spawn(gw.clone(), stream, other, stats, handoff);
+                                return;
+                            }
+                            None => Err(GwError::Protocol("no worker for this connection".into())),
+                        },
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    };
                     if result.is_err() {
                         // Errors before the pumps started (session, header) abort too.
                         set_reset_on_close(&stream);
@@ -583,14 +603,6 @@ impl<K: Keyring> Gateway<K> {
         Ok(())
     }
 
-    /// Run `f` inside the keyring's per-thread setup (see [`Keyring::on_thread`]).
-    fn run_on_thread<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let mut f = Some(f);
-        let mut out = None;
-        self.keyring.on_thread(&mut || out = f.take().map(|f| f()));
-        out.expect("on_thread runs its closure once")
-    }
-
     /// Run the keyring's peer handshake (if any) on `s`.
     fn handshake(&self, p: &Pumps, s: &TcpStream, side: Side, initiator: bool) -> Result<Option<K::Session>, GwError> {
         self.keyring.handshake(
@@ -607,7 +619,13 @@ impl<K: Keyring> Gateway<K> {
         )
     }
 
-    fn handle(&self, client: &TcpStream, stats: &Arc<ConnStats>) -> Result<(), GwError> {
+    /// Serve a connection; router and decrypt connections return, once set up, the socket to
+    /// their other side and what the data phase needs ([`aio`]).
+    fn handle(
+        &self,
+        client: &TcpStream,
+        stats: &Arc<ConnStats>,
+    ) -> Result<Option<(TcpStream, aio::Handoff<K>)>, GwError> {
         self.prepare(client)?;
         if self.config.mode != Mode::Reflect && !(self.config.mode == Mode::Sink && self.config.sink_raw) {
             let ms = self.config.handshake_timeout.as_millis().min(u128::from(u64::MAX - 1)) as u64;
@@ -628,7 +646,7 @@ impl<K: Keyring> Gateway<K> {
                 p.write_all(&mut &*client, Side::Client, &header)?;
                 let r = p.seal(client, Side::Client, &mut &*client, Side::Client, &mut keys, bs, nop);
                 after(&p, &r, &[client], client);
-                r
+                r.map(|()| None)
             }
             Mode::Router => {
                 let peer = self.connect_target()?;
@@ -640,95 +658,48 @@ impl<K: Keyring> Gateway<K> {
                 // The peer is the gateway this one chose to connect to; its reply header is
                 // bounded by MAX_STREAM_HEADER_LEN and the idle timeout from here.
                 stats.authenticated();
-                let session = session.as_ref();
-                let (header, mut keys) = self.keyring.new_stream(session, None, bs)?;
+                let (header, keys) = self.keyring.new_stream(session.as_ref(), None, bs)?;
                 let request_id = Header::parse(&header)
                     .map_err(|e| GwError::Protocol(e.to_string()))?
                     .container_id;
                 let reply_id = self.keyring.reply_id(&request_id)?;
-                std::thread::scope(|scope| {
-                    let up = scope.spawn(|| {
-                        self.run_on_thread(|| {
-                            let r = p
-                                .write_all(&mut &peer, Side::Other, &header)
-                                .map_err(GwError::Io)
-                                .and_then(|()| {
-                                    p.seal(
-                                        client,
-                                        Side::Client,
-                                        &mut &peer,
-                                        Side::Other,
-                                        &mut keys,
-                                        bs,
-                                        &mut |_, _, _| Ok(()),
-                                    )
-                                });
-                            after(&p, &r, &[client, &peer], &peer);
-                            r
-                        })
-                    });
-                    let down = (|| {
-                        let h = read_stream_header(&p, &peer, Side::Other, max_bs)?;
-                        if h.container_id != reply_id {
-                            return Err(GwError::Auth("the reply stream is not bound to this connection".into()));
-                        }
-                        let mut keys = self.keyring.accept_stream(session, &h)?;
-                        p.open(&peer, Side::Other, &mut keys, h.block_size, &mut |_, _, _, _, pt| {
-                            p.write_all(&mut &*client, Side::Client, pt).map_err(GwError::Io)
-                        })
-                    })();
-                    after(&p, &down, &[client, &peer], client);
-                    join_both(up.join(), down)
-                })
+                let _ = max_bs;
+                Ok(Some((
+                    peer,
+                    aio::Handoff::Router {
+                        header,
+                        keys,
+                        reply_id,
+                        session,
+                    },
+                )))
             }
             Mode::Decrypt => {
                 let session = self.handshake(&p, client, Side::Client, false)?;
-                let session = session.as_ref();
                 let h = read_stream_header(&p, client, Side::Client, max_bs)?;
                 // Authenticated under this connection's fresh session before the target is
                 // contacted: a replayed or reflected stream never reaches it.
-                let mut in_keys = self.keyring.accept_stream(session, &h)?;
+                let in_keys = self.keyring.accept_stream(session.as_ref(), &h)?;
                 stats.authenticated();
                 let reply_id = self.keyring.reply_id(&h.container_id)?;
                 let target = self.connect_target()?;
-                std::thread::scope(|scope| {
-                    let down = scope.spawn(|| {
-                        self.run_on_thread(|| {
-                            let r = self.keyring.new_stream(session, Some(reply_id), bs).and_then(
-                                |(reply_header, mut keys)| {
-                                    p.write_all(&mut &*client, Side::Client, &reply_header)?;
-                                    p.seal(
-                                        &target,
-                                        Side::Other,
-                                        &mut &*client,
-                                        Side::Client,
-                                        &mut keys,
-                                        bs,
-                                        &mut |_, _, _| Ok(()),
-                                    )
-                                },
-                            );
-                            after(&p, &r, &[client, &target], client);
-                            r
-                        })
-                    });
-                    let up = p.open(
-                        client,
-                        Side::Client,
-                        &mut in_keys,
-                        h.block_size,
-                        &mut |_, _, _, _, pt| p.write_all(&mut &target, Side::Other, pt).map_err(GwError::Io),
-                    );
-                    after(&p, &up, &[client, &target], &target);
-                    join_both(down.join(), up)
-                })
+                let (reply_header, reply_keys) = self.keyring.new_stream(session.as_ref(), Some(reply_id), bs)?;
+                Ok(Some((
+                    target,
+                    aio::Handoff::Decrypt {
+                        reply_header,
+                        reply_keys,
+                        in_keys,
+                        in_block_size: h.block_size,
+                    },
+                )))
             }
             Mode::Sink => {
                 let r = self.sink(client, &p);
                 if r.is_err() {
                     abort(&p, &[client]);
                 }
-                r
+                r.map(|()| None)
             }
         }
     }
@@ -1000,16 +971,5 @@ mod tests {
         c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         let e = c.read(&mut buf).expect_err("a reset, not an end of input");
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
-    }
-
-    #[test]
-    fn join_both_reports_the_cause_not_the_consequence() {
-        let aborted = || Err(GwError::Io(aborted_error()));
-        let cut = || Err(GwError::Truncated("cut".into()));
-        assert!(matches!(join_both(Ok(aborted()), cut()), Err(GwError::Truncated(_))));
-        assert!(matches!(join_both(Ok(cut()), aborted()), Err(GwError::Truncated(_))));
-        let auth = Err(GwError::Auth("bad tag".into()));
-        assert!(matches!(join_both(Ok(auth), cut()), Err(GwError::Auth(_))));
-        assert!(join_both(Ok(Ok(())), Ok(())).is_ok());
     }
 }

@@ -29,29 +29,6 @@ pub(super) fn set_reset_on_close(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
-pub(super) fn join_both(
-    other: std::thread::Result<Result<(), GwError>>,
-    this: Result<(), GwError>,
-) -> Result<(), GwError> {
-    let other = other.unwrap_or_else(|_| Err(GwError::Protocol("a connection thread panicked".into())));
-    // Report the real cause: an error is often the consequence of the other side's (an
-    // abort wakes the other pump with an "aborted" error).
-    fn rank(r: &Result<(), GwError>) -> u8 {
-        match r {
-            Ok(()) => 0,
-            Err(GwError::Io(e)) if e.kind() == io::ErrorKind::ConnectionAborted => 1,
-            Err(GwError::Io(_)) => 2,
-            Err(GwError::Truncated(_)) => 3,
-            Err(_) => 4,
-        }
-    }
-    if rank(&other) > rank(&this) {
-        other
-    } else {
-        this
-    }
-}
-
 pub(super) fn aborted_error() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "the connection was aborted")
 }
