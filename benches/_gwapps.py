@@ -181,6 +181,7 @@ def memory(port: int, pids: list[int], conns: int, each: int) -> dict[str, float
     """Open `conns` connections through the relay to the echo target; each echoes `each` bytes
     (0: just one byte, then held open). Peak RSS and threads of the relay's busiest process."""
     socks: list[socket.socket] = []
+    steady: list[tuple[int, int]] = []
     peak: dict[int, tuple[int, int]] = {p: (0, 0) for p in pids}
     stop = threading.Event()
 
@@ -231,6 +232,8 @@ def memory(port: int, pids: list[int], conns: int, each: int) -> dict[str, float
         for w in workers:
             w.join(600)
         time.sleep(0.3)
+        # With every connection still open: the steady state (the peaks include handshakes).
+        steady = [_proc_mem([p]) for p in pids]
     finally:
         stop.set()
         sampler.join(5)
@@ -238,7 +241,13 @@ def memory(port: int, pids: list[int], conns: int, each: int) -> dict[str, float
             s.close()
     rss = max((v[0] for v in peak.values()), default=0)
     thr = max((v[1] for v in peak.values()), default=0)
-    return {"rss_mib": rss / (1 << 20), "threads": thr, "errors": errors}
+    return {
+        "rss_mib": rss / (1 << 20),
+        "threads_peak": thr,
+        "threads": max((t for _r, t in steady), default=0),
+        "rss_open_mib": max((r for r, _t in steady), default=0) / (1 << 20),
+        "errors": errors,
+    }
 
 
 def run_apps(args: argparse.Namespace, work: Path, procs: Procs, echo_port: int) -> dict[str, Any]:

@@ -23,10 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import qeltrix_v6
 from conftest import KEY, require, running_cli
 from prometheus_client.parser import text_string_to_metric_families
-
-import qeltrix_v6
 
 
 @contextlib.contextmanager
@@ -37,11 +36,10 @@ def echo_server() -> Iterator[int]:
     stop = threading.Event()
 
     def serve(c: socket.socket) -> None:
-        with c:
-            with contextlib.suppress(OSError):
-                while data := c.recv(1 << 20):
-                    c.sendall(data)
-                c.shutdown(socket.SHUT_WR)
+        with c, contextlib.suppress(OSError):
+            while data := c.recv(1 << 20):
+                c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
 
     def accept() -> None:
         while not stop.is_set():
@@ -139,6 +137,66 @@ def test_metrics_are_prometheus_text_and_count_what_the_pair_did() -> None:
         assert scrape(router.metrics_address)[0] == 200
 
 
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_thousand_open_connections_hold_no_thread_each() -> None:
+    """1,000 connections open at once through a router+decrypt pair (in this process): every
+    one answers, and the threads and memory of the pair do not grow with them."""
+    n = 1000
+    with (
+        echo_server() as target,
+        qeltrix_v6.GatewayServer(
+            "decrypt", "127.0.0.1:0", target=f"127.0.0.1:{target}", key=KEY, max_connections=2 * n
+        ) as dec,
+        qeltrix_v6.GatewayServer(
+            "router", "127.0.0.1:0", target=f"127.0.0.1:{dec.address[1]}", key=KEY, max_connections=2 * n
+        ) as router,
+    ):
+        # Warm up (workers started, buffers pooled), then count.
+        assert roundtrip(router.address[1], b"warm") == b"warm"
+        threads0, rss0 = _threads(), _rss_bytes()
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.create_connection(router.address, timeout=60)
+                socks.append(s)
+                s.sendall(b"%d;" % i)
+            for i, s in enumerate(socks):
+                want = b"%d;" % i
+                assert _recv_exact(s, len(want)) == want
+            deadline = time.monotonic() + 30
+            while (router.stats()["active"] < n or dec.stats()["active"] < n) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert router.stats()["active"] == n and dec.stats()["active"] == n
+            threads, rss = _threads(), _rss_bytes()
+        finally:
+            for s in socks:
+                s.close()
+        # The echo server here holds a thread per connection; the gateways add none (a thread
+        # runs a connection's handshake only, then hands it to the workers).
+        assert threads - threads0 <= n + 100, (threads0, threads)
+        # Well under a block per connection and gateway (2 x 2 x 256 KiB would be 1 GiB).
+        assert rss - rss0 < 256 << 20, (rss0, rss)
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        more = s.recv(n - len(got))
+        assert more, "the connection closed"
+        got += more
+    return got
+
+
 def test_handshake_failures_and_aborts_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     with (
         echo_server() as target,
@@ -176,43 +234,42 @@ def test_sigterm_drains_an_in_flight_200_mib_transfer_then_exits_0(tmp_path: Pat
     chunk = os.urandom(1 << 20)
     with echo_server() as target:
         dec_args, common = cli_pair(tmp_path, target)
-        with running_cli(*dec_args, ready=READY) as (_dec, dm, _):
-            with running_cli(
-                "gateway", "--mode", "router", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{dm.group(1)}",
-                *common, "--drain-timeout", "60", ready=READY,
-            ) as (router, rm, rlines):  # fmt: skip
-                received = 0
+        with running_cli(*dec_args, ready=READY) as (_dec, dm, _), running_cli(
+            "gateway", "--mode", "router", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{dm.group(1)}",
+            *common, "--drain-timeout", "60", ready=READY,
+        ) as (router, rm, rlines):  # fmt: skip
+            received = 0
 
-                def reader(s: socket.socket) -> None:
-                    nonlocal received
-                    while data := s.recv(1 << 20):
-                        received += len(data)
+            def reader(s: socket.socket) -> None:
+                nonlocal received
+                while data := s.recv(1 << 20):
+                    received += len(data)
 
-                with socket.create_connection(("127.0.0.1", int(rm.group(1))), timeout=60) as s:
-                    t = threading.Thread(target=reader, args=(s,), daemon=True)
-                    t.start()
-                    for i in range(size >> 20):
-                        s.sendall(chunk)
-                        if i == 20:
-                            router.send_signal(signal.SIGTERM)
-                            # New connections are refused once the drain has started.
-                            deadline = time.monotonic() + 10
-                            while time.monotonic() < deadline:
-                                try:
-                                    socket.create_connection(("127.0.0.1", int(rm.group(1))), timeout=1).close()
-                                except OSError:
-                                    break
-                                time.sleep(0.05)
-                            else:
-                                pytest.fail("the router still accepts connections while draining")
-                    s.shutdown(socket.SHUT_WR)
-                    t.join(120)
-                assert received == size
-                assert router.wait(30) == 0, "".join(rlines)
-                assert any("draining" in line for line in rlines), "".join(rlines)
-                assert any(re.search(r"\(router\): clean; 209715200 B in, 209715200 B out", x) for x in rlines), (
-                    "".join(rlines)
-                )
+            with socket.create_connection(("127.0.0.1", int(rm.group(1))), timeout=60) as s:
+                t = threading.Thread(target=reader, args=(s,), daemon=True)
+                t.start()
+                for i in range(size >> 20):
+                    s.sendall(chunk)
+                    if i == 20:
+                        router.send_signal(signal.SIGTERM)
+                        # New connections are refused once the drain has started.
+                        deadline = time.monotonic() + 10
+                        while time.monotonic() < deadline:
+                            try:
+                                socket.create_connection(("127.0.0.1", int(rm.group(1))), timeout=1).close()
+                            except OSError:
+                                break
+                            time.sleep(0.05)
+                        else:
+                            pytest.fail("the router still accepts connections while draining")
+                s.shutdown(socket.SHUT_WR)
+                t.join(120)
+            assert received == size
+            assert router.wait(30) == 0, "".join(rlines)
+            assert any("draining" in line for line in rlines), "".join(rlines)
+            assert any(re.search(r"\(router\): clean; 209715200 B in, 209715200 B out", x) for x in rlines), "".join(
+                rlines
+            )
 
 
 def test_sighup_rotates_the_shared_key_without_dropping_open_connections(tmp_path: Path) -> None:
@@ -229,42 +286,42 @@ def test_sighup_rotates_the_shared_key_without_dropping_open_connections(tmp_pat
             time.sleep(0.05)
         assert sum(what in x for x in lines) >= count, "".join(lines)
 
-    with echo_server() as target:
+    with echo_server() as target, running_cli(
+        "gateway", "--mode", "decrypt", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{target}",
+        "-k", str(current), "-k", str(previous), ready=READY,
+    ) as (dec, dm, dlines):  # fmt: skip
+        dport = int(dm.group(1))
         with running_cli(
-            "gateway", "--mode", "decrypt", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{target}",
-            "-k", str(current), "-k", str(previous), ready=READY,
-        ) as (dec, dm, dlines):  # fmt: skip
-            dport = int(dm.group(1))
-            with running_cli(
-                "gateway", "--mode", "router", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{dport}",
-                "-k", str(router_key), ready=READY,
-            ) as (router, rm, rlines):  # fmt: skip
-                rport = int(rm.group(1))
-                with socket.create_connection(("127.0.0.1", rport), timeout=30) as held:
-                    assert ping(held, b"before") == b"before"
-                    # Step 1: the decrypt side takes the new key and keeps accepting the old one.
-                    key_file(previous, k1)
-                    key_file(current, k2)
-                    dec.send_signal(signal.SIGHUP)
-                    wait_for(dlines, "SIGHUP: reloaded", 1)
-                    assert roundtrip(rport, b"old key still accepted") == b"old key still accepted"
-                    # Step 2: the router moves to the new key.
-                    key_file(router_key, k2)
-                    router.send_signal(signal.SIGHUP)
-                    wait_for(rlines, "SIGHUP: reloaded", 1)
-                    assert roundtrip(rport, b"new key") == b"new key"
-                    # Step 3: the old key is retired; a peer still using it is refused.
-                    key_file(previous, os.urandom(32))
-                    dec.send_signal(signal.SIGHUP)
-                    wait_for(dlines, "SIGHUP: reloaded", 2)
-                    with qeltrix_v6.GatewayServer("router", "127.0.0.1:0", target=f"127.0.0.1:{dport}", key=k1) as old:
-                        with pytest.raises(OSError):
-                            got = roundtrip(old.address[1], b"retired key")
-                            assert got == b"", got
-                            raise ConnectionResetError("closed without an answer")
-                    # The connection opened before any of this still works.
-                    assert ping(held, b"after") == b"after"
-                assert router.poll() is None and dec.poll() is None
+            "gateway", "--mode", "router", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{dport}",
+            "-k", str(router_key), ready=READY,
+        ) as (router, rm, rlines):  # fmt: skip
+            rport = int(rm.group(1))
+            with socket.create_connection(("127.0.0.1", rport), timeout=30) as held:
+                assert ping(held, b"before") == b"before"
+                # Step 1: the decrypt side takes the new key and keeps accepting the old one.
+                key_file(previous, k1)
+                key_file(current, k2)
+                dec.send_signal(signal.SIGHUP)
+                wait_for(dlines, "SIGHUP: reloaded", 1)
+                assert roundtrip(rport, b"old key still accepted") == b"old key still accepted"
+                # Step 2: the router moves to the new key.
+                key_file(router_key, k2)
+                router.send_signal(signal.SIGHUP)
+                wait_for(rlines, "SIGHUP: reloaded", 1)
+                assert roundtrip(rport, b"new key") == b"new key"
+                # Step 3: the old key is retired; a peer still using it is refused.
+                key_file(previous, os.urandom(32))
+                dec.send_signal(signal.SIGHUP)
+                wait_for(dlines, "SIGHUP: reloaded", 2)
+                with qeltrix_v6.GatewayServer("router", "127.0.0.1:0", target=f"127.0.0.1:{dport}", key=k1) as old:
+                    try:
+                        got = roundtrip(old.address[1], b"retired key")
+                    except OSError:  # reset: the refusal a client sees
+                        got = b""
+                    assert got == b"", got
+                # The connection opened before any of this still works.
+                assert ping(held, b"after") == b"after"
+            assert router.poll() is None and dec.poll() is None
 
 
 def test_a_key_file_readable_by_others_is_warned_about_even_with_quiet(tmp_path: Path) -> None:
@@ -331,23 +388,23 @@ def postgres(tmp: Path) -> Iterator[int]:
 
 def test_pgbench_builtin_scripts_through_the_pair_with_zero_failed_transactions(tmp_path: Path) -> None:
     pgbench = _pg_bin("pgbench")
-    with postgres(tmp_path) as pg:
-        with (
-            qeltrix_v6.GatewayServer("decrypt", "127.0.0.1:0", target=f"127.0.0.1:{pg}", key=KEY) as dec,
-            qeltrix_v6.GatewayServer("router", "127.0.0.1:0", target=f"127.0.0.1:{dec.address[1]}", key=KEY) as rt,
-        ):
-            conn = ["-h", "127.0.0.1", "-p", str(rt.address[1]), "-U", "postgres"]
-            init = subprocess.run(
-                [pgbench, "-i", "-s", "1", "-q", *conn, "postgres"], capture_output=True, text=True, timeout=120
-            )
-            assert init.returncode == 0, init.stderr
-            for script in ("tpcb-like", "select-only", "simple-update"):
-                r = subprocess.run(
-                    [pgbench, "-b", script, "-c", "4", "-j", "2", "-t", "150", "-n", *conn, "postgres"],
-                    capture_output=True, text=True, timeout=180,
-                )  # fmt: skip
-                assert r.returncode == 0, r.stdout + r.stderr
-                assert "number of transactions actually processed: 600/600" in r.stdout, r.stdout
-                failed = re.search(r"number of failed transactions: (\d+)", r.stdout)
-                assert failed is None or failed.group(1) == "0", r.stdout
-            assert rt.stats()["failed"] == 0
+    with (
+        postgres(tmp_path) as pg,
+        qeltrix_v6.GatewayServer("decrypt", "127.0.0.1:0", target=f"127.0.0.1:{pg}", key=KEY) as dec,
+        qeltrix_v6.GatewayServer("router", "127.0.0.1:0", target=f"127.0.0.1:{dec.address[1]}", key=KEY) as rt,
+    ):
+        conn = ["-h", "127.0.0.1", "-p", str(rt.address[1]), "-U", "postgres"]
+        init = subprocess.run(
+            [pgbench, "-i", "-s", "1", "-q", *conn, "postgres"], capture_output=True, text=True, timeout=120
+        )
+        assert init.returncode == 0, init.stderr
+        for script in ("tpcb-like", "select-only", "simple-update"):
+            r = subprocess.run(
+                [pgbench, "-b", script, "-c", "4", "-j", "2", "-t", "150", "-n", *conn, "postgres"],
+                capture_output=True, text=True, timeout=180,
+            )  # fmt: skip
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert "number of transactions actually processed: 600/600" in r.stdout, r.stdout
+            failed = re.search(r"number of failed transactions: (\d+)", r.stdout)
+            assert failed is None or failed.group(1) == "0", r.stdout
+        assert rt.stats()["failed"] == 0
