@@ -604,9 +604,9 @@ def gateway(
         raise CliError(f"--metrics: {e}", code=ExitCode.USAGE) from None
 
     def load_keys() -> tuple[bytes | None, tuple[bytes, ...], bytes | None, list[bytes]]:
-        for f in [*key_files, *([identity] if identity else [])]:
-            _warn_if_readable_by_others(f)
-        keys = [read_key_file(f) for f in key_files]
+        for path in [*key_files, *([identity] if identity else [])]:
+            _warn_if_readable_by_others(path)
+        keys = [read_key_file(kf) for kf in key_files]
         ident = read_key_file(identity) if identity else None
         peers = list(peer or [])
         if peers_file:
