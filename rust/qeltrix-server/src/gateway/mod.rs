@@ -1,11 +1,15 @@
 //! GatewayServer loops (FORMAT.md section 12 "Streams"; docs/DESIGN.md "Servers").
 //!
-//! One thread per direction of each connection: a *seal pump* reads plaintext, cuts it into
-//! frames (a frame is sealed when its block is full or the source has nothing more ready,
-//! so interactive protocols see no added delay) and writes them; an *open pump* reads
+//! Each accepted connection gets a thread for its setup: the session handshake and stream
+//! headers (short, bounded by the handshake timeout). Router and decrypt connections then hand
+//! their data phase to a few asynchronous workers ([`aio`]: one per core, also the crypto
+//! workers) and the thread ends; reflect and sink connections keep their thread, with one
+//! *seal pump* or *open pump* per direction ([`pumps`]). A seal pump reads plaintext, cuts it
+//! into frames (a frame is sealed when its block is full or the source has nothing more
+//! ready, so interactive protocols see no added delay) and writes them; an open pump reads
 //! frames, authenticates each completely before forwarding a byte of it, and half-closes its
-//! destination on the `FINAL` frame. Blocking writes give backpressure, so memory per
-//! connection is two blocks per direction whatever the peers do.
+//! destination on the `FINAL` frame. Writes that wait give backpressure, so memory per
+//! connection is bounded by a few blocks whatever the peers do.
 //!
 //! A cut is never a clean end (FORMAT.md section 12): a destination is half-closed only after
 //! a `FINAL` frame (or, on the sealing side, after its source half-closed); any error aborts
