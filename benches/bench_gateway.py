@@ -7,6 +7,7 @@ target server, on loopback, in one run. Issue 5, "Performance".
     python benches/bench_gateway.py --quick       # 256 MiB, 2,000 ping-pongs, 50 x 4 MiB
     python benches/bench_gateway.py --relays qeltrix,stunnel --json out.json
     python benches/bench_gateway.py --profile prof/   # perf + py-spy of both qeltrix gateways
+    python benches/bench_gateway.py --apps --quick    # redis-benchmark, pgbench, RSS/threads (issue 12)
 
 What is measured, for each relay (and for a direct connection, as a reference):
 
@@ -481,6 +482,13 @@ def main() -> int:
     ap.add_argument("--profile", default=None, metavar="DIR", help="record perf/py-spy of the qeltrix gateways")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     ap.add_argument("--max-seconds", type=float, default=1500, help="hard deadline for the whole run")
+    ap.add_argument("--apps", action="store_true", help="applications instead: redis-benchmark, pgbench, memory")
+    ap.add_argument(
+        "--app-relays",
+        default="direct,qeltrix,qeltrix-pinned,stunnel,spiped",
+        help="with --apps: relays among direct, qeltrix, qeltrix-pinned, stunnel, spiped",
+    )
+    ap.add_argument("--skip-memory", action="store_true", help="with --apps: skip the RSS/thread measurements")
     ap.add_argument("--child-target", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-gateway", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--target", default=None, help=argparse.SUPPRESS)
@@ -496,6 +504,8 @@ def main() -> int:
         )
         return 0
 
+    if args.apps:
+        return main_apps(args)
     stream_size = args.stream_size or ((256 << 20) if args.quick else (1 << 30))
     pings = args.pings or (2000 if args.quick else 10000)
     conn_size = args.conn_size or ((4 << 20) if args.quick else (20 << 20))
@@ -557,6 +567,26 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0 if results.get("all_pass") else 1
+
+
+def main_apps(args: argparse.Namespace) -> int:
+    from _gwapps import run_apps
+
+    work = Path(tempfile.mkdtemp(prefix="qeltrix-gwapps-"))
+    procs = Procs(work)
+    try:
+        with hard_deadline(args.max_seconds, procs, None):
+            echo, _ = start_py_child(procs, "target", ["--child-target", "--max-seconds", str(args.max_seconds)])
+            results = run_apps(args, work, procs, echo)
+    except Deadline as e:
+        log(f"ABORTED: {e}")
+        return 3
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
 
 
 def run(

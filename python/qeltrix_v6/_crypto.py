@@ -69,8 +69,9 @@ _DATA_AAD = struct.Struct("<QIB")
 _ARGON2ID_BODY = struct.Struct("<16sIII12s48s")
 _PBKDF2_BODY = struct.Struct("<16sI12s48s")
 _KEY_BODY = struct.Struct("<12s48s")
-
-
+# V6-C metadata plaintext (FORMAT.md section 5): block_index, pt_len, meta_flags, 3 reserved
+# zero bytes, cdk_salt, data_nonce, pt_sha256.
+_META_PT = struct.Struct("<QIB3x16s12s32s")
 # One algorithm object for every hash, HKDF and HMAC: it is immutable, and constructing one
 # per call is a measurable part of a block's fixed cost.
 _SHA256 = hashes.SHA256()
@@ -521,6 +522,44 @@ class ContainerKeys:
         if not compare_digest(sha256(out), pt_sha256):
             raise AuthenticationError(f"block {block_index} failed its integrity hash")
 
+    def seal_stream_frame(
+        self, block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview
+    ) -> None:
+        """Seal ``inbuf[:pt_len]`` as the whole frame ``block_index`` into ``outbuf[:frame_len]``.
+
+        ``seal_block`` and ``seal_meta`` in one call (one GIL acquisition per frame): the
+        gateway's per-frame path (FORMAT.md sections 5 and 12). Same bytes on the wire.
+        """
+        pt = memoryview(inbuf)[:pt_len]
+        pt_sha256 = sha256(pt)
+        rnd = os.urandom(SALT_LEN + 2 * NONCE_LEN)
+        cdk_salt, data_nonce, meta_nonce = rnd[:SALT_LEN], rnd[SALT_LEN:-NONCE_LEN], rnd[-NONCE_LEN:]
+        cid = self.container_id
+        cdk = HKDF(_SHA256, 32, cdk_salt, LABEL_CDK + cid + block_index.to_bytes(8, "little") + pt_sha256)
+        out = memoryview(outbuf)
+        data_aad = cid + _DATA_AAD.pack(block_index, pt_len, meta_flags)
+        self._aead_cls(cdk.derive(self._mk)).encrypt_into(
+            data_nonce, pt, data_aad, out[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN]
+        )
+        meta_pt = _META_PT.pack(block_index, pt_len, meta_flags, cdk_salt, data_nonce, pt_sha256)
+        out[:NONCE_LEN] = meta_nonce
+        self._meta_aead.encrypt_into(meta_nonce, meta_pt, cid, out[NONCE_LEN:META_FRAME_LEN])
+
+    def open_stream_frame(self, inbuf: memoryview, avail: int, outbuf: memoryview) -> tuple[bytes, bool]:
+        """Open the metadata of the frame at the start of ``inbuf`` and, when the whole frame is
+        among its first ``avail`` bytes, its data too (into ``outbuf[:pt_len]``, SHA-256 checked).
+
+        Returns ``(meta_pt, data_opened)``: ``open_meta`` and ``open_block`` in one call when
+        the frame has arrived whole, as an interactive one has. The caller checks ``meta_pt``
+        (index, length, flags) before it releases a byte of ``outbuf``.
+        """
+        meta_pt = self.open_meta(inbuf)
+        block_index, pt_len, meta_flags, cdk_salt, data_nonce, pt_sha256 = _META_PT.unpack(meta_pt)
+        if META_FRAME_LEN + pt_len + TAG_LEN > avail or pt_len > len(outbuf):
+            return meta_pt, False
+        self.open_block(block_index, pt_len, meta_flags, cdk_salt, data_nonce, pt_sha256, inbuf, outbuf)
+        return meta_pt, True
+
     def frame_digest(self, inbuf: memoryview) -> bytes:
         """``frame_digest = SHA256(meta_nonce || meta_ct)``: the first ``META_FRAME_LEN`` bytes of
         the frame in ``inbuf`` (FORMAT.md section 15; they commit to the whole block)."""
@@ -688,9 +727,11 @@ class SharedKeySession(_Session):
 
     msg_lens = (SK_MSG1_LEN, SK_MSG2_LEN, 0)
 
-    def __init__(self, key: bytes, nonce: bytes | None = None) -> None:
+    def __init__(self, key: bytes, nonce: bytes | None = None, also_accept: tuple[bytes, ...] = ()) -> None:
         super().__init__()
         self._key = key
+        # A responder also accepts initiators using these keys (a key rotation in progress).
+        self._also_accept = also_accept
         # ``nonce`` only for test vectors: a live session always draws a fresh one.
         self._nonce = nonce if nonce is not None else random_bytes(SK_NONCE_LEN)
 
@@ -704,7 +745,11 @@ class SharedKeySession(_Session):
         if len(msg1) != SK_MSG1_LEN or msg1[:8] != SK_MAGIC:
             raise MalformedError("not a Qeltrix shared-key gateway session")
         nonce_i = msg1[8:40]
-        if not compare_digest(shared_key_check(self._key, nonce_i), msg1[40:]):
+        for key in (self._key, *self._also_accept):
+            if compare_digest(shared_key_check(key, nonce_i), msg1[40:]):
+                self._key = key
+                break
+        else:
             raise WrongKeyError("the peer gateway uses another shared key")
         self.secret = shared_key_session(self._key, nonce_i, self._nonce)
         return self._nonce

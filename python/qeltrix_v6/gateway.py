@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -65,17 +66,26 @@ class _Keyring:
         peers: frozenset[bytes] = frozenset(),
         *,
         sink_signed: bool = False,
+        accept_keys: tuple[bytes, ...] = (),
     ) -> None:
         self._key = key
+        self._accept_keys = accept_keys
         self._cipher_id = cipher_id
         self._identity = identity
         self._peers = peers
         self._sink_signed = sink_signed
 
+    def reload(self, key: bytes | None, accept_keys: tuple[bytes, ...], peers: frozenset[bytes] | None) -> None:
+        """New key material for connections from now on (open ones keep their session): each
+        attribute is replaced in one assignment, so a handshake reads either old or new."""
+        self._key, self._accept_keys = key, accept_keys
+        if peers is not None:
+            self._peers = peers
+
     def handshake_new(self) -> _crypto.Handshake | _crypto.SharedKeySession:
         if self._identity is None:
             assert self._key is not None
-            return _crypto.SharedKeySession(self._key)
+            return _crypto.SharedKeySession(self._key, also_accept=self._accept_keys)
         return _crypto.Handshake(self._identity, self._peers)
 
     def new_stream(
@@ -154,6 +164,12 @@ class GatewayServer(BackgroundService):
     >>> stream[:8], b"hello" in stream
     (b'QLTXV6\\r\\n', False)
 
+    ``accept_keys`` are more shared keys a responding gateway (decrypt, sink) accepts from its
+    peers, for a key rotation: new streams use ``key``. :meth:`reload` swaps key material
+    without dropping open connections. ``metrics="HOST:PORT"`` serves Prometheus text at
+    ``/metrics`` and ``/healthz`` there; :meth:`drain` stops accepting and waits for the open
+    connections to finish.
+
     A sink given ``sign_with`` (an Ed25519 private key: PEM bytes, a path, or an
     ``Ed25519Signer``, as for :func:`pack`) stores every stream as a signed container, cut
     streams included; readers check it with ``signers=[...]``.
@@ -179,6 +195,8 @@ class GatewayServer(BackgroundService):
         stats_interval: float = 0.0,
         handshake_timeout: float = 10.0,
         sign_with: _signing.SignWith | None = None,
+        accept_keys: Iterable[bytes] = (),
+        metrics: str | tuple[str, int] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -195,6 +213,9 @@ class GatewayServer(BackgroundService):
                 raise ValueError(f"mode {mode!r} stores or returns streams: it needs a key as well as an identity")
         elif key is None or len(key) != _crypto.KEY_LEN:
             raise ValueError("a 32-byte shared key, or an identity and pinned peers, is required")
+        accepted = tuple(bytes(k) for k in accept_keys)
+        if any(len(k) != _crypto.KEY_LEN for k in accepted):
+            raise ValueError("every key in accept_keys is a 32-byte shared key")
         if mode in ("router", "decrypt") and target is None:
             raise ValueError(f"mode {mode!r} needs a target HOST:PORT")
         if mode == "sink" and (sink_dir is None or not os.path.isdir(sink_dir)):
@@ -220,6 +241,7 @@ class GatewayServer(BackgroundService):
             identity=identity,
             peers=pinned,
             sink_signed=signer is not None,
+            accept_keys=accepted,
         )
         self._settings: dict[str, Any] = {
             "target": tgt,
@@ -233,6 +255,7 @@ class GatewayServer(BackgroundService):
             "stats_interval": stats_interval,
             "handshake_timeout": handshake_timeout,
             "signer": signer,
+            "metrics": _split_hostport(metrics) if metrics is not None else None,
         }
         super().__init__()
 
@@ -246,6 +269,47 @@ class GatewayServer(BackgroundService):
     def stats(self) -> dict[str, Any]:
         """Aggregate counters plus ``per_connection``: bytes in/out, blocks, duration, errors."""
         return self._core.stats() if self._core is not None else {}
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """The bound ``(host, port)`` of ``/metrics`` and ``/healthz``, or ``None``."""
+        if self._core is None:
+            return None
+        addr = self._core.metrics_address
+        return (str(addr[0]), int(addr[1])) if addr is not None else None
+
+    def reload(
+        self, *, key: bytes | None = None, accept_keys: Iterable[bytes] = (), peers: Iterable[bytes | str] | None = None
+    ) -> None:
+        """Use new key material for connections accepted from now on; open connections keep
+        theirs. ``key`` (shared-key mode) is the key new streams use, ``accept_keys`` are also
+        accepted from peers; ``peers`` replaces the pinned public keys."""
+        kr = self._keyring
+        if key is not None and len(key) != _crypto.KEY_LEN:
+            raise ValueError("a shared key is 32 bytes")
+        accepted = tuple(bytes(k) for k in accept_keys)
+        if any(len(k) != _crypto.KEY_LEN for k in accepted):
+            raise ValueError("every key in accept_keys is a 32-byte shared key")
+        pinned = (
+            frozenset(decode_public_key(p) if isinstance(p, str) else bytes(p) for p in peers)
+            if peers is not None
+            else None
+        )
+        kr.reload(bytes(key) if key is not None else kr._key, accepted, pinned)
+
+    def drain(self, timeout: float) -> int:
+        """Stop accepting, wait up to ``timeout`` seconds for open connections to end, then
+        stop. Returns how many were still open (they are cut when the process exits)."""
+        if self._core is None:
+            return 0
+        self._core.stop_accepting()
+        deadline = time.monotonic() + max(0.0, timeout)
+        active = int(self._core.stats().get("active", 0))
+        while active and time.monotonic() < deadline:
+            time.sleep(0.05)
+            active = int(self._core.stats().get("active", 0))
+        self.stop()
+        return active
 
 
 # Descriptors a gateway needs besides its connections: listener, logs, Python's own files.

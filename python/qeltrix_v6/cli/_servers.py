@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from typing import Annotated, Any
 
 import typer
@@ -441,7 +443,17 @@ def gateway(
     target: Annotated[
         str | None, typer.Option("--target", metavar="HOST:PORT", help="Where router and decrypt modes connect.")
     ] = None,
-    key_file: KeyFileOpt = None,
+    key_file: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key-file",
+            "-k",
+            metavar="FILE",
+            help="The shared 32-byte key file. Given twice (new, then old), the old key is still "
+            "accepted from peers during a rotation.",
+            rich_help_panel=PANEL_KEY,
+        ),
+    ] = None,
     identity: Annotated[
         str | None,
         typer.Option(
@@ -513,6 +525,39 @@ def gateway(
         ),
     ] = 60.0,
     sign_with: SignWithOpt = None,
+    cipher: Annotated[
+        str,
+        typer.Option("--cipher", metavar="CIPHER", help="aes-256-gcm or chacha20-poly1305.", rich_help_panel=PANEL_ADV),
+    ] = "aes-256-gcm",
+    connect_timeout: Annotated[
+        float,
+        typer.Option(
+            "--connect-timeout",
+            min=0.01,
+            metavar="SECONDS",
+            help="Seconds to wait for the target to accept a connection.",
+            rich_help_panel=PANEL_ADV,
+        ),
+    ] = 10.0,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="HOST:PORT",
+            help="Serve Prometheus /metrics and /healthz on this address (keep it private).",
+            rich_help_panel=PANEL_ADV,
+        ),
+    ] = None,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            "--drain-timeout",
+            min=0,
+            metavar="SECONDS",
+            help="On SIGTERM or Ctrl-C, stop accepting and let open connections finish this long.",
+            rich_help_panel=PANEL_ADV,
+        ),
+    ] = 30.0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -530,6 +575,10 @@ def gateway(
 
     A sink with --sign-with KEY_FILE signs every container it stores (cut streams too), so
     readers can require it with --signer.
+
+    SIGTERM and Ctrl-C drain (stop accepting, let open connections finish up to
+    --drain-timeout, exit 0); SIGHUP re-reads the key, identity and peers files for new
+    connections without dropping open ones. One log line per connection at its end.
     """
     if mode not in MODES:
         raise CliError(f"unknown mode {mode!r}", hint=f"use one of: {', '.join(MODES)}", code=ExitCode.USAGE)
@@ -540,26 +589,41 @@ def gateway(
             code=ExitCode.USAGE,
         )
     signer = read_signing_key(sign_with)
-    peers = list(peer or [])
-    if peers_file:
-        try:
-            with open(peers_file, encoding="utf-8") as f:
-                peers += [line.strip() for line in f if line.strip() and not line.startswith("#")]
-        except OSError as e:
-            raise CliError(f"{peers_file}: {e.strerror}", code=ExitCode.IO) from None
-    if key_file is None and identity is None:
+    key_files = list(key_file or [])
+    if len(key_files) > 2:
+        raise CliError("--key-file is given at most twice (the new key, then the old one)", code=ExitCode.USAGE)
+    if not key_files and identity is None:
         raise CliError(
             "a gateway needs the shared key or an identity",
             hint="use --key-file FILE, or --identity FILE with --peer PUBKEY (see 'qeltrix keygen')",
             code=ExitCode.USAGE,
         )
-    key = read_key_file(key_file) if key_file else None
-    ident = read_key_file(identity) if identity else None
     try:
-        pinned = [decode_public_key(p) for p in peers]
+        metrics_addr = split_hostport(metrics) if metrics is not None else None
     except ValueError as e:
-        raise CliError(str(e), code=ExitCode.USAGE) from None
+        raise CliError(f"--metrics: {e}", code=ExitCode.USAGE) from None
+
+    def load_keys() -> tuple[bytes | None, tuple[bytes, ...], bytes | None, list[bytes]]:
+        for path in [*key_files, *([identity] if identity else [])]:
+            _warn_if_readable_by_others(path)
+        keys = [read_key_file(kf) for kf in key_files]
+        ident = read_key_file(identity) if identity else None
+        peers = list(peer or [])
+        if peers_file:
+            try:
+                with open(peers_file, encoding="utf-8") as f:
+                    peers += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+            except OSError as e:
+                raise CliError(f"{peers_file}: {e.strerror}", code=ExitCode.IO) from None
+        try:
+            pinned = [decode_public_key(p) for p in peers]
+        except ValueError as e:
+            raise CliError(str(e), code=ExitCode.USAGE) from None
+        return (keys[0] if keys else None), tuple(keys[1:]), ident, pinned
+
     _logging(quiet)
+    key, accept_keys, ident, pinned = load_keys()
+    glog = logging.getLogger("qeltrix_v6.gateway")
     gw: GatewayServer | None = None
     try:
         gw = GatewayServer(
@@ -571,13 +635,17 @@ def gateway(
             peers=pinned,
             sink_dir=sink_dir,
             sink_raw=sink_raw,
+            cipher=cipher,
             block_size=parse_size(block_size),
             flush_delay=flush_delay_ms / 1000,
             max_connections=max_connections,
             idle_timeout=idle_timeout,
+            connect_timeout=connect_timeout,
             stats_interval=stats_interval,
             handshake_timeout=handshake_timeout,
             sign_with=signer,
+            accept_keys=accept_keys,
+            metrics=metrics_addr,
         )
         gw.start()
     except ValueError as e:
@@ -589,14 +657,45 @@ def gateway(
             gw.stop()
         _status(quiet, "stopped")
         return
+    hup = threading.Event()
+    previous = signal.signal(signal.SIGHUP, lambda _s, _f: hup.set())
     try:
         host, port = gw.address
         print(f"{mode} gateway listening on {host}:{port}", file=sys.stderr, flush=True)
-        gw.serve_forever()
-    except (KeyboardInterrupt, _Terminated):
-        # SIGTERM (systemd, docker stop) and Ctrl-C are how a gateway is stopped: a clean exit.
-        gw.stop()
+        if gw.metrics_address is not None:
+            mh, mp = gw.metrics_address
+            print(f"metrics on http://{mh}:{mp}/metrics", file=sys.stderr, flush=True)
+        while True:
+            if hup.wait(0.2):
+                hup.clear()
+                try:
+                    key, accept_keys, ident, pinned = load_keys()
+                    gw.reload(key=key, accept_keys=accept_keys, peers=pinned if ident is not None else None)
+                    glog.info("SIGHUP: reloaded %d key file(s) and %d pinned peer(s)", len(key_files), len(pinned))
+                except (CliError, ValueError) as e:
+                    glog.error("SIGHUP: reload failed, keeping the previous keys: %s", e)
+    except (KeyboardInterrupt, _Terminated) as e:
+        # SIGTERM (systemd, docker stop) and Ctrl-C drain, then exit 0.
+        what = f"signal {e.signum}" if isinstance(e, _Terminated) else "interrupt"
+        glog.info("%s: draining (up to %.0f s)", what, drain_timeout)
+        left = gw.drain(drain_timeout)
+        if left:
+            glog.warning("drain timeout: %d connection(s) still open were cut", left)
         _status(quiet, "stopped")
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _warn_if_readable_by_others(path: str) -> None:
+    """A key or identity file that group or others can read is a leaked key waiting to happen."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # reading it says what is wrong
+    if mode & 0o077:
+        logging.getLogger("qeltrix_v6.gateway").warning(
+            "%s is readable by others (mode %04o): chmod 600 %s", path, mode & 0o777, path
+        )
 
 
 @app.command(rich_help_panel="Inspect")

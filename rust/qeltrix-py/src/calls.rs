@@ -92,6 +92,18 @@ pub const SEAL_META: PyCall<2> = PyCall {
     object: "ContainerKeys",
     name: "seal_meta",
 };
+/// `seal_stream_frame(block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf:
+/// memoryview) -> None`: a gateway's whole frame (`seal_block` + `seal_meta`) in one call.
+pub const SEAL_STREAM_FRAME: PyCall<5> = PyCall {
+    object: "ContainerKeys",
+    name: "seal_stream_frame",
+};
+/// `open_stream_frame(inbuf: memoryview, avail: int, outbuf: memoryview) -> tuple[bytes, bool]`:
+/// the frame's `meta_pt`, and whether its data (whole within `avail`) was opened into `outbuf`.
+pub const OPEN_STREAM_FRAME: PyCall<3> = PyCall {
+    object: "ContainerKeys",
+    name: "open_stream_frame",
+};
 /// `open_meta(inbuf: memoryview) -> bytes`: the frame's decrypted `meta_pt`.
 pub const OPEN_META: PyCall<1> = PyCall {
     object: "ContainerKeys",
@@ -260,6 +272,8 @@ pub const VERIFY_URL: PyCall<2> = PyCall {
 pub const PYTHON_CALLS: &[(&str, &str, Option<usize>)] = &[
     SEAL_BLOCK.entry(),
     SEAL_META.entry(),
+    SEAL_STREAM_FRAME.entry(),
+    OPEN_STREAM_FRAME.entry(),
     OPEN_META.entry(),
     OPEN_BLOCK.entry(),
     SEAL_INDEX.entry(),
@@ -321,6 +335,34 @@ pub fn seal_frame(
         (PyBytes::new(py, &meta.encode()), outbuf.view(py)?),
     )?;
     Ok(())
+}
+
+/// Seal `inbuf[..pt_len]` as frame `block_index` into `outbuf[..frame_len(pt_len)]` in one
+/// Python call (the gateway's per-frame path; the same bytes as [`seal_frame`]).
+pub fn seal_stream_frame(
+    py: Python<'_>,
+    keys: &Py<PyAny>,
+    block_index: u64,
+    meta_flags: u8,
+    inbuf: &PyBuf,
+    pt_len: usize,
+    outbuf: &PyBuf,
+) -> PyResult<()> {
+    let args = (block_index, meta_flags, inbuf.view(py)?, pt_len, outbuf.view(py)?);
+    invoke(py, keys, &SEAL_STREAM_FRAME, args)?;
+    Ok(())
+}
+
+/// Open the metadata of the frame at the start of `inbuf` and, when the frame is whole within
+/// its first `avail` bytes, its data into `outbuf`: `(meta_pt, data_opened)`.
+pub fn open_stream_frame(
+    py: Python<'_>,
+    keys: &Py<PyAny>,
+    inbuf: &PyBuf,
+    avail: usize,
+    outbuf: &PyBuf,
+) -> PyResult<(Vec<u8>, bool)> {
+    invoke(py, keys, &OPEN_STREAM_FRAME, (inbuf.view(py)?, avail, outbuf.view(py)?))?.extract()
 }
 
 /// Decrypt the V6-C metadata at the start of the frame in `inbuf`; returns `meta_pt`.

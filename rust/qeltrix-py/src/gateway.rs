@@ -8,7 +8,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use qeltrix_format::handshake::MAX_HS_MSG_LEN;
-use qeltrix_format::{frame_len, BlockMeta, Header, META_FRAME_LEN};
+use qeltrix_format::{frame_len, BlockMeta, Header, META_FRAME_LEN, TAG_LEN};
 use qeltrix_server::gateway::{
     recover_stream, start_gateway, GatewayConfig, GatewayHandle, GwError, Keyring, Mode, StreamKeys,
 };
@@ -31,21 +31,40 @@ fn gw_err(py: Python<'_>, e: PyErr) -> GwError {
     }
 }
 
-/// Keys of one stream: a `ContainerKeys` plus two reusable buffers.
+/// Keys of one stream: a `ContainerKeys`. The buffers its calls hand to Python come from a
+/// small shared pool ([`with_bufs`]): at most a few calls run at once (the gateway's crypto
+/// gate), so a thousand connections do not each hold two buffers of a block.
 pub struct PyStreamKeys {
     keys: Py<PyAny>,
-    inbuf: Option<PyBuf>,
-    outbuf: Option<PyBuf>,
 }
 
 impl PyStreamKeys {
     fn new(keys: Py<PyAny>) -> PyStreamKeys {
-        PyStreamKeys {
-            keys,
-            inbuf: None,
-            outbuf: None,
+        PyStreamKeys { keys }
+    }
+}
+
+/// Input and output buffers lent to one crypto call.
+type BufPair = (Option<PyBuf>, Option<PyBuf>);
+static BUF_POOL: Mutex<Vec<BufPair>> = Mutex::new(Vec::new());
+/// Pairs kept for reuse, and the largest buffer kept (bigger ones, for blocks of several MiB,
+/// are freed after their call).
+const POOL_PAIRS: usize = 16;
+const POOL_MAX_BUF: usize = 2 << 20;
+
+/// Run `f` with a pair of buffers from the pool (the GIL is held: buffers are made and freed
+/// only under it).
+fn with_bufs<T>(f: impl FnOnce(&mut Option<PyBuf>, &mut Option<PyBuf>) -> T) -> T {
+    let (mut inbuf, mut outbuf) = BUF_POOL.lock().expect("pool lock").pop().unwrap_or((None, None));
+    let r = f(&mut inbuf, &mut outbuf);
+    let keep = |b: &Option<PyBuf>| b.as_ref().is_none_or(|b| b.as_slice().len() <= POOL_MAX_BUF);
+    if keep(&inbuf) && keep(&outbuf) {
+        let mut pool = BUF_POOL.lock().expect("pool lock");
+        if pool.len() < POOL_PAIRS {
+            pool.push((inbuf, outbuf));
         }
     }
+    r
 }
 
 fn ensure(py: Python<'_>, slot: &mut Option<PyBuf>, cap: usize) -> PyResult<()> {
@@ -58,28 +77,29 @@ fn ensure(py: Python<'_>, slot: &mut Option<PyBuf>, cap: usize) -> PyResult<()> 
 impl StreamKeys for PyStreamKeys {
     fn seal(&mut self, block_index: u64, meta_flags: u8, pt: &[u8], frame: &mut Vec<u8>) -> Result<(), GwError> {
         let flen = frame_len(pt.len() as u32) as usize;
-        Python::attach(|py| -> PyResult<()> {
-            ensure(py, &mut self.inbuf, pt.len())?;
-            ensure(py, &mut self.outbuf, flen)?;
-            let (inbuf, outbuf) = (
-                self.inbuf.as_mut().expect("ensured"),
-                self.outbuf.as_ref().expect("ensured"),
-            );
-            inbuf.as_mut_slice()[..pt.len()].copy_from_slice(pt);
-            calls::seal_frame(py, &self.keys, block_index, meta_flags, inbuf, pt.len(), outbuf)?;
-            frame.clear();
-            frame.extend_from_slice(&outbuf.as_slice()[..flen]);
-            Ok(())
+        Python::attach(|py| {
+            with_bufs(|inb, outb| -> PyResult<()> {
+                ensure(py, inb, pt.len())?;
+                ensure(py, outb, flen)?;
+                let (inbuf, outbuf) = (inb.as_mut().expect("ensured"), outb.as_ref().expect("ensured"));
+                inbuf.as_mut_slice()[..pt.len()].copy_from_slice(pt);
+                calls::seal_stream_frame(py, &self.keys, block_index, meta_flags, inbuf, pt.len(), outbuf)?;
+                frame.clear();
+                frame.extend_from_slice(&outbuf.as_slice()[..flen]);
+                Ok(())
+            })
         })
         .map_err(|e| Python::attach(|py| gw_err(py, e)))
     }
 
     fn open_meta(&mut self, meta_frame: &[u8]) -> Result<BlockMeta, GwError> {
-        let meta_pt = Python::attach(|py| -> PyResult<Vec<u8>> {
-            ensure(py, &mut self.inbuf, META_FRAME_LEN)?;
-            let inbuf = self.inbuf.as_mut().expect("ensured");
-            inbuf.as_mut_slice()[..META_FRAME_LEN].copy_from_slice(meta_frame);
-            calls::open_meta(py, &self.keys, inbuf)
+        let meta_pt = Python::attach(|py| {
+            with_bufs(|inb, _| -> PyResult<Vec<u8>> {
+                ensure(py, inb, META_FRAME_LEN)?;
+                let inbuf = inb.as_mut().expect("ensured");
+                inbuf.as_mut_slice()[..META_FRAME_LEN].copy_from_slice(meta_frame);
+                calls::open_meta(py, &self.keys, inbuf)
+            })
         })
         .map_err(|e| Python::attach(|py| gw_err(py, e)))?;
         BlockMeta::decode(&meta_pt).map_err(|e| GwError::Auth(e.to_string()))
@@ -87,20 +107,45 @@ impl StreamKeys for PyStreamKeys {
 
     fn open_data(&mut self, meta: &BlockMeta, data_ct: &[u8], pt: &mut Vec<u8>) -> Result<(), GwError> {
         let pt_len = meta.pt_len as usize;
-        Python::attach(|py| -> PyResult<()> {
-            ensure(py, &mut self.inbuf, META_FRAME_LEN + data_ct.len())?;
-            ensure(py, &mut self.outbuf, pt_len)?;
-            let (inbuf, outbuf) = (
-                self.inbuf.as_mut().expect("ensured"),
-                self.outbuf.as_ref().expect("ensured"),
-            );
-            inbuf.as_mut_slice()[META_FRAME_LEN..META_FRAME_LEN + data_ct.len()].copy_from_slice(data_ct);
-            calls::open_data(py, &self.keys, meta, inbuf, outbuf)?;
-            pt.clear();
-            pt.extend_from_slice(&outbuf.as_slice()[..pt_len]);
-            Ok(())
+        Python::attach(|py| {
+            with_bufs(|inb, outb| -> PyResult<()> {
+                ensure(py, inb, META_FRAME_LEN + data_ct.len())?;
+                ensure(py, outb, pt_len)?;
+                let (inbuf, outbuf) = (inb.as_mut().expect("ensured"), outb.as_ref().expect("ensured"));
+                inbuf.as_mut_slice()[META_FRAME_LEN..META_FRAME_LEN + data_ct.len()].copy_from_slice(data_ct);
+                calls::open_data(py, &self.keys, meta, inbuf, outbuf)?;
+                pt.clear();
+                pt.extend_from_slice(&outbuf.as_slice()[..pt_len]);
+                Ok(())
+            })
         })
         .map_err(|e| Python::attach(|py| gw_err(py, e)))
+    }
+
+    fn open_frame(&mut self, buf: &[u8], pt: &mut Vec<u8>) -> Result<(BlockMeta, bool), GwError> {
+        let (meta_pt, opened) = Python::attach(|py| {
+            with_bufs(|inb, outb| -> PyResult<(Vec<u8>, bool)> {
+                ensure(py, inb, buf.len())?;
+                let cap = buf.len().saturating_sub(META_FRAME_LEN + TAG_LEN);
+                ensure(py, outb, cap)?;
+                let (inbuf, outbuf) = (inb.as_mut().expect("ensured"), outb.as_ref().expect("ensured"));
+                inbuf.as_mut_slice()[..buf.len()].copy_from_slice(buf);
+                let (meta_pt, opened) = calls::open_stream_frame(py, &self.keys, inbuf, buf.len(), outbuf)?;
+                if opened {
+                    // Only the metadata says how long the plaintext is: decoded below, copied here.
+                    let pt_len = meta_pt
+                        .get(8..12)
+                        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                    let pt_len = (pt_len as usize).min(cap);
+                    pt.clear();
+                    pt.extend_from_slice(&outbuf.as_slice()[..pt_len]);
+                }
+                Ok((meta_pt, opened))
+            })
+        })
+        .map_err(|e| Python::attach(|py| gw_err(py, e)))?;
+        let meta = BlockMeta::decode(&meta_pt).map_err(|e| GwError::Auth(e.to_string()))?;
+        Ok((meta, opened))
     }
 
     fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError> {
@@ -109,11 +154,13 @@ impl StreamKeys for PyStreamKeys {
     }
 
     fn frame_digest(&mut self, meta_frame: &[u8]) -> Result<[u8; 32], GwError> {
-        Python::attach(|py| -> PyResult<[u8; 32]> {
-            ensure(py, &mut self.inbuf, META_FRAME_LEN)?;
-            let inbuf = self.inbuf.as_mut().expect("ensured");
-            inbuf.as_mut_slice()[..META_FRAME_LEN].copy_from_slice(&meta_frame[..META_FRAME_LEN]);
-            calls::frame_digest(py, &self.keys, inbuf)
+        Python::attach(|py| {
+            with_bufs(|inb, _| -> PyResult<[u8; 32]> {
+                ensure(py, inb, META_FRAME_LEN)?;
+                let inbuf = inb.as_mut().expect("ensured");
+                inbuf.as_mut_slice()[..META_FRAME_LEN].copy_from_slice(&meta_frame[..META_FRAME_LEN]);
+                calls::frame_digest(py, &self.keys, inbuf)
+            })
         })
         .map_err(|e| Python::attach(|py| gw_err(py, e)))
     }
@@ -246,6 +293,7 @@ impl Keyring for PyKeyring {
 pub struct GatewayCore {
     handle: Mutex<Option<GatewayHandle>>,
     addr: std::net::SocketAddr,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[pymethods]
@@ -253,7 +301,7 @@ impl GatewayCore {
     #[new]
     #[pyo3(signature = (mode, host, port, keyring, target=None, sink_dir=None, sink_raw=false, block_size=qeltrix_format::DEFAULT_BLOCK_SIZE,
                         flush_delay=0.0, max_connections=1024, idle_timeout=300.0, connect_timeout=10.0,
-                        stats_interval=0.0, handshake_timeout=10.0, signer=None))]
+                        stats_interval=0.0, handshake_timeout=10.0, signer=None, metrics=None))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
     fn new(
         py: Python<'_>,
@@ -272,6 +320,7 @@ impl GatewayCore {
         stats_interval: f64,
         handshake_timeout: f64,
         signer: Option<Py<PyAny>>,
+        metrics: Option<(String, u16)>,
     ) -> PyResult<GatewayCore> {
         if signer.is_some() && (mode != "sink") {
             return Err(PyValueError::new_err("only a sink signs what it stores"));
@@ -299,13 +348,24 @@ impl GatewayCore {
         config.connect_timeout = seconds("connect_timeout", connect_timeout, 0.01)?;
         config.stats_interval = seconds("stats_interval", stats_interval, 0.0)?;
         config.handshake_timeout = seconds("handshake_timeout", handshake_timeout, 0.01)?;
+        if let Some((mhost, mport)) = metrics {
+            config.metrics_addr = Some(
+                (mhost.as_str(), mport)
+                    .to_socket_addrs()
+                    .map_err(|e| io_error(format!("cannot resolve {mhost}: {e}")))?
+                    .next()
+                    .ok_or_else(|| io_error(format!("cannot resolve {mhost}")))?,
+            );
+        }
         let handle = py
             .detach(|| start_gateway(config, PyKeyring(keyring, signer)))
             .map_err(|e| io_error(e.to_string()))?;
         let addr = handle.local_addr();
+        let metrics_addr = handle.metrics_addr();
         Ok(GatewayCore {
             handle: Mutex::new(Some(handle)),
             addr,
+            metrics_addr,
         })
     }
 
@@ -313,6 +373,21 @@ impl GatewayCore {
     #[getter]
     fn address(&self) -> (String, u16) {
         (self.addr.ip().to_string(), self.addr.port())
+    }
+
+    /// `(host, port)` of the metrics endpoint, or `None`.
+    #[getter]
+    fn metrics_address(&self) -> Option<(String, u16)> {
+        self.metrics_addr.map(|a| (a.ip().to_string(), a.port()))
+    }
+
+    /// Stop accepting connections (the start of a drain); open ones go on, and so do
+    /// `/metrics` (with `/healthz` answering 503) and `stats()`.
+    fn stop_accepting(&self, py: Python<'_>) {
+        let mut guard = self.handle.lock().expect("handle lock");
+        if let Some(h) = guard.as_mut() {
+            py.detach(|| h.stop_accepting());
+        }
     }
 
     /// Aggregate and per-connection counters.
@@ -325,6 +400,7 @@ impl GatewayCore {
         out.set_item("active", a.active)?;
         out.set_item("refused", a.refused)?;
         out.set_item("failed", a.failed)?;
+        out.set_item("handshake_failures", a.handshake_failures)?;
         out.set_item("bytes_in", a.bytes_in)?;
         out.set_item("bytes_out", a.bytes_out)?;
         out.set_item("blocks", a.blocks)?;

@@ -1,11 +1,15 @@
 //! GatewayServer loops (FORMAT.md section 12 "Streams"; docs/DESIGN.md "Servers").
 //!
-//! One thread per direction of each connection: a *seal pump* reads plaintext, cuts it into
-//! frames (a frame is sealed when its block is full or the source has nothing more ready,
-//! so interactive protocols see no added delay) and writes them; an *open pump* reads
+//! Each accepted connection gets a thread for its setup: the session handshake and stream
+//! headers (short, bounded by the handshake timeout). Router and decrypt connections then hand
+//! their data phase to a few asynchronous workers ([`aio`]: one per core, also the crypto
+//! workers) and the thread ends; reflect and sink connections keep their thread, with one
+//! *seal pump* or *open pump* per direction ([`pumps`]). A seal pump reads plaintext, cuts it
+//! into frames (a frame is sealed when its block is full or the source has nothing more
+//! ready, so interactive protocols see no added delay) and writes them; an open pump reads
 //! frames, authenticates each completely before forwarding a byte of it, and half-closes its
-//! destination on the `FINAL` frame. Blocking writes give backpressure, so memory per
-//! connection is two blocks per direction whatever the peers do.
+//! destination on the `FINAL` frame. Writes that wait give backpressure, so memory per
+//! connection is bounded by a few blocks whatever the peers do.
 //!
 //! A cut is never a clean end (FORMAT.md section 12): a destination is half-closed only after
 //! a `FINAL` frame (or, on the sealing side, after its source half-closed); any error aborts
@@ -16,10 +20,13 @@
 //! The cryptography is behind [`Keyring`] and [`StreamKeys`]; the pyo3 glue implements
 //! them over `qeltrix_v6._crypto`.
 
+mod aio;
+mod gate;
 mod pumps;
 mod sink;
 mod stats;
 
+pub use gate::CryptoGate;
 use pumps::*;
 use sink::*;
 pub use sink::{recover_stream, Recovered};
@@ -83,6 +90,8 @@ pub struct GatewayConfig {
     pub backlog: i32,
     /// Interval of the aggregate stats log line; zero disables it.
     pub stats_interval: Duration,
+    /// Serve Prometheus `/metrics` and `/healthz` on this address too.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl GatewayConfig {
@@ -103,6 +112,7 @@ impl GatewayConfig {
             max_peer_block_size: qeltrix_format::MAX_STREAM_BLOCK_SIZE,
             backlog: 1024,
             stats_interval: Duration::ZERO,
+            metrics_addr: None,
         }
     }
 }
@@ -149,7 +159,7 @@ impl From<qeltrix_format::FormatError> for GwError {
 pub trait Keyring: Send + Sync + 'static {
     type Keys: StreamKeys;
     /// What an authenticated peer handshake leaves behind (pinned-key mode).
-    type Session: Send + Sync;
+    type Session: Send + Sync + 'static;
     /// Pinned-key mode: run the peer handshake (FORMAT.md section 12.1) over `send`/`recv`
     /// before any stream; a peer whose key is not pinned is refused here. Shared-key mode
     /// returns `None` without a byte exchanged.
@@ -209,6 +219,19 @@ pub trait StreamKeys: Send + 'static {
     fn open_meta(&mut self, meta_frame: &[u8]) -> Result<BlockMeta, GwError>;
     /// Open `data_ct` into `pt` (replacing its contents), checking its SHA-256.
     fn open_data(&mut self, meta: &BlockMeta, data_ct: &[u8], pt: &mut Vec<u8>) -> Result<(), GwError>;
+    /// Open the frame at the start of `buf` (its first `buf.len()` bytes have arrived): its
+    /// metadata, and its data into `pt` when the whole frame is in `buf` (then `true`). The
+    /// caller checks the metadata before it releases a byte of `pt`. The default makes the two
+    /// calls; a binding may do both in one.
+    fn open_frame(&mut self, buf: &[u8], pt: &mut Vec<u8>) -> Result<(BlockMeta, bool), GwError> {
+        let meta = self.open_meta(&buf[..META_FRAME_LEN])?;
+        let end = META_FRAME_LEN + meta.pt_len as usize + TAG_LEN;
+        if buf.len() < end {
+            return Ok((meta, false));
+        }
+        self.open_data(&meta, &buf[META_FRAME_LEN..end], pt)?;
+        Ok((meta, true))
+    }
     /// Seal an index as a footer that will start at `footer_offset`.
     fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError>;
     /// `frame_digest` of the frame starting with `meta_frame` (its first `META_FRAME_LEN`
@@ -235,14 +258,22 @@ struct Gateway<K: Keyring> {
     open: Mutex<HashMap<u64, Arc<ConnStats>>>,
     closed: Mutex<VecDeque<ConnSnapshot>>,
     totals: Totals,
+    gate: Arc<CryptoGate>,
+    /// Set when the gateway stops accepting (a drain): `/healthz` answers 503.
+    draining: AtomicBool,
+    /// Where router and decrypt connections run once their streams are set up.
+    workers: std::sync::OnceLock<aio::Workers>,
 }
 
 /// A running gateway.
 pub struct GatewayHandle {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stats: Arc<dyn StatsSource>,
     stop: Box<dyn Fn() + Send + Sync>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    metrics_stop: Option<tokio::sync::watch::Sender<bool>>,
+    metrics_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl GatewayHandle {
@@ -261,11 +292,28 @@ impl GatewayHandle {
         self.stats.aggregate()
     }
 
-    /// Stop accepting and wait for the listener thread; open connections end on their own
-    /// (or at their idle timeout).
-    pub fn stop(&mut self) {
+    /// The bound metrics address, if `GatewayConfig::metrics_addr` was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Stop accepting (the start of a drain): open connections go on, `/metrics` still
+    /// answers and `/healthz` says `draining`.
+    pub fn stop_accepting(&mut self) {
         (self.stop)();
         for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Stop accepting and serving metrics; open connections end on their own (or at their
+    /// idle timeout).
+    pub fn stop(&mut self) {
+        self.stop_accepting();
+        if let Some(tx) = self.metrics_stop.take() {
+            let _ = tx.send(true);
+        }
+        if let Some(t) = self.metrics_thread.take() {
             let _ = t.join();
         }
     }
@@ -295,6 +343,15 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
     }
     let listener = bind(config.listen, config.backlog)?;
     let local_addr = listener.local_addr()?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("metrics address {addr}: {e}")))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        None => None,
+    };
     let gw = Arc::new(Gateway {
         config,
         keyring,
@@ -304,7 +361,14 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
         open: Mutex::new(HashMap::new()),
         closed: Mutex::new(VecDeque::new()),
         totals: Totals::default(),
+        gate: Arc::new(CryptoGate::per_core()),
+        draining: AtomicBool::new(false),
+        workers: std::sync::OnceLock::new(),
     });
+    if matches!(gw.config.mode, Mode::Router | Mode::Decrypt) {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let _ = gw.workers.set(aio::Workers::start(&gw, n)?);
+    }
     let mut threads = Vec::new();
     {
         let gw = gw.clone();
@@ -339,17 +403,42 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
                 })?,
         );
     }
+    let (metrics_addr, metrics_stop, metrics_thread) = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let source: Arc<dyn crate::metrics::MetricsSource> = gw.clone();
+            let t = std::thread::Builder::new()
+                .name("qeltrix-gw-metrics".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    if let Ok(rt) = rt {
+                        rt.block_on(async move {
+                            if let Ok(l) = tokio::net::TcpListener::from_std(l) {
+                                crate::metrics::serve(l, source, rx).await;
+                            }
+                        });
+                    }
+                })?;
+            (Some(addr), Some(tx), Some(t))
+        }
+        None => (None, None, None),
+    };
     let stopper = gw.clone();
     let stop = Box::new(move || {
+        stopper.draining.store(true, Ordering::SeqCst);
         stopper.stop.store(true, Ordering::SeqCst);
         // Wake the blocking accept.
         let _ = TcpStream::connect_timeout(&local_addr, Duration::from_secs(1));
     });
     Ok(GatewayHandle {
         local_addr,
+        metrics_addr,
         stats: gw,
         stop,
         threads,
+        metrics_stop,
+        metrics_thread,
     })
 }
 
@@ -373,7 +462,7 @@ impl<K: Keyring> Gateway<K> {
                 self.keyring.log(
                     LogLevel::Warning,
                     &format!(
-                        "connection limit ({}) reached; refusing {peer}",
+                        "connection from {peer} refused: connection limit ({}) reached",
                         self.config.max_connections
                     ),
                 );
@@ -392,6 +481,18 @@ impl<K: Keyring> Gateway<K> {
                     gw.keyring.on_thread(&mut || result = Some(gw.handle(&stream, &stats)));
                     let result =
                         result.unwrap_or_else(|| Err(GwError::Protocol("connection thread did not run".into())));
+                    // Set up: the data phase goes on without this thread.
+                    let result = match result {
+                        Ok(Some((other, handoff))) => match gw.workers.get() {
+                            Some(w) => {
+                                w.spawn(gw.clone(), stream, other, stats, handoff);
+                                return;
+                            }
+                            None => Err(GwError::Protocol("no worker for this connection".into())),
+                        },
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    };
                     if result.is_err() {
                         // Errors before the pumps started (session, header) abort too.
                         set_reset_on_close(&stream);
@@ -411,19 +512,38 @@ impl<K: Keyring> Gateway<K> {
 
     fn finish(&self, stats: &Arc<ConnStats>, result: Result<(), GwError>) {
         *stats.ended.lock().expect("stats lock") = Some(Instant::now());
-        if let Err(e) = &result {
-            self.totals.failed.fetch_add(1, Ordering::Relaxed);
-            *stats.error.lock().expect("stats lock") = Some(e.to_string());
-            let level = if matches!(e, GwError::Io(_)) {
-                LogLevel::Info
-            } else {
-                LogLevel::Warning
-            };
-            self.keyring.log(
-                level,
-                &format!("connection {} from {} aborted (reset): {e}", stats.id, stats.peer),
-            );
-        }
+        let snap_now = stats.snapshot();
+        let (level, outcome) = match &result {
+            Ok(()) => (LogLevel::Info, "clean".to_owned()),
+            Err(e) => {
+                self.totals.failed.fetch_add(1, Ordering::Relaxed);
+                if stats.preauth_deadline_ms.load(Ordering::Relaxed) != u64::MAX {
+                    self.totals.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                *stats.error.lock().expect("stats lock") = Some(e.to_string());
+                let level = if matches!(e, GwError::Io(_)) {
+                    LogLevel::Info
+                } else {
+                    LogLevel::Warning
+                };
+                (level, format!("aborted (reset): {e}"))
+            }
+        };
+        // One line per connection, at its end (what an operator greps for).
+        self.keyring.log(
+            level,
+            &format!(
+                "connection {} from {} to {} ({}): {outcome}; {} B in, {} B out, {} frames, {:.3} s",
+                stats.id,
+                stats.peer,
+                self.describe_target(),
+                self.mode_name(),
+                snap_now.bytes_in,
+                snap_now.bytes_out,
+                snap_now.blocks,
+                snap_now.duration.as_secs_f64(),
+            ),
+        );
         let snap = stats.snapshot();
         self.totals.bytes_in.fetch_add(snap.bytes_in, Ordering::Relaxed);
         self.totals.bytes_out.fetch_add(snap.bytes_out, Ordering::Relaxed);
@@ -436,6 +556,23 @@ impl<K: Keyring> Gateway<K> {
         closed.push_back(snap);
         drop(closed);
         self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn mode_name(&self) -> &'static str {
+        match self.config.mode {
+            Mode::Reflect => "reflect",
+            Mode::Router => "router",
+            Mode::Decrypt => "decrypt",
+            Mode::Sink => "sink",
+        }
+    }
+
+    fn describe_target(&self) -> String {
+        match (&self.config.target, &self.config.sink_dir) {
+            (Some(t), _) => t.clone(),
+            (None, Some(d)) => d.display().to_string(),
+            (None, None) => "itself".into(),
+        }
     }
 
     fn connect_target(&self) -> Result<TcpStream, GwError> {
@@ -470,14 +607,6 @@ impl<K: Keyring> Gateway<K> {
         Ok(())
     }
 
-    /// Run `f` inside the keyring's per-thread setup (see [`Keyring::on_thread`]).
-    fn run_on_thread<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let mut f = Some(f);
-        let mut out = None;
-        self.keyring.on_thread(&mut || out = f.take().map(|f| f()));
-        out.expect("on_thread runs its closure once")
-    }
-
     /// Run the keyring's peer handshake (if any) on `s`.
     fn handshake(&self, p: &Pumps, s: &TcpStream, side: Side, initiator: bool) -> Result<Option<K::Session>, GwError> {
         self.keyring.handshake(
@@ -494,7 +623,13 @@ impl<K: Keyring> Gateway<K> {
         )
     }
 
-    fn handle(&self, client: &TcpStream, stats: &Arc<ConnStats>) -> Result<(), GwError> {
+    /// Serve a connection; router and decrypt connections return, once set up, the socket to
+    /// their other side and what the data phase needs ([`aio`]).
+    fn handle(
+        &self,
+        client: &TcpStream,
+        stats: &Arc<ConnStats>,
+    ) -> Result<Option<(TcpStream, aio::Handoff<K>)>, GwError> {
         self.prepare(client)?;
         if self.config.mode != Mode::Reflect && !(self.config.mode == Mode::Sink && self.config.sink_raw) {
             let ms = self.config.handshake_timeout.as_millis().min(u128::from(u64::MAX - 1)) as u64;
@@ -504,6 +639,7 @@ impl<K: Keyring> Gateway<K> {
             idle: self.config.idle_timeout,
             flush_delay: self.config.flush_delay,
             stats: stats.clone(),
+            gate: self.gate.clone(),
         };
         let bs = self.config.block_size;
         let max_bs = self.config.max_peer_block_size;
@@ -514,7 +650,7 @@ impl<K: Keyring> Gateway<K> {
                 p.write_all(&mut &*client, Side::Client, &header)?;
                 let r = p.seal(client, Side::Client, &mut &*client, Side::Client, &mut keys, bs, nop);
                 after(&p, &r, &[client], client);
-                r
+                r.map(|()| None)
             }
             Mode::Router => {
                 let peer = self.connect_target()?;
@@ -526,95 +662,48 @@ impl<K: Keyring> Gateway<K> {
                 // The peer is the gateway this one chose to connect to; its reply header is
                 // bounded by MAX_STREAM_HEADER_LEN and the idle timeout from here.
                 stats.authenticated();
-                let session = session.as_ref();
-                let (header, mut keys) = self.keyring.new_stream(session, None, bs)?;
+                let (header, keys) = self.keyring.new_stream(session.as_ref(), None, bs)?;
                 let request_id = Header::parse(&header)
                     .map_err(|e| GwError::Protocol(e.to_string()))?
                     .container_id;
                 let reply_id = self.keyring.reply_id(&request_id)?;
-                std::thread::scope(|scope| {
-                    let up = scope.spawn(|| {
-                        self.run_on_thread(|| {
-                            let r = p
-                                .write_all(&mut &peer, Side::Other, &header)
-                                .map_err(GwError::Io)
-                                .and_then(|()| {
-                                    p.seal(
-                                        client,
-                                        Side::Client,
-                                        &mut &peer,
-                                        Side::Other,
-                                        &mut keys,
-                                        bs,
-                                        &mut |_, _, _| Ok(()),
-                                    )
-                                });
-                            after(&p, &r, &[client, &peer], &peer);
-                            r
-                        })
-                    });
-                    let down = (|| {
-                        let h = read_stream_header(&p, &peer, Side::Other, max_bs)?;
-                        if h.container_id != reply_id {
-                            return Err(GwError::Auth("the reply stream is not bound to this connection".into()));
-                        }
-                        let mut keys = self.keyring.accept_stream(session, &h)?;
-                        p.open(&peer, Side::Other, &mut keys, h.block_size, &mut |_, _, _, _, pt| {
-                            p.write_all(&mut &*client, Side::Client, pt).map_err(GwError::Io)
-                        })
-                    })();
-                    after(&p, &down, &[client, &peer], client);
-                    join_both(up.join(), down)
-                })
+                let _ = max_bs;
+                Ok(Some((
+                    peer,
+                    aio::Handoff::Router {
+                        header,
+                        keys,
+                        reply_id,
+                        session,
+                    },
+                )))
             }
             Mode::Decrypt => {
                 let session = self.handshake(&p, client, Side::Client, false)?;
-                let session = session.as_ref();
                 let h = read_stream_header(&p, client, Side::Client, max_bs)?;
                 // Authenticated under this connection's fresh session before the target is
                 // contacted: a replayed or reflected stream never reaches it.
-                let mut in_keys = self.keyring.accept_stream(session, &h)?;
+                let in_keys = self.keyring.accept_stream(session.as_ref(), &h)?;
                 stats.authenticated();
                 let reply_id = self.keyring.reply_id(&h.container_id)?;
                 let target = self.connect_target()?;
-                std::thread::scope(|scope| {
-                    let down = scope.spawn(|| {
-                        self.run_on_thread(|| {
-                            let r = self.keyring.new_stream(session, Some(reply_id), bs).and_then(
-                                |(reply_header, mut keys)| {
-                                    p.write_all(&mut &*client, Side::Client, &reply_header)?;
-                                    p.seal(
-                                        &target,
-                                        Side::Other,
-                                        &mut &*client,
-                                        Side::Client,
-                                        &mut keys,
-                                        bs,
-                                        &mut |_, _, _| Ok(()),
-                                    )
-                                },
-                            );
-                            after(&p, &r, &[client, &target], client);
-                            r
-                        })
-                    });
-                    let up = p.open(
-                        client,
-                        Side::Client,
-                        &mut in_keys,
-                        h.block_size,
-                        &mut |_, _, _, _, pt| p.write_all(&mut &target, Side::Other, pt).map_err(GwError::Io),
-                    );
-                    after(&p, &up, &[client, &target], &target);
-                    join_both(down.join(), up)
-                })
+                let (reply_header, reply_keys) = self.keyring.new_stream(session.as_ref(), Some(reply_id), bs)?;
+                Ok(Some((
+                    target,
+                    aio::Handoff::Decrypt {
+                        reply_header,
+                        reply_keys,
+                        in_keys,
+                        in_block_size: h.block_size,
+                    },
+                )))
             }
             Mode::Sink => {
                 let r = self.sink(client, &p);
                 if r.is_err() {
                     abort(&p, &[client]);
                 }
-                r
+                r.map(|()| None)
             }
         }
     }
@@ -708,6 +797,7 @@ mod tests {
             idle: Duration::from_secs(30),
             flush_delay: Duration::ZERO,
             stats: stats(),
+            gate: Arc::new(CryptoGate::new(1)),
         }
     }
 
@@ -885,16 +975,5 @@ mod tests {
         c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         let e = c.read(&mut buf).expect_err("a reset, not an end of input");
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
-    }
-
-    #[test]
-    fn join_both_reports_the_cause_not_the_consequence() {
-        let aborted = || Err(GwError::Io(aborted_error()));
-        let cut = || Err(GwError::Truncated("cut".into()));
-        assert!(matches!(join_both(Ok(aborted()), cut()), Err(GwError::Truncated(_))));
-        assert!(matches!(join_both(Ok(cut()), aborted()), Err(GwError::Truncated(_))));
-        let auth = Err(GwError::Auth("bad tag".into()));
-        assert!(matches!(join_both(Ok(auth), cut()), Err(GwError::Auth(_))));
-        assert!(join_both(Ok(Ok(())), Ok(())).is_ok());
     }
 }

@@ -29,29 +29,6 @@ pub(super) fn set_reset_on_close(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
-pub(super) fn join_both(
-    other: std::thread::Result<Result<(), GwError>>,
-    this: Result<(), GwError>,
-) -> Result<(), GwError> {
-    let other = other.unwrap_or_else(|_| Err(GwError::Protocol("a connection thread panicked".into())));
-    // Report the real cause: an error is often the consequence of the other side's (an
-    // abort wakes the other pump with an "aborted" error).
-    fn rank(r: &Result<(), GwError>) -> u8 {
-        match r {
-            Ok(()) => 0,
-            Err(GwError::Io(e)) if e.kind() == io::ErrorKind::ConnectionAborted => 1,
-            Err(GwError::Io(_)) => 2,
-            Err(GwError::Truncated(_)) => 3,
-            Err(_) => 4,
-        }
-    }
-    if rank(&other) > rank(&this) {
-        other
-    } else {
-        this
-    }
-}
-
 pub(super) fn aborted_error() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "the connection was aborted")
 }
@@ -74,6 +51,7 @@ pub(super) struct Pumps {
     pub(super) idle: Duration,
     pub(super) flush_delay: Duration,
     pub(super) stats: Arc<ConnStats>,
+    pub(super) gate: Arc<CryptoGate>,
 }
 
 pub(super) fn is_timeout(e: &io::Error) -> bool {
@@ -249,7 +227,8 @@ impl Pumps {
             }
             last_full = filled == bs;
             let flags = if eof { META_FLAG_FINAL } else { 0 };
-            keys.seal(block_index, flags, &buf[..filled], &mut frame)?;
+            self.gate
+                .run(|| keys.seal(block_index, flags, &buf[..filled], &mut frame))?;
             self.write_all(dst, dst_side, &frame)?;
             self.stats.blocks.fetch_add(1, Ordering::Relaxed);
             on_frame(&mut *keys, filled as u32, &frame)?;
@@ -262,6 +241,9 @@ impl Pumps {
 
     /// Read frames from `src`; hand each fully authenticated frame to `deliver(meta_frame,
     /// data_ct, meta, plaintext)`; stop after the `FINAL` frame.
+    ///
+    /// Reads go into one buffer of a whole frame, so a frame that arrives whole (an interactive
+    /// one, usually) is opened with one crypto call ([`StreamKeys::open_frame`]).
     pub(super) fn open<S: StreamKeys>(
         &self,
         src: &TcpStream,
@@ -270,18 +252,23 @@ impl Pumps {
         block_size: u32,
         deliver: &mut Deliver<'_, S>,
     ) -> Result<(), GwError> {
-        let mut meta_frame = [0u8; META_FRAME_LEN];
-        let mut ct = Vec::new();
+        let mut buf = vec![0u8; frame_len(block_size) as usize];
+        let mut have = 0usize;
         let mut pt = Vec::new();
         let mut expect = 0u64;
         loop {
-            let complete = self.read_full(src, side, &mut meta_frame).map_err(cut)?;
-            if !complete {
-                return Err(GwError::Truncated(format!(
-                    "the stream ended after {expect} frames without its FINAL frame"
-                )));
+            while have < META_FRAME_LEN {
+                let n = self.read_some(src, side, &mut buf[have..]).map_err(cut)?;
+                if n == 0 {
+                    return Err(GwError::Truncated(if have == 0 {
+                        format!("the stream ended after {expect} frames without its FINAL frame")
+                    } else {
+                        "stream cut inside a frame".into()
+                    }));
+                }
+                have += n;
             }
-            let meta = keys.open_meta(&meta_frame)?;
+            let (meta, opened) = self.gate.run(|| keys.open_frame(&buf[..have], &mut pt))?;
             if meta.block_index != expect {
                 return Err(GwError::Auth(format!(
                     "frame {} arrived where frame {expect} was due",
@@ -291,17 +278,32 @@ impl Pumps {
             if meta.pt_len > block_size || (meta.pt_len == 0 && !meta.is_final()) {
                 return Err(GwError::Protocol(format!("frame {expect} has pt_len {}", meta.pt_len)));
             }
-            ct.resize(meta.pt_len as usize + TAG_LEN, 0);
-            if !self.read_full(src, side, &mut ct).map_err(cut)? {
-                return Err(GwError::Truncated(format!("the stream ended inside frame {expect}")));
+            let end = META_FRAME_LEN + meta.pt_len as usize + TAG_LEN;
+            while have < end {
+                let n = self.read_some(src, side, &mut buf[have..]).map_err(cut)?;
+                if n == 0 {
+                    return Err(GwError::Truncated(format!("the stream ended inside frame {expect}")));
+                }
+                have += n;
             }
-            keys.open_data(&meta, &ct, &mut pt)?;
+            if !opened {
+                self.gate
+                    .run(|| keys.open_data(&meta, &buf[META_FRAME_LEN..end], &mut pt))?;
+            }
             self.stats.blocks.fetch_add(1, Ordering::Relaxed);
-            deliver(&mut *keys, &meta_frame, &ct, &meta, &pt)?;
+            deliver(
+                &mut *keys,
+                &buf[..META_FRAME_LEN],
+                &buf[META_FRAME_LEN..end],
+                &meta,
+                &pt,
+            )?;
             expect += 1;
             if meta.is_final() {
                 return Ok(());
             }
+            buf.copy_within(end..have, 0);
+            have -= end;
         }
     }
 }

@@ -93,6 +93,7 @@ pub(super) struct Totals {
     pub(super) connections: AtomicU64,
     pub(super) refused: AtomicU64,
     pub(super) failed: AtomicU64,
+    pub(super) handshake_failures: AtomicU64,
     pub(super) bytes_in: AtomicU64,
     pub(super) bytes_out: AtomicU64,
     pub(super) blocks: AtomicU64,
@@ -105,6 +106,7 @@ pub struct Aggregate {
     pub active: u64,
     pub refused: u64,
     pub failed: u64,
+    pub handshake_failures: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub blocks: u64,
@@ -137,10 +139,107 @@ impl<K: Keyring> StatsSource for Gateway<K> {
             active: self.active.load(Ordering::Relaxed) as u64,
             refused: t.refused.load(Ordering::Relaxed),
             failed: t.failed.load(Ordering::Relaxed),
+            handshake_failures: t.handshake_failures.load(Ordering::Relaxed),
             bytes_in: t.bytes_in.load(Ordering::Relaxed) + open.iter().map(|s| s.bytes_in).sum::<u64>(),
             bytes_out: t.bytes_out.load(Ordering::Relaxed) + open.iter().map(|s| s.bytes_out).sum::<u64>(),
             blocks: t.blocks.load(Ordering::Relaxed) + open.iter().map(|s| s.blocks).sum::<u64>(),
         }
+    }
+}
+
+impl<K: Keyring> crate::metrics::MetricsSource for Gateway<K> {
+    fn metrics(&self) -> Vec<crate::metrics::Metric> {
+        use crate::metrics::Metric;
+        use crate::metrics::MetricType::{Counter, Gauge};
+        let a = self.aggregate();
+        let g = &self.gate;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mode = self.mode_name();
+        vec![
+            Metric::new(
+                "qeltrix_gateway_connections_active",
+                "Connections open now.",
+                Gauge,
+                a.active,
+            ),
+            Metric::new(
+                "qeltrix_gateway_connections_total",
+                "Connections accepted (refused ones not included).",
+                Counter,
+                a.connections,
+            ),
+            Metric::new(
+                "qeltrix_gateway_connections_refused_total",
+                "Connections closed at accept: the connection limit was reached.",
+                Counter,
+                a.refused,
+            ),
+            Metric::new(
+                "qeltrix_gateway_connections_aborted_total",
+                "Connections that ended with an error (both sides reset), handshake failures included.",
+                Counter,
+                a.failed,
+            ),
+            Metric::new(
+                "qeltrix_gateway_handshake_failures_total",
+                "Connections that ended before their peer's session and stream header authenticated.",
+                Counter,
+                a.handshake_failures,
+            ),
+            Metric::new(
+                "qeltrix_gateway_received_bytes_total",
+                "Bytes received from accepted clients.",
+                Counter,
+                a.bytes_in,
+            ),
+            Metric::new(
+                "qeltrix_gateway_sent_bytes_total",
+                "Bytes sent to accepted clients.",
+                Counter,
+                a.bytes_out,
+            ),
+            Metric::new(
+                "qeltrix_gateway_frames_total",
+                "Frames sealed plus frames opened.",
+                Counter,
+                a.blocks,
+            ),
+            Metric::new(
+                "qeltrix_gateway_crypto_queue_depth",
+                "Crypto calls waiting for a slot now.",
+                Gauge,
+                get(&g.waiting),
+            ),
+            Metric::new(
+                "qeltrix_gateway_crypto_slots",
+                "Crypto calls that may run at once.",
+                Gauge,
+                g.slots as u64,
+            ),
+            Metric::new(
+                "qeltrix_gateway_crypto_calls_total",
+                "Frame crypto calls made.",
+                Counter,
+                get(&g.calls),
+            ),
+            Metric::new(
+                "qeltrix_gateway_crypto_wait_microseconds_total",
+                "Time frame crypto calls waited for a slot.",
+                Counter,
+                get(&g.wait_ns) / 1000,
+            ),
+            Metric::new(
+                "qeltrix_gateway_crypto_busy_microseconds_total",
+                "Time spent inside frame crypto calls.",
+                Counter,
+                get(&g.busy_ns) / 1000,
+            ),
+            Metric::new("qeltrix_gateway_info", "The gateway's mode.", Gauge, 1).label("mode", mode),
+        ]
+    }
+
+    fn healthy(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
     }
 }
 

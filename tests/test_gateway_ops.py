@@ -1,0 +1,410 @@
+"""What operators of a gateway pair rely on (issue 12): Prometheus metrics, a graceful drain on
+SIGTERM, a key rotation by SIGHUP with connections open, and PostgreSQL through the pair.
+
+Every gateway here is a real `qeltrix gateway` process (or a GatewayServer) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import qeltrix_v6
+from conftest import KEY, require, running_cli
+from prometheus_client.parser import text_string_to_metric_families
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[int]:
+    """A TCP echo server on 127.0.0.1: each connection gets back what it sends, then a half-close."""
+    srv = socket.create_server(("127.0.0.1", 0), backlog=128)
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve(c: socket.socket) -> None:
+        with c, contextlib.suppress(OSError):
+            while data := c.recv(1 << 20):
+                c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
+def roundtrip(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        return b"".join(iter(lambda: s.recv(1 << 20), b""))
+
+
+def ping(s: socket.socket, data: bytes) -> bytes:
+    s.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        more = s.recv(len(data) - len(got))
+        assert more, "the connection closed"
+        got += more
+    return got
+
+
+def key_file(path: Path, key: bytes) -> str:
+    path.write_bytes(key)
+    path.chmod(0o600)
+    return str(path)
+
+
+def scrape(addr: tuple[str, int], path: str = "/metrics") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{addr[0]}:{addr[1]}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def samples(text: str) -> dict[str, float]:
+    """`name{label=value,...}` -> value, through the Prometheus project's own parser."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[s.name + (f"{{{labels}}}" if labels else "")] = s.value
+    return out
+
+
+def test_metrics_are_prometheus_text_and_count_what_the_pair_did() -> None:
+    with (
+        echo_server() as target,
+        qeltrix_v6.GatewayServer("decrypt", "127.0.0.1:0", target=f"127.0.0.1:{target}", key=KEY) as dec,
+        qeltrix_v6.GatewayServer(
+            "router", "127.0.0.1:0", target=f"127.0.0.1:{dec.address[1]}", key=KEY, metrics="127.0.0.1:0"
+        ) as router,
+    ):
+        assert router.metrics_address is not None
+        for i in range(3):
+            assert roundtrip(router.address[1], b"x" * (1000 * (i + 1))) == b"x" * (1000 * (i + 1))
+        # A peer that speaks no Qeltrix to the decrypt side: not counted by the router.
+        deadline = time.monotonic() + 10
+        while router.stats()["active"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status, text = scrape(router.metrics_address)
+        assert status == 200
+        m = samples(text)
+        assert m["qeltrix_gateway_connections_total"] == 3
+        assert m["qeltrix_gateway_connections_active"] == 0
+        assert m["qeltrix_gateway_connections_aborted_total"] == 0
+        assert m["qeltrix_gateway_received_bytes_total"] == 6000
+        assert m["qeltrix_gateway_sent_bytes_total"] == 6000
+        # Each connection: at least one sealed frame up (data, then FINAL) and one opened down.
+        assert m["qeltrix_gateway_frames_total"] >= 6
+        assert m["qeltrix_gateway_crypto_calls_total"] >= 6
+        assert m["qeltrix_gateway_crypto_queue_depth"] == 0
+        assert m["qeltrix_gateway_info{mode=router}"] == 1
+        assert scrape(router.metrics_address, "/healthz") == (200, "ok\n")
+        # A drain: /healthz turns 503 while /metrics keeps answering.
+        router._core.stop_accepting()
+        assert scrape(router.metrics_address, "/healthz")[0] == 503
+        assert scrape(router.metrics_address)[0] == 200
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_thousand_open_connections_hold_no_thread_each() -> None:
+    """1,000 connections open at once through a router+decrypt pair (in this process): every
+    one answers, and the threads and memory of the pair do not grow with them."""
+    n = 1000
+    with (
+        echo_server() as target,
+        qeltrix_v6.GatewayServer(
+            "decrypt", "127.0.0.1:0", target=f"127.0.0.1:{target}", key=KEY, max_connections=2 * n
+        ) as dec,
+        qeltrix_v6.GatewayServer(
+            "router", "127.0.0.1:0", target=f"127.0.0.1:{dec.address[1]}", key=KEY, max_connections=2 * n
+        ) as router,
+    ):
+        # Warm up (workers started, buffers pooled), then count.
+        assert roundtrip(router.address[1], b"warm") == b"warm"
+        threads0, rss0 = _threads(), _rss_bytes()
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.create_connection(router.address, timeout=60)
+                socks.append(s)
+                s.sendall(b"%d;" % i)
+            for i, s in enumerate(socks):
+                want = b"%d;" % i
+                assert _recv_exact(s, len(want)) == want
+            deadline = time.monotonic() + 30
+            while (router.stats()["active"] < n or dec.stats()["active"] < n) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert router.stats()["active"] == n and dec.stats()["active"] == n
+            threads, rss = _threads(), _rss_bytes()
+        finally:
+            for s in socks:
+                s.close()
+        # The echo server here holds a thread per connection; the gateways add none (a thread
+        # runs a connection's handshake only, then hands it to the workers).
+        assert threads - threads0 <= n + 100, (threads0, threads)
+        # Well under a block per connection and gateway (2 x 2 x 256 KiB would be 1 GiB).
+        assert rss - rss0 < 256 << 20, (rss0, rss)
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        more = s.recv(n - len(got))
+        assert more, "the connection closed"
+        got += more
+    return got
+
+
+def test_handshake_failures_and_aborts_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with (
+        echo_server() as target,
+        qeltrix_v6.GatewayServer(
+            "decrypt", "127.0.0.1:0", target=f"127.0.0.1:{target}", key=KEY, metrics="127.0.0.1:0"
+        ) as dec,
+        qeltrix_v6.GatewayServer("router", "127.0.0.1:0", target=f"127.0.0.1:{dec.address[1]}", key=bytes(32)) as wrong,
+    ):
+        with contextlib.suppress(OSError):
+            roundtrip(wrong.address[1], b"hello")
+        assert dec.metrics_address is not None
+        deadline = time.monotonic() + 10
+        while dec.stats()["active"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        m = samples(scrape(dec.metrics_address)[1])
+        assert m["qeltrix_gateway_handshake_failures_total"] == 1
+        assert m["qeltrix_gateway_connections_aborted_total"] == 1
+    lines = [r.getMessage() for r in caplog.records if "aborted" in r.getMessage()]
+    assert any(
+        re.search(r"connection \d+ from 127\.0\.0\.1:\d+ to 127\.0\.0\.1:\d+ \(decrypt\): aborted", x) for x in lines
+    ), lines
+
+
+def cli_pair(tmp: Path, target: int, *extra: str) -> tuple[list[str], list[str]]:
+    kf = key_file(tmp / "shared.key", KEY)
+    dec = ["gateway", "--mode", "decrypt", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{target}", "-k", kf]
+    return dec, ["-k", kf, *extra]
+
+
+READY = r"gateway listening on 127\.0\.0\.1:(\d+)"
+
+
+def test_sigterm_drains_an_in_flight_200_mib_transfer_then_exits_0(tmp_path: Path) -> None:
+    size = 200 << 20
+    chunk = os.urandom(1 << 20)
+    with echo_server() as target:
+        dec_args, common = cli_pair(tmp_path, target)
+        with running_cli(*dec_args, ready=READY) as (_dec, dm, _), running_cli(
+            "gateway", "--mode", "router", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{dm.group(1)}",
+            *common, "--drain-timeout", "60", ready=READY,
+        ) as (router, rm, rlines):  # fmt: skip
+            received = 0
+
+            def reader(s: socket.socket) -> None:
+                nonlocal received
+                while data := s.recv(1 << 20):
+                    received += len(data)
+
+            with socket.create_connection(("127.0.0.1", int(rm.group(1))), timeout=60) as s:
+                t = threading.Thread(target=reader, args=(s,), daemon=True)
+                t.start()
+                for i in range(size >> 20):
+                    s.sendall(chunk)
+                    if i == 20:
+                        router.send_signal(signal.SIGTERM)
+                        # New connections are refused once the drain has started.
+                        deadline = time.monotonic() + 10
+                        while time.monotonic() < deadline:
+                            try:
+                                socket.create_connection(("127.0.0.1", int(rm.group(1))), timeout=1).close()
+                            except OSError:
+                                break
+                            time.sleep(0.05)
+                        else:
+                            pytest.fail("the router still accepts connections while draining")
+                s.shutdown(socket.SHUT_WR)
+                t.join(120)
+            assert received == size
+            assert router.wait(30) == 0, "".join(rlines)
+            assert any("draining" in line for line in rlines), "".join(rlines)
+            assert any(re.search(r"\(router\): clean; 209715200 B in, 209715200 B out", x) for x in rlines), "".join(
+                rlines
+            )
+
+
+def test_sighup_rotates_the_shared_key_without_dropping_open_connections(tmp_path: Path) -> None:
+    k1, k2 = os.urandom(32), os.urandom(32)
+    current, previous = tmp_path / "current.key", tmp_path / "previous.key"
+    key_file(current, k1)
+    key_file(previous, os.urandom(32))
+    router_key = tmp_path / "router.key"
+    key_file(router_key, k1)
+
+    def wait_for(lines: list[str], what: str, count: int) -> None:
+        deadline = time.monotonic() + 15
+        while sum(what in x for x in lines) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sum(what in x for x in lines) >= count, "".join(lines)
+
+    with echo_server() as target, running_cli(
+        "gateway", "--mode", "decrypt", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{target}",
+        "-k", str(current), "-k", str(previous), ready=READY,
+    ) as (dec, dm, dlines):  # fmt: skip
+        dport = int(dm.group(1))
+        with running_cli(
+            "gateway", "--mode", "router", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{dport}",
+            "-k", str(router_key), ready=READY,
+        ) as (router, rm, rlines):  # fmt: skip
+            rport = int(rm.group(1))
+            with socket.create_connection(("127.0.0.1", rport), timeout=30) as held:
+                assert ping(held, b"before") == b"before"
+                # Step 1: the decrypt side takes the new key and keeps accepting the old one.
+                key_file(previous, k1)
+                key_file(current, k2)
+                dec.send_signal(signal.SIGHUP)
+                wait_for(dlines, "SIGHUP: reloaded", 1)
+                assert roundtrip(rport, b"old key still accepted") == b"old key still accepted"
+                # Step 2: the router moves to the new key.
+                key_file(router_key, k2)
+                router.send_signal(signal.SIGHUP)
+                wait_for(rlines, "SIGHUP: reloaded", 1)
+                assert roundtrip(rport, b"new key") == b"new key"
+                # Step 3: the old key is retired; a peer still using it is refused.
+                key_file(previous, os.urandom(32))
+                dec.send_signal(signal.SIGHUP)
+                wait_for(dlines, "SIGHUP: reloaded", 2)
+                with qeltrix_v6.GatewayServer("router", "127.0.0.1:0", target=f"127.0.0.1:{dport}", key=k1) as old:
+                    try:
+                        got = roundtrip(old.address[1], b"retired key")
+                    except OSError:  # reset: the refusal a client sees
+                        got = b""
+                    assert got == b"", got
+                # The connection opened before any of this still works.
+                assert ping(held, b"after") == b"after"
+            assert router.poll() is None and dec.poll() is None
+
+
+def test_a_key_file_readable_by_others_is_warned_about_even_with_quiet(tmp_path: Path) -> None:
+    kf = tmp_path / "loose.key"
+    kf.write_bytes(KEY)
+    kf.chmod(0o644)
+    with running_cli(
+        "gateway", "--mode", "reflect", "--listen", "127.0.0.1:0", "-k", str(kf), "--quiet", ready=READY
+    ) as (_p, _m, lines):  # fmt: skip
+        assert any("readable by others (mode 0644)" in x for x in lines), "".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# PostgreSQL through the pair
+
+
+def _pg_bin(tool: str) -> str:
+    found = shutil.which(tool)
+    if found:
+        return found
+    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (d / tool).exists():
+            return str(d / tool)
+    return require(tool)
+
+
+@contextlib.contextmanager
+def postgres(tmp: Path) -> Iterator[int]:
+    """A PostgreSQL server of its own on 127.0.0.1 (as `nobody` when run as root)."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        # Root cannot run PostgreSQL; pytest's tmp_path is private to root, so the cluster
+        # lives in a directory of its own that `nobody` owns.
+        nobody = pwd.getpwnam("nobody")
+        data = Path(tempfile.mkdtemp(prefix="qeltrix-pg-"))
+        os.chown(data, nobody.pw_uid, nobody.pw_gid)
+        run_as = [require("runuser"), "-u", "nobody", "--"]
+    else:
+        data = tmp / "pgdata"
+        data.mkdir()
+    data.chmod(0o700)
+    r = subprocess.run(
+        [*run_as, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"],
+        capture_output=True, text=True, timeout=120, cwd="/",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    opts = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=50"
+    subprocess.run(
+        [*run_as, pg_ctl, "-D", str(data), "-o", opts, "-l", str(data / "log"), "-w", "-t", "60", "start"],
+        check=True, capture_output=True, timeout=90, cwd="/",
+    )  # fmt: skip
+    try:
+        yield port
+    finally:
+        subprocess.run(
+            [*run_as, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60, cwd="/"
+        )
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_pgbench_builtin_scripts_through_the_pair_with_zero_failed_transactions(tmp_path: Path) -> None:
+    pgbench = _pg_bin("pgbench")
+    with (
+        postgres(tmp_path) as pg,
+        qeltrix_v6.GatewayServer("decrypt", "127.0.0.1:0", target=f"127.0.0.1:{pg}", key=KEY) as dec,
+        qeltrix_v6.GatewayServer("router", "127.0.0.1:0", target=f"127.0.0.1:{dec.address[1]}", key=KEY) as rt,
+    ):
+        conn = ["-h", "127.0.0.1", "-p", str(rt.address[1]), "-U", "postgres"]
+        init = subprocess.run(
+            [pgbench, "-i", "-s", "1", "-q", *conn, "postgres"], capture_output=True, text=True, timeout=120
+        )
+        assert init.returncode == 0, init.stderr
+        for script in ("tpcb-like", "select-only", "simple-update"):
+            r = subprocess.run(
+                [pgbench, "-b", script, "-c", "4", "-j", "2", "-t", "150", "-n", *conn, "postgres"],
+                capture_output=True, text=True, timeout=180,
+            )  # fmt: skip
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert "number of transactions actually processed: 600/600" in r.stdout, r.stdout
+            failed = re.search(r"number of failed transactions: (\d+)", r.stdout)
+            assert failed is None or failed.group(1) == "0", r.stdout
+        assert rt.stats()["failed"] == 0
