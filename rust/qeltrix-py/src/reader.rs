@@ -309,7 +309,8 @@ impl Reader {
     /// Plaintext `[pos, pos + len)` (clipped) as a new `bytes`, decrypted straight into it
     /// with the GIL released: no intermediate buffer of the read's size.
     fn read_bytes<'py>(&self, py: Python<'py>, pos: u64, len: u64) -> PyResult<Bound<'py, PyBytes>> {
-        let total = self.loaded()?.index.pt_total_len;
+        // Clipped at the end of what this reader shows: the plaintext, or its window.
+        let total = self.pt_len()?;
         let n = pos.saturating_add(len).min(total).saturating_sub(pos);
         let n = usize::try_from(n).map_err(|_| Error::Format(FormatError::Limit(format!("a read of {n} bytes"))))?;
         PyBytes::new_with(py, n, |buf| {
