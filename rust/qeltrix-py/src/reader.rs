@@ -23,6 +23,12 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// Decrypted blocks kept per reader unless the opener asks for more.
 const DEFAULT_CACHE_BLOCKS: usize = 8;
+/// Frames fetched ahead by one coalesced read from object storage.
+const PREFETCH_BYTES: u64 = 16 << 20;
+/// Frames closer than this on object storage are fetched in one GET, the gap included.
+const COALESCE_GAP: u64 = 1 << 20;
+/// Sequential reads (unpack) from object storage fetch this much at a time.
+const UNPACK_READAHEAD: u64 = 8 << 20;
 
 struct Loaded {
     keys: Py<PyAny>,
@@ -279,12 +285,51 @@ impl Reader {
         Ok(bytes)
     }
 
+    /// On object storage, fetch the frames of the blocks from `first` that are not cached, in
+    /// one ranged GET per run of nearby frames (a permutation window scatters logically
+    /// adjacent frames a little), at most [`PREFETCH_BYTES`] of frames at a time. Returns the
+    /// block after the last one considered. A no-op on files.
+    fn prefetch_frames(&self, first: usize, end: usize) -> Result<usize> {
+        let Some(store) = self.source.store() else {
+            return Ok(end);
+        };
+        let entries = &self.loaded()?.index.entries;
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        let mut total = 0u64;
+        let mut i = first;
+        while i < end && total < PREFETCH_BYTES {
+            let e = entries[i];
+            let n = frame_len(e.pt_len);
+            if self.cache.get(self.cache_owner, i as u64).is_none() {
+                spans.push((e.frame_offset, e.frame_offset + n));
+                total += n;
+            }
+            i += 1;
+        }
+        spans.sort_unstable();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (a, b) in spans {
+            match runs.last_mut() {
+                Some(last) if a <= last.1 + COALESCE_GAP => last.1 = last.1.max(b),
+                _ => runs.push((a, b)),
+            }
+        }
+        for (a, b) in runs {
+            store.prefetch(a, b)?;
+        }
+        Ok(i)
+    }
+
     /// Hand plaintext `[pos, pos + len)` (clipped at the end) to `emit` block by block;
     /// stop early when `emit` returns false.
     pub fn read_chunks(&self, pos: u64, len: u64, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<()> {
         let index = &self.loaded()?.index;
         let end = pos.saturating_add(len).min(index.pt_total_len);
+        let mut fetched_to = 0;
         for i in index.covering(pos, len) {
+            if i >= fetched_to {
+                fetched_to = self.prefetch_frames(i, index.covering(pos, len).end)?;
+            }
             let block = self.block(i)?;
             let start = index.pt_offset(i);
             let a = (pos.max(start) - start) as usize;
@@ -330,6 +375,9 @@ impl Reader {
     fn unpack_into(&self, sink: &mut Sink, workers: usize, progress: &mut Progress) -> Result<u64> {
         let loaded = self.loaded()?;
         let block_count = loaded.index.block_count();
+        if let Some(store) = self.source.store() {
+            store.set_readahead(UNPACK_READAHEAD);
+        }
         let shared = Shared::default();
         let next = AtomicU64::new(0);
         let pool = (2 * workers + 2).min(block_count as usize + 1);
@@ -487,6 +535,12 @@ impl Reader {
         let (trailer, footer, section) = py.detach(|| -> Result<(Trailer, Vec<u8>, Option<Vec<u8>>)> {
             if self.file_len < u64::from(self.header.header_len) + TRAILER_LEN as u64 {
                 return Err(FormatError::Truncated("the file ends right after its header".into()).into());
+            }
+            if let Some(store) = self.source.store() {
+                // Trailer, footer (12 bytes an entry) and signature section (a digest a frame)
+                // in one suffix GET, sized from the header's block size.
+                let blocks = self.file_len / frame_len(self.header.block_size.max(1)) + 1;
+                store.prefetch_suffix(TRAILER_LEN as u64 + (64 << 10) + 48 * blocks)?;
             }
             let tb = self
                 .source
