@@ -314,9 +314,7 @@ impl Reader {
                 _ => runs.push((a, b)),
             }
         }
-        for (a, b) in runs {
-            store.prefetch(a, b)?;
-        }
+        store.prefetch_runs(&runs)?;
         Ok(i)
     }
 

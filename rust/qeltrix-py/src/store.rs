@@ -126,14 +126,19 @@ pub struct StoreObject {
 }
 
 impl StoreObject {
-    fn get(&self, range: GetRange) -> Result<(u64, Bytes)> {
-        self.gets.fetch_add(1, Ordering::Relaxed);
-        let opts = GetOptions {
+    /// A GET of `range`, pinned to the version seen at open.
+    fn options(&self, range: GetRange) -> GetOptions {
+        GetOptions {
             range: Some(range),
             if_match: self.etag.clone(),
             version: self.version.clone(),
             ..Default::default()
-        };
+        }
+    }
+
+    fn get(&self, range: GetRange) -> Result<(u64, Bytes)> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        let opts = self.options(range);
         let url = self.url.as_str();
         runtime().block_on(async {
             let r = self
@@ -196,6 +201,54 @@ impl StoreObject {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
         self.keep(start, bytes);
+        Ok(())
+    }
+
+    /// Several runs of object bytes, one ranged GET each, all in flight at once (the frames
+    /// of one plaintext range that a permutation window scattered: one round trip, not one each).
+    pub fn prefetch_runs(&self, runs: &[(u64, u64)]) -> Result<()> {
+        let todo = |me: &Self| -> Vec<(u64, u64)> {
+            runs.iter()
+                .map(|&(a, b)| (a, b.min(me.size)))
+                .filter(|&(a, b)| a < b && !me.covered(a, b))
+                .collect()
+        };
+        if todo(self).len() <= 1 {
+            return todo(self).into_iter().try_for_each(|(a, b)| self.prefetch(a, b));
+        }
+        let _one = self.fetching.lock().expect("fetch lock");
+        let todo = todo(self);
+        self.gets.fetch_add(todo.len() as u64, Ordering::Relaxed);
+        let url = self.url.as_str();
+        let fetched = runtime().block_on(async {
+            let mut set = JoinSet::new();
+            for &(a, b) in &todo {
+                let (store, path, opts) = (
+                    self.store.clone(),
+                    self.path.clone(),
+                    self.options(GetRange::Bounded(a..b)),
+                );
+                set.spawn(async move {
+                    let r = store.get_opts(&path, opts).await?;
+                    let start = r.range.start;
+                    Ok::<_, object_store::Error>((a, b, start, r.bytes().await?))
+                });
+            }
+            let mut out = Vec::with_capacity(todo.len());
+            while let Some(r) = set.join_next().await {
+                out.push(r);
+            }
+            out
+        });
+        for r in fetched {
+            let (a, b, start, bytes) = r
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(|e| store_error(url, e))?;
+            if start != a || (bytes.len() as u64) < b - a {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            self.keep(a, bytes);
+        }
         Ok(())
     }
 
