@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the test suite drives as real clients: curl, ffmpeg/ffprobe and headless
 # Chromium with its driver (SeekServer tests), redis-server and redis-benchmark (an
-# unmodified application through a GatewayServer pair). Installs only what is missing.
+# unmodified application through a GatewayServer pair), nginx (a load balancer in front of
+# two `qeltrix serve s3://` replicas) and rclone (its crypt remote is benches/bench_s3.py's
+# peer). Installs only what is missing.
 set -euo pipefail
 need=()
 command -v curl >/dev/null || need+=(curl)
@@ -10,6 +12,8 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-benchmark >/dev/null || need+=(redis-tools)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v rclone >/dev/null || need+=(rclone)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

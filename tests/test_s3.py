@@ -4,6 +4,7 @@ fault-injecting proxy, so GETs are counted where they arrive."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 import qeltrix_v6
-from conftest import KEY, make_plaintext
+from conftest import KEY, http_request, make_plaintext, require, running_cli
 from qeltrix_v6 import QeltrixIOError, _container
 from s3util import ProxyState, aws_env, moto_server, proxy
 
@@ -306,3 +307,81 @@ def test_credentials_and_endpoint_from_a_shared_profile(s3: S3, packed: tuple[by
     r = cli("cat", "--key-file", key_file, packed[1], "--offset", "10", "--length", "20", env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout == packed[0][10:30]
+
+
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream replicas {{ server {a}; server {b}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://replicas;
+            proxy_buffering off;
+            add_header X-Replica $upstream_addr always;
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx(tmp: Path, a: str, b: str) -> Iterator[int]:
+    exe = require("nginx")
+    port = _free_port()
+    (tmp / "nginx.conf").write_text(NGINX_CONF.format(d=tmp, a=a, b=b, port=port))
+    p = subprocess.Popen([exe, "-p", str(tmp), "-c", str(tmp / "nginx.conf")], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert p.poll() is None and time.monotonic() < deadline, (tmp / "error.log").read_text()
+            time.sleep(0.05)
+        yield port
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def test_serve_s3_replicas_agree_and_a_download_resumes_across_them(s3: S3, tmp_path: Path) -> None:
+    pt = make_plaintext(1 << 20, "serve")
+    qeltrix_v6.pack(io.BytesIO(pt), s3.url("site/media/v.bin.qltx"), key=KEY, block_size=64 << 10)
+    key_file = tmp_path / "k.key"
+    key_file.write_bytes(KEY)
+    serve = ("serve", "--port", "0", "--key-file", str(key_file), f"s3://{BUCKET}/site")
+    ready = r"serving .* on http://(\S+)"
+    with running_cli(*serve, ready=ready) as (_, m1, _), running_cli(*serve, ready=ready) as (_, m2, _):
+        r1, r2 = m1.group(1), m2.group(1)
+        answers = []
+        for r in (r1, r2):
+            host, port = r.rsplit(":", 1)
+            status, headers, body = http_request((host, int(port)), "/media/v.bin", {"Range": "bytes=10-19"})
+            assert status == 206 and body == pt[10:20]
+            answers.append((headers["etag"], headers["last-modified"]))
+        assert answers[0] == answers[1]
+        etag = answers[0][0]
+        host, port = r1.rsplit(":", 1)
+        assert http_request((host, int(port)), "/media/missing.bin")[0] == 404
+        ngx = tmp_path / "nginx"
+        ngx.mkdir()
+        with nginx(ngx, r1, r2) as port_lb:
+            lb = ("127.0.0.1", port_lb)
+            status, h1, first = http_request(lb, "/media/v.bin", {"Range": "bytes=0-399999"})
+            assert status == 206 and first == pt[:400_000]
+            # The download is resumed on the other replica (round robin), If-Range on the ETag.
+            status, h2, rest = http_request(lb, "/media/v.bin", {"Range": "bytes=400000-", "If-Range": etag})
+            assert status == 206, h2
+            assert h1["x-replica"] != h2["x-replica"]
+            assert first + rest == pt

@@ -346,6 +346,7 @@ class SeekServerCore:
         cors_origins: list[str] | None = None,
         cache_control: str | None = None,
         list_directories: bool = False,
+        remote_ttl: float | None = None,
     ) -> Self: ...
     @property
     def address(self) -> tuple[str, int]: ...

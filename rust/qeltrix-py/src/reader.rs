@@ -359,6 +359,12 @@ impl Reader {
         })
     }
 
+    /// An object's Last-Modified as seen at open (`None` for files: the server stats them).
+    pub fn source_mtime(&self) -> Option<std::time::SystemTime> {
+        let secs = self.source.store()?.last_modified_secs();
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).ok()?))
+    }
+
     /// Plaintext length (after `load_index`).
     pub fn pt_len(&self) -> Result<u64> {
         Ok(self.loaded()?.index.pt_total_len)

@@ -291,6 +291,10 @@ impl StoreObject {
         self.size
     }
 
+    pub fn last_modified_secs(&self) -> i64 {
+        self.last_modified
+    }
+
     pub fn set_readahead(&self, n: u64) {
         self.readahead.store(n, Ordering::Relaxed);
     }
