@@ -63,6 +63,7 @@ from ._options import (
 from ._output import (
     _check_input,
     _check_output,
+    _local_only,
     _status,
 )
 
@@ -625,6 +626,7 @@ def recover(
       qeltrix recover --key-file shared.key .stream-1700000000000-7.qltx.part stream-7.qltx
     """
     _refuse_passphrase_value(passphrase)
+    _local_only(src, "recover")
     _check_input(src)
     _check_output(dst, force)
     creds = credentials_for_reading(src, key_file, passphrase_file, identity_files=identity)
