@@ -44,10 +44,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
+    def _read_chunked(self) -> bytes:
+        out = bytearray()
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return bytes(out)
+            out += self.rfile.read(size)
+            self.rfile.readline()
+
     def _relay(self) -> None:
         state = self.server.state
-        n = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(n) if n else b""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            body = self._read_chunked()
+            n = len(body)
+        else:
+            n = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(n) if n else b""
         entry = Logged(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
         fault = None
         with state.lock:
@@ -70,7 +85,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         conn = http.client.HTTPConnection(*state.upstream, timeout=60)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP and k.lower() != "content-length"}
+            if n or self.command in ("PUT", "POST"):
+                headers["Content-Length"] = str(n)
             conn.request(
                 self.command, self.path, body=body if n or self.command in ("PUT", "POST") else None, headers=headers
             )
@@ -83,10 +100,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for k, v in resp.getheaders():
             if k.lower() not in HOP and k.lower() != "content-length":
                 self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
+        # A HEAD answer has no body but the object's Content-Length.
+        length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+        self.send_header("Content-Length", length)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except ConnectionError:  # the client stopped reading (rclone cancels its reads)
+                self.close_connection = True
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay
 

@@ -24,9 +24,11 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 /// Decrypted blocks kept per reader unless the opener asks for more.
 const DEFAULT_CACHE_BLOCKS: usize = 8;
 /// Frames fetched ahead by one coalesced read from object storage.
-const PREFETCH_BYTES: u64 = 16 << 20;
+const PREFETCH_BYTES: u64 = 8 << 20;
 /// Frames closer than this on object storage are fetched in one GET, the gap included.
 const COALESCE_GAP: u64 = 1 << 20;
+/// ... and for sequential reads, whose skipped frames are about to be read anyway.
+const SEQUENTIAL_GAP: u64 = 8 << 20;
 /// Sequential reads (unpack) from object storage fetch this much at a time.
 const UNPACK_READAHEAD: u64 = 8 << 20;
 
@@ -172,6 +174,8 @@ pub struct Reader {
     /// Check S3 of FORMAT.md section 8: every frame read must match its signed digest. Set by
     /// the Python layer once it has verified the signature (S2).
     digests_required: AtomicBool,
+    /// The block after the last read's (object storage: sequential reads are fetched ahead).
+    next_block: std::sync::atomic::AtomicUsize,
 }
 
 impl Reader {
@@ -289,7 +293,7 @@ impl Reader {
     /// one ranged GET per run of nearby frames (a permutation window scatters logically
     /// adjacent frames a little), at most [`PREFETCH_BYTES`] of frames at a time. Returns the
     /// block after the last one considered. A no-op on files.
-    fn prefetch_frames(&self, first: usize, end: usize) -> Result<usize> {
+    fn prefetch_frames(&self, first: usize, end: usize, gap: u64) -> Result<usize> {
         let Some(store) = self.source.store() else {
             return Ok(end);
         };
@@ -300,7 +304,8 @@ impl Reader {
         while i < end && total < PREFETCH_BYTES {
             let e = entries[i];
             let n = frame_len(e.pt_len);
-            if self.cache.get(self.cache_owner, i as u64).is_none() {
+            let held = store.covered(e.frame_offset, e.frame_offset + n);
+            if !held && self.cache.get(self.cache_owner, i as u64).is_none() {
                 spans.push((e.frame_offset, e.frame_offset + n));
                 total += n;
             }
@@ -310,7 +315,7 @@ impl Reader {
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for (a, b) in spans {
             match runs.last_mut() {
-                Some(last) if a <= last.1 + COALESCE_GAP => last.1 = last.1.max(b),
+                Some(last) if a <= last.1 + gap => last.1 = last.1.max(b),
                 _ => runs.push((a, b)),
             }
         }
@@ -324,11 +329,25 @@ impl Reader {
         let index = &self.loaded()?.index;
         let end = pos.saturating_add(len).min(index.pt_total_len);
         let mut fetched_to = 0;
-        for i in index.covering(pos, len) {
+        let covering = index.covering(pos, len);
+        // A read that starts where the last one stopped (a download, a player), or a large one
+        // (a server asks for the rest of a response and stops after a step): on object
+        // storage, fetch ahead in large runs instead of one GET per call.
+        let large = (covering.len() as u64).saturating_mul(u64::from(self.header.block_size)) > PREFETCH_BYTES;
+        let sequential = self.next_block.load(Ordering::Relaxed) == covering.start;
+        let gap = if large || sequential {
+            SEQUENTIAL_GAP
+        } else {
+            COALESCE_GAP
+        };
+        let ahead = if sequential { index.entries.len() } else { covering.end };
+        let mut next = covering.start;
+        for i in covering {
             if i >= fetched_to {
-                fetched_to = self.prefetch_frames(i, index.covering(pos, len).end)?;
+                fetched_to = self.prefetch_frames(i, ahead, gap)?;
             }
             let block = self.block(i)?;
+            next = i + 1;
             let start = index.pt_offset(i);
             let a = (pos.max(start) - start) as usize;
             let b = (end.min(start + block.len() as u64) - start) as usize;
@@ -336,6 +355,7 @@ impl Reader {
                 break;
             }
         }
+        self.next_block.store(next, Ordering::Relaxed);
         Ok(())
     }
 
@@ -530,6 +550,7 @@ impl Reader {
             frames: Mutex::new(Vec::new()),
             outs: Arc::new(Mutex::new(Vec::new())),
             digests_required: AtomicBool::new(false),
+            next_block: std::sync::atomic::AtomicUsize::new(usize::MAX),
         })
     }
 

@@ -27,8 +27,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::task::JoinSet;
 
-/// Bytes of prefetched frames kept per object (the windows of [`StoreObject::prefetch`]).
-const WINDOW_BYTES: usize = 64 << 20;
+/// Bytes of prefetched frames kept per object (the windows of [`StoreObject::prefetch`]): two
+/// coalesced reads, so an open object costs at most this much beside the block cache.
+const WINDOW_BYTES: usize = 32 << 20;
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -168,7 +169,8 @@ impl StoreObject {
         false
     }
 
-    fn covered(&self, start: u64, end: u64) -> bool {
+    /// Whether object bytes `[start, end)` are held (the header or a prefetched window).
+    pub fn covered(&self, start: u64, end: u64) -> bool {
         if end <= self.head.len() as u64 {
             return true;
         }
