@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 
 /// Bytes of prefetched frames kept per object (the windows of [`StoreObject::prefetch`]): two
 /// coalesced reads, so an open object costs at most this much beside the block cache.
-const WINDOW_BYTES: usize = 32 << 20;
+const WINDOW_BYTES: usize = 64 << 20;
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
