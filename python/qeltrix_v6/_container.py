@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, Literal, cast, overload
 
-from . import _core, _crypto, _pubkeys, _signing
+from . import _core, _crypto, _pubkeys, _signing, _store
 from ._atomic import AtomicOutput
 from .errors import (
     AuthenticationError,
@@ -121,6 +121,16 @@ def _open_input(path: str | os.PathLike[str]) -> IO[bytes]:
         raise QeltrixIOError(f"{os.fspath(path)}: {e.strerror}") from None
 
 
+@contextlib.contextmanager
+def public_reader(src: str | os.PathLike[str]) -> Iterator[_core.Reader]:
+    """A header-only reader (no key) of a path or an ``s3://`` URL."""
+    if _store.is_url(src):
+        yield _core.Reader(_store.open_object(str(src)))
+        return
+    with _open_input(src) as f:
+        yield _core.Reader(f.fileno())
+
+
 def build_header(
     mk: bytes,
     container_id: bytes,
@@ -167,6 +177,7 @@ def pack(
     kms: Any = None,
     sign_with: _signing.SignWith | None = None,
     _archive: bool = False,
+    part_size: int | None = None,
 ) -> PackResult:
     """Encrypt ``src`` into a V6 container at ``dst``.
 
@@ -178,7 +189,10 @@ def pack(
     PEM bytes, a 32-byte seed, or the path of a ``qeltrix keygen --ed25519`` file) signs the
     container, so readers that pin its public key (``signers=[...]``) know who wrote it. Blocks
     are sealed on ``workers`` threads (default: one per core) with bounded memory. A path
-    ``dst`` is written atomically: it appears only when complete.
+    ``dst`` is written atomically: it appears only when complete. An ``s3://BUCKET/KEY`` ``dst``
+    is a multipart upload of ``part_size``-byte parts (default 8 MiB) sent while encrypting,
+    published only when complete and aborted on any failure; an existing object is replaced
+    only with ``overwrite=True``.
 
     >>> import io, qeltrix_v6
     >>> out = io.BytesIO()
@@ -227,10 +241,18 @@ def pack(
             src_arg: Any = f.fileno()
         else:
             src_arg = src
-        if isinstance(dst, str | os.PathLike):
+        upload = None
+        dst_arg: Any
+        if _store.is_url(dst):
+            # A multipart upload: nothing is visible under the key until complete(); any
+            # failure (or Ctrl-C) aborts it, leaving no parts behind.
+            atomic, dst_arg = None, _store.create_upload(str(dst), force=overwrite, part_size=part_size)
+            upload = dst_arg
+            stack.callback(upload.abort)  # a no-op once complete
+        elif isinstance(dst, str | os.PathLike):
             atomic = AtomicOutput(dst, overwrite=overwrite)
             out = stack.enter_context(atomic)
-            dst_arg: Any = out.fileno()
+            dst_arg = out.fileno()
         else:
             atomic, dst_arg = None, dst
         pt_len, block_count, container_len = _core.pack_stream(
@@ -238,6 +260,8 @@ def pack(
         )
         if atomic is not None:
             atomic.commit()
+        if upload is not None:
+            upload.complete()
     return PackResult(pt_len, block_count, container_len)
 
 
@@ -332,10 +356,12 @@ def open_reader(
         raise ValueError("signers is empty: give at least one qltx-ed25519: public key, or None")
     _check_file_arg(src, "src")
     owned: list[IO[bytes]] = []
-    if isinstance(src, str | os.PathLike):
+    if _store.is_url(src):
+        arg: Any = _store.open_object(str(src))  # ranged GETs pinned to the ETag seen here
+    elif isinstance(src, str | os.PathLike):
         f = _open_input(src)
         owned.append(f)
-        arg: Any = f.fileno()
+        arg = f.fileno()
     elif isinstance(src, int):
         arg = src  # a file descriptor: Rust reads it in place
     else:

@@ -74,6 +74,8 @@ __all__ = [
     "Header",
     "Reader",
     "SeekServerCore",
+    "StoreObject",
+    "StoreUpload",
     "default_perm_window",
     "encode_header_unsealed",
     "encode_signature_section",
@@ -193,6 +195,49 @@ class BlockCache:
     def max_bytes(self) -> int: ...
 
 @final
+class StoreObject:
+    """An ``s3://`` object opened for ranged reads pinned to the ETag seen at open."""
+    def __new__(
+        cls,
+        url: str,
+        bucket: str,
+        key: str,
+        options: dict[str, str],
+        head_bytes: int = 65536,
+        retry_seconds: float = 30.0,
+    ) -> Self: ...
+    def read(self, pos: int, n: int) -> bytes: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def etag(self) -> str | None: ...
+    @property
+    def last_modified(self) -> int: ...
+    @property
+    def gets(self) -> int: ...
+    @property
+    def url(self) -> str: ...
+
+@final
+class StoreUpload:
+    """A multipart upload of a container to an ``s3://`` URL."""
+    def __new__(
+        cls,
+        url: str,
+        bucket: str,
+        key: str,
+        options: dict[str, str],
+        part_size: int = ...,
+        concurrency: int = 4,
+        force: bool = False,
+        retry_seconds: float = 30.0,
+    ) -> Self: ...
+    def complete(self) -> None: ...
+    def abort(self) -> None: ...
+    @property
+    def url(self) -> str: ...
+
+@final
 class Header:
     """A parsed header (FORMAT.md section 3): what ``parse_header`` and ``Reader.header`` return."""
     @property
@@ -305,6 +350,7 @@ class SeekServerCore:
         cache_control: str | None = None,
         list_directories: bool = False,
         open_member: Callable[[str, str], Reader] | None = None,
+        remote_ttl: float | None = None,
     ) -> Self: ...
     @property
     def address(self) -> tuple[str, int]: ...

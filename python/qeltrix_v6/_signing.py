@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import _core, _crypto
+from . import _core, _crypto, _store
 from ._pubkeys import SIGNER_PREFIX, decode_signer, encode_signer
 from .errors import MalformedError, QeltrixIOError, SignatureError
 
@@ -233,8 +233,13 @@ def public_origin(path: str | os.PathLike[str], signers: frozenset[bytes] = froz
     """
     import struct
 
-    with open(path, "rb", buffering=0) as f:
-        reader = _core.Reader(f.fileno())
+    if _store.is_url(path):
+        src: Any = _store.ObjectFile(str(path))
+        reader = _core.Reader(src.obj)
+    else:
+        src = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the with below
+        reader = _core.Reader(src.fileno())
+    with src as f:
         if not int(reader.header_flags) & HEADER_FLAG_SIGNED:
             return Origin(signed=False)
         file_len = int(reader.file_len)

@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import _core, _signed_url, _signing
+from . import _core, _signed_url, _signing, _store
 from ._container import _Opened, incomplete_message, open_reader
 from ._kms import KmsUnavailableError
 from ._service import BackgroundService, check_int, split_hostport
@@ -143,7 +143,10 @@ class Unlocker:
 
 
 class SeekServer(BackgroundService):
-    """An HTTP server for the containers under ``root``.
+    """An HTTP server for the containers under ``root``: a directory, or ``s3://BUCKET/PREFIX``
+    (``GET /a/b.mp4`` serves ``PREFIX/a/b.mp4.qltx``; an opened object is reused for
+    ``remote_ttl`` seconds, its ETag and Last-Modified come from the object, the same on every
+    replica).
 
     >>> import os, tempfile, urllib.request, qeltrix_v6
     >>> root = tempfile.mkdtemp()
@@ -181,10 +184,18 @@ class SeekServer(BackgroundService):
         cors_origins: Iterable[str] = (),
         cache_control: str = DEFAULT_CACHE_CONTROL,
         directory_listing: bool = False,
+        remote_ttl: float = 5.0,
     ) -> None:
         if key is None and passphrase is None:
             raise ValueError("a key or a passphrase is required to open the containers")
-        if not os.path.isdir(root):
+        self._remote = _store.is_url(root)
+        if self._remote:
+            # s3://BUCKET/PREFIX: GET /a/b.mp4 serves PREFIX/a/b.mp4.qltx. Nothing is kept but
+            # recently opened containers, so replicas over one bucket answer alike.
+            if directory_listing:
+                raise ValueError("directory listings are not available for an s3:// root")
+            _store.options()  # fail now, not on the first request, without credentials
+        elif not os.path.isdir(root):
             raise ValueError(f"{os.fspath(root)} is not a directory")
         if access_log is True:
             access_log = "combined"
@@ -216,6 +227,7 @@ class SeekServer(BackgroundService):
             "cors_origins": [check_cors_origin(o) for o in cors_origins],
             "cache_control": check_cache_control(cache_control),
             "list_directories": directory_listing,
+            "remote_ttl": remote_ttl if self._remote else None,
         }
         self._url_key = _signed_url._check_key(url_key) if url_key is not None else None
         if self._url_key is not None:
@@ -241,6 +253,16 @@ class SeekServer(BackgroundService):
 
     def _open(self, path: str) -> _core.Reader:
         """Called by the HTTP loop for each container it does not hold open."""
+        if self._remote:
+            # An object key under the root (the HTTP loop checked its segments). The loop
+            # reuses what this returns for remote_ttl seconds, then asks again.
+            url = str(self.root).rstrip("/") + "/" + path
+            try:
+                return self._open_container(url)
+            except QeltrixIOError as e:
+                if "no such object" in str(e):
+                    raise FileNotFoundError(url) from None
+                raise
         return self._unlocker.open(path)
 
     def _open_member(self, path: str, member: str) -> _core.Reader:

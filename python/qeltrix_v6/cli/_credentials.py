@@ -9,8 +9,8 @@ from typing import Any
 import typer
 from typer._click.core import ParameterSource
 
-from .. import _core, _crypto, _pubkeys
-from .._container import _open_input
+from .. import _crypto, _pubkeys, _store
+from .._container import public_reader
 from ..errors import (
     MalformedError,
 )
@@ -217,8 +217,7 @@ def _explicit_credentials(
 
 
 def _stanza_kinds(src: str) -> set[int]:
-    with _open_input(src) as f:
-        reader = _core.Reader(f.fileno())
+    with public_reader(src) as reader:
         return {int(kind) for kind, _ in reader.stanzas}
 
 
@@ -244,7 +243,7 @@ def credentials_for_reading(
     """
     creds = _explicit_credentials(key_file, passphrase_file, identity_files)
     creds.max_kdf_memory = max_kdf_memory
-    kinds = _stanza_kinds(src) if src != "-" and os.path.isfile(src) else set()
+    kinds = _stanza_kinds(src) if src != "-" and (os.path.isfile(src) or _store.is_url(src)) else set()
     kms_asked = bool(kms_endpoint or kms_key_ids or kms_discovery)
     if (_crypto.KIND_KMS in kinds and (kms_asked or not creds.given())) or (src == "-" and kms_asked):
         creds.kms = kms_config(kms_endpoint, kms_timeout, kms_key_ids, kms_discovery)

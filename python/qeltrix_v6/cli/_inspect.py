@@ -9,7 +9,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from .. import _core, _crypto, _signing
-from .._container import _open_input, incomplete_message, open_reader
+from .._container import incomplete_message, open_reader, public_reader
 from .._recipients import (
     describe_stanza,
     recipient_summary,
@@ -52,8 +52,7 @@ from ._output import _check_input, _progress, _stdin
 
 
 def _public_info(src: str) -> dict[str, Any]:
-    with _open_input(src) as f:
-        r = _core.Reader(f.fileno())
+    with public_reader(src) as r:
         checksum_ok = _crypto.sha256(r.header_checksummed) == r.header_sha256
         cipher_names = {v: k for k, v in _crypto.CIPHERS.items()}
         return {

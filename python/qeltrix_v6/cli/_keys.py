@@ -58,7 +58,7 @@ from ._options import (
     _refuse_passphrase_value,
     read_signing_key,
 )
-from ._output import _check_input, _progress, _status
+from ._output import _check_input, _local_only, _progress, _status
 
 
 @app.command(rich_help_panel="Keys")
@@ -221,6 +221,7 @@ def passwd(
     _refuse_passphrase_value(passphrase)
     if src == "-":
         raise CliError("passwd rewrites a file in place; it cannot work on stdin", code=ExitCode.USAGE)
+    _local_only(src, "passwd")
     _check_input(src)
     add_keys = [read_key_file(p) for p in add_key_file or []]
     remove_keys = [read_key_file(p) for p in remove_key_file or []]
@@ -269,6 +270,7 @@ app.add_typer(recipients_app, name="recipients", rich_help_panel="Keys")
 def _in_place_target(src: str, what: str) -> None:
     if src == "-":
         raise CliError(f"{what} rewrites a file in place; it cannot work on stdin", code=ExitCode.USAGE)
+    _local_only(src, what)
     _check_input(src)
 
 

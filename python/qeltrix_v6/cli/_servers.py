@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import _container, _signed_url
+from .. import _container, _signed_url, _store
 from .._pubkeys import decode_public_key
 from .._service import split_hostport
 from ..gateway import MODES, GatewayServer
@@ -65,6 +65,7 @@ from ._options import (
 from ._output import (
     _check_input,
     _check_output,
+    _local_only,
     _status,
 )
 
@@ -172,7 +173,9 @@ def _read_token(token: str | None, token_file: str | None) -> str | None:
 
 @app.command(rich_help_panel="Servers")
 def serve(
-    root: Annotated[str, typer.Argument(metavar="ROOT", help="Directory of containers to serve.")],
+    root: Annotated[
+        str, typer.Argument(metavar="ROOT", help="Directory of containers to serve, or s3://BUCKET/PREFIX.")
+    ],
     host: Annotated[
         str,
         typer.Option(
@@ -313,7 +316,7 @@ def serve(
     """
     _refuse_passphrase_value(passphrase)
     signers = signers_from_options(signer, signers_file)
-    if not os.path.isdir(root):
+    if not os.path.isdir(root) and not _store.is_url(root):
         raise CliError(f"{root} is not a directory", code=ExitCode.IO)
     if (tls_cert is None) != (tls_key is None):
         raise CliError("--tls-cert and --tls-key go together", code=ExitCode.USAGE)
@@ -722,6 +725,7 @@ def recover(
       qeltrix recover --key-file shared.key .stream-1700000000000-7.qltx.part stream-7.qltx
     """
     _refuse_passphrase_value(passphrase)
+    _local_only(src, "recover")
     _check_input(src)
     _check_output(dst, force)
     creds = credentials_for_reading(src, key_file, passphrase_file, identity_files=identity)

@@ -6,6 +6,7 @@
 //! so the crypto layer can `encrypt_into` them.
 use crate::calls;
 use crate::error::Result;
+use crate::store::{StoreObject, StoreUpload};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -154,11 +155,16 @@ pub enum RandomSource {
     /// Python file objects are not thread-safe for seek+read pairs: one at a time. The lock
     /// is always taken before attaching to Python, never while attached.
     Py(Mutex<Py<PyAny>>),
+    /// An object in object storage (`s3://`), read with ranged GETs without the GIL.
+    Store(Py<StoreObject>),
 }
 
 impl RandomSource {
     /// An `int` is a file descriptor; anything else is a seekable binary file object.
     pub fn from_py(obj: &Bound<'_, PyAny>) -> PyResult<RandomSource> {
+        if let Ok(s) = obj.cast::<StoreObject>() {
+            return Ok(RandomSource::Store(s.clone().unbind()));
+        }
         Ok(match fd_of(obj)? {
             Some(f) => RandomSource::Fd(f),
             None => RandomSource::Py(Mutex::new(obj.clone().unbind())),
@@ -169,6 +175,7 @@ impl RandomSource {
     pub fn len(&self) -> Result<u64> {
         match self {
             RandomSource::Fd(f) => Ok(f.metadata()?.len()),
+            RandomSource::Store(s) => Ok(s.get().size()),
             RandomSource::Py(m) => {
                 let obj = m.lock().expect("source lock");
                 Ok(Python::attach(|py| calls::seek(py, &obj, 0, 2))?)
@@ -180,6 +187,7 @@ impl RandomSource {
     pub fn read_exact_at(&self, pos: u64, buf: &mut PyBuf, n: usize) -> Result<()> {
         match self {
             RandomSource::Fd(f) => Ok(f.read_exact_at(&mut buf.as_mut_slice()[..n], pos)?),
+            RandomSource::Store(s) => s.get().read_exact_at(pos, &mut buf.as_mut_slice()[..n]),
             RandomSource::Py(m) => {
                 let obj = m.lock().expect("source lock");
                 Python::attach(|py| -> Result<()> {
@@ -200,6 +208,14 @@ impl RandomSource {
         }
     }
 
+    /// The object-storage source, when this is one (for coalesced prefetches).
+    pub fn store(&self) -> Option<&StoreObject> {
+        match self {
+            RandomSource::Store(s) => Some(s.get()),
+            _ => None,
+        }
+    }
+
     /// Read `n` bytes at `pos` into a new vector (small structures: header, trailer, footer).
     pub fn read_vec_at(&self, pos: u64, n: usize) -> Result<Vec<u8>> {
         let mut buf = Python::attach(|py| PyBuf::new(py, n))?;
@@ -212,11 +228,16 @@ impl RandomSource {
 pub enum Sink {
     Fd(File),
     Py(Py<PyAny>),
+    /// A multipart upload to object storage; completed or aborted by the Python layer.
+    Store(Py<StoreUpload>),
 }
 
 impl Sink {
     /// An `int` is a file descriptor; anything else is a binary file object.
     pub fn from_py(obj: &Bound<'_, PyAny>) -> PyResult<Sink> {
+        if let Ok(s) = obj.cast::<StoreUpload>() {
+            return Ok(Sink::Store(s.clone().unbind()));
+        }
         Ok(match fd_of(obj)? {
             Some(f) => Sink::Fd(f),
             None => Sink::Py(obj.clone().unbind()),
@@ -227,6 +248,7 @@ impl Sink {
     pub fn write_buf(&mut self, buf: &PyBuf, start: usize, end: usize) -> Result<()> {
         match self {
             Sink::Fd(f) => Ok(f.write_all(&buf.as_slice()[start..end])?),
+            Sink::Store(s) => s.get().write(&buf.as_slice()[start..end]),
             Sink::Py(obj) => Python::attach(|py| -> Result<()> {
                 let mut pos = start;
                 while pos < end {
@@ -247,6 +269,7 @@ impl Sink {
     pub fn write_bytes(&mut self, data: &[u8]) -> Result<()> {
         match self {
             Sink::Fd(f) => Ok(f.write_all(data)?),
+            Sink::Store(s) => s.get().write(data),
             Sink::Py(obj) => Python::attach(|py| -> Result<()> {
                 let mut pos = 0;
                 while pos < data.len() {

@@ -14,6 +14,7 @@ mod pack;
 mod pipeline;
 mod reader;
 mod server;
+mod store;
 
 use pyo3::prelude::*;
 
@@ -22,6 +23,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack::pack_stream, m)?)?;
     m.add_class::<reader::Reader>()?;
     m.add_class::<reader::PyBlockCache>()?;
+    m.add_class::<store::StoreObject>()?;
+    m.add_class::<store::StoreUpload>()?;
     m.add_class::<server::SeekServerCore>()?;
     m.add_class::<gateway::GatewayCore>()?;
     m.add_function(wrap_pyfunction!(gateway::recover_stream_file, m)?)?;

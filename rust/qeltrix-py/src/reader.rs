@@ -23,6 +23,14 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// Decrypted blocks kept per reader unless the opener asks for more.
 const DEFAULT_CACHE_BLOCKS: usize = 8;
+/// Frames fetched ahead by one coalesced read from object storage.
+const PREFETCH_BYTES: u64 = 8 << 20;
+/// Frames closer than this on object storage are fetched in one GET, the gap included.
+const COALESCE_GAP: u64 = 1 << 20;
+/// ... and for sequential reads, whose skipped frames are about to be read anyway.
+const SEQUENTIAL_GAP: u64 = 8 << 20;
+/// Sequential reads (unpack) from object storage fetch this much at a time.
+const UNPACK_READAHEAD: u64 = 8 << 20;
 
 struct Loaded {
     keys: Py<PyAny>,
@@ -169,6 +177,8 @@ pub struct Reader {
     /// `(offset, size)`: the server sees only plaintext `[offset, offset + size)`, one member
     /// of an archive (FORMAT.md section 16). Set once, by `set_window`.
     window: OnceLock<(u64, u64)>,
+    /// The block after the last read's (object storage: sequential reads are fetched ahead).
+    next_block: std::sync::atomic::AtomicUsize,
 }
 
 impl Reader {
@@ -282,6 +292,40 @@ impl Reader {
         Ok(bytes)
     }
 
+    /// On object storage, fetch the frames of the blocks from `first` that are not cached, in
+    /// one ranged GET per run of nearby frames (a permutation window scatters logically
+    /// adjacent frames a little), at most [`PREFETCH_BYTES`] of frames at a time. Returns the
+    /// block after the last one considered. A no-op on files.
+    fn prefetch_frames(&self, first: usize, end: usize, gap: u64) -> Result<usize> {
+        let Some(store) = self.source.store() else {
+            return Ok(end);
+        };
+        let entries = &self.loaded()?.index.entries;
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        let mut total = 0u64;
+        let mut i = first;
+        while i < end && total < PREFETCH_BYTES {
+            let e = entries[i];
+            let n = frame_len(e.pt_len);
+            let held = store.covered(e.frame_offset, e.frame_offset + n);
+            if !held && self.cache.get(self.cache_owner, i as u64).is_none() {
+                spans.push((e.frame_offset, e.frame_offset + n));
+                total += n;
+            }
+            i += 1;
+        }
+        spans.sort_unstable();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (a, b) in spans {
+            match runs.last_mut() {
+                Some(last) if a <= last.1 + gap => last.1 = last.1.max(b),
+                _ => runs.push((a, b)),
+            }
+        }
+        store.prefetch_runs(&runs)?;
+        Ok(i)
+    }
+
     /// Hand plaintext `[pos, pos + len)` (clipped at the end) to `emit` block by block;
     /// stop early when `emit` returns false.
     pub fn read_chunks(&self, pos: u64, len: u64, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<()> {
@@ -294,8 +338,26 @@ impl Reader {
         };
         let index = &self.loaded()?.index;
         let end = pos.saturating_add(len).min(index.pt_total_len);
-        for i in index.covering(pos, len) {
+        let mut fetched_to = 0;
+        let covering = index.covering(pos, len);
+        // A read that starts where the last one stopped (a download, a player), or a large one
+        // (a server asks for the rest of a response and stops after a step): on object
+        // storage, fetch ahead in large runs instead of one GET per call.
+        let large = (covering.len() as u64).saturating_mul(u64::from(self.header.block_size)) > PREFETCH_BYTES;
+        let sequential = self.next_block.load(Ordering::Relaxed) == covering.start;
+        let gap = if large || sequential {
+            SEQUENTIAL_GAP
+        } else {
+            COALESCE_GAP
+        };
+        let ahead = if sequential { index.entries.len() } else { covering.end };
+        let mut next = covering.start;
+        for i in covering {
+            if i >= fetched_to {
+                fetched_to = self.prefetch_frames(i, ahead, gap)?;
+            }
             let block = self.block(i)?;
+            next = i + 1;
             let start = index.pt_offset(i);
             let a = (pos.max(start) - start) as usize;
             let b = (end.min(start + block.len() as u64) - start) as usize;
@@ -303,6 +365,7 @@ impl Reader {
                 break;
             }
         }
+        self.next_block.store(next, Ordering::Relaxed);
         Ok(())
     }
 
@@ -327,6 +390,12 @@ impl Reader {
         })
     }
 
+    /// An object's Last-Modified as seen at open (`None` for files: the server stats them).
+    pub fn source_mtime(&self) -> Option<std::time::SystemTime> {
+        let secs = self.source.store()?.last_modified_secs();
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).ok()?))
+    }
+
     /// Plaintext length (after `load_index`).
     pub fn pt_len(&self) -> Result<u64> {
         let total = self.loaded()?.index.pt_total_len;
@@ -347,6 +416,9 @@ impl Reader {
     fn unpack_into(&self, sink: &mut Sink, workers: usize, progress: &mut Progress) -> Result<u64> {
         let loaded = self.loaded()?;
         let block_count = loaded.index.block_count();
+        if let Some(store) = self.source.store() {
+            store.set_readahead(UNPACK_READAHEAD);
+        }
         let shared = Shared::default();
         let next = AtomicU64::new(0);
         let pool = (2 * workers + 2).min(block_count as usize + 1);
@@ -496,6 +568,7 @@ impl Reader {
             outs: Arc::new(Mutex::new(Vec::new())),
             digests_required: AtomicBool::new(false),
             window: OnceLock::new(),
+            next_block: std::sync::atomic::AtomicUsize::new(usize::MAX),
         })
     }
 
@@ -505,6 +578,12 @@ impl Reader {
         let (trailer, footer, section) = py.detach(|| -> Result<(Trailer, Vec<u8>, Option<Vec<u8>>)> {
             if self.file_len < u64::from(self.header.header_len) + TRAILER_LEN as u64 {
                 return Err(FormatError::Truncated("the file ends right after its header".into()).into());
+            }
+            if let Some(store) = self.source.store() {
+                // Trailer, footer (12 bytes an entry) and signature section (a digest a frame)
+                // in one suffix GET, sized from the header's block size.
+                let blocks = self.file_len / frame_len(self.header.block_size.max(1)) + 1;
+                store.prefetch_suffix(TRAILER_LEN as u64 + (64 << 10) + 48 * blocks)?;
             }
             let tb = self
                 .source

@@ -38,6 +38,10 @@ impl Container for PyContainer {
         }
     }
 
+    fn mtime(&self) -> Option<std::time::SystemTime> {
+        self.0.get().source_mtime()
+    }
+
     fn read(&self, pos: u64, len: u64, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<(), ReadError> {
         self.0
             .get()
@@ -178,7 +182,7 @@ impl SeekServerCore {
     #[pyo3(signature = (root, open, log=None, host="127.0.0.1", port=0, token=None, tls_cert=None, tls_key=None,
                         max_connections=1024, max_connections_per_client=64, header_timeout=10.0, idle_timeout=60.0, access_log=false, workers=2,
                         access_log_format="combined", metrics=None,
-                        verify_url=None, cors_origins=None, cache_control=None, list_directories=false, open_member=None))]
+                        verify_url=None, cors_origins=None, cache_control=None, list_directories=false, open_member=None, remote_ttl=None))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
     fn new(
         py: Python<'_>,
@@ -203,6 +207,7 @@ impl SeekServerCore {
         cache_control: Option<String>,
         list_directories: bool,
         open_member: Option<Py<PyAny>>,
+        remote_ttl: Option<f64>,
     ) -> PyResult<SeekServerCore> {
         let addr = resolve(host, port)?;
         let mut config = Config::new(addr, root);
@@ -222,6 +227,10 @@ impl SeekServerCore {
             })?;
         }
         config.list = list_directories;
+        config.remote = match remote_ttl {
+            Some(t) => Some(crate::pipeline::seconds("remote_ttl", t, 0.0)?),
+            None => None,
+        };
         config.tls = match (tls_cert, tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,

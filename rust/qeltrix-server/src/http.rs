@@ -131,6 +131,10 @@ pub struct Config {
     /// Run on every server thread as it starts and stops (a binding sets up per-thread state
     /// once: the Python binding keeps a thread state so each decryption only takes the GIL).
     pub thread_hooks: Option<ThreadHooks>,
+    /// Object storage instead of a directory: `root` is a URL prefix, not a path; the opener
+    /// gets `a/b.mp4.qltx` for `GET /a/b.mp4` and resolves it itself, and an open container is
+    /// reused for this long before it is opened again (an object has no cheap `stat`).
+    pub remote: Option<Duration>,
 }
 
 /// Per-thread setup and teardown for the server's threads.
@@ -170,6 +174,7 @@ impl Config {
             metrics_addr: None,
             worker_threads: 2,
             thread_hooks: None,
+            remote: None,
         }
     }
 }
@@ -247,11 +252,15 @@ fn load_tls(cert: &Path, key: &Path) -> io::Result<tokio_rustls::TlsAcceptor> {
 
 /// Bind and start serving on a new thread.
 pub fn start<O: Opener>(config: Config, opener: O) -> io::Result<ServerHandle> {
-    let root = config
-        .root
-        .canonicalize()
-        .map_err(|e| io::Error::new(e.kind(), format!("root directory {}: {e}", config.root.display())))?;
-    if !root.is_dir() {
+    let root = if config.remote.is_some() {
+        config.root.clone()
+    } else {
+        config
+            .root
+            .canonicalize()
+            .map_err(|e| io::Error::new(e.kind(), format!("root directory {}: {e}", config.root.display())))?
+    };
+    if config.remote.is_none() && !root.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a directory", root.display()),
@@ -538,6 +547,31 @@ fn content_name(url_path: &str) -> String {
     percent_encoding::percent_decode_str(name)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// `GET /a/b.mp4` -> `a/b.mp4.qltx`: the object key under a remote root, with the same
+/// per-segment rules as [`resolve`] (no `..`, no hidden names, nothing empty).
+fn remote_key(url_path: &str) -> Result<PathBuf, PathError> {
+    let rel = url_path.strip_prefix('/').ok_or(PathError::Rejected)?;
+    if rel.is_empty() {
+        return Err(PathError::NotFound);
+    }
+    let mut segs = Vec::new();
+    for raw in rel.split('/') {
+        segs.push(crate::path::decode_segment(raw)?.into_owned());
+    }
+    Ok(PathBuf::from(format!(
+        "{}{}",
+        segs.join("/"),
+        crate::path::CONTAINER_SUFFIX
+    )))
+}
+
+/// Milliseconds since the epoch: when a remote container was opened.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn stamp(meta: &std::fs::Metadata) -> FileStamp {
@@ -1127,6 +1161,15 @@ impl<O: Opener> State<O> {
     /// `stat`, like nginx's open-file cache: no thread hand-off for the common case, which
     /// profiling showed costing more CPU than the HTTP handling of a range request.
     fn open_if_cached(&self, root: &Path, url_path: &str) -> Option<Opened<O::C>> {
+        if let Some(ttl) = self.config.remote {
+            let key = remote_key(url_path).ok()?;
+            let cache = self.cache.lock().expect("cache lock");
+            let (c, s) = cache
+                .get(&key)
+                .filter(|(_, s)| now_ms().saturating_sub(s.2) < ttl.as_millis() as u64)?;
+            SeekStats::add(&self.stats.open_cache_hits, 1);
+            return Some((c.clone(), s.1, content_name(url_path)));
+        }
         let (path, member) = resolve_target(root, url_path).ok()?;
         let st = stamp(&std::fs::metadata(&path).ok()?);
         self.cached(&cache_key(&path, member.as_deref()), st, url_path)
@@ -1142,18 +1185,29 @@ impl<O: Opener> State<O> {
 
     /// Resolve and open (or reuse) the container for a URL path. Blocking.
     fn open(&self, root: &Path, url_path: &str) -> Result<Opened<O::C>, Box<Response<Body>>> {
-        let (path, member) = match resolve_target(root, url_path) {
-            Ok(p) => p,
-            Err(PathError::NotFound | PathError::Rejected) => {
-                return Err(Box::new(simple(StatusCode::NOT_FOUND, "not found")))
+        // Object storage serves whole containers (no archive members yet); files may name a
+        // member of an archive after the archive's path.
+        let (path, member, key, st) = if self.config.remote.is_some() {
+            if let Some(hit) = self.open_if_cached(root, url_path) {
+                return Ok(hit);
             }
+            let key = remote_key(url_path).map_err(|_| Box::new(simple(StatusCode::NOT_FOUND, "not found")))?;
+            (key.clone(), None, key, (0, None, now_ms()))
+        } else {
+            let (path, member) = match resolve_target(root, url_path) {
+                Ok(p) => p,
+                Err(PathError::NotFound | PathError::Rejected) => {
+                    return Err(Box::new(simple(StatusCode::NOT_FOUND, "not found")))
+                }
+            };
+            let meta = std::fs::metadata(&path).map_err(|_| Box::new(simple(StatusCode::NOT_FOUND, "not found")))?;
+            let st = stamp(&meta);
+            let key = cache_key(&path, member.as_deref());
+            if let Some(hit) = self.cached(&key, st, url_path) {
+                return Ok(hit);
+            }
+            (path, member, key, st)
         };
-        let meta = std::fs::metadata(&path).map_err(|_| Box::new(simple(StatusCode::NOT_FOUND, "not found")))?;
-        let st = stamp(&meta);
-        let key = cache_key(&path, member.as_deref());
-        if let Some(hit) = self.cached(&key, st, url_path) {
-            return Ok(hit);
-        }
         let name = content_name(url_path);
         SeekStats::add(&self.stats.open_cache_misses, 1);
         let opened = match &member {
@@ -1168,6 +1222,12 @@ impl<O: Opener> State<O> {
         }
         match opened {
             Ok(c) => {
+                // An object's Last-Modified comes from the store, the same on every replica.
+                let st = if self.config.remote.is_some() {
+                    (0, c.mtime(), st.2)
+                } else {
+                    st
+                };
                 let mut cache = self.cache.lock().expect("cache lock");
                 if cache.len() >= self.config.open_cache {
                     if let Some(k) = cache.keys().next().cloned() {

@@ -51,6 +51,11 @@ pub trait Container: Send + Sync + 'static {
     /// Blocking: hand plaintext `[pos, pos + len)` to `emit` in order, in chunks. Stops early
     /// when `emit` returns false (the client went away).
     fn read(&self, pos: u64, len: u64, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<(), ReadError>;
+    /// When the container's bytes last changed, if the container knows it better than its
+    /// file does (an object's Last-Modified); used for remote roots.
+    fn mtime(&self) -> Option<std::time::SystemTime> {
+        None
+    }
 }
 
 /// Opens containers and receives log lines.

@@ -1,0 +1,590 @@
+//! Containers on object storage (`s3://BUCKET/KEY`): ranged reads and multipart uploads done by
+//! the `object_store` crate on a small tokio runtime, with the GIL released.
+//!
+//! A [`StoreObject`] is a container source behind the same seam as a file descriptor
+//! ([`crate::io::RandomSource::Store`]). Opening costs one GET of the object's first bytes (the
+//! header; the response also gives the size, ETag and version), and loading the index one
+//! suffix GET (trailer, footer and signature section together). Every later GET is a ranged GET
+//! pinned to the ETag seen at open (`If-Match`): an object overwritten during a read fails
+//! with a clear error instead of mixing two versions. Reads of a run of frames are coalesced
+//! into one GET ([`StoreObject::prefetch`]), and never is an object fetched whole to read part of it.
+//!
+//! A [`StoreUpload`] is a container sink: a multipart upload whose parts are sent in parallel
+//! (bounded: `concurrency` parts in flight of `part_size` bytes each) while the pipeline
+//! encrypts. Nothing is visible under the key until `complete`; `abort` (or dropping an
+//! unfinished upload) removes every part sent.
+use crate::error::{io_error, Error, Result};
+use bytes::Bytes;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartUpload, ObjectStore, PutPayload, RetryConfig,
+};
+use pyo3::prelude::*;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// Bytes of prefetched frames kept per object (the windows of [`StoreObject::prefetch`]): two
+/// coalesced reads, so an open object costs at most this much beside the block cache.
+const WINDOW_BYTES: usize = 64 << 20;
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("qeltrix-store")
+            .enable_all()
+            .build()
+            .expect("tokio runtime for object storage")
+    })
+}
+
+/// One line, whatever the store's error chain looks like.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A store error as a `QeltrixIOError`-bound [`Error`] naming the URL.
+fn store_error(url: &str, e: object_store::Error) -> Error {
+    use object_store::Error as E;
+    let kind = match &e {
+        E::NotFound { .. } => std::io::ErrorKind::NotFound,
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => std::io::ErrorKind::PermissionDenied,
+        _ => std::io::ErrorKind::Other,
+    };
+    let msg = match &e {
+        E::NotFound { .. } => format!("{url}: no such object (or no such bucket)"),
+        E::Precondition { .. } => {
+            format!("{url} was replaced while it was being read (its ETag changed since open): open it again")
+        }
+        E::AlreadyExists { .. } => format!("{url} already exists"),
+        E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => {
+            format!("{url}: access denied: {}", one_line(&source.to_string()))
+        }
+        E::Generic { source, .. } => format!("{url}: {}", one_line(&source.to_string())),
+        other => format!("{url}: {}", one_line(&other.to_string())),
+    };
+    Error::Io(std::io::Error::new(kind, msg))
+}
+
+fn build_store(bucket: &str, options: &HashMap<String, String>, retry_seconds: f64) -> PyResult<Arc<AmazonS3>> {
+    let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
+    for (k, v) in options {
+        let key = k
+            .parse()
+            .map_err(|_| io_error(format!("unknown object-store setting {k:?}")))?;
+        b = b.with_config(key, v);
+    }
+    let total = Duration::from_secs_f64(retry_seconds.clamp(0.0, 3600.0));
+    b = b
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: 10,
+            retry_timeout: total,
+        })
+        .with_client_options(
+            ClientOptions::new()
+                .with_allow_http(true)
+                .with_connect_timeout(Duration::from_secs(10))
+                .with_timeout(Duration::from_secs(120)),
+        );
+    Ok(Arc::new(b.build().map_err(|e| {
+        io_error(format!("s3://{bucket}: {}", one_line(&e.to_string())))
+    })?))
+}
+
+fn object_path(url: &str, key: &str) -> PyResult<Path> {
+    Path::parse(key).map_err(|e| io_error(format!("{url}: bad object key: {}", one_line(&e.to_string()))))
+}
+
+/// An object opened for random reads, pinned to the version seen at open.
+#[pyclass(frozen, module = "qeltrix_v6._core")]
+pub struct StoreObject {
+    store: Arc<AmazonS3>,
+    path: Path,
+    url: String,
+    size: u64,
+    etag: Option<String>,
+    version: Option<String>,
+    last_modified: i64,
+    /// Bytes `[0, head.len())`, from the open GET.
+    head: Bytes,
+    /// Prefetched spans `(offset, bytes)`: the suffix and recent runs of frames, newest last.
+    windows: Mutex<VecDeque<(u64, Bytes)>>,
+    /// One fetch at a time per object, so threads needing the same window wait for one GET.
+    fetching: Mutex<()>,
+    /// A read past the prefetched windows fetches at least this many bytes (sequential unpack).
+    readahead: AtomicU64,
+    gets: AtomicU64,
+}
+
+impl StoreObject {
+    /// A GET of `range`, pinned to the version seen at open.
+    fn options(&self, range: GetRange) -> GetOptions {
+        GetOptions {
+            range: Some(range),
+            if_match: self.etag.clone(),
+            version: self.version.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn get(&self, range: GetRange) -> Result<(u64, Bytes)> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        let opts = self.options(range);
+        let url = self.url.as_str();
+        runtime().block_on(async {
+            let r = self
+                .store
+                .get_opts(&self.path, opts)
+                .await
+                .map_err(|e| store_error(url, e))?;
+            let start = r.range.start;
+            Ok((start, r.bytes().await.map_err(|e| store_error(url, e))?))
+        })
+    }
+
+    fn lookup(&self, pos: u64, out: &mut [u8]) -> bool {
+        let end = pos + out.len() as u64;
+        if end <= self.head.len() as u64 {
+            out.copy_from_slice(&self.head[pos as usize..end as usize]);
+            return true;
+        }
+        let windows = self.windows.lock().expect("windows lock");
+        for (start, bytes) in windows.iter().rev() {
+            if *start <= pos && end <= start + bytes.len() as u64 {
+                let a = (pos - start) as usize;
+                out.copy_from_slice(&bytes[a..a + out.len()]);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether object bytes `[start, end)` are held (the header or a prefetched window).
+    pub fn covered(&self, start: u64, end: u64) -> bool {
+        if end <= self.head.len() as u64 {
+            return true;
+        }
+        let windows = self.windows.lock().expect("windows lock");
+        windows.iter().any(|(s, b)| *s <= start && end <= s + b.len() as u64)
+    }
+
+    fn keep(&self, start: u64, bytes: Bytes) {
+        let mut windows = self.windows.lock().expect("windows lock");
+        windows.push_back((start, bytes));
+        let mut total: usize = windows.iter().map(|(_, b)| b.len()).sum();
+        while total > WINDOW_BYTES && windows.len() > 1 {
+            let (_, b) = windows.pop_front().expect("non-empty");
+            total -= b.len();
+        }
+    }
+
+    /// Object bytes `[start, end)` fetched in one ranged GET, unless already held.
+    pub fn prefetch(&self, start: u64, end: u64) -> Result<()> {
+        let end = end.min(self.size);
+        if start >= end || self.covered(start, end) {
+            return Ok(());
+        }
+        let _one = self.fetching.lock().expect("fetch lock");
+        if self.covered(start, end) {
+            return Ok(());
+        }
+        let (at, bytes) = self.get(GetRange::Bounded(start..end))?;
+        if at != start || (bytes.len() as u64) < end - start {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        self.keep(start, bytes);
+        Ok(())
+    }
+
+    /// Several runs of object bytes, one ranged GET each, all in flight at once (the frames
+    /// of one plaintext range that a permutation window scattered: one round trip, not one each).
+    pub fn prefetch_runs(&self, runs: &[(u64, u64)]) -> Result<()> {
+        let todo = |me: &Self| -> Vec<(u64, u64)> {
+            runs.iter()
+                .map(|&(a, b)| (a, b.min(me.size)))
+                .filter(|&(a, b)| a < b && !me.covered(a, b))
+                .collect()
+        };
+        if todo(self).len() <= 1 {
+            return todo(self).into_iter().try_for_each(|(a, b)| self.prefetch(a, b));
+        }
+        let _one = self.fetching.lock().expect("fetch lock");
+        let todo = todo(self);
+        self.gets.fetch_add(todo.len() as u64, Ordering::Relaxed);
+        let url = self.url.as_str();
+        let fetched = runtime().block_on(async {
+            let mut set = JoinSet::new();
+            for &(a, b) in &todo {
+                let (store, path, opts) = (
+                    self.store.clone(),
+                    self.path.clone(),
+                    self.options(GetRange::Bounded(a..b)),
+                );
+                set.spawn(async move {
+                    let r = store.get_opts(&path, opts).await?;
+                    let start = r.range.start;
+                    Ok::<_, object_store::Error>((a, b, start, r.bytes().await?))
+                });
+            }
+            let mut out = Vec::with_capacity(todo.len());
+            while let Some(r) = set.join_next().await {
+                out.push(r);
+            }
+            out
+        });
+        for r in fetched {
+            let (a, b, start, bytes) = r
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(|e| store_error(url, e))?;
+            if start != a || (bytes.len() as u64) < b - a {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            self.keep(a, bytes);
+        }
+        Ok(())
+    }
+
+    /// The last `n` bytes of the object, in one suffix GET.
+    pub fn prefetch_suffix(&self, n: u64) -> Result<()> {
+        let n = n.min(self.size);
+        if n == 0 || self.covered(self.size - n, self.size) {
+            return Ok(());
+        }
+        let _one = self.fetching.lock().expect("fetch lock");
+        let (at, bytes) = self.get(GetRange::Suffix(n))?;
+        self.keep(at, bytes);
+        Ok(())
+    }
+
+    /// Fill `out` from `pos`; a read past the end is `UnexpectedEof`.
+    pub fn read_exact_at(&self, pos: u64, out: &mut [u8]) -> Result<()> {
+        let end = pos.saturating_add(out.len() as u64);
+        if end > self.size {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        if self.lookup(pos, out) {
+            return Ok(());
+        }
+        let ahead = self.readahead.load(Ordering::Relaxed);
+        self.prefetch(pos, end.max(pos.saturating_add(ahead)))?;
+        if self.lookup(pos, out) {
+            return Ok(());
+        }
+        // Evicted by another thread's window in between: fetch exactly this.
+        let (_, bytes) = self.get(GetRange::Bounded(pos..end))?;
+        if bytes.len() != out.len() {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        out.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn last_modified_secs(&self) -> i64 {
+        self.last_modified
+    }
+
+    pub fn set_readahead(&self, n: u64) {
+        self.readahead.store(n, Ordering::Relaxed);
+    }
+}
+
+#[pymethods]
+impl StoreObject {
+    /// Open `url` (`s3://bucket/key`): one GET of its first `head_bytes` bytes. `options` are
+    /// object_store S3 settings (`aws_access_key_id`, `aws_region`, `aws_endpoint`...), resolved
+    /// by the Python layer from the standard AWS environment and shared files.
+    #[new]
+    #[pyo3(signature = (url, bucket, key, options, head_bytes = 65536, retry_seconds = 30.0))]
+    fn open(
+        py: Python<'_>,
+        url: String,
+        bucket: &str,
+        key: &str,
+        options: HashMap<String, String>,
+        head_bytes: u64,
+        retry_seconds: f64,
+    ) -> PyResult<StoreObject> {
+        let store = build_store(bucket, &options, retry_seconds)?;
+        let path = object_path(&url, key)?;
+        let head_bytes = head_bytes.max(1);
+        let r = py.detach(|| -> Result<_> {
+            let u = url.as_str();
+            runtime().block_on(async {
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(0..head_bytes)),
+                    ..Default::default()
+                };
+                match store.get_opts(&path, opts).await {
+                    Ok(r) => {
+                        let meta = r.meta.clone();
+                        Ok(Some((meta, r.bytes().await.map_err(|e| store_error(u, e))?)))
+                    }
+                    // A zero-length object has no byte 0: S3 answers 416.
+                    Err(object_store::Error::Generic { source, .. }) if source.to_string().contains("416") => Ok(None),
+                    Err(e) => Err(store_error(u, e)),
+                }
+            })
+        })?;
+        let Some((meta, head)) = r else {
+            return Err(Error::Format(qeltrix_format::FormatError::Truncated(format!(
+                "{url} is empty, not a container"
+            )))
+            .into());
+        };
+        Ok(StoreObject {
+            store,
+            path,
+            url,
+            size: meta.size,
+            etag: meta.e_tag,
+            version: meta.version,
+            last_modified: meta.last_modified.timestamp(),
+            head,
+            windows: Mutex::new(VecDeque::new()),
+            fetching: Mutex::new(()),
+            readahead: AtomicU64::new(0),
+            gets: AtomicU64::new(1),
+        })
+    }
+
+    /// Bytes `[pos, pos + n)` of the object (clipped at its end), pinned to the ETag seen at open.
+    fn read<'py>(&self, py: Python<'py>, pos: u64, n: u64) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let n = n.min(self.size.saturating_sub(pos));
+        let mut buf = vec![0u8; usize::try_from(n).map_err(|_| io_error("read too large"))?];
+        py.detach(|| self.read_exact_at(pos, &mut buf))?;
+        Ok(pyo3::types::PyBytes::new(py, &buf))
+    }
+
+    /// Object size in bytes.
+    #[getter(size)]
+    fn py_size(&self) -> u64 {
+        self.size
+    }
+
+    /// The ETag seen at open (every later GET is pinned to it), if the store gave one.
+    #[getter]
+    fn etag(&self) -> Option<String> {
+        self.etag.clone()
+    }
+
+    /// Last-Modified at open, seconds since the epoch.
+    #[getter]
+    fn last_modified(&self) -> i64 {
+        self.last_modified
+    }
+
+    /// GET requests sent for this object so far (the open's included).
+    #[getter]
+    fn gets(&self) -> u64 {
+        self.gets.load(Ordering::Relaxed)
+    }
+
+    #[getter]
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+}
+
+/// One multipart upload in progress.
+struct Upload {
+    upload: Box<dyn MultipartUpload>,
+    buffer: Vec<u8>,
+    tasks: JoinSet<object_store::Result<()>>,
+}
+
+/// A container being written to object storage as a multipart upload.
+#[pyclass(frozen, module = "qeltrix_v6._core")]
+pub struct StoreUpload {
+    store: Arc<AmazonS3>,
+    path: Path,
+    url: String,
+    part_size: usize,
+    concurrency: usize,
+    force: bool,
+    state: Mutex<Option<Upload>>,
+}
+
+impl StoreUpload {
+    fn fail(&self, up: Upload, e: Error) -> Error {
+        self.abort_upload(up);
+        e
+    }
+
+    fn abort_upload(&self, mut up: Upload) {
+        runtime().block_on(async {
+            up.tasks.shutdown().await;
+            let _ = up.upload.abort().await;
+        });
+    }
+
+    fn send_part(&self, up: &mut Upload) -> Result<()> {
+        let data = std::mem::replace(&mut up.buffer, Vec::with_capacity(self.part_size));
+        let fut = up.upload.put_part(PutPayload::from(data));
+        let url = self.url.as_str();
+        runtime().block_on(async {
+            up.tasks.spawn(fut);
+            while up.tasks.len() > self.concurrency {
+                if let Some(r) = up.tasks.join_next().await {
+                    r.map_err(|e| Error::Internal(e.to_string()))?
+                        .map_err(|e| store_error(url, e))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Append `data` to the upload; full parts go out while the next ones fill.
+    pub fn write(&self, mut data: &[u8]) -> Result<()> {
+        let mut guard = self.state.lock().expect("upload lock");
+        let Some(mut up) = guard.take() else {
+            return Err(io_error(format!("{}: the upload is closed", self.url)).into());
+        };
+        while !data.is_empty() {
+            let room = self.part_size - up.buffer.len();
+            let n = room.min(data.len());
+            up.buffer.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if up.buffer.len() == self.part_size {
+                if let Err(e) = self.send_part(&mut up) {
+                    return Err(self.fail(up, e));
+                }
+            }
+        }
+        *guard = Some(up);
+        Ok(())
+    }
+}
+
+impl Drop for StoreUpload {
+    fn drop(&mut self) {
+        // An upload neither completed nor aborted (an error path that forgot): leave no parts.
+        if let Some(up) = self.state.get_mut().ok().and_then(Option::take) {
+            self.abort_upload(up);
+        }
+    }
+}
+
+#[pymethods]
+impl StoreUpload {
+    /// Start a multipart upload to `url`. Unless `force`, an existing object is refused now and
+    /// again just before completing (S3 has no conditional multipart completion everywhere).
+    #[new]
+    #[pyo3(signature = (url, bucket, key, options, part_size = 8 << 20, concurrency = 4, force = false, retry_seconds = 30.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        py: Python<'_>,
+        url: String,
+        bucket: &str,
+        key: &str,
+        options: HashMap<String, String>,
+        part_size: usize,
+        concurrency: usize,
+        force: bool,
+        retry_seconds: f64,
+    ) -> PyResult<StoreUpload> {
+        if !(5 << 20..=5 << 30).contains(&part_size) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "part_size must be between 5 MiB and 5 GiB (S3's multipart limits)",
+            ));
+        }
+        let store = build_store(bucket, &options, retry_seconds)?;
+        let path = object_path(&url, key)?;
+        let upload = py.detach(|| -> Result<Box<dyn MultipartUpload>> {
+            let u = url.as_str();
+            runtime().block_on(async {
+                if !force {
+                    match store.head(&path).await {
+                        Ok(_) => {
+                            return Err(Error::Io(std::io::Error::new(
+                                std::io::ErrorKind::AlreadyExists,
+                                format!("{u} already exists (use --force / overwrite=True to replace it)"),
+                            )))
+                        }
+                        Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(store_error(u, e)),
+                    }
+                }
+                store.put_multipart(&path).await.map_err(|e| store_error(u, e))
+            })
+        })?;
+        Ok(StoreUpload {
+            store,
+            path,
+            url,
+            part_size,
+            concurrency: concurrency.max(1),
+            force,
+            state: Mutex::new(Some(Upload {
+                upload,
+                buffer: Vec::with_capacity(part_size),
+                tasks: JoinSet::new(),
+            })),
+        })
+    }
+
+    /// Send the last part and complete the upload: the object appears whole, or not at all.
+    fn complete(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(mut up) = self.state.lock().expect("upload lock").take() else {
+            return Err(io_error(format!("{}: the upload is closed", self.url)));
+        };
+        py.detach(|| -> Result<()> {
+            let url = self.url.as_str();
+            if !up.buffer.is_empty() || up.tasks.is_empty() {
+                // S3 needs at least one part, which may be empty.
+                let data = std::mem::take(&mut up.buffer);
+                let fut = up.upload.put_part(PutPayload::from(data));
+                runtime().block_on(async { up.tasks.spawn(fut) });
+            }
+            let r = runtime().block_on(async {
+                while let Some(r) = up.tasks.join_next().await {
+                    r.map_err(|e| Error::Internal(e.to_string()))?
+                        .map_err(|e| store_error(url, e))?;
+                }
+                if !self.force {
+                    match self.store.head(&self.path).await {
+                        Ok(_) => {
+                            return Err(Error::Io(std::io::Error::new(
+                                std::io::ErrorKind::AlreadyExists,
+                                format!("{url} was created by someone else during the upload: not replaced"),
+                            )))
+                        }
+                        Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(store_error(url, e)),
+                    }
+                }
+                up.upload.complete().await.map(|_| ()).map_err(|e| store_error(url, e))
+            });
+            match r {
+                Ok(()) => Ok(()),
+                Err(e) => Err(self.fail(up, e)),
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Abort the upload: every part sent is deleted, nothing appears under the key.
+    fn abort(&self, py: Python<'_>) {
+        if let Some(up) = self.state.lock().expect("upload lock").take() {
+            py.detach(|| self.abort_upload(up));
+        }
+    }
+
+    #[getter]
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+}

@@ -1,0 +1,162 @@
+"""A real S3-compatible server for tests and benchmarks: moto's server on 127.0.0.1, and a
+small HTTP proxy in front of it that logs every request (to count GETs) and injects faults
+(503 SlowDown answers, dropped connections)."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+
+
+@dataclass
+class Logged:
+    method: str
+    path: str
+    headers: dict[str, str]
+    status: int = 0
+
+
+@dataclass
+class ProxyState:
+    upstream: tuple[str, int]
+    log: list[Logged] = field(default_factory=list)
+    # Faults for the next matching requests: ("503" | "drop", METHOD) popped in order.
+    faults: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def gets(self, key: str) -> list[Logged]:
+        """GETs of object ``key`` that reached the server (faults excluded)."""
+        with self.lock:
+            return [r for r in self.log if r.method == "GET" and r.path.split("?")[0].endswith("/" + key) and r.status]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _ProxyServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _read_chunked(self) -> bytes:
+        out = bytearray()
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return bytes(out)
+            out += self.rfile.read(size)
+            self.rfile.readline()
+
+    def _relay(self) -> None:
+        state = self.server.state
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            body = self._read_chunked()
+            n = len(body)
+        else:
+            n = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(n) if n else b""
+        entry = Logged(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+        fault = None
+        with state.lock:
+            state.log.append(entry)
+            for i, (kind, method) in enumerate(state.faults):
+                if method == self.command:
+                    fault = kind
+                    del state.faults[i]
+                    break
+        if fault == "drop":
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if fault == "503":
+            msg = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(msg)))
+            self.end_headers()
+            self.wfile.write(msg)
+            return
+        conn = http.client.HTTPConnection(*state.upstream, timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP and k.lower() != "content-length"}
+            if n or self.command in ("PUT", "POST"):
+                headers["Content-Length"] = str(n)
+            conn.request(
+                self.command, self.path, body=body if n or self.command in ("PUT", "POST") else None, headers=headers
+            )
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        entry.status = resp.status
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in HOP and k.lower() != "content-length":
+                self.send_header(k, v)
+        # A HEAD answer has no body but the object's Content-Length.
+        length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+        self.send_header("Content-Length", length)
+        self.end_headers()
+        if self.command != "HEAD":
+            try:
+                self.wfile.write(data)
+            except ConnectionError:  # the client stopped reading (rclone cancels its reads)
+                self.close_connection = True
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay
+
+
+class _ProxyServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    state: ProxyState
+
+
+@contextmanager
+def proxy(upstream: tuple[str, int]) -> Iterator[tuple[str, ProxyState]]:
+    """A logging, fault-injecting HTTP proxy in front of ``upstream``: (endpoint URL, state)."""
+    srv = _ProxyServer(("127.0.0.1", 0), _Handler)
+    srv.state = ProxyState(upstream)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", srv.state
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@contextmanager
+def moto_server() -> Iterator[tuple[str, int]]:
+    """moto's S3 server on 127.0.0.1 (a free port), stopped on exit."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield host, port
+    finally:
+        server.stop()
+
+
+def aws_env(endpoint: str, **extra: str) -> dict[str, str]:
+    """The process environment with test credentials for ``endpoint`` and nothing from ~/.aws."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        QELTRIX_S3_RETRY_SECONDS="5",
+    )
+    env.update(extra)
+    return env
