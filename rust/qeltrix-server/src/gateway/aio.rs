@@ -312,52 +312,21 @@ async fn open<S: StreamKeys>(
     keys: &mut S,
     block_size: u32,
 ) -> Result<(), GwError> {
-    let mut buf = vec![0u8; frame_len(block_size) as usize];
-    let mut have = 0usize;
-    let mut pt = Vec::new();
-    let mut expect = 0u64;
+    let mut frames = FrameOpener::new(block_size);
     loop {
-        while have < META_FRAME_LEN {
-            let n = read_some(p, src, side, &mut buf[have..]).await.map_err(cut)?;
-            if n == 0 {
-                return Err(GwError::Truncated(if have == 0 {
-                    format!("the stream ended after {expect} frames without its FINAL frame")
-                } else {
-                    "stream cut inside a frame".into()
-                }));
+        match frames.advance(p, keys)? {
+            None => {
+                let n = read_some(p, src, side, frames.space()).await.map_err(cut)?;
+                frames.filled(n)?;
             }
-            have += n;
-        }
-        let (meta, opened) = p.gate.run(|| keys.open_frame(&buf[..have], &mut pt))?;
-        if meta.block_index != expect {
-            return Err(GwError::Auth(format!(
-                "frame {} arrived where frame {expect} was due",
-                meta.block_index
-            )));
-        }
-        if meta.pt_len > block_size || (meta.pt_len == 0 && !meta.is_final()) {
-            return Err(GwError::Protocol(format!("frame {expect} has pt_len {}", meta.pt_len)));
-        }
-        let end = META_FRAME_LEN + meta.pt_len as usize + TAG_LEN;
-        while have < end {
-            let n = read_some(p, src, side, &mut buf[have..]).await.map_err(cut)?;
-            if n == 0 {
-                return Err(GwError::Truncated(format!("the stream ended inside frame {expect}")));
+            Some(meta) => {
+                write_all(p, dst, dst_side, frames.plaintext()).await?;
+                if meta.is_final() {
+                    return Ok(());
+                }
+                frames.consume();
             }
-            have += n;
         }
-        if !opened {
-            p.gate
-                .run(|| keys.open_data(&meta, &buf[META_FRAME_LEN..end], &mut pt))?;
-        }
-        p.stats.blocks.fetch_add(1, Ordering::Relaxed);
-        write_all(p, dst, dst_side, &pt).await?;
-        expect += 1;
-        if meta.is_final() {
-            return Ok(());
-        }
-        buf.copy_within(end..have, 0);
-        have -= end;
     }
 }
 

@@ -240,10 +240,7 @@ impl Pumps {
     }
 
     /// Read frames from `src`; hand each fully authenticated frame to `deliver(meta_frame,
-    /// data_ct, meta, plaintext)`; stop after the `FINAL` frame.
-    ///
-    /// Reads go into one buffer of a whole frame, so a frame that arrives whole (an interactive
-    /// one, usually) is opened with one crypto call ([`StreamKeys::open_frame`]).
+    /// data_ct, meta, plaintext)`; stop after the `FINAL` frame ([`FrameOpener`]).
     pub(super) fn open<S: StreamKeys>(
         &self,
         src: &TcpStream,
@@ -252,59 +249,142 @@ impl Pumps {
         block_size: u32,
         deliver: &mut Deliver<'_, S>,
     ) -> Result<(), GwError> {
-        let mut buf = vec![0u8; frame_len(block_size) as usize];
-        let mut have = 0usize;
-        let mut pt = Vec::new();
-        let mut expect = 0u64;
+        let mut frames = FrameOpener::new(block_size);
         loop {
-            while have < META_FRAME_LEN {
-                let n = self.read_some(src, side, &mut buf[have..]).map_err(cut)?;
-                if n == 0 {
-                    return Err(GwError::Truncated(if have == 0 {
-                        format!("the stream ended after {expect} frames without its FINAL frame")
-                    } else {
-                        "stream cut inside a frame".into()
-                    }));
+            match frames.advance(self, keys)? {
+                None => {
+                    let n = self.read_some(src, side, frames.space()).map_err(cut)?;
+                    frames.filled(n)?;
                 }
-                have += n;
+                Some(meta) => {
+                    deliver(
+                        &mut *keys,
+                        frames.meta_frame(),
+                        frames.data_ct(),
+                        &meta,
+                        frames.plaintext(),
+                    )?;
+                    if meta.is_final() {
+                        return Ok(());
+                    }
+                    frames.consume();
+                }
             }
-            let (meta, opened) = self.gate.run(|| keys.open_frame(&buf[..have], &mut pt))?;
+        }
+    }
+}
+
+/// The receiving side of a stream's frames without its I/O, shared by the threaded and the
+/// asynchronous pumps: bytes read go into [`Self::space`] ([`Self::filled`]); [`Self::advance`]
+/// opens the frame once enough of it is there. Reads go into one buffer of a whole frame, so a
+/// frame that arrives whole (an interactive one, usually) is opened with one crypto call
+/// ([`StreamKeys::open_frame`]).
+pub(super) struct FrameOpener {
+    buf: Vec<u8>,
+    have: usize,
+    pt: Vec<u8>,
+    expect: u64,
+    block_size: u32,
+    /// The current frame's metadata once opened, and whether its data was opened with it.
+    pending: Option<(BlockMeta, bool)>,
+}
+
+impl FrameOpener {
+    pub(super) fn new(block_size: u32) -> FrameOpener {
+        FrameOpener {
+            buf: vec![0u8; frame_len(block_size) as usize],
+            have: 0,
+            pt: Vec::new(),
+            expect: 0,
+            block_size,
+            pending: None,
+        }
+    }
+
+    /// Where the next bytes read go.
+    pub(super) fn space(&mut self) -> &mut [u8] {
+        &mut self.buf[self.have..]
+    }
+
+    /// `n` bytes were read into [`Self::space`]; 0 (the stream ended) is an error here, since a
+    /// stream ends only after its `FINAL` frame.
+    pub(super) fn filled(&mut self, n: usize) -> Result<(), GwError> {
+        if n > 0 {
+            self.have += n;
+            return Ok(());
+        }
+        let expect = self.expect;
+        Err(GwError::Truncated(if self.pending.is_some() {
+            format!("the stream ended inside frame {expect}")
+        } else if self.have == 0 {
+            format!("the stream ended after {expect} frames without its FINAL frame")
+        } else {
+            "stream cut inside a frame".into()
+        }))
+    }
+
+    /// The next frame's metadata once it has arrived whole and authenticated (its parts are
+    /// then [`Self::meta_frame`], [`Self::data_ct`] and [`Self::plaintext`] until
+    /// [`Self::consume`]); `None` while more bytes are needed.
+    pub(super) fn advance<S: StreamKeys>(&mut self, p: &Pumps, keys: &mut S) -> Result<Option<BlockMeta>, GwError> {
+        if self.pending.is_none() {
+            if self.have < META_FRAME_LEN {
+                return Ok(None);
+            }
+            let (buf, pt) = (&self.buf[..self.have], &mut self.pt);
+            let (meta, opened) = p.gate.run(|| keys.open_frame(buf, pt))?;
+            let expect = self.expect;
             if meta.block_index != expect {
                 return Err(GwError::Auth(format!(
                     "frame {} arrived where frame {expect} was due",
                     meta.block_index
                 )));
             }
-            if meta.pt_len > block_size || (meta.pt_len == 0 && !meta.is_final()) {
+            if meta.pt_len > self.block_size || (meta.pt_len == 0 && !meta.is_final()) {
                 return Err(GwError::Protocol(format!("frame {expect} has pt_len {}", meta.pt_len)));
             }
-            let end = META_FRAME_LEN + meta.pt_len as usize + TAG_LEN;
-            while have < end {
-                let n = self.read_some(src, side, &mut buf[have..]).map_err(cut)?;
-                if n == 0 {
-                    return Err(GwError::Truncated(format!("the stream ended inside frame {expect}")));
-                }
-                have += n;
-            }
-            if !opened {
-                self.gate
-                    .run(|| keys.open_data(&meta, &buf[META_FRAME_LEN..end], &mut pt))?;
-            }
-            self.stats.blocks.fetch_add(1, Ordering::Relaxed);
-            deliver(
-                &mut *keys,
-                &buf[..META_FRAME_LEN],
-                &buf[META_FRAME_LEN..end],
-                &meta,
-                &pt,
-            )?;
-            expect += 1;
-            if meta.is_final() {
-                return Ok(());
-            }
-            buf.copy_within(end..have, 0);
-            have -= end;
+            self.pending = Some((meta, opened));
         }
+        let (meta, opened) = self.pending.expect("set above");
+        if self.have < self.end(&meta) {
+            return Ok(None);
+        }
+        if !opened {
+            let (ct, pt) = (&self.buf[META_FRAME_LEN..self.end(&meta)], &mut self.pt);
+            p.gate.run(|| keys.open_data(&meta, ct, pt))?;
+            self.pending = Some((meta, true));
+        }
+        p.stats.blocks.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(meta))
+    }
+
+    fn end(&self, meta: &BlockMeta) -> usize {
+        META_FRAME_LEN + meta.pt_len as usize + TAG_LEN
+    }
+
+    fn current_end(&self) -> usize {
+        self.pending.as_ref().map_or(0, |(m, _)| self.end(m))
+    }
+
+    pub(super) fn meta_frame(&self) -> &[u8] {
+        &self.buf[..META_FRAME_LEN]
+    }
+
+    pub(super) fn data_ct(&self) -> &[u8] {
+        &self.buf[META_FRAME_LEN..self.current_end()]
+    }
+
+    pub(super) fn plaintext(&self) -> &[u8] {
+        &self.pt
+    }
+
+    /// The frame [`Self::advance`] returned was delivered: on to the next.
+    pub(super) fn consume(&mut self) {
+        let end = self.current_end();
+        self.buf.copy_within(end..self.have, 0);
+        self.have -= end;
+        self.expect += 1;
+        self.pending = None;
     }
 }
 
