@@ -69,9 +69,15 @@ def test_names_sizes_random_preads_and_only_ranged_gets(s3: ProxyState, keyfile:
             assert sorted(os.listdir(mnt)) == ["a.bin", "sub"]  # .qltx stripped, others hidden
             assert os.listdir(mnt / "sub") == ["deep"]
             assert os.listdir(mnt / "sub" / "deep") == ["b.bin"]
+            before = len(s3.gets("data/a.bin.qltx"))  # the key check before mounting opened it
             for name, data in PLAIN.items():
                 st = os.stat(mnt / name)
                 assert st.st_size == len(data) and not st.st_mode & 0o222
+            gets = len(s3.gets("data/a.bin.qltx"))
+            assert gets - before == 2  # the size cost one open: the header and the index
+            for _ in range(3):  # later lookups reuse the size kept by key and ETag
+                assert os.stat(mnt / "a.bin").st_size == len(PLAIN["a.bin"])
+            assert len(s3.gets("data/a.bin.qltx")) == gets
             with pytest.raises(FileNotFoundError):
                 os.stat(mnt / "a.bin.qltx")
             with pytest.raises(FileNotFoundError):

@@ -256,10 +256,12 @@ class ObjectMount(ContainerMount):
             return rel, files[name]
         raise mfusepy.FuseOSError(errno.ENOENT)
 
-    def _open_object(self, rel: str) -> _Opened:
+    def _open_object(self, rel: str) -> tuple[_Opened, str | None]:
+        """The container at ``rel`` opened, and the ETag its reads are pinned to."""
         url = f"s3://{self.bucket}/{self.prefix}{rel}{SUFFIX}"
         try:
-            return self.keyring.open(open_object(url), [], name=url)
+            obj = open_object(url)
+            return self.keyring.open(obj, [], name=url), obj.etag
         except QeltrixError as e:
             self._say(f"{url}: {e}")
             raise mfusepy.FuseOSError(errno.EIO) from None
@@ -274,13 +276,13 @@ class ObjectMount(ContainerMount):
         _, etag, mtime = entry
         size = self._obj_sizes.get((rel, etag))
         if size is None:
-            opened = self._open_object(rel)
+            opened, opened_etag = self._open_object(rel)
             try:
                 size = int(opened.reader.pt_total_len)
             finally:
                 opened.close()
-            with self._lock:
-                self._obj_sizes[(rel, etag)] = size
+            with self._lock:  # by the ETag read: a listing older than the object is not trusted
+                self._obj_sizes[(rel, opened_etag)] = size
         t = mtime * 1_000_000_000
         out.update(
             st_mode=stat.S_IFREG | 0o444,
@@ -306,7 +308,7 @@ class ObjectMount(ContainerMount):
         rel, entry = self._entry(path)
         if entry is None:
             raise mfusepy.FuseOSError(errno.EISDIR)
-        opened = self._open_object(rel)
+        opened, _ = self._open_object(rel)
         fh = next(self._fh)
         with self._lock:
             self._open[fh] = opened
