@@ -84,6 +84,7 @@ __all__ = [
     "perm_forward",
     "recover_stream_file",
     "signed_message",
+    "store_list",
 ]
 
 # Format constants (rust/qeltrix-py/src/constants.rs, defined in qeltrix-format).
@@ -217,6 +218,11 @@ class StoreObject:
     def gets(self) -> int: ...
     @property
     def url(self) -> str: ...
+
+def store_list(
+    url: str, bucket: str, prefix: str, options: dict[str, str], retry_seconds: float = 30.0
+) -> tuple[list[str], list[tuple[str, int, str | None, int]]]:
+    """One ``/``-delimited level under ``prefix``: sub-prefixes and ``(name, size, etag, mtime)``."""
 
 @final
 class StoreUpload:

@@ -40,8 +40,11 @@ class KeyRing:
                 self._keys.popitem(last=False)
         return keys
 
-    def open(self, src: int | IO[bytes], owned: list[IO[bytes]], name: str | None = None) -> _Opened:
-        """Open the container in ``src`` (a file descriptor or a seekable file object);
+    def open(
+        self, src: int | IO[bytes] | _core.StoreObject, owned: list[IO[bytes]], name: str | None = None
+    ) -> _Opened:
+        """Open the container in ``src`` (a file descriptor, a seekable file object or an
+        opened ``s3://`` object);
         ``owned`` are closed with it (and now, on failure)."""
         try:
             reader = _core.Reader(src, self.cache_blocks)

@@ -121,6 +121,21 @@ def open_object(url: str) -> Any:
     return _core.StoreObject(url, bucket, key, options(), 65536, retry_seconds())
 
 
+def split_prefix(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b/")``; ``s3://bucket`` -> ``("bucket", "")``."""
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    prefix = prefix.strip("/")
+    if not bucket or "//" in prefix:
+        raise QeltrixIOError(f"{url}: expected s3://BUCKET or s3://BUCKET/PREFIX")
+    return bucket, prefix + "/" if prefix else ""
+
+
+def list_level(bucket: str, prefix: str) -> tuple[list[str], list[tuple[str, int, str | None, int]]]:
+    """One ``/``-delimited level under ``prefix`` (``""`` or ending in ``/``), by ListObjectsV2:
+    the sub-prefix names and the objects as ``(name, size, etag, mtime)``, names relative."""
+    return _core.store_list(f"s3://{bucket}/{prefix}", bucket, prefix, options(), retry_seconds())
+
+
 def create_upload(url: str, *, force: bool, part_size: int | None = None) -> Any:
     """Start a multipart upload to ``url``; ``complete()`` publishes it, ``abort()`` discards it."""
     bucket, key = split(url)

@@ -12,6 +12,12 @@ The binding is ``mfusepy`` (libfuse 3 through ctypes): measured on this project'
 a 64 KiB random read spends most of its time decrypting and authenticating the block, and
 the FUSE round trip through Python adds tens of microseconds to it (benches/DATA.md); the
 reader releases the GIL while it reads and decrypts, so libfuse's threads read in parallel.
+
+The source may be ``s3://BUCKET/PREFIX`` (:class:`ObjectMount`): the same tree over the objects
+under the prefix, directories from the ``/``-delimited keys (one ListObjectsV2 per directory,
+kept for ``LISTING_TTL`` seconds). A container's plaintext size costs opening it (two ranged
+GETs) the first time it is asked for, and is kept by key and ETag; reads go through the Rust
+S3 reader, opened once per open file: ranged GETs pinned to the ETag, never a whole object.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import os
 import stat
 import sys
 import threading
+import time
 from typing import Any
 
 import mfusepy
 
 from ._container import _Opened
 from ._keyring import KeyRing
+from ._store import list_level, open_object, split_prefix
 from .errors import QeltrixError
 
 SUFFIX = ".qltx"
@@ -196,6 +204,122 @@ class ContainerMount(mfusepy.Operations):  # type: ignore[misc]  # mfusepy is un
         }
 
 
+LISTING_TTL = 10.0  # seconds a directory listing of an s3:// source is reused
+
+
+class ObjectMount(ContainerMount):
+    """The same operations over ``s3://BUCKET/PREFIX``: containers are objects, directories
+    are ``/``-delimited key prefixes."""
+
+    def __init__(self, url: str, keyring: KeyRing, *, log: Any = None, mountpoint: str = "") -> None:
+        super().__init__(os.curdir, keyring, log=log, mountpoint=mountpoint)
+        self.bucket, self.prefix = split_prefix(url)
+        self.root = f"s3://{self.bucket}/{self.prefix}"
+        self._listings: dict[str, tuple[float, set[str], dict[str, tuple[int, str | None, int]]]] = {}
+        self._obj_sizes: dict[tuple[str, str | None], int] = {}
+        self._started = time.time_ns()
+
+    def _listing(self, rel: str) -> tuple[set[str], dict[str, tuple[int, str | None, int]]]:
+        """Sub-directory names and containers (``NAME`` -> size, ETag, mtime) of directory ``rel``."""
+        now = time.monotonic()
+        got = self._listings.get(rel)
+        if got is not None and now - got[0] < LISTING_TTL:
+            return got[1], got[2]
+        try:
+            dirs, objects = list_level(self.bucket, self.prefix + (rel + "/" if rel else ""))
+        except QeltrixError as e:
+            self._say(f"listing {self.root}{rel}: {e}")
+            raise mfusepy.FuseOSError(errno.EIO) from None
+        files = {
+            name[: -len(SUFFIX)]: (size, etag, mtime)
+            for name, size, etag, mtime in objects
+            if name.endswith(SUFFIX) and len(name) > len(SUFFIX)
+        }
+        dirset = set(dirs)
+        with self._lock:
+            self._listings[rel] = (now, dirset, files)
+        return dirset, files
+
+    def _entry(self, path: str) -> tuple[str, tuple[int, str | None, int] | None]:
+        """The key-relative path behind a mount path, and its listing entry (None: a directory)."""
+        rel = path.strip("/")
+        if not rel:
+            return rel, None
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        parent, _, name = rel.rpartition("/")
+        dirs, files = self._listing(parent)
+        if name in dirs:
+            return rel, None  # a directory of the same name wins, as in readdir
+        if name in files:
+            return rel, files[name]
+        raise mfusepy.FuseOSError(errno.ENOENT)
+
+    def _open_object(self, rel: str) -> tuple[_Opened, str | None]:
+        """The container at ``rel`` opened, and the ETag its reads are pinned to."""
+        url = f"s3://{self.bucket}/{self.prefix}{rel}{SUFFIX}"
+        try:
+            obj = open_object(url)
+            return self.keyring.open(obj, [], name=url), obj.etag
+        except QeltrixError as e:
+            self._say(f"{url}: {e}")
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        rel, entry = self._entry(path)
+        out: dict[str, Any] = {"st_uid": os.getuid(), "st_gid": os.getgid()}
+        if entry is None:
+            t = self._started
+            out.update(st_mode=stat.S_IFDIR | 0o555, st_nlink=2, st_size=0, st_atime=t, st_mtime=t, st_ctime=t)
+            return out
+        _, etag, mtime = entry
+        size = self._obj_sizes.get((rel, etag))
+        if size is None:
+            opened, opened_etag = self._open_object(rel)
+            try:
+                size = int(opened.reader.pt_total_len)
+            finally:
+                opened.close()
+            with self._lock:  # by the ETag read: a listing older than the object is not trusted
+                self._obj_sizes[(rel, opened_etag)] = size
+        t = mtime * 1_000_000_000
+        out.update(
+            st_mode=stat.S_IFREG | 0o444,
+            st_nlink=1,
+            st_size=size,
+            st_blocks=(size + 511) // 512,
+            st_atime=t,
+            st_mtime=t,
+            st_ctime=t,
+        )
+        return out
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        rel, entry = self._entry(path)
+        if entry is not None:
+            raise mfusepy.FuseOSError(errno.ENOTDIR)
+        dirs, files = self._listing(rel)
+        return [".", "..", *sorted(dirs | set(files))]
+
+    def open(self, path: str, fi: Any) -> int:
+        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise mfusepy.FuseOSError(errno.EROFS)
+        rel, entry = self._entry(path)
+        if entry is None:
+            raise mfusepy.FuseOSError(errno.EISDIR)
+        opened, _ = self._open_object(rel)
+        fh = next(self._fh)
+        with self._lock:
+            self._open[fh] = opened
+        fi.fh = fh
+        fi.direct_io = 1
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 65536, "f_frsize": 65536, "f_namemax": 1024 - len(SUFFIX)}
+
+
 def run(
     root: str,
     mountpoint: str,
@@ -204,9 +328,13 @@ def run(
     allow_other: bool = False,
     log: Any = sys.stderr,
 ) -> None:
-    """Mount ``root`` at ``mountpoint`` and serve until it is unmounted (``fusermount3 -u``)
-    or the process gets SIGTERM, SIGINT or SIGHUP (libfuse's handlers unmount cleanly)."""
-    ops = ContainerMount(root, keyring, log=log, mountpoint=mountpoint)
+    """Mount ``root`` (a directory or ``s3://BUCKET/PREFIX``) at ``mountpoint`` and serve until
+    it is unmounted (``fusermount3 -u``) or the process gets SIGTERM, SIGINT or SIGHUP
+    (libfuse's handlers unmount cleanly)."""
+    if root.startswith("s3://"):
+        ops: ContainerMount = ObjectMount(root, keyring, log=log, mountpoint=mountpoint)
+    else:
+        ops = ContainerMount(root, keyring, log=log, mountpoint=mountpoint)
     options: dict[str, Any] = {
         "foreground": True,
         "ro": True,

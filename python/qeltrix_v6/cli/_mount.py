@@ -41,6 +41,24 @@ def _first_container(root: str) -> str | None:
     return None
 
 
+def _first_object(url: str) -> str | None:
+    """The first container under ``s3://BUCKET/PREFIX`` (depth first, a few listings at most)."""
+    from .._store import list_level, split_prefix
+
+    bucket, prefix = split_prefix(url)
+    todo = [prefix]
+    for _ in range(16):
+        if not todo:
+            return None
+        here = todo.pop()
+        dirs, objects = list_level(bucket, here)
+        for name, *_ in sorted(objects):
+            if name.endswith(".qltx") and len(name) > len(".qltx"):
+                return f"s3://{bucket}/{here}{name}"
+        todo.extend(here + d + "/" for d in sorted(dirs, reverse=True))
+    return None
+
+
 def _load_binding() -> None:
     if not os.path.exists("/dev/fuse"):
         raise CliError("FUSE is not available here: /dev/fuse is missing", code=ExitCode.IO)
@@ -56,7 +74,9 @@ def _load_binding() -> None:
 
 @app.command(rich_help_panel="Containers")
 def mount(
-    src: Annotated[str, typer.Argument(metavar="SRC", help="Directory of containers (NAME.qltx).")],
+    src: Annotated[
+        str, typer.Argument(metavar="SRC", help="Directory of containers (NAME.qltx), or s3://BUCKET/PREFIX.")
+    ],
     mountpoint: Annotated[str, typer.Argument(metavar="MOUNTPOINT", help="Empty directory to mount on.")],
     key_file: KeyFileOpt = None,
     passphrase_file: PassphraseFileOpt = None,
@@ -76,6 +96,8 @@ def mount(
 ) -> None:
     """Mount a directory of containers read-only: NAME.qltx shows as NAME, with its plaintext.
 
+    SRC may be s3://BUCKET/PREFIX: the objects under it, read by ranged GETs.
+
     Reads at any offset decrypt only the blocks that cover them; a tampered block fails
     the reads that touch it (EIO) and nothing else. Unmount with 'fusermount3 -u
     MOUNTPOINT'; with --foreground, Ctrl-C or SIGTERM unmounts too.
@@ -87,7 +109,8 @@ def mount(
       fusermount3 -u /mnt/plain
     """
     _refuse_passphrase_value(passphrase)
-    if not os.path.isdir(src):
+    remote = src.startswith("s3://")
+    if not remote and not os.path.isdir(src):
         raise CliError(f"{src}: not a directory", code=ExitCode.IO)
     if not os.path.isdir(mountpoint):
         raise CliError(f"{mountpoint}: not a directory (the mount point must exist)", code=ExitCode.IO)
@@ -96,14 +119,18 @@ def mount(
     _load_binding()
     from .._keyring import KeyRing
 
-    probe = _first_container(src)
+    probe = _first_object(src) if remote else _first_container(src)
     creds = credentials_for_reading(
         probe or "", key_file, passphrase_file, identity_files=identity, max_kdf_memory=max_kdf_memory
     )
     if not creds.given():
         raise CliError("no key given", hint="use --key-file or --passphrase-file", code=ExitCode.USAGE)
     keyring = KeyRing(creds.kwargs())
-    if probe is not None:
+    if probe is not None and remote:
+        from .._store import open_object
+
+        keyring.open(open_object(probe), []).close()  # a wrong key fails here, before mounting
+    elif probe is not None:
         with open(probe, "rb", buffering=0) as f:
             keyring.open(f.fileno(), []).close()  # a wrong key fails here, before mounting
     if foreground:

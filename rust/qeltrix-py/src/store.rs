@@ -399,6 +399,47 @@ impl StoreObject {
     }
 }
 
+/// One level of `s3://bucket/prefix` (`prefix` empty or ending in `/`): one ListObjectsV2 per
+/// 1000 entries, `/`-delimited. Returns the sub-prefixes (relative names, without the
+/// trailing `/`) and the objects as `(name, size, etag, last_modified_secs)`, names relative
+/// to `prefix`.
+#[pyfunction]
+#[pyo3(signature = (url, bucket, prefix, options, retry_seconds = 30.0))]
+#[allow(clippy::type_complexity)]
+pub fn store_list(
+    py: Python<'_>,
+    url: &str,
+    bucket: &str,
+    prefix: &str,
+    options: HashMap<String, String>,
+    retry_seconds: f64,
+) -> PyResult<(Vec<String>, Vec<(String, u64, Option<String>, i64)>)> {
+    let store = build_store(bucket, &options, retry_seconds)?;
+    let base = if prefix.is_empty() {
+        None
+    } else {
+        Some(object_path(url, prefix)?)
+    };
+    let listing = py.detach(|| -> Result<_> {
+        runtime()
+            .block_on(store.list_with_delimiter(base.as_ref()))
+            .map_err(|e| store_error(url, e))
+    })?;
+    let strip = |p: &Path| -> Option<String> {
+        let s = p.as_ref();
+        let rel = s.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(s);
+        let rel = rel.trim_start_matches('/');
+        (!rel.is_empty() && !rel.contains('/')).then(|| rel.to_string())
+    };
+    let dirs = listing.common_prefixes.iter().filter_map(strip).collect();
+    let objects = listing
+        .objects
+        .iter()
+        .filter_map(|m| strip(&m.location).map(|n| (n, m.size, m.e_tag.clone(), m.last_modified.timestamp())))
+        .collect();
+    Ok((dirs, objects))
+}
+
 /// One multipart upload in progress.
 struct Upload {
     upload: Box<dyn MultipartUpload>,
