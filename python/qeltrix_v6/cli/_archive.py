@@ -14,19 +14,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ._app import CliError, ExitCode, app
-from ._credentials import Credentials, credentials_for_reading
+from ._credentials import (
+    READING,
+    Credentials,
+    ReadingOptions,
+    reading_options,
+)
 from ._options import (
     DebugOpt,
     ForceOpt,
-    IdentityOpt,
     JsonOpt,
-    KeyFileOpt,
-    KmsDiscoveryOpt,
-    KmsEndpointOpt,
-    KmsKeyIdOpt,
-    KmsTimeoutOpt,
-    MaxKdfMemoryOpt,
-    PassphraseFileOpt,
     PassphraseTrap,
     QuietOpt,
     SignerOpt,
@@ -49,31 +46,11 @@ def open_cli_archive(
     return open_archive(src, **creds.kwargs(), signers=signers, allow_incomplete=allow_incomplete)
 
 
-def _reading(
-    src: str,
-    key_file: str | None,
-    passphrase_file: str | None,
-    identity: list[str] | None,
-    kms_endpoint: str | None,
-    kms_timeout: float,
-    kms_key_id: list[str] | None,
-    kms_discovery: bool,
-    max_kdf_memory: int | None,
-) -> Credentials:
+def _reading(src: str, reading: ReadingOptions) -> Credentials:
     if src == "-":
         raise CliError("an archive is read by seeking: give its path, not -", code=ExitCode.USAGE)
     _check_input(src)
-    return credentials_for_reading(
-        src,
-        key_file,
-        passphrase_file,
-        identity_files=identity,
-        kms_endpoint=kms_endpoint,
-        kms_timeout=kms_timeout,
-        kms_key_ids=kms_key_id,
-        kms_discovery=kms_discovery,
-        max_kdf_memory=max_kdf_memory,
-    )
+    return reading.credentials(src)
 
 
 _TYPE_CHAR = {"file": "-", "dir": "d", "symlink": "l", "hardlink": "h"}
@@ -87,18 +64,12 @@ def _long_line(m: Member) -> str:
 
 
 @app.command("ls", rich_help_panel="Archives")
+@reading_options
 def ls_(
     src: Annotated[str, typer.Argument(metavar="ARCHIVE", help="Archive to list.")],
     long: Annotated[bool, typer.Option("--long", "-l", help="Type, mode, size, mtime (UTC) and path.")] = False,
     as_json: JsonOpt = False,
-    key_file: KeyFileOpt = None,
-    passphrase_file: PassphraseFileOpt = None,
-    identity: IdentityOpt = None,
-    kms_endpoint: KmsEndpointOpt = None,
-    kms_timeout: KmsTimeoutOpt = 10.0,
-    kms_key_id: KmsKeyIdOpt = None,
-    kms_discovery: KmsDiscoveryOpt = False,
-    max_kdf_memory: MaxKdfMemoryOpt = None,
+    reading: ReadingOptions = READING,
     signer: SignerOpt = None,
     signers_file: SignersFileOpt = None,
     debug: DebugOpt = False,
@@ -114,9 +85,7 @@ def ls_(
     """
     _refuse_passphrase_value(passphrase)
     signers = signers_from_options(signer, signers_file)
-    creds = _reading(
-        src, key_file, passphrase_file, identity, kms_endpoint, kms_timeout, kms_key_id, kms_discovery, max_kdf_memory
-    )
+    creds = _reading(src, reading)
     with open_cli_archive(src, creds, signers) as a:
         members = a.members()
     out = _stdout()
@@ -130,6 +99,7 @@ def ls_(
 
 
 @app.command(rich_help_panel="Archives")
+@reading_options
 def get(
     src: Annotated[str, typer.Argument(metavar="ARCHIVE", help="Archive to read from.")],
     paths: Annotated[list[str], typer.Argument(metavar="MEMBER", help="Members to restore (a directory: its tree).")],
@@ -141,14 +111,7 @@ def get(
         typer.Option("--output", "-o", metavar="FILE", help="Write the one MEMBER to FILE, or - for stdout."),
     ] = None,
     force: ForceOpt = False,
-    key_file: KeyFileOpt = None,
-    passphrase_file: PassphraseFileOpt = None,
-    identity: IdentityOpt = None,
-    kms_endpoint: KmsEndpointOpt = None,
-    kms_timeout: KmsTimeoutOpt = 10.0,
-    kms_key_id: KmsKeyIdOpt = None,
-    kms_discovery: KmsDiscoveryOpt = False,
-    max_kdf_memory: MaxKdfMemoryOpt = None,
+    reading: ReadingOptions = READING,
     signer: SignerOpt = None,
     signers_file: SignersFileOpt = None,
     quiet: QuietOpt = False,
@@ -170,9 +133,7 @@ def get(
     signers = signers_from_options(signer, signers_file)
     if output is not None and len(paths) != 1:
         raise CliError("-o/--output takes exactly one MEMBER", code=ExitCode.USAGE)
-    creds = _reading(
-        src, key_file, passphrase_file, identity, kms_endpoint, kms_timeout, kms_key_id, kms_discovery, max_kdf_memory
-    )
+    creds = _reading(src, reading)
     with open_cli_archive(src, creds, signers) as a:
         if output == "-":
             write_member_to(a, paths[0], _stdout(), 0, None)

@@ -14,28 +14,26 @@ from .._container import pack as _pack
 from .._container import unpack as _unpack
 from ._app import CliError, ExitCode, app
 from ._credentials import (
+    READING,
+    ReadingOptions,
     _display,
     _kdf_settings,
-    credentials_for_reading,
     credentials_for_writing,
     kms_config,
     parse_recipient_options,
+    reading_options,
 )
 from ._options import (
     AllowIncompleteOpt,
     CipherName,
     DebugOpt,
     ForceOpt,
-    IdentityOpt,
     KdfIterationsOpt,
     KdfName,
     KdfOpt,
     KeyFileOpt,
-    KmsDiscoveryOpt,
     KmsEndpointOpt,
-    KmsKeyIdOpt,
     KmsTimeoutOpt,
-    MaxKdfMemoryOpt,
     PassphraseFileOpt,
     PassphraseTrap,
     QuietOpt,
@@ -205,19 +203,13 @@ def pack(
 
 
 @app.command(rich_help_panel="Containers")
+@reading_options
 def unpack(
     src: Annotated[str, typer.Argument(metavar="SRC", help="Container to decrypt, or - for stdin.")],
     dst: Annotated[str, typer.Argument(metavar="DST", help="File to write, or - for stdout.")],
-    key_file: KeyFileOpt = None,
-    passphrase_file: PassphraseFileOpt = None,
+    reading: ReadingOptions = READING,
     workers: WorkersOpt = None,
     force: ForceOpt = False,
-    identity: IdentityOpt = None,
-    kms_endpoint: KmsEndpointOpt = None,
-    kms_timeout: KmsTimeoutOpt = 10.0,
-    kms_key_id: KmsKeyIdOpt = None,
-    kms_discovery: KmsDiscoveryOpt = False,
-    max_kdf_memory: MaxKdfMemoryOpt = None,
     allow_incomplete: AllowIncompleteOpt = False,
     signer: SignerOpt = None,
     signers_file: SignersFileOpt = None,
@@ -254,17 +246,7 @@ def unpack(
     if src != "-" and is_archive_file(src):
         from ._archive import unpack_archive
 
-        creds = credentials_for_reading(
-            src,
-            key_file,
-            passphrase_file,
-            identity_files=identity,
-            kms_endpoint=kms_endpoint,
-            kms_timeout=kms_timeout,
-            kms_key_ids=kms_key_id,
-            kms_discovery=kms_discovery,
-            max_kdf_memory=max_kdf_memory,
-        )
+        creds = reading.credentials(src)
         unpack_archive(src, dst, creds, signers, force, quiet)
         return
     _check_output(dst, force)
@@ -272,17 +254,7 @@ def unpack(
         raise CliError(
             "refusing to read a container from the terminal", hint="pipe or redirect it", code=ExitCode.USAGE
         )
-    creds = credentials_for_reading(
-        src,
-        key_file,
-        passphrase_file,
-        identity_files=identity,
-        kms_endpoint=kms_endpoint,
-        kms_timeout=kms_timeout,
-        kms_key_ids=kms_key_id,
-        kms_discovery=kms_discovery,
-        max_kdf_memory=max_kdf_memory,
-    )
+    creds = reading.credentials(src)
     total = None
     with _progress(not quiet, "unpacking", total) as progress:
         _unpack(
@@ -301,6 +273,7 @@ def unpack(
 
 
 @app.command(rich_help_panel="Containers")
+@reading_options
 def cat(
     src: Annotated[str, typer.Argument(metavar="SRC", help="Container to read from.")],
     offset: Annotated[
@@ -314,14 +287,7 @@ def cat(
         str | None,
         typer.Option("--member", "-m", metavar="PATH", help="Read the archive member PATH (offsets within it)."),
     ] = None,
-    key_file: KeyFileOpt = None,
-    passphrase_file: PassphraseFileOpt = None,
-    identity: IdentityOpt = None,
-    kms_endpoint: KmsEndpointOpt = None,
-    kms_timeout: KmsTimeoutOpt = 10.0,
-    kms_key_id: KmsKeyIdOpt = None,
-    kms_discovery: KmsDiscoveryOpt = False,
-    max_kdf_memory: MaxKdfMemoryOpt = None,
+    reading: ReadingOptions = READING,
     allow_incomplete: AllowIncompleteOpt = False,
     signer: SignerOpt = None,
     signers_file: SignersFileOpt = None,
@@ -331,31 +297,21 @@ def cat(
     """Write the plaintext bytes [offset, offset+length) of SRC (or of its archive member
     --member PATH) to stdout.
 
-        Only the blocks that cover the range are read and decrypted, so reading 64 KiB from
-        the middle of a 100 GiB container takes milliseconds. A range past the end is clipped,
-        like reading a file: it may be shorter than --length, or empty; in an INCOMPLETE container
+    Only the blocks that cover the range are read and decrypted, so reading 64 KiB from
+    the middle of a 100 GiB container takes milliseconds. A range past the end is clipped,
+    like reading a file: it may be shorter than --length, or empty; in an INCOMPLETE container
     (a cut stream) such a range fails with exit code 5 unless --allow-incomplete.
 
-        [bold]Examples[/bold]
+    [bold]Examples[/bold]
 
-          qeltrix cat --key-file my.key movie.qltx --offset 200MiB --length 1MiB > part.bin
-          qeltrix cat --key-file my.key logs.qltx --offset 1GiB | head -n 20
-          qeltrix cat --key-file my.key backup.qltx --member docs/a.log --offset 1KiB
+      qeltrix cat --key-file my.key movie.qltx --offset 200MiB --length 1MiB > part.bin
+      qeltrix cat --key-file my.key logs.qltx --offset 1GiB | head -n 20
+      qeltrix cat --key-file my.key backup.qltx --member docs/a.log --offset 1KiB
     """
     _refuse_passphrase_value(passphrase)
     signers = signers_from_options(signer, signers_file)
     _check_input(src)
-    creds = credentials_for_reading(
-        src,
-        key_file,
-        passphrase_file,
-        identity_files=identity,
-        kms_endpoint=kms_endpoint,
-        kms_timeout=kms_timeout,
-        kms_key_ids=kms_key_id,
-        kms_discovery=kms_discovery,
-        max_kdf_memory=max_kdf_memory,
-    )
+    creds = reading.credentials(src)
     if member is not None:
         from ._archive import cat_member
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import getpass
+import inspect
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import typer
 from typer._click.core import ParameterSource
@@ -15,7 +19,17 @@ from ..errors import (
     MalformedError,
 )
 from ._app import IDENTITY_KINDS, KEY_FILE_LEN, PASSPHRASE_ENV, CliError, ExitCode
-from ._options import KdfName
+from ._options import (
+    IdentityOpt,
+    KdfName,
+    KeyFileOpt,
+    KmsDiscoveryOpt,
+    KmsEndpointOpt,
+    KmsKeyIdOpt,
+    KmsTimeoutOpt,
+    MaxKdfMemoryOpt,
+    PassphraseFileOpt,
+)
 
 # _recipients.PASSPHRASE_KINDS, without importing that module (reading needs none of it).
 PASSPHRASE_KINDS = frozenset({_crypto.KIND_ARGON2ID, _crypto.KIND_PBKDF2})
@@ -295,3 +309,77 @@ def _kdf_settings(
         raise CliError("--kdf applies to a passphrase, and none is given", code=ExitCode.USAGE)
     params = {"iterations": kdf_iterations} if kdf_iterations is not None else None
     return kdf.value, params
+
+
+# --- the credential options of the reading commands ----------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadingOptions:
+    """The credential options every reading command takes (``--key-file``,
+    ``--passphrase-file``, ``--identity``, the KMS options, ``--max-kdf-memory``), as one value:
+    a command declares ``reading: ReadingOptions = READING`` under :func:`reading_options`."""
+
+    key_file: str | None = None
+    passphrase_file: str | None = None
+    identity: list[str] | None = None
+    kms_endpoint: str | None = None
+    kms_timeout: float = 10.0
+    kms_key_id: list[str] | None = None
+    kms_discovery: bool = False
+    max_kdf_memory: int | None = None
+
+    def credentials(self, src: str) -> Credentials:
+        """:func:`credentials_for_reading` for ``src`` with these options."""
+        return credentials_for_reading(
+            src,
+            self.key_file,
+            self.passphrase_file,
+            identity_files=self.identity,
+            kms_endpoint=self.kms_endpoint,
+            kms_timeout=self.kms_timeout,
+            kms_key_ids=self.kms_key_id,
+            kms_discovery=self.kms_discovery,
+            max_kdf_memory=self.max_kdf_memory,
+        )
+
+
+READING = ReadingOptions()
+
+# The options, in help order, with the annotation each is declared with (its flag and help).
+_READING_OPTIONS: list[tuple[str, Any]] = [
+    ("key_file", KeyFileOpt),
+    ("passphrase_file", PassphraseFileOpt),
+    ("identity", IdentityOpt),
+    ("kms_endpoint", KmsEndpointOpt),
+    ("kms_timeout", KmsTimeoutOpt),
+    ("kms_key_id", KmsKeyIdOpt),
+    ("kms_discovery", KmsDiscoveryOpt),
+    ("max_kdf_memory", MaxKdfMemoryOpt),
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def reading_options(command: _F) -> _F:
+    """Give ``command`` the reading credential options in place of its ``reading`` parameter:
+    typer sees (and ``--help`` lists) each option where ``reading`` stands; the command
+    receives them as one :class:`ReadingOptions`."""
+    signature = inspect.signature(command, eval_str=True)
+    params: list[inspect.Parameter] = []
+    for p in signature.parameters.values():
+        if p.name != "reading":
+            params.append(p)
+            continue
+        for name, annotation in _READING_OPTIONS:
+            default = getattr(READING, name)
+            params.append(inspect.Parameter(name, p.kind, default=default, annotation=annotation))
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> Any:
+        reading = ReadingOptions(**{name: kwargs.pop(name) for name, _ in _READING_OPTIONS})
+        return command(reading=reading, **kwargs)
+
+    run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params} | {"return": signature.return_annotation}
+    return run  # type: ignore[return-value]

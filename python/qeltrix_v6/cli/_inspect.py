@@ -25,7 +25,14 @@ from ..errors import (
     WrongKeyError,
 )
 from ._app import CliError, ExitCode, app
-from ._credentials import Credentials, _explicit_credentials, credentials_for_reading
+from ._credentials import (
+    READING,
+    Credentials,
+    ReadingOptions,
+    _explicit_credentials,
+    credentials_for_reading,
+    reading_options,
+)
 from ._options import (
     PANEL_KEY,
     AllowIncompleteOpt,
@@ -33,11 +40,6 @@ from ._options import (
     IdentityOpt,
     JsonOpt,
     KeyFileOpt,
-    KmsDiscoveryOpt,
-    KmsEndpointOpt,
-    KmsKeyIdOpt,
-    KmsTimeoutOpt,
-    MaxKdfMemoryOpt,
     PassphraseFileOpt,
     PassphraseTrap,
     QuietOpt,
@@ -239,18 +241,12 @@ def _error_kind(e: BaseException) -> str:
 
 
 @app.command(rich_help_panel="Inspect")
+@reading_options
 def verify(
     src: Annotated[str, typer.Argument(metavar="SRC", help="Container to check.")],
-    key_file: KeyFileOpt = None,
-    passphrase_file: PassphraseFileOpt = None,
+    reading: ReadingOptions = READING,
     workers: WorkersOpt = None,
     as_json: JsonOpt = False,
-    identity: IdentityOpt = None,
-    kms_endpoint: KmsEndpointOpt = None,
-    kms_timeout: KmsTimeoutOpt = 10.0,
-    kms_key_id: KmsKeyIdOpt = None,
-    kms_discovery: KmsDiscoveryOpt = False,
-    max_kdf_memory: MaxKdfMemoryOpt = None,
     allow_incomplete: AllowIncompleteOpt = False,
     signer: SignerOpt = None,
     signers_file: SignersFileOpt = None,
@@ -279,17 +275,7 @@ def verify(
     _refuse_passphrase_value(passphrase)
     signers = signers_from_options(signer, signers_file)
     _check_input(src)
-    creds = credentials_for_reading(
-        src,
-        key_file,
-        passphrase_file,
-        identity_files=identity,
-        kms_endpoint=kms_endpoint,
-        kms_timeout=kms_timeout,
-        kms_key_ids=kms_key_id,
-        kms_discovery=kms_discovery,
-        max_kdf_memory=max_kdf_memory,
-    )
+    creds = reading.credentials(src)
     result: dict[str, Any] = {"file": src, "ok": False}
 
     def fail(e: BaseException) -> NoReturn:
