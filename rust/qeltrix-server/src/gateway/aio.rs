@@ -334,32 +334,11 @@ async fn open<S: StreamKeys>(
 async fn read_stream_header(p: &Pumps, s: &AsyncStream, side: Side, max_block_size: u32) -> Result<Header, GwError> {
     let mut buf = vec![0u8; HEADER_FIXED_LEN];
     if !read_full(p, s, side, &mut buf).await? {
-        return Err(GwError::Truncated(
-            "the peer closed before sending a stream header".into(),
-        ));
+        return Err(stream_header_missing());
     }
-    let header_len = Header::peek_len(&buf).map_err(|e| GwError::Protocol(e.to_string()))?;
-    if header_len > MAX_STREAM_HEADER_LEN {
-        return Err(GwError::Protocol(format!(
-            "the stream header declares {header_len} bytes; a stream header is at most {MAX_STREAM_HEADER_LEN}"
-        )));
-    }
-    buf.resize(header_len as usize, 0);
+    buf.resize(declared_header_len(&buf)?, 0);
     if !read_full(p, s, side, &mut buf[HEADER_FIXED_LEN..]).await? {
-        return Err(GwError::Truncated("the stream header is cut short".into()));
+        return Err(stream_header_cut());
     }
-    let header = Header::parse(&buf).map_err(|e| GwError::Protocol(e.to_string()))?;
-    if header.permuted() {
-        return Err(GwError::Protocol("a stream must not be permuted".into()));
-    }
-    if header.signed() {
-        return Err(GwError::Protocol("a stream must not be signed (SIGNED is set)".into()));
-    }
-    if header.block_size > max_block_size {
-        return Err(GwError::Protocol(format!(
-            "the peer's block_size {} exceeds this gateway's limit {max_block_size}",
-            header.block_size
-        )));
-    }
-    Ok(header)
+    parse_stream_header(&buf, max_block_size)
 }

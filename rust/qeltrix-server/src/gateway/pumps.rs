@@ -400,22 +400,38 @@ pub(super) fn cut(e: io::Error) -> GwError {
 pub(super) fn read_stream_header(p: &Pumps, s: &TcpStream, side: Side, max_block_size: u32) -> Result<Header, GwError> {
     let mut buf = vec![0u8; HEADER_FIXED_LEN];
     if !p.read_full(s, side, &mut buf).map_err(cut)? {
-        return Err(GwError::Truncated(
-            "the peer closed before sending a stream header".into(),
-        ));
+        return Err(stream_header_missing());
     }
-    let header_len = Header::peek_len(&buf).map_err(|e| GwError::Protocol(e.to_string()))?;
-    // Before anything is allocated: the peer has not authenticated yet.
+    buf.resize(declared_header_len(&buf)?, 0);
+    if !p.read_full(s, side, &mut buf[HEADER_FIXED_LEN..]).map_err(cut)? {
+        return Err(stream_header_cut());
+    }
+    parse_stream_header(&buf, max_block_size)
+}
+
+pub(super) fn stream_header_missing() -> GwError {
+    GwError::Truncated("the peer closed before sending a stream header".into())
+}
+
+pub(super) fn stream_header_cut() -> GwError {
+    GwError::Truncated("the stream header is cut short".into())
+}
+
+/// The length a stream header's fixed part declares, refused before anything is allocated
+/// when over `MAX_STREAM_HEADER_LEN` (the peer has not authenticated yet).
+pub(super) fn declared_header_len(fixed: &[u8]) -> Result<usize, GwError> {
+    let header_len = Header::peek_len(fixed).map_err(|e| GwError::Protocol(e.to_string()))?;
     if header_len > MAX_STREAM_HEADER_LEN {
         return Err(GwError::Protocol(format!(
             "the stream header declares {header_len} bytes; a stream header is at most {MAX_STREAM_HEADER_LEN}"
         )));
     }
-    buf.resize(header_len as usize, 0);
-    if !p.read_full(s, side, &mut buf[HEADER_FIXED_LEN..]).map_err(cut)? {
-        return Err(GwError::Truncated("the stream header is cut short".into()));
-    }
-    let header = Header::parse(&buf).map_err(|e| GwError::Protocol(e.to_string()))?;
+    Ok(header_len as usize)
+}
+
+/// Parse a whole stream header and check what a stream's header must be.
+pub(super) fn parse_stream_header(buf: &[u8], max_block_size: u32) -> Result<Header, GwError> {
+    let header = Header::parse(buf).map_err(|e| GwError::Protocol(e.to_string()))?;
     if header.permuted() {
         return Err(GwError::Protocol("a stream must not be permuted".into()));
     }
