@@ -221,7 +221,6 @@ def passwd(
     _refuse_passphrase_value(passphrase)
     if src == "-":
         raise CliError("passwd rewrites a file in place; it cannot work on stdin", code=ExitCode.USAGE)
-    _local_only(src, "passwd")
     _check_input(src)
     add_keys = [read_key_file(p) for p in add_key_file or []]
     remove_keys = [read_key_file(p) for p in remove_key_file or []]
@@ -267,10 +266,11 @@ recipients_app = typer.Typer(
 app.add_typer(recipients_app, name="recipients", rich_help_panel="Keys")
 
 
-def _in_place_target(src: str, what: str) -> None:
+def _in_place_target(src: str, what: str, *, s3: bool = True) -> None:
     if src == "-":
         raise CliError(f"{what} rewrites a file in place; it cannot work on stdin", code=ExitCode.USAGE)
-    _local_only(src, what)
+    if not s3:
+        _local_only(src, what)
     _check_input(src)
 
 
@@ -462,7 +462,7 @@ def rotate_cmd(
       qeltrix rotate --passphrase-file pw.txt --key-file my.key backup.qltx
     """
     _refuse_passphrase_value(passphrase)
-    _in_place_target(src, "rotate")
+    _in_place_target(src, "rotate", s3=False)
     public = parse_recipient_options(recipient, recipients_file)
     signer = read_signing_key(sign_with)
     creds = credentials_for_reading(
