@@ -232,3 +232,24 @@ def test_small_object_is_one_conditional_put(s3: S3, files: dict[str, Path]) -> 
     assert r.returncode != 0
     one_error(r.stderr, "replaced by another writer")
     assert s3.body("small.qltx") == theirs
+
+
+def test_without_boto3_one_line_and_no_write(s3: S3, files: dict[str, Path]) -> None:
+    blocked = files["dir"] / "blocked"
+    (blocked / "boto3").mkdir(parents=True)
+    (blocked / "boto3" / "__init__.py").write_text("raise ImportError('boto3 blocked by the test')\n")
+    url = pack(s3, "noboto.qltx", make_plaintext(64 << 10, "noboto"))
+    s3.state.log.clear()
+    env = dict(s3.env, PYTHONPATH=os.pathsep.join([str(blocked), os.environ.get("PYTHONPATH", "")]))
+    other = files["dir"] / "other.key"
+    other.write_bytes(bytes(32 * [9]))
+    r = cli("passwd", "--key-file", files["key"], "--add-key-file", other, url, env=env)
+    assert r.returncode != 0
+    one_error(r.stderr, "boto3", "qeltrix-v6[s3]")
+    assert [r for r in s3.state.log if r.method != "GET"] == []  # at most a look at the header
+
+
+def test_rotate_still_refuses_s3(s3: S3, files: dict[str, Path]) -> None:
+    r = cli("rotate", "--key-file", files["key"], s3.url("small.qltx"), env=s3.env)
+    assert r.returncode == 2
+    one_error(r.stderr, "rotate", "s3://")

@@ -240,8 +240,10 @@ def rewrite_recipients(
     p = os.fspath(path)
     with contextlib.ExitStack() as stack:
         obj: Any = None
+        s3: Any = None
         src: Any
         if _store.is_url(p):
+            s3 = _s3rewrite.client()  # boto3 missing: say so before any request
             obj = src = _store.open_object(p)  # every later read and write is conditional on its ETag
         else:
             src = stack.enter_context(_locked(p))
@@ -286,7 +288,7 @@ def rewrite_recipients(
             footer, footer_offset = r.footer()
             patches.append((int(footer_offset) + len(footer), section))
         if obj is not None:
-            _s3rewrite.patch_object(obj, patches)
+            _s3rewrite.patch_object(obj, patches, s3)
         else:
             fd = src.fileno()
             for offset, data in patches:

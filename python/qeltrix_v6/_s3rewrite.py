@@ -31,10 +31,11 @@ MIN_PART = 5 << 20  # S3's smallest part but the last
 MAX_PART = 5 << 30  # S3's largest part (and largest UploadPartCopy range)
 SMALL_OBJECT = 2 * MIN_PART  # below this, one GET of everything and one PutObject
 
-__all__ = ["MAX_PART", "MIN_PART", "SMALL_OBJECT", "patch_object", "plan_parts"]
+__all__ = ["MAX_PART", "MIN_PART", "SMALL_OBJECT", "client", "patch_object", "plan_parts"]
 
 
-def _client() -> Any:
+def client() -> Any:
+    """A boto3 S3 client with the settings of :func:`qeltrix_v6._store.options`."""
     try:
         import boto3  # type: ignore[import-untyped,unused-ignore]
         from botocore.config import Config  # type: ignore[import-untyped,unused-ignore]
@@ -119,16 +120,17 @@ def _error(url: str, e: BaseException) -> QeltrixIOError:
     return QeltrixIOError(f"{url}: {text}; nothing written")
 
 
-def patch_object(obj: Any, patches: list[tuple[int, bytes]]) -> None:
+def patch_object(obj: Any, patches: list[tuple[int, bytes]], s3: Any = None) -> None:
     """Replace ``patches`` (``(offset, bytes)``) in the opened ``obj`` (a ``_core.StoreObject``),
-    conditional on the ETag it was opened at. Raises :class:`QeltrixIOError` with one line."""
+    conditional on the ETag it was opened at, with the boto3 client ``s3`` (:func:`client` if
+    None). Raises :class:`QeltrixIOError` with one line."""
     url = str(obj.url)
     etag = obj.etag
     if not etag:
         raise QeltrixIOError(f"{url}: the server gave no ETag, so a change cannot be made safely; nothing written")
     size = int(obj.size)
     bucket, key = _store.split(url)
-    client = _client()
+    api = s3 if s3 is not None else client()
 
     def patched(start: int, end: int) -> bytes:
         buf = bytearray(obj.read(start, end - start))  # a ranged GET with If-Match: etag
@@ -143,26 +145,26 @@ def patch_object(obj: Any, patches: list[tuple[int, bytes]]) -> None:
     if size < SMALL_OBJECT:
         body = patched(0, size)
         try:
-            client.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=etag)
+            api.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=etag)
         except Exception as e:
             raise _error(url, e) from None
         return
 
     plan = plan_parts(size, [(off, len(data)) for off, data in patches])
     try:
-        upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        upload_id = api.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
     except Exception as e:
         raise _error(url, e) from None
     try:
         parts = []
         for number, (kind, start, end) in enumerate(plan, 1):
             if kind == "data":
-                r = client.upload_part(
+                r = api.upload_part(
                     Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=patched(start, end)
                 )
                 part_etag = r["ETag"]
             else:
-                r = client.upload_part_copy(
+                r = api.upload_part_copy(
                     Bucket=bucket,
                     Key=key,
                     UploadId=upload_id,
@@ -174,14 +176,14 @@ def patch_object(obj: Any, patches: list[tuple[int, bytes]]) -> None:
                 part_etag = r["CopyPartResult"]["ETag"]
             parts.append({"PartNumber": number, "ETag": part_etag})
         # Servers that ignore the conditions above (and IfMatch below) still answer HEAD truly.
-        if client.head_object(Bucket=bucket, Key=key).get("ETag") != etag:
+        if api.head_object(Bucket=bucket, Key=key).get("ETag") != etag:
             raise QeltrixIOError(f"{url} was replaced by another writer while it was being changed; nothing written")
-        client.complete_multipart_upload(
+        api.complete_multipart_upload(
             Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfMatch=etag
         )
     except BaseException as e:
         with contextlib.suppress(Exception):  # the first error is the one to report
-            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            api.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         if isinstance(e, QeltrixIOError) or not isinstance(e, Exception):
             raise
         raise _error(url, e) from None

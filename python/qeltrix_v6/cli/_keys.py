@@ -202,7 +202,9 @@ def passwd(
     """Change the passphrase of SRC, or add or remove key-file recipients.
 
     Only the header is rewritten, in place; the blocks are not touched, so this is instant
-    for any size. Open SRC with its current key (--key-file, --passphrase-file,
+    for any size. On s3://BUCKET/KEY the server copies the unchanged bytes (UploadPartCopy;
+    needs boto3), and the change fails if another writer replaced the object meanwhile.
+    Open SRC with its current key (--key-file, --passphrase-file,
     $QELTRIX_PASSPHRASE or the prompt). Without --add-key-file, --remove-key-file or
     --remove-passphrase, the passphrase is changed (or set, if SRC has none).
 
@@ -325,7 +327,8 @@ def recipients_add(
     """Seal the MK of SRC to more public keys (X25519, RSA, KMS), rewriting only the header.
 
     Opening SRC needs one of its current credentials (--key-file, --passphrase-file,
-    --identity, KMS access). Instant for any container size: no block is read or written.
+    --identity, KMS access). Instant for any container size: no block is read or written
+    (on s3:// the server copies them: UploadPartCopy, conditional on the object's ETag).
 
     [bold]Examples[/bold]
 
