@@ -8,7 +8,7 @@ import http.client
 import http.server
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -29,6 +29,9 @@ class ProxyState:
     log: list[Logged] = field(default_factory=list)
     # Faults for the next matching requests: ("503" | "drop", METHOD) popped in order.
     faults: list[tuple[str, str]] = field(default_factory=list)
+    # Run before relaying a request: each hook is called with it, and dropped once it says True
+    # (a concurrent writer stepping in at an exact point of a command).
+    hooks: list[Callable[[Logged], bool]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def gets(self, key: str) -> list[Logged]:
@@ -72,6 +75,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     fault = kind
                     del state.faults[i]
                     break
+        with state.lock:
+            hooks = list(state.hooks)
+        for hook in hooks:
+            if hook(entry):
+                with state.lock:
+                    state.hooks.remove(hook)
         if fault == "drop":
             self.close_connection = True
             self.connection.shutdown(2)

@@ -358,6 +358,8 @@ def open_reader(
     owned: list[IO[bytes]] = []
     if _store.is_url(src):
         arg: Any = _store.open_object(str(src))  # ranged GETs pinned to the ETag seen here
+    elif isinstance(src, _core.StoreObject):
+        arg = src  # opened by the caller, who needs its ETag (passwd on s3://)
     elif isinstance(src, str | os.PathLike):
         f = _open_input(src)
         owned.append(f)

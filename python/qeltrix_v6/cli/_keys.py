@@ -202,7 +202,9 @@ def passwd(
     """Change the passphrase of SRC, or add or remove key-file recipients.
 
     Only the header is rewritten, in place; the blocks are not touched, so this is instant
-    for any size. Open SRC with its current key (--key-file, --passphrase-file,
+    for any size. On s3://BUCKET/KEY the server copies the unchanged bytes (UploadPartCopy;
+    needs boto3), and the change fails if another writer replaced the object meanwhile.
+    Open SRC with its current key (--key-file, --passphrase-file,
     $QELTRIX_PASSPHRASE or the prompt). Without --add-key-file, --remove-key-file or
     --remove-passphrase, the passphrase is changed (or set, if SRC has none).
 
@@ -221,7 +223,6 @@ def passwd(
     _refuse_passphrase_value(passphrase)
     if src == "-":
         raise CliError("passwd rewrites a file in place; it cannot work on stdin", code=ExitCode.USAGE)
-    _local_only(src, "passwd")
     _check_input(src)
     add_keys = [read_key_file(p) for p in add_key_file or []]
     remove_keys = [read_key_file(p) for p in remove_key_file or []]
@@ -267,10 +268,11 @@ recipients_app = typer.Typer(
 app.add_typer(recipients_app, name="recipients", rich_help_panel="Keys")
 
 
-def _in_place_target(src: str, what: str) -> None:
+def _in_place_target(src: str, what: str, *, s3: bool = True) -> None:
     if src == "-":
         raise CliError(f"{what} rewrites a file in place; it cannot work on stdin", code=ExitCode.USAGE)
-    _local_only(src, what)
+    if not s3:
+        _local_only(src, what)
     _check_input(src)
 
 
@@ -325,7 +327,8 @@ def recipients_add(
     """Seal the MK of SRC to more public keys (X25519, RSA, KMS), rewriting only the header.
 
     Opening SRC needs one of its current credentials (--key-file, --passphrase-file,
-    --identity, KMS access). Instant for any container size: no block is read or written.
+    --identity, KMS access). Instant for any container size: no block is read or written
+    (on s3:// the server copies them: UploadPartCopy, conditional on the object's ETag).
 
     [bold]Examples[/bold]
 
@@ -462,7 +465,7 @@ def rotate_cmd(
       qeltrix rotate --passphrase-file pw.txt --key-file my.key backup.qltx
     """
     _refuse_passphrase_value(passphrase)
-    _in_place_target(src, "rotate")
+    _in_place_target(src, "rotate", s3=False)
     public = parse_recipient_options(recipient, recipients_file)
     signer = read_signing_key(sign_with)
     creds = credentials_for_reading(
