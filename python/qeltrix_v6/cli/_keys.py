@@ -23,6 +23,8 @@ from ..errors import (
 )
 from ._app import HELP_OPTION_NAMES, KEY_FILE_LEN, NEW_PASSPHRASE_ENV, CliError, ExitCode, app
 from ._credentials import (
+    READING,
+    ReadingOptions,
     _can_prompt,
     _env_passphrase,
     _kdf_settings,
@@ -33,6 +35,7 @@ from ._credentials import (
     parse_recipient_options,
     read_key_file,
     read_passphrase_file,
+    reading_options,
 )
 from ._inspect import _public_info
 from ._options import (
@@ -43,11 +46,6 @@ from ._options import (
     KdfName,
     KdfOpt,
     KeyFileOpt,
-    KmsDiscoveryOpt,
-    KmsEndpointOpt,
-    KmsKeyIdOpt,
-    KmsTimeoutOpt,
-    MaxKdfMemoryOpt,
     PassphraseFileOpt,
     PassphraseTrap,
     QuietOpt,
@@ -307,18 +305,12 @@ def recipients_list(
 
 
 @recipients_app.command("add")
+@reading_options
 def recipients_add(
     src: Annotated[str, typer.Argument(metavar="SRC", help="Container to change (in place).")],
     recipient: RecipientOpt = None,
     recipients_file: RecipientsFileOpt = None,
-    key_file: KeyFileOpt = None,
-    passphrase_file: PassphraseFileOpt = None,
-    identity: IdentityOpt = None,
-    kms_endpoint: KmsEndpointOpt = None,
-    kms_timeout: KmsTimeoutOpt = 10.0,
-    kms_key_id: KmsKeyIdOpt = None,
-    kms_discovery: KmsDiscoveryOpt = False,
-    max_kdf_memory: MaxKdfMemoryOpt = None,
+    reading: ReadingOptions = READING,
     sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -340,18 +332,12 @@ def recipients_add(
     public = parse_recipient_options(recipient, recipients_file)
     if not public:
         raise CliError("nothing to add", hint="give --recipient PUBKEY or --recipients-file FILE", code=ExitCode.USAGE)
-    creds = credentials_for_reading(
-        src,
-        key_file,
-        passphrase_file,
-        identity_files=identity,
-        kms_endpoint=kms_endpoint,
-        kms_timeout=kms_timeout,
-        kms_key_ids=kms_key_id,
-        kms_discovery=kms_discovery,
-        max_kdf_memory=max_kdf_memory,
+    creds = reading.credentials(src)
+    kms = (
+        kms_config(reading.kms_endpoint, reading.kms_timeout)
+        if any(r.kind == _crypto.KIND_KMS for r in public)
+        else None
     )
-    kms = kms_config(kms_endpoint, kms_timeout) if any(r.kind == _crypto.KIND_KMS for r in public) else None
     result = rewrite_recipients(
         src,
         RecipientChange(add_recipients=public, kms=kms),
@@ -362,6 +348,7 @@ def recipients_add(
 
 
 @recipients_app.command("remove")
+@reading_options
 def recipients_remove(
     src: Annotated[str, typer.Argument(metavar="SRC", help="Container to change (in place).")],
     recipient: Annotated[
@@ -373,14 +360,7 @@ def recipients_remove(
             help="Recipient to remove, as 'recipients list' prints it (or a PEM public key file). Repeatable.",
         ),
     ],
-    key_file: KeyFileOpt = None,
-    passphrase_file: PassphraseFileOpt = None,
-    identity: IdentityOpt = None,
-    kms_endpoint: KmsEndpointOpt = None,
-    kms_timeout: KmsTimeoutOpt = 10.0,
-    kms_key_id: KmsKeyIdOpt = None,
-    kms_discovery: KmsDiscoveryOpt = False,
-    max_kdf_memory: MaxKdfMemoryOpt = None,
+    reading: ReadingOptions = READING,
     sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -404,17 +384,7 @@ def recipients_remove(
             targets += parse_recipient_options([value], None)
         else:
             targets.append(value.strip())
-    creds = credentials_for_reading(
-        src,
-        key_file,
-        passphrase_file,
-        identity_files=identity,
-        kms_endpoint=kms_endpoint,
-        kms_timeout=kms_timeout,
-        kms_key_ids=kms_key_id,
-        kms_discovery=kms_discovery,
-        max_kdf_memory=max_kdf_memory,
-    )
+    creds = reading.credentials(src)
     result = rewrite_recipients(
         src, RecipientChange(remove_recipients=targets), **creds.kwargs(), sign_with=read_signing_key(sign_with)
     )
@@ -422,11 +392,10 @@ def recipients_remove(
 
 
 @app.command("rotate", rich_help_panel="Keys")
+@reading_options
 def rotate_cmd(
     src: Annotated[str, typer.Argument(metavar="SRC", help="Container to re-encrypt (replaced atomically).")],
-    key_file: KeyFileOpt = None,
-    passphrase_file: PassphraseFileOpt = None,
-    identity: IdentityOpt = None,
+    reading: ReadingOptions = READING,
     recipient: RecipientOpt = None,
     recipients_file: RecipientsFileOpt = None,
     drop_missing: Annotated[
@@ -436,11 +405,6 @@ def rotate_cmd(
             help="Drop the passphrase and key-file recipients whose secret was not given (else refuse).",
         ),
     ] = False,
-    kms_endpoint: KmsEndpointOpt = None,
-    kms_timeout: KmsTimeoutOpt = 10.0,
-    kms_key_id: KmsKeyIdOpt = None,
-    kms_discovery: KmsDiscoveryOpt = False,
-    max_kdf_memory: MaxKdfMemoryOpt = None,
     workers: WorkersOpt = None,
     sign_with: SignWithOpt = None,
     quiet: QuietOpt = False,
@@ -468,21 +432,11 @@ def rotate_cmd(
     _in_place_target(src, "rotate", s3=False)
     public = parse_recipient_options(recipient, recipients_file)
     signer = read_signing_key(sign_with)
-    creds = credentials_for_reading(
-        src,
-        key_file,
-        passphrase_file,
-        identity_files=identity,
-        kms_endpoint=kms_endpoint,
-        kms_timeout=kms_timeout,
-        kms_key_ids=kms_key_id,
-        kms_discovery=kms_discovery,
-        max_kdf_memory=max_kdf_memory,
-    )
+    creds = reading.credentials(src)
     if creds.kms is None and (kinds := _stanza_kinds(src)) and _crypto.KIND_KMS in kinds:
-        creds.kms = kms_config(kms_endpoint, kms_timeout)  # needed to re-wrap for the KMS recipient
+        creds.kms = kms_config(reading.kms_endpoint, reading.kms_timeout)  # needed to re-wrap for the KMS recipient
     if creds.kms is None and any(r.kind == _crypto.KIND_KMS for r in public):
-        creds.kms = kms_config(kms_endpoint, kms_timeout)
+        creds.kms = kms_config(reading.kms_endpoint, reading.kms_timeout)
     total = os.path.getsize(src)
     with _progress(not quiet, "rotating", total) as progress:
         result = rotate(
