@@ -249,7 +249,30 @@ def test_without_boto3_one_line_and_no_write(s3: S3, files: dict[str, Path]) -> 
     assert [r for r in s3.state.log if r.method != "GET"] == []  # at most a look at the header
 
 
-def test_rotate_still_refuses_s3(s3: S3, files: dict[str, Path]) -> None:
-    r = cli("rotate", "--key-file", files["key"], s3.url("small.qltx"), env=s3.env)
-    assert r.returncode == 2
-    one_error(r.stderr, "rotate", "s3://")
+def test_rotate_on_s3_re_encrypts_and_never_replaces_another_writers_object(s3: S3, files: dict[str, Path]) -> None:
+    pt = make_plaintext(9 << 20, "rotate")
+    url = pack(s3, "rot.qltx", pt)
+    before = s3.body("rot.qltx")
+    r = cli("rotate", "-q", "--key-file", files["key"], url, env=s3.env)
+    assert r.returncode == 0, r.stderr
+    after = s3.body("rot.qltx")
+    assert after != before and len(after) == len(before)  # re-encrypted: same shape, new bytes
+    assert read_all(url, key=KEY) == pt
+    assert s3.uploads() == []
+    # Another writer replaces the object while the rotation runs (just before its completion
+    # check): the rotation fails with one line and their object stays.
+    theirs = b"the other writer's object" * 100
+
+    def overwrite(entry: Logged) -> bool:
+        if entry.method == "HEAD" and entry.path.split("?")[0].endswith("/rot.qltx"):
+            s3.client.put_object(Bucket=BUCKET, Key="rot.qltx", Body=theirs)
+            return True
+        return False
+
+    s3.state.hooks.append(overwrite)
+    r = cli("rotate", "--key-file", files["key"], url, env=s3.env)
+    s3.state.hooks.clear()
+    assert r.returncode != 0
+    one_error(r.stderr, "replaced by another writer")
+    assert s3.body("rot.qltx") == theirs
+    assert s3.uploads() == []

@@ -433,12 +433,12 @@ def rotate(
     signed by ``sign_with``. An unsigned container rotated with ``sign_with`` becomes signed.
     """
     p = os.fspath(path)
-    if _store.is_url(p):
-        raise QeltrixIOError(f"rotate does not work on s3:// objects yet ({p}): it re-encrypts every block")
+    on_store = _store.is_url(p)
     signer = _signing.load_signer(sign_with) if sign_with is not None else None
     with contextlib.ExitStack() as stack:
-        f = stack.enter_context(_locked(p))
-        opened = open_reader(f, passphrase=passphrase, key=key, identity=identity, kms=kms)
+        # An object is read pinned to the ETag seen here; a file is locked against other rotations.
+        src: Any = _store.open_object(p) if on_store else stack.enter_context(_locked(p))
+        opened = open_reader(src, passphrase=passphrase, key=key, identity=identity, kms=kms)
         stack.callback(opened.close)
         r = opened.reader
         if r.incomplete:
@@ -487,52 +487,64 @@ def rotate(
             archive=bool(r.header_flags & _core.HEADER_FLAG_ARCHIVE),
         )
         _check_new_header(header, new_stanzas, keys)
-        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
         total = int(r.pt_total_len)
 
         errors: list[BaseException] = []
-        atomic = AtomicOutput(p, overwrite=True)
-        with atomic as out:
+        atomic: AtomicOutput | None = None
+        if on_store:
+            # A multipart upload that completes only if the object still has the ETag it was
+            # read at: the rotated object replaces that one, never another writer's.
+            out: Any = _store.create_upload(p, force=True, if_match=src.etag)
+            stack.callback(out.abort)  # a no-op once complete
+            dst: Any = out
+        else:
+            mode = stat.S_IMODE(os.fstat(src.fileno()).st_mode)
+            atomic = AtomicOutput(p, overwrite=True)
+            out = stack.enter_context(atomic)
             os.fchmod(out.fileno(), mode)
-            rfd, wfd = os.pipe()
+            dst = out.fileno()
+        rfd, wfd = os.pipe()
 
-            def decrypt() -> None:
-                try:
-                    r.unpack_to(wfd, workers, None)
-                except BaseException as e:
-                    errors.append(e)
-                finally:
-                    _close_quietly(wfd)
-
-            t = threading.Thread(target=decrypt, name="qeltrix-rotate-decrypt", daemon=True)
+        def decrypt() -> None:
             try:
-                t.start()
-            except BaseException:
-                _close_quietly(rfd)
-                _close_quietly(wfd)
-                raise
-            try:
-                pt_len, block_count, container_len = _core.pack_stream(
-                    rfd,
-                    out.fileno(),
-                    keys,
-                    header,
-                    block_size,
-                    perm_window,
-                    keys.k_perm,
-                    workers,
-                    progress,
-                    total,
-                    signer,
-                )
+                r.unpack_to(wfd, workers, None)
+            except BaseException as e:
+                errors.append(e)
             finally:
-                _close_quietly(rfd)  # a decryptor still writing gets EPIPE and stops
-                t.join()
-            if errors:
-                raise errors[0]
-            if pt_len != total:
-                raise QeltrixIOError(f"rotation read {pt_len} of {total} plaintext bytes; the file was not replaced")
+                _close_quietly(wfd)
+
+        t = threading.Thread(target=decrypt, name="qeltrix-rotate-decrypt", daemon=True)
+        try:
+            t.start()
+        except BaseException:
+            _close_quietly(rfd)
+            _close_quietly(wfd)
+            raise
+        try:
+            pt_len, block_count, container_len = _core.pack_stream(
+                rfd,
+                dst,
+                keys,
+                header,
+                block_size,
+                perm_window,
+                keys.k_perm,
+                workers,
+                progress,
+                total,
+                signer,
+            )
+        finally:
+            _close_quietly(rfd)  # a decryptor still writing gets EPIPE and stops
+            t.join()
+        if errors:
+            raise errors[0]
+        if pt_len != total:
+            raise QeltrixIOError(f"rotation read {pt_len} of {total} plaintext bytes; the file was not replaced")
+        if atomic is not None:
             atomic.commit()
+        else:
+            out.complete()
     return RotateResult(int(pt_len), int(block_count), int(container_len), kept, dropped)
 
 

@@ -136,12 +136,13 @@ def list_level(bucket: str, prefix: str) -> tuple[list[str], list[tuple[str, int
     return _core.store_list(f"s3://{bucket}/{prefix}", bucket, prefix, options(), retry_seconds())
 
 
-def create_upload(url: str, *, force: bool, part_size: int | None = None) -> Any:
-    """Start a multipart upload to ``url``; ``complete()`` publishes it, ``abort()`` discards it."""
+def create_upload(url: str, *, force: bool, part_size: int | None = None, if_match: str | None = None) -> Any:
+    """Start a multipart upload to ``url``; ``complete()`` publishes it, ``abort()`` discards it.
+    With ``if_match``, ``complete()`` first checks the object still has that ETag."""
     bucket, key = split(url)
     size = int(part_size if part_size is not None else _env_number("QELTRIX_S3_PART_SIZE", DEFAULT_PART_SIZE))
     concurrency = int(_env_number("QELTRIX_S3_CONCURRENCY", DEFAULT_CONCURRENCY))
-    return _core.StoreUpload(url, bucket, key, options(), size, concurrency, force, retry_seconds())
+    return _core.StoreUpload(url, bucket, key, options(), size, concurrency, force, retry_seconds(), if_match)
 
 
 class ObjectFile:

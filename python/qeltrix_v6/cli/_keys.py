@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import _crypto, _signing
+from .. import _crypto, _signing, _store
 from .._pubkeys import encode_public_key
 from .._recipients import (
     RecipientChange,
@@ -56,7 +56,7 @@ from ._options import (
     _refuse_passphrase_value,
     read_signing_key,
 )
-from ._output import _check_input, _local_only, _progress, _status
+from ._output import _check_input, _progress, _status
 
 
 @app.command(rich_help_panel="Keys")
@@ -266,11 +266,9 @@ recipients_app = typer.Typer(
 app.add_typer(recipients_app, name="recipients", rich_help_panel="Keys")
 
 
-def _in_place_target(src: str, what: str, *, s3: bool = True) -> None:
+def _in_place_target(src: str, what: str) -> None:
     if src == "-":
         raise CliError(f"{what} rewrites a file in place; it cannot work on stdin", code=ExitCode.USAGE)
-    if not s3:
-        _local_only(src, what)
     _check_input(src)
 
 
@@ -429,7 +427,7 @@ def rotate_cmd(
       qeltrix rotate --passphrase-file pw.txt --key-file my.key backup.qltx
     """
     _refuse_passphrase_value(passphrase)
-    _in_place_target(src, "rotate", s3=False)
+    _in_place_target(src, "rotate")
     public = parse_recipient_options(recipient, recipients_file)
     signer = read_signing_key(sign_with)
     creds = reading.credentials(src)
@@ -437,7 +435,7 @@ def rotate_cmd(
         creds.kms = kms_config(reading.kms_endpoint, reading.kms_timeout)  # needed to re-wrap for the KMS recipient
     if creds.kms is None and any(r.kind == _crypto.KIND_KMS for r in public):
         creds.kms = kms_config(reading.kms_endpoint, reading.kms_timeout)
-    total = os.path.getsize(src)
+    total = None if _store.is_url(src) else os.path.getsize(src)
     with _progress(not quiet, "rotating", total) as progress:
         result = rotate(
             src,

@@ -456,6 +456,8 @@ pub struct StoreUpload {
     part_size: usize,
     concurrency: usize,
     force: bool,
+    /// Complete only if the object still has this ETag (a rotation in place).
+    if_match: Option<String>,
     state: Mutex<Option<Upload>>,
 }
 
@@ -523,8 +525,10 @@ impl Drop for StoreUpload {
 impl StoreUpload {
     /// Start a multipart upload to `url`. Unless `force`, an existing object is refused now and
     /// again just before completing (S3 has no conditional multipart completion everywhere).
+    /// With `if_match`, the upload completes only if the object still has that ETag just
+    /// before (it replaces the object it was made from, and nobody else's).
     #[new]
-    #[pyo3(signature = (url, bucket, key, options, part_size = 8 << 20, concurrency = 4, force = false, retry_seconds = 30.0))]
+    #[pyo3(signature = (url, bucket, key, options, part_size = 8 << 20, concurrency = 4, force = false, retry_seconds = 30.0, if_match = None))]
     #[allow(clippy::too_many_arguments)]
     fn create(
         py: Python<'_>,
@@ -536,6 +540,7 @@ impl StoreUpload {
         concurrency: usize,
         force: bool,
         retry_seconds: f64,
+        if_match: Option<String>,
     ) -> PyResult<StoreUpload> {
         if !(5 << 20..=5 << 30).contains(&part_size) {
             return Err(pyo3::exceptions::PyValueError::new_err(
@@ -569,6 +574,7 @@ impl StoreUpload {
             part_size,
             concurrency: concurrency.max(1),
             force,
+            if_match,
             state: Mutex::new(Some(Upload {
                 upload,
                 buffer: Vec::with_capacity(part_size),
@@ -605,6 +611,21 @@ impl StoreUpload {
                         }
                         Err(object_store::Error::NotFound { .. }) => {}
                         Err(e) => return Err(store_error(url, e)),
+                    }
+                }
+                if let Some(tag) = &self.if_match {
+                    let replaced = match self.store.head(&self.path).await {
+                        Ok(meta) => meta.e_tag.as_deref() != Some(tag.as_str()),
+                        Err(object_store::Error::NotFound { .. }) => true,
+                        Err(e) => return Err(store_error(url, e)),
+                    };
+                    if replaced {
+                        return Err(Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            format!(
+                                "{url} was replaced by another writer while it was being rewritten; nothing written"
+                            ),
+                        )));
                     }
                 }
                 up.upload.complete().await.map(|_| ()).map_err(|e| store_error(url, e))
