@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
@@ -169,3 +170,34 @@ def aws_env(endpoint: str, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+@contextmanager
+def s3_bucket(bucket: str) -> Iterator[tuple[str, ProxyState, Any, dict[str, str]]]:
+    """moto behind the logging proxy, this process's AWS settings pointed at the proxy (any
+    others removed until exit), ``bucket`` created, and a boto3 client straight to moto (for a
+    test's own checks and "other writers", which bypass the proxy's log and faults):
+    ``(endpoint, state, client, env)``, ``env`` for subprocesses."""
+    import boto3
+
+    with moto_server() as up, proxy(up) as (endpoint, state):
+        env = aws_env(endpoint)
+        saved = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in env}
+        for k in saved:
+            del os.environ[k]
+        os.environ.update({k: v for k, v in env.items() if k.startswith(("AWS_", "QELTRIX_S3_"))})
+        try:
+            client = boto3.client(
+                "s3",
+                endpoint_url=f"http://{up[0]}:{up[1]}",
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
+            client.create_bucket(Bucket=bucket)
+            yield endpoint, state, client, env
+        finally:
+            for k in env:
+                if k.startswith(("AWS_", "QELTRIX_S3_")):
+                    os.environ.pop(k, None)
+            os.environ.update(saved)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import qeltrix_v6
 from conftest import KEY, make_plaintext, running_cli
-from s3util import ProxyState, aws_env, moto_server, proxy
+from s3util import ProxyState, s3_bucket
 from test_mount import _fuse_or_skip, _unmount
 
 boto3 = pytest.importorskip("boto3")
@@ -33,20 +33,7 @@ def s3() -> Iterator[ProxyState]:
     """Containers at s3://qltx-mount/data/{a.bin,sub/deep/b.bin}.qltx, a non-container beside
     them and an object outside the prefix; the proxy's request log."""
     _fuse_or_skip()
-    with moto_server() as up, proxy(up) as (endpoint, state), pytest.MonkeyPatch.context() as mp:
-        for k in os.environ:
-            if k.startswith("AWS_"):
-                mp.delenv(k)
-        for k, v in aws_env(endpoint).items():
-            mp.setenv(k, v)
-        client = boto3.client(
-            "s3",
-            endpoint_url=f"http://{up[0]}:{up[1]}",
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        client.create_bucket(Bucket=BUCKET)
+    with s3_bucket(BUCKET) as (_, state, client, _env):
         for name, data in PLAIN.items():
             qeltrix_v6.pack(io.BytesIO(data), f"s3://{BUCKET}/data/{name}.qltx", key=KEY, block_size=BLOCK)
         client.put_object(Bucket=BUCKET, Key="data/README.txt", Body=b"not a container")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import signal
 import socket
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 import qeltrix_v6
 from conftest import KEY, http_request, make_plaintext, require, running_cli
 from qeltrix_v6 import QeltrixIOError, _container
-from s3util import ProxyState, aws_env, moto_server, proxy
+from s3util import ProxyState, s3_bucket
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -48,21 +47,7 @@ class S3:
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
-    with moto_server() as up, proxy(up) as (endpoint, state), pytest.MonkeyPatch.context() as mp:
-        env = aws_env(endpoint)
-        for k in os.environ:
-            if k.startswith("AWS_"):
-                mp.delenv(k)
-        for k, v in env.items():
-            mp.setenv(k, v)
-        client = boto3.client(
-            "s3",
-            endpoint_url=f"http://{up[0]}:{up[1]}",
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        client.create_bucket(Bucket=BUCKET)
+    with s3_bucket(BUCKET) as (endpoint, state, client, env):
         yield S3(endpoint, state, client, env)
 
 

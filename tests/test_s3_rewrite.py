@@ -20,7 +20,7 @@ from conftest import KEY, make_plaintext
 from qeltrix_v6 import _s3rewrite
 from qeltrix_v6._recipients import RecipientChange, rewrite_recipients
 from qeltrix_v6.errors import WrongKeyError
-from s3util import Logged, ProxyState, aws_env, moto_server, proxy
+from s3util import Logged, ProxyState, s3_bucket
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -47,21 +47,7 @@ class S3:
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
-    with moto_server() as up, proxy(up) as (endpoint, state), pytest.MonkeyPatch.context() as mp:
-        env = aws_env(endpoint)
-        for k in os.environ:
-            if k.startswith("AWS_"):
-                mp.delenv(k)
-        for k, v in env.items():
-            mp.setenv(k, v)
-        client = boto3.client(  # straight to moto: the "other writer" and the checks bypass the proxy
-            "s3",
-            endpoint_url=f"http://{up[0]}:{up[1]}",
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        client.create_bucket(Bucket=BUCKET)
+    with s3_bucket(BUCKET) as (_, state, client, env):
         yield S3(state, client, env)
 
 
