@@ -182,10 +182,11 @@ def s3_bucket(bucket: str) -> Iterator[tuple[str, ProxyState, Any, dict[str, str
 
     with moto_server() as up, proxy(up) as (endpoint, state):
         env = aws_env(endpoint)
-        saved = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in env}
+        ours = ("AWS_", "QELTRIX_S3_")
+        saved = {k: v for k, v in os.environ.items() if k.startswith(ours)}
         for k in saved:
             del os.environ[k]
-        os.environ.update({k: v for k, v in env.items() if k.startswith(("AWS_", "QELTRIX_S3_"))})
+        os.environ.update({k: v for k, v in env.items() if k.startswith(ours)})
         try:
             client = boto3.client(
                 "s3",
@@ -198,6 +199,6 @@ def s3_bucket(bucket: str) -> Iterator[tuple[str, ProxyState, Any, dict[str, str
             yield endpoint, state, client, env
         finally:
             for k in env:
-                if k.startswith(("AWS_", "QELTRIX_S3_")):
+                if k.startswith(ours):
                     os.environ.pop(k, None)
             os.environ.update(saved)
