@@ -72,6 +72,17 @@ from ._output import (
 TOKEN_ENV = "QELTRIX_TOKEN"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
+# `serve` and `gateway` expose their counters the same way.
+MetricsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="Serve Prometheus /metrics and /healthz on this address (keep it private).",
+        rich_help_panel=PANEL_ADV,
+    ),
+]
+
 
 _DURATION = re.compile(r"([0-9]{1,9})([smhd]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -231,15 +242,7 @@ def serve(
             rich_help_panel=PANEL_ADV,
         ),
     ] = None,
-    metrics: Annotated[
-        str | None,
-        typer.Option(
-            "--metrics",
-            metavar="HOST:PORT",
-            help="Serve Prometheus /metrics and /healthz on this address (keep it private).",
-            rich_help_panel=PANEL_ADV,
-        ),
-    ] = None,
+    metrics: MetricsOpt = None,
     drain_timeout: Annotated[
         float,
         typer.Option(
@@ -542,15 +545,7 @@ def gateway(
             rich_help_panel=PANEL_ADV,
         ),
     ] = 10.0,
-    metrics: Annotated[
-        str | None,
-        typer.Option(
-            "--metrics",
-            metavar="HOST:PORT",
-            help="Serve Prometheus /metrics and /healthz on this address (keep it private).",
-            rich_help_panel=PANEL_ADV,
-        ),
-    ] = None,
+    metrics: MetricsOpt = None,
     drain_timeout: Annotated[
         float,
         typer.Option(
