@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -685,6 +686,31 @@ def random_reads(container: Path, inp: Path, cfg: Config, count: int) -> dict[st
     return res
 
 
+def _timed_fresh_reads(
+    read_cmd: Callable[[int], list[str]], inp: Path, cfg: Config, size: int, seed: int, baseline: str
+) -> tuple[list[float], int, float]:
+    """Run ``read_cmd(offset)`` (a whole process writing the 64 KiB at ``offset`` to stdout)
+    ``cfg.proc_reads`` times at random offsets, timed from outside, and ``python -c baseline``
+    for the interpreter's share: (sorted times in ms, mismatches, baseline p50 in ms)."""
+    rng = random.Random(seed)
+    times, bad = [], 0
+    with open(inp, "rb", buffering=0) as ref:
+        for _ in range(cfg.proc_reads):
+            off = rng.randrange(0, max(1, size - READ_LEN))
+            t0 = time.perf_counter()
+            r = subprocess.run(read_cmd(off), capture_output=True, check=False)
+            times.append((time.perf_counter() - t0) * 1e3)
+            if r.returncode != 0 or r.stdout != os.pread(ref.fileno(), READ_LEN, off):
+                bad += 1
+    base = []
+    for _ in range(max(3, cfg.proc_reads // 2)):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", baseline], check=True)
+        base.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return times, bad, statistics.median(base)
+
+
 def fresh_process_reads(container: Path, inp: Path, cfg: Config, size: int) -> dict[str, Any]:
     """One ``python -c ... seek_extract`` per read: what a CLI or CGI-style caller pays."""
     code = (
@@ -692,26 +718,12 @@ def fresh_process_reads(container: Path, inp: Path, cfg: Config, size: int) -> d
         "sys.stdout.buffer.write(qeltrix_v6.seek_extract(sys.argv[1], int(sys.argv[2]), "
         f"{READ_LEN}, key=bytes.fromhex(sys.argv[3])))"
     )
-    rng = random.Random(7)
-    times, bad = [], 0
-    with open(inp, "rb", buffering=0) as ref:
-        for _ in range(cfg.proc_reads):
-            off = rng.randrange(0, max(1, size - READ_LEN))
-            t0 = time.perf_counter()
-            r = subprocess.run(
-                [sys.executable, "-c", code, str(container), str(off), KEY.hex()], capture_output=True, check=False
-            )
-            times.append((time.perf_counter() - t0) * 1e3)
-            if r.returncode != 0 or r.stdout != os.pread(ref.fileno(), READ_LEN, off):
-                bad += 1
-    base = []
-    for _ in range(max(3, cfg.proc_reads // 2)):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import qeltrix_v6"], check=True)
-        base.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
+    times, bad, base = _timed_fresh_reads(
+        lambda off: [sys.executable, "-c", code, str(container), str(off), KEY.hex()], inp, cfg, size, 7,
+        "import qeltrix_v6",
+    )  # fmt: skip
     res = {"count": len(times), "p50_ms": percentile(times, 50), "max_ms": times[-1],
-           "import_only_p50_ms": statistics.median(base), "mismatches": bad}  # fmt: skip
+           "import_only_p50_ms": base, "mismatches": bad}  # fmt: skip
     log(
         f"  fresh process per read x{len(times)}: p50 {res['p50_ms']:.1f} ms "
         f"(python + import qeltrix_v6 alone: {res['import_only_p50_ms']:.1f} ms), mismatches {bad}"
@@ -737,25 +749,12 @@ def api_cmd(op: str, src: Path) -> list[str]:
 
 def cli_cat_reads(container: Path, inp: Path, key_file: Path, cfg: Config, size: int) -> dict[str, Any]:
     """``qeltrix cat --offset X --length 64KiB`` from a fresh process, timed from outside."""
-    rng = random.Random(8)
-    times, bad = [], 0
-    with open(inp, "rb", buffering=0) as ref:
-        for _ in range(cfg.proc_reads):
-            off = rng.randrange(0, max(1, size - READ_LEN))
-            cmd = [*qeltrix_cmd(), "cat", "--key-file", str(key_file), str(container), "--offset", str(off)]
-            t0 = time.perf_counter()
-            r = subprocess.run([*cmd, "--length", str(READ_LEN)], capture_output=True, check=False)
-            times.append((time.perf_counter() - t0) * 1e3)
-            if r.returncode != 0 or r.stdout != os.pread(ref.fileno(), READ_LEN, off):
-                bad += 1
-    base = []
-    for _ in range(max(3, cfg.proc_reads // 2)):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "pass"], check=True)
-        base.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
+    cat = [*qeltrix_cmd(), "cat", "--key-file", str(key_file), str(container)]
+    times, bad, base = _timed_fresh_reads(
+        lambda off: [*cat, "--offset", str(off), "--length", str(READ_LEN)], inp, cfg, size, 8, "pass"
+    )
     res = {"count": len(times), "p50_ms": percentile(times, 50), "max_ms": times[-1],
-           "python_pass_p50_ms": statistics.median(base), "mismatches": bad}  # fmt: skip
+           "python_pass_p50_ms": base, "mismatches": bad}  # fmt: skip
     log(
         f"  qeltrix cat 64 KiB, fresh process x{len(times)}: p50 {res['p50_ms']:.1f} ms "
         f"(python -c pass: {res['python_pass_p50_ms']:.1f} ms), mismatches {bad}"
