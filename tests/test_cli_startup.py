@@ -174,10 +174,3 @@ def test_coercion_matches_typers_own_for_every_option() -> None:
             values = [[v] for v in SAMPLES] + [list(SAMPLES[:3])]
         for v in values:
             assert _outcome(fast, v, param, ctx) == _outcome(slow, v, param, ctx), (param.name, v)
-
-
-def test_passphrase_kinds_agree() -> None:
-    from qeltrix_v6 import _recipients
-    from qeltrix_v6.cli import _credentials
-
-    assert _credentials.PASSPHRASE_KINDS == _recipients.PASSPHRASE_KINDS

@@ -49,6 +49,8 @@ _AEADS: dict[int, type[AESGCM] | type[ChaCha20Poly1305]] = {
 KIND_KEY: int = _core.KIND_KEY
 KIND_ARGON2ID: int = _core.KIND_ARGON2ID
 KIND_PBKDF2: int = _core.KIND_PBKDF2
+# The stanza kinds a passphrase opens.
+PASSPHRASE_KINDS = frozenset({KIND_ARGON2ID, KIND_PBKDF2})
 KIND_X25519: int = _core.KIND_X25519
 KIND_RSA_OAEP: int = _core.KIND_RSA_OAEP
 KIND_KMS: int = _core.KIND_KMS

@@ -38,7 +38,7 @@ from .errors import AuthenticationError, MalformedError, QeltrixError, QeltrixIO
 
 # The recipient kinds: every named stanza kind but a gateway stream's handshake stanza.
 KIND_NAMES: dict[int, str] = {k: n for k, n in _core.STANZA_NAMES.items() if k != _core.KIND_HANDSHAKE}
-PASSPHRASE_KINDS = frozenset({_crypto.KIND_ARGON2ID, _crypto.KIND_PBKDF2})
+PASSPHRASE_KINDS = _crypto.PASSPHRASE_KINDS
 
 MAX_RECIPIENTS: int = _core.MAX_RECIPIENTS  # docs/FORMAT.md section 9
 _PBKDF2_PARAMS = struct.Struct("<16sI")

@@ -31,9 +31,6 @@ from ._options import (
     PassphraseFileOpt,
 )
 
-# _recipients.PASSPHRASE_KINDS, without importing that module (reading needs none of it).
-PASSPHRASE_KINDS = frozenset({_crypto.KIND_ARGON2ID, _crypto.KIND_PBKDF2})
-
 # --- terminal, prompts, key sources ---------------------------------------------------------
 
 
@@ -265,7 +262,7 @@ def credentials_for_reading(
         return creds
     # The public header was read first: fail fast on a non-container, and do not ask for a
     # passphrase that cannot open it.
-    if src != "-" and not kinds & PASSPHRASE_KINDS:
+    if src != "-" and not kinds & _crypto.PASSPHRASE_KINDS:
         if _crypto.KIND_KEY in kinds:
             raise CliError(f"{src} opens only with a key file", hint="use --key-file FILE", code=ExitCode.USAGE)
         if kinds & IDENTITY_KINDS:
