@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -277,8 +276,7 @@ def seal_final_frame(ckeys: _crypto.ContainerKeys, pt: bytes) -> bytes:
     """Frame 0 with FINAL set, sealed the way the Rust pump does it (FORMAT.md section 5)."""
     inbuf = bytearray(pt)
     outbuf = bytearray(_crypto.META_FRAME_LEN + len(pt) + _crypto.TAG_LEN)
-    salt, nonce, sha = ckeys.seal_block(0, META_FLAG_FINAL, inbuf, len(pt), outbuf)
-    ckeys.seal_meta(struct.pack("<QIB3x16s12s32s", 0, len(pt), META_FLAG_FINAL, salt, nonce, sha), outbuf)
+    ckeys.seal_stream_frame(0, META_FLAG_FINAL, memoryview(inbuf), len(pt), memoryview(outbuf))
     return bytes(outbuf)
 
 

@@ -354,8 +354,7 @@ def reseal_frame(c: bytes, i: int, new_pt: bytes) -> bytes:
         opened.close()
     flags = 1 if last else 0
     frame = bytearray(_crypto.META_FRAME_LEN + pt_len + 16)
-    salt, nonce, sha = keys.seal_block(i, flags, bytearray(new_pt), pt_len, frame)
-    keys.seal_meta(struct.pack("<QIB3s16s12s32s", i, pt_len, flags, bytes(3), salt, nonce, sha), frame)
+    keys.seal_stream_frame(i, flags, memoryview(bytearray(new_pt)), pt_len, memoryview(frame))
     b = bytearray(c)
     b[frame_offset : frame_offset + len(frame)] = frame
     return bytes(b)

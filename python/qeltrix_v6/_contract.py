@@ -25,10 +25,6 @@ from . import _container, _core, _crypto, gateway, server
 class ContainerKeys(Protocol):
     """``_crypto.ContainerKeys``: the per-container crypto (FORMAT.md sections 4-6, 15)."""
 
-    def seal_block(
-        self, block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview, /
-    ) -> tuple[bytes, bytes, bytes]: ...
-    def seal_meta(self, meta_pt: bytes, outbuf: memoryview, /) -> None: ...
     def seal_stream_frame(
         self, block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview, /
     ) -> None: ...

@@ -471,29 +471,6 @@ class ContainerKeys:
     def _data_aad(self, block_index: int, pt_len: int, meta_flags: int) -> bytes:
         return self.container_id + _DATA_AAD.pack(block_index, pt_len, meta_flags)
 
-    def seal_block(
-        self, block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview
-    ) -> tuple[bytes, bytes, bytes]:
-        """Encrypt ``inbuf[:pt_len]`` into the ``data_ct`` part of ``outbuf``.
-
-        Returns ``(cdk_salt, data_nonce, pt_sha256)`` for the V6-C metadata.
-        """
-        pt = memoryview(inbuf)[:pt_len]
-        pt_sha256 = sha256(pt)
-        fresh = random_bytes(SALT_LEN + NONCE_LEN)  # one system call for both
-        cdk_salt, data_nonce = fresh[:SALT_LEN], fresh[SALT_LEN:]
-        cdk = self._cdk(cdk_salt, block_index, pt_sha256)
-        out = memoryview(outbuf)[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN]
-        self._aead_cls(cdk).encrypt_into(data_nonce, pt, self._data_aad(block_index, pt_len, meta_flags), out)
-        return cdk_salt, data_nonce, pt_sha256
-
-    def seal_meta(self, meta_pt: bytes, outbuf: memoryview) -> None:
-        """Write ``meta_nonce || meta_ct`` into ``outbuf[:META_FRAME_LEN]``."""
-        meta_nonce = random_bytes(NONCE_LEN)
-        out = memoryview(outbuf)
-        out[:NONCE_LEN] = meta_nonce
-        self._meta_aead.encrypt_into(meta_nonce, meta_pt, self.container_id, out[NONCE_LEN:META_FRAME_LEN])
-
     def open_meta(self, inbuf: memoryview) -> bytes:
         """Decrypt the V6-C metadata at the start of a frame; return ``meta_pt``."""
         frame = memoryview(inbuf)
@@ -527,25 +504,22 @@ class ContainerKeys:
     def seal_stream_frame(
         self, block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview
     ) -> None:
-        """Seal ``inbuf[:pt_len]`` as the whole frame ``block_index`` into ``outbuf[:frame_len]``.
-
-        ``seal_block`` and ``seal_meta`` in one call (one GIL acquisition per frame): the
-        gateway's per-frame path (FORMAT.md sections 5 and 12). Same bytes on the wire.
-        """
+        """Seal ``inbuf[:pt_len]`` as the whole frame ``block_index`` into ``outbuf[:frame_len]``:
+        ``data_ct`` under its CDK, then ``meta_nonce || meta_ct`` (FORMAT.md section 5). One call
+        per frame (one GIL acquisition) for the pack pipeline and the gateways alike."""
         pt = memoryview(inbuf)[:pt_len]
         pt_sha256 = sha256(pt)
         rnd = os.urandom(SALT_LEN + 2 * NONCE_LEN)
         cdk_salt, data_nonce, meta_nonce = rnd[:SALT_LEN], rnd[SALT_LEN:-NONCE_LEN], rnd[-NONCE_LEN:]
-        cid = self.container_id
-        cdk = HKDF(_SHA256, 32, cdk_salt, LABEL_CDK + cid + block_index.to_bytes(8, "little") + pt_sha256)
+        cdk = self._cdk(cdk_salt, block_index, pt_sha256)
         out = memoryview(outbuf)
-        data_aad = cid + _DATA_AAD.pack(block_index, pt_len, meta_flags)
-        self._aead_cls(cdk.derive(self._mk)).encrypt_into(
+        data_aad = self._data_aad(block_index, pt_len, meta_flags)
+        self._aead_cls(cdk).encrypt_into(
             data_nonce, pt, data_aad, out[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN]
         )
         meta_pt = _META_PT.pack(block_index, pt_len, meta_flags, cdk_salt, data_nonce, pt_sha256)
         out[:NONCE_LEN] = meta_nonce
-        self._meta_aead.encrypt_into(meta_nonce, meta_pt, cid, out[NONCE_LEN:META_FRAME_LEN])
+        self._meta_aead.encrypt_into(meta_nonce, meta_pt, self.container_id, out[NONCE_LEN:META_FRAME_LEN])
 
     def open_stream_frame(self, inbuf: memoryview, avail: int, outbuf: memoryview) -> tuple[bytes, bool]:
         """Open the metadata of the frame at the start of ``inbuf`` and, when the whole frame is

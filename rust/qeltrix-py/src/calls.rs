@@ -80,20 +80,8 @@ where
 
 // --- `qeltrix_v6._crypto.ContainerKeys`: the per-container crypto (FORMAT.md sections 4-6) ---
 
-/// `seal_block(block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview)
-/// -> tuple[bytes, bytes, bytes]`: encrypt `inbuf[:pt_len]` into `outbuf`'s `data_ct`; returns
-/// `(cdk_salt, data_nonce, pt_sha256)`.
-pub const SEAL_BLOCK: PyCall<5> = PyCall {
-    object: "ContainerKeys",
-    name: "seal_block",
-};
-/// `seal_meta(meta_pt: bytes, outbuf: memoryview) -> None`: write `meta_nonce || meta_ct`.
-pub const SEAL_META: PyCall<2> = PyCall {
-    object: "ContainerKeys",
-    name: "seal_meta",
-};
 /// `seal_stream_frame(block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf:
-/// memoryview) -> None`: a gateway's whole frame (`seal_block` + `seal_meta`) in one call.
+/// memoryview) -> None`: seal a whole frame (data, then its V6-C metadata) in one call.
 pub const SEAL_STREAM_FRAME: PyCall<5> = PyCall {
     object: "ContainerKeys",
     name: "seal_stream_frame",
@@ -270,8 +258,6 @@ pub const VERIFY_URL: PyCall<2> = PyCall {
 /// Every touchpoint as `(object kind, name, positional argument count or None for an attribute)`;
 /// `_core.PYTHON_CALLS`.
 pub const PYTHON_CALLS: &[(&str, &str, Option<usize>)] = &[
-    SEAL_BLOCK.entry(),
-    SEAL_META.entry(),
     SEAL_STREAM_FRAME.entry(),
     OPEN_STREAM_FRAME.entry(),
     OPEN_META.entry(),
@@ -306,39 +292,8 @@ pub const PYTHON_CALLS: &[(&str, &str, Option<usize>)] = &[
 
 // --- ContainerKeys wrappers ---
 
-/// Seal `inbuf[..pt_len]` as frame `block_index` into `outbuf[..frame_len(pt_len)]`: Rust
-/// encodes the V6-C metadata, Python does the cryptography (FORMAT.md section 5).
-pub fn seal_frame(
-    py: Python<'_>,
-    keys: &Py<PyAny>,
-    block_index: u64,
-    meta_flags: u8,
-    inbuf: &PyBuf,
-    pt_len: usize,
-    outbuf: &PyBuf,
-) -> PyResult<()> {
-    let args = (block_index, meta_flags, inbuf.view(py)?, pt_len, outbuf.view(py)?);
-    let (cdk_salt, data_nonce, pt_sha256): ([u8; 16], [u8; 12], [u8; 32]) =
-        invoke(py, keys, &SEAL_BLOCK, args)?.extract()?;
-    let meta = BlockMeta {
-        block_index,
-        pt_len: pt_len as u32,
-        meta_flags,
-        cdk_salt,
-        data_nonce,
-        pt_sha256,
-    };
-    invoke(
-        py,
-        keys,
-        &SEAL_META,
-        (PyBytes::new(py, &meta.encode()), outbuf.view(py)?),
-    )?;
-    Ok(())
-}
-
 /// Seal `inbuf[..pt_len]` as frame `block_index` into `outbuf[..frame_len(pt_len)]` in one
-/// Python call (the gateway's per-frame path; the same bytes as [`seal_frame`]).
+/// Python call (FORMAT.md section 5): the pack pipeline's and the gateway's per-frame path.
 pub fn seal_stream_frame(
     py: Python<'_>,
     keys: &Py<PyAny>,

@@ -273,7 +273,7 @@ impl Plan {
             let meta_flags = if job.last { META_FLAG_FINAL } else { 0 };
             let pt_len = job.pt_len as u32;
             let digest = Python::attach(|py| -> PyResult<Option<[u8; 32]>> {
-                calls::seal_frame(py, &self.keys, job.block_index, meta_flags, &job.buf, job.pt_len, &out)?;
+                calls::seal_stream_frame(py, &self.keys, job.block_index, meta_flags, &job.buf, job.pt_len, &out)?;
                 match self.signer {
                     Some(_) => Ok(Some(calls::frame_digest(py, &self.keys, &out)?)),
                     None => Ok(None),
