@@ -391,7 +391,9 @@ impl Header {
     }
 
     /// Encode every header byte before `header_sha256` (fixed fields, stanzas, padding).
-    /// `header_len` is rounded up to [`HEADER_ALIGN`] unless `min_header_len` asks for more.
+    /// `header_len` is `min_header_len` exactly when the header fits in it (so an in-place
+    /// rewrite keeps any existing length, aligned or not), else the needed length rounded up
+    /// to [`HEADER_ALIGN`].
     #[allow(clippy::too_many_arguments)] // one argument per header field
     pub fn encode_unsealed(
         header_flags: u16,
@@ -413,8 +415,11 @@ impl Header {
         }
         let needed = Self::needed_len(stanzas) + HEADER_SEAL_LEN;
         let align = HEADER_ALIGN as usize;
-        let header_len = needed.div_ceil(align) * align;
-        let header_len = header_len.max(min_header_len as usize);
+        let header_len = if needed <= min_header_len as usize {
+            min_header_len as usize
+        } else {
+            needed.div_ceil(align) * align
+        };
         if header_len > MAX_HEADER_LEN as usize {
             return limit(format!("header would be {header_len} bytes, over {MAX_HEADER_LEN}"));
         }
@@ -495,6 +500,20 @@ mod tests {
             pos += 3 + s.body.len();
         }
         sealed(v)
+    }
+
+    #[test]
+    fn a_header_that_fits_keeps_its_length_even_unaligned() {
+        // Another writer may pick any header_len; an in-place rewrite must keep it exactly.
+        let enc = |min| Header::encode_unsealed(0, 1, 16, 0, [0; 16], &[key_stanza()], min).unwrap();
+        assert_eq!(enc(0).len() + HEADER_SEAL_LEN, HEADER_ALIGN as usize);
+        assert_eq!(enc(4137).len() + HEADER_SEAL_LEN, 4137);
+        let needed = Header::needed_len(&[key_stanza()]) + HEADER_SEAL_LEN;
+        assert_eq!(enc(needed as u32).len() + HEADER_SEAL_LEN, needed);
+        // Too small a minimum: rounded up as a fresh header would be.
+        assert_eq!(enc(needed as u32 - 1).len() + HEADER_SEAL_LEN, HEADER_ALIGN as usize);
+        let h = Header::parse(&sealed(enc(4137))).unwrap();
+        assert_eq!(h.header_len, 4137);
     }
 
     #[test]
