@@ -930,11 +930,27 @@ def print_main_report(res: dict[str, Any]) -> None:
         print(res["hang_note"])
 
 
+def ensure_bytecode() -> bool:
+    """Compile the installed ``qeltrix_v6`` package's modules to bytecode, as ``pip install``
+    of the wheel does. An editable install run with ``PYTHONDONTWRITEBYTECODE=1`` (set on the
+    development machines) would otherwise compile every module from source in every fresh
+    process: about a quarter of a ``qeltrix cat``, which no installed copy ever pays. True when
+    every module has its bytecode."""
+    import compileall
+
+    import qeltrix_v6
+
+    return bool(compileall.compile_dir(str(Path(qeltrix_v6.__file__).parent), quiet=1))
+
+
 def main_run(cfg: Config, json_path: str | None) -> dict[str, Any]:
     env = environment(cfg.build_commit)
     log(f"build {env.get('commit')}, qeltrix_v6 {env.get('qeltrix_v6')}")
     if env.get("editable_install"):
         log("WARNING: qeltrix_v6 is an editable install (probably a debug build); see benches/README.md")
+    env["bytecode_compiled"] = ensure_bytecode()
+    if not env["bytecode_compiled"]:
+        log("WARNING: could not compile qeltrix_v6 to bytecode: fresh-process figures include compiling it")
     size = cfg.size
     work = Path(tempfile.mkdtemp(prefix="qeltrix-bench-", dir=cfg.tmpdir))
     res: dict[str, Any] = {"env": env, "size": size, "block_size": cfg.block_size, "workers": cfg.workers,
