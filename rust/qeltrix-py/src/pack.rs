@@ -7,6 +7,7 @@
 use crate::calls;
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, Sink, Source};
+use crate::mapped::{self, Chunk, MappedInput};
 use crate::pipeline::{with_thread_state, worker_count, Progress, Shared};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
@@ -15,10 +16,18 @@ use qeltrix_format::SignatureAccumulator;
 use qeltrix_format::{container_tail, frame_len, FormatError, Header, Index, IndexEntry, Permutation, TailCrypto};
 use qeltrix_format::{MAX_BLOCK_COUNT, MAX_BLOCK_SIZE, META_FLAG_FINAL, MIN_BLOCK_SIZE};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Where a block's plaintext is: a buffer it was read into, or a mapped piece of the input
+/// file (offset into the chunk), read in place.
+enum Input {
+    Buf(PyBuf),
+    Mapped(Arc<Chunk>, usize),
+}
 
 struct Job {
     block_index: u64,
-    buf: PyBuf,
+    input: Input,
     pt_len: usize,
     last: bool,
 }
@@ -194,7 +203,8 @@ impl Plan {
         })
     }
 
-    /// Cut the input into full blocks; the block that meets end of input is marked last.
+    /// Cut the input into full blocks; the block that meets end of input is marked last. A
+    /// regular file's whole blocks are mapped ([`MappedInput`]), what follows them is read.
     fn read_blocks(
         &self,
         source: &mut Source,
@@ -206,6 +216,34 @@ impl Plan {
         let want = self.block_size as usize;
         let mut pending: Option<Job> = None;
         let mut block_index = 0u64;
+        if let Source::Fd(file) = source {
+            if let Some(mut mapped) = MappedInput::new(file, self.block_size) {
+                while let Some((chunk, len)) = mapped.next_chunk()? {
+                    for off in (0..len).step_by(want) {
+                        if let Some(job) = pending.take() {
+                            if !shared.send(&jobs, job) {
+                                return Ok(());
+                            }
+                        }
+                        if block_index >= MAX_BLOCK_COUNT {
+                            return Err(
+                                FormatError::Limit(format!("input needs more than {MAX_BLOCK_COUNT} blocks")).into(),
+                            );
+                        }
+                        pending = Some(Job {
+                            block_index,
+                            input: Input::Mapped(chunk.clone(), off),
+                            pt_len: want,
+                            last: false,
+                        });
+                        block_index += 1;
+                    }
+                }
+                // Whatever follows the whole blocks (a last partial block, or what was appended
+                // meanwhile) is read as from any other source.
+                std::io::Seek::seek(file, std::io::SeekFrom::Start(mapped.end()))?;
+            }
+        }
         loop {
             let Some(mut buf) = shared.recv(free_in) else {
                 return Ok(());
@@ -225,7 +263,7 @@ impl Plan {
                 }
                 let job = Job {
                     block_index,
-                    buf,
+                    input: Input::Buf(buf),
                     pt_len: n,
                     last: at_end,
                 };
@@ -273,14 +311,24 @@ impl Plan {
             let meta_flags = if job.last { META_FLAG_FINAL } else { 0 };
             let pt_len = job.pt_len as u32;
             let digest = Python::attach(|py| -> PyResult<Option<[u8; 32]>> {
-                calls::seal_stream_frame(py, &self.keys, job.block_index, meta_flags, &job.buf, job.pt_len, &out)?;
+                let view = match &job.input {
+                    Input::Buf(buf) => buf.view(py)?,
+                    Input::Mapped(chunk, off) => mapped::view(py, chunk, *off, job.pt_len)?,
+                };
+                calls::seal_stream_frame_view(py, &self.keys, job.block_index, meta_flags, view, job.pt_len, &out)?;
                 match self.signer {
                     Some(_) => Ok(Some(calls::frame_digest(py, &self.keys, &out)?)),
                     None => Ok(None),
                 }
             })?;
-            if !shared.send(free_in, job.buf) {
-                return Ok(());
+            match job.input {
+                Input::Buf(buf) => {
+                    if !shared.send(free_in, buf) {
+                        return Ok(());
+                    }
+                }
+                // A page past a shrunken file's end read as zeros: this frame must not be used.
+                Input::Mapped(chunk, _) => chunk.check("the input file shrank while it was being packed")?,
             }
             if !shared.send(
                 msgs,
