@@ -2,7 +2,7 @@
 //!
 //! Reading a block with `read` copies it from the page cache into a buffer: about 0.2
 //! CPU-seconds per GiB here, the largest cost of a pack besides SHA-256 and AES-GCM (issue 16).
-//! Mapped, the crypto reads the page cache directly. The input is mapped about 1 MiB of whole
+//! Mapped, the crypto reads the page cache directly. The input is mapped about 512 KiB of whole
 //! blocks at a time ([`MappedInput::next_chunk`]) and each piece is unmapped once its blocks
 //! are sealed, so memory stays bounded. (Unpack still reads its frames: mapping and unmapping
 //! each 256 KiB frame on its own, the unmaps' TLB shootdowns cost what the copy saved.)
@@ -173,8 +173,9 @@ impl MappedInput {
         if blocks == 0 || !install() {
             return None;
         }
-        // About 1 MiB per chunk (whole blocks): few mappings, little memory mapped at once.
-        let per_chunk = ((1u64 << 20) / u64::from(block_size)).max(1);
+        // About 512 KiB per chunk (whole blocks): few mappings, little of the file mapped at once
+        // (mapped pages count in the process's resident set).
+        let per_chunk = ((512u64 << 10) / u64::from(block_size)).max(1);
         Some(MappedInput {
             fd: file.as_raw_fd(),
             pos,

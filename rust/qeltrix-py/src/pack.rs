@@ -2,8 +2,9 @@
 //! worker threads seal them through the crypto layer, and the calling thread places frames
 //! (permuted per window), writes them and finally writes the footer and trailer.
 //!
-//! Memory is bounded by the buffer pools: `2 * workers + 2` plaintext blocks and
-//! `perm_window + 2 * workers + 2` frames, whatever the input size.
+//! Memory is bounded by the buffer pools: `2 * workers + 2` plaintext blocks (2 when a regular
+//! file is mapped instead, plus the few mapped chunks of about 512 KiB in flight: `mapped.rs`)
+//! and `perm_window + 2 * workers + 2` frames, whatever the input size.
 use crate::calls;
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, Sink, Source};
@@ -89,11 +90,17 @@ pub fn pack_stream(
         .into());
     }
     let mut source = Source::from_py(src)?;
+    // A regular file's whole blocks are mapped, not read (see `mapped.rs`).
+    let mapped = match &mut source {
+        Source::Fd(file) => MappedInput::new(file, block_size),
+        _ => None,
+    };
     let mut sink = Sink::from_py(dst)?;
     let workers = worker_count(workers);
     let window = u64::from(perm_window.max(1));
     let frame_cap = frame_len(block_size) as usize;
-    let in_count = 2 * workers + 2;
+    // Read buffers: mapped input needs two, for what follows its whole blocks.
+    let in_count = if mapped.is_some() { 2 } else { 2 * workers + 2 };
     let out_count = window as usize + 2 * workers + 2;
     let in_bufs = (0..in_count)
         .map(|_| PyBuf::new(py, block_size as usize))
@@ -111,7 +118,17 @@ pub fn pack_stream(
         signer,
     };
     let mut progress = Progress::new(progress, total_hint);
-    let packed = py.detach(|| plan.run(&mut source, &mut sink, &header, in_bufs, out_bufs, &mut progress))?;
+    let packed = py.detach(|| {
+        plan.run(
+            &mut source,
+            mapped,
+            &mut sink,
+            &header,
+            in_bufs,
+            out_bufs,
+            &mut progress,
+        )
+    })?;
     Ok((packed.pt_total_len, packed.block_count, packed.container_len))
 }
 
@@ -126,9 +143,11 @@ struct Plan {
 }
 
 impl Plan {
+    #[allow(clippy::too_many_arguments)] // the pipeline's inputs, outputs and both buffer pools
     fn run(
         &self,
         source: &mut Source,
+        mapped: Option<MappedInput>,
         sink: &mut Sink,
         header: &[u8],
         in_bufs: Vec<PyBuf>,
@@ -145,14 +164,23 @@ impl Plan {
         for b in out_bufs {
             free_out_tx.send(b).expect("pool has room");
         }
-        let (job_tx, job_rx) = bounded::<Job>(self.workers * 2);
+        // Queued jobs: mapped blocks cost nothing to hand out, so one per worker keeps them busy
+        // (and less of the file mapped at once); read blocks queue two per worker.
+        let queued = if mapped.is_some() {
+            self.workers
+        } else {
+            self.workers * 2
+        };
+        let (job_tx, job_rx) = bounded::<Job>(queued);
         let (msg_tx, msg_rx) = bounded::<Msg>(free_out_tx.capacity().unwrap_or(64) + 1);
 
         let result = std::thread::scope(|scope| {
             {
                 let (shared, free_in_rx, msg_tx) = (&shared, free_in_rx.clone(), msg_tx.clone());
                 scope.spawn(move || {
-                    with_thread_state(|| shared.run(|| self.read_blocks(source, shared, &free_in_rx, job_tx, &msg_tx)))
+                    with_thread_state(|| {
+                        shared.run(|| self.read_blocks(source, mapped, shared, &free_in_rx, job_tx, &msg_tx))
+                    })
                 });
             }
             for _ in 0..self.workers {
@@ -208,6 +236,7 @@ impl Plan {
     fn read_blocks(
         &self,
         source: &mut Source,
+        mapped: Option<MappedInput>,
         shared: &Shared,
         free_in: &Receiver<PyBuf>,
         jobs: Sender<Job>,
@@ -216,33 +245,31 @@ impl Plan {
         let want = self.block_size as usize;
         let mut pending: Option<Job> = None;
         let mut block_index = 0u64;
-        if let Source::Fd(file) = source {
-            if let Some(mut mapped) = MappedInput::new(file, self.block_size) {
-                while let Some((chunk, len)) = mapped.next_chunk()? {
-                    for off in (0..len).step_by(want) {
-                        if let Some(job) = pending.take() {
-                            if !shared.send(&jobs, job) {
-                                return Ok(());
-                            }
+        if let (Some(mut mapped), Source::Fd(file)) = (mapped, &mut *source) {
+            while let Some((chunk, len)) = mapped.next_chunk()? {
+                for off in (0..len).step_by(want) {
+                    if let Some(job) = pending.take() {
+                        if !shared.send(&jobs, job) {
+                            return Ok(());
                         }
-                        if block_index >= MAX_BLOCK_COUNT {
-                            return Err(
-                                FormatError::Limit(format!("input needs more than {MAX_BLOCK_COUNT} blocks")).into(),
-                            );
-                        }
-                        pending = Some(Job {
-                            block_index,
-                            input: Input::Mapped(chunk.clone(), off),
-                            pt_len: want,
-                            last: false,
-                        });
-                        block_index += 1;
                     }
+                    if block_index >= MAX_BLOCK_COUNT {
+                        return Err(
+                            FormatError::Limit(format!("input needs more than {MAX_BLOCK_COUNT} blocks")).into(),
+                        );
+                    }
+                    pending = Some(Job {
+                        block_index,
+                        input: Input::Mapped(chunk.clone(), off),
+                        pt_len: want,
+                        last: false,
+                    });
+                    block_index += 1;
                 }
-                // Whatever follows the whole blocks (a last partial block, or what was appended
-                // meanwhile) is read as from any other source.
-                std::io::Seek::seek(file, std::io::SeekFrom::Start(mapped.end()))?;
             }
+            // Whatever follows the whole blocks (a last partial block, or what was appended
+            // meanwhile) is read as from any other source.
+            std::io::Seek::seek(file, std::io::SeekFrom::Start(mapped.end()))?;
         }
         loop {
             let Some(mut buf) = shared.recv(free_in) else {
