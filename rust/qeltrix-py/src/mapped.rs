@@ -157,11 +157,14 @@ pub struct MappedInput {
     /// Where the whole blocks end (the rest, and anything appended meanwhile, is read).
     end: u64,
     chunk_len: u64,
+    /// The first chunk, mapped by `new` to find out whether this file maps at all.
+    first: Option<(Arc<Chunk>, usize)>,
 }
 
 impl MappedInput {
     /// Map `file` from its offset when it is a regular file holding at least one whole block
-    /// of `block_size`; `None` to read it instead. `file` must outlive the returned value.
+    /// of `block_size`; `None` to read it instead: not such a file, or one whose file system
+    /// refuses mappings (some FUSE file systems: `ENODEV`). `file` must outlive the result.
     pub fn new(file: &mut File, block_size: u32) -> Option<MappedInput> {
         use std::io::Seek;
         let meta = file.metadata().ok()?;
@@ -176,12 +179,15 @@ impl MappedInput {
         // About 512 KiB per chunk (whole blocks): few mappings, little of the file mapped at once
         // (mapped pages count in the process's resident set).
         let per_chunk = ((512u64 << 10) / u64::from(block_size)).max(1);
-        Some(MappedInput {
+        let mut input = MappedInput {
             fd: file.as_raw_fd(),
             pos,
             end: pos + blocks * u64::from(block_size),
             chunk_len: per_chunk * u64::from(block_size),
-        })
+            first: None,
+        };
+        input.first = Some(input.map_next().ok()?);
+        Some(input)
     }
 
     /// Where the mapped blocks end: the caller reads on from here (it seeks the file there).
@@ -191,13 +197,20 @@ impl MappedInput {
 
     /// The next chunk and its length in bytes (whole blocks); `None` once all are handed out.
     pub fn next_chunk(&mut self) -> Result<Option<(Arc<Chunk>, usize)>> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(first));
+        }
         if self.pos >= self.end {
             return Ok(None);
         }
+        self.map_next().map(Some)
+    }
+
+    fn map_next(&mut self) -> Result<(Arc<Chunk>, usize)> {
         let len = (self.end - self.pos).min(self.chunk_len) as usize;
         let chunk = map_range(self.fd, self.pos, len)?;
         self.pos += len as u64;
-        Ok(Some((Arc::new(chunk), len)))
+        Ok((Arc::new(chunk), len))
     }
 }
 
