@@ -41,10 +41,11 @@ NOT_FOR_CAT = (
     "fractions",
     "hmac",
     "qeltrix_v6._recipients",
+    "configparser",
 )
 
 _RUN_MAIN = """
-import json, sys
+import gc, json, sys
 out, argv = sys.argv[1], sys.argv[2:]
 sys.argv = ["qeltrix", *argv]
 from qeltrix_v6.cli import main
@@ -54,7 +55,8 @@ except SystemExit as e:
     code = e.code
 sys.stdout.flush()
 with open(out, "w") as f:
-    json.dump({"code": code, "modules": sorted(sys.modules)}, f)
+    json.dump({"code": code, "modules": sorted(sys.modules), "gc_enabled": gc.isenabled(),
+               "gc_frozen": gc.get_freeze_count()}, f)
 """
 
 
@@ -85,6 +87,17 @@ def test_cat_imports_only_what_reading_needs(tmp_path: Path) -> None:
     loaded = set(report["modules"])
     assert "qeltrix_v6.cli._containers" in loaded
     assert sorted(loaded & set(NOT_FOR_CAT)) == []
+    # The start-up's objects were frozen out of the cyclic GC, which runs again for the command.
+    assert report["gc_enabled"] is True
+    assert report["gc_frozen"] > 10_000
+
+
+def test_importing_the_cli_leaves_the_gc_running() -> None:
+    # An embedder importing the CLI (tests do) keeps a collecting GC; the library alone does not
+    # touch it at all.
+    code = "import gc, qeltrix_v6; f = gc.get_freeze_count(); import qeltrix_v6.cli; print(f, gc.isenabled())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.split() == ["0", "True"]
 
 
 def test_import_qeltrix_v6_leaves_servers_and_cli_out() -> None:

@@ -19,12 +19,14 @@ spent retrying one request (default 30), ``QELTRIX_S3_PART_SIZE`` sets the uploa
 
 from __future__ import annotations
 
-import configparser
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from .errors import QeltrixIOError
+
+if TYPE_CHECKING:
+    import configparser
 
 SCHEMES = ("s3://",)
 DEFAULT_PART_SIZE = 8 << 20
@@ -46,6 +48,10 @@ def split(url: str) -> tuple[str, str]:
 
 
 def _read_ini(path: str) -> configparser.RawConfigParser:
+    # configparser is imported here, not at the top: only object-storage URLs read these
+    # files, and it is a few ms of every process's start (issue 16).
+    import configparser
+
     cp = configparser.RawConfigParser()
     try:
         cp.read(os.path.expanduser(path), encoding="utf-8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import gc
 import os
 import re
 import signal
@@ -241,6 +242,7 @@ class QeltrixGroup(TyperGroup):
         _tidy_metavars(self, HELP_OPTION_NAMES)
         try:
             with self.make_context(prog_name, args, **extra) as ctx:
+                _resume_gc()
                 self.invoke(ctx)
             code = 0
         except typer.Exit as e:
@@ -380,6 +382,28 @@ app = typer.Typer(
 )
 
 
+_gc_paused = False
+
+
+def pause_gc() -> None:
+    """Pause the cyclic GC while the process starts (imports, building the command, parsing
+    its options): that allocates tens of thousands of objects that live until exit, and the
+    collections they trigger free nothing (issue 16). :func:`_resume_gc` ends the pause just
+    before the command runs. Only the ``qeltrix`` process's own entry point calls this."""
+    global _gc_paused
+    _gc_paused = gc.isenabled()
+    gc.disable()
+
+
+def _resume_gc() -> None:
+    global _gc_paused
+    if _gc_paused:
+        _gc_paused = False
+        # What exists now lives until exit: frozen, no later collection walks it again.
+        gc.freeze()
+        gc.enable()
+
+
 def _on_signal(signum: int, frame: object) -> None:
     raise _Terminated(signum)
 
@@ -398,4 +422,7 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError, OSError):
             signal.signal(sig, _on_signal)
-    app(prog_name="qeltrix")
+    try:
+        app(prog_name="qeltrix")
+    finally:
+        _resume_gc()

@@ -10,6 +10,7 @@ mod error;
 mod gateway;
 mod header;
 mod io;
+mod mapped;
 mod pack;
 mod pipeline;
 mod reader;
