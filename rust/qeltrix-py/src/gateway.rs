@@ -92,7 +92,13 @@ fn with_bufs<T>(f: impl FnOnce(&mut Option<PyBuf>, &mut Option<PyBuf>) -> T) -> 
 
 /// Copy an opened frame's plaintext out of `outbuf` (only its metadata says how long it is)
 /// and decode that metadata.
-fn finish_open(meta_pt: &[u8], opened: bool, outbuf: &PyBuf, cap: usize, pt: &mut Vec<u8>) -> Result<BlockMeta, GwError> {
+fn finish_open(
+    meta_pt: &[u8],
+    opened: bool,
+    outbuf: &PyBuf,
+    cap: usize,
+    pt: &mut Vec<u8>,
+) -> Result<BlockMeta, GwError> {
     if opened {
         let pt_len = meta_pt
             .get(8..12)
@@ -211,7 +217,12 @@ impl PyKeyring {
         r
     }
 
-    fn run_batch_with(&self, py: Python<'_>, jobs: &mut [FrameJob<PyStreamKeys>], pairs: &mut [BufPair]) -> PyResult<()> {
+    fn run_batch_with(
+        &self,
+        py: Python<'_>,
+        jobs: &mut [FrameJob<PyStreamKeys>],
+        pairs: &mut [BufPair],
+    ) -> PyResult<()> {
         let (seals, opens) = (PyList::empty(py), PyList::empty(py));
         let (mut seal_ix, mut open_ix) = (Vec::new(), Vec::new());
         for (i, (job, (inb, outb))) in jobs.iter().zip(pairs.iter_mut()).enumerate() {
@@ -280,16 +291,15 @@ impl PyKeyring {
             answers(&open_ix, &results)?;
             for (&i, r) in open_ix.iter().zip(results) {
                 let outbuf = pairs[i].1.as_ref().expect("ensured");
-                if let FrameJob::Open {
-                    avail, pt, result, ..
-                } = &mut jobs[i]
-                {
+                if let FrameJob::Open { avail, pt, result, .. } = &mut jobs[i] {
                     let cap = avail.saturating_sub(META_FRAME_LEN + TAG_LEN);
                     *result = Some(if r.is_instance_of::<PyBaseException>() {
                         Err(gw_err(py, PyErr::from_value(r)))
                     } else {
                         match r.extract::<(Vec<u8>, bool)>() {
-                            Ok((meta_pt, opened)) => finish_open(&meta_pt, opened, outbuf, cap, pt).map(|m| (m, opened)),
+                            Ok((meta_pt, opened)) => {
+                                finish_open(&meta_pt, opened, outbuf, cap, pt).map(|m| (m, opened))
+                            }
                             Err(e) => Err(gw_err(py, e)),
                         }
                     });

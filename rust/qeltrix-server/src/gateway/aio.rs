@@ -45,6 +45,28 @@ type Queued<S> = (FrameJob<S>, tokio::sync::oneshot::Sender<FrameJob<S>>);
 pub(super) struct Batcher<K: Keyring> {
     queue: Mutex<Vec<Queued<K::Keys>>>,
     wake: tokio::sync::Notify,
+    /// Buffers of this worker's connections between uses: a connection holds a buffer only
+    /// while it reads into it, or while its frame or plaintext waits to be written.
+    pool: Mutex<Vec<Vec<u8>>>,
+    /// Read permits: at most this many of the worker's connections hold a read buffer for a
+    /// frame being read and sealed at once, however many are ready.
+    reads: tokio::sync::Semaphore,
+}
+
+/// Read permits per worker.
+const READ_PERMITS: usize = 16;
+
+/// A batch holds frames up to about this many bytes (the rest waits for the next one), which
+/// bounds the buffers a binding lends to one call.
+const BATCH_BYTES: usize = 4 << 20;
+/// Buffers a worker keeps for reuse.
+const POOL_KEEP: usize = 16;
+
+fn job_bytes<S>(j: &FrameJob<S>) -> usize {
+    match j {
+        FrameJob::Seal { pt_len, .. } => *pt_len,
+        FrameJob::Open { avail, .. } => *avail,
+    }
 }
 
 impl<K: Keyring> Batcher<K> {
@@ -52,6 +74,24 @@ impl<K: Keyring> Batcher<K> {
         Batcher {
             queue: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
+            pool: Mutex::new(Vec::new()),
+            reads: tokio::sync::Semaphore::new(READ_PERMITS),
+        }
+    }
+
+    /// A buffer from the pool (its length is whatever it had).
+    fn take(&self) -> Vec<u8> {
+        self.pool.lock().expect("buffer pool").pop().unwrap_or_default()
+    }
+
+    /// Give a buffer back (dropped when the pool is full).
+    fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() == 0 {
+            return;
+        }
+        let mut pool = self.pool.lock().expect("buffer pool");
+        if pool.len() < POOL_KEEP {
+            pool.push(buf);
         }
     }
 
@@ -69,7 +109,19 @@ impl<K: Keyring> Batcher<K> {
         let mut replies = Vec::new();
         loop {
             self.wake.notified().await;
-            let queued = std::mem::take(&mut *self.queue.lock().expect("batch queue"));
+            let queued = {
+                let mut q = self.queue.lock().expect("batch queue");
+                let (mut n, mut bytes) = (0, 0);
+                while n < q.len() && (n == 0 || bytes + job_bytes(&q[n].0) <= BATCH_BYTES) {
+                    bytes += job_bytes(&q[n].0);
+                    n += 1;
+                }
+                if n < q.len() {
+                    // More than a batch: the rest goes in the next one.
+                    self.wake.notify_one();
+                }
+                q.drain(..n).collect::<Vec<_>>()
+            };
             if queued.is_empty() {
                 continue;
             }
@@ -335,6 +387,14 @@ fn try_read_now(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> io::R
     loop {
         match s.try_read(buf) {
             Ok(n) => {
+                if n > 0 && n < buf.len() {
+                    // A short read drained the socket: forget its readiness now (as tokio's own
+                    // reads do), so the next read waits for the poller instead of costing a
+                    // system call that would only say EAGAIN.
+                    let _ = s.try_io(tokio::io::Interest::READABLE, || {
+                        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                    });
+                }
                 p.count(side, n, true);
                 return Ok(Some(n));
             }
@@ -345,17 +405,6 @@ fn try_read_now(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> io::R
     }
 }
 
-/// Wait until `s` is readable: `false` when it stayed quiet for [`IDLE_RELEASE`] (the caller
-/// then gives its buffers back and waits with [`wait_readable`]).
-async fn readable_soon(s: &AsyncStream) -> io::Result<bool> {
-    match tokio::time::timeout(IDLE_RELEASE, s.readable()).await {
-        Ok(r) => r.map(|()| true),
-        Err(_) => Ok(false),
-    }
-}
-
-/// A connection whose source has been quiet this long gives its buffers back.
-const IDLE_RELEASE: Duration = Duration::from_millis(20);
 /// The first read buffer of a sealing side: room for interactive writes; a read that fills it
 /// grows it, up to the block size.
 const SEAL_INITIAL: usize = 16 << 10;
@@ -383,27 +432,30 @@ async fn seal<K: Keyring>(
 ) -> Result<(), GwError> {
     let bs = block_size as usize;
     let first = SEAL_INITIAL.min(bs);
-    let mut buf: Vec<u8> = Vec::new();
-    let mut frame: Vec<u8> = Vec::new();
     let mut block_index = 0u64;
     let mut last_full = false;
     loop {
         let want = if last_full { bs } else { first };
-        let mut filled = loop {
+        // A buffer (and one of the worker's read permits) is taken only once there is
+        // something to read, and given back as soon as the frame is sealed.
+        let (mut filled, mut buf, permit) = loop {
+            wait_readable(p, src).await?;
+            let permit = b.reads.acquire().await.map_err(|_| aborted_error())?;
+            let mut buf = b.take();
+            // A pooled buffer may be longer (it held a frame): a frame's plaintext is at most
+            // a block.
+            buf.truncate(bs);
             grow(&mut buf, want);
-            if let Some(n) = try_read_now(p, src, src_side, &mut buf)? {
-                break n;
-            }
-            if !readable_soon(src).await? {
-                // An idle connection keeps no buffer.
-                (buf, frame) = (Vec::new(), Vec::new());
-                wait_readable(p, src).await?;
+            match try_read_now(p, src, src_side, &mut buf)? {
+                Some(n) => break (n, buf, permit),
+                None => b.give(buf),
             }
         };
         let mut eof = filled == 0;
         while !eof && filled < bs {
             if filled == buf.len() {
-                grow(&mut buf, (filled * 2).min(bs));
+                // A read filled the small buffer: a bulk flow, whose frame may take a block.
+                grow(&mut buf, bs);
             }
             let bulk = last_full || filled >= BULK_THRESHOLD.min(bs / 2);
             let wait = if bulk {
@@ -425,7 +477,7 @@ async fn seal<K: Keyring>(
             flags,
             pt: std::mem::take(&mut buf),
             pt_len: filled,
-            frame: std::mem::take(&mut frame),
+            frame: b.take(),
             result: None,
         };
         let FrameJob::Seal {
@@ -438,9 +490,13 @@ async fn seal<K: Keyring>(
         else {
             unreachable!("a seal job comes back as one")
         };
-        (keys, buf, frame) = (k, pt, f);
+        keys = k;
+        // The plaintext is in the frame now: its buffer and read permit go back.
+        b.give(pt);
+        drop(permit);
         result.unwrap_or_else(|| Err(GwError::Protocol("a frame was not sealed".into())))?;
-        write_all(p, dst, dst_side, &frame).await?;
+        write_all(p, dst, dst_side, &f).await?;
+        b.give(f);
         p.stats.blocks.fetch_add(1, Ordering::Relaxed);
         block_index += 1;
         if eof {
@@ -465,7 +521,10 @@ async fn open<K: Keyring>(
     let mut frames = FrameOpener::new(block_size);
     loop {
         if frames.wants_open() {
-            let (buf, avail, pt) = frames.lend();
+            let (buf, avail, mut pt) = frames.lend();
+            if pt.capacity() == 0 {
+                pt = b.take();
+            }
             let job = FrameJob::Open {
                 keys,
                 buf,
@@ -494,16 +553,27 @@ async fn open<K: Keyring>(
                 return Ok(());
             }
             frames.consume();
+            // Written: the plaintext buffer, and the read buffer when no byte of the next
+            // frame is in it, go back to the worker's pool.
+            let (buf, pt) = frames.give_back();
+            b.give(buf);
+            b.give(pt);
             continue;
         }
         let n = loop {
+            if frames.wants_buf() {
+                // No buffer is taken before there is something to read.
+                wait_readable(p, src).await?;
+                frames.set_buf(b.take());
+            }
             if let Some(n) = try_read_now(p, src, side, frames.space()).map_err(cut)? {
                 break n;
             }
-            if !readable_soon(src).await? {
-                frames.release();
-                wait_readable(p, src).await?;
-            }
+            // Nothing to read now: a connection between frames keeps no buffer while it waits.
+            let (buf, pt) = frames.give_back();
+            b.give(buf);
+            b.give(pt);
+            wait_readable(p, src).await?;
         };
         frames.filled(n)?;
     }

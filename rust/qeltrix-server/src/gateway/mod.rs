@@ -438,7 +438,11 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
         workers: std::sync::OnceLock::new(),
     });
     if matches!(gw.config.mode, Mode::Router | Mode::Decrypt) {
-        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let n = std::env::var("QELTRIX_GW_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cores);
         let _ = gw.workers.set(aio::Workers::start(&gw, n)?);
     }
     let mut threads = Vec::new();

@@ -314,18 +314,37 @@ impl FrameOpener {
         let max = frame_len(self.block_size) as usize;
         let want = self.current_end().max(self.have + 1).min(max);
         if want > self.buf.len() || self.have == self.buf.len() {
-            let grown = (self.buf.len() * 2).max(want).max(OPENER_INITIAL).min(max);
+            // Two sizes only (fewer reallocations, less fragmentation): a small buffer, then
+            // a whole frame of the largest block.
+            let grown = if self.buf.len() < OPENER_INITIAL && want <= OPENER_INITIAL {
+                OPENER_INITIAL
+            } else {
+                max.max(want)
+            };
             self.buf.resize(grown, 0);
         }
         &mut self.buf[self.have..]
     }
 
-    /// Give the buffers back while nothing is held (an idle connection keeps no buffer).
-    pub(super) fn release(&mut self) {
-        if self.have == 0 {
-            self.buf = Vec::new();
-            self.pt = Vec::new();
-        }
+    /// The buffers, to give back to a pool between frames: the plaintext one always (after
+    /// [`Self::consume`]), the read one only while it holds no byte.
+    pub(super) fn give_back(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let buf = if self.have == 0 {
+            std::mem::take(&mut self.buf)
+        } else {
+            Vec::new()
+        };
+        (buf, std::mem::take(&mut self.pt))
+    }
+
+    /// A read buffer for [`Self::space`] when it holds none (from a pool).
+    pub(super) fn wants_buf(&self) -> bool {
+        self.buf.capacity() == 0
+    }
+
+    pub(super) fn set_buf(&mut self, buf: Vec<u8>) {
+        debug_assert!(self.have == 0);
+        self.buf = buf;
     }
 
     /// For an asynchronous opener: whether the next step is a crypto call
