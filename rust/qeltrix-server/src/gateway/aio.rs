@@ -239,7 +239,7 @@ async fn run<K: Keyring>(
         } => {
             let up = async {
                 write_all(&p, &o, Side::Other, &header).await?;
-                seal(&p, b, &c, Side::Client, &o, Side::Other, keys, bs).await?;
+                seal(&p, b, &gw.active, &c, Side::Client, &o, Side::Other, keys, bs).await?;
                 shutdown_write(&o);
                 Ok::<(), GwError>(())
             };
@@ -263,7 +263,7 @@ async fn run<K: Keyring>(
         } => {
             let down = async {
                 write_all(&p, &c, Side::Client, &reply_header).await?;
-                seal(&p, b, &o, Side::Other, &c, Side::Client, reply_keys, bs).await?;
+                seal(&p, b, &gw.active, &o, Side::Other, &c, Side::Client, reply_keys, bs).await?;
                 shutdown_write(&c);
                 Ok::<(), GwError>(())
             };
@@ -405,6 +405,10 @@ fn try_read_now(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> io::R
     }
 }
 
+/// With more than this many connections open, a bulk frame carries at most [`BUSY_FRAME`]
+/// bytes (any `pt_len` up to the block size is valid: FORMAT.md section 12).
+const BUSY_CONNECTIONS: usize = 32;
+const BUSY_FRAME: usize = 64 << 10;
 /// The first read buffer of a sealing side: room for interactive writes; a read that fills it
 /// grows it, up to the block size.
 const SEAL_INITIAL: usize = 16 << 10;
@@ -423,6 +427,7 @@ fn grow(buf: &mut Vec<u8>, len: usize) {
 async fn seal<K: Keyring>(
     p: &Pumps,
     b: &Batcher<K>,
+    active: &AtomicUsize,
     src: &AsyncStream,
     src_side: Side,
     dst: &AsyncStream,
@@ -430,11 +435,18 @@ async fn seal<K: Keyring>(
     mut keys: K::Keys,
     block_size: u32,
 ) -> Result<(), GwError> {
-    let bs = block_size as usize;
-    let first = SEAL_INITIAL.min(bs);
+    let block = block_size as usize;
     let mut block_index = 0u64;
     let mut last_full = false;
     loop {
+        // Many connections at once: smaller bulk frames, so the buffers of all of them (here
+        // and at the peer, which holds a frame whole until it authenticates) stay bounded.
+        let bs = if active.load(Ordering::Relaxed) > BUSY_CONNECTIONS {
+            block.min(BUSY_FRAME)
+        } else {
+            block
+        };
+        let first = SEAL_INITIAL.min(bs);
         let want = if last_full { bs } else { first };
         // A buffer (and one of the worker's read permits) is taken only once there is
         // something to read, and given back as soon as the frame is sealed.

@@ -314,13 +314,9 @@ impl FrameOpener {
         let max = frame_len(self.block_size) as usize;
         let want = self.current_end().max(self.have + 1).min(max);
         if want > self.buf.len() || self.have == self.buf.len() {
-            // Two sizes only (fewer reallocations, less fragmentation): a small buffer, then
-            // a whole frame of the largest block.
-            let grown = if self.buf.len() < OPENER_INITIAL && want <= OPENER_INITIAL {
-                OPENER_INITIAL
-            } else {
-                max.max(want)
-            };
+            // A small buffer, or exactly the frame being received (a bulk frame's size is
+            // known from its metadata before its data is read).
+            let grown = want.max(OPENER_INITIAL);
             self.buf.resize(grown, 0);
         }
         &mut self.buf[self.have..]
