@@ -387,10 +387,11 @@ fn try_read_now(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> io::R
     loop {
         match s.try_read(buf) {
             Ok(n) => {
-                if n > 0 && n < buf.len() {
-                    // A short read drained the socket: forget its readiness now (as tokio's own
-                    // reads do), so the next read waits for the poller instead of costing a
-                    // system call that would only say EAGAIN.
+                if n > 0 && n < buf.len() && n < SEAL_INITIAL {
+                    // A short, small read (an interactive message) drained the socket: forget
+                    // its readiness now (as tokio's own reads do), so the next read waits for
+                    // the poller instead of costing a system call that would only say EAGAIN.
+                    // A bulk flow keeps reading directly: more has usually arrived meanwhile.
                     let _ = s.try_io(tokio::io::Interest::READABLE, || {
                         Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
                     });
