@@ -406,10 +406,11 @@ fn try_read_now(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> io::R
     }
 }
 
-/// With more than this many connections open, a bulk frame carries at most [`BUSY_FRAME`]
-/// bytes (any `pt_len` up to the block size is valid: FORMAT.md section 12).
-const BUSY_CONNECTIONS: usize = 32;
-const BUSY_FRAME: usize = 64 << 10;
+/// Bulk frames carry at most this many bytes divided by the connections open (but at least
+/// [`BUSY_FRAME_MIN`], and at most a block): up to 64 connections send whole 256 KiB blocks,
+/// 200 send 80 KiB frames. Any `pt_len` up to the block size is valid (FORMAT.md section 12).
+const FRAME_BUDGET: usize = 16 << 20;
+const BUSY_FRAME_MIN: usize = 64 << 10;
 /// The first read buffer of a sealing side: room for interactive writes; a read that fills it
 /// grows it, up to the block size.
 const SEAL_INITIAL: usize = 16 << 10;
@@ -442,11 +443,9 @@ async fn seal<K: Keyring>(
     loop {
         // Many connections at once: smaller bulk frames, so the buffers of all of them (here
         // and at the peer, which holds a frame whole until it authenticates) stay bounded.
-        let bs = if active.load(Ordering::Relaxed) > BUSY_CONNECTIONS {
-            block.min(BUSY_FRAME)
-        } else {
-            block
-        };
+        let bs = (FRAME_BUDGET / active.load(Ordering::Relaxed).max(1))
+            .max(BUSY_FRAME_MIN)
+            .min(block);
         let first = SEAL_INITIAL.min(bs);
         let want = if last_full { bs } else { first };
         // A buffer (and one of the worker's read permits) is taken only once there is

@@ -439,6 +439,8 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
     });
     if matches!(gw.config.mode, Mode::Router | Mode::Decrypt) {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // One worker per core; `QELTRIX_GW_WORKERS` overrides it (for benchmarks, as
+        // `QELTRIX_GW_CRYPTO_SLOTS` does for the gate).
         let n = std::env::var("QELTRIX_GW_WORKERS")
             .ok()
             .and_then(|v| v.parse().ok())
