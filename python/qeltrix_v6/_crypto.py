@@ -74,6 +74,8 @@ _KEY_BODY = struct.Struct("<12s48s")
 # V6-C metadata plaintext (FORMAT.md section 5): block_index, pt_len, meta_flags, 3 reserved
 # zero bytes, cdk_salt, data_nonce, pt_sha256.
 _META_PT = struct.Struct("<QIB3x16s12s32s")
+# A frame's three random fields, drawn at once: cdk_salt, data_nonce, meta_nonce.
+_FRAME_RANDOM_LEN = 16 + 12 + 12
 # One algorithm object for every hash, HKDF and HMAC: it is immutable, and constructing one
 # per call is a measurable part of a block's fixed cost.
 _SHA256 = hashes.SHA256()
@@ -501,6 +503,10 @@ class ContainerKeys:
         if not compare_digest(sha256(out), pt_sha256):
             raise AuthenticationError(f"block {block_index} failed its integrity hash")
 
+    # --- stream frames: one call per frame (pack pipeline, gateways); batches below the class.
+    # Issue 12: these two are the per-frame hot path of a gateway pair, so they inline what
+    # _cdk, _data_aad, sha256, open_meta and open_block do (same bytes, fewer Python frames).
+
     def seal_stream_frame(
         self, block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview
     ) -> None:
@@ -508,18 +514,22 @@ class ContainerKeys:
         ``data_ct`` under its CDK, then ``meta_nonce || meta_ct`` (FORMAT.md section 5). One call
         per frame (one GIL acquisition) for the pack pipeline and the gateways alike."""
         pt = memoryview(inbuf)[:pt_len]
-        pt_sha256 = sha256(pt)
-        rnd = os.urandom(SALT_LEN + 2 * NONCE_LEN)
+        h = hashes.Hash(_SHA256)
+        h.update(pt)
+        pt_sha256 = h.finalize()
+        rnd = os.urandom(_FRAME_RANDOM_LEN)
         cdk_salt, data_nonce, meta_nonce = rnd[:SALT_LEN], rnd[SALT_LEN:-NONCE_LEN], rnd[-NONCE_LEN:]
-        cdk = self._cdk(cdk_salt, block_index, pt_sha256)
+        cid = self.container_id
+        bi = block_index.to_bytes(8, "little")
+        cdk = HKDF(_SHA256, KEY_LEN, cdk_salt, LABEL_CDK + cid + bi + pt_sha256).derive(self._mk)
         out = memoryview(outbuf)
-        data_aad = self._data_aad(block_index, pt_len, meta_flags)
+        data_aad = cid + _DATA_AAD.pack(block_index, pt_len, meta_flags)
         self._aead_cls(cdk).encrypt_into(
             data_nonce, pt, data_aad, out[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN]
         )
         meta_pt = _META_PT.pack(block_index, pt_len, meta_flags, cdk_salt, data_nonce, pt_sha256)
         out[:NONCE_LEN] = meta_nonce
-        self._meta_aead.encrypt_into(meta_nonce, meta_pt, self.container_id, out[NONCE_LEN:META_FRAME_LEN])
+        self._meta_aead.encrypt_into(meta_nonce, meta_pt, cid, out[NONCE_LEN:META_FRAME_LEN])
 
     def open_stream_frame(self, inbuf: memoryview, avail: int, outbuf: memoryview) -> tuple[bytes, bool]:
         """Open the metadata of the frame at the start of ``inbuf`` and, when the whole frame is
@@ -529,12 +539,32 @@ class ContainerKeys:
         the frame has arrived whole, as an interactive one has. The caller checks ``meta_pt``
         (index, length, flags) before it releases a byte of ``outbuf``.
         """
-        meta_pt = self.open_meta(inbuf)
+        frame = memoryview(inbuf)
+        cid = self.container_id
+        try:
+            meta_pt = self._meta_aead.decrypt(bytes(frame[:NONCE_LEN]), frame[NONCE_LEN:META_FRAME_LEN], cid)
+        except InvalidTag:
+            raise AuthenticationError("block metadata failed authentication (corrupt or tampered)") from None
         block_index, pt_len, meta_flags, cdk_salt, data_nonce, pt_sha256 = _META_PT.unpack(meta_pt)
         if META_FRAME_LEN + pt_len + TAG_LEN > avail or pt_len > len(outbuf):
             return meta_pt, False
-        self.open_block(block_index, pt_len, meta_flags, cdk_salt, data_nonce, pt_sha256, inbuf, outbuf)
+        out = memoryview(outbuf)[:pt_len]
+        bi = block_index.to_bytes(8, "little")
+        cdk = HKDF(_SHA256, KEY_LEN, cdk_salt, LABEL_CDK + cid + bi + pt_sha256).derive(self._mk)
+        data_aad = cid + _DATA_AAD.pack(block_index, pt_len, meta_flags)
+        try:
+            self._aead_cls(cdk).decrypt_into(
+                data_nonce, frame[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN], data_aad, out
+            )
+        except InvalidTag:
+            raise AuthenticationError(f"block {block_index} failed authentication (corrupt or tampered)") from None
+        h = hashes.Hash(_SHA256)
+        h.update(out)
+        if not compare_digest(h.finalize(), pt_sha256):
+            raise AuthenticationError(f"block {block_index} failed its integrity hash")
         return meta_pt, True
+
+    # --- end of the stream-frame block ---
 
     def frame_digest(self, inbuf: memoryview) -> bytes:
         """``frame_digest = SHA256(meta_nonce || meta_ct)``: the first ``META_FRAME_LEN`` bytes of
@@ -562,6 +592,40 @@ class ContainerKeys:
             )
         except InvalidTag:
             raise AuthenticationError("container index failed authentication (corrupt or tampered)") from None
+
+
+# --- stream-frame batches (issue 12) ----------------------------------------------------
+# A gateway worker with several frames ready (of one or many connections) seals or opens them
+# in one call, so one interpreter-lock acquisition and one Rust->Python call serve the batch.
+# Each frame's failure is its own: it is returned in its slot, the other frames go on.
+
+SealJob = tuple[ContainerKeys, int, int, memoryview, int, memoryview]
+OpenJob = tuple[ContainerKeys, memoryview, int, memoryview]
+
+
+def seal_stream_frames(jobs: list[SealJob]) -> list[Exception | None]:
+    """``keys.seal_stream_frame(block_index, meta_flags, inbuf, pt_len, outbuf)`` for each job
+    ``(keys, block_index, meta_flags, inbuf, pt_len, outbuf)``: ``None`` or the error, per job."""
+    out: list[Exception | None] = []
+    for keys, block_index, meta_flags, inbuf, pt_len, outbuf in jobs:
+        try:
+            keys.seal_stream_frame(block_index, meta_flags, inbuf, pt_len, outbuf)
+            out.append(None)
+        except Exception as e:  # one frame's error, handed back to its connection
+            out.append(e)
+    return out
+
+
+def open_stream_frames(jobs: list[OpenJob]) -> list[tuple[bytes, bool] | Exception]:
+    """``keys.open_stream_frame(inbuf, avail, outbuf)`` for each job ``(keys, inbuf, avail,
+    outbuf)``: its ``(meta_pt, data_opened)`` or the error, per job."""
+    out: list[tuple[bytes, bool] | Exception] = []
+    for keys, inbuf, avail, outbuf in jobs:
+        try:
+            out.append(keys.open_stream_frame(inbuf, avail, outbuf))
+        except Exception as e:  # one frame's error, handed back to its connection
+            out.append(e)
+    return out
 
 
 # --- signatures (FORMAT.md section 15) ---------------------------------------------------

@@ -18,7 +18,7 @@ use pyo3::call::PyCallArgs;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyType};
+use pyo3::types::{PyBytes, PyList, PyType};
 use qeltrix_format::BlockMeta;
 
 /// One Python method (or `__call__`) that Rust calls with `N` positional arguments.
@@ -172,6 +172,20 @@ pub const KEYRING_LOG: PyCall<2> = PyCall {
     object: "Keyring",
     name: "log",
 };
+/// `seal_stream_frames(jobs: list[tuple[ContainerKeys, int, int, memoryview, int, memoryview]])
+/// -> list[Exception | None]`: `seal_stream_frame` for each job `(keys, block_index,
+/// meta_flags, inbuf, pt_len, outbuf)` of a batch, in one call; each job's error in its slot.
+pub const SEAL_STREAM_FRAMES: PyCall<1> = PyCall {
+    object: "Keyring",
+    name: "seal_stream_frames",
+};
+/// `open_stream_frames(jobs: list[tuple[ContainerKeys, memoryview, int, memoryview]]) ->
+/// list[tuple[bytes, bool] | Exception]`: `open_stream_frame` for each job `(keys, inbuf,
+/// avail, outbuf)` of a batch, in one call; each job's result or error in its slot.
+pub const OPEN_STREAM_FRAMES: PyCall<1> = PyCall {
+    object: "Keyring",
+    name: "open_stream_frames",
+};
 
 // --- `qeltrix_v6._crypto.Handshake` / `SharedKeySession` (FORMAT.md sections 12.1, 12.2) ---
 
@@ -274,6 +288,8 @@ pub const PYTHON_CALLS: &[(&str, &str, Option<usize>)] = &[
     STORAGE_HEADER.entry(),
     REPLY_ID.entry(),
     KEYRING_LOG.entry(),
+    SEAL_STREAM_FRAMES.entry(),
+    OPEN_STREAM_FRAMES.entry(),
     SESSION_MSG_LENS.entry(),
     SESSION_START.entry(),
     SESSION_RESPOND.entry(),
@@ -434,6 +450,26 @@ pub fn reply_id(py: Python<'_>, keyring: &Py<PyAny>, request: &[u8; 16]) -> PyRe
 /// Log a line through the keyring.
 pub fn keyring_log(py: Python<'_>, keyring: &Py<PyAny>, level: &str, line: &str) -> PyResult<()> {
     invoke(py, keyring, &KEYRING_LOG, (level, line)).map(drop)
+}
+
+/// Seal a batch: `jobs` are `(keys, block_index, meta_flags, inbuf, pt_len, outbuf)` tuples;
+/// one result per job, `None` for a sealed frame or the exception it raised.
+pub fn seal_stream_frames<'py>(
+    py: Python<'py>,
+    keyring: &Py<PyAny>,
+    jobs: Bound<'py, PyList>,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    invoke(py, keyring, &SEAL_STREAM_FRAMES, (jobs,))?.extract()
+}
+
+/// Open a batch: `jobs` are `(keys, inbuf, avail, outbuf)` tuples; one result per job, a
+/// `(meta_pt, data_opened)` tuple or the exception it raised.
+pub fn open_stream_frames<'py>(
+    py: Python<'py>,
+    keyring: &Py<PyAny>,
+    jobs: Bound<'py, PyList>,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    invoke(py, keyring, &OPEN_STREAM_FRAMES, (jobs,))?.extract()
 }
 
 /// The session's three message lengths.

@@ -4,13 +4,13 @@ use crate::calls::{self, is_error, ErrorClass};
 use crate::error::io_error;
 use crate::io::PyBuf;
 use crate::pipeline::seconds;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyBaseException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use qeltrix_format::handshake::MAX_HS_MSG_LEN;
 use qeltrix_format::{frame_len, BlockMeta, Header, META_FRAME_LEN, TAG_LEN};
 use qeltrix_server::gateway::{
-    recover_stream, start_gateway, GatewayConfig, GatewayHandle, GwError, Keyring, Mode, StreamKeys,
+    recover_stream, start_gateway, FrameJob, GatewayConfig, GatewayHandle, GwError, Keyring, Mode, StreamKeys,
 };
 use qeltrix_server::LogLevel;
 use std::fs::File;
@@ -47,24 +47,67 @@ impl PyStreamKeys {
 /// Input and output buffers lent to one crypto call.
 type BufPair = (Option<PyBuf>, Option<PyBuf>);
 static BUF_POOL: Mutex<Vec<BufPair>> = Mutex::new(Vec::new());
-/// Pairs kept for reuse, and the largest buffer kept (bigger ones, for blocks of several MiB,
-/// are freed after their call).
-const POOL_PAIRS: usize = 16;
+/// The pool keeps pairs up to this many bytes in all, and no buffer larger than
+/// `POOL_MAX_BUF` (bigger ones, for blocks of several MiB, are freed after their call).
+const POOL_BYTES: usize = 8 << 20;
 const POOL_MAX_BUF: usize = 2 << 20;
 
-/// Run `f` with a pair of buffers from the pool (the GIL is held: buffers are made and freed
-/// only under it).
-fn with_bufs<T>(f: impl FnOnce(&mut Option<PyBuf>, &mut Option<PyBuf>) -> T) -> T {
-    let (mut inbuf, mut outbuf) = BUF_POOL.lock().expect("pool lock").pop().unwrap_or((None, None));
-    let r = f(&mut inbuf, &mut outbuf);
-    let keep = |b: &Option<PyBuf>| b.as_ref().is_none_or(|b| b.as_slice().len() <= POOL_MAX_BUF);
-    if keep(&inbuf) && keep(&outbuf) {
-        let mut pool = BUF_POOL.lock().expect("pool lock");
-        if pool.len() < POOL_PAIRS {
-            pool.push((inbuf, outbuf));
+fn pair_bytes(p: &BufPair) -> usize {
+    let len = |b: &Option<PyBuf>| b.as_ref().map_or(0, |b| b.as_slice().len());
+    len(&p.0) + len(&p.1)
+}
+
+/// `n` pairs of buffers from the pool (empty ones when it runs out).
+fn take_pairs(n: usize) -> Vec<BufPair> {
+    let mut pool = BUF_POOL.lock().expect("pool lock");
+    let keep = pool.len().saturating_sub(n);
+    let mut pairs = pool.split_off(keep);
+    drop(pool);
+    pairs.resize_with(n, || (None, None));
+    pairs
+}
+
+/// Give pairs back to the pool (the GIL is held: buffers are made and freed only under it).
+fn give_pairs(pairs: Vec<BufPair>) {
+    let mut pool = BUF_POOL.lock().expect("pool lock");
+    let mut total: usize = pool.iter().map(pair_bytes).sum();
+    for p in pairs {
+        let big = |b: &Option<PyBuf>| b.as_ref().is_some_and(|b| b.as_slice().len() > POOL_MAX_BUF);
+        let bytes = pair_bytes(&p);
+        if !big(&p.0) && !big(&p.1) && total + bytes <= POOL_BYTES {
+            total += bytes;
+            pool.push(p);
         }
     }
+}
+
+/// Run `f` with a pair of buffers from the pool.
+fn with_bufs<T>(f: impl FnOnce(&mut Option<PyBuf>, &mut Option<PyBuf>) -> T) -> T {
+    let mut pairs = take_pairs(1);
+    let (inbuf, outbuf) = &mut pairs[0];
+    let r = f(inbuf, outbuf);
+    give_pairs(pairs);
     r
+}
+
+/// Copy an opened frame's plaintext out of `outbuf` (only its metadata says how long it is)
+/// and decode that metadata.
+fn finish_open(
+    meta_pt: &[u8],
+    opened: bool,
+    outbuf: &PyBuf,
+    cap: usize,
+    pt: &mut Vec<u8>,
+) -> Result<BlockMeta, GwError> {
+    if opened {
+        let pt_len = meta_pt
+            .get(8..12)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let pt_len = (pt_len as usize).min(cap);
+        pt.clear();
+        pt.extend_from_slice(&outbuf.as_slice()[..pt_len]);
+    }
+    BlockMeta::decode(meta_pt).map_err(|e| GwError::Auth(e.to_string()))
 }
 
 fn ensure(py: Python<'_>, slot: &mut Option<PyBuf>, cap: usize) -> PyResult<()> {
@@ -123,29 +166,18 @@ impl StreamKeys for PyStreamKeys {
     }
 
     fn open_frame(&mut self, buf: &[u8], pt: &mut Vec<u8>) -> Result<(BlockMeta, bool), GwError> {
-        let (meta_pt, opened) = Python::attach(|py| {
-            with_bufs(|inb, outb| -> PyResult<(Vec<u8>, bool)> {
+        Python::attach(|py| {
+            with_bufs(|inb, outb| -> PyResult<Result<(BlockMeta, bool), GwError>> {
                 ensure(py, inb, buf.len())?;
                 let cap = buf.len().saturating_sub(META_FRAME_LEN + TAG_LEN);
                 ensure(py, outb, cap)?;
                 let (inbuf, outbuf) = (inb.as_mut().expect("ensured"), outb.as_ref().expect("ensured"));
                 inbuf.as_mut_slice()[..buf.len()].copy_from_slice(buf);
                 let (meta_pt, opened) = calls::open_stream_frame(py, &self.keys, inbuf, buf.len(), outbuf)?;
-                if opened {
-                    // Only the metadata says how long the plaintext is: decoded below, copied here.
-                    let pt_len = meta_pt
-                        .get(8..12)
-                        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                    let pt_len = (pt_len as usize).min(cap);
-                    pt.clear();
-                    pt.extend_from_slice(&outbuf.as_slice()[..pt_len]);
-                }
-                Ok((meta_pt, opened))
+                Ok(finish_open(&meta_pt, opened, outbuf, cap, pt).map(|m| (m, opened)))
             })
+            .unwrap_or_else(|e| Err(gw_err(py, e)))
         })
-        .map_err(|e| Python::attach(|py| gw_err(py, e)))?;
-        let meta = BlockMeta::decode(&meta_pt).map_err(|e| GwError::Auth(e.to_string()))?;
-        Ok((meta, opened))
     }
 
     fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError> {
@@ -173,6 +205,110 @@ impl StreamKeys for PyStreamKeys {
 /// The gateway's key material, held by a Python object (`qeltrix_v6.gateway._Keyring`), and a
 /// sink's signing key (a `qeltrix_v6._crypto.Ed25519Signer`, FORMAT.md section 15), if any.
 struct PyKeyring(Py<PyAny>, Option<Py<PyAny>>);
+
+impl PyKeyring {
+    /// A batch of frames in at most two Python calls (`seal_stream_frames`,
+    /// `open_stream_frames`) under one GIL acquisition. Each job's buffers are copied into and
+    /// out of a pair of pooled Python buffers, as the one-frame calls do.
+    fn run_batch(&self, py: Python<'_>, jobs: &mut [FrameJob<PyStreamKeys>]) -> PyResult<()> {
+        let mut pairs = take_pairs(jobs.len());
+        let r = self.run_batch_with(py, jobs, &mut pairs);
+        give_pairs(pairs);
+        r
+    }
+
+    fn run_batch_with(
+        &self,
+        py: Python<'_>,
+        jobs: &mut [FrameJob<PyStreamKeys>],
+        pairs: &mut [BufPair],
+    ) -> PyResult<()> {
+        let (seals, opens) = (PyList::empty(py), PyList::empty(py));
+        let (mut seal_ix, mut open_ix) = (Vec::new(), Vec::new());
+        for (i, (job, (inb, outb))) in jobs.iter().zip(pairs.iter_mut()).enumerate() {
+            match job {
+                FrameJob::Seal {
+                    keys,
+                    block_index,
+                    flags,
+                    pt,
+                    pt_len,
+                    ..
+                } => {
+                    ensure(py, inb, *pt_len)?;
+                    ensure(py, outb, frame_len(*pt_len as u32) as usize)?;
+                    let inbuf = inb.as_mut().expect("ensured");
+                    inbuf.as_mut_slice()[..*pt_len].copy_from_slice(&pt[..*pt_len]);
+                    let outbuf = outb.as_ref().expect("ensured");
+                    seals.append((
+                        keys.keys.clone_ref(py),
+                        *block_index,
+                        *flags,
+                        inbuf.view(py)?,
+                        *pt_len,
+                        outbuf.view(py)?,
+                    ))?;
+                    seal_ix.push(i);
+                }
+                FrameJob::Open { keys, buf, avail, .. } => {
+                    ensure(py, inb, *avail)?;
+                    ensure(py, outb, avail.saturating_sub(META_FRAME_LEN + TAG_LEN))?;
+                    let inbuf = inb.as_mut().expect("ensured");
+                    inbuf.as_mut_slice()[..*avail].copy_from_slice(&buf[..*avail]);
+                    let outbuf = outb.as_ref().expect("ensured");
+                    opens.append((keys.keys.clone_ref(py), inbuf.view(py)?, *avail, outbuf.view(py)?))?;
+                    open_ix.push(i);
+                }
+            }
+        }
+        let answers = |ix: &[usize], results: &[Bound<'_, PyAny>]| -> PyResult<()> {
+            if results.len() != ix.len() {
+                return Err(PyValueError::new_err("a batch call returned another number of results"));
+            }
+            Ok(())
+        };
+        if !seal_ix.is_empty() {
+            let results = calls::seal_stream_frames(py, &self.0, seals)?;
+            answers(&seal_ix, &results)?;
+            for (&i, r) in seal_ix.iter().zip(results) {
+                let outbuf = pairs[i].1.as_ref().expect("ensured");
+                if let FrameJob::Seal {
+                    pt_len, frame, result, ..
+                } = &mut jobs[i]
+                {
+                    *result = Some(if r.is_none() {
+                        frame.clear();
+                        frame.extend_from_slice(&outbuf.as_slice()[..frame_len(*pt_len as u32) as usize]);
+                        Ok(())
+                    } else {
+                        Err(gw_err(py, PyErr::from_value(r)))
+                    });
+                }
+            }
+        }
+        if !open_ix.is_empty() {
+            let results = calls::open_stream_frames(py, &self.0, opens)?;
+            answers(&open_ix, &results)?;
+            for (&i, r) in open_ix.iter().zip(results) {
+                let outbuf = pairs[i].1.as_ref().expect("ensured");
+                if let FrameJob::Open { avail, pt, result, .. } = &mut jobs[i] {
+                    let cap = avail.saturating_sub(META_FRAME_LEN + TAG_LEN);
+                    *result = Some(if r.is_instance_of::<PyBaseException>() {
+                        Err(gw_err(py, PyErr::from_value(r)))
+                    } else {
+                        match r.extract::<(Vec<u8>, bool)>() {
+                            Ok((meta_pt, opened)) => {
+                                finish_open(&meta_pt, opened, outbuf, cap, pt).map(|m| (m, opened))
+                            }
+                            Err(e) => Err(gw_err(py, e)),
+                        }
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Keyring for PyKeyring {
     type Keys = PyStreamKeys;
@@ -272,6 +408,20 @@ impl Keyring for PyKeyring {
 
     fn reply_id(&self, request: &[u8; 16]) -> Result<[u8; 16], GwError> {
         Python::attach(|py| calls::reply_id(py, &self.0, request).map_err(|e| gw_err(py, e)))
+    }
+
+    fn run_frames(&self, jobs: &mut [FrameJob<PyStreamKeys>]) {
+        if jobs.len() == 1 {
+            jobs[0].run();
+            return;
+        }
+        Python::attach(|py| {
+            if let Err(e) = self.run_batch(py, jobs) {
+                for j in jobs.iter_mut().filter(|j| !j.done()) {
+                    j.fail(gw_err(py, e.clone_ref(py)));
+                }
+            }
+        });
     }
 
     fn log(&self, level: LogLevel, line: &str) {

@@ -28,18 +28,124 @@ pub(super) enum Handoff<K: Keyring> {
     },
 }
 
-/// The workers: one single-threaded runtime each, in a thread the keyring set up.
-pub(super) struct Workers {
-    handles: Vec<tokio::runtime::Handle>,
+/// The workers: one single-threaded runtime each, in a thread the keyring set up, with the
+/// batcher that runs the crypto of every connection on it.
+pub(super) struct Workers<K: Keyring> {
+    workers: Vec<(tokio::runtime::Handle, Arc<Batcher<K>>)>,
     next: AtomicUsize,
 }
 
-impl Workers {
-    pub(super) fn start<K: Keyring>(gw: &Arc<Gateway<K>>, n: usize) -> io::Result<Workers> {
-        let mut handles = Vec::new();
+/// A job and where its result goes.
+type Queued<S> = (FrameJob<S>, tokio::sync::oneshot::Sender<FrameJob<S>>);
+
+/// The crypto of one worker's connections. A connection's task queues its frame and waits; the
+/// batcher task, woken by the first job, runs after the tasks already ready on the worker
+/// (which queue theirs too), then hands everything queued to [`Keyring::run_frames`] at once.
+/// It never waits for more jobs than are there: a lone frame is a batch of one.
+pub(super) struct Batcher<K: Keyring> {
+    queue: Mutex<Vec<Queued<K::Keys>>>,
+    wake: tokio::sync::Notify,
+    /// Buffers of this worker's connections between uses: a connection holds a buffer only
+    /// while it reads into it, or while its frame or plaintext waits to be written.
+    pool: Mutex<Vec<Vec<u8>>>,
+    /// Read permits: at most this many of the worker's connections hold a read buffer for a
+    /// frame being read and sealed at once, however many are ready.
+    reads: tokio::sync::Semaphore,
+}
+
+/// Read permits per worker.
+const READ_PERMITS: usize = 16;
+
+/// A batch holds frames up to about this many bytes (the rest waits for the next one), which
+/// bounds the buffers a binding lends to one call.
+const BATCH_BYTES: usize = 4 << 20;
+/// Buffers a worker keeps for reuse.
+const POOL_KEEP: usize = 16;
+
+fn job_bytes<S>(j: &FrameJob<S>) -> usize {
+    match j {
+        FrameJob::Seal { pt_len, .. } => *pt_len,
+        FrameJob::Open { avail, .. } => *avail,
+    }
+}
+
+impl<K: Keyring> Batcher<K> {
+    fn new() -> Batcher<K> {
+        Batcher {
+            queue: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            pool: Mutex::new(Vec::new()),
+            reads: tokio::sync::Semaphore::new(READ_PERMITS),
+        }
+    }
+
+    /// A buffer from the pool (its length is whatever it had).
+    fn take(&self) -> Vec<u8> {
+        self.pool.lock().expect("buffer pool").pop().unwrap_or_default()
+    }
+
+    /// Give a buffer back (dropped when the pool is full).
+    fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() == 0 {
+            return;
+        }
+        let mut pool = self.pool.lock().expect("buffer pool");
+        if pool.len() < POOL_KEEP {
+            pool.push(buf);
+        }
+    }
+
+    /// Run `job` in the next batch; the job comes back with its result.
+    async fn run(&self, job: FrameJob<K::Keys>) -> Result<FrameJob<K::Keys>, GwError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue.lock().expect("batch queue").push((job, tx));
+        self.wake.notify_one();
+        rx.await
+            .map_err(|_| GwError::Io(io::Error::other("the crypto worker stopped")))
+    }
+
+    async fn serve(&self, gw: &Gateway<K>) {
+        let mut jobs = Vec::new();
+        let mut replies = Vec::new();
+        loop {
+            self.wake.notified().await;
+            let queued = {
+                let mut q = self.queue.lock().expect("batch queue");
+                let (mut n, mut bytes) = (0, 0);
+                while n < q.len() && (n == 0 || bytes + job_bytes(&q[n].0) <= BATCH_BYTES) {
+                    bytes += job_bytes(&q[n].0);
+                    n += 1;
+                }
+                if n < q.len() {
+                    // More than a batch: the rest goes in the next one.
+                    self.wake.notify_one();
+                }
+                q.drain(..n).collect::<Vec<_>>()
+            };
+            if queued.is_empty() {
+                continue;
+            }
+            for (job, tx) in queued {
+                jobs.push(job);
+                replies.push(tx);
+            }
+            gw.gate.run(|| gw.keyring.run_frames(&mut jobs));
+            for (job, tx) in jobs.drain(..).zip(replies.drain(..)) {
+                // A connection that ended meanwhile no longer waits: its job is dropped.
+                let _ = tx.send(job);
+            }
+        }
+    }
+}
+
+impl<K: Keyring> Workers<K> {
+    pub(super) fn start(gw: &Arc<Gateway<K>>, n: usize) -> io::Result<Workers<K>> {
+        let mut workers = Vec::new();
         for i in 0..n.max(1) {
             let (tx, rx) = std::sync::mpsc::channel();
             let gw = gw.clone();
+            let batcher = Arc::new(Batcher::new());
+            let b = batcher.clone();
             std::thread::Builder::new()
                 .name(format!("qeltrix-gw-worker-{i}"))
                 .spawn(move || {
@@ -54,28 +160,34 @@ impl Workers {
                     gw.keyring.on_thread(&mut || {
                         // Runs until the gateway stopped and no connection is left.
                         rt.block_on(async {
-                            loop {
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                if gw.stop.load(Ordering::SeqCst) && gw.active.load(Ordering::SeqCst) == 0 {
-                                    break;
+                            let ended = async {
+                                loop {
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    if gw.stop.load(Ordering::SeqCst) && gw.active.load(Ordering::SeqCst) == 0 {
+                                        break;
+                                    }
                                 }
+                            };
+                            tokio::select! {
+                                _ = ended => {}
+                                _ = b.serve(&gw) => {}
                             }
                         })
                     });
                 })?;
-            handles.push(
-                rx.recv()
-                    .map_err(|_| io::Error::other("a gateway worker did not start"))??,
-            );
+            let handle = rx
+                .recv()
+                .map_err(|_| io::Error::other("a gateway worker did not start"))??;
+            workers.push((handle, batcher));
         }
         Ok(Workers {
-            handles,
+            workers,
             next: AtomicUsize::new(0),
         })
     }
 
     /// Run the data phase of a connection on the next worker; `finish` it there.
-    pub(super) fn spawn<K: Keyring>(
+    pub(super) fn spawn(
         &self,
         gw: Arc<Gateway<K>>,
         client: TcpStream,
@@ -83,9 +195,11 @@ impl Workers {
         stats: Arc<ConnStats>,
         h: Handoff<K>,
     ) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        self.handles[i].spawn(async move {
-            let r = run(&gw, client, other, &stats, h).await;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        let (handle, batcher) = &self.workers[i];
+        let batcher = batcher.clone();
+        handle.spawn(async move {
+            let r = run(&gw, &batcher, client, other, &stats, h).await;
             gw.finish(&stats, r);
         });
     }
@@ -99,6 +213,7 @@ fn to_async(s: TcpStream) -> io::Result<AsyncStream> {
 /// Both sockets are closed when this returns: with a reset (RST) after an error.
 async fn run<K: Keyring>(
     gw: &Gateway<K>,
+    b: &Batcher<K>,
     client: TcpStream,
     other: TcpStream,
     stats: &Arc<ConnStats>,
@@ -118,13 +233,13 @@ async fn run<K: Keyring>(
     let r = match h {
         Handoff::Router {
             header,
-            mut keys,
+            keys,
             reply_id,
             session,
         } => {
             let up = async {
                 write_all(&p, &o, Side::Other, &header).await?;
-                seal(&p, &c, Side::Client, &o, Side::Other, &mut keys, bs).await?;
+                seal(&p, b, &gw.active, &c, Side::Client, &o, Side::Other, keys, bs).await?;
                 shutdown_write(&o);
                 Ok::<(), GwError>(())
             };
@@ -133,8 +248,8 @@ async fn run<K: Keyring>(
                 if hdr.container_id != reply_id {
                     return Err(GwError::Auth("the reply stream is not bound to this connection".into()));
                 }
-                let mut keys = gw.keyring.accept_stream(session.as_ref(), &hdr)?;
-                open(&p, &o, Side::Other, &c, Side::Client, &mut keys, hdr.block_size).await?;
+                let keys = gw.keyring.accept_stream(session.as_ref(), &hdr)?;
+                open(&p, b, &o, Side::Other, &c, Side::Client, keys, hdr.block_size).await?;
                 shutdown_write(&c);
                 Ok(())
             };
@@ -142,18 +257,18 @@ async fn run<K: Keyring>(
         }
         Handoff::Decrypt {
             reply_header,
-            mut reply_keys,
-            mut in_keys,
+            reply_keys,
+            in_keys,
             in_block_size,
         } => {
             let down = async {
                 write_all(&p, &c, Side::Client, &reply_header).await?;
-                seal(&p, &o, Side::Other, &c, Side::Client, &mut reply_keys, bs).await?;
+                seal(&p, b, &gw.active, &o, Side::Other, &c, Side::Client, reply_keys, bs).await?;
                 shutdown_write(&c);
                 Ok::<(), GwError>(())
             };
             let up = async {
-                open(&p, &c, Side::Client, &o, Side::Other, &mut in_keys, in_block_size).await?;
+                open(&p, b, &c, Side::Client, &o, Side::Other, in_keys, in_block_size).await?;
                 shutdown_write(&o);
                 Ok(())
             };
@@ -257,25 +372,103 @@ async fn read_full(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> Re
     Ok(true)
 }
 
+/// Wait until `s` is readable; the connection's idle timeout applies.
+async fn wait_readable(p: &Pumps, s: &AsyncStream) -> io::Result<()> {
+    loop {
+        match tokio::time::timeout(tick(p), s.readable()).await {
+            Ok(r) => return r,
+            Err(_) => p.check_idle()?,
+        }
+    }
+}
+
+/// What `s` has for `buf` now: `None` when nothing is there yet.
+fn try_read_now(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match s.try_read(buf) {
+            Ok(n) => {
+                if n > 0 && n < buf.len() && n < SEAL_INITIAL {
+                    // A short, small read (an interactive message) drained the socket: forget
+                    // its readiness now (as tokio's own reads do), so the next read waits for
+                    // the poller instead of costing a system call that would only say EAGAIN.
+                    // A bulk flow keeps reading directly: more has usually arrived meanwhile.
+                    let _ = s.try_io(tokio::io::Interest::READABLE, || {
+                        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                    });
+                }
+                p.count(side, n, true);
+                return Ok(Some(n));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Bulk frames carry at most this many bytes divided by the connections open (but at least
+/// [`BUSY_FRAME_MIN`], and at most a block): up to 64 connections send whole 256 KiB blocks,
+/// 200 send 80 KiB frames. Any `pt_len` up to the block size is valid (FORMAT.md section 12).
+const FRAME_BUDGET: usize = 16 << 20;
+const BUSY_FRAME_MIN: usize = 64 << 10;
+/// The first read buffer of a sealing side: room for interactive writes; a read that fills it
+/// grows it, up to the block size.
+const SEAL_INITIAL: usize = 16 << 10;
+
+fn grow(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+}
+
 /// As [`pumps::Pumps::seal`]: plaintext from `src`, frames to `dst`, `FINAL` at end of input.
-async fn seal<S: StreamKeys>(
+/// Reads take what is there now and go on while more is immediately available, up to a block;
+/// a bulk flow also waits briefly for a full block ([`BULK_WAIT`]), an interactive one is
+/// sealed at once. The frame is sealed in the worker's next batch ([`Batcher`]).
+#[allow(clippy::too_many_arguments)] // the two sides and their roles
+async fn seal<K: Keyring>(
     p: &Pumps,
+    b: &Batcher<K>,
+    active: &AtomicUsize,
     src: &AsyncStream,
     src_side: Side,
     dst: &AsyncStream,
     dst_side: Side,
-    keys: &mut S,
+    mut keys: K::Keys,
     block_size: u32,
 ) -> Result<(), GwError> {
-    let bs = block_size as usize;
-    let mut buf = vec![0u8; bs];
-    let mut frame = Vec::new();
+    let block = block_size as usize;
     let mut block_index = 0u64;
     let mut last_full = false;
     loop {
-        let mut filled = read_some(p, src, src_side, &mut buf).await?;
+        // Many connections at once: smaller bulk frames, so the buffers of all of them (here
+        // and at the peer, which holds a frame whole until it authenticates) stay bounded.
+        let bs = (FRAME_BUDGET / active.load(Ordering::Relaxed).max(1))
+            .max(BUSY_FRAME_MIN)
+            .min(block);
+        let first = SEAL_INITIAL.min(bs);
+        let want = if last_full { bs } else { first };
+        // A buffer (and one of the worker's read permits) is taken only once there is
+        // something to read, and given back as soon as the frame is sealed.
+        let (mut filled, mut buf, permit) = loop {
+            wait_readable(p, src).await?;
+            let permit = b.reads.acquire().await.map_err(|_| aborted_error())?;
+            let mut buf = b.take();
+            // A pooled buffer may be longer (it held a frame): a frame's plaintext is at most
+            // a block.
+            buf.truncate(bs);
+            grow(&mut buf, want);
+            match try_read_now(p, src, src_side, &mut buf)? {
+                Some(n) => break (n, buf, permit),
+                None => b.give(buf),
+            }
+        };
         let mut eof = filled == 0;
         while !eof && filled < bs {
+            if filled == buf.len() {
+                // A read filled the small buffer: a bulk flow, whose frame may take a block.
+                grow(&mut buf, bs);
+            }
             let bulk = last_full || filled >= BULK_THRESHOLD.min(bs / 2);
             let wait = if bulk {
                 p.flush_delay.max(BULK_WAIT)
@@ -290,9 +483,32 @@ async fn seal<S: StreamKeys>(
         }
         last_full = filled == bs;
         let flags = if eof { META_FLAG_FINAL } else { 0 };
-        p.gate
-            .run(|| keys.seal(block_index, flags, &buf[..filled], &mut frame))?;
-        write_all(p, dst, dst_side, &frame).await?;
+        let job = FrameJob::Seal {
+            keys,
+            block_index,
+            flags,
+            pt: std::mem::take(&mut buf),
+            pt_len: filled,
+            frame: b.take(),
+            result: None,
+        };
+        let FrameJob::Seal {
+            keys: k,
+            pt,
+            frame: f,
+            result,
+            ..
+        } = b.run(job).await?
+        else {
+            unreachable!("a seal job comes back as one")
+        };
+        keys = k;
+        // The plaintext is in the frame now: its buffer and read permit go back.
+        b.give(pt);
+        drop(permit);
+        result.unwrap_or_else(|| Err(GwError::Protocol("a frame was not sealed".into())))?;
+        write_all(p, dst, dst_side, &f).await?;
+        b.give(f);
         p.stats.blocks.fetch_add(1, Ordering::Relaxed);
         block_index += 1;
         if eof {
@@ -302,31 +518,76 @@ async fn seal<S: StreamKeys>(
 }
 
 /// As [`pumps::Pumps::open`]: frames from `src`, each authenticated whole, plaintext to `dst`.
+/// Each frame is opened in the worker's next batch ([`Batcher`]).
 #[allow(clippy::too_many_arguments)] // the two sides and their roles
-async fn open<S: StreamKeys>(
+async fn open<K: Keyring>(
     p: &Pumps,
+    b: &Batcher<K>,
     src: &AsyncStream,
     side: Side,
     dst: &AsyncStream,
     dst_side: Side,
-    keys: &mut S,
+    mut keys: K::Keys,
     block_size: u32,
 ) -> Result<(), GwError> {
     let mut frames = FrameOpener::new(block_size);
     loop {
-        match frames.advance(p, keys)? {
-            None => {
-                let n = read_some(p, src, side, frames.space()).await.map_err(cut)?;
-                frames.filled(n)?;
+        if frames.wants_open() {
+            let (buf, avail, mut pt) = frames.lend();
+            if pt.capacity() == 0 {
+                pt = b.take();
             }
-            Some(meta) => {
-                write_all(p, dst, dst_side, frames.plaintext()).await?;
-                if meta.is_final() {
-                    return Ok(());
-                }
-                frames.consume();
-            }
+            let job = FrameJob::Open {
+                keys,
+                buf,
+                avail,
+                pt,
+                result: None,
+            };
+            let FrameJob::Open {
+                keys: k,
+                buf,
+                pt,
+                result,
+                ..
+            } = b.run(job).await?
+            else {
+                unreachable!("an open job comes back as one")
+            };
+            keys = k;
+            let r = result.unwrap_or_else(|| Err(GwError::Protocol("a frame was not opened".into())));
+            frames.opened(buf, pt, r)?;
+            continue;
         }
+        if let Some(meta) = frames.ready(p) {
+            write_all(p, dst, dst_side, frames.plaintext()).await?;
+            if meta.is_final() {
+                return Ok(());
+            }
+            frames.consume();
+            // Written: the plaintext buffer, and the read buffer when no byte of the next
+            // frame is in it, go back to the worker's pool.
+            let (buf, pt) = frames.give_back();
+            b.give(buf);
+            b.give(pt);
+            continue;
+        }
+        let n = loop {
+            if frames.wants_buf() {
+                // No buffer is taken before there is something to read.
+                wait_readable(p, src).await?;
+                frames.set_buf(b.take());
+            }
+            if let Some(n) = try_read_now(p, src, side, frames.space()).map_err(cut)? {
+                break n;
+            }
+            // Nothing to read now: a connection between frames keeps no buffer while it waits.
+            let (buf, pt) = frames.give_back();
+            b.give(buf);
+            b.give(pt);
+            wait_readable(p, src).await?;
+        };
+        frames.filled(n)?;
     }
 }
 

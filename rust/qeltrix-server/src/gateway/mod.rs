@@ -209,6 +209,78 @@ pub trait Keyring: Send + Sync + 'static {
     fn on_thread(&self, f: &mut (dyn FnMut() + Send)) {
         f()
     }
+    /// Run several frames' crypto (of one or many connections) at once: an asynchronous
+    /// worker hands over every frame ready on it, so a binding may serve the whole batch with
+    /// one interpreter-lock acquisition and one call. Each job gets its own result. The
+    /// default runs them one by one.
+    fn run_frames(&self, jobs: &mut [FrameJob<Self::Keys>]) {
+        for j in jobs {
+            j.run();
+        }
+    }
+}
+
+/// One frame's crypto for [`Keyring::run_frames`]: the stream's keys and the buffers travel
+/// with the job and come back with its result.
+pub enum FrameJob<S> {
+    /// Seal `pt[..pt_len]` as frame `block_index` into `frame` ([`StreamKeys::seal`]).
+    Seal {
+        keys: S,
+        block_index: u64,
+        flags: u8,
+        pt: Vec<u8>,
+        pt_len: usize,
+        frame: Vec<u8>,
+        result: Option<Result<(), GwError>>,
+    },
+    /// Open the frame at the start of `buf[..avail]` into `pt` ([`StreamKeys::open_frame`]).
+    Open {
+        keys: S,
+        buf: Vec<u8>,
+        avail: usize,
+        pt: Vec<u8>,
+        result: Option<Result<(BlockMeta, bool), GwError>>,
+    },
+}
+
+impl<S: StreamKeys> FrameJob<S> {
+    /// Run this job alone.
+    pub fn run(&mut self) {
+        match self {
+            FrameJob::Seal {
+                keys,
+                block_index,
+                flags,
+                pt,
+                pt_len,
+                frame,
+                result,
+            } => *result = Some(keys.seal(*block_index, *flags, &pt[..*pt_len], frame)),
+            FrameJob::Open {
+                keys,
+                buf,
+                avail,
+                pt,
+                result,
+            } => *result = Some(keys.open_frame(&buf[..*avail], pt)),
+        }
+    }
+
+    /// Whether a result is set.
+    pub fn done(&self) -> bool {
+        match self {
+            FrameJob::Seal { result, .. } => result.is_some(),
+            FrameJob::Open { result, .. } => result.is_some(),
+        }
+    }
+
+    /// Set the result to an error (a batch call that failed as a whole).
+    pub fn fail(&mut self, e: GwError) {
+        match self {
+            FrameJob::Seal { result, .. } => *result = Some(Err(e)),
+            FrameJob::Open { result, .. } => *result = Some(Err(e)),
+        }
+    }
 }
 
 /// Keys of one stream.
@@ -262,7 +334,7 @@ struct Gateway<K: Keyring> {
     /// Set when the gateway stops accepting (a drain): `/healthz` answers 503.
     draining: AtomicBool,
     /// Where router and decrypt connections run once their streams are set up.
-    workers: std::sync::OnceLock<aio::Workers>,
+    workers: std::sync::OnceLock<aio::Workers<K>>,
 }
 
 /// A running gateway.
@@ -366,7 +438,13 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
         workers: std::sync::OnceLock::new(),
     });
     if matches!(gw.config.mode, Mode::Router | Mode::Decrypt) {
-        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // One worker per core; `QELTRIX_GW_WORKERS` overrides it (for benchmarks, as
+        // `QELTRIX_GW_CRYPTO_SLOTS` does for the gate).
+        let n = std::env::var("QELTRIX_GW_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cores);
         let _ = gw.workers.set(aio::Workers::start(&gw, n)?);
     }
     let mut threads = Vec::new();

@@ -287,23 +287,122 @@ pub(super) struct FrameOpener {
     block_size: u32,
     /// The current frame's metadata once opened, and whether its data was opened with it.
     pending: Option<(BlockMeta, bool)>,
+    /// [`Self::ready`] returned the current frame.
+    delivered: bool,
 }
+
+/// The first buffer of a [`FrameOpener`]: room for interactive frames; bulk ones grow it.
+const OPENER_INITIAL: usize = 16 << 10;
 
 impl FrameOpener {
     pub(super) fn new(block_size: u32) -> FrameOpener {
         FrameOpener {
-            buf: vec![0u8; frame_len(block_size) as usize],
+            buf: Vec::new(),
             have: 0,
             pt: Vec::new(),
             expect: 0,
             block_size,
             pending: None,
+            delivered: false,
         }
     }
 
-    /// Where the next bytes read go.
+    /// Where the next bytes read go. The buffer grows as frames need it (a small one for
+    /// interactive frames, up to a whole frame of the largest block for bulk ones), so a
+    /// connection that only sends small frames never holds a block-sized buffer.
     pub(super) fn space(&mut self) -> &mut [u8] {
+        let max = frame_len(self.block_size) as usize;
+        let want = self.current_end().max(self.have + 1).min(max);
+        if want > self.buf.len() || self.have == self.buf.len() {
+            // A small buffer, or exactly the frame being received (a bulk frame's size is
+            // known from its metadata before its data is read).
+            let grown = want.max(OPENER_INITIAL);
+            self.buf.resize(grown, 0);
+        }
         &mut self.buf[self.have..]
+    }
+
+    /// The buffers, to give back to a pool between frames: the plaintext one always (after
+    /// [`Self::consume`]), the read one only while it holds no byte.
+    pub(super) fn give_back(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let buf = if self.have == 0 {
+            std::mem::take(&mut self.buf)
+        } else {
+            Vec::new()
+        };
+        (buf, std::mem::take(&mut self.pt))
+    }
+
+    /// A read buffer for [`Self::space`] when it holds none (from a pool).
+    pub(super) fn wants_buf(&self) -> bool {
+        self.buf.capacity() == 0
+    }
+
+    pub(super) fn set_buf(&mut self, buf: Vec<u8>) {
+        debug_assert!(self.have == 0);
+        self.buf = buf;
+    }
+
+    /// For an asynchronous opener: whether the next step is a crypto call
+    /// ([`StreamKeys::open_frame`]) on the bytes held.
+    pub(super) fn wants_open(&self) -> bool {
+        match &self.pending {
+            None => self.have >= META_FRAME_LEN,
+            Some((m, opened)) => !opened && self.have >= self.end(m),
+        }
+    }
+
+    /// The buffers for that call, `(buf, avail, pt)`: given back with [`Self::opened`].
+    pub(super) fn lend(&mut self) -> (Vec<u8>, usize, Vec<u8>) {
+        (std::mem::take(&mut self.buf), self.have, std::mem::take(&mut self.pt))
+    }
+
+    /// The buffers lent by [`Self::lend`] come back with the call's result, which is checked
+    /// as [`Self::advance`] checks it.
+    pub(super) fn opened(
+        &mut self,
+        buf: Vec<u8>,
+        pt: Vec<u8>,
+        r: Result<(BlockMeta, bool), GwError>,
+    ) -> Result<(), GwError> {
+        self.buf = buf;
+        self.pt = pt;
+        let (meta, opened) = r?;
+        if let Some((m, _)) = self.pending {
+            // The data of a frame whose metadata was checked already.
+            self.pending = Some((m, opened));
+            return Ok(());
+        }
+        self.check(&meta)?;
+        self.pending = Some((meta, opened));
+        Ok(())
+    }
+
+    /// The current frame's metadata once it is whole and opened (once per frame; its parts
+    /// are then readable until [`Self::consume`]).
+    pub(super) fn ready(&mut self, p: &Pumps) -> Option<BlockMeta> {
+        match self.pending {
+            Some((m, true)) if self.have >= self.end(&m) && !self.delivered => {
+                self.delivered = true;
+                p.stats.blocks.fetch_add(1, Ordering::Relaxed);
+                Some(m)
+            }
+            _ => None,
+        }
+    }
+
+    fn check(&self, meta: &BlockMeta) -> Result<(), GwError> {
+        let expect = self.expect;
+        if meta.block_index != expect {
+            return Err(GwError::Auth(format!(
+                "frame {} arrived where frame {expect} was due",
+                meta.block_index
+            )));
+        }
+        if meta.pt_len > self.block_size || (meta.pt_len == 0 && !meta.is_final()) {
+            return Err(GwError::Protocol(format!("frame {expect} has pt_len {}", meta.pt_len)));
+        }
+        Ok(())
     }
 
     /// `n` bytes were read into [`Self::space`]; 0 (the stream ended) is an error here, since a
@@ -333,16 +432,7 @@ impl FrameOpener {
             }
             let (buf, pt) = (&self.buf[..self.have], &mut self.pt);
             let (meta, opened) = p.gate.run(|| keys.open_frame(buf, pt))?;
-            let expect = self.expect;
-            if meta.block_index != expect {
-                return Err(GwError::Auth(format!(
-                    "frame {} arrived where frame {expect} was due",
-                    meta.block_index
-                )));
-            }
-            if meta.pt_len > self.block_size || (meta.pt_len == 0 && !meta.is_final()) {
-                return Err(GwError::Protocol(format!("frame {expect} has pt_len {}", meta.pt_len)));
-            }
+            self.check(&meta)?;
             self.pending = Some((meta, opened));
         }
         let (meta, opened) = self.pending.expect("set above");
@@ -385,6 +475,7 @@ impl FrameOpener {
         self.have -= end;
         self.expect += 1;
         self.pending = None;
+        self.delivered = false;
     }
 }
 

@@ -218,7 +218,7 @@ impl<K: Keyring> crate::metrics::MetricsSource for Gateway<K> {
             ),
             Metric::new(
                 "qeltrix_gateway_crypto_calls_total",
-                "Frame crypto calls made.",
+                "Frame crypto calls made (a worker's batch of ready frames is one call).",
                 Counter,
                 get(&g.calls),
             ),
