@@ -380,9 +380,3 @@ def test_serve_s3_replicas_agree_and_a_download_resumes_across_them(s3: S3, tmp_
             assert status == 206, h2
             assert h1["x-replica"] != h2["x-replica"]
             assert first + rest == pt
-
-
-def test_recover_refuses_s3_with_one_line(s3: S3, tmp_path: Path) -> None:
-    r = cli("recover", s3.url("data.qltx"), str(tmp_path / "out.qltx"), env=s3.env)
-    assert r.returncode == 2, r.stderr
-    one_error(r.stderr, "s3://")

@@ -145,6 +145,18 @@ def create_upload(url: str, *, force: bool, part_size: int | None = None, if_mat
     return _core.StoreUpload(url, bucket, key, options(), size, concurrency, force, retry_seconds(), if_match)
 
 
+def create_sink(url: str) -> Any:
+    """A sink gateway's destination ``s3://BUCKET/PREFIX``: each stream becomes the object
+    ``PREFIX/stream-MS-ID.qltx`` through its own multipart upload. One listing checks now that
+    the bucket answers with these credentials."""
+    bucket, prefix = split_prefix(url)
+    opts = options()
+    size = int(_env_number("QELTRIX_S3_PART_SIZE", DEFAULT_PART_SIZE))
+    concurrency = int(_env_number("QELTRIX_S3_CONCURRENCY", DEFAULT_CONCURRENCY))
+    list_level(bucket, prefix)
+    return _core.StoreSink(bucket, prefix, opts, size, concurrency, retry_seconds())
+
+
 class ObjectFile:
     """A read-only ``seek``/``read`` view of an opened object, for code written against files."""
 

@@ -29,7 +29,7 @@ mod stats;
 pub use gate::CryptoGate;
 use pumps::*;
 use sink::*;
-pub use sink::{recover_stream, Recovered};
+pub use sink::{recover_stream, Recovered, SinkObject, SinkStore};
 use stats::*;
 pub use stats::{Aggregate, ConnSnapshot, ConnStats};
 
@@ -72,6 +72,8 @@ pub struct GatewayConfig {
     /// `host:port`, resolved for each connection.
     pub target: Option<String>,
     pub sink_dir: Option<PathBuf>,
+    /// Store the sink's streams here (object storage) rather than in `sink_dir`.
+    pub sink_store: Option<Arc<dyn SinkStore>>,
     /// Sink input is plaintext to seal here, rather than a V6 stream to store as it is.
     pub sink_raw: bool,
     pub block_size: u32,
@@ -102,6 +104,7 @@ impl GatewayConfig {
             listen,
             target: None,
             sink_dir: None,
+            sink_store: None,
             sink_raw: false,
             block_size: qeltrix_format::DEFAULT_BLOCK_SIZE,
             flush_delay: Duration::ZERO,
@@ -336,7 +339,7 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
     let invalid = |m: &str| io::Error::new(io::ErrorKind::InvalidInput, m.to_owned());
     match config.mode {
         Mode::Router | Mode::Decrypt if config.target.is_none() => return Err(invalid("this mode needs a target")),
-        Mode::Sink if config.sink_dir.as_ref().is_none_or(|d| !d.is_dir()) => {
+        Mode::Sink if config.sink_store.is_none() && config.sink_dir.as_ref().is_none_or(|d| !d.is_dir()) => {
             return Err(invalid("sink mode needs an existing sink directory"))
         }
         _ => {}
@@ -570,6 +573,12 @@ impl<K: Keyring> Gateway<K> {
     fn describe_target(&self) -> String {
         match (&self.config.target, &self.config.sink_dir) {
             (Some(t), _) => t.clone(),
+            (None, _) if self.config.sink_store.is_some() => self
+                .config
+                .sink_store
+                .as_ref()
+                .map(|s| s.describe())
+                .unwrap_or_default(),
             (None, Some(d)) => d.display().to_string(),
             (None, None) => "itself".into(),
         }
@@ -709,7 +718,6 @@ impl<K: Keyring> Gateway<K> {
     }
 
     fn sink(&self, client: &TcpStream, p: &Pumps) -> Result<(), GwError> {
-        let dir = self.config.sink_dir.as_deref().expect("checked at start");
         let bs = self.config.block_size;
         let session = if self.config.sink_raw {
             None
@@ -736,7 +744,20 @@ impl<K: Keyring> Gateway<K> {
                     .into(),
             ));
         }
-        let mut file = SinkFile::create(dir, p.stats.id, &header_bytes, signs)?;
+        let mut file = match &self.config.sink_store {
+            Some(store) => {
+                let file = SinkFile::create_in(store.as_ref(), p.stats.id, &header_bytes, signs)?;
+                self.keyring.log(
+                    LogLevel::Info,
+                    &format!("connection {}: storing {}", p.stats.id, file.name()),
+                );
+                file
+            }
+            None => {
+                let dir = self.config.sink_dir.as_deref().expect("checked at start");
+                SinkFile::create(dir, p.stats.id, &header_bytes, signs)?
+            }
+        };
         let r = if self.config.sink_raw {
             let SinkFile { file: out, stored, .. } = &mut file;
             p.seal(
@@ -765,7 +786,7 @@ impl<K: Keyring> Gateway<K> {
         };
         self.keyring.log(
             LogLevel::Info,
-            &format!("connection {}: stored {} ({state})", p.stats.id, path.display()),
+            &format!("connection {}: stored {path} ({state})", p.stats.id),
         );
         if r.is_ok() && !self.config.sink_raw {
             // Acknowledge durable storage with an empty reply stream bound to the request, so
