@@ -380,3 +380,16 @@ def test_serve_s3_replicas_agree_and_a_download_resumes_across_them(s3: S3, tmp_
             assert status == 206, h2
             assert h1["x-replica"] != h2["x-replica"]
             assert first + rest == pt
+
+
+def test_readahead_cap_bounds_memory_not_correctness(s3: S3, packed: tuple[bytes, str], tmp_path: Path) -> None:
+    pt, url = packed
+    key_file = tmp_path / "k.key"
+    key_file.write_bytes(KEY)
+    key_file.chmod(0o600)
+    # No room to hold frames ahead at all: every read still returns the right bytes.
+    r = cli("cat", "--key-file", key_file, url, env={**s3.env, "QELTRIX_S3_READAHEAD_BYTES": "0"})
+    assert r.returncode == 0 and r.stdout == pt, r.stderr
+    r = cli("cat", "--key-file", key_file, url, env={**s3.env, "QELTRIX_S3_READAHEAD_BYTES": "lots"})
+    assert r.returncode != 0
+    one_error(r.stderr, "QELTRIX_S3_READAHEAD_BYTES")

@@ -15,6 +15,8 @@ module only resolves the standard AWS configuration into the crate's settings:
 Secrets are never taken from the command line. ``QELTRIX_S3_RETRY_SECONDS`` bounds the time
 spent retrying one request (default 30), ``QELTRIX_S3_PART_SIZE`` sets the upload part size
 (default 8 MiB) and ``QELTRIX_S3_CONCURRENCY`` the parts in flight (default 4).
+``QELTRIX_S3_READAHEAD_BYTES`` caps the fetched frame bytes all open objects of the process hold
+together, reads ahead included (default 256 MiB; read by the Rust layer once per process).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def retry_seconds() -> float:
 def open_object(url: str) -> Any:
     """Open ``url`` for random reads: one GET (the header), pinned to its ETag from then on."""
     bucket, key = split(url)
+    _env_number("QELTRIX_S3_READAHEAD_BYTES", 256 << 20)  # a bad value is said here, not ignored
     return _core.StoreObject(url, bucket, key, options(), 65536, retry_seconds())
 
 

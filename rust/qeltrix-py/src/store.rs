@@ -28,9 +28,38 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::task::JoinSet;
 
-/// Bytes of prefetched frames kept per object (the windows of [`StoreObject::prefetch`]): two
-/// coalesced reads, so an open object costs at most this much beside the block cache.
+/// Bytes of prefetched frames kept per object (the windows of [`StoreObject::prefetch`]): a
+/// few coalesced reads, so an open object costs at most this much beside the block cache.
 const WINDOW_BYTES: usize = 64 << 20;
+
+/// Default of `QELTRIX_S3_READAHEAD_BYTES`: fetched frame bytes held by all open objects of
+/// the process together (windows and reads ahead in flight), beyond each one's newest window.
+const DEFAULT_HELD_CAP: u64 = 256 << 20;
+
+/// Bytes held in the windows of every open object, plus reads ahead in flight.
+static HELD: AtomicU64 = AtomicU64::new(0);
+
+/// The process-wide cap on [`HELD`]: `QELTRIX_S3_READAHEAD_BYTES` (checked by the Python layer).
+fn held_cap() -> u64 {
+    static CAP: OnceLock<u64> = OnceLock::new();
+    *CAP.get_or_init(|| {
+        std::env::var("QELTRIX_S3_READAHEAD_BYTES")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map_or(DEFAULT_HELD_CAP, |v| v as u64)
+    })
+}
+
+/// Runs `(start, end)` fetched, each with the offset the server answered from and its bytes.
+type Fetched = Vec<(u64, u64, u64, Bytes)>;
+
+/// A read ahead in flight: runs of object bytes fetched in the background while the reader
+/// decrypts what it has, `reserved` bytes counted in [`HELD`] until it lands.
+struct Ahead {
+    reserved: u64,
+    task: tokio::task::JoinHandle<std::result::Result<Fetched, object_store::Error>>,
+}
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -124,6 +153,8 @@ pub struct StoreObject {
     fetching: Mutex<()>,
     /// A read past the prefetched windows fetches at least this many bytes (sequential unpack).
     readahead: AtomicU64,
+    /// The read ahead in flight, if any ([`StoreObject::prefetch_runs_ahead`]).
+    ahead: Mutex<Option<Ahead>>,
     gets: AtomicU64,
 }
 
@@ -180,13 +211,106 @@ impl StoreObject {
     }
 
     fn keep(&self, start: u64, bytes: Bytes) {
+        self.keep_all(vec![(start, bytes)]);
+    }
+
+    /// Keep the spans of one fetch. Older windows are evicted, oldest first, beyond this
+    /// object's cap (the newest window always stays) and beyond the process-wide cap (the
+    /// spans of this fetch always stay: they hold what the caller is about to read).
+    fn keep_all(&self, batch: Vec<(u64, Bytes)>) {
         let mut windows = self.windows.lock().expect("windows lock");
-        windows.push_back((start, bytes));
+        let fresh = batch.len();
+        for (start, bytes) in batch {
+            HELD.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            windows.push_back((start, bytes));
+        }
         let mut total: usize = windows.iter().map(|(_, b)| b.len()).sum();
-        while total > WINDOW_BYTES && windows.len() > 1 {
+        while (windows.len() > 1 && total > WINDOW_BYTES)
+            || (windows.len() > fresh && HELD.load(Ordering::Relaxed) > held_cap())
+        {
             let (_, b) = windows.pop_front().expect("non-empty");
             total -= b.len();
+            HELD.fetch_sub(b.len() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Wait for the read ahead in flight, if any, and keep what it fetched.
+    fn settle(&self) -> Result<()> {
+        let Some(ahead) = self.ahead.lock().expect("ahead lock").take() else {
+            return Ok(());
+        };
+        let r = runtime().block_on(ahead.task);
+        HELD.fetch_sub(ahead.reserved, Ordering::Relaxed);
+        let fetched = r
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| store_error(&self.url, e))?;
+        let mut batch = Vec::with_capacity(fetched.len());
+        for (a, b, start, bytes) in fetched {
+            if start != a || (bytes.len() as u64) < b - a {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            batch.push((a, bytes));
+        }
+        self.keep_all(batch);
+        Ok(())
+    }
+
+    /// Start fetching `runs` of object bytes in the background (one ranged GET each, in
+    /// parallel) while the caller decrypts what it holds; the next fetch waits for them. Skipped
+    /// when a read ahead is already in flight, or when it would take the process over its cap
+    /// on fetched bytes (`QELTRIX_S3_READAHEAD_BYTES`): the reads then fetch when they need to.
+    pub fn prefetch_runs_ahead(&self, runs: &[(u64, u64)]) {
+        let mut slot = self.ahead.lock().expect("ahead lock");
+        if slot.is_some() {
+            return;
+        }
+        let todo: Vec<(u64, u64)> = runs
+            .iter()
+            .map(|&(a, b)| (a, b.min(self.size)))
+            .filter(|&(a, b)| a < b && !self.covered(a, b))
+            .collect();
+        let reserved: u64 = todo.iter().map(|(a, b)| b - a).sum();
+        if reserved == 0 || HELD.load(Ordering::Relaxed) + reserved > held_cap() {
+            return;
+        }
+        HELD.fetch_add(reserved, Ordering::Relaxed);
+        self.gets.fetch_add(todo.len() as u64, Ordering::Relaxed);
+        let jobs: Vec<_> = todo
+            .iter()
+            .map(|&(a, b)| {
+                (
+                    a,
+                    b,
+                    self.store.clone(),
+                    self.path.clone(),
+                    self.options(GetRange::Bounded(a..b)),
+                )
+            })
+            .collect();
+        let task = runtime().spawn(async move {
+            let mut set = JoinSet::new();
+            for (a, b, store, path, opts) in jobs {
+                set.spawn(async move {
+                    let r = store.get_opts(&path, opts).await?;
+                    let start = r.range.start;
+                    Ok::<_, object_store::Error>((a, b, start, r.bytes().await?))
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(r) = set.join_next().await {
+                match r {
+                    Ok(r) => out.push(r?),
+                    Err(e) => {
+                        return Err(object_store::Error::Generic {
+                            store: "S3",
+                            source: Box::new(e),
+                        })
+                    }
+                }
+            }
+            Ok(out)
+        });
+        *slot = Some(Ahead { reserved, task });
     }
 
     /// Object bytes `[start, end)` fetched in one ranged GET, unless already held.
@@ -196,6 +320,7 @@ impl StoreObject {
             return Ok(());
         }
         let _one = self.fetching.lock().expect("fetch lock");
+        self.settle()?;
         if self.covered(start, end) {
             return Ok(());
         }
@@ -210,6 +335,10 @@ impl StoreObject {
     /// Several runs of object bytes, one ranged GET each, all in flight at once (the frames
     /// of one plaintext range that a permutation window scattered: one round trip, not one each).
     pub fn prefetch_runs(&self, runs: &[(u64, u64)]) -> Result<()> {
+        {
+            let _one = self.fetching.lock().expect("fetch lock");
+            self.settle()?;
+        }
         let todo = |me: &Self| -> Vec<(u64, u64)> {
             runs.iter()
                 .map(|&(a, b)| (a, b.min(me.size)))
@@ -243,6 +372,7 @@ impl StoreObject {
             }
             out
         });
+        let mut batch = Vec::with_capacity(fetched.len());
         for r in fetched {
             let (a, b, start, bytes) = r
                 .map_err(|e| Error::Internal(e.to_string()))?
@@ -250,8 +380,9 @@ impl StoreObject {
             if start != a || (bytes.len() as u64) < b - a {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
             }
-            self.keep(a, bytes);
+            batch.push((a, bytes));
         }
+        self.keep_all(batch);
         Ok(())
     }
 
@@ -300,6 +431,19 @@ impl StoreObject {
 
     pub fn set_readahead(&self, n: u64) {
         self.readahead.store(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StoreObject {
+    fn drop(&mut self) {
+        if let Some(ahead) = self.ahead.get_mut().ok().and_then(Option::take) {
+            ahead.task.abort();
+            HELD.fetch_sub(ahead.reserved, Ordering::Relaxed);
+        }
+        if let Ok(windows) = self.windows.get_mut() {
+            let held: usize = windows.iter().map(|(_, b)| b.len()).sum();
+            HELD.fetch_sub(held as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -358,6 +502,7 @@ impl StoreObject {
             windows: Mutex::new(VecDeque::new()),
             fetching: Mutex::new(()),
             readahead: AtomicU64::new(0),
+            ahead: Mutex::new(None),
             gets: AtomicU64::new(1),
         })
     }
