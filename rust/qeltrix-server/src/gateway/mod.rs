@@ -938,6 +938,99 @@ mod tests {
         }
     }
 
+    /// An object store in memory: `sent` bytes of each object are "uploaded" (cannot be taken
+    /// back), the rest buffered, as in a multipart upload.
+    #[derive(Debug, Default)]
+    struct MemStore {
+        done: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    }
+
+    struct MemObject {
+        name: String,
+        data: Vec<u8>,
+        sent: usize,
+        done: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    }
+
+    impl SinkStore for MemStore {
+        fn describe(&self) -> String {
+            "mem://".into()
+        }
+        fn create(&self, name: &str) -> io::Result<Box<dyn SinkObject>> {
+            Ok(Box::new(MemObject {
+                name: format!("mem://{name}"),
+                data: Vec::new(),
+                sent: 0,
+                done: self.done.clone(),
+            }))
+        }
+    }
+
+    impl Write for MemObject {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.data.extend_from_slice(buf);
+            // Everything but the last 64 bytes has gone out as parts.
+            self.sent = self.data.len().saturating_sub(64).max(self.sent);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl SinkObject for MemObject {
+        fn name(&self) -> String {
+            self.name.clone()
+        }
+        fn truncate(&mut self, len: u64) -> io::Result<()> {
+            if (len as usize) < self.sent {
+                return Err(io::Error::other("already sent"));
+            }
+            self.data.truncate(len as usize);
+            Ok(())
+        }
+        fn commit(self: Box<Self>) -> io::Result<String> {
+            self.done.lock().expect("lock").insert(self.name.clone(), self.data);
+            Ok(self.name)
+        }
+    }
+
+    #[test]
+    fn a_sink_store_gets_the_bytes_a_sink_directory_gets_and_nothing_until_finished() {
+        let dir = std::env::temp_dir().join(format!("qeltrix-sink-store-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let header = vec![0xAB; 128];
+        let store = MemStore::default();
+        let mut file = SinkFile::create(&dir, 1, &header, true).expect("create");
+        let mut object = SinkFile::create_in(&store, 1, &header, true).expect("create");
+        let mut keys = PlainKeys;
+        for i in 0..3u8 {
+            let meta_frame = [i + 1; META_FRAME_LEN];
+            for f in [&mut file, &mut object] {
+                f.frame(&mut keys, &meta_frame, &[i; 10 + TAG_LEN], 10).expect("frame");
+            }
+        }
+        // A half-written frame after the last recorded one is dropped at finish, if still buffered.
+        file.file.write_all(&[0xEE; 50]).expect("write");
+        object.file.write_all(&[0xEE; 50]).expect("write");
+        assert!(
+            store.done.lock().expect("lock").is_empty(),
+            "nothing visible before finish"
+        );
+        let path = file.finish(&Signing, &mut keys, true).expect("finish");
+        let name = object.finish(&Signing, &mut keys, true).expect("finish");
+        let on_disk = std::fs::read(&path).expect("read");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert!(name.starts_with("mem://stream-") && name.ends_with("-1.qltx"), "{name}");
+        assert_eq!(store.done.lock().expect("lock")[&name], on_disk);
+
+        // Bytes already sent cannot be taken back: finishing fails (the caller's drop aborts).
+        let mut object = SinkFile::create_in(&store, 2, &header, false).expect("create");
+        object.file.write_all(&[0xEE; 500]).expect("write");
+        assert!(object.finish(&Signing, &mut keys, true).is_err());
+        assert_eq!(store.done.lock().expect("lock").len(), 1);
+    }
+
     #[test]
     fn a_signing_sink_appends_footer_signature_section_and_trailer_even_when_cut() {
         let dir = std::env::temp_dir().join(format!("qeltrix-sink-test-{}", std::process::id()));
