@@ -231,3 +231,19 @@ def test_pack_fails_cleanly_when_the_s3_server_goes_away_mid_upload(
     assert seen["dropped_deletes"] == 1
     assert keys_under(client, "gone/") == []
     assert uploads_under(client, "gone/") == []
+
+
+def test_a_sink_on_a_missing_bucket_fails_before_listening_with_one_line(
+    s3: tuple[ProxyState, Any, dict[str, str]], tmp_path: Path
+) -> None:
+    _state, _client, env = s3
+    kf = tmp_path / "k.key"
+    kf.write_bytes(KEY)
+    kf.chmod(0o600)
+    args = ("gateway", "--mode", "sink", "--listen", "127.0.0.1:0", "-k", kf, "--sink-dir")
+    r = cli(*args, "s3://no-such-bucket/streams", env=env)
+    assert r.returncode != 0
+    one_error(r.stderr, "s3://no-such-bucket/streams/: no such bucket")
+    r = cli(*args, "s3://sink/streams", env={k: v for k, v in env.items() if not k.startswith("AWS_ACCESS")})
+    assert r.returncode != 0
+    one_error(r.stderr, "no AWS credentials")

@@ -86,6 +86,13 @@ fn store_error(url: &str, e: object_store::Error) -> Error {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => std::io::ErrorKind::PermissionDenied,
         _ => std::io::ErrorKind::Other,
     };
+    if e.to_string().contains("<Code>NoSuchBucket</Code>") {
+        // A listing of a missing bucket: S3's answer, not the whole XML of it.
+        return Error::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{url}: no such bucket"),
+        ));
+    }
     let msg = match &e {
         E::NotFound { .. } => format!("{url}: no such object (or no such bucket)"),
         E::Precondition { .. } => {
