@@ -33,6 +33,8 @@ class ProxyState:
     # Run before relaying a request: each hook is called with it, and dropped once it says True
     # (a concurrent writer stepping in at an exact point of a command).
     hooks: list[Callable[[Logged], bool]] = field(default_factory=list)
+    # While set, every request is dropped (the server gone), hooks still run: one may clear it.
+    down: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def gets(self, key: str) -> list[Logged]:
@@ -71,7 +73,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         fault = None
         with state.lock:
             state.log.append(entry)
-            for i, (kind, method) in enumerate(state.faults):
+            if state.down:
+                fault = "drop"
+            for i, (kind, method) in enumerate(state.faults if fault is None else []):
                 if method == self.command:
                     fault = kind
                     del state.faults[i]

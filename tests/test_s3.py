@@ -382,7 +382,14 @@ def test_serve_s3_replicas_agree_and_a_download_resumes_across_them(s3: S3, tmp_
             assert first + rest == pt
 
 
-def test_recover_refuses_s3_with_one_line(s3: S3, tmp_path: Path) -> None:
-    r = cli("recover", s3.url("data.qltx"), str(tmp_path / "out.qltx"), env=s3.env)
-    assert r.returncode == 2, r.stderr
-    one_error(r.stderr, "s3://")
+def test_readahead_cap_bounds_memory_not_correctness(s3: S3, packed: tuple[bytes, str], tmp_path: Path) -> None:
+    pt, url = packed
+    key_file = tmp_path / "k.key"
+    key_file.write_bytes(KEY)
+    key_file.chmod(0o600)
+    # No room to hold frames ahead at all: every read still returns the right bytes.
+    r = cli("cat", "--key-file", key_file, url, env={**s3.env, "QELTRIX_S3_READAHEAD_BYTES": "0"})
+    assert r.returncode == 0 and r.stdout == pt, r.stderr
+    r = cli("cat", "--key-file", key_file, url, env={**s3.env, "QELTRIX_S3_READAHEAD_BYTES": "lots"})
+    assert r.returncode != 0
+    one_error(r.stderr, "QELTRIX_S3_READAHEAD_BYTES")

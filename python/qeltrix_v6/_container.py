@@ -538,9 +538,8 @@ def recover(
     kms = _kms_with_keys(kms, kms_key_ids)
     identities = _pubkeys.load_identities(identity)
     _check_reader_credentials(passphrase, key, identities, kms)
-    with _open_input(src) as f:
-        src_len = os.fstat(f.fileno()).st_size
-        reader = _core.Reader(f.fileno())
+
+    def unlock(reader: Any) -> _crypto.ContainerKeys:
         if int(reader.header_flags) & _signing.HEADER_FLAG_SIGNED:
             # A signing sink died before it signed: an index alone would leave SIGNED set with no
             # signature, which FORMAT.md section 15.3 forbids.
@@ -548,7 +547,7 @@ def recover(
                 "this stream was stored by a signing sink that stopped before signing it; "
                 "recover cannot vouch for it in the sink's name"
             )
-        keys = unlock_header(
+        return unlock_header(
             reader.header,
             passphrase=passphrase,
             key=key,
@@ -556,13 +555,30 @@ def recover(
             kms=kms,
             max_kdf_memory=max_kdf_memory,
         )
-    atomic = AtomicOutput(dst, overwrite=overwrite)
-    with atomic:
-        blocks, pt_len, complete, stopped = _core.recover_stream_file(os.fspath(src), atomic.temp_path, keys)
-        with builtins.open(atomic.temp_path, "rb") as out:
-            out.seek(-_TRAILER_LEN, os.SEEK_END)
-            (kept_len,) = struct.unpack_from("<Q", out.read(_TRAILER_LEN))  # footer_offset
-        atomic.commit()
+
+    if _store.is_url(src):
+        from . import _s3recover  # boto3 only when needed
+
+        def output(path: str) -> Any:
+            if _store.is_url(path):
+                return _store.create_upload(path, force=overwrite)
+            return AtomicOutput(path, overwrite=overwrite)
+
+        obj = _s3recover.open_for_recovery(str(src))
+        (blocks, pt_len, complete, stopped, kept_len), src_len = _s3recover.recover(obj, os.fspath(dst), unlock, output)
+    elif _store.is_url(dst):
+        raise QeltrixIOError(f"{dst}: recover writes to s3:// only from an s3:// source; recover to a file and pack it")
+    else:
+        with _open_input(src) as f:
+            src_len = os.fstat(f.fileno()).st_size
+            keys = unlock(_core.Reader(f.fileno()))
+        atomic = AtomicOutput(dst, overwrite=overwrite)
+        with atomic:
+            blocks, pt_len, complete, stopped = _core.recover_stream_file(os.fspath(src), atomic.temp_path, keys)
+            with builtins.open(atomic.temp_path, "rb") as out:
+                out.seek(-_TRAILER_LEN, os.SEEK_END)
+                (kept_len,) = struct.unpack_from("<Q", out.read(_TRAILER_LEN))  # footer_offset
+            atomic.commit()
     return {
         "blocks": blocks,
         "pt_len": pt_len,

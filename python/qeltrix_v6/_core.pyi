@@ -75,6 +75,7 @@ __all__ = [
     "Reader",
     "SeekServerCore",
     "StoreObject",
+    "StoreSink",
     "StoreUpload",
     "default_perm_window",
     "encode_header_unsealed",
@@ -83,6 +84,7 @@ __all__ = [
     "parse_header",
     "perm_forward",
     "recover_stream_file",
+    "recover_stream_store",
     "signed_message",
     "store_list",
 ]
@@ -245,6 +247,25 @@ class StoreUpload:
     def url(self) -> str: ...
 
 @final
+class StoreSink:
+    """A sink gateway's ``s3://BUCKET/PREFIX``: one multipart upload per stream."""
+    def __new__(
+        cls,
+        bucket: str,
+        prefix: str,
+        options: dict[str, str],
+        part_size: int = ...,
+        concurrency: int = 4,
+        retry_seconds: float = 30.0,
+    ) -> Self: ...
+    @property
+    def url(self) -> str: ...
+
+def recover_stream_store(
+    src: StoreObject, dst: str | StoreUpload, keys: Any
+) -> tuple[int, int, bool, str | None, int]: ...
+
+@final
 class Header:
     """A parsed header (FORMAT.md section 3): what ``parse_header`` and ``Reader.header`` return."""
     @property
@@ -388,6 +409,7 @@ class GatewayCore:
         handshake_timeout: float = 10.0,
         signer: Any = None,
         metrics: tuple[str, int] | None = None,
+        sink_store: StoreSink | None = None,
     ) -> Self: ...
     @property
     def address(self) -> tuple[str, int]: ...

@@ -15,6 +15,8 @@ module only resolves the standard AWS configuration into the crate's settings:
 Secrets are never taken from the command line. ``QELTRIX_S3_RETRY_SECONDS`` bounds the time
 spent retrying one request (default 30), ``QELTRIX_S3_PART_SIZE`` sets the upload part size
 (default 8 MiB) and ``QELTRIX_S3_CONCURRENCY`` the parts in flight (default 4).
+``QELTRIX_S3_READAHEAD_BYTES`` caps the fetched frame bytes all open objects of the process hold
+together, reads ahead included (default 256 MiB; read by the Rust layer once per process).
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ def retry_seconds() -> float:
 def open_object(url: str) -> Any:
     """Open ``url`` for random reads: one GET (the header), pinned to its ETag from then on."""
     bucket, key = split(url)
+    _env_number("QELTRIX_S3_READAHEAD_BYTES", 256 << 20)  # a bad value is said here, not ignored
     return _core.StoreObject(url, bucket, key, options(), 65536, retry_seconds())
 
 
@@ -149,6 +152,18 @@ def create_upload(url: str, *, force: bool, part_size: int | None = None, if_mat
     size = int(part_size if part_size is not None else _env_number("QELTRIX_S3_PART_SIZE", DEFAULT_PART_SIZE))
     concurrency = int(_env_number("QELTRIX_S3_CONCURRENCY", DEFAULT_CONCURRENCY))
     return _core.StoreUpload(url, bucket, key, options(), size, concurrency, force, retry_seconds(), if_match)
+
+
+def create_sink(url: str) -> Any:
+    """A sink gateway's destination ``s3://BUCKET/PREFIX``: each stream becomes the object
+    ``PREFIX/stream-MS-ID.qltx`` through its own multipart upload. One listing checks now that
+    the bucket answers with these credentials."""
+    bucket, prefix = split_prefix(url)
+    opts = options()
+    size = int(_env_number("QELTRIX_S3_PART_SIZE", DEFAULT_PART_SIZE))
+    concurrency = int(_env_number("QELTRIX_S3_CONCURRENCY", DEFAULT_CONCURRENCY))
+    list_level(bucket, prefix)
+    return _core.StoreSink(bucket, prefix, opts, size, concurrency, retry_seconds())
 
 
 class ObjectFile:

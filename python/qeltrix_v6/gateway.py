@@ -9,7 +9,8 @@ Modes:
   encrypted on their way back. A router whose target is another router adds a layer; each
   decrypt gateway peels one.
 - ``sink``: store each incoming stream (V6, or plaintext with ``sink_raw=True``) as a
-  container in ``sink_dir``; a cut connection leaves a container marked incomplete. With
+  container in ``sink_dir`` (a directory, or ``s3://BUCKET/PREFIX``: one multipart upload per
+  stream); a cut connection leaves a container marked incomplete. With
   ``sign_with`` (an Ed25519 key) the sink signs every container it stores (FORMAT.md 12, 15).
 
 Gateways that talk to each other share a 32-byte key file, or hold X25519 identities and
@@ -28,7 +29,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from . import _core, _crypto, _signing
+from . import _core, _crypto, _signing, _store
 from ._container import build_header
 from ._pubkeys import decode_public_key, encode_public_key
 from ._service import BackgroundService, check_int
@@ -222,8 +223,9 @@ class GatewayServer(BackgroundService):
             raise ValueError("every key in accept_keys is a 32-byte shared key")
         if mode in ("router", "decrypt") and target is None:
             raise ValueError(f"mode {mode!r} needs a target HOST:PORT")
-        if mode == "sink" and (sink_dir is None or not os.path.isdir(sink_dir)):
-            raise ValueError("sink mode needs an existing sink_dir")
+        remote = mode == "sink" and _store.is_url(sink_dir)
+        if mode == "sink" and not remote and (sink_dir is None or not os.path.isdir(sink_dir)):
+            raise ValueError("sink mode needs an existing sink_dir (a directory or s3://BUCKET/PREFIX)")
         if cipher not in _crypto.CIPHERS:
             raise ValueError(f"unknown cipher {cipher!r}")
         if not _core.MIN_BLOCK_SIZE <= block_size <= _core.MAX_STREAM_BLOCK_SIZE:
@@ -249,7 +251,9 @@ class GatewayServer(BackgroundService):
         )
         self._settings: dict[str, Any] = {
             "target": tgt,
-            "sink_dir": os.fspath(sink_dir) if sink_dir is not None else None,
+            # An object-storage sink is checked (credentials, bucket) here, before listening.
+            "sink_store": _store.create_sink(str(sink_dir)) if remote else None,
+            "sink_dir": os.fspath(sink_dir) if sink_dir is not None and not remote else None,
             "sink_raw": sink_raw,
             "block_size": block_size,
             "flush_delay": flush_delay,

@@ -117,17 +117,6 @@ def _check_input(src: str) -> None:
         )
 
 
-def _local_only(src: str, what: str) -> None:
-    """Refuse an ``s3://`` SRC for a command that rewrites a container in place (not done
-    for object storage yet: README "Containers on object storage")."""
-    if _store.is_url(src):
-        raise CliError(
-            f"{what} does not work on s3:// objects yet",
-            hint="copy the object to a file (qeltrix cat/unpack read s3:// directly), change it, upload it",
-            code=ExitCode.USAGE,
-        )
-
-
 def _stdin() -> Any:
     return sys.stdin.buffer
 

@@ -15,6 +15,7 @@ import typer
 from .. import _container, _signed_url, _store
 from .._pubkeys import decode_public_key
 from .._service import split_hostport
+from ..errors import QeltrixError
 from ..gateway import MODES, GatewayServer
 from ..server import (
     ACCESS_LOG_FORMATS,
@@ -65,7 +66,6 @@ from ._options import (
 from ._output import (
     _check_input,
     _check_output,
-    _local_only,
     _status,
 )
 
@@ -486,7 +486,11 @@ def gateway(
     ] = None,
     sink_dir: Annotated[
         str | None,
-        typer.Option("--sink-dir", metavar="DIR", help="Where sink mode stores one container per connection."),
+        typer.Option(
+            "--sink-dir",
+            metavar="DIR",
+            help="Where sink mode stores one container per connection: a directory or s3://BUCKET/PREFIX.",
+        ),
     ] = None,
     sink_raw: Annotated[
         bool,
@@ -648,6 +652,8 @@ def gateway(
         gw.start()
     except ValueError as e:
         raise CliError(str(e), code=ExitCode.USAGE) from None
+    except QeltrixError:
+        raise  # an s3:// sink's bucket or credentials: said as every command says it
     except OSError as e:
         raise CliError(f"cannot listen on {listen}: {e}", code=ExitCode.IO) from None
     except (KeyboardInterrupt, _Terminated):
@@ -720,9 +726,13 @@ def recover(
       qeltrix recover --key-file shared.key .stream-1700000000000-7.qltx.part stream-7.qltx
     """
     _refuse_passphrase_value(passphrase)
-    _local_only(src, "recover")
     _check_input(src)
     _check_output(dst, force)
+    if _store.is_url(src):
+        from .. import _s3recover
+
+        # A sink killed mid-stream left its parts in an unfinished upload: make them the object.
+        _s3recover.open_for_recovery(src)
     creds = credentials_for_reading(src, key_file, passphrase_file, identity_files=identity)
     info = _container.recover(src, dst, **creds.kwargs(), overwrite=force)
     summary = (

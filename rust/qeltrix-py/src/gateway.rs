@@ -39,7 +39,7 @@ pub struct PyStreamKeys {
 }
 
 impl PyStreamKeys {
-    fn new(keys: Py<PyAny>) -> PyStreamKeys {
+    pub(crate) fn new(keys: Py<PyAny>) -> PyStreamKeys {
         PyStreamKeys { keys }
     }
 }
@@ -451,7 +451,7 @@ impl GatewayCore {
     #[new]
     #[pyo3(signature = (mode, host, port, keyring, target=None, sink_dir=None, sink_raw=false, block_size=qeltrix_format::DEFAULT_BLOCK_SIZE,
                         flush_delay=0.0, max_connections=1024, idle_timeout=300.0, connect_timeout=10.0,
-                        stats_interval=0.0, handshake_timeout=10.0, signer=None, metrics=None))]
+                        stats_interval=0.0, handshake_timeout=10.0, signer=None, metrics=None, sink_store=None))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
     fn new(
         py: Python<'_>,
@@ -471,6 +471,7 @@ impl GatewayCore {
         handshake_timeout: f64,
         signer: Option<Py<PyAny>>,
         metrics: Option<(String, u16)>,
+        sink_store: Option<PyRef<'_, crate::store::StoreSink>>,
     ) -> PyResult<GatewayCore> {
         if signer.is_some() && (mode != "sink") {
             return Err(PyValueError::new_err("only a sink signs what it stores"));
@@ -490,6 +491,7 @@ impl GatewayCore {
         let mut config = GatewayConfig::new(mode, listen);
         config.target = target;
         config.sink_dir = sink_dir;
+        config.sink_store = sink_store.map(|s| s.target());
         config.sink_raw = sink_raw;
         config.block_size = block_size;
         config.flush_delay = seconds("flush_delay", flush_delay, 0.0)?;

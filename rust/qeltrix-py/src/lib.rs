@@ -26,6 +26,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reader::PyBlockCache>()?;
     m.add_class::<store::StoreObject>()?;
     m.add_class::<store::StoreUpload>()?;
+    m.add_class::<store::StoreSink>()?;
+    m.add_function(wrap_pyfunction!(store::recover_stream_store, m)?)?;
     m.add_function(wrap_pyfunction!(store::store_list, m)?)?;
     m.add_class::<server::SeekServerCore>()?;
     m.add_class::<gateway::GatewayCore>()?;

@@ -29,6 +29,9 @@ const PREFETCH_BYTES: u64 = 8 << 20;
 const COALESCE_GAP: u64 = 1 << 20;
 /// ... and for sequential reads, whose skipped frames are about to be read anyway.
 const SEQUENTIAL_GAP: u64 = 8 << 20;
+/// A sequential read's fetches ahead grow from [`PREFETCH_BYTES`] by doubling up to this (fewer,
+/// larger GETs; two such runs stay within an object's window cap).
+const MAX_AHEAD_BYTES: u64 = 24 << 20;
 /// Sequential reads (unpack) from object storage fetch this much at a time.
 const UNPACK_READAHEAD: u64 = 8 << 20;
 
@@ -179,6 +182,8 @@ pub struct Reader {
     window: OnceLock<(u64, u64)>,
     /// The block after the last read's (object storage: sequential reads are fetched ahead).
     next_block: std::sync::atomic::AtomicUsize,
+    /// Bytes of frames the next fetch ahead asks for (grows while reads stay sequential).
+    ahead_bytes: AtomicU64,
 }
 
 impl Reader {
@@ -294,9 +299,11 @@ impl Reader {
 
     /// On object storage, fetch the frames of the blocks from `first` that are not cached, in
     /// one ranged GET per run of nearby frames (a permutation window scatters logically
-    /// adjacent frames a little), at most [`PREFETCH_BYTES`] of frames at a time. Returns the
-    /// block after the last one considered. A no-op on files.
-    fn prefetch_frames(&self, first: usize, end: usize, gap: u64) -> Result<usize> {
+    /// adjacent frames a little), at most [`PREFETCH_BYTES`] of frames at a time (`budget` for
+    /// a fetch ahead). Returns the block after the last one considered. A no-op on files. With
+    /// `ahead`, the fetch runs in the background (the caller decrypts meanwhile) and the next
+    /// fetch waits for it.
+    fn prefetch_frames(&self, first: usize, end: usize, gap: u64, ahead: Option<u64>) -> Result<usize> {
         let Some(store) = self.source.store() else {
             return Ok(end);
         };
@@ -304,7 +311,8 @@ impl Reader {
         let mut spans: Vec<(u64, u64)> = Vec::new();
         let mut total = 0u64;
         let mut i = first;
-        while i < end && total < PREFETCH_BYTES {
+        let budget = ahead.unwrap_or(PREFETCH_BYTES);
+        while i < end && total < budget {
             let e = entries[i];
             let n = frame_len(e.pt_len);
             let held = store.covered(e.frame_offset, e.frame_offset + n);
@@ -322,8 +330,22 @@ impl Reader {
                 _ => runs.push((a, b)),
             }
         }
-        store.prefetch_runs(&runs)?;
+        if ahead.is_some() {
+            store.prefetch_runs_ahead(&runs);
+        } else {
+            store.prefetch_runs(&runs)?;
+        }
         Ok(i)
+    }
+
+    /// Whether block `i`'s frame is at hand: on a file, or already fetched from the object
+    /// (the block cache is not asked: [`Self::prefetch_frames`] does, counting hits once).
+    fn frame_held(&self, i: usize) -> Result<bool> {
+        let Some(store) = self.source.store() else {
+            return Ok(true);
+        };
+        let e = self.loaded()?.index.entries[i];
+        Ok(store.covered(e.frame_offset, e.frame_offset + frame_len(e.pt_len)))
     }
 
     /// Hand plaintext `[pos, pos + len)` (clipped at the end) to `emit` block by block;
@@ -345,6 +367,12 @@ impl Reader {
         // storage, fetch ahead in large runs instead of one GET per call.
         let large = (covering.len() as u64).saturating_mul(u64::from(self.header.block_size)) > PREFETCH_BYTES;
         let sequential = self.next_block.load(Ordering::Relaxed) == covering.start;
+        if large {
+            // A large read (a whole download) is known to need what follows: large GETs at once.
+            self.ahead_bytes.store(MAX_AHEAD_BYTES, Ordering::Relaxed);
+        } else if !sequential {
+            self.ahead_bytes.store(PREFETCH_BYTES, Ordering::Relaxed);
+        }
         let gap = if large || sequential {
             SEQUENTIAL_GAP
         } else {
@@ -353,8 +381,15 @@ impl Reader {
         let ahead = if sequential { index.entries.len() } else { covering.end };
         let mut next = covering.start;
         for i in covering {
-            if i >= fetched_to {
-                fetched_to = self.prefetch_frames(i, ahead, gap)?;
+            if i >= fetched_to && !self.frame_held(i)? {
+                fetched_to = self.prefetch_frames(i, ahead, gap, None)?;
+                if (large || sequential) && fetched_to < ahead {
+                    // The next run is fetched while this one is decrypted, in ever larger GETs.
+                    let budget = self.ahead_bytes.load(Ordering::Relaxed);
+                    self.prefetch_frames(fetched_to, ahead, gap, Some(budget))?;
+                    self.ahead_bytes
+                        .store((budget * 2).min(MAX_AHEAD_BYTES), Ordering::Relaxed);
+                }
             }
             let block = self.block(i)?;
             next = i + 1;
@@ -569,6 +604,7 @@ impl Reader {
             digests_required: AtomicBool::new(false),
             window: OnceLock::new(),
             next_block: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            ahead_bytes: AtomicU64::new(PREFETCH_BYTES),
         })
     }
 

@@ -21,15 +21,45 @@ use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartUpload, ObjectStore, PutPayload, RetryConfig,
 };
 use pyo3::prelude::*;
+use qeltrix_server::gateway::{SinkObject, SinkStore};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::task::JoinSet;
 
-/// Bytes of prefetched frames kept per object (the windows of [`StoreObject::prefetch`]): two
-/// coalesced reads, so an open object costs at most this much beside the block cache.
+/// Bytes of prefetched frames kept per object (the windows of [`StoreObject::prefetch`]): a
+/// few coalesced reads, so an open object costs at most this much beside the block cache.
 const WINDOW_BYTES: usize = 64 << 20;
+
+/// Default of `QELTRIX_S3_READAHEAD_BYTES`: fetched frame bytes held by all open objects of
+/// the process together (windows and reads ahead in flight), beyond each one's newest window.
+const DEFAULT_HELD_CAP: u64 = 256 << 20;
+
+/// Bytes held in the windows of every open object, plus reads ahead in flight.
+static HELD: AtomicU64 = AtomicU64::new(0);
+
+/// The process-wide cap on [`HELD`]: `QELTRIX_S3_READAHEAD_BYTES` (checked by the Python layer).
+fn held_cap() -> u64 {
+    static CAP: OnceLock<u64> = OnceLock::new();
+    *CAP.get_or_init(|| {
+        std::env::var("QELTRIX_S3_READAHEAD_BYTES")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map_or(DEFAULT_HELD_CAP, |v| v as u64)
+    })
+}
+
+/// Runs `(start, end)` fetched, each with the offset the server answered from and its bytes.
+type Fetched = Vec<(u64, u64, u64, Bytes)>;
+
+/// A read ahead in flight: runs of object bytes fetched in the background while the reader
+/// decrypts what it has, `reserved` bytes counted in [`HELD`] until it lands.
+struct Ahead {
+    reserved: u64,
+    task: tokio::task::JoinHandle<std::result::Result<Fetched, object_store::Error>>,
+}
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -56,6 +86,13 @@ fn store_error(url: &str, e: object_store::Error) -> Error {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => std::io::ErrorKind::PermissionDenied,
         _ => std::io::ErrorKind::Other,
     };
+    if e.to_string().contains("<Code>NoSuchBucket</Code>") {
+        // A listing of a missing bucket: S3's answer, not the whole XML of it.
+        return Error::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{url}: no such bucket"),
+        ));
+    }
     let msg = match &e {
         E::NotFound { .. } => format!("{url}: no such object (or no such bucket)"),
         E::Precondition { .. } => {
@@ -123,6 +160,8 @@ pub struct StoreObject {
     fetching: Mutex<()>,
     /// A read past the prefetched windows fetches at least this many bytes (sequential unpack).
     readahead: AtomicU64,
+    /// The read ahead in flight, if any ([`StoreObject::prefetch_runs_ahead`]).
+    ahead: Mutex<Option<Ahead>>,
     gets: AtomicU64,
 }
 
@@ -179,13 +218,106 @@ impl StoreObject {
     }
 
     fn keep(&self, start: u64, bytes: Bytes) {
+        self.keep_all(vec![(start, bytes)]);
+    }
+
+    /// Keep the spans of one fetch. Older windows are evicted, oldest first, beyond this
+    /// object's cap (the newest window always stays) and beyond the process-wide cap (the
+    /// spans of this fetch always stay: they hold what the caller is about to read).
+    fn keep_all(&self, batch: Vec<(u64, Bytes)>) {
         let mut windows = self.windows.lock().expect("windows lock");
-        windows.push_back((start, bytes));
+        let fresh = batch.len();
+        for (start, bytes) in batch {
+            HELD.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            windows.push_back((start, bytes));
+        }
         let mut total: usize = windows.iter().map(|(_, b)| b.len()).sum();
-        while total > WINDOW_BYTES && windows.len() > 1 {
+        while (windows.len() > 1 && total > WINDOW_BYTES)
+            || (windows.len() > fresh && HELD.load(Ordering::Relaxed) > held_cap())
+        {
             let (_, b) = windows.pop_front().expect("non-empty");
             total -= b.len();
+            HELD.fetch_sub(b.len() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Wait for the read ahead in flight, if any, and keep what it fetched.
+    fn settle(&self) -> Result<()> {
+        let Some(ahead) = self.ahead.lock().expect("ahead lock").take() else {
+            return Ok(());
+        };
+        let r = runtime().block_on(ahead.task);
+        HELD.fetch_sub(ahead.reserved, Ordering::Relaxed);
+        let fetched = r
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| store_error(&self.url, e))?;
+        let mut batch = Vec::with_capacity(fetched.len());
+        for (a, b, start, bytes) in fetched {
+            if start != a || (bytes.len() as u64) < b - a {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            batch.push((a, bytes));
+        }
+        self.keep_all(batch);
+        Ok(())
+    }
+
+    /// Start fetching `runs` of object bytes in the background (one ranged GET each, in
+    /// parallel) while the caller decrypts what it holds; the next fetch waits for them. Skipped
+    /// when a read ahead is already in flight, or when it would take the process over its cap
+    /// on fetched bytes (`QELTRIX_S3_READAHEAD_BYTES`): the reads then fetch when they need to.
+    pub fn prefetch_runs_ahead(&self, runs: &[(u64, u64)]) {
+        let mut slot = self.ahead.lock().expect("ahead lock");
+        if slot.is_some() {
+            return;
+        }
+        let todo: Vec<(u64, u64)> = runs
+            .iter()
+            .map(|&(a, b)| (a, b.min(self.size)))
+            .filter(|&(a, b)| a < b && !self.covered(a, b))
+            .collect();
+        let reserved: u64 = todo.iter().map(|(a, b)| b - a).sum();
+        if reserved == 0 || HELD.load(Ordering::Relaxed) + reserved > held_cap() {
+            return;
+        }
+        HELD.fetch_add(reserved, Ordering::Relaxed);
+        self.gets.fetch_add(todo.len() as u64, Ordering::Relaxed);
+        let jobs: Vec<_> = todo
+            .iter()
+            .map(|&(a, b)| {
+                (
+                    a,
+                    b,
+                    self.store.clone(),
+                    self.path.clone(),
+                    self.options(GetRange::Bounded(a..b)),
+                )
+            })
+            .collect();
+        let task = runtime().spawn(async move {
+            let mut set = JoinSet::new();
+            for (a, b, store, path, opts) in jobs {
+                set.spawn(async move {
+                    let r = store.get_opts(&path, opts).await?;
+                    let start = r.range.start;
+                    Ok::<_, object_store::Error>((a, b, start, r.bytes().await?))
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(r) = set.join_next().await {
+                match r {
+                    Ok(r) => out.push(r?),
+                    Err(e) => {
+                        return Err(object_store::Error::Generic {
+                            store: "S3",
+                            source: Box::new(e),
+                        })
+                    }
+                }
+            }
+            Ok(out)
+        });
+        *slot = Some(Ahead { reserved, task });
     }
 
     /// Object bytes `[start, end)` fetched in one ranged GET, unless already held.
@@ -195,6 +327,7 @@ impl StoreObject {
             return Ok(());
         }
         let _one = self.fetching.lock().expect("fetch lock");
+        self.settle()?;
         if self.covered(start, end) {
             return Ok(());
         }
@@ -209,6 +342,10 @@ impl StoreObject {
     /// Several runs of object bytes, one ranged GET each, all in flight at once (the frames
     /// of one plaintext range that a permutation window scattered: one round trip, not one each).
     pub fn prefetch_runs(&self, runs: &[(u64, u64)]) -> Result<()> {
+        {
+            let _one = self.fetching.lock().expect("fetch lock");
+            self.settle()?;
+        }
         let todo = |me: &Self| -> Vec<(u64, u64)> {
             runs.iter()
                 .map(|&(a, b)| (a, b.min(me.size)))
@@ -242,6 +379,7 @@ impl StoreObject {
             }
             out
         });
+        let mut batch = Vec::with_capacity(fetched.len());
         for r in fetched {
             let (a, b, start, bytes) = r
                 .map_err(|e| Error::Internal(e.to_string()))?
@@ -249,8 +387,9 @@ impl StoreObject {
             if start != a || (bytes.len() as u64) < b - a {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
             }
-            self.keep(a, bytes);
+            batch.push((a, bytes));
         }
+        self.keep_all(batch);
         Ok(())
     }
 
@@ -299,6 +438,19 @@ impl StoreObject {
 
     pub fn set_readahead(&self, n: u64) {
         self.readahead.store(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StoreObject {
+    fn drop(&mut self) {
+        if let Some(ahead) = self.ahead.get_mut().ok().and_then(Option::take) {
+            ahead.task.abort();
+            HELD.fetch_sub(ahead.reserved, Ordering::Relaxed);
+        }
+        if let Ok(windows) = self.windows.get_mut() {
+            let held: usize = windows.iter().map(|(_, b)| b.len()).sum();
+            HELD.fetch_sub(held as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -357,6 +509,7 @@ impl StoreObject {
             windows: Mutex::new(VecDeque::new()),
             fetching: Mutex::new(()),
             readahead: AtomicU64::new(0),
+            ahead: Mutex::new(None),
             gets: AtomicU64::new(1),
         })
     }
@@ -444,12 +597,14 @@ pub fn store_list(
 struct Upload {
     upload: Box<dyn MultipartUpload>,
     buffer: Vec<u8>,
+    /// Bytes handed to parts already (they can no longer be taken back).
+    sent: u64,
     tasks: JoinSet<object_store::Result<()>>,
 }
 
-/// A container being written to object storage as a multipart upload.
-#[pyclass(frozen, module = "qeltrix_v6._core")]
-pub struct StoreUpload {
+/// A multipart upload to one key: the core of [`StoreUpload`] (pack, rotate, recover) and of
+/// a sink's streams ([`StoreSink`]). Blocking calls; the callers release the GIL.
+pub struct Multipart {
     store: Arc<AmazonS3>,
     path: Path,
     url: String,
@@ -461,7 +616,54 @@ pub struct StoreUpload {
     state: Mutex<Option<Upload>>,
 }
 
-impl StoreUpload {
+impl Multipart {
+    /// Start a multipart upload to `path` (`url` names it). Unless `force`, an existing object
+    /// is refused now and again just before completing.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        store: Arc<AmazonS3>,
+        path: Path,
+        url: String,
+        part_size: usize,
+        concurrency: usize,
+        force: bool,
+        if_match: Option<String>,
+    ) -> Result<Multipart> {
+        let upload = {
+            let u = url.as_str();
+            runtime().block_on(async {
+                if !force {
+                    match store.head(&path).await {
+                        Ok(_) => {
+                            return Err(Error::Io(std::io::Error::new(
+                                std::io::ErrorKind::AlreadyExists,
+                                format!("{u} already exists (use --force / overwrite=True to replace it)"),
+                            )))
+                        }
+                        Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(store_error(u, e)),
+                    }
+                }
+                store.put_multipart(&path).await.map_err(|e| store_error(u, e))
+            })?
+        };
+        Ok(Multipart {
+            store,
+            path,
+            url,
+            part_size,
+            concurrency: concurrency.max(1),
+            force,
+            if_match,
+            state: Mutex::new(Some(Upload {
+                upload,
+                buffer: Vec::with_capacity(part_size),
+                sent: 0,
+                tasks: JoinSet::new(),
+            })),
+        })
+    }
+
     fn fail(&self, up: Upload, e: Error) -> Error {
         self.abort_upload(up);
         e
@@ -476,6 +678,7 @@ impl StoreUpload {
 
     fn send_part(&self, up: &mut Upload) -> Result<()> {
         let data = std::mem::replace(&mut up.buffer, Vec::with_capacity(self.part_size));
+        up.sent += data.len() as u64;
         let fut = up.upload.put_part(PutPayload::from(data));
         let url = self.url.as_str();
         runtime().block_on(async {
@@ -510,14 +713,97 @@ impl StoreUpload {
         *guard = Some(up);
         Ok(())
     }
+
+    /// Drop every byte written from `len` on; only bytes not yet sent in a part can be.
+    fn truncate(&self, len: u64) -> Result<()> {
+        let mut guard = self.state.lock().expect("upload lock");
+        let Some(up) = guard.as_mut() else {
+            return Err(io_error(format!("{}: the upload is closed", self.url)).into());
+        };
+        let keep = len
+            .checked_sub(up.sent)
+            .and_then(|k| usize::try_from(k).ok())
+            .ok_or_else(|| io_error(format!("{}: cannot take back bytes already uploaded", self.url)))?;
+        up.buffer.truncate(keep);
+        Ok(())
+    }
+
+    /// Send the last part and complete the upload: the object appears whole, or not at all.
+    fn finish(&self) -> Result<()> {
+        let Some(mut up) = self.state.lock().expect("upload lock").take() else {
+            return Err(io_error(format!("{}: the upload is closed", self.url)).into());
+        };
+        let url = self.url.as_str();
+        if !up.buffer.is_empty() || up.tasks.is_empty() {
+            // S3 needs at least one part, which may be empty.
+            let data = std::mem::take(&mut up.buffer);
+            let fut = up.upload.put_part(PutPayload::from(data));
+            runtime().block_on(async { up.tasks.spawn(fut) });
+        }
+        let r = runtime().block_on(async {
+            while let Some(r) = up.tasks.join_next().await {
+                r.map_err(|e| Error::Internal(e.to_string()))?
+                    .map_err(|e| store_error(url, e))?;
+            }
+            if !self.force {
+                match self.store.head(&self.path).await {
+                    Ok(_) => {
+                        return Err(Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            format!("{url} was created by someone else during the upload: not replaced"),
+                        )))
+                    }
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(store_error(url, e)),
+                }
+            }
+            if let Some(tag) = &self.if_match {
+                let replaced = match self.store.head(&self.path).await {
+                    Ok(meta) => meta.e_tag.as_deref() != Some(tag.as_str()),
+                    Err(object_store::Error::NotFound { .. }) => true,
+                    Err(e) => return Err(store_error(url, e)),
+                };
+                if replaced {
+                    return Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        format!("{url} was replaced by another writer while it was being rewritten; nothing written"),
+                    )));
+                }
+            }
+            up.upload.complete().await.map(|_| ()).map_err(|e| store_error(url, e))
+        });
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(up, e)),
+        }
+    }
+
+    /// Abort the upload: every part sent is deleted, nothing appears under the key.
+    fn abort(&self) {
+        if let Some(up) = self.state.lock().expect("upload lock").take() {
+            self.abort_upload(up);
+        }
+    }
 }
 
-impl Drop for StoreUpload {
+impl Drop for Multipart {
     fn drop(&mut self) {
-        // An upload neither completed nor aborted (an error path that forgot): leave no parts.
+        // An upload neither completed nor aborted (an error path that forgot, a sink stream
+        // that failed): leave no parts.
         if let Some(up) = self.state.get_mut().ok().and_then(Option::take) {
             self.abort_upload(up);
         }
+    }
+}
+
+/// A container being written to object storage as a multipart upload.
+#[pyclass(frozen, module = "qeltrix_v6._core")]
+pub struct StoreUpload(Multipart);
+
+impl StoreUpload {
+    /// Append `data` to the upload; full parts go out while the next ones fill.
+    pub fn write(&self, data: &[u8]) -> Result<()> {
+        self.0.write(data)
     }
 }
 
@@ -542,111 +828,254 @@ impl StoreUpload {
         retry_seconds: f64,
         if_match: Option<String>,
     ) -> PyResult<StoreUpload> {
-        if !(5 << 20..=5 << 30).contains(&part_size) {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "part_size must be between 5 MiB and 5 GiB (S3's multipart limits)",
-            ));
-        }
+        check_part_size(part_size)?;
         let store = build_store(bucket, &options, retry_seconds)?;
         let path = object_path(&url, key)?;
-        let upload = py.detach(|| -> Result<Box<dyn MultipartUpload>> {
-            let u = url.as_str();
-            runtime().block_on(async {
-                if !force {
-                    match store.head(&path).await {
-                        Ok(_) => {
-                            return Err(Error::Io(std::io::Error::new(
-                                std::io::ErrorKind::AlreadyExists,
-                                format!("{u} already exists (use --force / overwrite=True to replace it)"),
-                            )))
-                        }
-                        Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(store_error(u, e)),
-                    }
-                }
-                store.put_multipart(&path).await.map_err(|e| store_error(u, e))
-            })
-        })?;
-        Ok(StoreUpload {
-            store,
-            path,
-            url,
-            part_size,
-            concurrency: concurrency.max(1),
-            force,
-            if_match,
-            state: Mutex::new(Some(Upload {
-                upload,
-                buffer: Vec::with_capacity(part_size),
-                tasks: JoinSet::new(),
-            })),
-        })
+        let up = py.detach(|| Multipart::start(store, path, url, part_size, concurrency, force, if_match))?;
+        Ok(StoreUpload(up))
     }
 
     /// Send the last part and complete the upload: the object appears whole, or not at all.
     fn complete(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(mut up) = self.state.lock().expect("upload lock").take() else {
-            return Err(io_error(format!("{}: the upload is closed", self.url)));
-        };
-        py.detach(|| -> Result<()> {
-            let url = self.url.as_str();
-            if !up.buffer.is_empty() || up.tasks.is_empty() {
-                // S3 needs at least one part, which may be empty.
-                let data = std::mem::take(&mut up.buffer);
-                let fut = up.upload.put_part(PutPayload::from(data));
-                runtime().block_on(async { up.tasks.spawn(fut) });
-            }
-            let r = runtime().block_on(async {
-                while let Some(r) = up.tasks.join_next().await {
-                    r.map_err(|e| Error::Internal(e.to_string()))?
-                        .map_err(|e| store_error(url, e))?;
-                }
-                if !self.force {
-                    match self.store.head(&self.path).await {
-                        Ok(_) => {
-                            return Err(Error::Io(std::io::Error::new(
-                                std::io::ErrorKind::AlreadyExists,
-                                format!("{url} was created by someone else during the upload: not replaced"),
-                            )))
-                        }
-                        Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(store_error(url, e)),
-                    }
-                }
-                if let Some(tag) = &self.if_match {
-                    let replaced = match self.store.head(&self.path).await {
-                        Ok(meta) => meta.e_tag.as_deref() != Some(tag.as_str()),
-                        Err(object_store::Error::NotFound { .. }) => true,
-                        Err(e) => return Err(store_error(url, e)),
-                    };
-                    if replaced {
-                        return Err(Error::Io(std::io::Error::new(
-                            std::io::ErrorKind::AlreadyExists,
-                            format!(
-                                "{url} was replaced by another writer while it was being rewritten; nothing written"
-                            ),
-                        )));
-                    }
-                }
-                up.upload.complete().await.map(|_| ()).map_err(|e| store_error(url, e))
-            });
-            match r {
-                Ok(()) => Ok(()),
-                Err(e) => Err(self.fail(up, e)),
-            }
-        })?;
+        py.detach(|| self.0.finish())?;
         Ok(())
     }
 
     /// Abort the upload: every part sent is deleted, nothing appears under the key.
     fn abort(&self, py: Python<'_>) {
-        if let Some(up) = self.state.lock().expect("upload lock").take() {
-            py.detach(|| self.abort_upload(up));
-        }
+        py.detach(|| self.0.abort());
     }
 
     #[getter]
     fn url(&self) -> String {
+        self.0.url.clone()
+    }
+}
+
+fn check_part_size(part_size: usize) -> PyResult<()> {
+    if !(5 << 20..=5 << 30).contains(&part_size) {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "part_size must be between 5 MiB and 5 GiB (S3's multipart limits)",
+        ));
+    }
+    Ok(())
+}
+
+/// An I/O error for the gateway's sink loop, keeping the message.
+fn to_io(e: Error) -> std::io::Error {
+    match e {
+        Error::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+/// Where a sink gateway stores its streams on object storage: one multipart upload per stream,
+/// to `PREFIX/stream-MS-ID.qltx` (the name a sink directory would use).
+#[derive(Debug)]
+struct SinkTarget {
+    store: Arc<AmazonS3>,
+    /// `s3://bucket/`
+    base: String,
+    /// Empty or ending in `/`.
+    prefix: String,
+    part_size: usize,
+    concurrency: usize,
+}
+
+impl SinkStore for SinkTarget {
+    fn describe(&self) -> String {
+        format!("{}{}", self.base, self.prefix)
+    }
+
+    fn create(&self, name: &str) -> std::io::Result<Box<dyn SinkObject>> {
+        let key = format!("{}{name}", self.prefix);
+        let url = format!("{}{key}", self.base);
+        let path = Path::parse(&key).map_err(|e| std::io::Error::other(format!("{url}: bad object key: {e}")))?;
+        let up = Multipart::start(
+            self.store.clone(),
+            path,
+            url,
+            self.part_size,
+            self.concurrency,
+            false,
+            None,
+        )
+        .map_err(to_io)?;
+        Ok(Box::new(up))
+    }
+}
+
+impl std::io::Write for Multipart {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Multipart::write(self, buf).map_err(to_io)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SinkObject for Multipart {
+    fn name(&self) -> String {
         self.url.clone()
     }
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        Multipart::truncate(self, len).map_err(to_io)
+    }
+    fn commit(self: Box<Self>) -> std::io::Result<String> {
+        self.finish().map_err(to_io)?;
+        Ok(self.url.clone())
+    }
+}
+
+/// A sink gateway's object-storage destination (`qeltrix gateway --mode sink --sink-dir
+/// s3://BUCKET/PREFIX`), handed to `GatewayCore`.
+#[pyclass(frozen, module = "qeltrix_v6._core")]
+pub struct StoreSink {
+    target: Arc<SinkTarget>,
+}
+
+impl StoreSink {
+    pub fn target(&self) -> Arc<dyn SinkStore> {
+        self.target.clone()
+    }
+}
+
+#[pymethods]
+impl StoreSink {
+    /// Store streams under `prefix` (empty or ending in `/`) of `bucket`, each through a
+    /// multipart upload of `part_size` parts, `concurrency` in flight.
+    #[new]
+    #[pyo3(signature = (bucket, prefix, options, part_size = 8 << 20, concurrency = 4, retry_seconds = 30.0))]
+    fn new(
+        bucket: &str,
+        prefix: &str,
+        options: HashMap<String, String>,
+        part_size: usize,
+        concurrency: usize,
+        retry_seconds: f64,
+    ) -> PyResult<StoreSink> {
+        check_part_size(part_size)?;
+        if !(prefix.is_empty() || prefix.ends_with('/')) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "prefix is empty or ends with /",
+            ));
+        }
+        Ok(StoreSink {
+            target: Arc::new(SinkTarget {
+                store: build_store(bucket, &options, retry_seconds)?,
+                base: format!("s3://{bucket}/"),
+                prefix: prefix.to_string(),
+                part_size,
+                concurrency,
+            }),
+        })
+    }
+
+    /// `s3://bucket/prefix/`
+    #[getter]
+    fn url(&self) -> String {
+        self.target.describe()
+    }
+}
+
+/// A sequential `Read` over an opened object: ranged GETs of [`RECOVER_READ`] bytes each.
+struct ObjectReader<'a> {
+    obj: &'a StoreObject,
+    pos: u64,
+}
+
+/// Bytes fetched per GET when an object is read from start to end (recover).
+const RECOVER_READ: u64 = 8 << 20;
+
+impl std::io::Read for ObjectReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.obj.size.saturating_sub(self.pos)) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.obj.read_exact_at(self.pos, &mut buf[..n]).map_err(to_io)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Where a recovered container goes: a file, or a multipart upload the caller completes.
+enum RecoverOut<'a> {
+    File(std::io::BufWriter<std::fs::File>),
+    Upload(&'a Multipart),
+}
+
+impl std::io::Write for RecoverOut<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            RecoverOut::File(f) => f.write(buf),
+            RecoverOut::Upload(u) => {
+                u.write(buf).map_err(to_io)?;
+                Ok(buf.len())
+            }
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            RecoverOut::File(f) => f.flush(),
+            RecoverOut::Upload(_) => Ok(()),
+        }
+    }
+}
+
+/// Rebuild the index of a stored stream on object storage (`src`, opened; read from start to
+/// end in 8 MiB ranged GETs pinned to its ETag) into `dst`: a path, or a `StoreUpload` the
+/// caller completes. `keys` open its header. Returns `(blocks, pt_len, complete, why_stopped,
+/// kept_len)`, `kept_len` the bytes of `src` kept (header and authenticated frames).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+pub fn recover_stream_store(
+    py: Python<'_>,
+    src: Py<StoreObject>,
+    dst: &Bound<'_, PyAny>,
+    keys: Py<PyAny>,
+) -> PyResult<(u64, u64, bool, Option<String>, u64)> {
+    let upload = dst.cast::<StoreUpload>().ok().map(|u| u.clone().unbind());
+    let path: Option<std::path::PathBuf> = if upload.is_none() { Some(dst.extract()?) } else { None };
+    let obj = src.get();
+    let r = py.detach(|| -> std::result::Result<_, String> {
+        let mut prefix = vec![0u8; qeltrix_format::header::HEADER_FIXED_LEN];
+        obj.read_exact_at(0, &mut prefix)
+            .map_err(|e| format!("reading the header: {e}"))?;
+        let header_len = qeltrix_format::Header::peek_len(&prefix).map_err(|e| e.to_string())?;
+        let mut bytes = vec![0u8; header_len as usize];
+        obj.read_exact_at(0, &mut bytes)
+            .map_err(|e| format!("reading the header: {e}"))?;
+        let header = qeltrix_format::Header::parse(&bytes).map_err(|e| e.to_string())?;
+        let mut out = match (&path, &upload) {
+            (Some(p), _) => RecoverOut::File(std::io::BufWriter::new(
+                std::fs::File::options()
+                    .write(true)
+                    .truncate(true)
+                    .open(p)
+                    .map_err(|e| format!("{}: {e}", p.display()))?,
+            )),
+            (None, Some(u)) => RecoverOut::Upload(&u.get().0),
+            (None, None) => unreachable!("a path or an upload"),
+        };
+        obj.set_readahead(RECOVER_READ);
+        let mut reader = std::io::BufReader::with_capacity(
+            1 << 20,
+            ObjectReader {
+                obj,
+                pos: u64::from(header_len),
+            },
+        );
+        let mut keys = crate::gateway::PyStreamKeys::new(keys);
+        let rec = qeltrix_server::gateway::recover_stream(&mut reader, &header, &mut keys, &mut out)
+            .map_err(|e| e.to_string())?;
+        if let RecoverOut::File(f) = out {
+            let file = f.into_inner().map_err(|e| e.to_string())?;
+            file.sync_all().map_err(|e| e.to_string())?;
+        }
+        Ok(rec)
+    });
+    let rec = r.map_err(io_error)?;
+    Ok((rec.blocks, rec.pt_len, rec.complete, rec.stopped, rec.kept_len))
 }

@@ -29,7 +29,7 @@ mod stats;
 pub use gate::CryptoGate;
 use pumps::*;
 use sink::*;
-pub use sink::{recover_stream, Recovered};
+pub use sink::{recover_stream, Recovered, SinkObject, SinkStore};
 use stats::*;
 pub use stats::{Aggregate, ConnSnapshot, ConnStats};
 
@@ -72,6 +72,8 @@ pub struct GatewayConfig {
     /// `host:port`, resolved for each connection.
     pub target: Option<String>,
     pub sink_dir: Option<PathBuf>,
+    /// Store the sink's streams here (object storage) rather than in `sink_dir`.
+    pub sink_store: Option<Arc<dyn SinkStore>>,
     /// Sink input is plaintext to seal here, rather than a V6 stream to store as it is.
     pub sink_raw: bool,
     pub block_size: u32,
@@ -102,6 +104,7 @@ impl GatewayConfig {
             listen,
             target: None,
             sink_dir: None,
+            sink_store: None,
             sink_raw: false,
             block_size: qeltrix_format::DEFAULT_BLOCK_SIZE,
             flush_delay: Duration::ZERO,
@@ -408,7 +411,7 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
     let invalid = |m: &str| io::Error::new(io::ErrorKind::InvalidInput, m.to_owned());
     match config.mode {
         Mode::Router | Mode::Decrypt if config.target.is_none() => return Err(invalid("this mode needs a target")),
-        Mode::Sink if config.sink_dir.as_ref().is_none_or(|d| !d.is_dir()) => {
+        Mode::Sink if config.sink_store.is_none() && config.sink_dir.as_ref().is_none_or(|d| !d.is_dir()) => {
             return Err(invalid("sink mode needs an existing sink directory"))
         }
         _ => {}
@@ -648,6 +651,12 @@ impl<K: Keyring> Gateway<K> {
     fn describe_target(&self) -> String {
         match (&self.config.target, &self.config.sink_dir) {
             (Some(t), _) => t.clone(),
+            (None, _) if self.config.sink_store.is_some() => self
+                .config
+                .sink_store
+                .as_ref()
+                .map(|s| s.describe())
+                .unwrap_or_default(),
             (None, Some(d)) => d.display().to_string(),
             (None, None) => "itself".into(),
         }
@@ -787,7 +796,6 @@ impl<K: Keyring> Gateway<K> {
     }
 
     fn sink(&self, client: &TcpStream, p: &Pumps) -> Result<(), GwError> {
-        let dir = self.config.sink_dir.as_deref().expect("checked at start");
         let bs = self.config.block_size;
         let session = if self.config.sink_raw {
             None
@@ -814,7 +822,20 @@ impl<K: Keyring> Gateway<K> {
                     .into(),
             ));
         }
-        let mut file = SinkFile::create(dir, p.stats.id, &header_bytes, signs)?;
+        let mut file = match &self.config.sink_store {
+            Some(store) => {
+                let file = SinkFile::create_in(store.as_ref(), p.stats.id, &header_bytes, signs)?;
+                self.keyring.log(
+                    LogLevel::Info,
+                    &format!("connection {}: storing {}", p.stats.id, file.name()),
+                );
+                file
+            }
+            None => {
+                let dir = self.config.sink_dir.as_deref().expect("checked at start");
+                SinkFile::create(dir, p.stats.id, &header_bytes, signs)?
+            }
+        };
         let r = if self.config.sink_raw {
             let SinkFile { file: out, stored, .. } = &mut file;
             p.seal(
@@ -843,7 +864,7 @@ impl<K: Keyring> Gateway<K> {
         };
         self.keyring.log(
             LogLevel::Info,
-            &format!("connection {}: stored {} ({state})", p.stats.id, path.display()),
+            &format!("connection {}: stored {path} ({state})", p.stats.id),
         );
         if r.is_ok() && !self.config.sink_raw {
             // Acknowledge durable storage with an empty reply stream bound to the request, so
@@ -993,6 +1014,99 @@ mod tests {
         fn sign(&self, message: &[u8]) -> Result<[u8; 64], GwError> {
             Ok(message[..64].try_into().expect("165 bytes"))
         }
+    }
+
+    /// An object store in memory: `sent` bytes of each object are "uploaded" (cannot be taken
+    /// back), the rest buffered, as in a multipart upload.
+    #[derive(Debug, Default)]
+    struct MemStore {
+        done: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    }
+
+    struct MemObject {
+        name: String,
+        data: Vec<u8>,
+        sent: usize,
+        done: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    }
+
+    impl SinkStore for MemStore {
+        fn describe(&self) -> String {
+            "mem://".into()
+        }
+        fn create(&self, name: &str) -> io::Result<Box<dyn SinkObject>> {
+            Ok(Box::new(MemObject {
+                name: format!("mem://{name}"),
+                data: Vec::new(),
+                sent: 0,
+                done: self.done.clone(),
+            }))
+        }
+    }
+
+    impl Write for MemObject {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.data.extend_from_slice(buf);
+            // Everything but the last 64 bytes has gone out as parts.
+            self.sent = self.data.len().saturating_sub(64).max(self.sent);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl SinkObject for MemObject {
+        fn name(&self) -> String {
+            self.name.clone()
+        }
+        fn truncate(&mut self, len: u64) -> io::Result<()> {
+            if (len as usize) < self.sent {
+                return Err(io::Error::other("already sent"));
+            }
+            self.data.truncate(len as usize);
+            Ok(())
+        }
+        fn commit(self: Box<Self>) -> io::Result<String> {
+            self.done.lock().expect("lock").insert(self.name.clone(), self.data);
+            Ok(self.name)
+        }
+    }
+
+    #[test]
+    fn a_sink_store_gets_the_bytes_a_sink_directory_gets_and_nothing_until_finished() {
+        let dir = std::env::temp_dir().join(format!("qeltrix-sink-store-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let header = vec![0xAB; 128];
+        let store = MemStore::default();
+        let mut file = SinkFile::create(&dir, 1, &header, true).expect("create");
+        let mut object = SinkFile::create_in(&store, 1, &header, true).expect("create");
+        let mut keys = PlainKeys;
+        for i in 0..3u8 {
+            let meta_frame = [i + 1; META_FRAME_LEN];
+            for f in [&mut file, &mut object] {
+                f.frame(&mut keys, &meta_frame, &[i; 10 + TAG_LEN], 10).expect("frame");
+            }
+        }
+        // A half-written frame after the last recorded one is dropped at finish, if still buffered.
+        file.file.write_all(&[0xEE; 50]).expect("write");
+        object.file.write_all(&[0xEE; 50]).expect("write");
+        assert!(
+            store.done.lock().expect("lock").is_empty(),
+            "nothing visible before finish"
+        );
+        let path = file.finish(&Signing, &mut keys, true).expect("finish");
+        let name = object.finish(&Signing, &mut keys, true).expect("finish");
+        let on_disk = std::fs::read(&path).expect("read");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert!(name.starts_with("mem://stream-") && name.ends_with("-1.qltx"), "{name}");
+        assert_eq!(store.done.lock().expect("lock")[&name], on_disk);
+
+        // Bytes already sent cannot be taken back: finishing fails (the caller's drop aborts).
+        let mut object = SinkFile::create_in(&store, 2, &header, false).expect("create");
+        object.file.write_all(&[0xEE; 500]).expect("write");
+        assert!(object.finish(&Signing, &mut keys, true).is_err());
+        assert_eq!(store.done.lock().expect("lock").len(), 1);
     }
 
     #[test]

@@ -82,29 +82,101 @@ impl Stored {
     }
 }
 
+/// Where a sink stores its streams instead of a local directory (object storage: the pyo3
+/// glue implements it over a multipart upload). Each stream is one object named as in a
+/// directory (`stream-MS-ID.qltx`), invisible until [`SinkObject::commit`].
+pub trait SinkStore: Send + Sync + fmt::Debug {
+    /// Where streams go (`s3://bucket/prefix/`), for the log.
+    fn describe(&self) -> String;
+    /// Start storing the stream `name`.
+    fn create(&self, name: &str) -> io::Result<Box<dyn SinkObject>>;
+}
+
+/// One stream being stored by a [`SinkStore`]: written in order, published whole by `commit`;
+/// dropped without `commit`, it leaves nothing under its name.
+pub trait SinkObject: Write + Send {
+    /// The object's full name (`s3://bucket/prefix/stream-MS-ID.qltx`).
+    fn name(&self) -> String;
+    /// Drop every byte from `len` on (bytes already sent out cannot be dropped: an error).
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// Publish the object under its name; returns that name, for the log.
+    fn commit(self: Box<Self>) -> io::Result<String>;
+}
+
+/// Where a stored stream's bytes go.
+pub(super) enum SinkOut {
+    /// `.NAME.part` in the sink directory, renamed to `dest` when finished.
+    File {
+        file: File,
+        tmp: PathBuf,
+        dest: PathBuf,
+    },
+    Store(Box<dyn SinkObject>),
+}
+
+impl Write for SinkOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            SinkOut::File { file, .. } => file.write(buf),
+            SinkOut::Store(o) => o.write(buf),
+        }
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            SinkOut::File { file, .. } => file.write_all(buf),
+            SinkOut::Store(o) => o.write_all(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            SinkOut::File { file, .. } => file.flush(),
+            SinkOut::Store(o) => o.flush(),
+        }
+    }
+}
+
 /// A stream being stored: `.NAME.part` until it ends, then `NAME` with an index (and, for a
-/// signing sink, a signature section: FORMAT.md section 15).
+/// signing sink, a signature section: FORMAT.md section 15). In a [`SinkStore`], an object
+/// `NAME` that appears only when finished.
 pub(super) struct SinkFile {
-    pub(super) file: File,
-    pub(super) tmp: PathBuf,
-    pub(super) dest: PathBuf,
+    pub(super) file: SinkOut,
     pub(super) header: Vec<u8>,
     pub(super) stored: Stored,
 }
 
+/// The name of connection `id`'s stream.
+fn stream_name(id: u64) -> String {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("stream-{ms}-{id}.qltx")
+}
+
 impl SinkFile {
     pub(super) fn create(dir: &Path, id: u64, header: &[u8], signed: bool) -> io::Result<SinkFile> {
-        let ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let name = format!("stream-{ms}-{id}.qltx");
+        let name = stream_name(id);
         let tmp = dir.join(format!(".{name}.part"));
-        let mut file = File::options().write(true).create_new(true).open(&tmp)?;
+        let file = File::options().write(true).create_new(true).open(&tmp)?;
+        Self::start(
+            SinkOut::File {
+                file,
+                tmp,
+                dest: dir.join(name),
+            },
+            header,
+            signed,
+        )
+    }
+
+    /// Start storing connection `id`'s stream in `store`.
+    pub(super) fn create_in(store: &dyn SinkStore, id: u64, header: &[u8], signed: bool) -> io::Result<SinkFile> {
+        Self::start(SinkOut::Store(store.create(&stream_name(id))?), header, signed)
+    }
+
+    fn start(mut file: SinkOut, header: &[u8], signed: bool) -> io::Result<SinkFile> {
         file.write_all(header)?;
         Ok(SinkFile {
             file,
-            tmp,
-            dest: dir.join(name),
             header: header.to_vec(),
             stored: Stored {
                 offset: header.len() as u64,
@@ -112,6 +184,14 @@ impl SinkFile {
                 digests: signed.then(SignatureAccumulator::new),
             },
         })
+    }
+
+    /// Where the stream goes (an object's URL), for the log.
+    pub(super) fn name(&self) -> String {
+        match &self.file {
+            SinkOut::File { dest, .. } => dest.display().to_string(),
+            SinkOut::Store(o) => o.name(),
+        }
     }
 
     pub(super) fn frame<S: StreamKeys>(
@@ -129,18 +209,24 @@ impl SinkFile {
 
     /// Append the index (flagged `INCOMPLETE` when the stream was cut), the signature section
     /// when the sink signs (a cut stream's too: it vouches for what was received), and the
-    /// trailer; sync, and move the file to its final name.
+    /// trailer; sync, and move the file to its final name (or publish the object). Returns
+    /// the name stored under.
     pub(super) fn finish<K: Keyring>(
         mut self,
         keyring: &K,
         keys: &mut K::Keys,
         incomplete: bool,
-    ) -> Result<PathBuf, GwError> {
+    ) -> Result<String, GwError> {
         let footer_offset = self.stored.offset;
         // Bytes written after the last recorded frame (a write or digest that failed half way)
         // are dropped, so that the footer starts where the index says.
-        self.file.set_len(footer_offset)?;
-        self.file.seek(SeekFrom::Start(footer_offset))?;
+        match &mut self.file {
+            SinkOut::File { file, .. } => {
+                file.set_len(footer_offset)?;
+                file.seek(SeekFrom::Start(footer_offset))?;
+            }
+            SinkOut::Store(o) => o.truncate(footer_offset)?,
+        }
         let flags = if incomplete { INDEX_FLAG_INCOMPLETE } else { 0 };
         let index = Index::new(std::mem::take(&mut self.stored.entries), flags)?;
         let mut crypto = TailKeys {
@@ -155,9 +241,14 @@ impl SinkFile {
             self.stored.digests.take(),
         )?;
         self.file.write_all(&tail)?;
-        self.file.sync_all()?;
-        std::fs::rename(&self.tmp, &self.dest)?;
-        Ok(self.dest)
+        match self.file {
+            SinkOut::File { file, tmp, dest } => {
+                file.sync_all()?;
+                std::fs::rename(&tmp, &dest)?;
+                Ok(dest.display().to_string())
+            }
+            SinkOut::Store(o) => Ok(o.commit()?),
+        }
     }
 }
 
@@ -170,6 +261,8 @@ pub struct Recovered {
     pub complete: bool,
     /// Why scanning stopped, when it stopped before a `FINAL` frame.
     pub stopped: Option<String>,
+    /// Bytes of the stored stream kept: its header and the frames that authenticated.
+    pub kept_len: u64,
 }
 
 /// Rebuild a container from a stored stream whose index is missing (FORMAT.md section 12):
@@ -242,5 +335,6 @@ pub fn recover_stream<S: StreamKeys>(
         pt_len,
         complete,
         stopped: if complete { None } else { stopped },
+        kept_len: offset,
     })
 }
