@@ -23,13 +23,7 @@ from . import _container, _core, _crypto, gateway, server
 
 
 class ContainerKeys(Protocol):
-    """``_crypto.ContainerKeys``: the per-container crypto (FORMAT.md sections 4-6, 15).
-
-    An ``inbuf`` is valid only for the length of the call, and may be read-only: the pack of a
-    regular file passes ``seal_stream_frame`` views of mapped file pages, unmapped after the
-    call (``rust/qeltrix-py/src/mapped.rs``). An implementation reads it, never keeps it (nor a
-    slice of it).
-    """
+    """``_crypto.ContainerKeys``: the per-container crypto (FORMAT.md sections 4-6, 15)."""
 
     def seal_stream_frame(
         self, block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview, /

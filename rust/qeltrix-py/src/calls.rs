@@ -319,20 +319,7 @@ pub fn seal_stream_frame(
     pt_len: usize,
     outbuf: &PyBuf,
 ) -> PyResult<()> {
-    seal_stream_frame_view(py, keys, block_index, meta_flags, inbuf.view(py)?, pt_len, outbuf)
-}
-
-/// [`seal_stream_frame`] of plaintext given as a memoryview (the pack pipeline's mapped input).
-pub fn seal_stream_frame_view<'py>(
-    py: Python<'py>,
-    keys: &Py<PyAny>,
-    block_index: u64,
-    meta_flags: u8,
-    inbuf: Bound<'py, PyAny>,
-    pt_len: usize,
-    outbuf: &PyBuf,
-) -> PyResult<()> {
-    let args = (block_index, meta_flags, inbuf, pt_len, outbuf.view(py)?);
+    let args = (block_index, meta_flags, inbuf.view(py)?, pt_len, outbuf.view(py)?);
     invoke(py, keys, &SEAL_STREAM_FRAME, args)?;
     Ok(())
 }

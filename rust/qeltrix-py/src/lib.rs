@@ -10,7 +10,6 @@ mod error;
 mod gateway;
 mod header;
 mod io;
-mod mapped;
 mod pack;
 mod pipeline;
 mod reader;

@@ -2,13 +2,11 @@
 //! worker threads seal them through the crypto layer, and the calling thread places frames
 //! (permuted per window), writes them and finally writes the footer and trailer.
 //!
-//! Memory is bounded by the buffer pools: `2 * workers + 2` plaintext blocks (2 when a regular
-//! file is mapped instead, plus the few mapped chunks of about 512 KiB in flight: `mapped.rs`)
-//! and `perm_window + 2 * workers + 2` frames, whatever the input size.
+//! Memory is bounded by the buffer pools: `2 * workers + 2` plaintext blocks and
+//! `perm_window + 2 * workers + 2` frames, whatever the input size.
 use crate::calls;
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, Sink, Source};
-use crate::mapped::{self, Chunk, MappedInput};
 use crate::pipeline::{with_thread_state, worker_count, Progress, Shared};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
@@ -17,18 +15,10 @@ use qeltrix_format::SignatureAccumulator;
 use qeltrix_format::{container_tail, frame_len, FormatError, Header, Index, IndexEntry, Permutation, TailCrypto};
 use qeltrix_format::{MAX_BLOCK_COUNT, MAX_BLOCK_SIZE, META_FLAG_FINAL, MIN_BLOCK_SIZE};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-
-/// Where a block's plaintext is: a buffer it was read into, or a mapped piece of the input
-/// file (offset into the chunk), read in place.
-enum Input {
-    Buf(PyBuf),
-    Mapped(Arc<Chunk>, usize),
-}
 
 struct Job {
     block_index: u64,
-    input: Input,
+    buf: PyBuf,
     pt_len: usize,
     last: bool,
 }
@@ -90,17 +80,11 @@ pub fn pack_stream(
         .into());
     }
     let mut source = Source::from_py(src)?;
-    // A regular file's whole blocks are mapped, not read (see `mapped.rs`).
-    let mapped = match &mut source {
-        Source::Fd(file) => MappedInput::new(file, block_size),
-        _ => None,
-    };
     let mut sink = Sink::from_py(dst)?;
     let workers = worker_count(workers);
     let window = u64::from(perm_window.max(1));
     let frame_cap = frame_len(block_size) as usize;
-    // Read buffers: mapped input needs two, for what follows its whole blocks.
-    let in_count = if mapped.is_some() { 2 } else { 2 * workers + 2 };
+    let in_count = 2 * workers + 2;
     let out_count = window as usize + 2 * workers + 2;
     let in_bufs = (0..in_count)
         .map(|_| PyBuf::new(py, block_size as usize))
@@ -118,17 +102,7 @@ pub fn pack_stream(
         signer,
     };
     let mut progress = Progress::new(progress, total_hint);
-    let packed = py.detach(|| {
-        plan.run(
-            &mut source,
-            mapped,
-            &mut sink,
-            &header,
-            in_bufs,
-            out_bufs,
-            &mut progress,
-        )
-    })?;
+    let packed = py.detach(|| plan.run(&mut source, &mut sink, &header, in_bufs, out_bufs, &mut progress))?;
     Ok((packed.pt_total_len, packed.block_count, packed.container_len))
 }
 
@@ -143,11 +117,9 @@ struct Plan {
 }
 
 impl Plan {
-    #[allow(clippy::too_many_arguments)] // the pipeline's inputs, outputs and both buffer pools
     fn run(
         &self,
         source: &mut Source,
-        mapped: Option<MappedInput>,
         sink: &mut Sink,
         header: &[u8],
         in_bufs: Vec<PyBuf>,
@@ -164,23 +136,14 @@ impl Plan {
         for b in out_bufs {
             free_out_tx.send(b).expect("pool has room");
         }
-        // Queued jobs: mapped blocks cost nothing to hand out, so one per worker keeps them busy
-        // (and less of the file mapped at once); read blocks queue two per worker.
-        let queued = if mapped.is_some() {
-            self.workers
-        } else {
-            self.workers * 2
-        };
-        let (job_tx, job_rx) = bounded::<Job>(queued);
+        let (job_tx, job_rx) = bounded::<Job>(self.workers * 2);
         let (msg_tx, msg_rx) = bounded::<Msg>(free_out_tx.capacity().unwrap_or(64) + 1);
 
         let result = std::thread::scope(|scope| {
             {
                 let (shared, free_in_rx, msg_tx) = (&shared, free_in_rx.clone(), msg_tx.clone());
                 scope.spawn(move || {
-                    with_thread_state(|| {
-                        shared.run(|| self.read_blocks(source, mapped, shared, &free_in_rx, job_tx, &msg_tx))
-                    })
+                    with_thread_state(|| shared.run(|| self.read_blocks(source, shared, &free_in_rx, job_tx, &msg_tx)))
                 });
             }
             for _ in 0..self.workers {
@@ -231,12 +194,10 @@ impl Plan {
         })
     }
 
-    /// Cut the input into full blocks; the block that meets end of input is marked last. A
-    /// regular file's whole blocks are mapped ([`MappedInput`]), what follows them is read.
+    /// Cut the input into full blocks; the block that meets end of input is marked last.
     fn read_blocks(
         &self,
         source: &mut Source,
-        mapped: Option<MappedInput>,
         shared: &Shared,
         free_in: &Receiver<PyBuf>,
         jobs: Sender<Job>,
@@ -245,32 +206,6 @@ impl Plan {
         let want = self.block_size as usize;
         let mut pending: Option<Job> = None;
         let mut block_index = 0u64;
-        if let (Some(mut mapped), Source::Fd(file)) = (mapped, &mut *source) {
-            while let Some((chunk, len)) = mapped.next_chunk()? {
-                for off in (0..len).step_by(want) {
-                    if let Some(job) = pending.take() {
-                        if !shared.send(&jobs, job) {
-                            return Ok(());
-                        }
-                    }
-                    if block_index >= MAX_BLOCK_COUNT {
-                        return Err(
-                            FormatError::Limit(format!("input needs more than {MAX_BLOCK_COUNT} blocks")).into(),
-                        );
-                    }
-                    pending = Some(Job {
-                        block_index,
-                        input: Input::Mapped(chunk.clone(), off),
-                        pt_len: want,
-                        last: false,
-                    });
-                    block_index += 1;
-                }
-            }
-            // Whatever follows the whole blocks (a last partial block, or what was appended
-            // meanwhile) is read as from any other source.
-            std::io::Seek::seek(file, std::io::SeekFrom::Start(mapped.end()))?;
-        }
         loop {
             let Some(mut buf) = shared.recv(free_in) else {
                 return Ok(());
@@ -290,7 +225,7 @@ impl Plan {
                 }
                 let job = Job {
                     block_index,
-                    input: Input::Buf(buf),
+                    buf,
                     pt_len: n,
                     last: at_end,
                 };
@@ -338,24 +273,14 @@ impl Plan {
             let meta_flags = if job.last { META_FLAG_FINAL } else { 0 };
             let pt_len = job.pt_len as u32;
             let digest = Python::attach(|py| -> PyResult<Option<[u8; 32]>> {
-                let view = match &job.input {
-                    Input::Buf(buf) => buf.view(py)?,
-                    Input::Mapped(chunk, off) => mapped::view(py, chunk, *off, job.pt_len)?,
-                };
-                calls::seal_stream_frame_view(py, &self.keys, job.block_index, meta_flags, view, job.pt_len, &out)?;
+                calls::seal_stream_frame(py, &self.keys, job.block_index, meta_flags, &job.buf, job.pt_len, &out)?;
                 match self.signer {
                     Some(_) => Ok(Some(calls::frame_digest(py, &self.keys, &out)?)),
                     None => Ok(None),
                 }
             })?;
-            match job.input {
-                Input::Buf(buf) => {
-                    if !shared.send(free_in, buf) {
-                        return Ok(());
-                    }
-                }
-                // A page past a shrunken file's end read as zeros: this frame must not be used.
-                Input::Mapped(chunk, _) => chunk.check("the input file shrank while it was being packed")?,
+            if !shared.send(free_in, job.buf) {
+                return Ok(());
             }
             if !shared.send(
                 msgs,
