@@ -23,7 +23,9 @@ from conftest import KEY, make_plaintext, require, running_cli, self_signed_cert
 
 DATA = make_plaintext(600_000, "ops")
 BIG = make_plaintext(24 << 20, "ops-big")  # larger than loopback socket buffers
-SLOW = make_plaintext(2 << 20, "ops-slow")
+# Larger than what loopback socket buffers and a pipe hold, so a download whose client stops
+# reading is still being sent by the server.
+SLOW = make_plaintext(24 << 20, "ops-slow")
 # Liveness bound only (a broken drain or abort would hang, not be slower).
 WAIT_S = 30.0
 
@@ -398,24 +400,26 @@ def sigterm_server(root: Path) -> Iterator[tuple[subprocess.Popen[str], str, lis
         yield proc, m.group(1), lines
 
 
-def test_sigterm_drains_slow_downloads(sigterm_server, tmp_path: Path) -> None:
+def test_sigterm_drains_slow_downloads(sigterm_server) -> None:
     """SIGTERM while slow downloads run over HTTP/1.1 and HTTP/2 (GOAWAY): they complete
     byte-exact, a new connection is refused, and the server exits 0 with a clean message."""
     proc, base, lines = sigterm_server
-    outs = {flag: tmp_path / f"slow{n}" for n, flag in enumerate(["--http1.1", "--http2-prior-knowledge"])}
+    # Each curl writes to a pipe this test reads: after its first bytes the test stops reading,
+    # so curl stops reading its socket and the download stays in flight until the test
+    # resumes, after the SIGTERM (curl's --limit-rate lets the first megabytes through at once).
+    flags = ["--http1.1", "--http2-prior-knowledge"]
     clients = [
         subprocess.Popen(
-            [require("curl"), "-sS", "--fail", flag, "--limit-rate", "512K", "-o", str(out), f"{base}/slow.bin"],
+            [require("curl"), "-sS", "--fail", flag, "-o", "-", f"{base}/slow.bin"],
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
         )
-        for flag, out in outs.items()
+        for flag in flags
     ]
+    bodies: list[bytes] = []
     try:
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline and not all(o.exists() and o.stat().st_size for o in outs.values()):
-            time.sleep(0.02)
-        assert all(0 < o.stat().st_size < len(SLOW) for o in outs.values())  # both in flight
+        firsts = [client.stdout.read(64 * 1024) if client.stdout else b"" for client in clients]
+        assert all(len(first) == 64 * 1024 for first in firsts)  # both in flight
         proc.send_signal(signal.SIGTERM)
         host, port = base.removeprefix("http://").rsplit(":", 1)
         deadline = time.monotonic() + WAIT_S
@@ -428,14 +432,16 @@ def test_sigterm_drains_slow_downloads(sigterm_server, tmp_path: Path) -> None:
                 # Refused, or reset while it sat in the backlog of the listener being closed.
                 refused = True
         assert refused
-        for client in clients:
-            assert client.wait(WAIT_S) == 0, client.stderr.read() if client.stderr else ""
+        for client, first in zip(clients, firsts, strict=True):
+            out, err = client.communicate(timeout=WAIT_S)
+            assert client.returncode == 0, err
+            bodies.append(first + out)
     finally:
         for client in clients:
             client.kill()
             client.wait()
-    for out in outs.values():
-        assert out.read_bytes() == SLOW
+    for body in bodies:
+        assert body == SLOW
     assert proc.wait(WAIT_S) == 0
     deadline = time.monotonic() + WAIT_S
     while not any("stopped (signal 15)" in line for line in lines) and time.monotonic() < deadline:
