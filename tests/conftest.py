@@ -61,6 +61,20 @@ def require(tool: str) -> str:
     return path
 
 
+def assert_one_error(stderr: str | bytes, *fragments: str) -> str:
+    """Exactly one ``qeltrix: error:`` line, at most one ``hint:`` line, no traceback."""
+    text = stderr.decode() if isinstance(stderr, bytes) else stderr
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert "Traceback" not in text, text
+    assert 1 <= len(lines) <= 2, text
+    assert lines[0].startswith("qeltrix: error: "), text
+    if len(lines) == 2:
+        assert lines[1].startswith("hint: "), text
+    for fragment in fragments:
+        assert fragment in lines[0], text
+    return lines[0]
+
+
 def make_plaintext(n: int, seed: int | str = 0) -> bytes:
     """``n`` deterministic pseudorandom bytes."""
     return random.Random(f"{seed}/{n}").randbytes(n)

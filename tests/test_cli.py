@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_error
 from qeltrix_v6 import cli
 from qeltrix_v6._recipients import RecipientChange, RecipientError, plan_stanzas
 from qeltrix_v6.cli import ExitCode, app, parse_size
@@ -93,20 +94,6 @@ def run(*args: object, input: bytes | None = None, env: dict[str, str] | None = 
         start_new_session=True,
         timeout=60,
     )
-
-
-def assert_one_error(stderr: str | bytes, *fragments: str) -> str:
-    """Exactly one ``qeltrix: error:`` line, at most one ``hint:`` line, no traceback."""
-    text = stderr.decode() if isinstance(stderr, bytes) else stderr
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert "Traceback" not in text, text
-    assert 1 <= len(lines) <= 2, text
-    assert lines[0].startswith("qeltrix: error: "), text
-    if len(lines) == 2:
-        assert lines[1].startswith("hint: "), text
-    for fragment in fragments:
-        assert fragment in lines[0], text
-    return lines[0]
 
 
 def pack_key(src: Path, dst: Path, key: Path, *extra: object) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import qeltrix_v6
-from conftest import KEY, http_request, make_plaintext, require, running_cli
+from conftest import KEY, assert_one_error, http_request, make_plaintext, require, running_cli
 from qeltrix_v6 import QeltrixIOError, _container
 from s3util import ProxyState, s3_bucket
 
@@ -60,16 +60,6 @@ def cli(*args: object, env: dict[str, str], input: bytes | None = None) -> subpr
         start_new_session=True,
         timeout=60,
     )
-
-
-def one_error(stderr: bytes, *fragments: str) -> str:
-    text = stderr.decode()
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert "Traceback" not in text, text
-    assert 1 <= len(lines) <= 2 and lines[0].startswith("qeltrix: error: "), text
-    for fragment in fragments:
-        assert fragment in lines[0], text
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +194,7 @@ def test_cli_pack_from_stdin_cat_info_verify_unpack(s3: S3, tmp_path: Path) -> N
     assert r.returncode == 0, r.stderr
     r = cli("pack", "-q", "--key-file", key_file, "-", url, input=pt, env=s3.env)
     assert r.returncode == 6
-    one_error(r.stderr, "already exists")
+    assert_one_error(r.stderr, "already exists")
     r = cli("pack", "-q", "--force", "--key-file", key_file, "--block-size", "64KiB", "-", url, input=pt, env=s3.env)
     assert r.returncode == 0, r.stderr
     r = cli("cat", "--key-file", key_file, url, "--offset", "100000", "--length", "70000", env=s3.env)
@@ -274,18 +264,18 @@ def test_cli_errors_are_one_line(s3: S3, packed: tuple[bytes, str], tmp_path: Pa
     key_file.write_bytes(KEY)
     r = cli("cat", "--key-file", key_file, s3.url("missing.qltx"), env=s3.env)
     assert r.returncode == 6
-    one_error(r.stderr, "no such object")
+    assert_one_error(r.stderr, "no such object")
     r = cli("cat", "--key-file", key_file, "s3://no-such-bucket/x.qltx", env=s3.env)
     assert r.returncode == 6
-    one_error(r.stderr, "s3://no-such-bucket/x.qltx")
+    assert_one_error(r.stderr, "s3://no-such-bucket/x.qltx")
     env = {k: v for k, v in s3.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     r = cli("cat", "--key-file", key_file, packed[1], env=env)
     assert r.returncode == 6
-    one_error(r.stderr, "no AWS credentials")
+    assert_one_error(r.stderr, "no AWS credentials")
     env = dict(s3.env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{_free_port()}", QELTRIX_S3_RETRY_SECONDS="0.5")
     r = cli("info", packed[1], env=env)
     assert r.returncode == 6
-    one_error(r.stderr, packed[1])
+    assert_one_error(r.stderr, packed[1])
 
 
 def test_credentials_and_endpoint_from_a_shared_profile(s3: S3, packed: tuple[bytes, str], tmp_path: Path) -> None:
@@ -392,4 +382,4 @@ def test_readahead_cap_bounds_memory_not_correctness(s3: S3, packed: tuple[bytes
     assert r.returncode == 0 and r.stdout == pt, r.stderr
     r = cli("cat", "--key-file", key_file, url, env={**s3.env, "QELTRIX_S3_READAHEAD_BYTES": "lots"})
     assert r.returncode != 0
-    one_error(r.stderr, "QELTRIX_S3_READAHEAD_BYTES")
+    assert_one_error(r.stderr, "QELTRIX_S3_READAHEAD_BYTES")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import qeltrix_v6
-from conftest import KEY, make_plaintext
+from conftest import KEY, assert_one_error, make_plaintext
 from qeltrix_v6 import _s3rewrite
 from qeltrix_v6._recipients import RecipientChange, rewrite_recipients
 from qeltrix_v6.errors import WrongKeyError
@@ -55,15 +55,6 @@ def cli(*args: object, env: dict[str, str]) -> subprocess.CompletedProcess[bytes
     return subprocess.run(
         [sys.executable, "-m", "qeltrix_v6", *map(str, args)], capture_output=True, env=env, timeout=120
     )
-
-
-def one_error(stderr: bytes, *fragments: str) -> None:
-    text = stderr.decode()
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert "Traceback" not in text, text
-    assert 1 <= len(lines) <= 2 and lines[0].startswith("qeltrix: error: "), text
-    for fragment in fragments:
-        assert fragment in lines[0], text
 
 
 def bytes_fetched(log: list[Logged], key: str, size: int) -> int:
@@ -191,7 +182,7 @@ def test_concurrent_overwrite_fails_and_keeps_the_other_writers_object(s3: S3, f
     r = cli("passwd", "--key-file", files["key"], "--add-key-file", other, url, env=s3.env)
     s3.state.hooks.clear()
     assert r.returncode != 0
-    one_error(r.stderr, "replaced by another writer")
+    assert_one_error(r.stderr, "replaced by another writer")
     assert s3.body("race.qltx") == theirs
     assert s3.uploads() == []
 
@@ -216,7 +207,7 @@ def test_small_object_is_one_conditional_put(s3: S3, files: dict[str, Path]) -> 
     r = cli("passwd", "--key-file", files["key"], "--remove-key-file", other, url, env=s3.env)
     s3.state.hooks.clear()
     assert r.returncode != 0
-    one_error(r.stderr, "replaced by another writer")
+    assert_one_error(r.stderr, "replaced by another writer")
     assert s3.body("small.qltx") == theirs
 
 
@@ -231,7 +222,7 @@ def test_without_boto3_one_line_and_no_write(s3: S3, files: dict[str, Path]) -> 
     other.write_bytes(bytes(32 * [9]))
     r = cli("passwd", "--key-file", files["key"], "--add-key-file", other, url, env=env)
     assert r.returncode != 0
-    one_error(r.stderr, "boto3", "qeltrix-v6[s3]")
+    assert_one_error(r.stderr, "boto3", "qeltrix-v6[s3]")
     assert [r for r in s3.state.log if r.method != "GET"] == []  # at most a look at the header
 
 
@@ -259,6 +250,6 @@ def test_rotate_on_s3_re_encrypts_and_never_replaces_another_writers_object(s3: 
     r = cli("rotate", "--key-file", files["key"], url, env=s3.env)
     s3.state.hooks.clear()
     assert r.returncode != 0
-    one_error(r.stderr, "replaced by another writer")
+    assert_one_error(r.stderr, "replaced by another writer")
     assert s3.body("rot.qltx") == theirs
     assert s3.uploads() == []

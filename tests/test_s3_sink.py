@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KEY, http_request, make_plaintext, running_cli
+from conftest import KEY, assert_one_error, http_request, make_plaintext, running_cli
 from s3util import Logged, ProxyState, s3_bucket
 
 pytest.importorskip("boto3")
@@ -44,16 +44,6 @@ def cli(*args: object, env: dict[str, str], timeout: float = 60) -> subprocess.C
         start_new_session=True,
         timeout=timeout,
     )
-
-
-def one_error(stderr: bytes, *fragments: str) -> str:
-    text = stderr.decode()
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert "Traceback" not in text, text
-    assert 1 <= len(lines) <= 2 and lines[0].startswith("qeltrix: error: "), text
-    for fragment in fragments:
-        assert fragment in lines[0], text
-    return lines[0]
 
 
 def keys_under(client: Any, prefix: str) -> list[str]:
@@ -185,7 +175,7 @@ def test_recover_of_a_missing_s3_key_is_one_line(s3: tuple[ProxyState, Any, dict
     kf.chmod(0o600)
     r = cli("recover", "--key-file", kf, f"s3://{BUCKET}/nothing/here.qltx", tmp_path / "o.qltx", env=env)
     assert r.returncode != 0
-    one_error(r.stderr, "no unfinished upload")
+    assert_one_error(r.stderr, "no unfinished upload")
     assert not (tmp_path / "o.qltx").exists()
 
 
@@ -227,7 +217,7 @@ def test_pack_fails_cleanly_when_the_s3_server_goes_away_mid_upload(
             if hook in state.hooks:
                 state.hooks.remove(hook)
     assert r.returncode not in (0, 2), r.stderr
-    one_error(r.stderr, f"s3://{BUCKET}/{key}")
+    assert_one_error(r.stderr, f"s3://{BUCKET}/{key}")
     assert seen["dropped_deletes"] == 1
     assert keys_under(client, "gone/") == []
     assert uploads_under(client, "gone/") == []
@@ -243,7 +233,7 @@ def test_a_sink_on_a_missing_bucket_fails_before_listening_with_one_line(
     args = ("gateway", "--mode", "sink", "--listen", "127.0.0.1:0", "-k", kf, "--sink-dir")
     r = cli(*args, "s3://no-such-bucket/streams", env=env)
     assert r.returncode != 0
-    one_error(r.stderr, "s3://no-such-bucket/streams/: no such bucket")
+    assert_one_error(r.stderr, "s3://no-such-bucket/streams/: no such bucket")
     r = cli(*args, "s3://sink/streams", env={k: v for k, v in env.items() if not k.startswith("AWS_ACCESS")})
     assert r.returncode != 0
-    one_error(r.stderr, "no AWS credentials")
+    assert_one_error(r.stderr, "no AWS credentials")

@@ -108,6 +108,19 @@ fn store_error(url: &str, e: object_store::Error) -> Error {
     Error::Io(std::io::Error::new(kind, msg))
 }
 
+/// Whether `path` names an object now (a `HEAD`; any error but "not found" is an error).
+async fn exists(store: &AmazonS3, path: &Path, url: &str) -> Result<bool> {
+    match store.head(path).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(store_error(url, e)),
+    }
+}
+
+fn already_exists(message: String) -> Error {
+    Error::Io(std::io::Error::new(std::io::ErrorKind::AlreadyExists, message))
+}
+
 fn build_store(bucket: &str, options: &HashMap<String, String>, retry_seconds: f64) -> PyResult<Arc<AmazonS3>> {
     let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
     for (k, v) in options {
@@ -632,17 +645,10 @@ impl Multipart {
         let upload = {
             let u = url.as_str();
             runtime().block_on(async {
-                if !force {
-                    match store.head(&path).await {
-                        Ok(_) => {
-                            return Err(Error::Io(std::io::Error::new(
-                                std::io::ErrorKind::AlreadyExists,
-                                format!("{u} already exists (use --force / overwrite=True to replace it)"),
-                            )))
-                        }
-                        Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(store_error(u, e)),
-                    }
+                if !force && exists(&store, &path, u).await? {
+                    return Err(already_exists(format!(
+                        "{u} already exists (use --force / overwrite=True to replace it)"
+                    )));
                 }
                 store.put_multipart(&path).await.map_err(|e| store_error(u, e))
             })?
@@ -745,17 +751,10 @@ impl Multipart {
                 r.map_err(|e| Error::Internal(e.to_string()))?
                     .map_err(|e| store_error(url, e))?;
             }
-            if !self.force {
-                match self.store.head(&self.path).await {
-                    Ok(_) => {
-                        return Err(Error::Io(std::io::Error::new(
-                            std::io::ErrorKind::AlreadyExists,
-                            format!("{url} was created by someone else during the upload: not replaced"),
-                        )))
-                    }
-                    Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(store_error(url, e)),
-                }
+            if !self.force && exists(&self.store, &self.path, url).await? {
+                return Err(already_exists(format!(
+                    "{url} was created by someone else during the upload: not replaced"
+                )));
             }
             if let Some(tag) = &self.if_match {
                 let replaced = match self.store.head(&self.path).await {
