@@ -80,6 +80,15 @@ def make_plaintext(n: int, seed: int | str = 0) -> bytes:
     return random.Random(f"{seed}/{n}").randbytes(n)
 
 
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    """``KEY`` in a key file readable only by its owner (as the CLI wants it)."""
+    p = tmp_path / "k.key"
+    p.write_bytes(KEY)
+    p.chmod(0o600)
+    return p
+
+
 def pack_bytes(pt: bytes, **kwargs: object) -> bytes:
     """Pack ``pt`` in memory and return the container bytes (``key=KEY`` unless a credential is given)."""
     import qeltrix_v6

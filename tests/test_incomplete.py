@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
+from conftest import KEY  # the key the shared key_file fixture writes
 
-KEY = bytes(range(32))
 BLOCK = 4096
 META_FRAME_LEN = 104
 TAG_LEN = 16
@@ -42,13 +42,6 @@ def qeltrix(*args: object, timeout: float = 60) -> subprocess.CompletedProcess[s
         timeout=timeout,
         start_new_session=True,
     )
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    p = tmp_path / "k.key"
-    p.write_bytes(KEY)
-    return p
 
 
 @pytest.fixture

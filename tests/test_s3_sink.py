@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KEY, assert_one_error, http_request, make_plaintext, running_cli
+from conftest import assert_one_error, http_request, make_plaintext, running_cli
 from s3util import Logged, ProxyState, s3_bucket
 
 pytest.importorskip("boto3")
@@ -65,19 +65,16 @@ def wait_for(lines: list[str], pattern: str, timeout: float = 30) -> re.Match[st
 
 
 def test_router_to_s3_sink_then_serve_s3_answers_range_requests(
-    s3: tuple[ProxyState, Any, dict[str, str]], tmp_path: Path
+    s3: tuple[ProxyState, Any, dict[str, str]], tmp_path: Path, key_file: Path
 ) -> None:
     state, client, _env = s3
-    kf = tmp_path / "shared.key"
-    kf.write_bytes(KEY)
-    kf.chmod(0o600)
     pt = make_plaintext(3 << 20, "pipeline")
     with running_cli(
-        "gateway", "--mode", "sink", "--listen", "127.0.0.1:0", "--sink-dir", f"s3://{BUCKET}/cams/", "-k", str(kf),
-        ready=READY,
+        "gateway", "--mode", "sink", "--listen", "127.0.0.1:0", "--sink-dir", f"s3://{BUCKET}/cams/",
+        "-k", str(key_file), ready=READY,
     ) as (_sink, sm, slines), running_cli(
         "gateway", "--mode", "router", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{sm.group(1)}",
-        "-k", str(kf), "--block-size", "64KiB", ready=READY,
+        "-k", str(key_file), "--block-size", "64KiB", ready=READY,
     ) as (_router, rm, _rlines):  # fmt: skip
         with socket.create_connection(("127.0.0.1", int(rm.group(1))), timeout=60) as s:
             s.sendall(pt)
@@ -91,7 +88,7 @@ def test_router_to_s3_sink_then_serve_s3_answers_range_requests(
     # The object was written as a multipart upload: its parts went out as PUTs, never a GET.
     assert any(r.method == "PUT" and "partNumber=" in r.path for r in state.log)
 
-    serve = ("serve", "--port", "0", "--key-file", str(kf), f"s3://{BUCKET}/cams")
+    serve = ("serve", "--port", "0", "--key-file", str(key_file), f"s3://{BUCKET}/cams")
     with running_cli(*serve, ready=r"serving .* on http://(\S+)") as (_srv, m, _lines):
         host, port = m.group(1).rsplit(":", 1)
         addr = (host, int(port))
@@ -107,17 +104,14 @@ def test_router_to_s3_sink_then_serve_s3_answers_range_requests(
 
 
 def test_recover_gets_back_the_parts_a_killed_sink_had_uploaded(
-    s3: tuple[ProxyState, Any, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3: tuple[ProxyState, Any, dict[str, str]], tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state, client, env = s3
-    kf = tmp_path / "sink.key"
-    kf.write_bytes(KEY)
-    kf.chmod(0o600)
     monkeypatch.setenv("QELTRIX_S3_PART_SIZE", str(5 << 20))  # S3's smallest part
     pt = make_plaintext(16 << 20, "killed")
     with running_cli(
         "gateway", "--mode", "sink", "--sink-raw", "--listen", "127.0.0.1:0",
-        "--sink-dir", f"s3://{BUCKET}/raw", "-k", str(kf), ready=READY,
+        "--sink-dir", f"s3://{BUCKET}/raw", "-k", str(key_file), ready=READY,
     ) as (sink, sm, slines):  # fmt: skip
         s = socket.create_connection(("127.0.0.1", int(sm.group(1))), timeout=60)
         sender = threading.Thread(target=lambda: _send_quietly(s, pt), daemon=True)
@@ -143,12 +137,12 @@ def test_recover_gets_back_the_parts_a_killed_sink_had_uploaded(
     assert [u["Key"] for u in uploads_under(client, key)] == [key]
 
     out = tmp_path / "recovered.qltx"
-    r = cli("recover", "--key-file", kf, url, out, env=env)
+    r = cli("recover", "--key-file", key_file, url, out, env=env)
     assert r.returncode == 0, r.stderr
     assert "INCOMPLETE" in r.stderr.decode() and "Traceback" not in r.stderr.decode()
     assert uploads_under(client, key) == []
     plain = tmp_path / "plain.bin"
-    r = cli("unpack", "--key-file", kf, "--allow-incomplete", out, plain, env=env)
+    r = cli("unpack", "--key-file", key_file, "--allow-incomplete", out, plain, env=env)
     assert r.returncode == 0, r.stderr
     got = plain.read_bytes()
     # Every frame inside the uploaded parts comes back: at least the first 2 x 5 MiB less the
@@ -157,9 +151,11 @@ def test_recover_gets_back_the_parts_a_killed_sink_had_uploaded(
     assert got == pt[: len(got)]
 
     # The same object recovered to s3:// (a multipart upload of the rebuilt container).
-    r = cli("recover", "--key-file", kf, url, f"s3://{BUCKET}/fixed/{os.path.basename(key)}", env=env)
+    r = cli("recover", "--key-file", key_file, url, f"s3://{BUCKET}/fixed/{os.path.basename(key)}", env=env)
     assert r.returncode == 0, r.stderr
-    r = cli("cat", "--key-file", kf, "--allow-incomplete", f"s3://{BUCKET}/fixed/{os.path.basename(key)}", env=env)
+    r = cli(
+        "cat", "--key-file", key_file, "--allow-incomplete", f"s3://{BUCKET}/fixed/{os.path.basename(key)}", env=env
+    )
     assert r.returncode == 0 and r.stdout == got, r.stderr
 
 
@@ -168,26 +164,22 @@ def _send_quietly(s: socket.socket, data: bytes) -> None:
         s.sendall(data)  # never half-closed: the stream is still flowing when the sink dies
 
 
-def test_recover_of_a_missing_s3_key_is_one_line(s3: tuple[ProxyState, Any, dict[str, str]], tmp_path: Path) -> None:
+def test_recover_of_a_missing_s3_key_is_one_line(
+    s3: tuple[ProxyState, Any, dict[str, str]], tmp_path: Path, key_file: Path
+) -> None:
     _state, _client, env = s3
-    kf = tmp_path / "k.key"
-    kf.write_bytes(KEY)
-    kf.chmod(0o600)
-    r = cli("recover", "--key-file", kf, f"s3://{BUCKET}/nothing/here.qltx", tmp_path / "o.qltx", env=env)
+    r = cli("recover", "--key-file", key_file, f"s3://{BUCKET}/nothing/here.qltx", tmp_path / "o.qltx", env=env)
     assert r.returncode != 0
     assert_one_error(r.stderr, "no unfinished upload")
     assert not (tmp_path / "o.qltx").exists()
 
 
 def test_pack_fails_cleanly_when_the_s3_server_goes_away_mid_upload(
-    s3: tuple[ProxyState, Any, dict[str, str]], tmp_path: Path
+    s3: tuple[ProxyState, Any, dict[str, str]], tmp_path: Path, key_file: Path
 ) -> None:
     state, client, env = s3
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(24 << 20))
-    kf = tmp_path / "k.key"
-    kf.write_bytes(KEY)
-    kf.chmod(0o600)
     key = "gone/big.qltx"
     seen: dict[str, int] = {"dropped_deletes": 0}
 
@@ -210,7 +202,7 @@ def test_pack_fails_cleanly_when_the_s3_server_goes_away_mid_upload(
     state.hooks += [outage, comes_back]
     env = {**env, "QELTRIX_S3_PART_SIZE": str(5 << 20), "QELTRIX_S3_RETRY_SECONDS": "2"}
     try:
-        r = cli("pack", "--key-file", kf, src, f"s3://{BUCKET}/{key}", env=env, timeout=120)
+        r = cli("pack", "--key-file", key_file, src, f"s3://{BUCKET}/{key}", env=env, timeout=120)
     finally:
         state.down = False
         for hook in (outage, comes_back):
@@ -224,13 +216,10 @@ def test_pack_fails_cleanly_when_the_s3_server_goes_away_mid_upload(
 
 
 def test_a_sink_on_a_missing_bucket_fails_before_listening_with_one_line(
-    s3: tuple[ProxyState, Any, dict[str, str]], tmp_path: Path
+    s3: tuple[ProxyState, Any, dict[str, str]], tmp_path: Path, key_file: Path
 ) -> None:
     _state, _client, env = s3
-    kf = tmp_path / "k.key"
-    kf.write_bytes(KEY)
-    kf.chmod(0o600)
-    args = ("gateway", "--mode", "sink", "--listen", "127.0.0.1:0", "-k", kf, "--sink-dir")
+    args = ("gateway", "--mode", "sink", "--listen", "127.0.0.1:0", "-k", key_file, "--sink-dir")
     r = cli(*args, "s3://no-such-bucket/streams", env=env)
     assert r.returncode != 0
     assert_one_error(r.stderr, "s3://no-such-bucket/streams/: no such bucket")
