@@ -65,3 +65,40 @@ def test_appended_during_pack_is_packed_too(tmp_path: Path, monkeypatch: pytest.
     out = io.BytesIO()
     qeltrix_v6.pack(src, out, key=KEY, block_size=BLOCK)
     assert unpack_bytes(out.getvalue()) == pt + more
+
+
+def _traced_peak(fn: Callable[[], object]) -> int:
+    """Peak bytes allocated through Python's allocators (the pipeline's buffers are bytearrays)
+    while ``fn`` runs."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("size", [0, 1, 300_000])
+def test_a_small_input_makes_only_the_buffers_it_needs(tmp_path: Path, size: int) -> None:
+    """Pack's buffer pools (a permutation window of frames plus a few blocks, ~18 MiB at the
+    default 256 KiB blocks) are made on first need, not up front: a small input costs a few
+    blocks' worth of memory, and a pack of a few bytes is not a memset of the whole pool."""
+    src = tmp_path / "in.bin"
+    src.write_bytes(make_plaintext(size, seed="small"))
+    peak = _traced_peak(lambda: qeltrix_v6.pack(str(src), os.devnull, key=KEY))
+    block = 256 * 1024
+    assert peak < 8 * block, f"{peak} bytes traced packing {size} bytes"
+
+
+def test_a_large_input_stays_within_the_pools(tmp_path: Path) -> None:
+    """Made on demand or not, the pools are bounded: a window of frames plus 2 x workers + 2
+    blocks and as many frames, whatever the input size."""
+    workers, window = 2, qeltrix_v6._core.default_perm_window(BLOCK)
+    src = tmp_path / "in.bin"
+    src.write_bytes(make_plaintext(12 * 1024 * 1024, seed="large"))
+    peak = _traced_peak(lambda: qeltrix_v6.pack(str(src), os.devnull, key=KEY, block_size=BLOCK, workers=workers))
+    bound = (2 * workers + 2) * BLOCK + (window + 2 * workers + 2) * (BLOCK + 1024)
+    assert peak < bound + 2 * 1024 * 1024, f"{peak} bytes traced, pools allow {bound}"
+    assert peak > (window // 2) * BLOCK, "a whole window of frames is held before it is written"

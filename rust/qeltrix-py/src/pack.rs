@@ -3,11 +3,12 @@
 //! (permuted per window), writes them and finally writes the footer and trailer.
 //!
 //! Memory is bounded by the buffer pools: `2 * workers + 2` plaintext blocks and
-//! `perm_window + 2 * workers + 2` frames, whatever the input size.
+//! `perm_window + 2 * workers + 2` frames, whatever the input size; a pool makes its buffers
+//! on first need, so a small input makes only a few.
 use crate::calls;
 use crate::error::{Error, Result};
 use crate::io::{PyBuf, Sink, Source};
-use crate::pipeline::{with_thread_state, worker_count, Progress, Shared};
+use crate::pipeline::{with_thread_state, worker_count, BufPool, Progress, Shared};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pyo3::prelude::*;
 use qeltrix_format::signature::{SIGNATURE_LEN, SIGNER_PUB_LEN};
@@ -84,14 +85,8 @@ pub fn pack_stream(
     let workers = worker_count(workers);
     let window = u64::from(perm_window.max(1));
     let frame_cap = frame_len(block_size) as usize;
-    let in_count = 2 * workers + 2;
-    let out_count = window as usize + 2 * workers + 2;
-    let in_bufs = (0..in_count)
-        .map(|_| PyBuf::new(py, block_size as usize))
-        .collect::<PyResult<Vec<_>>>()?;
-    let out_bufs = (0..out_count)
-        .map(|_| PyBuf::new(py, frame_cap))
-        .collect::<PyResult<Vec<_>>>()?;
+    let in_bufs = BufPool::new(2 * workers + 2, block_size as usize);
+    let out_bufs = BufPool::new(window as usize + 2 * workers + 2, frame_cap);
     let plan = Plan {
         keys,
         block_size,
@@ -122,41 +117,31 @@ impl Plan {
         source: &mut Source,
         sink: &mut Sink,
         header: &[u8],
-        in_bufs: Vec<PyBuf>,
-        out_bufs: Vec<PyBuf>,
+        in_bufs: BufPool,
+        out_bufs: BufPool,
         progress: &mut Progress,
     ) -> Result<Packed> {
         sink.write_bytes(header)?;
         let shared = Shared::default();
-        let (free_in_tx, free_in_rx) = bounded(in_bufs.len());
-        for b in in_bufs {
-            free_in_tx.send(b).expect("pool has room");
-        }
-        let (free_out_tx, free_out_rx) = bounded(out_bufs.len());
-        for b in out_bufs {
-            free_out_tx.send(b).expect("pool has room");
-        }
+        let (in_bufs, out_bufs) = (&in_bufs, &out_bufs);
         let (job_tx, job_rx) = bounded::<Job>(self.workers * 2);
-        let (msg_tx, msg_rx) = bounded::<Msg>(free_out_tx.capacity().unwrap_or(64) + 1);
+        let (msg_tx, msg_rx) = bounded::<Msg>(out_bufs.cap() + 1);
 
         let result = std::thread::scope(|scope| {
             {
-                let (shared, free_in_rx, msg_tx) = (&shared, free_in_rx.clone(), msg_tx.clone());
+                let (shared, msg_tx) = (&shared, msg_tx.clone());
                 scope.spawn(move || {
-                    with_thread_state(|| shared.run(|| self.read_blocks(source, shared, &free_in_rx, job_tx, &msg_tx)))
+                    with_thread_state(|| shared.run(|| self.read_blocks(source, shared, in_bufs, job_tx, &msg_tx)))
                 });
             }
             for _ in 0..self.workers {
-                let (shared, job_rx, free_in_tx) = (&shared, job_rx.clone(), free_in_tx.clone());
-                let (free_out_rx, msg_tx) = (free_out_rx.clone(), msg_tx.clone());
+                let (shared, job_rx, msg_tx) = (&shared, job_rx.clone(), msg_tx.clone());
                 scope.spawn(move || {
-                    with_thread_state(|| {
-                        shared.run(|| self.seal_blocks(shared, &job_rx, &free_in_tx, &free_out_rx, &msg_tx))
-                    })
+                    with_thread_state(|| shared.run(|| self.seal_blocks(shared, &job_rx, in_bufs, out_bufs, &msg_tx)))
                 });
             }
             drop(msg_tx);
-            let r = self.write_frames(sink, header.len() as u64, &shared, &msg_rx, &free_out_tx, progress);
+            let r = self.write_frames(sink, header.len() as u64, &shared, &msg_rx, out_bufs, progress);
             if let Err(e) = r {
                 shared.fail(e);
                 return None;
@@ -199,7 +184,7 @@ impl Plan {
         &self,
         source: &mut Source,
         shared: &Shared,
-        free_in: &Receiver<PyBuf>,
+        free_in: &BufPool,
         jobs: Sender<Job>,
         msgs: &Sender<Msg>,
     ) -> Result<()> {
@@ -207,7 +192,7 @@ impl Plan {
         let mut pending: Option<Job> = None;
         let mut block_index = 0u64;
         loop {
-            let Some(mut buf) = shared.recv(free_in) else {
+            let Some(mut buf) = free_in.take(shared)? else {
                 return Ok(());
             };
             let n = source.fill(&mut buf, want)?;
@@ -254,8 +239,8 @@ impl Plan {
         &self,
         shared: &Shared,
         jobs: &Receiver<Job>,
-        free_in: &Sender<PyBuf>,
-        free_out: &Receiver<PyBuf>,
+        free_in: &BufPool,
+        free_out: &BufPool,
         msgs: &Sender<Msg>,
     ) -> Result<()> {
         // A worker takes its frame buffer *before* its job. The writer holds frames until their
@@ -264,7 +249,7 @@ impl Plan {
         // job's frame: a deadlock. Buffer first, every taken job has a buffer to finish into
         // (the pool holds a window plus one buffer per worker and some slack).
         loop {
-            let Some(out) = shared.recv(free_out) else {
+            let Some(out) = free_out.take(shared)? else {
                 return Ok(());
             };
             let Some(job) = shared.recv(jobs) else {
@@ -279,9 +264,7 @@ impl Plan {
                     None => Ok(None),
                 }
             })?;
-            if !shared.send(free_in, job.buf) {
-                return Ok(());
-            }
+            free_in.give(job.buf);
             if !shared.send(
                 msgs,
                 Msg::Frame {
@@ -303,7 +286,7 @@ impl Plan {
         mut offset: u64,
         shared: &Shared,
         msgs: &Receiver<Msg>,
-        free_out: &Sender<PyBuf>,
+        free_out: &BufPool,
         progress: &mut Progress,
     ) -> Result<(Vec<IndexEntry>, u64, SignatureAccumulator)> {
         let mut digests = SignatureAccumulator::new();
@@ -340,8 +323,7 @@ impl Plan {
                     };
                     offset = offset.checked_add(len).expect("offsets fit in u64");
                     pt_done += u64::from(pt_len);
-                    // The pool has room for every buffer, so this never blocks.
-                    let _ = free_out.send(buf);
+                    free_out.give(buf);
                 }
                 window_no += 1;
                 progress.update(pt_done, false)?;
