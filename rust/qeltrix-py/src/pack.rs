@@ -1,6 +1,6 @@
-//! The pack pipeline (FORMAT.md sections 5-7): one reader thread cuts the input into blocks,
-//! worker threads seal them through the crypto layer, and the calling thread places frames
-//! (permuted per window), writes them and finally writes the footer and trailer.
+//! The pack pipeline (FORMAT.md sections 5-7): worker threads take turns cutting the next
+//! block off the input and seal it through the crypto layer, and the calling thread places
+//! frames (permuted per window), writes them and finally writes the footer and trailer.
 //!
 //! Memory is bounded by the buffer pools: `2 * workers + 2` plaintext blocks and
 //! `perm_window + 2 * workers + 2` frames, whatever the input size; a pool makes its buffers
@@ -15,13 +15,90 @@ use qeltrix_format::signature::{SIGNATURE_LEN, SIGNER_PUB_LEN};
 use qeltrix_format::SignatureAccumulator;
 use qeltrix_format::{container_tail, frame_len, FormatError, Header, Index, IndexEntry, Permutation, TailCrypto};
 use qeltrix_format::{MAX_BLOCK_COUNT, MAX_BLOCK_SIZE, META_FLAG_FINAL, MIN_BLOCK_SIZE};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
 
 struct Job {
     block_index: u64,
     buf: PyBuf,
     pt_len: usize,
     last: bool,
+}
+
+/// The input, cut into full blocks by whichever worker needs its next job (under a lock: the
+/// reads stay sequential, so a file that grows while it is packed is packed with what was
+/// appended, and a pipe is read as it comes). Workers reading for themselves instead of a
+/// reader thread feeding them saves two thread hand-offs per block (issue 16).
+///
+/// The block that meets end of input is marked last: a full block is held back until the next
+/// read says whether anything follows it.
+struct Cutter<'a> {
+    source: &'a mut Source,
+    want: usize,
+    block_index: u64,
+    /// A full block whose successor is not read yet.
+    pending: Option<Job>,
+    /// Blocks ready to seal (at most two: the held block and the last one, at end of input).
+    ready: VecDeque<Job>,
+    /// End of input reached: no more reads.
+    done: bool,
+    /// A read failed: no more reads, and no end of input to report.
+    failed: bool,
+    /// The block count was handed to the writer.
+    eof_sent: bool,
+}
+
+impl Cutter<'_> {
+    /// The next block to seal, reading as needed; `None` once every block was handed out.
+    fn next_job(&mut self, shared: &Shared, free_in: &BufPool) -> Result<Option<Job>> {
+        loop {
+            if let Some(job) = self.ready.pop_front() {
+                return Ok(Some(job));
+            }
+            if self.done || self.failed {
+                return Ok(None);
+            }
+            let Some(mut buf) = free_in.take(shared)? else {
+                return Ok(None);
+            };
+            let n = self.source.fill(&mut buf, self.want)?;
+            // `fill` only returns short at end of input, so a short block is the last one.
+            let at_end = n < self.want;
+            if let Some(mut job) = self.pending.take() {
+                job.last = n == 0;
+                self.ready.push_back(job);
+            }
+            if n > 0 {
+                if self.block_index >= MAX_BLOCK_COUNT {
+                    return Err(FormatError::Limit(format!("input needs more than {MAX_BLOCK_COUNT} blocks")).into());
+                }
+                let job = Job {
+                    block_index: self.block_index,
+                    buf,
+                    pt_len: n,
+                    last: at_end,
+                };
+                self.block_index += 1;
+                if at_end {
+                    self.ready.push_back(job);
+                } else {
+                    self.pending = Some(job);
+                }
+            } else {
+                free_in.give(buf);
+            }
+            self.done = at_end;
+        }
+    }
+
+    /// The block count, once, when end of input has been reached.
+    fn take_eof(&mut self) -> Option<u64> {
+        if !self.done || self.failed || self.eof_sent {
+            return None;
+        }
+        self.eof_sent = true;
+        Some(self.block_index)
+    }
 }
 
 enum Msg {
@@ -124,20 +201,23 @@ impl Plan {
         sink.write_bytes(header)?;
         let shared = Shared::default();
         let (in_bufs, out_bufs) = (&in_bufs, &out_bufs);
-        let (job_tx, job_rx) = bounded::<Job>(self.workers * 2);
         let (msg_tx, msg_rx) = bounded::<Msg>(out_bufs.cap() + 1);
+        let cutter = Mutex::new(Cutter {
+            source,
+            want: self.block_size as usize,
+            block_index: 0,
+            pending: None,
+            ready: VecDeque::new(),
+            done: false,
+            failed: false,
+            eof_sent: false,
+        });
 
         let result = std::thread::scope(|scope| {
-            {
-                let (shared, msg_tx) = (&shared, msg_tx.clone());
-                scope.spawn(move || {
-                    with_thread_state(|| shared.run(|| self.read_blocks(source, shared, in_bufs, job_tx, &msg_tx)))
-                });
-            }
             for _ in 0..self.workers {
-                let (shared, job_rx, msg_tx) = (&shared, job_rx.clone(), msg_tx.clone());
+                let (shared, cutter, msg_tx) = (&shared, &cutter, msg_tx.clone());
                 scope.spawn(move || {
-                    with_thread_state(|| shared.run(|| self.seal_blocks(shared, &job_rx, in_bufs, out_bufs, &msg_tx)))
+                    with_thread_state(|| shared.run(|| self.seal_blocks(shared, cutter, in_bufs, out_bufs, &msg_tx)))
                 });
             }
             drop(msg_tx);
@@ -179,66 +259,10 @@ impl Plan {
         })
     }
 
-    /// Cut the input into full blocks; the block that meets end of input is marked last.
-    fn read_blocks(
-        &self,
-        source: &mut Source,
-        shared: &Shared,
-        free_in: &BufPool,
-        jobs: Sender<Job>,
-        msgs: &Sender<Msg>,
-    ) -> Result<()> {
-        let want = self.block_size as usize;
-        let mut pending: Option<Job> = None;
-        let mut block_index = 0u64;
-        loop {
-            let Some(mut buf) = free_in.take(shared)? else {
-                return Ok(());
-            };
-            let n = source.fill(&mut buf, want)?;
-            // `fill` only returns short at end of input, so a short block is the last one.
-            let at_end = n < want;
-            if let Some(mut job) = pending.take() {
-                job.last = n == 0;
-                if !shared.send(&jobs, job) {
-                    return Ok(());
-                }
-            }
-            if n > 0 {
-                if block_index >= MAX_BLOCK_COUNT {
-                    return Err(FormatError::Limit(format!("input needs more than {MAX_BLOCK_COUNT} blocks")).into());
-                }
-                let job = Job {
-                    block_index,
-                    buf,
-                    pt_len: n,
-                    last: at_end,
-                };
-                block_index += 1;
-                if at_end {
-                    if !shared.send(&jobs, job) {
-                        return Ok(());
-                    }
-                } else {
-                    pending = Some(job);
-                }
-            }
-            if at_end {
-                shared.send(
-                    msgs,
-                    Msg::Eof {
-                        block_count: block_index,
-                    },
-                );
-                return Ok(());
-            }
-        }
-    }
-
     fn seal_blocks(
         &self,
         shared: &Shared,
-        jobs: &Receiver<Job>,
+        cutter: &Mutex<Cutter<'_>>,
         free_in: &BufPool,
         free_out: &BufPool,
         msgs: &Sender<Msg>,
@@ -252,7 +276,21 @@ impl Plan {
             let Some(out) = free_out.take(shared)? else {
                 return Ok(());
             };
-            let Some(job) = shared.recv(jobs) else {
+            let (job, eof) = {
+                let mut cutter = cutter.lock().expect("cutter lock");
+                if shared.cancelled() {
+                    return Ok(());
+                }
+                let job = cutter.next_job(shared, free_in).inspect_err(|_| cutter.failed = true)?;
+                (job, cutter.take_eof())
+            };
+            if let Some(block_count) = eof {
+                if !shared.send(msgs, Msg::Eof { block_count }) {
+                    return Ok(());
+                }
+            }
+            let Some(job) = job else {
+                free_out.give(out);
                 return Ok(());
             };
             let meta_flags = if job.last { META_FLAG_FINAL } else { 0 };
