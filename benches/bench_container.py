@@ -1088,6 +1088,14 @@ def main_run(cfg: Config, json_path: str | None) -> dict[str, Any]:
             cli_unpack_age = ratio(cli_unpack.best if cli_unpack else None, age["decrypt_null"].best)
             add("CLI pack ->/dev/null / age encrypt ->/dev/null", cli_pack_age, TARGET_CLI_PACK_OVER_AGE)
             add("CLI unpack ->/dev/null / age decrypt ->/dev/null", cli_unpack_age, TARGET_CLI_UNPACK_OVER_AGE)
+            # The most a command of this format can reach: a reader must SHA-256 and AES-GCM
+            # every byte (FORMAT.md section 5), so with both cores busy from the first instant
+            # and a start no longer than the bare interpreter's, it takes size / limit + that.
+            start_ms = res["cli_cat"].get("python_pass_p50_ms")
+            if start_ms is not None and limit and age["decrypt_null"].best:
+                floor_s = size / (limit * 1e9) + start_ms / 1000
+                ceiling = (size / (age["decrypt_null"].best * 1e9)) / floor_s
+                targets.append(("ceiling: age decrypt / (limit + python -c pass)", ceiling, "n/a", None))
         for what, api_name in (("pack", "qeltrix_v6.pack() whole process ->/dev/null"),
                                ("unpack", "qeltrix_v6.unpack() whole process ->/dev/null")):  # fmt: skip
             cli_m, api_m = byname.get(f"qeltrix {what} (CLI) ->/dev/null"), byname.get(api_name)
