@@ -304,14 +304,15 @@ def report_apps(R: dict[str, Any], relays: list[str]) -> None:
             v = v.get(k) if isinstance(v, dict) else None
         return v if isinstance(v, int | float) else None
 
-    headers = ["relay", "redis c1 p50 ms", "c1 rps", "CPU us/req", "redis c50 p50 ms", "c50 rps",
-               "TPC-B tps", "TPC-B lat ms", "-S tps", "-S lat ms", "RSS 200x10MiB", "thr 1000"]  # fmt: skip
+    headers = ["relay", "redis c1 p50 ms", "c1 rps", "CPU us/req", "redis c50 p50 ms", "c50 avg ms", "c50 p99 ms",
+               "c50 rps", "TPC-B tps", "TPC-B lat ms", "-S tps", "-S lat ms", "RSS 200x10MiB", "thr 1000"]  # fmt: skip
     rows = []
     for n in relays:
         rows.append([
             n + (" (FAILED)" if "error" in R.get(n, {}) else ""),
             fnum(g(n, "redis_c1", "p50_ms"), ".3f"), fnum(g(n, "redis_c1", "rps"), ".0f"),
             fnum(g(n, "redis_c1", "relay_cpu_us"), ".0f"), fnum(g(n, "redis_c50", "p50_ms"), ".3f"),
+            fnum(g(n, "redis_c50", "avg_ms"), ".3f"), fnum(g(n, "redis_c50", "p99_ms"), ".2f"),
             fnum(g(n, "redis_c50", "rps"), ".0f"), fnum(g(n, "pg_tpcb", "tps"), ".0f"),
             fnum(g(n, "pg_tpcb", "lat_avg_ms"), ".2f"), fnum(g(n, "pg_select", "tps"), ".0f"),
             fnum(g(n, "pg_select", "lat_avg_ms"), ".2f"), fnum(g(n, "mem_200", "rss_mib"), ".0f"),
@@ -330,6 +331,7 @@ def report_apps(R: dict[str, Any], relays: list[str]) -> None:
                 f"{q} vs {o}: redis c1 p50 {fnum(ratio(g(q, 'redis_c1', 'p50_ms'), g(o, 'redis_c1', 'p50_ms')))}x, "
                 f"c50 rps {fnum(ratio(g(q, 'redis_c50', 'rps'), g(o, 'redis_c50', 'rps')))}x, "
                 f"c50 p50 {fnum(ratio(g(q, 'redis_c50', 'p50_ms'), g(o, 'redis_c50', 'p50_ms')))}x, "
+                f"c50 avg {fnum(ratio(g(q, 'redis_c50', 'avg_ms'), g(o, 'redis_c50', 'avg_ms')))}x, "
                 f"TPC-B tps {fnum(ratio(g(q, 'pg_tpcb', 'tps'), g(o, 'pg_tpcb', 'tps')))}x, "
                 f"-S tps {fnum(ratio(g(q, 'pg_select', 'tps'), g(o, 'pg_select', 'tps')))}x"
             )

@@ -76,14 +76,19 @@ _KEY_BODY = struct.Struct("<12s48s")
 _META_PT = struct.Struct("<QIB3x16s12s32s")
 # A frame's three random fields, drawn at once: cdk_salt, data_nonce, meta_nonce.
 _FRAME_RANDOM_LEN = 16 + 12 + 12
+_META_NONCE_AT = 16 + 12
 # One algorithm object for every hash, HKDF and HMAC: it is immutable, and constructing one
 # per call is a measurable part of a block's fixed cost.
 _SHA256 = hashes.SHA256()
+# A SHA-256 context that is never updated: each hash starts as a copy of it, which skips the
+# algorithm check and fetch of a new `hashes.Hash` (0.4 of 0.8 us per hash; issue 12). Copying
+# only reads it, so every thread may copy the same one.
+_SHA256_CTX = hashes.Hash(_SHA256)
 
 
 def sha256(data: bytes | bytearray | memoryview) -> bytes:
     """SHA-256 of ``data``."""
-    h = hashes.Hash(_SHA256)
+    h = _SHA256_CTX.copy()
     h.update(data)
     return h.finalize()
 
@@ -119,6 +124,37 @@ def signed_url_mac_ok(url_key: bytes, expires: int, path: str, mac: bytes) -> bo
 def random_bytes(n: int) -> bytes:
     """``n`` bytes from the operating system's CSPRNG."""
     return os.urandom(n)
+
+
+# A frame's random fields come from a per-thread buffer of the OS CSPRNG's output, refilled
+# every _FRAME_RANDOM_BATCH frames (issue 12). `os.urandom` releases the interpreter lock for
+# its system call; once per frame, that handed the lock to another gateway worker waiting for
+# it and made this one wait to get it back (futex wake-ups and context switches per frame).
+# The bytes are the same CSPRNG output, each handed out once: the buffer is the thread's own
+# and a forked child starts with none (it must not reuse its parent's).
+_FRAME_RANDOM_BATCH = 64
+_frame_random_pool = threading.local()
+
+
+def _forget_frame_random() -> None:
+    global _frame_random_pool  # replaced whole in a forked child
+    _frame_random_pool = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_frame_random)
+
+
+def _frame_random() -> bytes:
+    """``cdk_salt || data_nonce || meta_nonce`` for one frame (``_FRAME_RANDOM_LEN`` bytes)."""
+    pool = _frame_random_pool
+    buf: bytes = getattr(pool, "buf", b"")
+    at: int = getattr(pool, "at", 0)
+    end = at + _FRAME_RANDOM_LEN
+    if end > len(buf):
+        pool.buf = buf = os.urandom(_FRAME_RANDOM_LEN * _FRAME_RANDOM_BATCH)
+        at, end = 0, _FRAME_RANDOM_LEN
+    pool.at = end
+    return buf[at:end]
 
 
 def normalize_passphrase(passphrase: str | bytes) -> bytes:
@@ -438,7 +474,17 @@ class ContainerKeys:
     ``rust/qeltrix-py/src/calls.rs`` (see :mod:`qeltrix_v6._contract`).
     """
 
-    __slots__ = ("_aead_cls", "_index_aead", "_meta_aead", "_mk", "cipher_id", "container_id", "k_header", "k_perm")
+    __slots__ = (
+        "_aead_cls",
+        "_cdk_info",
+        "_index_aead",
+        "_meta_aead",
+        "_mk",
+        "cipher_id",
+        "container_id",
+        "k_header",
+        "k_perm",
+    )
 
     def __init__(self, mk: bytes, container_id: bytes, cipher_id: int) -> None:
         if cipher_id not in _AEADS:
@@ -451,6 +497,8 @@ class ContainerKeys:
         self.k_perm = hkdf(mk, container_id, LABEL_PERM, 16)
         self._meta_aead: Aead = self._aead_cls(hkdf(mk, container_id, LABEL_META))
         self._index_aead: Aead = self._aead_cls(hkdf(mk, container_id, LABEL_INDEX))
+        # The constant start of every CDK_i's HKDF info (FORMAT.md section 4).
+        self._cdk_info = LABEL_CDK + container_id
 
     @property
     def mk(self) -> bytes:
@@ -467,8 +515,7 @@ class ContainerKeys:
             raise AuthenticationError("container header failed authentication (corrupt or tampered)")
 
     def _cdk(self, cdk_salt: bytes, block_index: int, pt_sha256: bytes) -> bytes:
-        info = LABEL_CDK + self.container_id + block_index.to_bytes(8, "little") + pt_sha256
-        return hkdf(self._mk, cdk_salt, info)
+        return hkdf(self._mk, cdk_salt, self._cdk_info + block_index.to_bytes(8, "little") + pt_sha256)
 
     def _data_aad(self, block_index: int, pt_len: int, meta_flags: int) -> bytes:
         return self.container_id + _DATA_AAD.pack(block_index, pt_len, meta_flags)
@@ -514,22 +561,29 @@ class ContainerKeys:
         ``data_ct`` under its CDK, then ``meta_nonce || meta_ct`` (FORMAT.md section 5). One call
         per frame (one GIL acquisition) for the pack pipeline and the gateways alike."""
         pt = memoryview(inbuf)[:pt_len]
-        h = hashes.Hash(_SHA256)
+        h = _SHA256_CTX.copy()
         h.update(pt)
         pt_sha256 = h.finalize()
-        rnd = os.urandom(_FRAME_RANDOM_LEN)
-        cdk_salt, data_nonce, meta_nonce = rnd[:SALT_LEN], rnd[SALT_LEN:-NONCE_LEN], rnd[-NONCE_LEN:]
-        cid = self.container_id
-        bi = block_index.to_bytes(8, "little")
-        cdk = HKDF(_SHA256, KEY_LEN, cdk_salt, LABEL_CDK + cid + bi + pt_sha256).derive(self._mk)
+        rnd = _frame_random()
+        cdk_salt = rnd[:SALT_LEN]
+        data_nonce = rnd[SALT_LEN:_META_NONCE_AT]
+        meta_nonce = rnd[_META_NONCE_AT:]
+        # u64le(i) || u32le(pt_len) || u8(meta_flags): the data AAD's tail, whose first 8 bytes
+        # are the u64le(i) of the CDK's info.
+        tail = _DATA_AAD.pack(block_index, pt_len, meta_flags)
+        cdk = HKDF(_SHA256, KEY_LEN, cdk_salt, self._cdk_info + tail[:8] + pt_sha256).derive(self._mk)
         out = memoryview(outbuf)
-        data_aad = cid + _DATA_AAD.pack(block_index, pt_len, meta_flags)
+        cid = self.container_id
         self._aead_cls(cdk).encrypt_into(
-            data_nonce, pt, data_aad, out[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN]
+            data_nonce, pt, cid + tail, out[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN]
         )
-        meta_pt = _META_PT.pack(block_index, pt_len, meta_flags, cdk_salt, data_nonce, pt_sha256)
         out[:NONCE_LEN] = meta_nonce
-        self._meta_aead.encrypt_into(meta_nonce, meta_pt, cid, out[NONCE_LEN:META_FRAME_LEN])
+        self._meta_aead.encrypt_into(
+            meta_nonce,
+            _META_PT.pack(block_index, pt_len, meta_flags, cdk_salt, data_nonce, pt_sha256),
+            cid,
+            out[NONCE_LEN:META_FRAME_LEN],
+        )
 
     def open_stream_frame(self, inbuf: memoryview, avail: int, outbuf: memoryview) -> tuple[bytes, bool]:
         """Open the metadata of the frame at the start of ``inbuf`` and, when the whole frame is
@@ -542,23 +596,26 @@ class ContainerKeys:
         frame = memoryview(inbuf)
         cid = self.container_id
         try:
-            meta_pt = self._meta_aead.decrypt(bytes(frame[:NONCE_LEN]), frame[NONCE_LEN:META_FRAME_LEN], cid)
+            meta_pt = self._meta_aead.decrypt(frame[:NONCE_LEN], frame[NONCE_LEN:META_FRAME_LEN], cid)
         except InvalidTag:
             raise AuthenticationError("block metadata failed authentication (corrupt or tampered)") from None
         block_index, pt_len, meta_flags, cdk_salt, data_nonce, pt_sha256 = _META_PT.unpack(meta_pt)
         if META_FRAME_LEN + pt_len + TAG_LEN > avail or pt_len > len(outbuf):
             return meta_pt, False
         out = memoryview(outbuf)[:pt_len]
-        bi = block_index.to_bytes(8, "little")
-        cdk = HKDF(_SHA256, KEY_LEN, cdk_salt, LABEL_CDK + cid + bi + pt_sha256).derive(self._mk)
-        data_aad = cid + _DATA_AAD.pack(block_index, pt_len, meta_flags)
+        # meta_pt starts with u64le(block_index), the CDK info's and the data AAD's.
+        bi = meta_pt[:8]
+        cdk = HKDF(_SHA256, KEY_LEN, cdk_salt, self._cdk_info + bi + pt_sha256).derive(self._mk)
         try:
             self._aead_cls(cdk).decrypt_into(
-                data_nonce, frame[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN], data_aad, out
+                data_nonce,
+                frame[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN],
+                cid + _DATA_AAD.pack(block_index, pt_len, meta_flags),
+                out,
             )
         except InvalidTag:
             raise AuthenticationError(f"block {block_index} failed authentication (corrupt or tampered)") from None
-        h = hashes.Hash(_SHA256)
+        h = _SHA256_CTX.copy()
         h.update(out)
         if not compare_digest(h.finalize(), pt_sha256):
             raise AuthenticationError(f"block {block_index} failed its integrity hash")

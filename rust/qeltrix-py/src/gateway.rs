@@ -46,7 +46,8 @@ impl PyStreamKeys {
 
 /// Input and output buffers lent to one crypto call.
 type BufPair = (Option<PyBuf>, Option<PyBuf>);
-static BUF_POOL: Mutex<Vec<BufPair>> = Mutex::new(Vec::new());
+/// The pooled pairs and their bytes in all.
+static BUF_POOL: Mutex<(Vec<BufPair>, usize)> = Mutex::new((Vec::new(), 0));
 /// The pool keeps pairs up to this many bytes in all, and no buffer larger than
 /// `POOL_MAX_BUF` (bigger ones, for blocks of several MiB, are freed after their call).
 const POOL_BYTES: usize = 8 << 20;
@@ -57,36 +58,41 @@ fn pair_bytes(p: &BufPair) -> usize {
     len(&p.0) + len(&p.1)
 }
 
+/// One pair from the pool (an empty one when it runs out).
+fn take_pair(pool: &mut (Vec<BufPair>, usize)) -> BufPair {
+    let p = pool.0.pop().unwrap_or((None, None));
+    pool.1 -= pair_bytes(&p);
+    p
+}
+
 /// `n` pairs of buffers from the pool (empty ones when it runs out).
 fn take_pairs(n: usize) -> Vec<BufPair> {
     let mut pool = BUF_POOL.lock().expect("pool lock");
-    let keep = pool.len().saturating_sub(n);
-    let mut pairs = pool.split_off(keep);
-    drop(pool);
-    pairs.resize_with(n, || (None, None));
-    pairs
+    (0..n).map(|_| take_pair(&mut pool)).collect()
 }
 
-/// Give pairs back to the pool (the GIL is held: buffers are made and freed only under it).
+/// Give a pair back to the pool (the GIL is held: buffers are made and freed only under it).
+fn give_pair(pool: &mut (Vec<BufPair>, usize), p: BufPair) {
+    let big = |b: &Option<PyBuf>| b.as_ref().is_some_and(|b| b.as_slice().len() > POOL_MAX_BUF);
+    let bytes = pair_bytes(&p);
+    if !big(&p.0) && !big(&p.1) && pool.1 + bytes <= POOL_BYTES {
+        pool.1 += bytes;
+        pool.0.push(p);
+    }
+}
+
 fn give_pairs(pairs: Vec<BufPair>) {
     let mut pool = BUF_POOL.lock().expect("pool lock");
-    let mut total: usize = pool.iter().map(pair_bytes).sum();
     for p in pairs {
-        let big = |b: &Option<PyBuf>| b.as_ref().is_some_and(|b| b.as_slice().len() > POOL_MAX_BUF);
-        let bytes = pair_bytes(&p);
-        if !big(&p.0) && !big(&p.1) && total + bytes <= POOL_BYTES {
-            total += bytes;
-            pool.push(p);
-        }
+        give_pair(&mut pool, p);
     }
 }
 
 /// Run `f` with a pair of buffers from the pool.
 fn with_bufs<T>(f: impl FnOnce(&mut Option<PyBuf>, &mut Option<PyBuf>) -> T) -> T {
-    let mut pairs = take_pairs(1);
-    let (inbuf, outbuf) = &mut pairs[0];
-    let r = f(inbuf, outbuf);
-    give_pairs(pairs);
+    let (mut inbuf, mut outbuf) = take_pair(&mut BUF_POOL.lock().expect("pool lock"));
+    let r = f(&mut inbuf, &mut outbuf);
+    give_pair(&mut BUF_POOL.lock().expect("pool lock"), (inbuf, outbuf));
     r
 }
 

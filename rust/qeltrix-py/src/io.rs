@@ -23,9 +23,12 @@ use std::sync::Mutex;
 /// whole life: while an export exists CPython refuses to resize a bytearray (`BufferError`),
 /// so its storage neither moves nor shrinks, whatever Python code does with it. Python only
 /// ever receives memoryviews of it ([`PyBuf::view`]), during calls the owning thread makes.
+/// The export and that memoryview both hold a reference to the bytearray.
 pub struct PyBuf {
-    obj: Py<PyByteArray>,
     buffer: PyBuffer<u8>,
+    /// A memoryview of the whole bytearray, made once: every call gets this one instead of a
+    /// new one (two fewer objects made and freed per crypto call; issue 12).
+    whole: Py<PyAny>,
 }
 
 impl PyBuf {
@@ -34,15 +37,13 @@ impl PyBuf {
         let b = PyByteArray::new_with(py, cap, |_| Ok(()))?;
         let buffer = PyBuffer::<u8>::get(b.as_any())?;
         debug_assert!(!buffer.readonly() && buffer.is_c_contiguous() && buffer.len_bytes() == cap);
-        Ok(PyBuf {
-            obj: b.unbind(),
-            buffer,
-        })
+        let whole = PyMemoryView::from(b.as_any())?.into_any().unbind();
+        Ok(PyBuf { buffer, whole })
     }
 
-    /// A memoryview of the whole buffer, for passing to Python.
+    /// A memoryview of the whole buffer, for passing to Python (the same one every time).
     pub fn view<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        Ok(PyMemoryView::from(self.obj.bind(py).as_any())?.into_any())
+        Ok(self.whole.bind(py).clone())
     }
 
     /// The whole buffer.

@@ -51,6 +51,28 @@ pub(super) struct Batcher<K: Keyring> {
     /// Read permits: at most this many of the worker's connections hold a read buffer for a
     /// frame being read and sealed at once, however many are ready.
     reads: tokio::sync::Semaphore,
+    /// Connections on this worker now.
+    conns: AtomicUsize,
+}
+
+/// When a connection's task runs its frame's crypto itself instead of queueing it for the
+/// batcher task: `QELTRIX_GW_INLINE` = `never`, `always` (whenever no batch is queued), or
+/// `lone` (the default: when the worker has no other connection, so nothing could join a
+/// batch). Undocumented: a benchmark knob, as `QELTRIX_GW_WORKERS`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Inline {
+    Never,
+    Always,
+    Lone,
+}
+
+fn inline_mode() -> Inline {
+    static MODE: std::sync::OnceLock<Inline> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("QELTRIX_GW_INLINE").as_deref() {
+        Ok("never") => Inline::Never,
+        Ok("always") => Inline::Always,
+        _ => Inline::Lone,
+    })
 }
 
 /// Read permits per worker.
@@ -76,6 +98,7 @@ impl<K: Keyring> Batcher<K> {
             wake: tokio::sync::Notify::new(),
             pool: Mutex::new(Vec::new()),
             reads: tokio::sync::Semaphore::new(READ_PERMITS),
+            conns: AtomicUsize::new(0),
         }
     }
 
@@ -95,8 +118,21 @@ impl<K: Keyring> Batcher<K> {
         }
     }
 
-    /// Run `job` in the next batch; the job comes back with its result.
-    async fn run(&self, job: FrameJob<K::Keys>) -> Result<FrameJob<K::Keys>, GwError> {
+    /// Run `job` in the next batch, or at once on this task when nothing could join it (see
+    /// [`Inline`]); the job comes back with its result.
+    async fn run(&self, gw: &Gateway<K>, job: FrameJob<K::Keys>) -> Result<FrameJob<K::Keys>, GwError> {
+        let inline = match inline_mode() {
+            Inline::Never => false,
+            Inline::Always => true,
+            Inline::Lone => self.conns.load(Ordering::Relaxed) <= 1,
+        };
+        if inline && self.queue.lock().expect("batch queue").is_empty() {
+            // No hand-off: no queue, no wake-up of the batcher task, no channel.
+            let mut jobs = [job];
+            gw.gate.run(|| gw.keyring.run_frames(&mut jobs));
+            let [job] = jobs;
+            return Ok(job);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.queue.lock().expect("batch queue").push((job, tx));
         self.wake.notify_one();
@@ -198,8 +234,10 @@ impl<K: Keyring> Workers<K> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         let (handle, batcher) = &self.workers[i];
         let batcher = batcher.clone();
+        batcher.conns.fetch_add(1, Ordering::Relaxed);
         handle.spawn(async move {
             let r = run(&gw, &batcher, client, other, &stats, h).await;
+            batcher.conns.fetch_sub(1, Ordering::Relaxed);
             gw.finish(&stats, r);
         });
     }
@@ -239,7 +277,7 @@ async fn run<K: Keyring>(
         } => {
             let up = async {
                 write_all(&p, &o, Side::Other, &header).await?;
-                seal(&p, b, &gw.active, &c, Side::Client, &o, Side::Other, keys, bs).await?;
+                seal(&p, gw, b, &c, Side::Client, &o, Side::Other, keys, bs).await?;
                 shutdown_write(&o);
                 Ok::<(), GwError>(())
             };
@@ -249,7 +287,7 @@ async fn run<K: Keyring>(
                     return Err(GwError::Auth("the reply stream is not bound to this connection".into()));
                 }
                 let keys = gw.keyring.accept_stream(session.as_ref(), &hdr)?;
-                open(&p, b, &o, Side::Other, &c, Side::Client, keys, hdr.block_size).await?;
+                open(&p, gw, b, &o, Side::Other, &c, Side::Client, keys, hdr.block_size).await?;
                 shutdown_write(&c);
                 Ok(())
             };
@@ -263,12 +301,12 @@ async fn run<K: Keyring>(
         } => {
             let down = async {
                 write_all(&p, &c, Side::Client, &reply_header).await?;
-                seal(&p, b, &gw.active, &o, Side::Other, &c, Side::Client, reply_keys, bs).await?;
+                seal(&p, gw, b, &o, Side::Other, &c, Side::Client, reply_keys, bs).await?;
                 shutdown_write(&c);
                 Ok::<(), GwError>(())
             };
             let up = async {
-                open(&p, b, &c, Side::Client, &o, Side::Other, in_keys, in_block_size).await?;
+                open(&p, gw, b, &c, Side::Client, &o, Side::Other, in_keys, in_block_size).await?;
                 shutdown_write(&o);
                 Ok(())
             };
@@ -428,8 +466,8 @@ fn grow(buf: &mut Vec<u8>, len: usize) {
 #[allow(clippy::too_many_arguments)] // the two sides and their roles
 async fn seal<K: Keyring>(
     p: &Pumps,
+    gw: &Gateway<K>,
     b: &Batcher<K>,
-    active: &AtomicUsize,
     src: &AsyncStream,
     src_side: Side,
     dst: &AsyncStream,
@@ -443,7 +481,7 @@ async fn seal<K: Keyring>(
     loop {
         // Many connections at once: smaller bulk frames, so the buffers of all of them (here
         // and at the peer, which holds a frame whole until it authenticates) stay bounded.
-        let bs = (FRAME_BUDGET / active.load(Ordering::Relaxed).max(1))
+        let bs = (FRAME_BUDGET / gw.active.load(Ordering::Relaxed).max(1))
             .max(BUSY_FRAME_MIN)
             .min(block);
         let first = SEAL_INITIAL.min(bs);
@@ -498,7 +536,7 @@ async fn seal<K: Keyring>(
             frame: f,
             result,
             ..
-        } = b.run(job).await?
+        } = b.run(gw, job).await?
         else {
             unreachable!("a seal job comes back as one")
         };
@@ -522,6 +560,7 @@ async fn seal<K: Keyring>(
 #[allow(clippy::too_many_arguments)] // the two sides and their roles
 async fn open<K: Keyring>(
     p: &Pumps,
+    gw: &Gateway<K>,
     b: &Batcher<K>,
     src: &AsyncStream,
     side: Side,
@@ -550,7 +589,7 @@ async fn open<K: Keyring>(
                 pt,
                 result,
                 ..
-            } = b.run(job).await?
+            } = b.run(gw, job).await?
             else {
                 unreachable!("an open job comes back as one")
             };

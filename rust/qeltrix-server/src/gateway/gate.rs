@@ -13,7 +13,8 @@ use std::time::Instant;
 
 #[derive(Debug)]
 pub struct CryptoGate {
-    free: Mutex<usize>,
+    /// Free slots, and calls waiting on `cv` for one.
+    free: Mutex<(usize, usize)>,
     cv: Condvar,
     /// Calls waiting for a slot now.
     pub waiting: AtomicU64,
@@ -33,7 +34,7 @@ impl CryptoGate {
     pub fn new(slots: usize) -> CryptoGate {
         let slots = slots.max(1);
         CryptoGate {
-            free: Mutex::new(slots),
+            free: Mutex::new((slots, 0)),
             cv: Condvar::new(),
             waiting: AtomicU64::new(0),
             running: AtomicU64::new(0),
@@ -56,17 +57,20 @@ impl CryptoGate {
 
     /// Run `f` in a slot: at once when one is free, else after waiting for one.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        let t0 = Instant::now();
+        let mut waited = None;
         {
             let mut free = self.free.lock().expect("gate lock");
-            if *free == 0 {
+            if free.0 == 0 {
+                waited = Some(Instant::now());
                 self.waiting.fetch_add(1, Ordering::Relaxed);
-                while *free == 0 {
+                free.1 += 1;
+                while free.0 == 0 {
                     free = self.cv.wait(free).expect("gate lock");
                 }
+                free.1 -= 1;
                 self.waiting.fetch_sub(1, Ordering::Relaxed);
             }
-            *free -= 1;
+            free.0 -= 1;
         }
         let t1 = Instant::now();
         self.running.fetch_add(1, Ordering::Relaxed);
@@ -78,13 +82,20 @@ impl CryptoGate {
                 g.busy_ns
                     .fetch_add(self.1.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 g.running.fetch_sub(1, Ordering::Relaxed);
-                *g.free.lock().expect("gate lock") += 1;
-                g.cv.notify_one();
+                let mut free = g.free.lock().expect("gate lock");
+                free.0 += 1;
+                // A notification is a system call (futex wake) even with no one waiting: the
+                // usual case, one call per frame, pays none.
+                if free.1 > 0 {
+                    g.cv.notify_one();
+                }
             }
         }
         let _release = Release(self, t1);
         self.calls.fetch_add(1, Ordering::Relaxed);
-        self.wait_ns.fetch_add((t1 - t0).as_nanos() as u64, Ordering::Relaxed);
+        if let Some(t0) = waited {
+            self.wait_ns.fetch_add((t1 - t0).as_nanos() as u64, Ordering::Relaxed);
+        }
         f()
     }
 }
