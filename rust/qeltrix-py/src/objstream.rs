@@ -141,7 +141,11 @@ impl ObjectStream {
     /// Whether the stream still runs or holds bytes.
     pub fn live(&self) -> bool {
         let q = self.queue.lock().expect("stream lock");
-        !matches!(q.end, Some(End::Stopped)) && !(matches!(q.end, Some(End::Done)) && q.chunks.is_empty())
+        match q.end {
+            None | Some(End::Failed(..)) => true,
+            Some(End::Stopped) => false,
+            Some(End::Done) => !q.chunks.is_empty(),
+        }
     }
 
     /// Fill `out` with bytes from `pos`, waiting for them to arrive; `None` when this stream
@@ -327,7 +331,7 @@ async fn pump(s: Arc<ObjectStream>, req: Request) {
                 None => break,
             }
         }
-        if pos < s.end && matches!(s.queue.lock().expect("stream lock").end, Some(_)) {
+        if pos < s.end && s.queue.lock().expect("stream lock").end.is_some() {
             return;
         }
     }

@@ -769,6 +769,25 @@ impl Reader {
         self.read_bytes(py, pos, n)
     }
 
+    /// A hint that plaintext `[pos, pos + n)` (clipped) is about to be read in order (`cat`
+    /// to the end): on object storage, its frames are streamed in one GET from the first read
+    /// on, instead of fetched in runs. A no-op on files and for short ranges.
+    fn read_ahead(&self, py: Python<'_>, pos: u64, n: u64) -> PyResult<()> {
+        let (pos, n) = match self.window.get() {
+            Some(&(offset, size)) => {
+                let pos = pos.min(size);
+                (offset + pos, n.min(size - pos))
+            }
+            None => (pos, n),
+        };
+        let covering = self.loaded()?.index.covering(pos, n);
+        if self.source.store().is_some() && !covering.is_empty() {
+            py.detach(|| self.stream_frames(covering.start, covering.end))?;
+            self.next_block.store(covering.start, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Decrypt everything into `dst` (a file descriptor or binary file object).
     #[pyo3(signature = (dst, workers=None, progress=None))]
     fn unpack_to(
