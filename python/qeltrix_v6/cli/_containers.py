@@ -329,7 +329,8 @@ def cat(
         opened.check_end(offset, max(1, total - offset + 1) if length is None else length)
         chunk = max(int(r.block_size), 1 << 20)
         # Read in order to the end: from object storage, one streamed GET.
-        r.read_ahead(offset, end - offset)
+        if end > offset:
+            r.read_ahead(offset, end - offset)
         # Chunks aligned to block boundaries decrypt every block once.
         pos = offset
         while pos < end:
