@@ -7,7 +7,8 @@
 //! suffix GET (trailer, footer and signature section together). Every later GET is a ranged GET
 //! pinned to the ETag seen at open (`If-Match`): an object overwritten during a read fails
 //! with a clear error instead of mixing two versions. Reads of a run of frames are coalesced
-//! into one GET ([`StoreObject::prefetch`]), and never is an object fetched whole to read part of it.
+//! into one GET ([`StoreObject::prefetch`]), and never is an object fetched whole to read part of
+//! it; a long sequential read is one streamed GET ([`StoreObject::stream`], [`crate::objstream`]).
 //!
 //! A [`StoreUpload`] is a container sink: a multipart upload whose parts are sent in parallel
 //! (bounded: `concurrency` parts in flight of `part_size` bytes each) while the pipeline
@@ -1044,7 +1045,8 @@ impl StoreSink {
     }
 }
 
-/// A sequential `Read` over an opened object: ranged GETs of [`RECOVER_READ`] bytes each.
+/// A sequential `Read` over an opened object: from its stream, else ranged GETs of
+/// [`RECOVER_READ`] bytes each.
 struct ObjectReader<'a> {
     obj: &'a StoreObject,
     pos: u64,
@@ -1090,7 +1092,7 @@ impl std::io::Write for RecoverOut<'_> {
 }
 
 /// Rebuild the index of a stored stream on object storage (`src`, opened; read from start to
-/// end in 8 MiB ranged GETs pinned to its ETag) into `dst`: a path, or a `StoreUpload` the
+/// end in one streamed GET pinned to its ETag) into `dst`: a path, or a `StoreUpload` the
 /// caller completes. `keys` open its header. Returns `(blocks, pt_len, complete, why_stopped,
 /// kept_len)`, `kept_len` the bytes of `src` kept (header and authenticated frames).
 #[pyfunction]
