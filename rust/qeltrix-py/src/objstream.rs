@@ -8,8 +8,9 @@
 //! byte read, or as soon as anything is beyond it while the process holds more fetched bytes
 //! than `QELTRIX_S3_READAHEAD_BYTES`. Bytes more than `behind` before the furthest byte read
 //! are dropped (`behind` covers a permutation window: a sequential read of a permuted
-//! container reads its frames in a shuffled order within it); beyond the cap, all but the last
-//! [`PRESSED_BEHIND`] of them, and a frame needed again is fetched by a ranged GET. A body that breaks is resumed
+//! container reads its frames in a shuffled order within it, so those are still needed; a
+//! frame read later than that is fetched by a ranged GET). A finished stream drops its bytes
+//! once it has not been read for [`DONE_IDLE`]. A body that breaks is resumed
 //! from the byte it reached by a new ranged GET with the same `If-Match`; resuming gives up
 //! once no byte has arrived for the retry time. A stream nobody reads for [`STREAM_IDLE`]
 //! stops, and reads then fetch as they did without it.
@@ -27,10 +28,11 @@ use std::time::{Duration, Instant};
 
 /// Bytes a stream pulls beyond the furthest byte read before it waits.
 pub const STREAM_AHEAD: u64 = 16 << 20;
-/// Bytes kept behind the furthest byte read while the process holds more than its cap.
-const PRESSED_BEHIND: u64 = 1 << 20;
 /// A stream nobody reads for this long stops (its reader went away).
-const STREAM_IDLE: Duration = Duration::from_secs(30);
+const STREAM_IDLE: Duration = Duration::from_secs(10);
+/// A stream whose every byte has arrived drops what it still holds once nobody has read it
+/// for this long (its reader is done).
+const DONE_IDLE: Duration = Duration::from_secs(1);
 
 /// How a stream ended.
 enum End {
@@ -189,13 +191,7 @@ impl ObjectStream {
             at += n as u64;
         }
         debug_assert_eq!(done, out.len());
-        // Beyond the process's cap, little is kept behind: a frame read later than that is
-        // fetched again by a ranged GET.
-        let behind = match HELD.load(Ordering::Relaxed) > held_cap() {
-            true => self.behind.min(PRESSED_BEHIND),
-            false => self.behind,
-        };
-        let keep_from = q.read_to.saturating_sub(behind);
+        let keep_from = q.read_to.saturating_sub(self.behind);
         release(&mut q, keep_from);
         Some(Ok(()))
     }
@@ -345,15 +341,15 @@ async fn pump(s: Arc<ObjectStream>, req: Request) {
         }
     }
     s.finish(End::Done);
-    // The bytes kept behind the last read go once nobody has read for a while.
+    // The bytes kept behind the last read go once the reader is done.
     loop {
         let idle = s.queue.lock().expect("stream lock").last_read.elapsed();
-        if idle >= STREAM_IDLE {
+        if idle >= DONE_IDLE {
             let mut q = s.queue.lock().expect("stream lock");
             release(&mut q, u64::MAX);
             return;
         }
-        tokio::time::sleep(STREAM_IDLE - idle).await;
+        tokio::time::sleep(DONE_IDLE - idle).await;
     }
 }
 
