@@ -4,8 +4,10 @@ Both tools store the same random file encrypted in the same bucket and serve it 
 ``qeltrix serve s3://bench/q`` against ``rclone serve http`` of a crypt remote over an S3
 remote. Every request to S3 goes through a counting proxy (tests/s3util.py), so GETs per
 plaintext range are counted where they arrive. Printed: pack/upload throughput (``qeltrix
-pack`` vs ``rclone rcat``), full GET throughput through each server, 64 KiB random range
-latency p50/p99 and S3 GETs per range, and the qeltrix/rclone ratios.
+pack`` vs ``rclone rcat``, median of ``--repeats`` copies stored alternately), full GET
+throughput through each server (median over the copies, each fetched whole once, the tools
+alternating) with the S3 GETs each took, 64 KiB random range latency p50/p99 and S3 GETs per
+range, and the qeltrix/rclone ratios.
 
     python benches/bench_s3.py --size-mib 64 --ranges 200
 
@@ -72,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=64)
     ap.add_argument("--ranges", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3, help="downloads timed cold, and as many warm, per tool")
     args = ap.parse_args()
     size = args.size_mib << 20
     tmp = Path(tempfile.mkdtemp(prefix="bench-s3-"))
@@ -108,14 +111,19 @@ def main() -> None:
             RCLONE_CONFIG=os.devnull,
         )
         q = [sys.executable, "-m", "qeltrix_v6"]
-        with (tmp / "data.bin").open("rb") as f:
-            t_q = run(
-                [*q, "pack", "-q", "--key-file", str(tmp / "k.key"), "-", f"s3://{BUCKET}/q/data.bin.qltx"], env, f
-            )
-        with (tmp / "data.bin").open("rb") as f:
-            t_r = run(["rclone", "rcat", "cr:data.bin"], env, f)
-        print(f"pack to S3 ({args.size_mib} MiB): qeltrix {size / t_q / 2**20:7.1f} MiB/s   "
-              f"rclone rcat {size / t_r / 2**20:7.1f} MiB/s   ratio {t_r / t_q:.2f}x")  # fmt: skip
+        # Each tool stores 2 x `repeats` copies, alternating, so that load on the machine falls
+        # on both alike; every copy is fetched whole once (below).
+        t_q, t_r = [], []
+        for i in range(2 * args.repeats):
+            with (tmp / "data.bin").open("rb") as f:
+                dst = f"s3://{BUCKET}/q/data{i}.bin.qltx"
+                t_q.append(run([*q, "pack", "-q", "--key-file", str(tmp / "k.key"), "-", dst], env, f))
+            with (tmp / "data.bin").open("rb") as f:
+                t_r.append(run(["rclone", "rcat", f"cr:data{i}.bin"], env, f))
+        tq, tr = statistics.median(t_q), statistics.median(t_r)
+        print(f"pack to S3 ({args.size_mib} MiB, median of {len(t_q)}): qeltrix {size / tq / 2**20:7.1f} MiB/s   "
+              f"rclone rcat {size / tr / 2**20:7.1f} MiB/s   ratio {tr / tq:.2f}x   "
+              f"(ratios per copy {' '.join(f'{r / q:.2f}' for q, r in zip(t_q, t_r, strict=True))})")  # fmt: skip
 
         qport, rport = free_port(), free_port()
         key_file = str(tmp / "k.key")
@@ -123,36 +131,67 @@ def main() -> None:
                    env, qport)  # fmt: skip
         rs = start(["rclone", "serve", "http", "cr:", "--addr", f"127.0.0.1:{rport}", "--vfs-cache-mode", "off"],
                    env, rport)  # fmt: skip
-        qaddr, raddr = f"127.0.0.1:{qport}", f"127.0.0.1:{rport}"
+        tools = (
+            ("qeltrix", f"127.0.0.1:{qport}", "q/data{}.bin.qltx"),
+            ("rclone", f"127.0.0.1:{rport}", "r/data{}.bin.bin"),
+        )
         try:
             results = {}
-            for name, addr, obj in (("qeltrix", qaddr, "q/data.bin.qltx"), ("rclone", raddr, "r/data.bin.bin")):
+            for name, addr, obj in tools:
                 host, port = addr.rsplit(":", 1)
                 conn = http.client.HTTPConnection(host, int(port), timeout=60)
                 rnd = random.Random(7)
                 lat = []
-                before = len(state.gets(obj))
+                before = len(state.gets(obj.format(0)))
                 for _ in range(args.ranges):
                     off = rnd.randrange(0, size - RANGE)
                     t = time.perf_counter()
-                    body = get(conn, "/data.bin", f"bytes={off}-{off + RANGE - 1}")
+                    body = get(conn, "/data0.bin", f"bytes={off}-{off + RANGE - 1}")
                     lat.append(time.perf_counter() - t)
                     assert body == data[off : off + RANGE], f"{name}: range differs"
-                gets = (len(state.gets(obj)) - before) / args.ranges
-                t = time.perf_counter()
-                full = get(conn, "/data.bin", None)
-                t_full = time.perf_counter() - t
-                assert full == data, f"{name}: full GET differs"
+                gets = (len(state.gets(obj.format(0))) - before) / args.ranges
                 conn.close()
                 lat.sort()
                 p50 = statistics.median(lat) * 1e3
                 p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3
-                results[name] = (size / t_full / 2**20, p50, p99, gets)
-                print(f"{name:8} full GET {results[name][0]:7.1f} MiB/s   64 KiB range p50 {p50:6.2f} ms  "
-                      f"p99 {p99:6.2f} ms   S3 GETs/range {gets:.2f}")  # fmt: skip
+                results[name] = [p50, p99, gets]
+            # Whole downloads, alternating tools, each copy once. Cold: the server has not
+            # opened the object (copy 0: not within the 5 s qeltrix keeps an object open after
+            # the ranges). Warm: a 1-byte range just before, so the download itself is timed
+            # (qeltrix opens a container with two GETs, the header and the index; rclone's
+            # listing gave it the size).
+            full: dict[str, dict[str, list[float]]] = {"cold": {}, "warm": {}}
+            full_gets: dict[str, dict[str, list[int]]] = {"cold": {}, "warm": {}}
+            for i in range(2 * args.repeats):
+                kind = "cold" if i < args.repeats else "warm"
+                for name, addr, obj in tools:
+                    host, port = addr.rsplit(":", 1)
+                    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+                    if kind == "warm":
+                        assert get(conn, f"/data{i}.bin", "bytes=0-0") == data[:1]
+                    before = len(state.gets(obj.format(i)))
+                    t = time.perf_counter()
+                    body = get(conn, f"/data{i}.bin", None)
+                    full[kind].setdefault(name, []).append(time.perf_counter() - t)
+                    conn.close()
+                    assert body == data, f"{name}: full GET differs"
+                    full_gets[kind].setdefault(name, []).append(len(state.gets(obj.format(i))) - before)
+            for name, _, _ in tools:
+                p50, p99, gets = results[name]
+                print(f"{name:8} 64 KiB range p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   S3 GETs/range {gets:.2f}")
+                for kind in ("cold", "warm"):
+                    mibs = size / statistics.median(full[kind][name]) / 2**20
+                    results[name].append(mibs)
+                    print(f"{name:8} full GET {kind} {mibs:7.1f} MiB/s (median of {args.repeats}, S3 GETs each "
+                          f"{' '.join(map(str, full_gets[kind][name]))})")  # fmt: skip
             qr, rr = results["qeltrix"], results["rclone"]
-            print(f"ratios qeltrix/rclone: full GET {qr[0] / rr[0]:.2f}x   p50 {rr[1] / qr[1]:.2f}x faster   "
-                  f"p99 {rr[2] / qr[2]:.2f}x faster   GETs/range {qr[3]:.2f} vs {rr[3]:.2f}")  # fmt: skip
+            per = {
+                kind: " ".join(f"{r / q:.2f}" for q, r in zip(full[kind]["qeltrix"], full[kind]["rclone"], strict=True))
+                for kind in ("cold", "warm")
+            }
+            print(f"ratios qeltrix/rclone: full GET cold {qr[3] / rr[3]:.2f}x (per copy {per['cold']}), "
+                  f"warm {qr[4] / rr[4]:.2f}x (per copy {per['warm']})   p50 {rr[0] / qr[0]:.2f}x faster   "
+                  f"p99 {rr[1] / qr[1]:.2f}x faster   GETs/range {qr[2]:.2f} vs {rr[2]:.2f}")  # fmt: skip
         finally:
             for p in (qs, rs):
                 p.terminate()

@@ -1,6 +1,7 @@
 """A real S3-compatible server for tests and benchmarks: moto's server on 127.0.0.1, and a
 small HTTP proxy in front of it that logs every request (to count GETs) and injects faults
-(503 SlowDown answers, dropped connections)."""
+(503 SlowDown answers, dropped connections, answers cut in the middle of the body). Bodies are
+relayed as they arrive, as S3 sends them."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ class Logged:
 class ProxyState:
     upstream: tuple[str, int]
     log: list[Logged] = field(default_factory=list)
-    # Faults for the next matching requests: ("503" | "drop", METHOD) popped in order.
+    # Faults for the next matching requests: ("503" | "drop" | "cut", METHOD) popped in order;
+    # "cut" relays the first half of the answer's body, then drops the connection.
     faults: list[tuple[str, str]] = field(default_factory=list)
     # Run before relaying a request: each hook is called with it, and dropped once it says True
     # (a concurrent writer stepping in at an exact point of a command).
@@ -106,23 +108,44 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.command, self.path, body=body if n or self.command in ("PUT", "POST") else None, headers=headers
             )
             resp = conn.getresponse()
-            data = resp.read()
+            declared = resp.getheader("Content-Length")
+            # A body is relayed as it arrives (as S3 sends it), unless its length is unknown.
+            data = b"" if self.command == "HEAD" or declared is not None else resp.read()
+            entry.status = resp.status
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in HOP and k.lower() != "content-length":
+                    self.send_header(k, v)
+            # A HEAD answer has no body but the object's Content-Length.
+            length = str(len(data)) if declared is None and self.command != "HEAD" else (declared or "0")
+            self.send_header("Content-Length", length)
+            self.end_headers()
+            if self.command != "HEAD":
+                self._send_body(resp, data, int(length), fault == "cut")
         finally:
             conn.close()
-        entry.status = resp.status
-        self.send_response(resp.status)
-        for k, v in resp.getheaders():
-            if k.lower() not in HOP and k.lower() != "content-length":
-                self.send_header(k, v)
-        # A HEAD answer has no body but the object's Content-Length.
-        length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
-        self.send_header("Content-Length", length)
-        self.end_headers()
-        if self.command != "HEAD":
-            try:
-                self.wfile.write(data)
-            except ConnectionError:  # the client stopped reading (rclone cancels its reads)
-                self.close_connection = True
+
+    def _send_body(self, resp: http.client.HTTPResponse, data: bytes, length: int, cut: bool) -> None:
+        """Relay the body; with ``cut``, only its first half, then drop the connection."""
+        stop = length // 2 if cut else length
+        sent = 0
+        try:
+            if data:
+                self.wfile.write(data[:stop])
+                sent = min(stop, len(data))
+            while sent < stop:
+                chunk = resp.read(min(1 << 20, stop - sent))
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except ConnectionError:  # the client stopped reading (rclone cancels its reads)
+            self.close_connection = True
+            return
+        if cut:
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay
 

@@ -328,6 +328,9 @@ def cat(
         # Reading to the end of an incomplete container fails here, before any output.
         opened.check_end(offset, max(1, total - offset + 1) if length is None else length)
         chunk = max(int(r.block_size), 1 << 20)
+        # Read in order to the end: from object storage, one streamed GET.
+        if end > offset:
+            r.read_ahead(offset, end - offset)
         # Chunks aligned to block boundaries decrypt every block once.
         pos = offset
         while pos < end:

@@ -254,8 +254,11 @@ def credentials_for_reading(
     """
     creds = _explicit_credentials(key_file, passphrase_file, identity_files)
     creds.max_kdf_memory = max_kdf_memory
-    kinds = _stanza_kinds(src) if src != "-" and (os.path.isfile(src) or _store.is_url(src)) else set()
     kms_asked = bool(kms_endpoint or kms_key_ids or kms_discovery)
+    # The header's stanza kinds decide only a KMS opening or a prompt: with a credential given
+    # and no KMS option, not read here (on object storage that is a GET saved).
+    peek = (kms_asked or not creds.given()) and src != "-" and (os.path.isfile(src) or _store.is_url(src))
+    kinds = _stanza_kinds(src) if peek else set()
     if (_crypto.KIND_KMS in kinds and (kms_asked or not creds.given())) or (src == "-" and kms_asked):
         creds.kms = kms_config(kms_endpoint, kms_timeout, kms_key_ids, kms_discovery)
     if creds.given() or not prompt:

@@ -10,6 +10,7 @@ mod error;
 mod gateway;
 mod header;
 mod io;
+mod objstream;
 mod pack;
 mod pipeline;
 mod reader;

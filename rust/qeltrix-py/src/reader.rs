@@ -34,6 +34,8 @@ const SEQUENTIAL_GAP: u64 = 8 << 20;
 const MAX_AHEAD_BYTES: u64 = 24 << 20;
 /// Sequential reads (unpack) from object storage fetch this much at a time.
 const UNPACK_READAHEAD: u64 = 8 << 20;
+/// Most bytes a streamed GET keeps before the furthest byte read (see [`Reader::stream_frames`]).
+const STREAM_BEHIND_MAX: u64 = 128 << 20;
 
 struct Loaded {
     keys: Py<PyAny>,
@@ -345,7 +347,35 @@ impl Reader {
             return Ok(true);
         };
         let e = self.loaded()?.index.entries[i];
-        Ok(store.covered(e.frame_offset, e.frame_offset + frame_len(e.pt_len)))
+        let (a, b) = (e.frame_offset, e.frame_offset + frame_len(e.pt_len));
+        Ok(store.covered(a, b) || store.streaming(a, b))
+    }
+
+    /// On object storage, stream the frames of blocks `[first, end)` in one GET when they
+    /// span more than [`PREFETCH_BYTES`] (a download, an unpack): fewer, longer GETs than
+    /// runs fetched ahead, with memory bounded by the stream's back-pressure. Returns whether
+    /// a stream serves them.
+    fn stream_frames(&self, first: usize, end: usize) -> Result<bool> {
+        let Some(store) = self.source.store() else {
+            return Ok(false);
+        };
+        let entries = &self.loaded()?.index.entries[first..end];
+        let lo = entries.iter().map(|e| e.frame_offset).min();
+        let hi = entries.iter().map(|e| e.frame_offset + frame_len(e.pt_len)).max();
+        let (Some(lo), Some(hi)) = (lo, hi) else {
+            return Ok(false);
+        };
+        if hi - lo <= PREFETCH_BYTES {
+            return Ok(false);
+        }
+        // A sequential read of a permuted container reads the frames of a window in a
+        // shuffled order, and readers on several threads (unpack) a few blocks apart: keep a
+        // window and some blocks behind the furthest byte read.
+        let frame = frame_len(self.header.block_size.max(1));
+        let window = u64::from(self.header.perm_window.max(1));
+        let behind = (window + 16).saturating_mul(frame).clamp(4 << 20, STREAM_BEHIND_MAX);
+        store.stream(lo, hi, behind);
+        Ok(store.streaming(lo, lo + 1))
     }
 
     /// Hand plaintext `[pos, pos + len)` (clipped at the end) to `emit` block by block;
@@ -382,13 +412,18 @@ impl Reader {
         let mut next = covering.start;
         for i in covering {
             if i >= fetched_to && !self.frame_held(i)? {
-                fetched_to = self.prefetch_frames(i, ahead, gap, None)?;
-                if (large || sequential) && fetched_to < ahead {
-                    // The next run is fetched while this one is decrypted, in ever larger GETs.
-                    let budget = self.ahead_bytes.load(Ordering::Relaxed);
-                    self.prefetch_frames(fetched_to, ahead, gap, Some(budget))?;
-                    self.ahead_bytes
-                        .store((budget * 2).min(MAX_AHEAD_BYTES), Ordering::Relaxed);
+                if (large || sequential) && self.stream_frames(i, ahead)? {
+                    // All of it arrives in one streamed GET while the blocks are decrypted.
+                    fetched_to = ahead;
+                } else {
+                    fetched_to = self.prefetch_frames(i, ahead, gap, None)?;
+                    if (large || sequential) && fetched_to < ahead {
+                        // The next run is fetched while this one is decrypted, in ever larger GETs.
+                        let budget = self.ahead_bytes.load(Ordering::Relaxed);
+                        self.prefetch_frames(fetched_to, ahead, gap, Some(budget))?;
+                        self.ahead_bytes
+                            .store((budget * 2).min(MAX_AHEAD_BYTES), Ordering::Relaxed);
+                    }
                 }
             }
             let block = self.block(i)?;
@@ -454,6 +489,7 @@ impl Reader {
         if let Some(store) = self.source.store() {
             store.set_readahead(UNPACK_READAHEAD);
         }
+        self.stream_frames(0, block_count as usize)?;
         let shared = Shared::default();
         let next = AtomicU64::new(0);
         let pool = (2 * workers + 2).min(block_count as usize + 1);
@@ -731,6 +767,25 @@ impl Reader {
     /// Plaintext bytes `[pos, pos + n)`, clipped at the end like a file read.
     fn read_at<'py>(&self, py: Python<'py>, pos: u64, n: u64) -> PyResult<Bound<'py, PyBytes>> {
         self.read_bytes(py, pos, n)
+    }
+
+    /// A hint that plaintext `[pos, pos + n)` (clipped) is about to be read in order (`cat`
+    /// to the end): on object storage, its frames are streamed in one GET from the first read
+    /// on, instead of fetched in runs. A no-op on files and for short ranges.
+    fn read_ahead(&self, py: Python<'_>, pos: u64, n: u64) -> PyResult<()> {
+        let (pos, n) = match self.window.get() {
+            Some(&(offset, size)) => {
+                let pos = pos.min(size);
+                (offset + pos, n.min(size - pos))
+            }
+            None => (pos, n),
+        };
+        let covering = self.loaded()?.index.covering(pos, n);
+        if self.source.store().is_some() && !covering.is_empty() {
+            py.detach(|| self.stream_frames(covering.start, covering.end))?;
+            self.next_block.store(covering.start, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Decrypt everything into `dst` (a file descriptor or binary file object).

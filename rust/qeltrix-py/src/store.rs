@@ -7,13 +7,15 @@
 //! suffix GET (trailer, footer and signature section together). Every later GET is a ranged GET
 //! pinned to the ETag seen at open (`If-Match`): an object overwritten during a read fails
 //! with a clear error instead of mixing two versions. Reads of a run of frames are coalesced
-//! into one GET ([`StoreObject::prefetch`]), and never is an object fetched whole to read part of it.
+//! into one GET ([`StoreObject::prefetch`]), and never is an object fetched whole to read part of
+//! it; a long sequential read is one streamed GET ([`StoreObject::stream`], [`crate::objstream`]).
 //!
 //! A [`StoreUpload`] is a container sink: a multipart upload whose parts are sent in parallel
 //! (bounded: `concurrency` parts in flight of `part_size` bytes each) while the pipeline
 //! encrypts. Nothing is visible under the key until `complete`; `abort` (or dropping an
 //! unfinished upload) removes every part sent.
 use crate::error::{io_error, Error, Result};
+use crate::objstream::{ObjectStream, Request};
 use bytes::Bytes;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
@@ -37,10 +39,10 @@ const WINDOW_BYTES: usize = 64 << 20;
 const DEFAULT_HELD_CAP: u64 = 256 << 20;
 
 /// Bytes held in the windows of every open object, plus reads ahead in flight.
-static HELD: AtomicU64 = AtomicU64::new(0);
+pub(crate) static HELD: AtomicU64 = AtomicU64::new(0);
 
 /// The process-wide cap on [`HELD`]: `QELTRIX_S3_READAHEAD_BYTES` (checked by the Python layer).
-fn held_cap() -> u64 {
+pub(crate) fn held_cap() -> u64 {
     static CAP: OnceLock<u64> = OnceLock::new();
     *CAP.get_or_init(|| {
         std::env::var("QELTRIX_S3_READAHEAD_BYTES")
@@ -79,7 +81,7 @@ fn one_line(s: &str) -> String {
 }
 
 /// A store error as a `QeltrixIOError`-bound [`Error`] naming the URL.
-fn store_error(url: &str, e: object_store::Error) -> Error {
+pub(crate) fn store_error(url: &str, e: object_store::Error) -> Error {
     use object_store::Error as E;
     let kind = match &e {
         E::NotFound { .. } => std::io::ErrorKind::NotFound,
@@ -175,8 +177,19 @@ pub struct StoreObject {
     readahead: AtomicU64,
     /// The read ahead in flight, if any ([`StoreObject::prefetch_runs_ahead`]).
     ahead: Mutex<Option<Ahead>>,
-    gets: AtomicU64,
+    /// Streamed GETs of long sequential reads ([`StoreObject::stream`]), at most [`MAX_STREAMS`].
+    streams: Mutex<Vec<Arc<ObjectStream>>>,
+    retry_total: Duration,
+    gets: Arc<AtomicU64>,
 }
+
+/// Streamed GETs per object at once (concurrent downloads of one object); beyond this the
+/// least recently read one is stopped.
+const MAX_STREAMS: usize = 4;
+
+/// A streamed GET starting or ending within this many bytes of the object's start or end
+/// asks from its first byte, or to its last.
+const STREAM_SNAP: u64 = 1 << 20;
 
 impl StoreObject {
     /// A GET of `range`, pinned to the version seen at open.
@@ -427,6 +440,12 @@ impl StoreObject {
         if self.lookup(pos, out) {
             return Ok(());
         }
+        let streams: Vec<Arc<ObjectStream>> = self.streams.lock().expect("streams lock").clone();
+        for s in streams {
+            if let Some(r) = s.read(pos, out) {
+                return r;
+            }
+        }
         let ahead = self.readahead.load(Ordering::Relaxed);
         self.prefetch(pos, end.max(pos.saturating_add(ahead)))?;
         if self.lookup(pos, out) {
@@ -449,6 +468,49 @@ impl StoreObject {
         self.last_modified
     }
 
+    /// Whether a streamed GET serves object bytes `[start, end)` (has them, or will soon).
+    pub fn streaming(&self, start: u64, end: u64) -> bool {
+        let streams = self.streams.lock().expect("streams lock");
+        streams.iter().any(|s| s.serves(start, end))
+    }
+
+    /// Stream object bytes `[start, end)` in one GET pinned to the ETag seen at open, for a
+    /// long sequential read: [`Self::read_exact_at`] takes its bytes from the stream as they
+    /// arrive (see [`crate::objstream`]). `behind`: bytes kept before the furthest byte read
+    /// (the reader's permutation window). A no-op when a stream already serves `start`.
+    pub fn stream(&self, start: u64, end: u64, behind: u64) {
+        let end = end.min(self.size);
+        if start >= end {
+            return;
+        }
+        // Within a little of either end of the object, ask for the whole of it: a few bytes
+        // more, and a store that keeps objects whole (moto) answers that range without
+        // copying the object (S3 answers either the same way).
+        let start = if start <= STREAM_SNAP { 0 } else { start };
+        let end = if self.size - end <= STREAM_SNAP { self.size } else { end };
+        let mut streams = self.streams.lock().expect("streams lock");
+        streams.retain(|s| s.live());
+        if streams.iter().any(|s| s.serves(start, start + 1)) {
+            return;
+        }
+        if streams.len() >= MAX_STREAMS {
+            let oldest = (0..streams.len())
+                .min_by_key(|&i| streams[i].last_read())
+                .expect("non-empty");
+            streams.remove(oldest).stop();
+        }
+        let req = Request {
+            store: self.store.clone(),
+            path: self.path.clone(),
+            url: self.url.clone(),
+            if_match: self.etag.clone(),
+            version: self.version.clone(),
+            retry_total: self.retry_total,
+            gets: self.gets.clone(),
+        };
+        streams.push(ObjectStream::start(runtime(), req, start, end, behind));
+    }
+
     pub fn set_readahead(&self, n: u64) {
         self.readahead.store(n, Ordering::Relaxed);
     }
@@ -459,6 +521,9 @@ impl Drop for StoreObject {
         if let Some(ahead) = self.ahead.get_mut().ok().and_then(Option::take) {
             ahead.task.abort();
             HELD.fetch_sub(ahead.reserved, Ordering::Relaxed);
+        }
+        if let Ok(streams) = self.streams.get_mut() {
+            streams.drain(..).for_each(|s| s.stop());
         }
         if let Ok(windows) = self.windows.get_mut() {
             let held: usize = windows.iter().map(|(_, b)| b.len()).sum();
@@ -523,7 +588,9 @@ impl StoreObject {
             fetching: Mutex::new(()),
             readahead: AtomicU64::new(0),
             ahead: Mutex::new(None),
-            gets: AtomicU64::new(1),
+            streams: Mutex::new(Vec::new()),
+            retry_total: Duration::from_secs_f64(retry_seconds.clamp(0.0, 3600.0)),
+            gets: Arc::new(AtomicU64::new(1)),
         })
     }
 
@@ -978,7 +1045,8 @@ impl StoreSink {
     }
 }
 
-/// A sequential `Read` over an opened object: ranged GETs of [`RECOVER_READ`] bytes each.
+/// A sequential `Read` over an opened object: from its stream, else ranged GETs of
+/// [`RECOVER_READ`] bytes each.
 struct ObjectReader<'a> {
     obj: &'a StoreObject,
     pos: u64,
@@ -1024,7 +1092,7 @@ impl std::io::Write for RecoverOut<'_> {
 }
 
 /// Rebuild the index of a stored stream on object storage (`src`, opened; read from start to
-/// end in 8 MiB ranged GETs pinned to its ETag) into `dst`: a path, or a `StoreUpload` the
+/// end in one streamed GET pinned to its ETag) into `dst`: a path, or a `StoreUpload` the
 /// caller completes. `keys` open its header. Returns `(blocks, pt_len, complete, why_stopped,
 /// kept_len)`, `kept_len` the bytes of `src` kept (header and authenticated frames).
 #[pyfunction]
@@ -1059,6 +1127,8 @@ pub fn recover_stream_store(
             (None, None) => unreachable!("a path or an upload"),
         };
         obj.set_readahead(RECOVER_READ);
+        // Read from start to end: one streamed GET (kept a little behind for BufReader's reads).
+        obj.stream(u64::from(header_len), obj.size, 4 << 20);
         let mut reader = std::io::BufReader::with_capacity(
             1 << 20,
             ObjectReader {
