@@ -167,3 +167,34 @@ def test_an_overwrite_during_a_streamed_read_fails_clearly(s3: tuple[ProxyState,
         state.faults.clear()
         state.hooks.clear()
         opened.close()
+
+
+def test_streams_beyond_the_cap_fall_back_to_ranged_gets(
+    s3: tuple[ProxyState, Any, dict[str, str]], big: bytes, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream keeps a permutation window of bytes behind its reader even while paused, so a
+    server does not start more streams than fit under QELTRIX_S3_READAHEAD_BYTES: with room for
+    one, a download that starts while another streams is served by ranged GETs, byte-exact."""
+    import socket
+
+    other = make_plaintext(SIZE, "stream-other")
+    qeltrix_v6.pack(io.BytesIO(other), f"s3://{BUCKET}/other.qltx", key=KEY)
+    state, _, _ = s3
+    monkeypatch.setenv("QELTRIX_S3_READAHEAD_BYTES", str(40 << 20))  # one stream's 36 MiB share
+    serve = ("serve", "--port", "0", "--block-cache", "0", "--key-file", str(key_file), f"s3://{BUCKET}")
+    with running_cli(*serve, ready=r"serving .* on http://(\S+)") as (_, m, _):
+        host, port = m.group(1).rsplit(":", 1)
+        # A download that stalls after 1 MiB: its stream stays open, paused by back-pressure.
+        with socket.create_connection((host, int(port)), timeout=30) as slow:
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            slow.sendall(f"GET /big HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            got = 0
+            while got < 1 << 20:
+                got += len(slow.recv(65536))
+            state.log.clear()
+            status, _, body = http_request((host, int(port)), "/other", timeout=60)
+            assert status == 200 and body == other, (status, len(body))
+            data = gets(state, "other.qltx")[2:]  # after the two GETs that open it
+            ranges = [g.headers.get("range") for g in data]
+            assert len(data) > 1, ranges  # one GET would be a stream
+            assert all(g.headers.get("if-match") for g in data), ranges

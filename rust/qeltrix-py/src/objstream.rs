@@ -28,6 +28,13 @@ use std::time::{Duration, Instant};
 
 /// Bytes a stream pulls beyond the furthest byte read before it waits.
 pub const STREAM_AHEAD: u64 = 16 << 20;
+
+/// What every live stream may come to hold (`behind + STREAM_AHEAD` each), against the
+/// process-wide cap `QELTRIX_S3_READAHEAD_BYTES`: a stream that would not fit is not started,
+/// and its reads fetch by ranged GETs as they did without streams. A stream keeps its `behind`
+/// bytes even while the cap pauses it, so without this a server with many downloads of
+/// different objects at once would hold `behind` per download beyond the cap.
+static RESERVED: AtomicU64 = AtomicU64::new(0);
 /// A stream nobody reads for this long stops (its reader went away).
 const STREAM_IDLE: Duration = Duration::from_secs(10);
 /// A stream whose every byte has arrived drops what it still holds once nobody has read it
@@ -69,6 +76,8 @@ pub struct ObjectStream {
     arrived: Condvar,
     room: tokio::sync::Notify,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// This stream's share of [`RESERVED`], given back once when it stops holding bytes.
+    reserved: AtomicU64,
 }
 
 /// What the task needs to send (and resend) its GET.
@@ -84,7 +93,11 @@ pub struct Request {
 
 impl ObjectStream {
     /// Start streaming `[start, end)` on `rt`. `behind`: bytes kept before the furthest read.
-    pub fn start(rt: &tokio::runtime::Runtime, req: Request, start: u64, end: u64, behind: u64) -> Arc<Self> {
+    /// `None` when the streams already running leave no room for it under the cap.
+    pub fn start(rt: &tokio::runtime::Runtime, req: Request, start: u64, end: u64, behind: u64) -> Option<Arc<Self>> {
+        let share = behind.saturating_add(STREAM_AHEAD);
+        let fits = |r: u64| r.checked_add(share).filter(|&n| n <= held_cap());
+        RESERVED.fetch_update(Ordering::SeqCst, Ordering::SeqCst, fits).ok()?;
         let s = Arc::new(ObjectStream {
             start,
             end,
@@ -102,10 +115,16 @@ impl ObjectStream {
             arrived: Condvar::new(),
             room: tokio::sync::Notify::new(),
             task: Mutex::new(None),
+            reserved: AtomicU64::new(share),
         });
         let task = rt.spawn(pump(s.clone(), req));
         *s.task.lock().expect("task lock") = Some(task);
-        s
+        Some(s)
+    }
+
+    /// Give this stream's share of the cap back (once).
+    fn unreserve(&self) {
+        RESERVED.fetch_sub(self.reserved.swap(0, Ordering::SeqCst), Ordering::SeqCst);
     }
 
     /// Stop the stream: its task ends, its bytes are dropped.
@@ -118,6 +137,8 @@ impl ObjectStream {
             q.end = Some(End::Stopped);
         }
         release(&mut q, u64::MAX);
+        drop(q);
+        self.unreserve();
         self.arrived.notify_all();
     }
 
@@ -213,10 +234,14 @@ impl ObjectStream {
         if q.end.is_none() {
             q.end = Some(end);
         }
-        if matches!(q.end, Some(End::Stopped)) {
+        let stopped = matches!(q.end, Some(End::Stopped));
+        if stopped {
             release(&mut q, u64::MAX);
         }
         drop(q);
+        if stopped {
+            self.unreserve();
+        }
         self.arrived.notify_all();
     }
 
@@ -268,6 +293,7 @@ impl Drop for ObjectStream {
             HELD.fetch_sub(q.held, Ordering::Relaxed);
             q.held = 0;
         }
+        self.unreserve();
     }
 }
 
@@ -347,6 +373,8 @@ async fn pump(s: Arc<ObjectStream>, req: Request) {
         if idle >= DONE_IDLE {
             let mut q = s.queue.lock().expect("stream lock");
             release(&mut q, u64::MAX);
+            drop(q);
+            s.unreserve();
             return;
         }
         tokio::time::sleep(DONE_IDLE - idle).await;

@@ -508,7 +508,10 @@ impl StoreObject {
             retry_total: self.retry_total,
             gets: self.gets.clone(),
         };
-        streams.push(ObjectStream::start(runtime(), req, start, end, behind));
+        // No room under the cap (other downloads stream): reads fetch by ranged GETs instead.
+        if let Some(s) = ObjectStream::start(runtime(), req, start, end, behind) {
+            streams.push(s);
+        }
     }
 
     pub fn set_readahead(&self, n: u64) {
