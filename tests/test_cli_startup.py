@@ -92,6 +92,17 @@ def test_cat_imports_only_what_reading_needs(tmp_path: Path) -> None:
     assert report["gc_frozen"] > 10_000
 
 
+def test_a_single_file_pack_leaves_the_archive_code_out(tmp_path: Path) -> None:
+    src, key, box = tmp_path / "in.bin", tmp_path / "k", tmp_path / "c.qltx"
+    src.write_bytes(make_plaintext(100_000, seed="startup-pack"))
+    key.write_bytes(KEY)
+    report, _ = _run_main(tmp_path, "pack", "-q", "--key-file", str(key), str(src), str(box))
+    assert report["code"] == 0 and box.exists()
+    loaded = set(report["modules"])
+    assert "qeltrix_v6.cli._containers" in loaded
+    assert not loaded & {"qeltrix_v6.cli._archive", "qeltrix_v6.archive"}
+
+
 def test_importing_the_cli_leaves_the_gc_running() -> None:
     # An embedder importing the CLI (tests do) keeps a collecting GC; the library alone does not
     # touch it at all.

@@ -182,11 +182,6 @@ def unpack_archive(src: str, dst: str, creds: Credentials, signers: Any, force: 
     _status(quiet, f"unpacked {n} member(s) of {src} into {dst}")
 
 
-def is_archive_input(srcs: list[str], from_tar: str | None) -> bool:
-    """Whether ``pack`` writes an archive: several inputs, a directory, or a tar stream."""
-    return from_tar is not None or len(srcs) != 1 or (srcs[0] != "-" and os.path.isdir(srcs[0]))
-
-
 def pack_archive_cli(srcs: list[str], dst: str, from_tar: str | None, quiet: bool, **kwargs: Any) -> None:
     from ..archive import pack_archive
 

@@ -123,12 +123,12 @@ def pack(
       tar c docs | qeltrix pack --key-file my.key --from-tar - docs.qltx
     """
     _refuse_passphrase_value(passphrase)
-    from ._archive import is_archive_input, pack_archive_cli
-
     if len(paths) < (1 if from_tar is not None else 2):
         raise CliError("give SRC and DST (or --from-tar TAR and DST)", code=ExitCode.USAGE)
     *srcs, dst = paths
-    archive = is_archive_input(srcs, from_tar)
+    # Several inputs, a directory or a tar stream make an archive (the archive code, and json
+    # with it, is imported only then: a few ms of every single-file pack).
+    archive = from_tar is not None or len(srcs) != 1 or (srcs[0] != "-" and os.path.isdir(srcs[0]))
     src = srcs[0] if srcs else "-"
     if not _core.MIN_BLOCK_SIZE <= block_size <= _core.MAX_BLOCK_SIZE:
         raise CliError(
@@ -155,6 +155,8 @@ def pack(
     kdf_name, kdf_params = _kdf_settings(kdf, kdf_iterations, has_passphrase=creds.passphrase is not None, ctx=ctx)
     kms = kms_config(kms_endpoint, kms_timeout) if any(r.kind == _crypto.KIND_KMS for r in public) else None
     if archive:
+        from ._archive import pack_archive_cli
+
         with _progress(not quiet, "packing", None) as progress:
             pack_archive_cli(
                 srcs,
