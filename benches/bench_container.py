@@ -27,6 +27,7 @@ import platform
 import random
 import re
 import resource
+import select
 import shutil
 import stat
 import statistics
@@ -343,6 +344,9 @@ def run_proc(cmd: list[str], timeout: float, stdin: Any = None) -> tuple[ChildRu
         user0 = _user_ticks()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=err)
+        # Readable the moment the child exits: the wall time ends then, not at the next poll
+        # (sleeping 20 ms between polls added 0-20 ms, ~10 on average, to every figure).
+        exited = os.pidfd_open(proc.pid)
         deadline = t0 + timeout
         # stall window: a deadlocked pipeline still wakes up to poll (a few ms of CPU a second)
         # but reads and writes nothing
@@ -351,6 +355,7 @@ def run_proc(cmd: list[str], timeout: float, stdin: Any = None) -> tuple[ChildRu
         while True:
             pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
+                end = time.perf_counter()
                 break
             hwm = max(hwm, _vm_kib(proc.pid, "VmHWM") or 0)
             now, stalled = time.monotonic(), False
@@ -368,10 +373,16 @@ def run_proc(cmd: list[str], timeout: float, stdin: Any = None) -> tuple[ChildRu
                 ) + f"; threads (tid:state:wchan) {_thread_states(proc.pid)}"
                 proc.kill()
                 _, status, rusage = os.wait4(proc.pid, 0)
+                end = time.perf_counter()
                 break
-            time.sleep(0.02)
+            if select.select([exited], [], [], 0.02)[0]:
+                # Exited: stop the clock now and reap it.
+                pid, status, rusage = os.wait4(proc.pid, 0)
+                end = time.perf_counter()
+                break
+        os.close(exited)
         proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped by wait4
-        wall = time.perf_counter() - t0
+        wall = end - t0
         user = (_user_ticks() - user0) / os.sysconf("SC_CLK_TCK")
         out.seek(0)
         err.seek(0)
