@@ -15,7 +15,7 @@ import pytest
 import qeltrix_v6
 from qeltrix_v6 import _crypto
 from qeltrix_v6.errors import AuthenticationError
-from test_gateway_ops import echo_server, ping
+from test_gateway_ops import crowd_pings, echo_server, ping
 
 META, TAG = _crypto.META_FRAME_LEN, _crypto.TAG_LEN
 
@@ -91,26 +91,12 @@ def test_many_interactive_connections_and_a_bulk_one_at_once_through_a_pair() ->
         qeltrix_v6.GatewayServer("decrypt", "127.0.0.1:0", target=("127.0.0.1", port), key=bytes(32)) as d,
         qeltrix_v6.GatewayServer("router", "127.0.0.1:0", target=d.address, key=bytes(32)) as r,
     ):
-        errors: list[str] = []
-        start = threading.Barrier(conns + 1)
-
-        def interactive(n: int) -> None:
-            try:
-                with socket.create_connection(r.address, timeout=60) as s:
-                    start.wait(30)
-                    for i in range(rounds):
-                        msg = f"{n}:{i}:".encode() + os.urandom(1 + (n * 37 + i * 11) % 300)
-                        if ping(s, msg) != msg:
-                            errors.append(f"connection {n} round {i}: wrong echo")
-                            return
-            except Exception as e:  # reported below
-                errors.append(f"connection {n}: {type(e).__name__}: {e}")
-
         bulk = os.urandom(1 << 20) * 24
         got_bulk: list[str] = []
 
-        def bulk_flow() -> None:
+        def bulk_flow(start: threading.Barrier) -> None:
             with socket.create_connection(r.address, timeout=60) as s:
+                start.wait(30)
                 sender = threading.Thread(target=s.sendall, args=(bulk,))
                 sender.start()
                 h, n = hashlib.sha256(), 0
@@ -120,13 +106,7 @@ def test_many_interactive_connections_and_a_bulk_one_at_once_through_a_pair() ->
                 sender.join(60)
                 got_bulk.append(h.hexdigest())
 
-        threads = [threading.Thread(target=interactive, args=(n,)) for n in range(conns)]
-        threads.append(threading.Thread(target=bulk_flow))
-        for t in threads:
-            t.start()
-        start.wait(30)
-        for t in threads:
-            t.join(120)
+        errors = crowd_pings(r.address, conns, rounds, bulk_flow)
         assert not errors, errors[:5]
         assert got_bulk == [hashlib.sha256(bulk).hexdigest()]
         st = r.stats()

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from qeltrix_v6 import _crypto
 from test_gateway_attacks import cli_gateway, relay
-from test_gateway_ops import echo_server, ping
+from test_gateway_ops import crowd_pings, echo_server, ping
 
 META, TAG = _crypto.META_FRAME_LEN, _crypto.TAG_LEN
 
@@ -125,24 +125,9 @@ def test_inline_crypto_for_many_connections_and_a_tampered_one_cut_alone(
         relay(d_addr, flip_up=72 + 4096 + 2000) as mid,
         qeltrix_v6.GatewayServer("router", "127.0.0.1:0", target=mid.address, key=KEY) as bad_r,
     ):  # fmt: skip
-        errors: list[str] = []
-        start = threading.Barrier(conns + 2)
-
-        def interactive(n: int) -> None:
-            try:
-                with socket.create_connection(r.address, timeout=60) as s:
-                    start.wait(30)
-                    for i in range(rounds):
-                        msg = f"{n}:{i}:".encode() + os.urandom(1 + (n * 29 + i * 13) % 200)
-                        if ping(s, msg) != msg:
-                            errors.append(f"connection {n} round {i}: wrong echo")
-                            return
-            except Exception as e:  # reported below
-                errors.append(f"connection {n}: {type(e).__name__}: {e}")
-
         tampered: list[str] = []
 
-        def victim() -> None:
+        def victim(start: threading.Barrier) -> None:
             with socket.create_connection(bad_r.address, timeout=60) as s:
                 start.wait(30)
                 try:
@@ -155,13 +140,7 @@ def test_inline_crypto_for_many_connections_and_a_tampered_one_cut_alone(
                 except (OSError, AssertionError) as e:
                     tampered.append(f"cut: {type(e).__name__}")
 
-        threads = [threading.Thread(target=interactive, args=(n,)) for n in range(conns)]
-        threads.append(threading.Thread(target=victim))
-        for t in threads:
-            t.start()
-        start.wait(30)
-        for t in threads:
-            t.join(120)
+        errors = crowd_pings(r.address, conns, rounds, victim)
         assert not errors, errors[:5]
         assert len(tampered) == 1 and tampered[0].startswith("cut"), tampered
         assert r.stats()["failed"] == 0

@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +76,39 @@ def ping(s: socket.socket, data: bytes) -> bytes:
         assert more, "the connection closed"
         got += more
     return got
+
+
+def ping_rounds(address: tuple[str, int], n: int, rounds: int, start: threading.Barrier, errors: list[str]) -> None:
+    """Connection ``n`` of an interactive crowd: once ``start`` lets every connection go,
+    ``rounds`` pings of small messages of varied sizes in lockstep; what goes wrong is appended
+    to ``errors`` (this runs on a thread)."""
+    try:
+        with socket.create_connection(address, timeout=60) as s:
+            start.wait(30)
+            for i in range(rounds):
+                msg = f"{n}:{i}:".encode() + os.urandom(1 + (n * 37 + i * 11) % 300)
+                if ping(s, msg) != msg:
+                    errors.append(f"connection {n} round {i}: wrong echo")
+                    return
+    except Exception as e:  # reported by the caller
+        errors.append(f"connection {n}: {type(e).__name__}: {e}")
+
+
+def crowd_pings(
+    address: tuple[str, int], conns: int, rounds: int, beside: Callable[[threading.Barrier], None]
+) -> list[str]:
+    """``conns`` connections of :func:`ping_rounds` and ``beside(start)``, each on a thread,
+    let go at once by the barrier ``start`` (``beside`` waits on it too); the crowd's errors."""
+    errors: list[str] = []
+    start = threading.Barrier(conns + 2)
+    threads = [threading.Thread(target=ping_rounds, args=(address, n, rounds, start, errors)) for n in range(conns)]
+    threads.append(threading.Thread(target=beside, args=(start,)))
+    for t in threads:
+        t.start()
+    start.wait(30)
+    for t in threads:
+        t.join(120)
+    return errors
 
 
 def key_file(path: Path, key: bytes) -> str:
