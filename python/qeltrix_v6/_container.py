@@ -334,6 +334,7 @@ def open_reader(
     kms_key_ids: Sequence[str] | None = None,
     signers: _signing.SignersArg = None,
     block_cache: _core.BlockCache | None = None,
+    whole: bool = False,
 ) -> _Opened:
     """Open a container for reading: checksum, unwrap the MK, verify the header MAC, load the index.
 
@@ -346,7 +347,9 @@ def open_reader(
     ``allow_incomplete``; ``max_kdf_memory`` caps the passphrase KDF's memory (bytes).
     ``signers`` (pinned ``qltx-ed25519:`` public keys) requires the container to be signed by
     one of them: the signature is checked here, and each frame against its signed digest
-    before it is decrypted (:class:`~qeltrix_v6.SignatureError` otherwise).
+    before it is decrypted (:class:`~qeltrix_v6.SignatureError` otherwise). ``whole``: the
+    caller reads the whole container next, in order (on object storage the open's first GET
+    then streams the object on).
     """
     kms = _kms_with_keys(kms, kms_key_ids)
     identities = _pubkeys.load_identities(identity)
@@ -357,7 +360,7 @@ def open_reader(
     _check_file_arg(src, "src")
     owned: list[IO[bytes]] = []
     if _store.is_url(src):
-        arg: Any = _store.open_object(str(src))  # ranged GETs pinned to the ETag seen here
+        arg: Any = _store.open_object(str(src), whole=whole)  # GETs pinned to the ETag seen here
     elif isinstance(src, _core.StoreObject):
         arg = src  # opened by the caller, who needs its ETag (passwd on s3://)
     elif isinstance(src, str | os.PathLike):
@@ -661,6 +664,7 @@ def unpack(
         max_kdf_memory=max_kdf_memory,
         kms_key_ids=kms_key_ids,
         signers=signers,
+        whole=True,
     )
     try:
         opened.check_end(0, opened.reader.pt_total_len + 1)

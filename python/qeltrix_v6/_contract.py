@@ -125,6 +125,13 @@ class Opener(Protocol):
     def __call__(self, path: str, /) -> _core.Reader: ...
 
 
+class WholeOpener(Protocol):
+    """The SeekServer's ``open_whole(path)``: ``open`` for a request that reads the whole
+    container in order (on object storage the open's first GET streams the object on)."""
+
+    def __call__(self, path: str, /) -> _core.Reader: ...
+
+
 class MemberOpener(Protocol):
     """The SeekServer's ``open_member(path, member)``: a loaded ``_core.Reader`` whose window is
     the member of the archive at ``path`` (FORMAT.md section 16)."""
@@ -154,6 +161,7 @@ IMPLEMENTATIONS: dict[str, list[tuple[type, str | None]]] = {
     "Sink": [(io.BytesIO, None), (io.BufferedWriter, None), (io.FileIO, None)],
     "Progress": [],
     "Opener": [(server.SeekServer, "_open")],
+    "WholeOpener": [(server.SeekServer, "_open_whole")],
     "MemberOpener": [(server.SeekServer, "_open_member")],
     "ServerLog": [(server.SeekServer, "_log")],
     "UrlVerifier": [(server.SeekServer, "_verify_url")],
@@ -191,6 +199,7 @@ def _conformance(
     _sessions: tuple[Session, Session] = (handshake, shared)
     _keyring: Keyring = keyring
     _opener: Opener = seek_server._open
+    _whole_opener: WholeOpener = seek_server._open_whole
     _member_opener: MemberOpener = seek_server._open_member
     _log: ServerLog = seek_server._log
     _verify: UrlVerifier = seek_server._verify_url

@@ -208,6 +208,7 @@ class StoreObject:
         options: dict[str, str],
         head_bytes: int = 65536,
         retry_seconds: float = 30.0,
+        whole: bool = False,
     ) -> Self: ...
     def read(self, pos: int, n: int) -> bytes: ...
     @property
@@ -380,6 +381,7 @@ class SeekServerCore:
         list_directories: bool = False,
         open_member: Callable[[str, str], Reader] | None = None,
         remote_ttl: float | None = None,
+        open_whole: Callable[[str], Reader] | None = None,
     ) -> Self: ...
     @property
     def address(self) -> tuple[str, int]: ...

@@ -123,11 +123,12 @@ def retry_seconds() -> float:
     return _env_number("QELTRIX_S3_RETRY_SECONDS", 30.0)
 
 
-def open_object(url: str) -> Any:
-    """Open ``url`` for random reads: one GET (the header), pinned to its ETag from then on."""
+def open_object(url: str, *, whole: bool = False) -> Any:
+    """Open ``url`` for random reads: one GET (the header), pinned to its ETag from then on.
+    ``whole``: the caller reads the whole container next, so that GET streams the object on."""
     bucket, key = split(url)
     _env_number("QELTRIX_S3_READAHEAD_BYTES", 256 << 20)  # a bad value is said here, not ignored
-    return _core.StoreObject(url, bucket, key, options(), 65536, retry_seconds())
+    return _core.StoreObject(url, bucket, key, options(), 65536, retry_seconds(), whole)
 
 
 def split_prefix(url: str) -> tuple[str, str]:

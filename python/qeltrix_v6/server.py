@@ -249,21 +249,28 @@ class SeekServer(BackgroundService):
         pinned = frozenset(_signing.parse_signers(signers)) if signers is not None else None
         self._members = MemberOpener(self._open_archive, self._block_cache, pinned)
         self._settings["open_member"] = self._open_member
+        self._settings["open_whole"] = self._open_whole
         super().__init__()
 
     def _open(self, path: str) -> _core.Reader:
         """Called by the HTTP loop for each container it does not hold open."""
-        if self._remote:
-            # An object key under the root (the HTTP loop checked its segments). The loop
-            # reuses what this returns for remote_ttl seconds, then asks again.
-            url = str(self.root).rstrip("/") + "/" + path
-            try:
-                return self._open_container(url)
-            except QeltrixIOError as e:
-                if "no such object" in str(e):
-                    raise FileNotFoundError(url) from None
-                raise
-        return self._unlocker.open(path)
+        return self._open_remote(path, whole=False) if self._remote else self._unlocker.open(path)
+
+    def _open_whole(self, path: str) -> _core.Reader:
+        """Called by the HTTP loop instead of ``_open`` for a request that reads the whole
+        container in order: on object storage the open's first GET streams the object on."""
+        return self._open_remote(path, whole=True) if self._remote else self._unlocker.open(path)
+
+    def _open_remote(self, path: str, *, whole: bool) -> _core.Reader:
+        # An object key under the root (the HTTP loop checked its segments). The loop reuses
+        # what this returns for remote_ttl seconds, then asks again.
+        url = str(self.root).rstrip("/") + "/" + path
+        try:
+            return self._open_container(url, whole=whole)
+        except QeltrixIOError as e:
+            if "no such object" in str(e):
+                raise FileNotFoundError(url) from None
+            raise
 
     def _open_member(self, path: str, member: str) -> _core.Reader:
         """Called by the HTTP loop for a member of an archive: ``GET /backup.qltx/docs/a.pdf``."""
@@ -274,13 +281,14 @@ class SeekServer(BackgroundService):
 
         return open_archive(path, passphrase=self._passphrase, key=self._key, signers=self._signers)
 
-    def _open_container(self, path: str) -> _core.Reader:
+    def _open_container(self, path: str, whole: bool = False) -> _core.Reader:
         opened = open_reader(
             path,
             passphrase=self._passphrase,
             key=self._key,
             block_cache=self._block_cache,
             signers=self._signers,
+            whole=whole,
         )
         return served_reader(opened, self._allow_incomplete)
 

@@ -320,7 +320,11 @@ def cat(
         cat_member(src, member, offset, length, creds, signers)
         return
     opened = open_reader(
-        _stdin() if src == "-" else src, **creds.kwargs(), allow_incomplete=allow_incomplete, signers=signers
+        _stdin() if src == "-" else src,
+        **creds.kwargs(),
+        allow_incomplete=allow_incomplete,
+        signers=signers,
+        whole=offset == 0 and length is None,  # all of it, in order: streamed from the open on
     )
     out = _stdout()
     try:

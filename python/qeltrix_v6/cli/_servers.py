@@ -139,9 +139,9 @@ class _SeekServer(SeekServer):
         )
         self._creds = creds
 
-    def _open_container(self, path: str) -> Any:
+    def _open_container(self, path: str, whole: bool = False) -> Any:
         opened = _container.open_reader(
-            path, **self._creds.kwargs(), block_cache=self._block_cache, signers=self._signers
+            path, **self._creds.kwargs(), block_cache=self._block_cache, signers=self._signers, whole=whole
         )
         return served_reader(opened, self._allow_incomplete)
 

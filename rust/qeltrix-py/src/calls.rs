@@ -250,6 +250,12 @@ pub const OPEN_CONTAINER: PyCall<1> = PyCall {
     object: "Opener",
     name: "__call__",
 };
+/// SeekServer's `open_whole(path: str) -> _core.Reader` (loaded): `open` for a request that
+/// reads the whole container in order.
+pub const OPEN_WHOLE: PyCall<1> = PyCall {
+    object: "WholeOpener",
+    name: "__call__",
+};
 /// SeekServer's `open_member(path: str, member: str) -> _core.Reader` (loaded, its window set
 /// to the member of the archive at `path`; FORMAT.md section 16).
 pub const OPEN_MEMBER: PyCall<2> = PyCall {
@@ -301,6 +307,7 @@ pub const PYTHON_CALLS: &[(&str, &str, Option<usize>)] = &[
     WRITE.entry(),
     PROGRESS.entry(),
     OPEN_CONTAINER.entry(),
+    OPEN_WHOLE.entry(),
     OPEN_MEMBER.entry(),
     SERVER_LOG.entry(),
     VERIFY_URL.entry(),
@@ -517,6 +524,11 @@ pub fn progress(py: Python<'_>, callback: &Py<PyAny>, done: u64, total: Option<u
 /// The SeekServer's `open(path)`.
 pub fn open_container(py: Python<'_>, open: &Py<PyAny>, path: String) -> PyResult<Py<PyAny>> {
     Ok(invoke(py, open, &OPEN_CONTAINER, (path,))?.unbind())
+}
+
+/// The SeekServer's `open_whole(path)`.
+pub fn open_whole(py: Python<'_>, open: &Py<PyAny>, path: String) -> PyResult<Py<PyAny>> {
+    Ok(invoke(py, open, &OPEN_WHOLE, (path,))?.unbind())
 }
 
 /// The SeekServer's `open_member(path, member)`.

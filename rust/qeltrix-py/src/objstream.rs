@@ -17,6 +17,7 @@
 use crate::error::{Error, Result};
 use crate::store::{held_cap, store_error, HELD};
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::aws::AmazonS3;
 use object_store::path::Path;
@@ -28,6 +29,18 @@ use std::time::{Duration, Instant};
 
 /// Bytes a stream pulls beyond the furthest byte read before it waits.
 pub const STREAM_AHEAD: u64 = 16 << 20;
+
+/// Most bytes a stream keeps before the furthest byte read.
+const STREAM_BEHIND_MAX: u64 = 128 << 20;
+
+/// Bytes a stream of a container with `header` keeps before the furthest byte read: a
+/// sequential read of a permuted container reads the frames of a window in a shuffled order,
+/// and readers on several threads (unpack) a few blocks apart, so a window and some blocks.
+pub fn behind(header: &qeltrix_format::Header) -> u64 {
+    let frame = qeltrix_format::frame_len(header.block_size.max(1));
+    let window = u64::from(header.perm_window.max(1));
+    (window + 16).saturating_mul(frame).clamp(4 << 20, STREAM_BEHIND_MAX)
+}
 
 /// What every live stream may come to hold (`behind + STREAM_AHEAD` each), against the
 /// process-wide cap `QELTRIX_S3_READAHEAD_BYTES`: a stream that would not fit is not started,
@@ -95,10 +108,34 @@ impl ObjectStream {
     /// Start streaming `[start, end)` on `rt`. `behind`: bytes kept before the furthest read.
     /// `None` when the streams already running leave no room for it under the cap.
     pub fn start(rt: &tokio::runtime::Runtime, req: Request, start: u64, end: u64, behind: u64) -> Option<Arc<Self>> {
+        let s = Self::reserve(start, end, behind)?;
+        let task = rt.spawn(pump(s.clone(), req, None));
+        *s.task.lock().expect("task lock") = Some(task);
+        Some(s)
+    }
+
+    /// A stream of `[start, end)` whose GET has already been answered (an open that reads the
+    /// whole object): `first` holds its bytes from `start`, `body` the rest as it arrives.
+    /// `None` (and the body dropped) when there is no room for it under the cap.
+    pub fn adopt(
+        rt: &tokio::runtime::Runtime,
+        req: Request,
+        (start, end, behind): (u64, u64, u64),
+        first: Bytes,
+        body: BoxStream<'static, object_store::Result<Bytes>>,
+    ) -> Option<Arc<Self>> {
+        let s = Self::reserve(start, end, behind)?;
+        s.push(first);
+        let task = rt.spawn(pump(s.clone(), req, Some(body)));
+        *s.task.lock().expect("task lock") = Some(task);
+        Some(s)
+    }
+
+    fn reserve(start: u64, end: u64, behind: u64) -> Option<Arc<Self>> {
         let share = behind.saturating_add(STREAM_AHEAD);
         let fits = |r: u64| r.checked_add(share).filter(|&n| n <= held_cap());
         RESERVED.fetch_update(Ordering::SeqCst, Ordering::SeqCst, fits).ok()?;
-        let s = Arc::new(ObjectStream {
+        Some(Arc::new(ObjectStream {
             start,
             end,
             behind,
@@ -116,10 +153,7 @@ impl ObjectStream {
             room: tokio::sync::Notify::new(),
             task: Mutex::new(None),
             reserved: AtomicU64::new(share),
-        });
-        let task = rt.spawn(pump(s.clone(), req));
-        *s.task.lock().expect("task lock") = Some(task);
-        Some(s)
+        }))
     }
 
     /// Give this stream's share of the cap back (once).
@@ -298,8 +332,14 @@ impl Drop for ObjectStream {
 }
 
 /// The stream's task: one GET of `[start, end)`, resumed where it broke.
-async fn pump(s: Arc<ObjectStream>, req: Request) {
-    let mut pos = s.start;
+/// The stream's task: one GET of `[start, end)` (or the rest of `adopted`, a GET answered
+/// before the stream began), resumed where it broke.
+async fn pump(
+    s: Arc<ObjectStream>,
+    req: Request,
+    mut adopted: Option<BoxStream<'static, object_store::Result<Bytes>>>,
+) {
+    let mut pos = s.queue.lock().expect("stream lock").filled;
     let mut progress = Instant::now();
     let mut backoff = Duration::from_millis(50);
     while pos < s.end {
@@ -307,60 +347,32 @@ async fn pump(s: Arc<ObjectStream>, req: Request) {
             s.finish(End::Stopped);
             return;
         }
-        req.gets.fetch_add(1, Ordering::Relaxed);
-        let opts = GetOptions {
-            range: Some(GetRange::Bounded(pos..s.end)),
-            if_match: req.if_match.clone(),
-            version: req.version.clone(),
-            ..Default::default()
-        };
-        // The client retries 5xx and failed connections itself, within the retry time.
-        let r = match req.store.get_opts(&req.path, opts).await {
-            Ok(r) => r,
-            Err(e) => return s.finish(failed(store_error(&req.url, e))),
-        };
-        if r.range.start != pos {
-            return s.finish(End::Failed(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("{}: the store answered a range from the wrong offset", req.url),
-            ));
-        }
-        let mut body = r.into_stream();
-        loop {
-            match body.next().await {
-                Some(Ok(bytes)) => {
-                    pos += bytes.len() as u64;
-                    s.push(bytes);
-                    progress = Instant::now();
-                    backoff = Duration::from_millis(50);
-                    if pos >= s.end || !s.room().await {
-                        break;
-                    }
+        let body = match adopted.take() {
+            Some(body) => body,
+            None => {
+                req.gets.fetch_add(1, Ordering::Relaxed);
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(pos..s.end)),
+                    if_match: req.if_match.clone(),
+                    version: req.version.clone(),
+                    ..Default::default()
+                };
+                // The client retries 5xx and failed connections itself, within the retry time.
+                let r = match req.store.get_opts(&req.path, opts).await {
+                    Ok(r) => r,
+                    Err(e) => return s.finish(failed(store_error(&req.url, e))),
+                };
+                if r.range.start != pos {
+                    return s.finish(End::Failed(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("{}: the store answered a range from the wrong offset", req.url),
+                    ));
                 }
-                Some(Err(e)) => {
-                    // A body that broke (a dropped connection, a timeout): resume from `pos`,
-                    // unless nothing has arrived for the whole retry time.
-                    if progress.elapsed() >= req.retry_total {
-                        return s.finish(failed(store_error(&req.url, e)));
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    break;
-                }
-                None if pos < s.end => {
-                    // A body shorter than asked without an error: resumed like a broken one.
-                    if progress.elapsed() >= req.retry_total {
-                        return s.finish(End::Failed(
-                            std::io::ErrorKind::UnexpectedEof,
-                            format!("{}: the store's answer ended early", req.url),
-                        ));
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    break;
-                }
-                None => break,
+                r.into_stream()
             }
+        };
+        if !pull(&s, &req, body, &mut pos, &mut progress, &mut backoff).await {
+            return;
         }
         if pos < s.end && s.queue.lock().expect("stream lock").end.is_some() {
             return;
@@ -378,6 +390,56 @@ async fn pump(s: Arc<ObjectStream>, req: Request) {
             return;
         }
         tokio::time::sleep(DONE_IDLE - idle).await;
+    }
+}
+
+/// Take `body`'s bytes into the stream until it ends, breaks or the stream should pause;
+/// `false` when the stream has failed for good (the task ends).
+async fn pull(
+    s: &ObjectStream,
+    req: &Request,
+    mut body: BoxStream<'static, object_store::Result<Bytes>>,
+    pos: &mut u64,
+    progress: &mut Instant,
+    backoff: &mut Duration,
+) -> bool {
+    loop {
+        match body.next().await {
+            Some(Ok(bytes)) => {
+                *pos += bytes.len() as u64;
+                s.push(bytes);
+                *progress = Instant::now();
+                *backoff = Duration::from_millis(50);
+                if *pos >= s.end || !s.room().await {
+                    return true;
+                }
+            }
+            Some(Err(e)) => {
+                // A body that broke (a dropped connection, a timeout): resumed from `pos`,
+                // unless nothing has arrived for the whole retry time.
+                if progress.elapsed() >= req.retry_total {
+                    s.finish(failed(store_error(&req.url, e)));
+                    return false;
+                }
+                tokio::time::sleep(*backoff).await;
+                *backoff = (*backoff * 2).min(Duration::from_secs(5));
+                return true;
+            }
+            None if *pos < s.end => {
+                // A body shorter than asked without an error: resumed like a broken one.
+                if progress.elapsed() >= req.retry_total {
+                    s.finish(End::Failed(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("{}: the store's answer ended early", req.url),
+                    ));
+                    return false;
+                }
+                tokio::time::sleep(*backoff).await;
+                *backoff = (*backoff * 2).min(Duration::from_secs(5));
+                return true;
+            }
+            None => return true,
+        }
     }
 }
 

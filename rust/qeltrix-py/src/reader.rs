@@ -34,8 +34,6 @@ const SEQUENTIAL_GAP: u64 = 8 << 20;
 const MAX_AHEAD_BYTES: u64 = 24 << 20;
 /// Sequential reads (unpack) from object storage fetch this much at a time.
 const UNPACK_READAHEAD: u64 = 8 << 20;
-/// Most bytes a streamed GET keeps before the furthest byte read (see [`Reader::stream_frames`]).
-const STREAM_BEHIND_MAX: u64 = 128 << 20;
 
 struct Loaded {
     keys: Py<PyAny>,
@@ -368,13 +366,7 @@ impl Reader {
         if hi - lo <= PREFETCH_BYTES {
             return Ok(false);
         }
-        // A sequential read of a permuted container reads the frames of a window in a
-        // shuffled order, and readers on several threads (unpack) a few blocks apart: keep a
-        // window and some blocks behind the furthest byte read.
-        let frame = frame_len(self.header.block_size.max(1));
-        let window = u64::from(self.header.perm_window.max(1));
-        let behind = (window + 16).saturating_mul(frame).clamp(4 << 20, STREAM_BEHIND_MAX);
-        store.stream(lo, hi, behind);
+        store.stream(lo, hi, crate::objstream::behind(&self.header));
         Ok(store.streaming(lo, lo + 1))
     }
 

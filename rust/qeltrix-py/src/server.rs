@@ -56,6 +56,7 @@ impl Container for PyContainer {
 /// its constant-time comparison through `qeltrix_v6._crypto`).
 struct PyOpener {
     open: Py<PyAny>,
+    open_whole: Option<Py<PyAny>>,
     open_member: Option<Py<PyAny>>,
     log: Option<Py<PyAny>>,
     verify_url: Option<Py<PyAny>>,
@@ -101,6 +102,14 @@ impl Opener for PyOpener {
     fn open(&self, path: &Path) -> Result<Arc<PyContainer>, OpenError> {
         let path = path.to_string_lossy().into_owned();
         self.open_with(|py| calls::open_container(py, &self.open, path))
+    }
+
+    fn open_whole(&self, path: &Path) -> Result<Arc<PyContainer>, OpenError> {
+        let Some(open_whole) = &self.open_whole else {
+            return self.open(path);
+        };
+        let path = path.to_string_lossy().into_owned();
+        self.open_with(|py| calls::open_whole(py, open_whole, path))
     }
 
     fn open_member(&self, path: &Path, member: &str) -> Result<Arc<PyContainer>, OpenError> {
@@ -182,7 +191,7 @@ impl SeekServerCore {
     #[pyo3(signature = (root, open, log=None, host="127.0.0.1", port=0, token=None, tls_cert=None, tls_key=None,
                         max_connections=1024, max_connections_per_client=64, header_timeout=10.0, idle_timeout=60.0, access_log=false, workers=2,
                         access_log_format="combined", metrics=None,
-                        verify_url=None, cors_origins=None, cache_control=None, list_directories=false, open_member=None, remote_ttl=None))]
+                        verify_url=None, cors_origins=None, cache_control=None, list_directories=false, open_member=None, remote_ttl=None, open_whole=None))]
     #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
     fn new(
         py: Python<'_>,
@@ -208,6 +217,7 @@ impl SeekServerCore {
         list_directories: bool,
         open_member: Option<Py<PyAny>>,
         remote_ttl: Option<f64>,
+        open_whole: Option<Py<PyAny>>,
     ) -> PyResult<SeekServerCore> {
         let addr = resolve(host, port)?;
         let mut config = Config::new(addr, root);
@@ -252,6 +262,7 @@ impl SeekServerCore {
         });
         let opener = PyOpener {
             open,
+            open_whole,
             open_member,
             log,
             verify_url,

@@ -499,7 +499,17 @@ impl StoreObject {
                 .expect("non-empty");
             streams.remove(oldest).stop();
         }
-        let req = Request {
+        let req = self.request();
+        // No room under the cap (other downloads stream): reads fetch by ranged GETs instead.
+        if let Some(s) = ObjectStream::start(runtime(), req, start, end, behind) {
+            streams.push(s);
+        }
+    }
+
+    /// What a stream of this object needs to send (and resend) its GET: pinned to the
+    /// version seen at open.
+    fn request(&self) -> Request {
+        Request {
             store: self.store.clone(),
             path: self.path.clone(),
             url: self.url.clone(),
@@ -507,10 +517,6 @@ impl StoreObject {
             version: self.version.clone(),
             retry_total: self.retry_total,
             gets: self.gets.clone(),
-        };
-        // No room under the cap (other downloads stream): reads fetch by ranged GETs instead.
-        if let Some(s) = ObjectStream::start(runtime(), req, start, end, behind) {
-            streams.push(s);
         }
     }
 
@@ -540,8 +546,14 @@ impl StoreObject {
     /// Open `url` (`s3://bucket/key`): one GET of its first `head_bytes` bytes. `options` are
     /// object_store S3 settings (`aws_access_key_id`, `aws_region`, `aws_endpoint`...), resolved
     /// by the Python layer from the standard AWS environment and shared files.
+    ///
+    /// `whole`: the caller is about to read the whole container in order (a download, an
+    /// unpack). The GET then asks for the whole object and goes on streaming it after the first
+    /// `head_bytes` (see [`crate::objstream`]) while the caller reads the index with its suffix
+    /// GET: two GETs at open as always, but the frames are on their way one round trip earlier.
     #[new]
-    #[pyo3(signature = (url, bucket, key, options, head_bytes = 65536, retry_seconds = 30.0))]
+    #[pyo3(signature = (url, bucket, key, options, head_bytes = 65536, retry_seconds = 30.0, whole = false))]
+    #[allow(clippy::too_many_arguments)] // a constructor's keyword arguments
     fn open(
         py: Python<'_>,
         url: String,
@@ -550,6 +562,7 @@ impl StoreObject {
         options: HashMap<String, String>,
         head_bytes: u64,
         retry_seconds: f64,
+        whole: bool,
     ) -> PyResult<StoreObject> {
         let store = build_store(bucket, &options, retry_seconds)?;
         let path = object_path(&url, key)?;
@@ -557,14 +570,38 @@ impl StoreObject {
         let r = py.detach(|| -> Result<_> {
             let u = url.as_str();
             runtime().block_on(async {
+                let range = if whole {
+                    GetRange::Offset(0)
+                } else {
+                    GetRange::Bounded(0..head_bytes)
+                };
                 let opts = GetOptions {
-                    range: Some(GetRange::Bounded(0..head_bytes)),
+                    range: Some(range),
                     ..Default::default()
                 };
                 match store.get_opts(&path, opts).await {
                     Ok(r) => {
                         let meta = r.meta.clone();
-                        Ok(Some((meta, r.bytes().await.map_err(|e| store_error(u, e))?)))
+                        if !whole {
+                            return Ok(Some((meta, r.bytes().await.map_err(|e| store_error(u, e))?, None)));
+                        }
+                        // The first `head_bytes` (or all there is), then the body goes on.
+                        let mut body = r.into_stream();
+                        let mut got: Vec<Bytes> = Vec::new();
+                        let mut n = 0u64;
+                        while n < head_bytes.min(meta.size) {
+                            match futures::StreamExt::next(&mut body).await {
+                                Some(chunk) => {
+                                    let chunk = chunk.map_err(|e| store_error(u, e))?;
+                                    n += chunk.len() as u64;
+                                    got.push(chunk);
+                                }
+                                None => break,
+                            }
+                        }
+                        let first = Bytes::from(got.concat());
+                        let rest = (n < meta.size).then_some(body);
+                        Ok(Some((meta, first, rest)))
                     }
                     // A zero-length object has no byte 0: S3 answers 416.
                     Err(object_store::Error::Generic { source, .. }) if source.to_string().contains("416") => Ok(None),
@@ -572,13 +609,14 @@ impl StoreObject {
                 }
             })
         })?;
-        let Some((meta, head)) = r else {
+        let Some((meta, first, rest)) = r else {
             return Err(Error::Format(qeltrix_format::FormatError::Truncated(format!(
                 "{url} is empty, not a container"
             )))
             .into());
         };
-        Ok(StoreObject {
+        let head = first.slice(..first.len().min(head_bytes as usize));
+        let obj = StoreObject {
             store,
             path,
             url,
@@ -594,7 +632,20 @@ impl StoreObject {
             streams: Mutex::new(Vec::new()),
             retry_total: Duration::from_secs_f64(retry_seconds.clamp(0.0, 3600.0)),
             gets: Arc::new(AtomicU64::new(1)),
-        })
+        };
+        // Not a container (or no room under the read-ahead cap): the rest of the body is
+        // dropped, and reads fetch as they would have.
+        let header = qeltrix_format::Header::peek_len(&first)
+            .ok()
+            .and_then(|n| first.get(..n as usize))
+            .and_then(|h| qeltrix_format::Header::parse(h).ok());
+        if let (Some(body), Some(header)) = (rest, header) {
+            let span = (0, obj.size, crate::objstream::behind(&header));
+            if let Some(s) = ObjectStream::adopt(runtime(), obj.request(), span, first, body) {
+                obj.streams.lock().expect("streams lock").push(s);
+            }
+        }
+        Ok(obj)
     }
 
     /// Bytes `[pos, pos + n)` of the object (clipped at its end), pinned to the ETag seen at open.

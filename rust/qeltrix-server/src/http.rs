@@ -1050,8 +1050,9 @@ impl<O: Opener> State<O> {
             None => {
                 let state = self.clone();
                 let query = parts.uri.query().map(str::to_owned);
+                let whole = !head && reads_whole(&parts.headers);
                 tokio::task::spawn_blocking(move || {
-                    let opened = state.open(&root, &url_path);
+                    let opened = state.open(&root, &url_path, whole);
                     match opened {
                         Err(r) if r.status() == StatusCode::NOT_FOUND && state.config.list => {
                             // `/dir` names a listable directory: send the client to `/dir/`, as nginx.
@@ -1183,8 +1184,9 @@ impl<O: Opener> State<O> {
         Some((c.clone(), s.1, content_name(url_path)))
     }
 
-    /// Resolve and open (or reuse) the container for a URL path. Blocking.
-    fn open(&self, root: &Path, url_path: &str) -> Result<Opened<O::C>, Box<Response<Body>>> {
+    /// Resolve and open (or reuse) the container for a URL path; `whole`: the request reads
+    /// all of it, in order. Blocking.
+    fn open(&self, root: &Path, url_path: &str, whole: bool) -> Result<Opened<O::C>, Box<Response<Body>>> {
         // Object storage serves whole containers (no archive members yet); files may name a
         // member of an archive after the archive's path.
         let (path, member, key, st) = if self.config.remote.is_some() {
@@ -1211,6 +1213,7 @@ impl<O: Opener> State<O> {
         let name = content_name(url_path);
         SeekStats::add(&self.stats.open_cache_misses, 1);
         let opened = match &member {
+            None if whole => self.opener.open_whole(&path),
             None => self.opener.open(&path),
             Some(m) => self.opener.open_member(&path, m),
         };
@@ -1465,6 +1468,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Whether a GET with these headers reads the whole body in order: no `Range`, or the one
+/// range from byte 0 to the end (`bytes=0-`, what a browser's first request of a video sends).
+fn reads_whole(headers: &hyper::HeaderMap) -> bool {
+    match headers.get(header::RANGE) {
+        None => true,
+        Some(v) => v.to_str().is_ok_and(|r| r.trim().eq_ignore_ascii_case("bytes=0-")),
     }
 }
 

@@ -64,6 +64,12 @@ pub trait Opener: Send + Sync + 'static {
     type C: Container;
     /// Blocking: open the container file at `path` (already resolved under the root).
     fn open(&self, path: &Path) -> Result<Arc<Self::C>, OpenError>;
+    /// Blocking: open `path` for a request that reads the whole container in order (a GET
+    /// without a range, or one from byte 0 to the end). An opener of object storage can start
+    /// streaming the object at once; by default the same as [`Opener::open`].
+    fn open_whole(&self, path: &Path) -> Result<Arc<Self::C>, OpenError> {
+        self.open(path)
+    }
     /// Blocking: open the member `member` of the archive file at `path` as a container of its
     /// own (docs/FORMAT.md section 16). By default there are no archives: not found.
     fn open_member(&self, path: &Path, member: &str) -> Result<Arc<Self::C>, OpenError> {
