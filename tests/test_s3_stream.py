@@ -200,3 +200,26 @@ def test_streams_beyond_the_cap_fall_back_to_ranged_gets(
             ranges = [g.headers.get("range") for g in data]
             assert len(data) > 1, ranges  # one GET would be a stream
             assert all(g.headers.get("if-match") for g in data), ranges
+
+
+def test_only_a_read_of_the_whole_container_opens_with_a_stream(
+    s3: tuple[ProxyState, Any, dict[str, str]], big: bytes, key_file: Path
+) -> None:
+    """A ranged request opens with the first 64 KiB, as a random read must (a stream would pull
+    megabytes nobody asked for); `Range: bytes=0-`, a browser's first request, reads all of it
+    and opens with the stream. Each case gets a server of its own, so each opens the object."""
+    state, client, _ = s3
+    etag, _ = head_etag(client, "big.qltx")
+    serve = ("serve", "--port", "0", "--block-cache", "0", "--key-file", str(key_file), f"s3://{BUCKET}")
+    for asked, want in (("bytes=5000000-5065535", big[5_000_000:5_065_536]), ("bytes=0-", big)):
+        with running_cli(*serve, ready=r"serving .* on http://(\S+)") as (_, m, _):
+            host, port = m.group(1).rsplit(":", 1)
+            state.log.clear()
+            status, _, body = http_request((host, int(port)), "/big", {"Range": asked}, timeout=60)
+            assert status == 206 and body == want
+            log = gets(state, "big.qltx")
+            if asked == "bytes=0-":
+                assert_streamed_from_the_open(log, etag)
+            else:
+                ranges = [g.headers.get("range") for g in log]
+                assert ranges[0] == "bytes=0-65535" and len(ranges) == 3, ranges
