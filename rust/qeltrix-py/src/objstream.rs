@@ -331,7 +331,6 @@ impl Drop for ObjectStream {
     }
 }
 
-/// The stream's task: one GET of `[start, end)`, resumed where it broke.
 /// The stream's task: one GET of `[start, end)` (or the rest of `adopted`, a GET answered
 /// before the stream began), resumed where it broke.
 async fn pump(
