@@ -1,6 +1,8 @@
 //! One streamed GET for a long sequential read of an object (a whole download, `unpack`,
 //! `recover`): object bytes `[start, end)` arrive in a single GET pinned to the ETag seen at
-//! open, consumed incrementally with bounded memory.
+//! open, consumed incrementally with bounded memory. For a read of the whole container that
+//! GET is the open's own ([`ObjectStream::adopt`]): it asked for the whole object, and the
+//! body goes on after the header it was opened for.
 //!
 //! A background task pulls the response body chunk by chunk into a queue; readers take their
 //! bytes from it (waiting for them if they have not arrived yet). The task stops pulling (and
