@@ -17,17 +17,7 @@ from pathlib import Path
 
 import pytest
 import qeltrix_v6
-from conftest import running_cli
-
-KEY = os.urandom(32)
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    p = tmp_path / "k.key"
-    p.write_bytes(KEY)
-    p.chmod(0o600)
-    return p
+from conftest import KEY, running_cli
 
 
 @contextlib.contextmanager

@@ -32,13 +32,13 @@ from typing import Any
 
 import pytest
 import qeltrix_v6
-from conftest import running_cli
+from conftest import KEY, running_cli
 from qeltrix_v6 import _crypto
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_decoder as ref
 
-K1 = bytes(range(32))
+K1 = KEY  # the key in the key_file fixture (conftest)
 VECTORS = Path(__file__).resolve().parent / "vectors"
 # A connection between gateways opens with a session (FORMAT.md 12.2): msg1 from the router,
 # the responder's nonce back. Written so the attacks below also run against a gateway
@@ -454,14 +454,6 @@ def cli_gateway(
     stderr lines up to the listening line."""
     with running_cli("gateway", *args, ready=r"listening on (\S+):(\d+)", preexec=preexec) as (proc, m, lines):
         yield proc, (m.group(1), int(m.group(2))), lines
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    p = tmp_path / "k.key"
-    p.write_bytes(K1)
-    p.chmod(0o600)
-    return p
 
 
 def rss_mib(pid: int) -> float:
