@@ -1,27 +1,29 @@
-"""Batched frame crypto (issue 12): a gateway worker seals or opens every frame ready on it, of
-one connection or many, in one Python call. Each frame's result is its own (a frame that fails
-authentication fails its connection only), a batch seals the same bytes the one-frame call
-does, and many interactive connections at once (which is when frames batch) plus a bulk one
-through a real pair get back exactly what they sent."""
+"""The gateway core's frame crypto (issue 12): a worker seals or opens every frame ready on it,
+of one connection or many, under one interpreter-lock acquisition, making the `cryptography`
+calls itself. Its frames open with the container reader's code and it opens the pack path's
+frames; a tampered frame, or one under another stream's keys, fails authentication; and many
+interactive connections at once (which is when frames batch) plus a bulk one through a real
+pair get back exactly what they sent."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import socket
+import struct
 import threading
 
 import pytest
 import qeltrix_v6
-from qeltrix_v6 import _crypto
-from qeltrix_v6.errors import AuthenticationError
+from qeltrix_v6 import _core, _crypto
+from qeltrix_v6.errors import AuthenticationError, TruncatedError
 from test_gateway_ops import crowd_pings, echo_server, ping
 
 META, TAG = _crypto.META_FRAME_LEN, _crypto.TAG_LEN
 
 
-def keys() -> _crypto.ContainerKeys:
-    return _crypto.ContainerKeys(os.urandom(32), os.urandom(16), _crypto.CIPHER_AES_256_GCM)
+def keys(cipher: int = _crypto.CIPHER_AES_256_GCM) -> _crypto.ContainerKeys:
+    return _crypto.ContainerKeys(os.urandom(32), os.urandom(16), cipher)
 
 
 def sealed(k: _crypto.ContainerKeys, i: int, pt: bytes, flags: int = 0) -> bytearray:
@@ -30,55 +32,46 @@ def sealed(k: _crypto.ContainerKeys, i: int, pt: bytes, flags: int = 0) -> bytea
     return out
 
 
-def test_a_batch_seals_what_one_frame_calls_open_and_opens_what_they_seal() -> None:
-    ka, kb = keys(), keys()
+def reader_open(k: _crypto.ContainerKeys, frame: bytes) -> tuple[int, int, bytes]:
+    """A frame opened as the container reader opens a block: `open_meta`, then `open_block`."""
+    meta_pt = k.open_meta(memoryview(frame))
+    i, n, flags = struct.unpack_from("<QIB", meta_pt)
+    out = bytearray(n)
+    k.open_block(i, n, flags, meta_pt[16:32], meta_pt[32:44], meta_pt[44:76], memoryview(frame), memoryview(out))
+    return i, flags, bytes(out)
+
+
+@pytest.mark.parametrize("cipher", [_crypto.CIPHER_AES_256_GCM, _crypto.CIPHER_CHACHA20_POLY1305])
+def test_the_gateway_core_seals_what_the_reader_opens_and_opens_what_the_pack_path_seals(cipher: int) -> None:
+    k = keys(cipher)
     pts = [b"x", os.urandom(1000), b"", os.urandom(70_000)]
-    outs = [bytearray(META + len(p) + TAG) for p in pts]
-    jobs = [
-        (k, i, _crypto._core.META_FLAG_FINAL if not p else 0, memoryview(bytearray(p)), len(p), memoryview(o))
-        for i, (k, p, o) in enumerate(zip([ka, kb, ka, kb], pts, outs, strict=True))
-    ]
-    assert _crypto.seal_stream_frames(jobs) == [None] * 4
-    for (k, i, _f, _in, n, _out), frame, pt in zip(jobs, outs, pts, strict=True):
-        plain = bytearray(max(n, 1))
-        meta_pt, opened = k.open_stream_frame(memoryview(frame), len(frame), memoryview(plain))
-        assert opened and bytes(plain[:n]) == pt and int.from_bytes(meta_pt[:8], "little") == i
-    # And the other way: frames sealed one by one open as one batch.
-    frames = [sealed(ka, 0, b"first"), sealed(kb, 7, b"second" * 100)]
-    plains = [bytearray(16), bytearray(600)]
-    got = _crypto.open_stream_frames(
-        [(k, memoryview(f), len(f), memoryview(p)) for k, f, p in zip([ka, kb], frames, plains, strict=True)]
-    )
-    assert [r[1] for r in got if isinstance(r, tuple)] == [True, True]
-    assert bytes(plains[0][:5]) == b"first" and bytes(plains[1]) == b"second" * 100
+    for i, pt in enumerate(pts):
+        flags = _core.META_FLAG_FINAL if not pt else 0
+        frame = _core.gateway_seal_frame(k, i, flags, pt)
+        assert len(frame) == META + len(pt) + TAG
+        assert reader_open(k, frame) == (i, flags, pt)
+        meta_pt, opened = _core.gateway_open_frame(k, bytes(sealed(k, i + 7, pt, flags)))
+        assert opened == pt and struct.unpack_from("<QIB", meta_pt) == (i + 7, len(pt), flags)
 
 
-def test_a_frame_that_fails_in_a_batch_fails_alone() -> None:
-    good, bad, other = keys(), keys(), keys()
-    frames = [sealed(good, 0, b"a" * 50), sealed(bad, 0, b"b" * 50), sealed(good, 1, b"c" * 50)]
-    frames[1][META + 10] ^= 1  # one bit of data_ct, in transit
-    plains = [bytearray(50) for _ in frames]
-    jobs = [
-        (good, memoryview(frames[0]), len(frames[0]), memoryview(plains[0])),
-        (bad, memoryview(frames[1]), len(frames[1]), memoryview(plains[1])),
-        (other, memoryview(frames[2]), len(frames[2]), memoryview(plains[2])),  # the wrong stream's keys
-        (good, memoryview(frames[2]), len(frames[2]), memoryview(plains[2])),
-    ]
-    got = _crypto.open_stream_frames(jobs)
-    assert isinstance(got[1], AuthenticationError) and isinstance(got[2], AuthenticationError)
-    assert isinstance(got[0], tuple) and isinstance(got[3], tuple)
-    assert bytes(plains[0]) == b"a" * 50 and bytes(plains[2]) == b"c" * 50
-    # A frame whose data has not all arrived: its metadata only, its data left for later.
-    part = _crypto.open_stream_frames([(good, memoryview(frames[0]), META + 5, memoryview(bytearray(50)))])
-    assert isinstance(part[0], tuple) and part[0][1] is False
-    # A seal that cannot be done (the output is too small) is that job's error only.
-    res = _crypto.seal_stream_frames(
-        [
-            (good, 2, 0, memoryview(bytearray(b"ok")), 2, memoryview(bytearray(META + 2 + TAG))),
-            (good, 3, 0, memoryview(bytearray(100)), 100, memoryview(bytearray(10))),
-        ]
-    )
-    assert res[0] is None and isinstance(res[1], Exception)
+def test_a_tampered_frame_or_another_stream_s_keys_fail_and_a_partial_frame_waits() -> None:
+    good, other = keys(), keys()
+    frame = _core.gateway_seal_frame(good, 4, 0, b"a" * 50)
+    data_flip, meta_flip = bytearray(frame), bytearray(frame)
+    data_flip[META + 10] ^= 1  # one bit of data_ct, in transit
+    meta_flip[20] ^= 1  # one bit of meta_ct
+    with pytest.raises(AuthenticationError, match="block 4 failed authentication"):
+        _core.gateway_open_frame(good, bytes(data_flip))
+    for k, f in ((good, bytes(meta_flip)), (other, frame)):
+        with pytest.raises(AuthenticationError, match="block metadata failed authentication"):
+            _core.gateway_open_frame(k, f)
+    # Data not all arrived yet: the metadata only, the data left for later.
+    meta_pt, opened = _core.gateway_open_frame(good, frame[: META + 5])
+    assert opened is None and struct.unpack_from("<QI", meta_pt) == (4, 50)
+    with pytest.raises(TruncatedError):
+        _core.gateway_open_frame(good, frame[: META - 1])
+    # The frame still opens whole afterwards: a failure leaves the keys as they were.
+    assert _core.gateway_open_frame(good, frame)[1] == b"a" * 50
 
 
 def test_many_interactive_connections_and_a_bulk_one_at_once_through_a_pair() -> None:

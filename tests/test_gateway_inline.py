@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from conftest import KEY
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from qeltrix_v6 import _crypto
+from qeltrix_v6 import _core, _crypto
 from test_gateway_attacks import cli_gateway, relay
 from test_gateway_ops import crowd_pings, echo_server, ping
 
@@ -47,6 +48,8 @@ def spec_frame(mk: bytes, cid: bytes, cipher: int, i: int, flags: int, pt: bytes
 @pytest.mark.parametrize("cipher", [_crypto.CIPHER_AES_256_GCM, _crypto.CIPHER_CHACHA20_POLY1305])
 @pytest.mark.parametrize("size", [0, 1, 64, 5000, 1 << 18])
 def test_a_sealed_frame_is_the_spec_s_bytes(monkeypatch: pytest.MonkeyPatch, cipher: int, size: int) -> None:
+    """Both sealers, the pack path's `seal_stream_frame` and the gateway core's frame crypto,
+    write exactly FORMAT.md's frame for the random fields they drew."""
     mk, cid, rnd, pt = os.urandom(32), os.urandom(16), os.urandom(40), os.urandom(size)
     monkeypatch.setattr(_crypto, "_frame_random", lambda: rnd)
     k = _crypto.ContainerKeys(mk, cid, cipher)
@@ -54,28 +57,41 @@ def test_a_sealed_frame_is_the_spec_s_bytes(monkeypatch: pytest.MonkeyPatch, cip
     flags = 1 if size == 0 else 0
     k.seal_stream_frame(9, flags, memoryview(bytearray(pt)), size, memoryview(out))
     assert bytes(out) == spec_frame(mk, cid, cipher, 9, flags, pt, rnd)
-    back = bytearray(max(size, 1))
-    meta_pt, opened = k.open_stream_frame(memoryview(out), len(out), memoryview(back))
-    assert opened and bytes(back[:size]) == pt and meta_pt[:8] == struct.pack("<Q", 9)
+    frame = _core.gateway_seal_frame(k, 9, flags, pt)
+    assert frame == spec_frame(mk, cid, cipher, 9, flags, pt, b"".join(random_fields(k, frame)))
+    for f in (bytes(out), frame):
+        meta_pt, opened = _core.gateway_open_frame(k, f)
+        assert opened == pt and meta_pt[:8] == struct.pack("<Q", 9)
 
 
-def random_fields(k: _crypto.ContainerKeys, frame: bytearray) -> tuple[bytes, bytes, bytes]:
-    meta_pt, _ = k.open_stream_frame(memoryview(frame), len(frame), memoryview(bytearray(16)))
+def random_fields(k: _crypto.ContainerKeys, frame: bytes | bytearray) -> tuple[bytes, bytes, bytes]:
+    """`cdk_salt`, `data_nonce`, `meta_nonce` of a frame."""
+    meta_pt = k.open_meta(memoryview(frame))
     return meta_pt[16:32], meta_pt[32:44], bytes(frame[:12])
 
 
-def test_no_random_field_is_handed_out_twice_across_threads() -> None:
+def seal_gateway(k: _crypto.ContainerKeys, i: int) -> bytes:
+    return _core.gateway_seal_frame(k, i, 0, b"abcd")
+
+
+def seal_pack(k: _crypto.ContainerKeys, i: int) -> bytes:
+    out = bytearray(META + 4 + TAG)
+    k.seal_stream_frame(i, 0, memoryview(bytearray(b"abcd")), 4, memoryview(out))
+    return bytes(out)
+
+
+Sealer = Callable[[_crypto.ContainerKeys, int], bytes]
+
+
+@pytest.mark.parametrize("seal", [seal_gateway, seal_pack])
+def test_no_random_field_is_handed_out_twice_across_threads(seal: Sealer) -> None:
     k = _crypto.ContainerKeys(os.urandom(32), os.urandom(16), _crypto.CIPHER_AES_256_GCM)
     per_thread = 3 * _crypto._FRAME_RANDOM_BATCH + 5  # several refills of each thread's buffer
     seen: list[tuple[bytes, bytes, bytes]] = []
     lock = threading.Lock()
 
     def seal_many() -> None:
-        mine = []
-        for i in range(per_thread):
-            out = bytearray(META + 4 + TAG)
-            k.seal_stream_frame(i, 0, memoryview(bytearray(b"abcd")), 4, memoryview(out))
-            mine.append(random_fields(k, out))
+        mine = [random_fields(k, seal(k, i)) for i in range(per_thread)]
         with lock:
             seen.extend(mine)
 
@@ -90,21 +106,25 @@ def test_no_random_field_is_handed_out_twice_across_threads() -> None:
         assert len(set(values)) == len(values)
 
 
-def test_a_forked_child_does_not_reuse_its_parent_s_random_fields() -> None:
-    _crypto._frame_random()  # the parent's buffer now holds the next frames' fields
+@pytest.mark.parametrize("seal", [seal_gateway, seal_pack])
+def test_a_forked_child_does_not_reuse_its_parent_s_random_fields(seal: Sealer) -> None:
+    k = _crypto.ContainerKeys(os.urandom(32), os.urandom(16), _crypto.CIPHER_AES_256_GCM)
+    seal(k, 0)  # the parent's buffer now holds the next frames' fields
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: its first frame's fields, to the parent
+    if pid == 0:  # the child: its first frame, to the parent
         try:
-            os.write(w, _crypto._frame_random())
+            os.write(w, seal(k, 1))
         finally:
             os._exit(0)
     os.close(w)
-    child = os.read(r, 64)
+    child = os.read(r, 4096)
     os.close(r)
     os.waitpid(pid, 0)
-    parent_next = [_crypto._frame_random() for _ in range(_crypto._FRAME_RANDOM_BATCH)]
-    assert len(child) == 40 and child not in parent_next
+    parent_next = [random_fields(k, seal(k, 2 + i)) for i in range(_crypto._FRAME_RANDOM_BATCH)]
+    assert len(child) == META + 4 + TAG
+    child_fields = random_fields(k, child)
+    assert all(child_fields[f] not in {p[f] for p in parent_next} for f in range(3))
 
 
 def test_inline_crypto_for_many_connections_and_a_tampered_one_cut_alone(

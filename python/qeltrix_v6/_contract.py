@@ -17,7 +17,11 @@ from __future__ import annotations
 import inspect
 import io
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import _container, _core, _crypto, gateway, server
 
@@ -28,7 +32,7 @@ class ContainerKeys(Protocol):
     def seal_stream_frame(
         self, block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview, /
     ) -> None: ...
-    def open_stream_frame(self, inbuf: memoryview, avail: int, outbuf: memoryview, /) -> tuple[bytes, bool]: ...
+    def frame_calls(self) -> _crypto.FrameCalls: ...
     def open_meta(self, inbuf: memoryview, /) -> bytes: ...
     def open_block(
         self,
@@ -46,6 +50,71 @@ class ContainerKeys(Protocol):
     def open_index(self, footer: bytes, footer_offset: int, /) -> bytes: ...
     def frame_digest(self, inbuf: memoryview, /) -> bytes: ...
     def sha256(self, data: bytes, /) -> bytes: ...
+
+
+class FrameCalls(Protocol):
+    """``_crypto.FrameCalls``: the ``cryptography`` objects of one stream's frames, read once
+    per stream; the calls the gateway core then makes on them are the protocols below."""
+
+    @property
+    def mk(self) -> bytes: ...
+    @property
+    def cdk_info(self) -> bytes: ...
+    @property
+    def container_id(self) -> bytes: ...
+    @property
+    def aead(self) -> AeadClass: ...
+    @property
+    def meta_aead(self) -> Aead: ...
+    @property
+    def hkdf(self) -> HkdfClass: ...
+    @property
+    def sha256(self) -> object: ...
+    @property
+    def hash(self) -> Hash: ...
+    @property
+    def urandom(self) -> Urandom: ...
+    @property
+    def invalid_tag(self) -> type[Exception]: ...
+
+
+class Hash(Protocol):
+    """``cryptography``'s ``hashes.Hash`` (SHA-256)."""
+
+    def copy(self) -> Hash: ...
+    def update(self, data: memoryview, /) -> None: ...
+    def finalize(self) -> bytes: ...
+
+
+class HkdfClass(Protocol):
+    """``cryptography``'s ``HKDF`` class: ``HKDF(algorithm, length, salt, info)``."""
+
+    def __call__(self, algorithm: Any, length: int, salt: bytes, info: bytes, /) -> Kdf: ...
+
+
+class Kdf(Protocol):
+    """An ``HKDF`` instance."""
+
+    def derive(self, key_material: bytes, /) -> bytes: ...
+
+
+class AeadClass(Protocol):
+    """``AESGCM`` or ``ChaCha20Poly1305``: ``AeadClass(key)``."""
+
+    def __call__(self, key: bytes, /) -> Aead: ...
+
+
+class Aead(Protocol):
+    """An ``AESGCM`` or ``ChaCha20Poly1305`` instance."""
+
+    def encrypt_into(self, nonce: bytes, data: memoryview, associated_data: bytes, buf: memoryview, /) -> int: ...
+    def decrypt_into(self, nonce: bytes, data: memoryview, associated_data: bytes, buf: memoryview, /) -> int: ...
+
+
+class Urandom(Protocol):
+    """``os.urandom``."""
+
+    def __call__(self, size: int, /) -> bytes: ...
 
 
 class Signer(Protocol):
@@ -90,8 +159,6 @@ class Keyring(Protocol):
     ) -> bytes: ...
     def reply_id(self, container_id: bytes, /) -> bytes: ...
     def log(self, level: str, line: str, /) -> None: ...
-    def seal_stream_frames(self, jobs: list[_crypto.SealJob], /) -> list[Exception | None]: ...
-    def open_stream_frames(self, jobs: list[_crypto.OpenJob], /) -> list[tuple[bytes, bool] | Exception]: ...
 
 
 class Source(Protocol):
@@ -153,6 +220,14 @@ class UrlVerifier(Protocol):
 
 IMPLEMENTATIONS: dict[str, list[tuple[type, str | None]]] = {
     "ContainerKeys": [(_crypto.ContainerKeys, None)],
+    "FrameCalls": [(_crypto.FrameCalls, None)],
+    # `cryptography`'s own classes (named here only to check the calls; `_crypto` uses them).
+    "Hash": [(hashes.Hash, None)],
+    "HkdfClass": [],
+    "Kdf": [(HKDF, None)],
+    "AeadClass": [],
+    "Aead": [(AESGCM, None), (ChaCha20Poly1305, None)],
+    "Urandom": [],
     "Signer": [(_crypto.Ed25519Signer, None)],
     "Session": [(_crypto.Handshake, None), (_crypto.SharedKeySession, None)],
     "Keyring": [(gateway._Keyring, None)],
@@ -192,6 +267,7 @@ def _conformance(
     queue_source: _container._QueueSource,
     stream: io.BytesIO,
     progress: Callable[[int, int | None], object],
+    frame_calls: _crypto.FrameCalls,
 ) -> None:
     """Never called: mypy checks that each implementation satisfies its protocol."""
     _keys: ContainerKeys = keys
@@ -207,3 +283,9 @@ def _conformance(
     _random: RandomSource = stream
     _sink: Sink = stream
     _progress: Progress = progress
+    _frame_calls: FrameCalls = frame_calls
+    _hash: Hash = frame_calls.hash
+    _hkdf: HkdfClass = frame_calls.hkdf
+    _aead: AeadClass = frame_calls.aead
+    _meta_aead: Aead = frame_calls.meta_aead
+    _urandom: Urandom = frame_calls.urandom

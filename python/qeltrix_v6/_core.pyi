@@ -80,6 +80,8 @@ __all__ = [
     "default_perm_window",
     "encode_header_unsealed",
     "encode_signature_section",
+    "gateway_open_frame",
+    "gateway_seal_frame",
     "pack_stream",
     "parse_header",
     "perm_forward",
@@ -423,4 +425,11 @@ class GatewayCore:
     def stop(self) -> None: ...
 
 def recover_stream_file(src: str, dst: str, keys: Any) -> tuple[int, int, bool, str | None]: ...
+def gateway_seal_frame(keys: Any, block_index: int, meta_flags: int, pt: bytes) -> bytes:
+    """The gateway core's sealing of one stream frame (the code its workers run)."""
+
+def gateway_open_frame(keys: Any, buf: bytes) -> tuple[bytes, bytes | None]:
+    """The gateway core's opening of the frame at the start of ``buf``: ``(meta_pt, plaintext
+    or None when the frame is not whole in buf)``."""
+
 def parse_header(data: bytes) -> Header: ...

@@ -550,16 +550,16 @@ class ContainerKeys:
         if not compare_digest(sha256(out), pt_sha256):
             raise AuthenticationError(f"block {block_index} failed its integrity hash")
 
-    # --- stream frames: one call per frame (pack pipeline, gateways); batches below the class.
-    # Issue 12: these two are the per-frame hot path of a gateway pair, so they inline what
-    # _cdk, _data_aad, sha256, open_meta and open_block do (same bytes, fewer Python frames).
+    # --- stream frames: one call per frame for the pack pipeline. It inlines what _cdk,
+    # _data_aad and sha256 do (same bytes, fewer Python frames). The gateway seals and opens its
+    # frames with the same `cryptography` calls made from Rust (frame_calls, FrameCalls).
 
     def seal_stream_frame(
         self, block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf: memoryview
     ) -> None:
         """Seal ``inbuf[:pt_len]`` as the whole frame ``block_index`` into ``outbuf[:frame_len]``:
         ``data_ct`` under its CDK, then ``meta_nonce || meta_ct`` (FORMAT.md section 5). One call
-        per frame (one GIL acquisition) for the pack pipeline and the gateways alike."""
+        per frame (one GIL acquisition) for the pack pipeline."""
         pt = memoryview(inbuf)[:pt_len]
         h = _SHA256_CTX.copy()
         h.update(pt)
@@ -585,41 +585,9 @@ class ContainerKeys:
             out[NONCE_LEN:META_FRAME_LEN],
         )
 
-    def open_stream_frame(self, inbuf: memoryview, avail: int, outbuf: memoryview) -> tuple[bytes, bool]:
-        """Open the metadata of the frame at the start of ``inbuf`` and, when the whole frame is
-        among its first ``avail`` bytes, its data too (into ``outbuf[:pt_len]``, SHA-256 checked).
-
-        Returns ``(meta_pt, data_opened)``: ``open_meta`` and ``open_block`` in one call when
-        the frame has arrived whole, as an interactive one has. The caller checks ``meta_pt``
-        (index, length, flags) before it releases a byte of ``outbuf``.
-        """
-        frame = memoryview(inbuf)
-        cid = self.container_id
-        try:
-            meta_pt = self._meta_aead.decrypt(frame[:NONCE_LEN], frame[NONCE_LEN:META_FRAME_LEN], cid)
-        except InvalidTag:
-            raise AuthenticationError("block metadata failed authentication (corrupt or tampered)") from None
-        block_index, pt_len, meta_flags, cdk_salt, data_nonce, pt_sha256 = _META_PT.unpack(meta_pt)
-        if META_FRAME_LEN + pt_len + TAG_LEN > avail or pt_len > len(outbuf):
-            return meta_pt, False
-        out = memoryview(outbuf)[:pt_len]
-        # meta_pt starts with u64le(block_index), the CDK info's and the data AAD's.
-        bi = meta_pt[:8]
-        cdk = HKDF(_SHA256, KEY_LEN, cdk_salt, self._cdk_info + bi + pt_sha256).derive(self._mk)
-        try:
-            self._aead_cls(cdk).decrypt_into(
-                data_nonce,
-                frame[META_FRAME_LEN : META_FRAME_LEN + pt_len + TAG_LEN],
-                cid + _DATA_AAD.pack(block_index, pt_len, meta_flags),
-                out,
-            )
-        except InvalidTag:
-            raise AuthenticationError(f"block {block_index} failed authentication (corrupt or tampered)") from None
-        h = _SHA256_CTX.copy()
-        h.update(out)
-        if not compare_digest(h.finalize(), pt_sha256):
-            raise AuthenticationError(f"block {block_index} failed its integrity hash")
-        return meta_pt, True
+    def frame_calls(self) -> FrameCalls:
+        """What the gateway core calls to seal and open this stream's frames itself."""
+        return FrameCalls(self)
 
     # --- end of the stream-frame block ---
 
@@ -651,38 +619,43 @@ class ContainerKeys:
             raise AuthenticationError("container index failed authentication (corrupt or tampered)") from None
 
 
-# --- stream-frame batches (issue 12) ----------------------------------------------------
-# A gateway worker with several frames ready (of one or many connections) seals or opens them
-# in one call, so one interpreter-lock acquisition and one Rust->Python call serve the batch.
-# Each frame's failure is its own: it is returned in its slot, the other frames go on.
+class FrameCalls:
+    """The ``cryptography`` objects a gateway's Rust core calls to seal and open one stream's
+    frames (issue 12; ``rust/qeltrix-py/src/framecrypto.rs``).
 
-SealJob = tuple[ContainerKeys, int, int, memoryview, int, memoryview]
-OpenJob = tuple[ContainerKeys, memoryview, int, memoryview]
+    A frame costs the same calls on the same bytes as :meth:`ContainerKeys.seal_stream_frame`
+    (FORMAT.md sections 4-5): ``hash.copy()``, ``update``, ``finalize`` for ``pt_sha256``;
+    ``hkdf(sha256, 32, cdk_salt, cdk_info || u64le(i) || pt_sha256).derive(mk)`` for
+    ``CDK_i``; ``aead(CDK_i).encrypt_into`` for ``data_ct``; ``meta_aead.encrypt_into`` for
+    ``meta_ct``; and, every 64 frames, ``urandom`` for the frames' random fields. Made from
+    Rust, a frame runs no Python code of ours: on interactive traffic, a frame per message,
+    that per-frame overhead is most of what a gateway pair adds.
+    """
 
+    __slots__ = (
+        "aead",
+        "cdk_info",
+        "container_id",
+        "hash",
+        "hkdf",
+        "invalid_tag",
+        "meta_aead",
+        "mk",
+        "sha256",
+        "urandom",
+    )
 
-def seal_stream_frames(jobs: list[SealJob]) -> list[Exception | None]:
-    """``keys.seal_stream_frame(block_index, meta_flags, inbuf, pt_len, outbuf)`` for each job
-    ``(keys, block_index, meta_flags, inbuf, pt_len, outbuf)``: ``None`` or the error, per job."""
-    out: list[Exception | None] = []
-    for keys, block_index, meta_flags, inbuf, pt_len, outbuf in jobs:
-        try:
-            keys.seal_stream_frame(block_index, meta_flags, inbuf, pt_len, outbuf)
-            out.append(None)
-        except Exception as e:  # one frame's error, handed back to its connection
-            out.append(e)
-    return out
-
-
-def open_stream_frames(jobs: list[OpenJob]) -> list[tuple[bytes, bool] | Exception]:
-    """``keys.open_stream_frame(inbuf, avail, outbuf)`` for each job ``(keys, inbuf, avail,
-    outbuf)``: its ``(meta_pt, data_opened)`` or the error, per job."""
-    out: list[tuple[bytes, bool] | Exception] = []
-    for keys, inbuf, avail, outbuf in jobs:
-        try:
-            out.append(keys.open_stream_frame(inbuf, avail, outbuf))
-        except Exception as e:  # one frame's error, handed back to its connection
-            out.append(e)
-    return out
+    def __init__(self, keys: ContainerKeys) -> None:
+        self.mk: bytes = keys.mk
+        self.cdk_info: bytes = keys._cdk_info
+        self.container_id: bytes = keys.container_id
+        self.aead: type[AESGCM] | type[ChaCha20Poly1305] = keys._aead_cls
+        self.meta_aead: Aead = keys._meta_aead
+        self.hkdf = HKDF
+        self.sha256 = _SHA256
+        self.hash = _SHA256_CTX
+        self.urandom = os.urandom
+        self.invalid_tag = InvalidTag
 
 
 # --- signatures (FORMAT.md section 15) ---------------------------------------------------

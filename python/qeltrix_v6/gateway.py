@@ -152,10 +152,6 @@ class _Keyring:
     def log(level: str, line: str) -> None:
         log.log(_LEVELS.get(level, logging.INFO), "%s", line)
 
-    # A worker's batch of frames (of one or many connections) in one call: issue 12.
-    seal_stream_frames = staticmethod(_crypto.seal_stream_frames)
-    open_stream_frames = staticmethod(_crypto.open_stream_frames)
-
 
 class GatewayServer(BackgroundService):
     """A TCP gateway in one of the modes above.

@@ -18,7 +18,7 @@ use pyo3::call::PyCallArgs;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList, PyType};
+use pyo3::types::{PyBytes, PyString, PyType};
 use qeltrix_format::BlockMeta;
 
 /// One Python method (or `__call__`) that Rust calls with `N` positional arguments.
@@ -58,6 +58,7 @@ arity!(0;);
 arity!(1; A);
 arity!(2; A, B);
 arity!(3; A, B, C);
+arity!(4; A, B, C, D);
 arity!(5; A, B, C, D, E);
 arity!(8; A, B, C, D, E, F, G, H);
 
@@ -78,6 +79,31 @@ where
     }
 }
 
+/// [`invoke`] on a bound object with the method name interned once per call site (see
+/// [`call_on`]): the per-frame calls of the gateway make no string per call.
+fn invoke_on<'py, const N: usize, A>(
+    obj: &Bound<'py, PyAny>,
+    call: &PyCall<N>,
+    name: &Bound<'py, PyString>,
+    args: A,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    A: PyCallArgs<'py> + Arity<N>,
+{
+    if call.name == "__call__" {
+        obj.call1(args)
+    } else {
+        obj.call_method1(name, args)
+    }
+}
+
+/// `call_on!(obj, CALL, args)`: [`invoke_on`] with `CALL.name` interned.
+macro_rules! call_on {
+    ($obj:expr, $call:expr, $args:expr) => {
+        invoke_on($obj, &$call, pyo3::intern!($obj.py(), $call.name), $args)
+    };
+}
+
 // --- `qeltrix_v6._crypto.ContainerKeys`: the per-container crypto (FORMAT.md sections 4-6) ---
 
 /// `seal_stream_frame(block_index: int, meta_flags: int, inbuf: memoryview, pt_len: int, outbuf:
@@ -85,12 +111,6 @@ where
 pub const SEAL_STREAM_FRAME: PyCall<5> = PyCall {
     object: "ContainerKeys",
     name: "seal_stream_frame",
-};
-/// `open_stream_frame(inbuf: memoryview, avail: int, outbuf: memoryview) -> tuple[bytes, bool]`:
-/// the frame's `meta_pt`, and whether its data (whole within `avail`) was opened into `outbuf`.
-pub const OPEN_STREAM_FRAME: PyCall<3> = PyCall {
-    object: "ContainerKeys",
-    name: "open_stream_frame",
 };
 /// `open_meta(inbuf: memoryview) -> bytes`: the frame's decrypted `meta_pt`.
 pub const OPEN_META: PyCall<1> = PyCall {
@@ -138,6 +158,113 @@ pub const SIGNER_PUBLIC: PyAttr = PyAttr {
     name: "public",
 };
 
+// --- a stream frame's `cryptography` objects, called by the gateway core (`_crypto.FrameCalls`) ---
+
+/// `frame_calls() -> FrameCalls`: what the gateway core calls to seal and open this stream's
+/// frames itself (FORMAT.md sections 4-5; `crate::framecrypto`).
+pub const FRAME_CALLS: PyCall<0> = PyCall {
+    object: "ContainerKeys",
+    name: "frame_calls",
+};
+/// `FrameCalls.mk: bytes`, the stream's MK (the IKM of every `CDK_i`).
+pub const FC_MK: PyAttr = PyAttr {
+    object: "FrameCalls",
+    name: "mk",
+};
+/// `FrameCalls.cdk_info: bytes`: `"qeltrix-v6 cdk" || container_id`, the constant start of
+/// every `CDK_i`'s HKDF info.
+pub const FC_CDK_INFO: PyAttr = PyAttr {
+    object: "FrameCalls",
+    name: "cdk_info",
+};
+/// `FrameCalls.container_id: bytes`.
+pub const FC_CONTAINER_ID: PyAttr = PyAttr {
+    object: "FrameCalls",
+    name: "container_id",
+};
+/// `FrameCalls.aead: AeadClass`: the stream cipher's AEAD class.
+pub const FC_AEAD: PyAttr = PyAttr {
+    object: "FrameCalls",
+    name: "aead",
+};
+/// `FrameCalls.meta_aead: Aead`: the AEAD under `K_meta`.
+pub const FC_META_AEAD: PyAttr = PyAttr {
+    object: "FrameCalls",
+    name: "meta_aead",
+};
+/// `FrameCalls.hkdf: HkdfClass`: HKDF-SHA256.
+pub const FC_HKDF: PyAttr = PyAttr {
+    object: "FrameCalls",
+    name: "hkdf",
+};
+/// `FrameCalls.sha256: object`: the SHA-256 algorithm object the HKDF class takes.
+pub const FC_SHA256: PyAttr = PyAttr {
+    object: "FrameCalls",
+    name: "sha256",
+};
+/// `FrameCalls.hash: Hash`: an unused SHA-256 context; every frame hash starts as a copy.
+pub const FC_HASH: PyAttr = PyAttr {
+    object: "FrameCalls",
+    name: "hash",
+};
+/// `FrameCalls.urandom: Urandom`: the operating system's CSPRNG.
+pub const FC_URANDOM: PyAttr = PyAttr {
+    object: "FrameCalls",
+    name: "urandom",
+};
+/// `FrameCalls.invalid_tag: type`: the exception an AEAD raises for a wrong tag.
+pub const FC_INVALID_TAG: PyAttr = PyAttr {
+    object: "FrameCalls",
+    name: "invalid_tag",
+};
+/// `Hash.copy() -> Hash`.
+pub const HASH_COPY: PyCall<0> = PyCall {
+    object: "Hash",
+    name: "copy",
+};
+/// `Hash.update(data: memoryview) -> None`.
+pub const HASH_UPDATE: PyCall<1> = PyCall {
+    object: "Hash",
+    name: "update",
+};
+/// `Hash.finalize() -> bytes`.
+pub const HASH_FINALIZE: PyCall<0> = PyCall {
+    object: "Hash",
+    name: "finalize",
+};
+/// `HkdfClass(algorithm, length: int, salt: bytes, info: bytes) -> Kdf`.
+pub const HKDF_NEW: PyCall<4> = PyCall {
+    object: "HkdfClass",
+    name: "__call__",
+};
+/// `Kdf.derive(key_material: bytes) -> bytes`.
+pub const KDF_DERIVE: PyCall<1> = PyCall {
+    object: "Kdf",
+    name: "derive",
+};
+/// `AeadClass(key: bytes) -> Aead`.
+pub const AEAD_NEW: PyCall<1> = PyCall {
+    object: "AeadClass",
+    name: "__call__",
+};
+/// `Aead.encrypt_into(nonce: bytes, data: memoryview, associated_data: bytes, buf: memoryview)
+/// -> int`.
+pub const AEAD_ENCRYPT_INTO: PyCall<4> = PyCall {
+    object: "Aead",
+    name: "encrypt_into",
+};
+/// `Aead.decrypt_into(nonce: bytes, data: memoryview, associated_data: bytes, buf: memoryview)
+/// -> int`.
+pub const AEAD_DECRYPT_INTO: PyCall<4> = PyCall {
+    object: "Aead",
+    name: "decrypt_into",
+};
+/// `Urandom(n: int) -> bytes`.
+pub const URANDOM: PyCall<1> = PyCall {
+    object: "Urandom",
+    name: "__call__",
+};
+
 // --- `qeltrix_v6.gateway._Keyring`: a gateway's key material (FORMAT.md section 12) ---
 
 /// `handshake_new() -> Session`: a fresh session for one connection.
@@ -172,21 +299,6 @@ pub const KEYRING_LOG: PyCall<2> = PyCall {
     object: "Keyring",
     name: "log",
 };
-/// `seal_stream_frames(jobs: list[tuple[ContainerKeys, int, int, memoryview, int, memoryview]])
-/// -> list[Exception | None]`: `seal_stream_frame` for each job `(keys, block_index,
-/// meta_flags, inbuf, pt_len, outbuf)` of a batch, in one call; each job's error in its slot.
-pub const SEAL_STREAM_FRAMES: PyCall<1> = PyCall {
-    object: "Keyring",
-    name: "seal_stream_frames",
-};
-/// `open_stream_frames(jobs: list[tuple[ContainerKeys, memoryview, int, memoryview]]) ->
-/// list[tuple[bytes, bool] | Exception]`: `open_stream_frame` for each job `(keys, inbuf,
-/// avail, outbuf)` of a batch, in one call; each job's result or error in its slot.
-pub const OPEN_STREAM_FRAMES: PyCall<1> = PyCall {
-    object: "Keyring",
-    name: "open_stream_frames",
-};
-
 // --- `qeltrix_v6._crypto.Handshake` / `SharedKeySession` (FORMAT.md sections 12.1, 12.2) ---
 
 /// `msg_lens: tuple[int, int, int]`: the three message lengths (0 for the third: none).
@@ -279,13 +391,32 @@ pub const VERIFY_URL: PyCall<2> = PyCall {
 /// `_core.PYTHON_CALLS`.
 pub const PYTHON_CALLS: &[(&str, &str, Option<usize>)] = &[
     SEAL_STREAM_FRAME.entry(),
-    OPEN_STREAM_FRAME.entry(),
     OPEN_META.entry(),
     OPEN_BLOCK.entry(),
     SEAL_INDEX.entry(),
     OPEN_INDEX.entry(),
     FRAME_DIGEST.entry(),
     SHA256.entry(),
+    FRAME_CALLS.entry(),
+    FC_MK.entry(),
+    FC_CDK_INFO.entry(),
+    FC_CONTAINER_ID.entry(),
+    FC_AEAD.entry(),
+    FC_META_AEAD.entry(),
+    FC_HKDF.entry(),
+    FC_SHA256.entry(),
+    FC_HASH.entry(),
+    FC_URANDOM.entry(),
+    FC_INVALID_TAG.entry(),
+    HASH_COPY.entry(),
+    HASH_UPDATE.entry(),
+    HASH_FINALIZE.entry(),
+    HKDF_NEW.entry(),
+    KDF_DERIVE.entry(),
+    AEAD_NEW.entry(),
+    AEAD_ENCRYPT_INTO.entry(),
+    AEAD_DECRYPT_INTO.entry(),
+    URANDOM.entry(),
     SIGN.entry(),
     SIGNER_PUBLIC.entry(),
     HANDSHAKE_NEW.entry(),
@@ -294,8 +425,6 @@ pub const PYTHON_CALLS: &[(&str, &str, Option<usize>)] = &[
     STORAGE_HEADER.entry(),
     REPLY_ID.entry(),
     KEYRING_LOG.entry(),
-    SEAL_STREAM_FRAMES.entry(),
-    OPEN_STREAM_FRAMES.entry(),
     SESSION_MSG_LENS.entry(),
     SESSION_START.entry(),
     SESSION_RESPOND.entry(),
@@ -329,18 +458,6 @@ pub fn seal_stream_frame(
     let args = (block_index, meta_flags, inbuf.view(py)?, pt_len, outbuf.view(py)?);
     invoke(py, keys, &SEAL_STREAM_FRAME, args)?;
     Ok(())
-}
-
-/// Open the metadata of the frame at the start of `inbuf` and, when the frame is whole within
-/// its first `avail` bytes, its data into `outbuf`: `(meta_pt, data_opened)`.
-pub fn open_stream_frame(
-    py: Python<'_>,
-    keys: &Py<PyAny>,
-    inbuf: &PyBuf,
-    avail: usize,
-    outbuf: &PyBuf,
-) -> PyResult<(Vec<u8>, bool)> {
-    invoke(py, keys, &OPEN_STREAM_FRAME, (inbuf.view(py)?, avail, outbuf.view(py)?))?.extract()
 }
 
 /// Decrypt the V6-C metadata at the start of the frame in `inbuf`; returns `meta_pt`.
@@ -382,6 +499,94 @@ pub fn seal_index(py: Python<'_>, keys: &Py<PyAny>, index_pt: &[u8], footer_offs
 /// `index_pt` from the footer.
 pub fn open_index(py: Python<'_>, keys: &Py<PyAny>, footer: &[u8], footer_offset: u64) -> PyResult<Vec<u8>> {
     invoke(py, keys, &OPEN_INDEX, (PyBytes::new(py, footer), footer_offset))?.extract()
+}
+
+// --- frame-crypto wrappers (`crate::framecrypto`): bound objects, interned names ---
+
+/// `keys.frame_calls()`.
+pub fn frame_calls<'py>(py: Python<'py>, keys: &Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    call_on!(keys.bind(py), FRAME_CALLS, ())
+}
+
+/// One attribute of a `FrameCalls`.
+pub fn frame_calls_attr<'py>(fc: &Bound<'py, PyAny>, attr: &PyAttr) -> PyResult<Bound<'py, PyAny>> {
+    fc.getattr(attr.name)
+}
+
+/// `hash.copy()`.
+pub fn hash_copy<'py>(hash: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    call_on!(hash, HASH_COPY, ())
+}
+
+/// `hash.update(data)`.
+pub fn hash_update(hash: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    call_on!(hash, HASH_UPDATE, (data,)).map(drop)
+}
+
+/// `hash.finalize()`: a SHA-256 digest.
+pub fn hash_finalize(hash: &Bound<'_, PyAny>) -> PyResult<[u8; 32]> {
+    call_on!(hash, HASH_FINALIZE, ())?.extract()
+}
+
+/// `hkdf(algorithm, length, salt, info).derive(ikm)`: the derived key, kept as Python bytes
+/// (the next call takes it as they are).
+pub fn hkdf_derive<'py>(
+    hkdf: &Bound<'py, PyAny>,
+    algorithm: &Bound<'py, PyAny>,
+    length: usize,
+    salt: &[u8],
+    info: &[u8],
+    ikm: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = hkdf.py();
+    let kdf = call_on!(
+        hkdf,
+        HKDF_NEW,
+        (algorithm, length, PyBytes::new(py, salt), PyBytes::new(py, info))
+    )?;
+    call_on!(&kdf, KDF_DERIVE, (ikm,))
+}
+
+/// `aead_class(key)`.
+pub fn aead_new<'py>(aead_class: &Bound<'py, PyAny>, key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    call_on!(aead_class, AEAD_NEW, (key,))
+}
+
+/// `aead.encrypt_into(nonce, data, aad, buf)`.
+pub fn aead_encrypt_into(
+    aead: &Bound<'_, PyAny>,
+    nonce: &[u8],
+    data: &Bound<'_, PyAny>,
+    aad: &Bound<'_, PyAny>,
+    buf: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    call_on!(
+        aead,
+        AEAD_ENCRYPT_INTO,
+        (PyBytes::new(aead.py(), nonce), data, aad, buf)
+    )
+    .map(drop)
+}
+
+/// `aead.decrypt_into(nonce, data, aad, buf)`.
+pub fn aead_decrypt_into(
+    aead: &Bound<'_, PyAny>,
+    nonce: &[u8],
+    data: &Bound<'_, PyAny>,
+    aad: &Bound<'_, PyAny>,
+    buf: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    call_on!(
+        aead,
+        AEAD_DECRYPT_INTO,
+        (PyBytes::new(aead.py(), nonce), data, aad, buf)
+    )
+    .map(drop)
+}
+
+/// `urandom(n)`.
+pub fn urandom(f: &Bound<'_, PyAny>, n: usize) -> PyResult<Vec<u8>> {
+    call_on!(f, URANDOM, (n,))?.extract()
 }
 
 // --- Signer wrappers ---
@@ -444,26 +649,6 @@ pub fn reply_id(py: Python<'_>, keyring: &Py<PyAny>, request: &[u8; 16]) -> PyRe
 /// Log a line through the keyring.
 pub fn keyring_log(py: Python<'_>, keyring: &Py<PyAny>, level: &str, line: &str) -> PyResult<()> {
     invoke(py, keyring, &KEYRING_LOG, (level, line)).map(drop)
-}
-
-/// Seal a batch: `jobs` are `(keys, block_index, meta_flags, inbuf, pt_len, outbuf)` tuples;
-/// one result per job, `None` for a sealed frame or the exception it raised.
-pub fn seal_stream_frames<'py>(
-    py: Python<'py>,
-    keyring: &Py<PyAny>,
-    jobs: Bound<'py, PyList>,
-) -> PyResult<Vec<Bound<'py, PyAny>>> {
-    invoke(py, keyring, &SEAL_STREAM_FRAMES, (jobs,))?.extract()
-}
-
-/// Open a batch: `jobs` are `(keys, inbuf, avail, outbuf)` tuples; one result per job, a
-/// `(meta_pt, data_opened)` tuple or the exception it raised.
-pub fn open_stream_frames<'py>(
-    py: Python<'py>,
-    keyring: &Py<PyAny>,
-    jobs: Bound<'py, PyList>,
-) -> PyResult<Vec<Bound<'py, PyAny>>> {
-    invoke(py, keyring, &OPEN_STREAM_FRAMES, (jobs,))?.extract()
 }
 
 /// The session's three message lengths.

@@ -2,13 +2,14 @@
 //! layer (`qeltrix_v6.gateway`), and `recover_stream` for stored streams without an index.
 use crate::calls::{self, is_error, ErrorClass};
 use crate::error::io_error;
+use crate::framecrypto::FrameCrypto;
 use crate::io::PyBuf;
 use crate::pipeline::seconds;
-use pyo3::exceptions::{PyBaseException, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use qeltrix_format::handshake::MAX_HS_MSG_LEN;
-use qeltrix_format::{frame_len, BlockMeta, Header, META_FRAME_LEN, TAG_LEN};
+use qeltrix_format::{BlockMeta, Header, META_FRAME_LEN};
 use qeltrix_server::gateway::{
     recover_stream, start_gateway, FrameJob, GatewayConfig, GatewayHandle, GwError, Keyring, Mode, StreamKeys,
 };
@@ -19,7 +20,7 @@ use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-fn gw_err(py: Python<'_>, e: PyErr) -> GwError {
+pub(crate) fn gw_err(py: Python<'_>, e: PyErr) -> GwError {
     let is = |c| is_error(py, &e, c);
     let msg = e.value(py).to_string();
     if is(ErrorClass::Authentication) {
@@ -31,16 +32,41 @@ fn gw_err(py: Python<'_>, e: PyErr) -> GwError {
     }
 }
 
-/// Keys of one stream: a `ContainerKeys`. The buffers its calls hand to Python come from a
-/// small shared pool ([`with_bufs`]): at most a few calls run at once (the gateway's crypto
-/// gate), so a thousand connections do not each hold two buffers of a block.
+/// Keys of one stream: a `ContainerKeys`. Frames are sealed and opened by [`FrameCrypto`]
+/// (its `cryptography` objects, called from here); the sink's other calls hand Python buffers
+/// from a small shared pool ([`with_bufs`]): at most a few calls run at once (the gateway's
+/// crypto gate), so a thousand connections do not each hold two buffers of a block.
 pub struct PyStreamKeys {
     keys: Py<PyAny>,
+    frames: Option<FrameCrypto>,
 }
 
 impl PyStreamKeys {
     pub(crate) fn new(keys: Py<PyAny>) -> PyStreamKeys {
-        PyStreamKeys { keys }
+        PyStreamKeys { keys, frames: None }
+    }
+
+    /// The stream's frame crypto, set up on its first frame.
+    fn frames(&mut self, py: Python<'_>) -> Result<&FrameCrypto, GwError> {
+        if self.frames.is_none() {
+            self.frames = Some(FrameCrypto::new(py, &self.keys).map_err(|e| gw_err(py, e))?);
+        }
+        Ok(self.frames.as_ref().expect("set above"))
+    }
+
+    fn seal_frame(
+        &mut self,
+        py: Python<'_>,
+        block_index: u64,
+        meta_flags: u8,
+        pt: &[u8],
+        frame: &mut Vec<u8>,
+    ) -> Result<(), GwError> {
+        self.frames(py)?.seal(py, block_index, meta_flags, pt, frame)
+    }
+
+    fn open_frame_in(&mut self, py: Python<'_>, buf: &[u8], pt: &mut Vec<u8>) -> Result<(BlockMeta, bool), GwError> {
+        self.frames(py)?.open(py, buf, pt)
     }
 }
 
@@ -65,12 +91,6 @@ fn take_pair(pool: &mut (Vec<BufPair>, usize)) -> BufPair {
     p
 }
 
-/// `n` pairs of buffers from the pool (empty ones when it runs out).
-fn take_pairs(n: usize) -> Vec<BufPair> {
-    let mut pool = BUF_POOL.lock().expect("pool lock");
-    (0..n).map(|_| take_pair(&mut pool)).collect()
-}
-
 /// Give a pair back to the pool (the GIL is held: buffers are made and freed only under it).
 fn give_pair(pool: &mut (Vec<BufPair>, usize), p: BufPair) {
     let big = |b: &Option<PyBuf>| b.as_ref().is_some_and(|b| b.as_slice().len() > POOL_MAX_BUF);
@@ -78,13 +98,6 @@ fn give_pair(pool: &mut (Vec<BufPair>, usize), p: BufPair) {
     if !big(&p.0) && !big(&p.1) && pool.1 + bytes <= POOL_BYTES {
         pool.1 += bytes;
         pool.0.push(p);
-    }
-}
-
-fn give_pairs(pairs: Vec<BufPair>) {
-    let mut pool = BUF_POOL.lock().expect("pool lock");
-    for p in pairs {
-        give_pair(&mut pool, p);
     }
 }
 
@@ -96,26 +109,6 @@ fn with_bufs<T>(f: impl FnOnce(&mut Option<PyBuf>, &mut Option<PyBuf>) -> T) -> 
     r
 }
 
-/// Copy an opened frame's plaintext out of `outbuf` (only its metadata says how long it is)
-/// and decode that metadata.
-fn finish_open(
-    meta_pt: &[u8],
-    opened: bool,
-    outbuf: &PyBuf,
-    cap: usize,
-    pt: &mut Vec<u8>,
-) -> Result<BlockMeta, GwError> {
-    if opened {
-        let pt_len = meta_pt
-            .get(8..12)
-            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        let pt_len = (pt_len as usize).min(cap);
-        pt.clear();
-        pt.extend_from_slice(&outbuf.as_slice()[..pt_len]);
-    }
-    BlockMeta::decode(meta_pt).map_err(|e| GwError::Auth(e.to_string()))
-}
-
 fn ensure(py: Python<'_>, slot: &mut Option<PyBuf>, cap: usize) -> PyResult<()> {
     if slot.as_ref().is_none_or(|b| b.as_slice().len() < cap) {
         *slot = Some(PyBuf::new(py, cap.max(1))?);
@@ -125,20 +118,7 @@ fn ensure(py: Python<'_>, slot: &mut Option<PyBuf>, cap: usize) -> PyResult<()> 
 
 impl StreamKeys for PyStreamKeys {
     fn seal(&mut self, block_index: u64, meta_flags: u8, pt: &[u8], frame: &mut Vec<u8>) -> Result<(), GwError> {
-        let flen = frame_len(pt.len() as u32) as usize;
-        Python::attach(|py| {
-            with_bufs(|inb, outb| -> PyResult<()> {
-                ensure(py, inb, pt.len())?;
-                ensure(py, outb, flen)?;
-                let (inbuf, outbuf) = (inb.as_mut().expect("ensured"), outb.as_ref().expect("ensured"));
-                inbuf.as_mut_slice()[..pt.len()].copy_from_slice(pt);
-                calls::seal_stream_frame(py, &self.keys, block_index, meta_flags, inbuf, pt.len(), outbuf)?;
-                frame.clear();
-                frame.extend_from_slice(&outbuf.as_slice()[..flen]);
-                Ok(())
-            })
-        })
-        .map_err(|e| Python::attach(|py| gw_err(py, e)))
+        Python::attach(|py| self.seal_frame(py, block_index, meta_flags, pt, frame))
     }
 
     fn open_meta(&mut self, meta_frame: &[u8]) -> Result<BlockMeta, GwError> {
@@ -172,18 +152,7 @@ impl StreamKeys for PyStreamKeys {
     }
 
     fn open_frame(&mut self, buf: &[u8], pt: &mut Vec<u8>) -> Result<(BlockMeta, bool), GwError> {
-        Python::attach(|py| {
-            with_bufs(|inb, outb| -> PyResult<Result<(BlockMeta, bool), GwError>> {
-                ensure(py, inb, buf.len())?;
-                let cap = buf.len().saturating_sub(META_FRAME_LEN + TAG_LEN);
-                ensure(py, outb, cap)?;
-                let (inbuf, outbuf) = (inb.as_mut().expect("ensured"), outb.as_ref().expect("ensured"));
-                inbuf.as_mut_slice()[..buf.len()].copy_from_slice(buf);
-                let (meta_pt, opened) = calls::open_stream_frame(py, &self.keys, inbuf, buf.len(), outbuf)?;
-                Ok(finish_open(&meta_pt, opened, outbuf, cap, pt).map(|m| (m, opened)))
-            })
-            .unwrap_or_else(|e| Err(gw_err(py, e)))
-        })
+        Python::attach(|py| self.open_frame_in(py, buf, pt))
     }
 
     fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError> {
@@ -211,110 +180,6 @@ impl StreamKeys for PyStreamKeys {
 /// The gateway's key material, held by a Python object (`qeltrix_v6.gateway._Keyring`), and a
 /// sink's signing key (a `qeltrix_v6._crypto.Ed25519Signer`, FORMAT.md section 15), if any.
 struct PyKeyring(Py<PyAny>, Option<Py<PyAny>>);
-
-impl PyKeyring {
-    /// A batch of frames in at most two Python calls (`seal_stream_frames`,
-    /// `open_stream_frames`) under one GIL acquisition. Each job's buffers are copied into and
-    /// out of a pair of pooled Python buffers, as the one-frame calls do.
-    fn run_batch(&self, py: Python<'_>, jobs: &mut [FrameJob<PyStreamKeys>]) -> PyResult<()> {
-        let mut pairs = take_pairs(jobs.len());
-        let r = self.run_batch_with(py, jobs, &mut pairs);
-        give_pairs(pairs);
-        r
-    }
-
-    fn run_batch_with(
-        &self,
-        py: Python<'_>,
-        jobs: &mut [FrameJob<PyStreamKeys>],
-        pairs: &mut [BufPair],
-    ) -> PyResult<()> {
-        let (seals, opens) = (PyList::empty(py), PyList::empty(py));
-        let (mut seal_ix, mut open_ix) = (Vec::new(), Vec::new());
-        for (i, (job, (inb, outb))) in jobs.iter().zip(pairs.iter_mut()).enumerate() {
-            match job {
-                FrameJob::Seal {
-                    keys,
-                    block_index,
-                    flags,
-                    pt,
-                    pt_len,
-                    ..
-                } => {
-                    ensure(py, inb, *pt_len)?;
-                    ensure(py, outb, frame_len(*pt_len as u32) as usize)?;
-                    let inbuf = inb.as_mut().expect("ensured");
-                    inbuf.as_mut_slice()[..*pt_len].copy_from_slice(&pt[..*pt_len]);
-                    let outbuf = outb.as_ref().expect("ensured");
-                    seals.append((
-                        keys.keys.clone_ref(py),
-                        *block_index,
-                        *flags,
-                        inbuf.view(py)?,
-                        *pt_len,
-                        outbuf.view(py)?,
-                    ))?;
-                    seal_ix.push(i);
-                }
-                FrameJob::Open { keys, buf, avail, .. } => {
-                    ensure(py, inb, *avail)?;
-                    ensure(py, outb, avail.saturating_sub(META_FRAME_LEN + TAG_LEN))?;
-                    let inbuf = inb.as_mut().expect("ensured");
-                    inbuf.as_mut_slice()[..*avail].copy_from_slice(&buf[..*avail]);
-                    let outbuf = outb.as_ref().expect("ensured");
-                    opens.append((keys.keys.clone_ref(py), inbuf.view(py)?, *avail, outbuf.view(py)?))?;
-                    open_ix.push(i);
-                }
-            }
-        }
-        let answers = |ix: &[usize], results: &[Bound<'_, PyAny>]| -> PyResult<()> {
-            if results.len() != ix.len() {
-                return Err(PyValueError::new_err("a batch call returned another number of results"));
-            }
-            Ok(())
-        };
-        if !seal_ix.is_empty() {
-            let results = calls::seal_stream_frames(py, &self.0, seals)?;
-            answers(&seal_ix, &results)?;
-            for (&i, r) in seal_ix.iter().zip(results) {
-                let outbuf = pairs[i].1.as_ref().expect("ensured");
-                if let FrameJob::Seal {
-                    pt_len, frame, result, ..
-                } = &mut jobs[i]
-                {
-                    *result = Some(if r.is_none() {
-                        frame.clear();
-                        frame.extend_from_slice(&outbuf.as_slice()[..frame_len(*pt_len as u32) as usize]);
-                        Ok(())
-                    } else {
-                        Err(gw_err(py, PyErr::from_value(r)))
-                    });
-                }
-            }
-        }
-        if !open_ix.is_empty() {
-            let results = calls::open_stream_frames(py, &self.0, opens)?;
-            answers(&open_ix, &results)?;
-            for (&i, r) in open_ix.iter().zip(results) {
-                let outbuf = pairs[i].1.as_ref().expect("ensured");
-                if let FrameJob::Open { avail, pt, result, .. } = &mut jobs[i] {
-                    let cap = avail.saturating_sub(META_FRAME_LEN + TAG_LEN);
-                    *result = Some(if r.is_instance_of::<PyBaseException>() {
-                        Err(gw_err(py, PyErr::from_value(r)))
-                    } else {
-                        match r.extract::<(Vec<u8>, bool)>() {
-                            Ok((meta_pt, opened)) => {
-                                finish_open(&meta_pt, opened, outbuf, cap, pt).map(|m| (m, opened))
-                            }
-                            Err(e) => Err(gw_err(py, e)),
-                        }
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-}
 
 impl Keyring for PyKeyring {
     type Keys = PyStreamKeys;
@@ -416,15 +281,28 @@ impl Keyring for PyKeyring {
         Python::attach(|py| calls::reply_id(py, &self.0, request).map_err(|e| gw_err(py, e)))
     }
 
+    /// A batch of frames under one GIL acquisition, each sealed or opened by its stream's
+    /// [`FrameCrypto`]; each job gets its own result.
     fn run_frames(&self, jobs: &mut [FrameJob<PyStreamKeys>]) {
-        if jobs.len() == 1 {
-            jobs[0].run();
-            return;
-        }
         Python::attach(|py| {
-            if let Err(e) = self.run_batch(py, jobs) {
-                for j in jobs.iter_mut().filter(|j| !j.done()) {
-                    j.fail(gw_err(py, e.clone_ref(py)));
+            for job in jobs.iter_mut() {
+                match job {
+                    FrameJob::Seal {
+                        keys,
+                        block_index,
+                        flags,
+                        pt,
+                        pt_len,
+                        frame,
+                        result,
+                    } => *result = Some(keys.seal_frame(py, *block_index, *flags, &pt[..*pt_len], frame)),
+                    FrameJob::Open {
+                        keys,
+                        buf,
+                        avail,
+                        pt,
+                        result,
+                    } => *result = Some(keys.open_frame_in(py, &buf[..*avail], pt)),
                 }
             }
         });
@@ -442,6 +320,49 @@ impl Keyring for PyKeyring {
             }
         });
     }
+}
+
+/// A gateway error as the Python exception a caller of the frame hooks below expects.
+fn frame_error(e: GwError) -> PyErr {
+    let class = match e {
+        GwError::Auth(_) => ErrorClass::Authentication,
+        GwError::WrongKey(_) => ErrorClass::WrongKey,
+        GwError::Truncated(_) => ErrorClass::Truncated,
+        _ => ErrorClass::Malformed,
+    };
+    Python::attach(|py| match calls::error_class(py, class) {
+        Ok(cls) => PyErr::from_type(cls, e.to_string()),
+        Err(err) => err,
+    })
+}
+
+/// The gateway's own sealing of one stream frame (the code its workers run; for tests and
+/// tools): frame `block_index` of `pt` under `keys` (a `ContainerKeys`).
+#[pyfunction]
+pub fn gateway_seal_frame(
+    py: Python<'_>,
+    keys: Py<PyAny>,
+    block_index: u64,
+    meta_flags: u8,
+    pt: &[u8],
+) -> PyResult<Py<PyBytes>> {
+    let mut frame = Vec::new();
+    PyStreamKeys::new(keys)
+        .seal_frame(py, block_index, meta_flags, pt, &mut frame)
+        .map_err(frame_error)?;
+    Ok(PyBytes::new(py, &frame).unbind())
+}
+
+/// The gateway's own opening of the stream frame at the start of `buf` (for tests and tools):
+/// its `meta_pt` and, when the whole frame is in `buf`, its plaintext (else `None`).
+#[pyfunction]
+pub fn gateway_open_frame(py: Python<'_>, keys: Py<PyAny>, buf: &[u8]) -> PyResult<(Py<PyBytes>, Option<Py<PyBytes>>)> {
+    let mut pt = Vec::new();
+    let (meta, opened) = PyStreamKeys::new(keys)
+        .open_frame_in(py, buf, &mut pt)
+        .map_err(frame_error)?;
+    let meta_pt = PyBytes::new(py, &meta.encode()).unbind();
+    Ok((meta_pt, opened.then(|| PyBytes::new(py, &pt).unbind())))
 }
 
 /// A running gateway; `qeltrix_v6.GatewayServer` wraps it.

@@ -7,6 +7,7 @@ mod calls;
 mod codec;
 mod constants;
 mod error;
+mod framecrypto;
 mod gateway;
 mod header;
 mod io;
@@ -32,6 +33,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::SeekServerCore>()?;
     m.add_class::<gateway::GatewayCore>()?;
     m.add_function(wrap_pyfunction!(gateway::recover_stream_file, m)?)?;
+    m.add_function(wrap_pyfunction!(gateway::gateway_seal_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(gateway::gateway_open_frame, m)?)?;
     m.add_function(wrap_pyfunction!(header::parse_header, m)?)?;
     m.add_class::<header::PyHeader>()?;
     codec::register(m)?;
