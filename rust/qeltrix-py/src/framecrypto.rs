@@ -138,7 +138,7 @@ impl FrameCrypto {
         let rnd = frame_random(self.urandom.bind(py))?;
         let (salt, rest) = rnd.split_at(SALT_LEN);
         let (data_nonce, meta_nonce) = rest.split_at(NONCE_LEN);
-        frame.clear();
+        // Every byte is written below: a pooled buffer is only cut or grown to the length.
         frame.resize(META_FRAME_LEN + pt.len() + TAG_LEN, 0);
         let (meta_part, data_part) = frame.split_at_mut(META_FRAME_LEN);
         let pt_view = RawView::read(py, pt)?;
@@ -216,7 +216,7 @@ impl FrameCrypto {
         else {
             return Ok(Ok((meta, false)));
         };
-        pt.clear();
+        // Overwritten whole by the decryption (and released only if it authenticates).
         pt.resize(pt_len, 0);
         let i = meta.block_index;
         let aead = self.cdk_aead(py, &meta.cdk_salt, i, &meta.pt_sha256)?;
