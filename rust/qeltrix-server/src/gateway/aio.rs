@@ -1,18 +1,15 @@
-//! The data phase of router and decrypt connections on a few asynchronous workers.
+//! Connections on a few asynchronous workers (about one per core): each accepted connection
+//! is a task on one of them from its session handshake to its end ([`super::conn`]), and the
+//! worker also seals and opens the frames of every connection on it, so it is the crypto
+//! worker too. Threads do not grow with open connections, nor with handshakes in progress.
 //!
-//! A connection's thread runs its session handshake and stream setup (short, bounded by the
-//! handshake timeout), then hands both sockets and the stream keys to one of a few workers
-//! (about one per core) and ends: the worker moves the frames of every connection handed to
-//! it with non-blocking socket I/O, and seals and opens them itself, so it is also the crypto
-//! worker. Threads no longer grow with open connections, only with handshakes in progress.
-//!
-//! Semantics are those of the threaded pumps (FORMAT.md section 12): frames are authenticated
-//! whole before a byte is forwarded, a destination is half-closed only after `FINAL` (or the
-//! sealing side's source half-closed), and any error resets both sockets.
+//! Semantics are those of FORMAT.md section 12: frames are authenticated whole before a byte
+//! is forwarded, a destination is half-closed only after `FINAL` (or the sealing side's
+//! source half-closed), and any error resets both sockets.
 use super::*;
 use tokio::net::TcpStream as AsyncStream;
 
-/// What a connection's thread hands over once its streams are set up.
+/// The data phase of a router or decrypt connection, once its streams are set up.
 pub(super) enum Handoff<K: Keyring> {
     Router {
         header: Vec<u8>,
@@ -29,7 +26,8 @@ pub(super) enum Handoff<K: Keyring> {
 }
 
 /// The workers: one single-threaded runtime each, in a thread the keyring set up, with the
-/// batcher that runs the crypto of every connection on it.
+/// batcher that runs the crypto of every connection on it. A runtime's blocking pool (name
+/// lookups of the target) is bounded too.
 pub(super) struct Workers<K: Keyring> {
     workers: Vec<(tokio::runtime::Handle, Arc<Batcher<K>>)>,
     next: AtomicUsize,
@@ -74,6 +72,9 @@ fn inline_mode() -> Inline {
         _ => Inline::Lone,
     })
 }
+
+/// Threads of a worker's blocking pool (name lookups).
+const BLOCKING_THREADS: usize = 4;
 
 /// Read permits per worker.
 const READ_PERMITS: usize = 16;
@@ -185,7 +186,11 @@ impl<K: Keyring> Workers<K> {
             std::thread::Builder::new()
                 .name(format!("qeltrix-gw-worker-{i}"))
                 .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .max_blocking_threads(BLOCKING_THREADS)
+                        .build()
+                    {
                         Ok(rt) => rt,
                         Err(e) => {
                             let _ = tx.send(Err(e));
@@ -222,53 +227,36 @@ impl<K: Keyring> Workers<K> {
         })
     }
 
-    /// Run the data phase of a connection on the next worker; `finish` it there.
-    pub(super) fn spawn(
-        &self,
-        gw: Arc<Gateway<K>>,
-        client: TcpStream,
-        other: TcpStream,
-        stats: Arc<ConnStats>,
-        h: Handoff<K>,
-    ) {
+    /// Run an accepted connection on the next worker, from its handshake to its end.
+    pub(super) fn spawn(&self, gw: Arc<Gateway<K>>, client: TcpStream, stats: Arc<ConnStats>) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         let (handle, batcher) = &self.workers[i];
         let batcher = batcher.clone();
         batcher.conns.fetch_add(1, Ordering::Relaxed);
         handle.spawn(async move {
-            let r = run(&gw, &batcher, client, other, &stats, h).await;
+            super::conn::connection(gw, &batcher, client, stats).await;
             batcher.conns.fetch_sub(1, Ordering::Relaxed);
-            gw.finish(&stats, r);
         });
     }
 }
 
-fn to_async(s: TcpStream) -> io::Result<AsyncStream> {
+pub(super) fn to_async(s: TcpStream) -> io::Result<AsyncStream> {
     s.set_nonblocking(true)?;
     AsyncStream::from_std(s)
 }
 
-/// Both sockets are closed when this returns: with a reset (RST) after an error.
-async fn run<K: Keyring>(
+/// The data phase of a router or decrypt connection between client `c` and other side `o`.
+pub(super) async fn run<K: Keyring>(
+    p: &Pumps,
     gw: &Gateway<K>,
     b: &Batcher<K>,
-    client: TcpStream,
-    other: TcpStream,
-    stats: &Arc<ConnStats>,
+    c: &AsyncStream,
+    o: &AsyncStream,
     h: Handoff<K>,
 ) -> Result<(), GwError> {
-    let p = Pumps {
-        idle: gw.config.idle_timeout,
-        flush_delay: gw.config.flush_delay,
-        stats: stats.clone(),
-        gate: gw.gate.clone(),
-    };
     let bs = gw.config.block_size;
     let max_bs = gw.config.max_peer_block_size;
-    set_reset_on_close(&client);
-    set_reset_on_close(&other);
-    let (c, o) = (to_async(client)?, to_async(other)?);
-    let r = match h {
+    match h {
         Handoff::Router {
             header,
             keys,
@@ -276,19 +264,19 @@ async fn run<K: Keyring>(
             session,
         } => {
             let up = async {
-                write_all(&p, &o, Side::Other, &header).await?;
-                seal(&p, gw, b, &c, Side::Client, &o, Side::Other, keys, bs).await?;
-                shutdown_write(&o);
+                write_all(p, o, Side::Other, &header).await?;
+                seal(p, gw, b, c, Side::Client, o, Side::Other, keys, bs).await?;
+                shutdown_write(o);
                 Ok::<(), GwError>(())
             };
             let down = async {
-                let hdr = read_stream_header(&p, &o, Side::Other, max_bs).await?;
+                let hdr = read_stream_header(p, o, Side::Other, max_bs).await?;
                 if hdr.container_id != reply_id {
                     return Err(GwError::Auth("the reply stream is not bound to this connection".into()));
                 }
                 let keys = gw.keyring.accept_stream(session.as_ref(), &hdr)?;
-                open(&p, gw, b, &o, Side::Other, &c, Side::Client, keys, hdr.block_size).await?;
-                shutdown_write(&c);
+                open(p, gw, b, o, Side::Other, c, Side::Client, keys, hdr.block_size).await?;
+                shutdown_write(c);
                 Ok(())
             };
             tokio::try_join!(up, down).map(|_| ())
@@ -300,40 +288,41 @@ async fn run<K: Keyring>(
             in_block_size,
         } => {
             let down = async {
-                write_all(&p, &c, Side::Client, &reply_header).await?;
-                seal(&p, gw, b, &o, Side::Other, &c, Side::Client, reply_keys, bs).await?;
-                shutdown_write(&c);
+                write_all(p, c, Side::Client, &reply_header).await?;
+                seal(p, gw, b, o, Side::Other, c, Side::Client, reply_keys, bs).await?;
+                shutdown_write(c);
                 Ok::<(), GwError>(())
             };
             let up = async {
-                open(&p, gw, b, &c, Side::Client, &o, Side::Other, in_keys, in_block_size).await?;
-                shutdown_write(&o);
+                open(p, gw, b, c, Side::Client, o, Side::Other, in_keys, in_block_size).await?;
+                shutdown_write(o);
                 Ok(())
             };
             tokio::try_join!(up, down).map(|_| ())
         }
-    };
-    if r.is_err() {
-        p.stats.aborted.store(true, Ordering::SeqCst);
-    } else {
-        // A clean end closes normally (both sides were half-closed after FINAL).
-        let _ = socket2::SockRef::from(&c).set_linger(None);
-        let _ = socket2::SockRef::from(&o).set_linger(None);
     }
-    r
 }
 
-fn shutdown_write(s: &AsyncStream) {
+pub(super) fn shutdown_write(s: &AsyncStream) {
     let _ = socket2::SockRef::from(s).shutdown(Shutdown::Write);
 }
 
-/// How often a waiting read or write checks the connection's idle timeout.
+/// How often a waiting read or write checks the connection's idle timeout (and its handshake
+/// deadline before it authenticated).
 fn tick(p: &Pumps) -> Duration {
-    p.idle.clamp(Duration::from_millis(10), Duration::from_secs(1))
+    let deadline = p.stats.preauth_deadline_ms.load(Ordering::Relaxed);
+    let t = if deadline == u64::MAX {
+        p.idle
+    } else {
+        p.idle.min(Duration::from_millis(deadline))
+    };
+    t.clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 async fn read_some(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> io::Result<usize> {
     loop {
+        // A peer that trickles bytes still misses its handshake deadline.
+        p.check_alive()?;
         match s.try_read(buf) {
             Ok(n) => {
                 p.count(side, n, true);
@@ -374,7 +363,7 @@ async fn recv_ready(
     }
 }
 
-async fn write_all(p: &Pumps, s: &AsyncStream, side: Side, data: &[u8]) -> io::Result<()> {
+pub(super) async fn write_all(p: &Pumps, s: &AsyncStream, side: Side, data: &[u8]) -> io::Result<()> {
     let mut pos = 0;
     while pos < data.len() {
         match s.try_write(&data[pos..]) {
@@ -395,7 +384,7 @@ async fn write_all(p: &Pumps, s: &AsyncStream, side: Side, data: &[u8]) -> io::R
     Ok(())
 }
 
-async fn read_full(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> Result<bool, GwError> {
+pub(super) async fn read_full(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> Result<bool, GwError> {
     let mut got = 0;
     while got < buf.len() {
         let n = read_some(p, s, side, &mut buf[got..]).await?;
@@ -464,7 +453,7 @@ fn grow(buf: &mut Vec<u8>, len: usize) {
 /// a bulk flow also waits briefly for a full block ([`BULK_WAIT`]), an interactive one is
 /// sealed at once. The frame is sealed in the worker's next batch ([`Batcher`]).
 #[allow(clippy::too_many_arguments)] // the two sides and their roles
-async fn seal<K: Keyring>(
+pub(super) async fn seal<K: Keyring>(
     p: &Pumps,
     gw: &Gateway<K>,
     b: &Batcher<K>,
@@ -630,8 +619,13 @@ async fn open<K: Keyring>(
     }
 }
 
-/// As [`pumps::read_stream_header`], without a thread.
-async fn read_stream_header(p: &Pumps, s: &AsyncStream, side: Side, max_block_size: u32) -> Result<Header, GwError> {
+/// Read and parse a stream header (bounded by `MAX_STREAM_HEADER_LEN`).
+pub(super) async fn read_stream_header(
+    p: &Pumps,
+    s: &AsyncStream,
+    side: Side,
+    max_block_size: u32,
+) -> Result<Header, GwError> {
     let mut buf = vec![0u8; HEADER_FIXED_LEN];
     if !read_full(p, s, side, &mut buf).await? {
         return Err(stream_header_missing());

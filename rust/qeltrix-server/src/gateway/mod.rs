@@ -21,6 +21,7 @@
 //! them over `qeltrix_v6._crypto`.
 
 mod aio;
+mod conn;
 mod gate;
 mod pumps;
 mod sink;
@@ -45,7 +46,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -158,20 +159,37 @@ impl From<qeltrix_format::FormatError> for GwError {
     }
 }
 
+/// One step of a session handshake (FORMAT.md section 12.1).
+#[derive(Debug, Clone, Copy)]
+pub enum SessionStep<'a> {
+    /// The initiator's `msg1`.
+    Start,
+    /// The responder's `msg2`, answering `msg1`.
+    Respond(&'a [u8]),
+    /// The initiator's `msg3` (empty when there is none), answering `msg2`.
+    Finish(&'a [u8]),
+    /// The responder checks `msg3`.
+    Confirm(&'a [u8]),
+}
+
 /// Creates and accepts streams: the key material of a gateway.
 pub trait Keyring: Send + Sync + 'static {
     type Keys: StreamKeys;
     /// What an authenticated peer handshake leaves behind (pinned-key mode).
     type Session: Send + Sync + 'static;
-    /// Pinned-key mode: run the peer handshake (FORMAT.md section 12.1) over `send`/`recv`
-    /// before any stream; a peer whose key is not pinned is refused here. Shared-key mode
-    /// returns `None` without a byte exchanged.
-    fn handshake(
-        &self,
-        initiator: bool,
-        send: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-        recv: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
-    ) -> Result<Option<Self::Session>, GwError>;
+    /// A fresh session for one connection (FORMAT.md section 12.1), whose handshake the
+    /// gateway runs with [`Keyring::session_msg_lens`] and [`Keyring::session_step`] between
+    /// its own reads and writes; `None` when streams need no handshake (nothing exchanged).
+    fn new_session(&self) -> Result<Option<Self::Session>, GwError>;
+    /// The lengths of the handshake's messages `msg1`, `msg2` and `msg3` (0: no `msg3`).
+    fn session_msg_lens(&self, _session: &Self::Session) -> Result<(usize, usize, usize), GwError> {
+        Err(GwError::Protocol("this keyring has no session handshake".into()))
+    }
+    /// One handshake step: the message to send next (empty after [`SessionStep::Confirm`]).
+    /// A peer whose key is not pinned is refused here.
+    fn session_step(&self, _session: &Self::Session, _step: SessionStep<'_>) -> Result<Vec<u8>, GwError> {
+        Err(GwError::Protocol("this keyring has no session handshake".into()))
+    }
     /// A fresh outgoing stream (its header, and keys to seal with). `container_id` is set for
     /// reply streams, which must use the id bound to their request.
     fn new_stream(
@@ -440,7 +458,7 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
         draining: AtomicBool::new(false),
         workers: std::sync::OnceLock::new(),
     });
-    if matches!(gw.config.mode, Mode::Router | Mode::Decrypt) {
+    {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         // One worker per core; `QELTRIX_GW_WORKERS` overrides it (for benchmarks, as
         // `QELTRIX_GW_CRYPTO_SLOTS` does for the gate).
@@ -554,39 +572,9 @@ impl<K: Keyring> Gateway<K> {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let stats = Arc::new(ConnStats::new(id, peer));
             self.open.lock().expect("stats lock").insert(id, stats.clone());
-            let gw = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("qeltrix-gw-{id}"))
-                .spawn(move || {
-                    let mut result = None;
-                    gw.keyring.on_thread(&mut || result = Some(gw.handle(&stream, &stats)));
-                    let result =
-                        result.unwrap_or_else(|| Err(GwError::Protocol("connection thread did not run".into())));
-                    // Set up: the data phase goes on without this thread.
-                    let result = match result {
-                        Ok(Some((other, handoff))) => match gw.workers.get() {
-                            Some(w) => {
-                                w.spawn(gw.clone(), stream, other, stats, handoff);
-                                return;
-                            }
-                            None => Err(GwError::Protocol("no worker for this connection".into())),
-                        },
-                        Ok(None) => Ok(()),
-                        Err(e) => Err(e),
-                    };
-                    if result.is_err() {
-                        // Errors before the pumps started (session, header) abort too.
-                        set_reset_on_close(&stream);
-                    }
-                    // Free the slot before the peer sees the close, so a client that
-                    // retries at once is not refused.
-                    gw.finish(&stats, result);
-                    drop(stream);
-                });
-            if let Err(e) = spawned {
-                self.keyring
-                    .log(LogLevel::Error, &format!("cannot start a connection thread: {e}"));
-                self.active.fetch_sub(1, Ordering::SeqCst);
+            match self.workers.get() {
+                Some(w) => w.spawn(self.clone(), stream, stats),
+                None => self.finish(&stats, Err(GwError::Protocol("no worker for this connection".into()))),
             }
         }
     }
@@ -662,24 +650,6 @@ impl<K: Keyring> Gateway<K> {
         }
     }
 
-    fn connect_target(&self) -> Result<TcpStream, GwError> {
-        let target = self.config.target.as_deref().expect("checked at start");
-        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target} did not resolve"));
-        for addr in target.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&addr, self.config.connect_timeout) {
-                Ok(s) => {
-                    self.prepare(&s)?;
-                    return Ok(s);
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(GwError::Io(io::Error::new(
-            last.kind(),
-            format!("connecting to {target}: {last}"),
-        )))
-    }
-
     fn prepare(&self, s: &TcpStream) -> io::Result<()> {
         s.set_nodelay(true)?;
         // Reads and writes wake up at least this often to check the connection's overall
@@ -694,125 +664,16 @@ impl<K: Keyring> Gateway<K> {
         Ok(())
     }
 
-    /// Run the keyring's peer handshake (if any) on `s`.
-    fn handshake(&self, p: &Pumps, s: &TcpStream, side: Side, initiator: bool) -> Result<Option<K::Session>, GwError> {
-        self.keyring.handshake(
-            initiator,
-            &mut |data| p.write_all(&mut &*s, side, data),
-            &mut |buf| match p.read_full(s, side, buf) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the peer closed during the handshake",
-                )),
-                Err(e) => Err(e),
-            },
-        )
-    }
-
-    /// Serve a connection; router and decrypt connections return, once set up, the socket to
-    /// their other side and what the data phase needs ([`aio`]).
-    fn handle(
-        &self,
-        client: &TcpStream,
-        stats: &Arc<ConnStats>,
-    ) -> Result<Option<(TcpStream, aio::Handoff<K>)>, GwError> {
-        self.prepare(client)?;
-        if self.config.mode != Mode::Reflect && !(self.config.mode == Mode::Sink && self.config.sink_raw) {
-            let ms = self.config.handshake_timeout.as_millis().min(u128::from(u64::MAX - 1)) as u64;
-            stats.preauth_deadline_ms.store(ms, Ordering::Relaxed);
-        }
-        let p = Pumps {
-            idle: self.config.idle_timeout,
-            flush_delay: self.config.flush_delay,
-            stats: stats.clone(),
-            gate: self.gate.clone(),
-        };
+    /// A sink's data phase, on its own thread: store the stream set up in `start`.
+    fn sink(&self, client: &TcpStream, p: &Pumps, start: conn::SinkStart<K>) -> Result<(), GwError> {
         let bs = self.config.block_size;
-        let max_bs = self.config.max_peer_block_size;
-        let nop = &mut |_: &mut K::Keys, _: u32, _: &[u8]| Ok(());
-        match self.config.mode {
-            Mode::Reflect => {
-                let (header, mut keys) = self.keyring.new_stream(None, None, bs)?;
-                p.write_all(&mut &*client, Side::Client, &header)?;
-                let r = p.seal(client, Side::Client, &mut &*client, Side::Client, &mut keys, bs, nop);
-                after(&p, &r, &[client], client);
-                r.map(|()| None)
-            }
-            Mode::Router => {
-                let peer = self.connect_target()?;
-                let session = self.handshake(&p, &peer, Side::Other, true);
-                if session.is_err() {
-                    set_reset_on_close(&peer);
-                }
-                let session = session?;
-                // The peer is the gateway this one chose to connect to; its reply header is
-                // bounded by MAX_STREAM_HEADER_LEN and the idle timeout from here.
-                stats.authenticated();
-                let (header, keys) = self.keyring.new_stream(session.as_ref(), None, bs)?;
-                let request_id = Header::parse(&header)
-                    .map_err(|e| GwError::Protocol(e.to_string()))?
-                    .container_id;
-                let reply_id = self.keyring.reply_id(&request_id)?;
-                let _ = max_bs;
-                Ok(Some((
-                    peer,
-                    aio::Handoff::Router {
-                        header,
-                        keys,
-                        reply_id,
-                        session,
-                    },
-                )))
-            }
-            Mode::Decrypt => {
-                let session = self.handshake(&p, client, Side::Client, false)?;
-                let h = read_stream_header(&p, client, Side::Client, max_bs)?;
-                // Authenticated under this connection's fresh session before the target is
-                // contacted: a replayed or reflected stream never reaches it.
-                let in_keys = self.keyring.accept_stream(session.as_ref(), &h)?;
-                stats.authenticated();
-                let reply_id = self.keyring.reply_id(&h.container_id)?;
-                let target = self.connect_target()?;
-                let (reply_header, reply_keys) = self.keyring.new_stream(session.as_ref(), Some(reply_id), bs)?;
-                Ok(Some((
-                    target,
-                    aio::Handoff::Decrypt {
-                        reply_header,
-                        reply_keys,
-                        in_keys,
-                        in_block_size: h.block_size,
-                    },
-                )))
-            }
-            Mode::Sink => {
-                let r = self.sink(client, &p);
-                if r.is_err() {
-                    abort(&p, &[client]);
-                }
-                r.map(|()| None)
-            }
-        }
-    }
-
-    fn sink(&self, client: &TcpStream, p: &Pumps) -> Result<(), GwError> {
-        let bs = self.config.block_size;
-        let session = if self.config.sink_raw {
-            None
-        } else {
-            self.handshake(p, client, Side::Client, false)?
-        };
+        let conn::SinkStart {
+            session,
+            header,
+            mut keys,
+            block_size,
+        } = start;
         let session = session.as_ref();
-        let (header, mut keys, block_size) = if self.config.sink_raw {
-            let (h, k) = self.keyring.new_stream(None, None, bs)?;
-            (Header::parse(&h).map_err(|e| GwError::Protocol(e.to_string()))?, k, bs)
-        } else {
-            let h = read_stream_header(p, client, Side::Client, self.config.max_peer_block_size)?;
-            let k = self.keyring.accept_stream(session, &h)?;
-            p.stats.authenticated();
-            let block_size = h.block_size;
-            (h, k, block_size)
-        };
         let header_bytes = self.keyring.storage_header(session, &header, &keys)?;
         let signs = self.keyring.sink_signer()?.is_some();
         let stored_header = Header::parse(&header_bytes).map_err(|e| GwError::Protocol(e.to_string()))?;
@@ -909,6 +770,18 @@ mod tests {
         (a, c)
     }
 
+    /// [`aio::read_stream_header`] from `s` on a runtime of its own.
+    fn read_header(p: &Pumps, s: TcpStream) -> Result<Header, GwError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let s = aio::to_async(s)?;
+            aio::read_stream_header(p, &s, Side::Client, 16 << 20).await
+        })
+    }
+
     /// The 44-byte fixed part of a stream header declaring `header_len`.
     fn fixed_header(header_len: u32) -> Vec<u8> {
         let mut h = b"QLTXV6\r\n".to_vec();
@@ -928,7 +801,7 @@ mod tests {
         let (a, mut c) = pair();
         c.write_all(&fixed_header(1 << 20)).expect("write");
         // Nothing more is sent: the refusal must not wait for the declared bytes.
-        match read_stream_header(&pumps(), &a, Side::Client, 16 << 20) {
+        match read_header(&pumps(), a) {
             Err(GwError::Protocol(m)) => assert!(m.contains("at most 4096"), "{m}"),
             other => panic!("expected a protocol error, got {other:?}"),
         }
@@ -945,7 +818,7 @@ mod tests {
             h.extend_from_slice(&[0; 64]); // header_sha256 || header_mac: checked later, by the keyring
             let (a, mut c) = pair();
             c.write_all(&h).expect("write");
-            match (read_stream_header(&pumps(), &a, Side::Client, 16 << 20), refused) {
+            match (read_header(&pumps(), a), refused) {
                 (Ok(parsed), None) => assert_eq!(parsed.encoded, h),
                 (Err(GwError::Protocol(m)), Some(why)) => assert!(m.contains(why), "{m}"),
                 (other, _) => panic!("flags {flags}: {other:?}"),
@@ -988,12 +861,7 @@ mod tests {
     impl Keyring for Signing {
         type Keys = PlainKeys;
         type Session = ();
-        fn handshake(
-            &self,
-            _: bool,
-            _: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-            _: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
-        ) -> Result<Option<()>, GwError> {
+        fn new_session(&self) -> Result<Option<()>, GwError> {
             Ok(None)
         }
         fn new_stream(&self, _: Option<&()>, _: Option<[u8; 16]>, _: u32) -> Result<(Vec<u8>, PlainKeys), GwError> {
@@ -1148,7 +1016,7 @@ mod tests {
         let (a, _c) = pair();
         let p = pumps();
         p.stats.preauth_deadline_ms.store(100, Ordering::Relaxed);
-        let err = read_stream_header(&p, &a, Side::Client, 16 << 20).expect_err("must time out");
+        let err = read_header(&p, a).expect_err("must time out");
         assert!(err.to_string().contains("handshake timeout"), "{err}");
         p.stats.authenticated();
         assert!(!p.stats.past_deadline());

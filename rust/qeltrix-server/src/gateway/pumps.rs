@@ -1,16 +1,7 @@
-//! Socket I/O of one connection: the pumps that move bytes and frames, timeouts, and
-//! aborting a connection with a reset (FORMAT.md section 12: a cut is never a clean end).
+//! Blocking socket I/O of a sink connection's data phase (its thread; see [`super::conn`]),
+//! the frame receiver shared with the asynchronous workers, stream header checks, timeouts,
+//! and aborting a connection with a reset (FORMAT.md section 12: a cut is never a clean end).
 use super::*;
-
-/// After one direction ends: a clean end (a `FINAL` frame, or the source's half-close on the
-/// sealing side) half-closes the destination; an error aborts the connection (`sockets`).
-pub(super) fn after(p: &Pumps, r: &Result<(), GwError>, sockets: &[&TcpStream], dst: &TcpStream) {
-    if r.is_ok() && !p.stats.aborted.load(Ordering::SeqCst) {
-        let _ = dst.shutdown(Shutdown::Write);
-    } else {
-        abort(p, sockets);
-    }
-}
 
 /// Abort a connection: its sockets are reset (RST, not FIN) when they are closed, and every
 /// pump blocked on them wakes up and stops without sending a `FINAL` frame.
@@ -25,7 +16,7 @@ pub(super) fn abort(p: &Pumps, sockets: &[&TcpStream]) {
 }
 
 /// `SO_LINGER` with timeout 0: closing the socket sends a TCP RST.
-pub(super) fn set_reset_on_close(s: &TcpStream) {
+pub(super) fn set_reset_on_close(s: &impl std::os::fd::AsFd) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
@@ -109,25 +100,6 @@ impl Pumps {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle too long"));
         }
         Ok(())
-    }
-
-    /// Fill `buf`; `Ok(false)` when the input ended before its first byte.
-    pub(super) fn read_full(&self, s: &TcpStream, side: Side, buf: &mut [u8]) -> io::Result<bool> {
-        let mut got = 0;
-        while got < buf.len() {
-            let n = self.read_some(s, side, &mut buf[got..])?;
-            if n == 0 {
-                if got == 0 {
-                    return Ok(false);
-                }
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "stream cut inside a frame",
-                ));
-            }
-            got += n;
-        }
-        Ok(true)
     }
 
     /// Bytes that are ready now (or within `flush_delay`): `None` when there are none.
@@ -485,19 +457,6 @@ pub(super) fn cut(e: io::Error) -> GwError {
     } else {
         GwError::Io(e)
     }
-}
-
-/// Read and parse a stream header (bounded by `MAX_STREAM_HEADER_LEN`).
-pub(super) fn read_stream_header(p: &Pumps, s: &TcpStream, side: Side, max_block_size: u32) -> Result<Header, GwError> {
-    let mut buf = vec![0u8; HEADER_FIXED_LEN];
-    if !p.read_full(s, side, &mut buf).map_err(cut)? {
-        return Err(stream_header_missing());
-    }
-    buf.resize(declared_header_len(&buf)?, 0);
-    if !p.read_full(s, side, &mut buf[HEADER_FIXED_LEN..]).map_err(cut)? {
-        return Err(stream_header_cut());
-    }
-    parse_stream_header(&buf, max_block_size)
 }
 
 pub(super) fn stream_header_missing() -> GwError {
