@@ -7,6 +7,7 @@ Every gateway here is a real `qeltrix gateway` process (or a GatewayServer) on 1
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pwd
 import re
@@ -236,9 +237,12 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
 # is a task on the gateway's few asynchronous workers from accept to end (handshake, stream
 # header, connect to the target, data phase).
 
-# A `qeltrix gateway` process: the interpreter's main thread, the accept thread, one worker
-# per core and a few helpers (metrics, signal handling); never one per connection.
-MAX_GATEWAY_THREADS = 16
+# A `qeltrix gateway` process: the interpreter's main thread, a few helpers (accept, metrics,
+# signals) and one worker per core, each with a blocking pool of at most 4 threads that only a
+# sink's file or object writes use; never a thread per connection.
+CORES = len(os.sched_getaffinity(0))
+MAX_GATEWAY_THREADS = 8 + CORES
+MAX_SINK_THREADS = 8 + 5 * CORES
 
 
 def _proc_threads(pid: int) -> int:
@@ -354,6 +358,41 @@ def test_a_thousand_reflect_connections_never_hold_a_thread_each(tmp_path: Path)
                 for s in socks:
                     s.close()
         assert peak[gw.pid] <= MAX_GATEWAY_THREADS, peak
+
+
+def test_a_sink_stores_500_streams_at_once_with_its_threads_bounded(tmp_path: Path) -> None:
+    """500 streams at once through a router into a sink directory: the sink's file writes run
+    on its workers' small blocking pools, so it never has more than a few threads; every
+    stream is stored whole and acknowledged."""
+    n = 500
+    kf = key_file(tmp_path / "k.key", KEY)
+    sink_dir = tmp_path / "sink"
+    sink_dir.mkdir()
+    common = ["--listen", "127.0.0.1:0", "-k", kf, "--max-connections", str(2 * n), "--quiet"]
+    with running_cli(
+        "gateway", "--mode", "sink", "--sink-dir", str(sink_dir), *common, ready=READY
+    ) as (sink, sm, _), running_cli(
+        "gateway", "--mode", "router", "--target", f"127.0.0.1:{sm.group(1)}", *common, ready=READY
+    ) as (router, rm, _):  # fmt: skip
+        with peak_threads([sink.pid, router.pid]) as peak:
+            socks = open_many(int(rm.group(1)), n, b"stream %d;" + bytes(20000))
+            try:
+                for s in socks:
+                    s.shutdown(socket.SHUT_WR)
+                for s in socks:
+                    assert s.recv(1) == b"", "the sink acknowledges with an empty reply"
+            finally:
+                for s in socks:
+                    s.close()
+        assert max(peak.values()) <= MAX_SINK_THREADS, peak
+    stored = sorted(sink_dir.glob("stream-*.qltx"))
+    assert len(stored) == n and not list(sink_dir.glob(".*.part"))
+    got = set()
+    for f in stored[:: n // 10]:
+        out = io.BytesIO()
+        qeltrix_v6.unpack(f, out, key=KEY)
+        got.add(out.getvalue())
+    assert all(re.fullmatch(rb"stream \d+;\0{20000}", x) for x in got) and len(got) == 10
 
 
 def test_idle_unauthenticated_connections_time_out_without_a_thread_each(tmp_path: Path) -> None:

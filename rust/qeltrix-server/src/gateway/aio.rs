@@ -25,6 +25,18 @@ pub(super) enum Handoff<K: Keyring> {
     },
 }
 
+/// Where a pump's output goes.
+pub(super) enum Dst<'a> {
+    /// This socket, as this side's bytes.
+    Socket(&'a AsyncStream, Side),
+    /// Each whole frame to a sink's stored stream.
+    Sink(&'a mut SinkWriter),
+}
+
+pub(super) fn keys_lost() -> GwError {
+    GwError::Io(io::Error::other("the crypto worker stopped"))
+}
+
 /// The workers: one single-threaded runtime each, in a thread the keyring set up, with the
 /// batcher that runs the crypto of every connection on it. A runtime's blocking pool (name
 /// lookups of the target) is bounded too.
@@ -265,7 +277,17 @@ pub(super) async fn run<K: Keyring>(
         } => {
             let up = async {
                 write_all(p, o, Side::Other, &header).await?;
-                seal(p, gw, b, c, Side::Client, o, Side::Other, keys, bs).await?;
+                seal(
+                    p,
+                    gw,
+                    b,
+                    c,
+                    Side::Client,
+                    Dst::Socket(o, Side::Other),
+                    &mut Some(keys),
+                    bs,
+                )
+                .await?;
                 shutdown_write(o);
                 Ok::<(), GwError>(())
             };
@@ -275,7 +297,18 @@ pub(super) async fn run<K: Keyring>(
                     return Err(GwError::Auth("the reply stream is not bound to this connection".into()));
                 }
                 let keys = gw.keyring.accept_stream(session.as_ref(), &hdr)?;
-                open(p, gw, b, o, Side::Other, c, Side::Client, keys, hdr.block_size).await?;
+                let keys = &mut Some(keys);
+                open(
+                    p,
+                    gw,
+                    b,
+                    o,
+                    Side::Other,
+                    Dst::Socket(c, Side::Client),
+                    keys,
+                    hdr.block_size,
+                )
+                .await?;
                 shutdown_write(c);
                 Ok(())
             };
@@ -289,12 +322,33 @@ pub(super) async fn run<K: Keyring>(
         } => {
             let down = async {
                 write_all(p, c, Side::Client, &reply_header).await?;
-                seal(p, gw, b, o, Side::Other, c, Side::Client, reply_keys, bs).await?;
+                seal(
+                    p,
+                    gw,
+                    b,
+                    o,
+                    Side::Other,
+                    Dst::Socket(c, Side::Client),
+                    &mut Some(reply_keys),
+                    bs,
+                )
+                .await?;
                 shutdown_write(c);
                 Ok::<(), GwError>(())
             };
             let up = async {
-                open(p, gw, b, c, Side::Client, o, Side::Other, in_keys, in_block_size).await?;
+                let keys = &mut Some(in_keys);
+                open(
+                    p,
+                    gw,
+                    b,
+                    c,
+                    Side::Client,
+                    Dst::Socket(o, Side::Other),
+                    keys,
+                    in_block_size,
+                )
+                .await?;
                 shutdown_write(o);
                 Ok(())
             };
@@ -448,7 +502,7 @@ fn grow(buf: &mut Vec<u8>, len: usize) {
     }
 }
 
-/// As [`pumps::Pumps::seal`]: plaintext from `src`, frames to `dst`, `FINAL` at end of input.
+/// Plaintext from `src`, frames to `dst`, `FINAL` at end of input.
 /// Reads take what is there now and go on while more is immediately available, up to a block;
 /// a bulk flow also waits briefly for a full block ([`BULK_WAIT`]), an interactive one is
 /// sealed at once. The frame is sealed in the worker's next batch ([`Batcher`]).
@@ -459,9 +513,8 @@ pub(super) async fn seal<K: Keyring>(
     b: &Batcher<K>,
     src: &AsyncStream,
     src_side: Side,
-    dst: &AsyncStream,
-    dst_side: Side,
-    mut keys: K::Keys,
+    mut dst: Dst<'_>,
+    keys: &mut Option<K::Keys>,
     block_size: u32,
 ) -> Result<(), GwError> {
     let block = block_size as usize;
@@ -511,7 +564,7 @@ pub(super) async fn seal<K: Keyring>(
         last_full = filled == bs;
         let flags = if eof { META_FLAG_FINAL } else { 0 };
         let job = FrameJob::Seal {
-            keys,
+            keys: keys.take().ok_or_else(keys_lost)?,
             block_index,
             flags,
             pt: std::mem::take(&mut buf),
@@ -529,12 +582,15 @@ pub(super) async fn seal<K: Keyring>(
         else {
             unreachable!("a seal job comes back as one")
         };
-        keys = k;
+        let keys = keys.insert(k);
         // The plaintext is in the frame now: its buffer and read permit go back.
         b.give(pt);
         drop(permit);
         result.unwrap_or_else(|| Err(GwError::Protocol("a frame was not sealed".into())))?;
-        write_all(p, dst, dst_side, &f).await?;
+        let f = match &mut dst {
+            Dst::Socket(s, side) => write_all(p, s, *side, &f).await.map(|()| f)?,
+            Dst::Sink(w) => w.frame(keys, f, filled as u32).await?,
+        };
         b.give(f);
         p.stats.blocks.fetch_add(1, Ordering::Relaxed);
         block_index += 1;
@@ -544,18 +600,18 @@ pub(super) async fn seal<K: Keyring>(
     }
 }
 
-/// As [`pumps::Pumps::open`]: frames from `src`, each authenticated whole, plaintext to `dst`.
-/// Each frame is opened in the worker's next batch ([`Batcher`]).
+/// Frames from `src`, each authenticated whole before its plaintext goes to `dst` (or the frame
+/// itself to a sink's stream); stop after the `FINAL` frame. Each frame is opened in the
+/// worker's next batch ([`Batcher`]).
 #[allow(clippy::too_many_arguments)] // the two sides and their roles
-async fn open<K: Keyring>(
+pub(super) async fn open<K: Keyring>(
     p: &Pumps,
     gw: &Gateway<K>,
     b: &Batcher<K>,
     src: &AsyncStream,
     side: Side,
-    dst: &AsyncStream,
-    dst_side: Side,
-    mut keys: K::Keys,
+    mut dst: Dst<'_>,
+    keys: &mut Option<K::Keys>,
     block_size: u32,
 ) -> Result<(), GwError> {
     let mut frames = FrameOpener::new(block_size);
@@ -566,7 +622,7 @@ async fn open<K: Keyring>(
                 pt = b.take();
             }
             let job = FrameJob::Open {
-                keys,
+                keys: keys.take().ok_or_else(keys_lost)?,
                 buf,
                 avail,
                 pt,
@@ -582,13 +638,23 @@ async fn open<K: Keyring>(
             else {
                 unreachable!("an open job comes back as one")
             };
-            keys = k;
+            *keys = Some(k);
             let r = result.unwrap_or_else(|| Err(GwError::Protocol("a frame was not opened".into())));
             frames.opened(buf, pt, r)?;
             continue;
         }
         if let Some(meta) = frames.ready(p) {
-            write_all(p, dst, dst_side, frames.plaintext()).await?;
+            match &mut dst {
+                Dst::Socket(s, side) => write_all(p, s, *side, frames.plaintext()).await?,
+                Dst::Sink(w) => {
+                    let mut frame = b.take();
+                    frame.clear();
+                    frame.extend_from_slice(frames.meta_frame());
+                    frame.extend_from_slice(frames.data_ct());
+                    let keys = keys.as_mut().ok_or_else(keys_lost)?;
+                    b.give(w.frame(keys, frame, meta.pt_len).await?);
+                }
+            }
             if meta.is_final() {
                 return Ok(());
             }

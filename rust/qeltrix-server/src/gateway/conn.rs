@@ -3,13 +3,15 @@
 //! blocking, with the keyring's crypto steps between them ([`Keyring::session_step`]); a
 //! decrypt gateway authenticates the first stream header before it contacts the target (a
 //! replayed or reflected stream never reaches it), and connects with the connect timeout.
-//! Only a sink's data phase still runs on a thread of its own ([`Gateway::sink`]).
-use super::aio::{self, read_full, read_stream_header, seal, shutdown_write, to_async, write_all, Batcher, Handoff};
+//! A sink's file or object writes run on the worker's small blocking pool ([`sink::store`]).
+use super::aio::{
+    self, read_full, read_stream_header, seal, shutdown_write, to_async, write_all, Batcher, Dst, Handoff,
+};
 use super::*;
 use qeltrix_format::handshake::MAX_HS_MSG_LEN;
 use tokio::net::TcpStream as AsyncStream;
 
-/// What a sink connection's thread gets once its stream is set up on a worker.
+/// A sink connection's stream, once set up.
 pub(super) struct SinkStart<K: Keyring> {
     pub(super) session: Option<K::Session>,
     pub(super) header: Header,
@@ -30,7 +32,6 @@ pub(super) async fn connection<K: Keyring>(
         idle: gw.config.idle_timeout,
         flush_delay: gw.config.flush_delay,
         stats: stats.clone(),
-        gate: gw.gate.clone(),
     };
     let c = match to_async(client) {
         Ok(c) => c,
@@ -38,11 +39,7 @@ pub(super) async fn connection<K: Keyring>(
     };
     let mut other = None;
     let r = match serve(&gw, b, &p, &c, &mut other).await {
-        Ok(Some(start)) => {
-            drop(other);
-            return spawn_sink(gw, c, p, start);
-        }
-        Ok(None) => {
+        Ok(()) => {
             // A clean end closes normally (each side was half-closed after its FINAL).
             for s in std::iter::once(&c).chain(other.as_ref()) {
                 let _ = socket2::SockRef::from(s).set_linger(None);
@@ -61,14 +58,14 @@ pub(super) async fn connection<K: Keyring>(
     drop(other);
 }
 
-/// Set up the connection's streams and run it; a sink returns what its thread needs.
+/// Set up the connection's streams and run it.
 async fn serve<K: Keyring>(
-    gw: &Gateway<K>,
+    gw: &Arc<Gateway<K>>,
     b: &Batcher<K>,
     p: &Pumps,
     c: &AsyncStream,
     other: &mut Option<AsyncStream>,
-) -> Result<Option<SinkStart<K>>, GwError> {
+) -> Result<(), GwError> {
     c.set_nodelay(true)?;
     let config = &gw.config;
     if config.mode != Mode::Reflect && !(config.mode == Mode::Sink && config.sink_raw) {
@@ -82,9 +79,19 @@ async fn serve<K: Keyring>(
             // The one-socket seal pump: what the client sends comes back to it as a stream.
             let (header, keys) = gw.keyring.new_stream(None, None, bs)?;
             write_all(p, c, Side::Client, &header).await?;
-            seal(p, gw, b, c, Side::Client, c, Side::Client, keys, bs).await?;
+            seal(
+                p,
+                gw,
+                b,
+                c,
+                Side::Client,
+                Dst::Socket(c, Side::Client),
+                &mut Some(keys),
+                bs,
+            )
+            .await?;
             shutdown_write(c);
-            Ok(None)
+            Ok(())
         }
         Mode::Router => {
             let o = &*other.insert(connect_target(gw).await?);
@@ -104,7 +111,7 @@ async fn serve<K: Keyring>(
                 reply_id,
                 session,
             };
-            aio::run(p, gw, b, c, o, h).await.map(|()| None)
+            aio::run(p, gw, b, c, o, h).await
         }
         Mode::Decrypt => {
             let session = handshake(gw, p, c, Side::Client, false).await?;
@@ -123,29 +130,31 @@ async fn serve<K: Keyring>(
                 in_keys,
                 in_block_size: h.block_size,
             };
-            aio::run(p, gw, b, c, o, h).await.map(|()| None)
+            aio::run(p, gw, b, c, o, h).await
         }
         Mode::Sink if config.sink_raw => {
             let (h, keys) = gw.keyring.new_stream(None, None, bs)?;
             let header = Header::parse(&h).map_err(|e| GwError::Protocol(e.to_string()))?;
-            Ok(Some(SinkStart {
+            let start = SinkStart {
                 session: None,
                 header,
                 keys,
                 block_size: bs,
-            }))
+            };
+            sink::store(gw, b, p, c, start).await
         }
         Mode::Sink => {
             let session = handshake(gw, p, c, Side::Client, false).await?;
             let header = read_stream_header(p, c, Side::Client, max_bs).await?;
             let keys = gw.keyring.accept_stream(session.as_ref(), &header)?;
             p.stats.authenticated();
-            Ok(Some(SinkStart {
+            let start = SinkStart {
                 session,
                 block_size: header.block_size,
                 header,
                 keys,
-            }))
+            };
+            sink::store(gw, b, p, c, start).await
         }
     }
 }
@@ -222,44 +231,4 @@ async fn connect_target<K: Keyring>(gw: &Gateway<K>) -> Result<AsyncStream, GwEr
         last.kind(),
         format!("connecting to {target}: {last}"),
     )))
-}
-
-/// Run a sink's data phase (its file or object writes block) on a thread of its own, which
-/// `finish`es the connection.
-fn spawn_sink<K: Keyring>(gw: Arc<Gateway<K>>, c: AsyncStream, p: Pumps, start: SinkStart<K>) {
-    let stats = p.stats.clone();
-    let client = c.into_std().and_then(|s| {
-        s.set_nonblocking(false)?;
-        // A clean end closes normally; an error aborts (resets) it again.
-        socket2::SockRef::from(&s).set_linger(None)?;
-        gw.prepare(&s)?;
-        Ok(s)
-    });
-    let client = match client {
-        Ok(s) => s,
-        Err(e) => return gw.finish(&stats, Err(e.into())),
-    };
-    let g = gw.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("qeltrix-gw-{}", stats.id))
-        .spawn(move || {
-            let mut start = Some(start);
-            let mut result = None;
-            g.keyring.on_thread(&mut || {
-                if let Some(s) = start.take() {
-                    result = Some(g.sink(&client, &p, s));
-                }
-            });
-            let result = result.unwrap_or_else(|| Err(GwError::Protocol("connection thread did not run".into())));
-            if result.is_err() {
-                abort(&p, &[&client]);
-            }
-            g.finish(&p.stats, result);
-            drop(client);
-        });
-    if let Err(e) = spawned {
-        gw.keyring
-            .log(LogLevel::Error, &format!("cannot start a connection thread: {e}"));
-        gw.finish(&stats, Err(GwError::Io(e)));
-    }
 }

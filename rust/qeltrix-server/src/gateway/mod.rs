@@ -1,15 +1,15 @@
 //! GatewayServer loops (FORMAT.md section 12 "Streams"; docs/DESIGN.md "Servers").
 //!
-//! Each accepted connection gets a thread for its setup: the session handshake and stream
-//! headers (short, bounded by the handshake timeout). Router and decrypt connections then hand
-//! their data phase to a few asynchronous workers ([`aio`]: one per core, also the crypto
-//! workers) and the thread ends; reflect and sink connections keep their thread, with one
-//! *seal pump* or *open pump* per direction ([`pumps`]). A seal pump reads plaintext, cuts it
-//! into frames (a frame is sealed when its block is full or the source has nothing more
-//! ready, so interactive protocols see no added delay) and writes them; an open pump reads
-//! frames, authenticates each completely before forwarding a byte of it, and half-closes its
+//! Each accepted connection is a task on one of a few asynchronous workers ([`aio`]: one per
+//! core, also the crypto workers) from its session handshake to its end ([`conn`]); threads
+//! do not grow with connections, whether open or being set up. A connection runs one *seal
+//! pump* or *open pump* per direction. A seal pump reads plaintext, cuts it into frames (a
+//! frame is sealed when its block is full or the source has nothing more ready, so
+//! interactive protocols see no added delay) and writes them; an open pump reads frames,
+//! authenticates each completely before forwarding a byte of it, and half-closes its
 //! destination on the `FINAL` frame. Writes that wait give backpressure, so memory per
-//! connection is bounded by a few blocks whatever the peers do.
+//! connection is bounded by a few blocks whatever the peers do. A sink's file or object
+//! writes run on each worker's small blocking pool ([`sink`]).
 //!
 //! A cut is never a clean end (FORMAT.md section 12): a destination is half-closed only after
 //! a `FINAL` frame (or, on the sealing side, after its source half-closed); any error aborts
@@ -225,7 +225,7 @@ pub trait Keyring: Send + Sync + 'static {
     fn log(&self, level: LogLevel, line: &str) {
         eprintln!("qeltrix gateway {level:?}: {line}");
     }
-    /// Run a connection thread's whole body; a binding may set up per-thread state once here
+    /// Run a worker thread's whole body; a binding may set up per-thread state once here
     /// (the Python binding keeps a thread state, so each crypto call only takes the GIL).
     fn on_thread(&self, f: &mut (dyn FnMut() + Send)) {
         f()
@@ -649,99 +649,6 @@ impl<K: Keyring> Gateway<K> {
             (None, None) => "itself".into(),
         }
     }
-
-    fn prepare(&self, s: &TcpStream) -> io::Result<()> {
-        s.set_nodelay(true)?;
-        // Reads and writes wake up at least this often to check the connection's overall
-        // idleness, its handshake deadline and whether it was aborted.
-        let tick = self
-            .config
-            .idle_timeout
-            .min(self.config.handshake_timeout)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1));
-        s.set_read_timeout(Some(tick))?;
-        s.set_write_timeout(Some(tick))?;
-        Ok(())
-    }
-
-    /// A sink's data phase, on its own thread: store the stream set up in `start`.
-    fn sink(&self, client: &TcpStream, p: &Pumps, start: conn::SinkStart<K>) -> Result<(), GwError> {
-        let bs = self.config.block_size;
-        let conn::SinkStart {
-            session,
-            header,
-            mut keys,
-            block_size,
-        } = start;
-        let session = session.as_ref();
-        let header_bytes = self.keyring.storage_header(session, &header, &keys)?;
-        let signs = self.keyring.sink_signer()?.is_some();
-        let stored_header = Header::parse(&header_bytes).map_err(|e| GwError::Protocol(e.to_string()))?;
-        if stored_header.signed() != signs || stored_header.container_id != header.container_id {
-            return Err(GwError::Protocol(
-                "the header to store disagrees with the stream (container_id) or with the sink's signing key (SIGNED)"
-                    .into(),
-            ));
-        }
-        let mut file = match &self.config.sink_store {
-            Some(store) => {
-                let file = SinkFile::create_in(store.as_ref(), p.stats.id, &header_bytes, signs)?;
-                self.keyring.log(
-                    LogLevel::Info,
-                    &format!("connection {}: storing {}", p.stats.id, file.name()),
-                );
-                file
-            }
-            None => {
-                let dir = self.config.sink_dir.as_deref().expect("checked at start");
-                SinkFile::create(dir, p.stats.id, &header_bytes, signs)?
-            }
-        };
-        let r = if self.config.sink_raw {
-            let SinkFile { file: out, stored, .. } = &mut file;
-            p.seal(
-                client,
-                Side::Client,
-                out,
-                Side::Other,
-                &mut keys,
-                bs,
-                &mut |keys, pt_len, frame| stored.add(keys, frame, frame.len() as u64, pt_len),
-            )
-        } else {
-            p.open(
-                client,
-                Side::Client,
-                &mut keys,
-                block_size,
-                &mut |keys, meta_frame, ct, meta, _| file.frame(keys, meta_frame, ct, meta.pt_len),
-            )
-        };
-        let path = file.finish(&self.keyring, &mut keys, r.is_err())?;
-        let state = if r.is_ok() {
-            "complete"
-        } else {
-            "INCOMPLETE (cut before its FINAL frame)"
-        };
-        self.keyring.log(
-            LogLevel::Info,
-            &format!("connection {}: stored {path} ({state})", p.stats.id),
-        );
-        if r.is_ok() && !self.config.sink_raw {
-            // Acknowledge durable storage with an empty reply stream bound to the request, so
-            // a router in front of the sink ends cleanly and its client sees a half-close.
-            let container_id = header.container_id;
-            let (reply, mut reply_keys) =
-                self.keyring
-                    .new_stream(session, Some(self.keyring.reply_id(&container_id)?), bs)?;
-            let mut frame = Vec::new();
-            reply_keys.seal(0, META_FLAG_FINAL, &[], &mut frame)?;
-            p.write_all(&mut &*client, Side::Client, &reply)?;
-            p.write_all(&mut &*client, Side::Client, &frame)?;
-            let _ = client.shutdown(Shutdown::Write);
-        }
-        r
-    }
 }
 
 #[cfg(test)]
@@ -757,7 +664,6 @@ mod tests {
             idle: Duration::from_secs(30),
             flush_delay: Duration::ZERO,
             stats: stats(),
-            gate: Arc::new(CryptoGate::new(1)),
         }
     }
 
@@ -1026,12 +932,15 @@ mod tests {
     fn abort_resets_the_peer_instead_of_ending_cleanly() {
         let (a, mut c) = pair();
         let p = pumps();
-        abort(&p, &[&a]);
-        // A pump blocked on `a` wakes up with an error, never with a clean end of input.
+        // What a connection's task does on an error: its sockets reset when closed, and a
+        // read of an aborted connection fails, never with a clean end of input.
+        set_reset_on_close(&a);
+        p.stats.aborted.store(true, Ordering::SeqCst);
+        match read_header(&p, a) {
+            Err(GwError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted),
+            other => panic!("expected an aborted read, got {other:?}"),
+        }
         let mut buf = [0u8; 8];
-        let e = p.read_some(&a, Side::Client, &mut buf).expect_err("aborted");
-        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
-        drop(a);
         c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         let e = c.read(&mut buf).expect_err("a reset, not an end of input");
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
