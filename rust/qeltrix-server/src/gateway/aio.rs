@@ -239,6 +239,11 @@ impl<K: Keyring> Workers<K> {
         })
     }
 
+    /// Run `task` on the first worker.
+    pub(super) fn spawn_task(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.workers[0].0.spawn(task);
+    }
+
     /// Run an accepted connection on the next worker, from its handshake to its end.
     pub(super) fn spawn(&self, gw: Arc<Gateway<K>>, client: TcpStream, stats: Arc<ConnStats>) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();

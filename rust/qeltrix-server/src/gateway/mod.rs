@@ -364,6 +364,8 @@ pub struct GatewayHandle {
     metrics_addr: Option<SocketAddr>,
     stats: Arc<dyn StatsSource>,
     stop: Box<dyn Fn() + Send + Sync>,
+    /// Disconnected once the accept loop has closed the listener.
+    accepting: Option<std::sync::mpsc::Receiver<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     metrics_stop: Option<tokio::sync::watch::Sender<bool>>,
     metrics_thread: Option<std::thread::JoinHandle<()>>,
@@ -394,6 +396,9 @@ impl GatewayHandle {
     /// answers and `/healthz` says `draining`.
     pub fn stop_accepting(&mut self) {
         (self.stop)();
+        if let Some(accepting) = self.accepting.take() {
+            let _ = accepting.recv();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -468,15 +473,16 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
             .unwrap_or(cores);
         let _ = gw.workers.set(aio::Workers::start(&gw, n)?);
     }
+    // Connections are accepted on the first worker; `stop_accepting` returns once the
+    // listener is closed (`accepting` disconnects).
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (accepting_tx, accepting) = std::sync::mpsc::channel::<()>();
+    listener.set_nonblocking(true)?;
+    gw.workers
+        .get()
+        .expect("started above")
+        .spawn_task(gw.clone().accept_loop(listener, wake.clone(), accepting_tx));
     let mut threads = Vec::new();
-    {
-        let gw = gw.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("qeltrix-gw-accept".into())
-                .spawn(move || gw.accept_loop(listener))?,
-        );
-    }
     if !gw.config.stats_interval.is_zero() {
         let gw = gw.clone();
         threads.push(
@@ -527,14 +533,14 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
     let stop = Box::new(move || {
         stopper.draining.store(true, Ordering::SeqCst);
         stopper.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect_timeout(&local_addr, Duration::from_secs(1));
+        wake.notify_one();
     });
     Ok(GatewayHandle {
         local_addr,
         metrics_addr,
         stats: gw,
         stop,
+        accepting: Some(accepting),
         threads,
         metrics_stop,
         metrics_thread,
@@ -542,20 +548,37 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
 }
 
 impl<K: Keyring> Gateway<K> {
-    fn accept_loop(self: Arc<Self>, listener: TcpListener) {
-        for conn in listener.incoming() {
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        wake: Arc<tokio::sync::Notify>,
+        accepting: std::sync::mpsc::Sender<()>,
+    ) {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                self.keyring
+                    .log(LogLevel::Error, &format!("cannot accept connections: {e}"));
+                return;
+            }
+        };
+        loop {
+            let conn = tokio::select! {
+                c = listener.accept() => c,
+                _ = wake.notified() => break,
+            };
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
-            let stream = match conn {
+            // Handed to a worker as a plain socket, registered there.
+            let (stream, peer) = match conn.and_then(|(s, peer)| Ok((s.into_std()?, peer))) {
                 Ok(s) => s,
                 Err(e) => {
                     self.keyring.log(LogLevel::Warning, &format!("accept failed: {e}"));
-                    std::thread::sleep(Duration::from_millis(20));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
             };
-            let peer = stream.peer_addr().unwrap_or(self.config.listen);
             if self.active.load(Ordering::SeqCst) >= self.config.max_connections {
                 self.totals.refused.fetch_add(1, Ordering::Relaxed);
                 self.keyring.log(
@@ -577,6 +600,8 @@ impl<K: Keyring> Gateway<K> {
                 None => self.finish(&stats, Err(GwError::Protocol("no worker for this connection".into()))),
             }
         }
+        drop(listener);
+        drop(accepting);
     }
 
     fn finish(&self, stats: &Arc<ConnStats>, result: Result<(), GwError>) {
