@@ -38,8 +38,8 @@ pub(super) fn keys_lost() -> GwError {
 }
 
 /// The workers: one single-threaded runtime each, in a thread the keyring set up, with the
-/// batcher that runs the crypto of every connection on it. A runtime's blocking pool (name
-/// lookups of the target) is bounded too.
+/// batcher that runs the crypto of every connection on it. A runtime's blocking pool (a
+/// sink's file or object writes, name lookups of the target) is bounded too.
 pub(super) struct Workers<K: Keyring> {
     workers: Vec<(tokio::runtime::Handle, Arc<Batcher<K>>)>,
     next: AtomicUsize,
@@ -85,7 +85,7 @@ fn inline_mode() -> Inline {
     })
 }
 
-/// Threads of a worker's blocking pool (name lookups).
+/// Threads of a worker's blocking pool (a sink's writes, name lookups).
 const BLOCKING_THREADS: usize = 4;
 
 /// Read permits per worker.

@@ -262,32 +262,58 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| GwError::Io(io::Error::other(format!("a sink write did not run: {e}"))))
 }
 
+/// What a write on the blocking pool gives back: the stream, the frame's buffer, the result.
+type Written = (SinkFile, Vec<u8>, io::Result<()>);
+
 /// A stream being stored by a connection on an asynchronous worker: its writes run on the
-/// worker's blocking pool ([`blocking`]), one at a time and in order; the crypto that records
-/// each frame (its `frame_digest`) runs on the worker.
+/// worker's blocking pool ([`blocking`]), in order, one at a time, each while the next frame
+/// is read and opened; a frame is recorded (its index entry, and its `frame_digest` on the
+/// worker) once its write has completed.
 pub(super) struct SinkWriter {
     /// Away while a write runs; `None` after a write that did not come back.
     file: Option<SinkFile>,
+    /// The write in flight, and its frame's `pt_len`.
+    pending: Option<(tokio::task::JoinHandle<Written>, u32)>,
 }
 
 impl SinkWriter {
-    /// Store `frame` (a whole frame of `pt_len` plaintext bytes) after the ones before it;
-    /// its buffer comes back.
+    fn new(file: SinkFile) -> SinkWriter {
+        SinkWriter {
+            file: Some(file),
+            pending: None,
+        }
+    }
+
+    /// Store `frame` (a whole frame of `pt_len` plaintext bytes) after the ones before it: the
+    /// previous frame's write is waited for and recorded, this one's starts. Returns a buffer
+    /// done with (the previous frame's).
     pub(super) async fn frame<S: StreamKeys>(
         &mut self,
         keys: &mut S,
         frame: Vec<u8>,
         pt_len: u32,
     ) -> Result<Vec<u8>, GwError> {
+        let done = self.settle(keys).await?;
         let mut file = self.file.take().ok_or_else(writer_lost)?;
-        let (file, frame, r) = blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let r = file.file.write_all(&frame);
             (file, frame, r)
-        })
-        .await?;
+        });
+        self.pending = Some((task, pt_len));
+        Ok(done)
+    }
+
+    /// Wait for the write in flight, if any, and record its frame once written whole (`finish`
+    /// drops whatever follows the last record). Returns its buffer.
+    async fn settle<S: StreamKeys>(&mut self, keys: &mut S) -> Result<Vec<u8>, GwError> {
+        let Some((task, pt_len)) = self.pending.take() else {
+            return Ok(Vec::new());
+        };
+        let (file, frame, r) = task
+            .await
+            .map_err(|e| GwError::Io(io::Error::other(format!("a sink write did not run: {e}"))))?;
         let file = self.file.insert(file);
         r?;
-        // Recorded only once written whole: `finish` drops what follows the last record.
         file.stored.add(keys, &frame, frame.len() as u64, pt_len)?;
         Ok(frame)
     }
@@ -338,7 +364,7 @@ pub(super) async fn store<K: Keyring>(
         gw.keyring
             .log(LogLevel::Info, &format!("connection {id}: storing {}", file.name()));
     }
-    let mut w = SinkWriter { file: Some(file) };
+    let mut w = SinkWriter::new(file);
     let mut keys = Some(keys);
     let r = if gw.config.sink_raw {
         aio::seal(p, gw, b, client, Side::Client, aio::Dst::Sink(&mut w), &mut keys, bs).await
@@ -355,7 +381,11 @@ pub(super) async fn store<K: Keyring>(
         )
         .await
     };
-    let (file, mut keys) = (w.file.ok_or_else(writer_lost)?, keys.ok_or_else(aio::keys_lost)?);
+    let mut keys = keys.ok_or_else(aio::keys_lost)?;
+    // The last write completes (and its frame, authenticated, is kept) even after an error.
+    let settled = w.settle(&mut keys).await;
+    let r = r.and(settled.map(drop));
+    let file = w.file.ok_or_else(writer_lost)?;
     let (g, incomplete) = (gw.clone(), r.is_err());
     let path = blocking(move || file.finish(&g.keyring, &mut keys, incomplete)).await??;
     let state = if r.is_ok() {
