@@ -280,42 +280,14 @@ pub(super) async fn run<K: Keyring>(
             reply_id,
             session,
         } => {
-            let up = async {
-                write_all(p, o, Side::Other, &header).await?;
-                seal(
-                    p,
-                    gw,
-                    b,
-                    c,
-                    Side::Client,
-                    Dst::Socket(o, Side::Other),
-                    &mut Some(keys),
-                    bs,
-                )
-                .await?;
-                shutdown_write(o);
-                Ok::<(), GwError>(())
-            };
+            let up = send_stream(p, gw, b, (c, Side::Client), (o, Side::Other), &header, keys, bs);
             let down = async {
                 let hdr = read_stream_header(p, o, Side::Other, max_bs).await?;
                 if hdr.container_id != reply_id {
                     return Err(GwError::Auth("the reply stream is not bound to this connection".into()));
                 }
                 let keys = gw.keyring.accept_stream(session.as_ref(), &hdr)?;
-                let keys = &mut Some(keys);
-                open(
-                    p,
-                    gw,
-                    b,
-                    o,
-                    Side::Other,
-                    Dst::Socket(c, Side::Client),
-                    keys,
-                    hdr.block_size,
-                )
-                .await?;
-                shutdown_write(c);
-                Ok(())
+                recv_stream(p, gw, b, (o, Side::Other), (c, Side::Client), keys, hdr.block_size).await
             };
             tokio::try_join!(up, down).map(|_| ())
         }
@@ -325,41 +297,58 @@ pub(super) async fn run<K: Keyring>(
             in_keys,
             in_block_size,
         } => {
-            let down = async {
-                write_all(p, c, Side::Client, &reply_header).await?;
-                seal(
-                    p,
-                    gw,
-                    b,
-                    o,
-                    Side::Other,
-                    Dst::Socket(c, Side::Client),
-                    &mut Some(reply_keys),
-                    bs,
-                )
-                .await?;
-                shutdown_write(c);
-                Ok::<(), GwError>(())
-            };
-            let up = async {
-                let keys = &mut Some(in_keys);
-                open(
-                    p,
-                    gw,
-                    b,
-                    c,
-                    Side::Client,
-                    Dst::Socket(o, Side::Other),
-                    keys,
-                    in_block_size,
-                )
-                .await?;
-                shutdown_write(o);
-                Ok(())
-            };
+            let down = send_stream(
+                p,
+                gw,
+                b,
+                (o, Side::Other),
+                (c, Side::Client),
+                &reply_header,
+                reply_keys,
+                bs,
+            );
+            let up = recv_stream(p, gw, b, (c, Side::Client), (o, Side::Other), in_keys, in_block_size);
             tokio::try_join!(up, down).map(|_| ())
         }
     }
+}
+
+/// A whole outgoing stream to `dst`: its header, frames of what `src` sends, and a half-close
+/// after the `FINAL` frame.
+#[allow(clippy::too_many_arguments)] // the two sides and the stream
+pub(super) async fn send_stream<K: Keyring>(
+    p: &Pumps,
+    gw: &Gateway<K>,
+    b: &Batcher<K>,
+    (src, src_side): (&AsyncStream, Side),
+    (dst, dst_side): (&AsyncStream, Side),
+    header: &[u8],
+    keys: K::Keys,
+    block_size: u32,
+) -> Result<(), GwError> {
+    write_all(p, dst, dst_side, header).await?;
+    let keys = &mut Some(keys);
+    seal(p, gw, b, src, src_side, Dst::Socket(dst, dst_side), keys, block_size).await?;
+    shutdown_write(dst);
+    Ok(())
+}
+
+/// A whole incoming stream from `src`, each frame authenticated before its plaintext goes to
+/// `dst`, which is half-closed after the `FINAL` frame.
+#[allow(clippy::too_many_arguments)] // the two sides and the stream
+async fn recv_stream<K: Keyring>(
+    p: &Pumps,
+    gw: &Gateway<K>,
+    b: &Batcher<K>,
+    (src, src_side): (&AsyncStream, Side),
+    (dst, dst_side): (&AsyncStream, Side),
+    keys: K::Keys,
+    block_size: u32,
+) -> Result<(), GwError> {
+    let keys = &mut Some(keys);
+    open(p, gw, b, src, src_side, Dst::Socket(dst, dst_side), keys, block_size).await?;
+    shutdown_write(dst);
+    Ok(())
 }
 
 pub(super) fn shutdown_write(s: &AsyncStream) {

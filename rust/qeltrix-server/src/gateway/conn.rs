@@ -4,9 +4,7 @@
 //! decrypt gateway authenticates the first stream header before it contacts the target (a
 //! replayed or reflected stream never reaches it), and connects with the connect timeout.
 //! A sink's file or object writes run on the worker's small blocking pool ([`sink::store`]).
-use super::aio::{
-    self, read_full, read_stream_header, seal, shutdown_write, to_async, write_all, Batcher, Dst, Handoff,
-};
+use super::aio::{self, read_full, read_stream_header, to_async, write_all, Batcher, Handoff};
 use super::*;
 use qeltrix_format::handshake::MAX_HS_MSG_LEN;
 use tokio::net::TcpStream as AsyncStream;
@@ -78,20 +76,7 @@ async fn serve<K: Keyring>(
         Mode::Reflect => {
             // The one-socket seal pump: what the client sends comes back to it as a stream.
             let (header, keys) = gw.keyring.new_stream(None, None, bs)?;
-            write_all(p, c, Side::Client, &header).await?;
-            seal(
-                p,
-                gw,
-                b,
-                c,
-                Side::Client,
-                Dst::Socket(c, Side::Client),
-                &mut Some(keys),
-                bs,
-            )
-            .await?;
-            shutdown_write(c);
-            Ok(())
+            aio::send_stream(p, gw, b, (c, Side::Client), (c, Side::Client), &header, keys, bs).await
         }
         Mode::Router => {
             let o = &*other.insert(connect_target(gw).await?);
