@@ -7,6 +7,7 @@ Every gateway here is a real `qeltrix gateway` process (or a GatewayServer) on 1
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pwd
 import re
@@ -14,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -214,8 +216,8 @@ def test_a_thousand_open_connections_hold_no_thread_each() -> None:
         finally:
             for s in socks:
                 s.close()
-        # The echo server here holds a thread per connection; the gateways add none (a thread
-        # runs a connection's handshake only, then hands it to the workers).
+        # The echo server here holds a thread per connection; the gateways add none (every
+        # connection is a task on their workers).
         assert threads - threads0 <= n + 100, (threads0, threads)
         # Well under a block per connection and gateway (2 x 2 x 256 KiB would be 1 GiB).
         assert rss - rss0 < 256 << 20, (rss0, rss)
@@ -228,6 +230,197 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
         assert more, "the connection closed"
         got += more
     return got
+
+
+# --------------------------------------------------------------------------------------
+# No thread per connection, not even while connections are being set up: every connection
+# is a task on the gateway's few asynchronous workers from accept to end (handshake, stream
+# header, connect to the target, data phase).
+
+# A `qeltrix gateway` process: the interpreter's main thread, a few helpers (accept, metrics,
+# signals) and one worker per core, each with a blocking pool of at most 4 threads that only a
+# sink's file or object writes use; never a thread per connection.
+CORES = len(os.sched_getaffinity(0))
+MAX_GATEWAY_THREADS = 8 + CORES
+MAX_SINK_THREADS = 8 + 5 * CORES
+
+
+def _proc_threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no thread count for {pid}")
+
+
+@contextlib.contextmanager
+def peak_threads(pids: list[int]) -> Iterator[dict[int, int]]:
+    """The most threads each process of ``pids`` had while the block ran (sampled about every
+    millisecond)."""
+    peak = {p: _proc_threads(p) for p in pids}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for p in pids:
+                with contextlib.suppress(OSError):
+                    peak[p] = max(peak[p], _proc_threads(p))
+            time.sleep(0.001)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def x25519_identities(tmp: Path) -> dict[str, list[str]]:
+    """Pinned X25519 identities for a router+decrypt pair: each side's CLI arguments."""
+    pub = {}
+    for side in ("router", "decrypt"):
+        out = subprocess.run(
+            [sys.executable, "-m", "qeltrix_v6", "keygen", "--x25519", "-o", str(tmp / f"{side}.id")],
+            check=True, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        pub[side] = out.stdout.strip().splitlines()[-1]
+    return {
+        s: ["--identity", str(tmp / f"{s}.id"), "--peer", pub[o]]
+        for s, o in (("router", "decrypt"), ("decrypt", "router"))
+    }
+
+
+def open_many(port: int, n: int, first: bytes | None) -> list[socket.socket]:
+    """``n`` connections to ``port``, opened one right after the other (each sending ``first``
+    at once, when given), so their setups overlap in the gateway."""
+    socks = []
+    try:
+        for i in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=60)
+            socks.append(s)
+            if first is not None:
+                s.sendall(first % i if b"%d" in first else first)
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["shared-key", "pinned"])
+def test_a_thousand_connections_set_up_at_once_never_hold_a_thread_each(tmp_path: Path, pinned: bool) -> None:
+    """1,000 connections opened back to back through a router+decrypt pair of `qeltrix
+    gateway` processes, their session handshakes (shared-key, or X25519 with pinned peers)
+    in flight together: every one answers, and neither process ever has more than a few
+    threads, at the peak of the setups included."""
+    n = 1000
+    cred = (
+        x25519_identities(tmp_path)
+        if pinned
+        else {s: ["-k", key_file(tmp_path / "k.key", KEY)] for s in ("router", "decrypt")}
+    )
+    common = ["--listen", "127.0.0.1:0", "--max-connections", str(2 * n), "--quiet"]
+    with echo_server() as target, running_cli(
+        "gateway", "--mode", "decrypt", "--target", f"127.0.0.1:{target}", *common, *cred["decrypt"], ready=READY
+    ) as (dec, dm, _), running_cli(
+        "gateway", "--mode", "router", "--target", f"127.0.0.1:{dm.group(1)}", *common, *cred["router"], ready=READY
+    ) as (router, rm, _):  # fmt: skip
+        with peak_threads([router.pid, dec.pid]) as peak:
+            socks = open_many(int(rm.group(1)), n, b"%d;")
+            try:
+                for i, s in enumerate(socks):
+                    want = b"%d;" % i
+                    assert _recv_exact(s, len(want)) == want
+            finally:
+                for s in socks:
+                    s.close()
+        assert max(peak.values()) <= MAX_GATEWAY_THREADS, peak
+
+
+def test_a_thousand_reflect_connections_never_hold_a_thread_each(tmp_path: Path) -> None:
+    """Reflect mode runs on the workers too: 1,000 connections at once each get their stream
+    (its header and a frame of what they sent) with the gateway's threads bounded."""
+    n = 1000
+    kf = key_file(tmp_path / "k.key", KEY)
+    with running_cli(
+        "gateway", "--mode", "reflect", "--listen", "127.0.0.1:0", "-k", kf, "--max-connections", str(2 * n),
+        "--quiet", ready=READY,
+    ) as (gw, m, _):  # fmt: skip
+        with peak_threads([gw.pid]) as peak:
+            socks = open_many(int(m.group(1)), n, b"reflect me")
+            try:
+                for s in socks:
+                    s.shutdown(socket.SHUT_WR)
+                for s in socks:
+                    stream = b"".join(iter(lambda s=s: s.recv(1 << 16), b""))
+                    assert stream.startswith(b"QLTXV6\r\n") and len(stream) > 4096, len(stream)
+            finally:
+                for s in socks:
+                    s.close()
+        assert peak[gw.pid] <= MAX_GATEWAY_THREADS, peak
+
+
+def test_a_sink_stores_500_streams_at_once_with_its_threads_bounded(tmp_path: Path) -> None:
+    """500 streams at once through a router into a sink directory: the sink's file writes run
+    on its workers' small blocking pools, so it never has more than a few threads; every
+    stream is stored whole and acknowledged."""
+    n = 500
+    kf = key_file(tmp_path / "k.key", KEY)
+    sink_dir = tmp_path / "sink"
+    sink_dir.mkdir()
+    common = ["--listen", "127.0.0.1:0", "-k", kf, "--max-connections", str(2 * n), "--quiet"]
+    with running_cli(
+        "gateway", "--mode", "sink", "--sink-dir", str(sink_dir), *common, ready=READY
+    ) as (sink, sm, _), running_cli(
+        "gateway", "--mode", "router", "--target", f"127.0.0.1:{sm.group(1)}", *common, ready=READY
+    ) as (router, rm, _):  # fmt: skip
+        with peak_threads([sink.pid, router.pid]) as peak:
+            socks = open_many(int(rm.group(1)), n, b"stream %d;" + bytes(20000))
+            try:
+                for s in socks:
+                    s.shutdown(socket.SHUT_WR)
+                for s in socks:
+                    assert s.recv(1) == b"", "the sink acknowledges with an empty reply"
+            finally:
+                for s in socks:
+                    s.close()
+        assert max(peak.values()) <= MAX_SINK_THREADS, peak
+    stored = sorted(sink_dir.glob("stream-*.qltx"))
+    assert len(stored) == n and not list(sink_dir.glob(".*.part"))
+    got = set()
+    for f in stored[:: n // 10]:
+        out = io.BytesIO()
+        qeltrix_v6.unpack(f, out, key=KEY)
+        got.add(out.getvalue())
+    assert all(re.fullmatch(rb"stream \d+;\0{20000}", x) for x in got) and len(got) == 10
+
+
+def test_idle_unauthenticated_connections_time_out_without_a_thread_each(tmp_path: Path) -> None:
+    """500 connections to a decrypt gateway that never send a byte: none holds a thread while it
+    waits, and each is reset at the handshake timeout, counted as a handshake failure."""
+    n = 500
+    kf = key_file(tmp_path / "k.key", KEY)
+    with echo_server() as target, running_cli(
+        "gateway", "--mode", "decrypt", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{target}", "-k", kf,
+        "--handshake-timeout", "1", "--max-connections", str(2 * n), ready=READY,
+    ) as (dec, m, lines):  # fmt: skip
+        with peak_threads([dec.pid]) as peak:
+            socks = open_many(int(m.group(1)), n, None)
+            try:
+                started = time.monotonic()
+                for s in socks:
+                    with pytest.raises(ConnectionResetError):
+                        s.recv(1)
+                took = time.monotonic() - started
+            finally:
+                for s in socks:
+                    s.close()
+        assert peak[dec.pid] <= MAX_GATEWAY_THREADS, peak
+        assert took < 30, took
+        deadline = time.monotonic() + 10
+        while sum("within the handshake timeout" in x for x in lines) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sum("within the handshake timeout" in x for x in lines) == n, "".join(lines[-5:])
 
 
 def test_handshake_failures_and_aborts_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -8,10 +8,10 @@ use crate::pipeline::seconds;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
-use qeltrix_format::handshake::MAX_HS_MSG_LEN;
 use qeltrix_format::{BlockMeta, Header, META_FRAME_LEN};
 use qeltrix_server::gateway::{
-    recover_stream, start_gateway, FrameJob, GatewayConfig, GatewayHandle, GwError, Keyring, Mode, StreamKeys,
+    recover_stream, start_gateway, FrameJob, GatewayConfig, GatewayHandle, GwError, Keyring, Mode, SessionStep,
+    StreamKeys,
 };
 use qeltrix_server::LogLevel;
 use std::fs::File;
@@ -186,48 +186,25 @@ impl Keyring for PyKeyring {
     /// A completed `qeltrix_v6._crypto.Handshake` or `SharedKeySession`.
     type Session = Py<PyAny>;
 
-    fn handshake(
-        &self,
-        initiator: bool,
-        send: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-        recv: &mut dyn FnMut(&mut [u8]) -> std::io::Result<()>,
-    ) -> Result<Option<Py<PyAny>>, GwError> {
-        // The GIL is held only for the crypto calls, never across socket I/O.
-        let step = |hs: &Py<PyAny>, call: &calls::PyCall<1>, msg: &[u8]| -> Result<Vec<u8>, GwError> {
-            Python::attach(|py| calls::session_step1(py, hs, call, msg).map_err(|e| gw_err(py, e)))
-        };
-        let (hs, lens) = Python::attach(|py| {
-            let hs = calls::handshake_new(py, &self.0).map_err(|e| gw_err(py, e))?;
-            let lens = calls::session_msg_lens(py, &hs).map_err(|e| gw_err(py, e))?;
-            Ok::<_, GwError>((hs, lens))
-        })?;
-        let (len1, len2, len3) = lens;
-        if [len1, len2, len3].iter().any(|&n| n > MAX_HS_MSG_LEN) || len1 == 0 || len2 == 0 {
-            return Err(GwError::Protocol(
-                "the session asks for bad handshake message sizes".into(),
-            ));
-        }
-        if initiator {
-            let msg1 =
-                Python::attach(|py| calls::session_step0(py, &hs, &calls::SESSION_START).map_err(|e| gw_err(py, e)))?;
-            send(&msg1)?;
-            let mut msg2 = vec![0u8; len2];
-            recv(&mut msg2)?;
-            let msg3 = step(&hs, &calls::SESSION_FINISH, &msg2)?;
-            if len3 > 0 {
-                send(&msg3)?;
+    // The gateway runs the handshake's I/O; each step takes the GIL for its crypto only.
+    fn new_session(&self) -> Result<Option<Py<PyAny>>, GwError> {
+        Python::attach(|py| calls::handshake_new(py, &self.0).map(Some).map_err(|e| gw_err(py, e)))
+    }
+
+    fn session_msg_lens(&self, session: &Py<PyAny>) -> Result<(usize, usize, usize), GwError> {
+        Python::attach(|py| calls::session_msg_lens(py, session).map_err(|e| gw_err(py, e)))
+    }
+
+    fn session_step(&self, session: &Py<PyAny>, step: SessionStep<'_>) -> Result<Vec<u8>, GwError> {
+        Python::attach(|py| {
+            match step {
+                SessionStep::Start => calls::session_step0(py, session, &calls::SESSION_START),
+                SessionStep::Respond(m) => calls::session_step1(py, session, &calls::SESSION_RESPOND, m),
+                SessionStep::Finish(m) => calls::session_step1(py, session, &calls::SESSION_FINISH, m),
+                SessionStep::Confirm(m) => calls::session_step1(py, session, &calls::SESSION_CONFIRM, m),
             }
-        } else {
-            let mut msg1 = vec![0u8; len1];
-            recv(&mut msg1)?;
-            send(&step(&hs, &calls::SESSION_RESPOND, &msg1)?)?;
-            if len3 > 0 {
-                let mut msg3 = vec![0u8; len3];
-                recv(&mut msg3)?;
-                step(&hs, &calls::SESSION_CONFIRM, &msg3)?;
-            }
-        }
-        Ok(Some(hs))
+            .map_err(|e| gw_err(py, e))
+        })
     }
 
     fn new_stream(

@@ -1,18 +1,15 @@
-//! The data phase of router and decrypt connections on a few asynchronous workers.
+//! Connections on a few asynchronous workers (about one per core): each accepted connection
+//! is a task on one of them from its session handshake to its end ([`super::conn`]), and the
+//! worker also seals and opens the frames of every connection on it, so it is the crypto
+//! worker too. Threads do not grow with open connections, nor with handshakes in progress.
 //!
-//! A connection's thread runs its session handshake and stream setup (short, bounded by the
-//! handshake timeout), then hands both sockets and the stream keys to one of a few workers
-//! (about one per core) and ends: the worker moves the frames of every connection handed to
-//! it with non-blocking socket I/O, and seals and opens them itself, so it is also the crypto
-//! worker. Threads no longer grow with open connections, only with handshakes in progress.
-//!
-//! Semantics are those of the threaded pumps (FORMAT.md section 12): frames are authenticated
-//! whole before a byte is forwarded, a destination is half-closed only after `FINAL` (or the
-//! sealing side's source half-closed), and any error resets both sockets.
+//! Semantics are those of FORMAT.md section 12: frames are authenticated whole before a byte
+//! is forwarded, a destination is half-closed only after `FINAL` (or the sealing side's
+//! source half-closed), and any error resets both sockets.
 use super::*;
 use tokio::net::TcpStream as AsyncStream;
 
-/// What a connection's thread hands over once its streams are set up.
+/// The data phase of a router or decrypt connection, once its streams are set up.
 pub(super) enum Handoff<K: Keyring> {
     Router {
         header: Vec<u8>,
@@ -28,8 +25,21 @@ pub(super) enum Handoff<K: Keyring> {
     },
 }
 
+/// Where a pump's output goes.
+pub(super) enum Dst<'a> {
+    /// This socket, as this side's bytes.
+    Socket(&'a AsyncStream, Side),
+    /// Each whole frame to a sink's stored stream.
+    Sink(&'a mut SinkWriter),
+}
+
+pub(super) fn keys_lost() -> GwError {
+    GwError::Io(io::Error::other("the crypto worker stopped"))
+}
+
 /// The workers: one single-threaded runtime each, in a thread the keyring set up, with the
-/// batcher that runs the crypto of every connection on it.
+/// batcher that runs the crypto of every connection on it. A runtime's blocking pool (a
+/// sink's file or object writes, name lookups of the target) is bounded too.
 pub(super) struct Workers<K: Keyring> {
     workers: Vec<(tokio::runtime::Handle, Arc<Batcher<K>>)>,
     next: AtomicUsize,
@@ -74,6 +84,9 @@ fn inline_mode() -> Inline {
         _ => Inline::Lone,
     })
 }
+
+/// Threads of a worker's blocking pool (a sink's writes, name lookups).
+const BLOCKING_THREADS: usize = 4;
 
 /// Read permits per worker.
 const READ_PERMITS: usize = 16;
@@ -185,7 +198,11 @@ impl<K: Keyring> Workers<K> {
             std::thread::Builder::new()
                 .name(format!("qeltrix-gw-worker-{i}"))
                 .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .max_blocking_threads(BLOCKING_THREADS)
+                        .build()
+                    {
                         Ok(rt) => rt,
                         Err(e) => {
                             let _ = tx.send(Err(e));
@@ -222,74 +239,55 @@ impl<K: Keyring> Workers<K> {
         })
     }
 
-    /// Run the data phase of a connection on the next worker; `finish` it there.
-    pub(super) fn spawn(
-        &self,
-        gw: Arc<Gateway<K>>,
-        client: TcpStream,
-        other: TcpStream,
-        stats: Arc<ConnStats>,
-        h: Handoff<K>,
-    ) {
+    /// Run `task` on the first worker.
+    pub(super) fn spawn_task(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.workers[0].0.spawn(task);
+    }
+
+    /// Run an accepted connection on the next worker, from its handshake to its end.
+    pub(super) fn spawn(&self, gw: Arc<Gateway<K>>, client: TcpStream, stats: Arc<ConnStats>) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         let (handle, batcher) = &self.workers[i];
         let batcher = batcher.clone();
         batcher.conns.fetch_add(1, Ordering::Relaxed);
         handle.spawn(async move {
-            let r = run(&gw, &batcher, client, other, &stats, h).await;
+            super::conn::connection(gw, &batcher, client, stats).await;
             batcher.conns.fetch_sub(1, Ordering::Relaxed);
-            gw.finish(&stats, r);
         });
     }
 }
 
-fn to_async(s: TcpStream) -> io::Result<AsyncStream> {
+pub(super) fn to_async(s: TcpStream) -> io::Result<AsyncStream> {
     s.set_nonblocking(true)?;
     AsyncStream::from_std(s)
 }
 
-/// Both sockets are closed when this returns: with a reset (RST) after an error.
-async fn run<K: Keyring>(
+/// The data phase of a router or decrypt connection between client `c` and other side `o`.
+pub(super) async fn run<K: Keyring>(
+    p: &Pumps,
     gw: &Gateway<K>,
     b: &Batcher<K>,
-    client: TcpStream,
-    other: TcpStream,
-    stats: &Arc<ConnStats>,
+    c: &AsyncStream,
+    o: &AsyncStream,
     h: Handoff<K>,
 ) -> Result<(), GwError> {
-    let p = Pumps {
-        idle: gw.config.idle_timeout,
-        flush_delay: gw.config.flush_delay,
-        stats: stats.clone(),
-        gate: gw.gate.clone(),
-    };
     let bs = gw.config.block_size;
     let max_bs = gw.config.max_peer_block_size;
-    set_reset_on_close(&client);
-    set_reset_on_close(&other);
-    let (c, o) = (to_async(client)?, to_async(other)?);
-    let r = match h {
+    match h {
         Handoff::Router {
             header,
             keys,
             reply_id,
             session,
         } => {
-            let up = async {
-                write_all(&p, &o, Side::Other, &header).await?;
-                seal(&p, gw, b, &c, Side::Client, &o, Side::Other, keys, bs).await?;
-                shutdown_write(&o);
-                Ok::<(), GwError>(())
-            };
+            let up = send_stream(p, gw, b, (c, Side::Client), (o, Side::Other), &header, keys, bs);
             let down = async {
-                let hdr = read_stream_header(&p, &o, Side::Other, max_bs).await?;
+                let hdr = read_stream_header(p, o, Side::Other, max_bs).await?;
                 if hdr.container_id != reply_id {
                     return Err(GwError::Auth("the reply stream is not bound to this connection".into()));
                 }
                 let keys = gw.keyring.accept_stream(session.as_ref(), &hdr)?;
-                open(&p, gw, b, &o, Side::Other, &c, Side::Client, keys, hdr.block_size).await?;
-                shutdown_write(&c);
-                Ok(())
+                recv_stream(p, gw, b, (o, Side::Other), (c, Side::Client), keys, hdr.block_size).await
             };
             tokio::try_join!(up, down).map(|_| ())
         }
@@ -299,41 +297,80 @@ async fn run<K: Keyring>(
             in_keys,
             in_block_size,
         } => {
-            let down = async {
-                write_all(&p, &c, Side::Client, &reply_header).await?;
-                seal(&p, gw, b, &o, Side::Other, &c, Side::Client, reply_keys, bs).await?;
-                shutdown_write(&c);
-                Ok::<(), GwError>(())
-            };
-            let up = async {
-                open(&p, gw, b, &c, Side::Client, &o, Side::Other, in_keys, in_block_size).await?;
-                shutdown_write(&o);
-                Ok(())
-            };
+            let down = send_stream(
+                p,
+                gw,
+                b,
+                (o, Side::Other),
+                (c, Side::Client),
+                &reply_header,
+                reply_keys,
+                bs,
+            );
+            let up = recv_stream(p, gw, b, (c, Side::Client), (o, Side::Other), in_keys, in_block_size);
             tokio::try_join!(up, down).map(|_| ())
         }
-    };
-    if r.is_err() {
-        p.stats.aborted.store(true, Ordering::SeqCst);
-    } else {
-        // A clean end closes normally (both sides were half-closed after FINAL).
-        let _ = socket2::SockRef::from(&c).set_linger(None);
-        let _ = socket2::SockRef::from(&o).set_linger(None);
     }
-    r
 }
 
-fn shutdown_write(s: &AsyncStream) {
+/// A whole outgoing stream to `dst`: its header, frames of what `src` sends, and a half-close
+/// after the `FINAL` frame.
+#[allow(clippy::too_many_arguments)] // the two sides and the stream
+pub(super) async fn send_stream<K: Keyring>(
+    p: &Pumps,
+    gw: &Gateway<K>,
+    b: &Batcher<K>,
+    (src, src_side): (&AsyncStream, Side),
+    (dst, dst_side): (&AsyncStream, Side),
+    header: &[u8],
+    keys: K::Keys,
+    block_size: u32,
+) -> Result<(), GwError> {
+    write_all(p, dst, dst_side, header).await?;
+    let keys = &mut Some(keys);
+    seal(p, gw, b, src, src_side, Dst::Socket(dst, dst_side), keys, block_size).await?;
+    shutdown_write(dst);
+    Ok(())
+}
+
+/// A whole incoming stream from `src`, each frame authenticated before its plaintext goes to
+/// `dst`, which is half-closed after the `FINAL` frame.
+#[allow(clippy::too_many_arguments)] // the two sides and the stream
+async fn recv_stream<K: Keyring>(
+    p: &Pumps,
+    gw: &Gateway<K>,
+    b: &Batcher<K>,
+    (src, src_side): (&AsyncStream, Side),
+    (dst, dst_side): (&AsyncStream, Side),
+    keys: K::Keys,
+    block_size: u32,
+) -> Result<(), GwError> {
+    let keys = &mut Some(keys);
+    open(p, gw, b, src, src_side, Dst::Socket(dst, dst_side), keys, block_size).await?;
+    shutdown_write(dst);
+    Ok(())
+}
+
+pub(super) fn shutdown_write(s: &AsyncStream) {
     let _ = socket2::SockRef::from(s).shutdown(Shutdown::Write);
 }
 
-/// How often a waiting read or write checks the connection's idle timeout.
+/// How often a waiting read or write checks the connection's idle timeout (and its handshake
+/// deadline before it authenticated).
 fn tick(p: &Pumps) -> Duration {
-    p.idle.clamp(Duration::from_millis(10), Duration::from_secs(1))
+    let deadline = p.stats.preauth_deadline_ms.load(Ordering::Relaxed);
+    let t = if deadline == u64::MAX {
+        p.idle
+    } else {
+        p.idle.min(Duration::from_millis(deadline))
+    };
+    t.clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 async fn read_some(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> io::Result<usize> {
     loop {
+        // A peer that trickles bytes still misses its handshake deadline.
+        p.check_alive()?;
         match s.try_read(buf) {
             Ok(n) => {
                 p.count(side, n, true);
@@ -374,7 +411,7 @@ async fn recv_ready(
     }
 }
 
-async fn write_all(p: &Pumps, s: &AsyncStream, side: Side, data: &[u8]) -> io::Result<()> {
+pub(super) async fn write_all(p: &Pumps, s: &AsyncStream, side: Side, data: &[u8]) -> io::Result<()> {
     let mut pos = 0;
     while pos < data.len() {
         match s.try_write(&data[pos..]) {
@@ -395,7 +432,7 @@ async fn write_all(p: &Pumps, s: &AsyncStream, side: Side, data: &[u8]) -> io::R
     Ok(())
 }
 
-async fn read_full(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> Result<bool, GwError> {
+pub(super) async fn read_full(p: &Pumps, s: &AsyncStream, side: Side, buf: &mut [u8]) -> Result<bool, GwError> {
     let mut got = 0;
     while got < buf.len() {
         let n = read_some(p, s, side, &mut buf[got..]).await?;
@@ -459,20 +496,19 @@ fn grow(buf: &mut Vec<u8>, len: usize) {
     }
 }
 
-/// As [`pumps::Pumps::seal`]: plaintext from `src`, frames to `dst`, `FINAL` at end of input.
+/// Plaintext from `src`, frames to `dst`, `FINAL` at end of input.
 /// Reads take what is there now and go on while more is immediately available, up to a block;
 /// a bulk flow also waits briefly for a full block ([`BULK_WAIT`]), an interactive one is
 /// sealed at once. The frame is sealed in the worker's next batch ([`Batcher`]).
 #[allow(clippy::too_many_arguments)] // the two sides and their roles
-async fn seal<K: Keyring>(
+pub(super) async fn seal<K: Keyring>(
     p: &Pumps,
     gw: &Gateway<K>,
     b: &Batcher<K>,
     src: &AsyncStream,
     src_side: Side,
-    dst: &AsyncStream,
-    dst_side: Side,
-    mut keys: K::Keys,
+    mut dst: Dst<'_>,
+    keys: &mut Option<K::Keys>,
     block_size: u32,
 ) -> Result<(), GwError> {
     let block = block_size as usize;
@@ -522,7 +558,7 @@ async fn seal<K: Keyring>(
         last_full = filled == bs;
         let flags = if eof { META_FLAG_FINAL } else { 0 };
         let job = FrameJob::Seal {
-            keys,
+            keys: keys.take().ok_or_else(keys_lost)?,
             block_index,
             flags,
             pt: std::mem::take(&mut buf),
@@ -540,12 +576,15 @@ async fn seal<K: Keyring>(
         else {
             unreachable!("a seal job comes back as one")
         };
-        keys = k;
+        let keys = keys.insert(k);
         // The plaintext is in the frame now: its buffer and read permit go back.
         b.give(pt);
         drop(permit);
         result.unwrap_or_else(|| Err(GwError::Protocol("a frame was not sealed".into())))?;
-        write_all(p, dst, dst_side, &f).await?;
+        let f = match &mut dst {
+            Dst::Socket(s, side) => write_all(p, s, *side, &f).await.map(|()| f)?,
+            Dst::Sink(w) => w.frame(keys, f, filled as u32).await?,
+        };
         b.give(f);
         p.stats.blocks.fetch_add(1, Ordering::Relaxed);
         block_index += 1;
@@ -555,18 +594,18 @@ async fn seal<K: Keyring>(
     }
 }
 
-/// As [`pumps::Pumps::open`]: frames from `src`, each authenticated whole, plaintext to `dst`.
-/// Each frame is opened in the worker's next batch ([`Batcher`]).
+/// Frames from `src`, each authenticated whole before its plaintext goes to `dst` (or the frame
+/// itself to a sink's stream); stop after the `FINAL` frame. Each frame is opened in the
+/// worker's next batch ([`Batcher`]).
 #[allow(clippy::too_many_arguments)] // the two sides and their roles
-async fn open<K: Keyring>(
+pub(super) async fn open<K: Keyring>(
     p: &Pumps,
     gw: &Gateway<K>,
     b: &Batcher<K>,
     src: &AsyncStream,
     side: Side,
-    dst: &AsyncStream,
-    dst_side: Side,
-    mut keys: K::Keys,
+    mut dst: Dst<'_>,
+    keys: &mut Option<K::Keys>,
     block_size: u32,
 ) -> Result<(), GwError> {
     let mut frames = FrameOpener::new(block_size);
@@ -577,7 +616,7 @@ async fn open<K: Keyring>(
                 pt = b.take();
             }
             let job = FrameJob::Open {
-                keys,
+                keys: keys.take().ok_or_else(keys_lost)?,
                 buf,
                 avail,
                 pt,
@@ -593,13 +632,23 @@ async fn open<K: Keyring>(
             else {
                 unreachable!("an open job comes back as one")
             };
-            keys = k;
+            *keys = Some(k);
             let r = result.unwrap_or_else(|| Err(GwError::Protocol("a frame was not opened".into())));
             frames.opened(buf, pt, r)?;
             continue;
         }
         if let Some(meta) = frames.ready(p) {
-            write_all(p, dst, dst_side, frames.plaintext()).await?;
+            match &mut dst {
+                Dst::Socket(s, side) => write_all(p, s, *side, frames.plaintext()).await?,
+                Dst::Sink(w) => {
+                    let mut frame = b.take();
+                    frame.clear();
+                    frame.extend_from_slice(frames.meta_frame());
+                    frame.extend_from_slice(frames.data_ct());
+                    let keys = keys.as_mut().ok_or_else(keys_lost)?;
+                    b.give(w.frame(keys, frame, meta.pt_len).await?);
+                }
+            }
             if meta.is_final() {
                 return Ok(());
             }
@@ -630,8 +679,13 @@ async fn open<K: Keyring>(
     }
 }
 
-/// As [`pumps::read_stream_header`], without a thread.
-async fn read_stream_header(p: &Pumps, s: &AsyncStream, side: Side, max_block_size: u32) -> Result<Header, GwError> {
+/// Read and parse a stream header (bounded by `MAX_STREAM_HEADER_LEN`).
+pub(super) async fn read_stream_header(
+    p: &Pumps,
+    s: &AsyncStream,
+    side: Side,
+    max_block_size: u32,
+) -> Result<Header, GwError> {
     let mut buf = vec![0u8; HEADER_FIXED_LEN];
     if !read_full(p, s, side, &mut buf).await? {
         return Err(stream_header_missing());

@@ -1,15 +1,15 @@
 //! GatewayServer loops (FORMAT.md section 12 "Streams"; docs/DESIGN.md "Servers").
 //!
-//! Each accepted connection gets a thread for its setup: the session handshake and stream
-//! headers (short, bounded by the handshake timeout). Router and decrypt connections then hand
-//! their data phase to a few asynchronous workers ([`aio`]: one per core, also the crypto
-//! workers) and the thread ends; reflect and sink connections keep their thread, with one
-//! *seal pump* or *open pump* per direction ([`pumps`]). A seal pump reads plaintext, cuts it
-//! into frames (a frame is sealed when its block is full or the source has nothing more
-//! ready, so interactive protocols see no added delay) and writes them; an open pump reads
-//! frames, authenticates each completely before forwarding a byte of it, and half-closes its
+//! Each accepted connection is a task on one of a few asynchronous workers ([`aio`]: one per
+//! core, also the crypto workers) from its session handshake to its end ([`conn`]); threads
+//! do not grow with connections, whether open or being set up. A connection runs one *seal
+//! pump* or *open pump* per direction. A seal pump reads plaintext, cuts it into frames (a
+//! frame is sealed when its block is full or the source has nothing more ready, so
+//! interactive protocols see no added delay) and writes them; an open pump reads frames,
+//! authenticates each completely before forwarding a byte of it, and half-closes its
 //! destination on the `FINAL` frame. Writes that wait give backpressure, so memory per
-//! connection is bounded by a few blocks whatever the peers do.
+//! connection is bounded by a few blocks whatever the peers do. A sink's file or object
+//! writes run on each worker's small blocking pool ([`sink`]).
 //!
 //! A cut is never a clean end (FORMAT.md section 12): a destination is half-closed only after
 //! a `FINAL` frame (or, on the sealing side, after its source half-closed); any error aborts
@@ -21,6 +21,7 @@
 //! them over `qeltrix_v6._crypto`.
 
 mod aio;
+mod conn;
 mod gate;
 mod pumps;
 mod sink;
@@ -45,7 +46,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -158,20 +159,37 @@ impl From<qeltrix_format::FormatError> for GwError {
     }
 }
 
+/// One step of a session handshake (FORMAT.md section 12.1).
+#[derive(Debug, Clone, Copy)]
+pub enum SessionStep<'a> {
+    /// The initiator's `msg1`.
+    Start,
+    /// The responder's `msg2`, answering `msg1`.
+    Respond(&'a [u8]),
+    /// The initiator's `msg3` (empty when there is none), answering `msg2`.
+    Finish(&'a [u8]),
+    /// The responder checks `msg3`.
+    Confirm(&'a [u8]),
+}
+
 /// Creates and accepts streams: the key material of a gateway.
 pub trait Keyring: Send + Sync + 'static {
     type Keys: StreamKeys;
     /// What an authenticated peer handshake leaves behind (pinned-key mode).
     type Session: Send + Sync + 'static;
-    /// Pinned-key mode: run the peer handshake (FORMAT.md section 12.1) over `send`/`recv`
-    /// before any stream; a peer whose key is not pinned is refused here. Shared-key mode
-    /// returns `None` without a byte exchanged.
-    fn handshake(
-        &self,
-        initiator: bool,
-        send: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-        recv: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
-    ) -> Result<Option<Self::Session>, GwError>;
+    /// A fresh session for one connection (FORMAT.md section 12.1), whose handshake the
+    /// gateway runs with [`Keyring::session_msg_lens`] and [`Keyring::session_step`] between
+    /// its own reads and writes; `None` when streams need no handshake (nothing exchanged).
+    fn new_session(&self) -> Result<Option<Self::Session>, GwError>;
+    /// The lengths of the handshake's messages `msg1`, `msg2` and `msg3` (0: no `msg3`).
+    fn session_msg_lens(&self, _session: &Self::Session) -> Result<(usize, usize, usize), GwError> {
+        Err(GwError::Protocol("this keyring has no session handshake".into()))
+    }
+    /// One handshake step: the message to send next (empty after [`SessionStep::Confirm`]).
+    /// A peer whose key is not pinned is refused here.
+    fn session_step(&self, _session: &Self::Session, _step: SessionStep<'_>) -> Result<Vec<u8>, GwError> {
+        Err(GwError::Protocol("this keyring has no session handshake".into()))
+    }
     /// A fresh outgoing stream (its header, and keys to seal with). `container_id` is set for
     /// reply streams, which must use the id bound to their request.
     fn new_stream(
@@ -207,7 +225,7 @@ pub trait Keyring: Send + Sync + 'static {
     fn log(&self, level: LogLevel, line: &str) {
         eprintln!("qeltrix gateway {level:?}: {line}");
     }
-    /// Run a connection thread's whole body; a binding may set up per-thread state once here
+    /// Run a worker thread's whole body; a binding may set up per-thread state once here
     /// (the Python binding keeps a thread state, so each crypto call only takes the GIL).
     fn on_thread(&self, f: &mut (dyn FnMut() + Send)) {
         f()
@@ -346,6 +364,8 @@ pub struct GatewayHandle {
     metrics_addr: Option<SocketAddr>,
     stats: Arc<dyn StatsSource>,
     stop: Box<dyn Fn() + Send + Sync>,
+    /// Disconnected once the accept loop has closed the listener.
+    accepting: Option<std::sync::mpsc::Receiver<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     metrics_stop: Option<tokio::sync::watch::Sender<bool>>,
     metrics_thread: Option<std::thread::JoinHandle<()>>,
@@ -376,6 +396,9 @@ impl GatewayHandle {
     /// answers and `/healthz` says `draining`.
     pub fn stop_accepting(&mut self) {
         (self.stop)();
+        if let Some(accepting) = self.accepting.take() {
+            let _ = accepting.recv();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -440,7 +463,7 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
         draining: AtomicBool::new(false),
         workers: std::sync::OnceLock::new(),
     });
-    if matches!(gw.config.mode, Mode::Router | Mode::Decrypt) {
+    {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         // One worker per core; `QELTRIX_GW_WORKERS` overrides it (for benchmarks, as
         // `QELTRIX_GW_CRYPTO_SLOTS` does for the gate).
@@ -450,15 +473,16 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
             .unwrap_or(cores);
         let _ = gw.workers.set(aio::Workers::start(&gw, n)?);
     }
+    // Connections are accepted on the first worker; `stop_accepting` returns once the
+    // listener is closed (`accepting` disconnects).
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (accepting_tx, accepting) = std::sync::mpsc::channel::<()>();
+    listener.set_nonblocking(true)?;
+    gw.workers
+        .get()
+        .expect("started above")
+        .spawn_task(gw.clone().accept_loop(listener, wake.clone(), accepting_tx));
     let mut threads = Vec::new();
-    {
-        let gw = gw.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("qeltrix-gw-accept".into())
-                .spawn(move || gw.accept_loop(listener))?,
-        );
-    }
     if !gw.config.stats_interval.is_zero() {
         let gw = gw.clone();
         threads.push(
@@ -509,14 +533,14 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
     let stop = Box::new(move || {
         stopper.draining.store(true, Ordering::SeqCst);
         stopper.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect_timeout(&local_addr, Duration::from_secs(1));
+        wake.notify_one();
     });
     Ok(GatewayHandle {
         local_addr,
         metrics_addr,
         stats: gw,
         stop,
+        accepting: Some(accepting),
         threads,
         metrics_stop,
         metrics_thread,
@@ -524,20 +548,37 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
 }
 
 impl<K: Keyring> Gateway<K> {
-    fn accept_loop(self: Arc<Self>, listener: TcpListener) {
-        for conn in listener.incoming() {
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        wake: Arc<tokio::sync::Notify>,
+        accepting: std::sync::mpsc::Sender<()>,
+    ) {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                self.keyring
+                    .log(LogLevel::Error, &format!("cannot accept connections: {e}"));
+                return;
+            }
+        };
+        loop {
+            let conn = tokio::select! {
+                c = listener.accept() => c,
+                _ = wake.notified() => break,
+            };
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
-            let stream = match conn {
+            // Handed to a worker as a plain socket, registered there.
+            let (stream, peer) = match conn.and_then(|(s, peer)| Ok((s.into_std()?, peer))) {
                 Ok(s) => s,
                 Err(e) => {
                     self.keyring.log(LogLevel::Warning, &format!("accept failed: {e}"));
-                    std::thread::sleep(Duration::from_millis(20));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
             };
-            let peer = stream.peer_addr().unwrap_or(self.config.listen);
             if self.active.load(Ordering::SeqCst) >= self.config.max_connections {
                 self.totals.refused.fetch_add(1, Ordering::Relaxed);
                 self.keyring.log(
@@ -554,41 +595,13 @@ impl<K: Keyring> Gateway<K> {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let stats = Arc::new(ConnStats::new(id, peer));
             self.open.lock().expect("stats lock").insert(id, stats.clone());
-            let gw = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("qeltrix-gw-{id}"))
-                .spawn(move || {
-                    let mut result = None;
-                    gw.keyring.on_thread(&mut || result = Some(gw.handle(&stream, &stats)));
-                    let result =
-                        result.unwrap_or_else(|| Err(GwError::Protocol("connection thread did not run".into())));
-                    // Set up: the data phase goes on without this thread.
-                    let result = match result {
-                        Ok(Some((other, handoff))) => match gw.workers.get() {
-                            Some(w) => {
-                                w.spawn(gw.clone(), stream, other, stats, handoff);
-                                return;
-                            }
-                            None => Err(GwError::Protocol("no worker for this connection".into())),
-                        },
-                        Ok(None) => Ok(()),
-                        Err(e) => Err(e),
-                    };
-                    if result.is_err() {
-                        // Errors before the pumps started (session, header) abort too.
-                        set_reset_on_close(&stream);
-                    }
-                    // Free the slot before the peer sees the close, so a client that
-                    // retries at once is not refused.
-                    gw.finish(&stats, result);
-                    drop(stream);
-                });
-            if let Err(e) = spawned {
-                self.keyring
-                    .log(LogLevel::Error, &format!("cannot start a connection thread: {e}"));
-                self.active.fetch_sub(1, Ordering::SeqCst);
+            match self.workers.get() {
+                Some(w) => w.spawn(self.clone(), stream, stats),
+                None => self.finish(&stats, Err(GwError::Protocol("no worker for this connection".into()))),
             }
         }
+        drop(listener);
+        drop(accepting);
     }
 
     fn finish(&self, stats: &Arc<ConnStats>, result: Result<(), GwError>) {
@@ -661,226 +674,6 @@ impl<K: Keyring> Gateway<K> {
             (None, None) => "itself".into(),
         }
     }
-
-    fn connect_target(&self) -> Result<TcpStream, GwError> {
-        let target = self.config.target.as_deref().expect("checked at start");
-        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target} did not resolve"));
-        for addr in target.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&addr, self.config.connect_timeout) {
-                Ok(s) => {
-                    self.prepare(&s)?;
-                    return Ok(s);
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(GwError::Io(io::Error::new(
-            last.kind(),
-            format!("connecting to {target}: {last}"),
-        )))
-    }
-
-    fn prepare(&self, s: &TcpStream) -> io::Result<()> {
-        s.set_nodelay(true)?;
-        // Reads and writes wake up at least this often to check the connection's overall
-        // idleness, its handshake deadline and whether it was aborted.
-        let tick = self
-            .config
-            .idle_timeout
-            .min(self.config.handshake_timeout)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1));
-        s.set_read_timeout(Some(tick))?;
-        s.set_write_timeout(Some(tick))?;
-        Ok(())
-    }
-
-    /// Run the keyring's peer handshake (if any) on `s`.
-    fn handshake(&self, p: &Pumps, s: &TcpStream, side: Side, initiator: bool) -> Result<Option<K::Session>, GwError> {
-        self.keyring.handshake(
-            initiator,
-            &mut |data| p.write_all(&mut &*s, side, data),
-            &mut |buf| match p.read_full(s, side, buf) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the peer closed during the handshake",
-                )),
-                Err(e) => Err(e),
-            },
-        )
-    }
-
-    /// Serve a connection; router and decrypt connections return, once set up, the socket to
-    /// their other side and what the data phase needs ([`aio`]).
-    fn handle(
-        &self,
-        client: &TcpStream,
-        stats: &Arc<ConnStats>,
-    ) -> Result<Option<(TcpStream, aio::Handoff<K>)>, GwError> {
-        self.prepare(client)?;
-        if self.config.mode != Mode::Reflect && !(self.config.mode == Mode::Sink && self.config.sink_raw) {
-            let ms = self.config.handshake_timeout.as_millis().min(u128::from(u64::MAX - 1)) as u64;
-            stats.preauth_deadline_ms.store(ms, Ordering::Relaxed);
-        }
-        let p = Pumps {
-            idle: self.config.idle_timeout,
-            flush_delay: self.config.flush_delay,
-            stats: stats.clone(),
-            gate: self.gate.clone(),
-        };
-        let bs = self.config.block_size;
-        let max_bs = self.config.max_peer_block_size;
-        let nop = &mut |_: &mut K::Keys, _: u32, _: &[u8]| Ok(());
-        match self.config.mode {
-            Mode::Reflect => {
-                let (header, mut keys) = self.keyring.new_stream(None, None, bs)?;
-                p.write_all(&mut &*client, Side::Client, &header)?;
-                let r = p.seal(client, Side::Client, &mut &*client, Side::Client, &mut keys, bs, nop);
-                after(&p, &r, &[client], client);
-                r.map(|()| None)
-            }
-            Mode::Router => {
-                let peer = self.connect_target()?;
-                let session = self.handshake(&p, &peer, Side::Other, true);
-                if session.is_err() {
-                    set_reset_on_close(&peer);
-                }
-                let session = session?;
-                // The peer is the gateway this one chose to connect to; its reply header is
-                // bounded by MAX_STREAM_HEADER_LEN and the idle timeout from here.
-                stats.authenticated();
-                let (header, keys) = self.keyring.new_stream(session.as_ref(), None, bs)?;
-                let request_id = Header::parse(&header)
-                    .map_err(|e| GwError::Protocol(e.to_string()))?
-                    .container_id;
-                let reply_id = self.keyring.reply_id(&request_id)?;
-                let _ = max_bs;
-                Ok(Some((
-                    peer,
-                    aio::Handoff::Router {
-                        header,
-                        keys,
-                        reply_id,
-                        session,
-                    },
-                )))
-            }
-            Mode::Decrypt => {
-                let session = self.handshake(&p, client, Side::Client, false)?;
-                let h = read_stream_header(&p, client, Side::Client, max_bs)?;
-                // Authenticated under this connection's fresh session before the target is
-                // contacted: a replayed or reflected stream never reaches it.
-                let in_keys = self.keyring.accept_stream(session.as_ref(), &h)?;
-                stats.authenticated();
-                let reply_id = self.keyring.reply_id(&h.container_id)?;
-                let target = self.connect_target()?;
-                let (reply_header, reply_keys) = self.keyring.new_stream(session.as_ref(), Some(reply_id), bs)?;
-                Ok(Some((
-                    target,
-                    aio::Handoff::Decrypt {
-                        reply_header,
-                        reply_keys,
-                        in_keys,
-                        in_block_size: h.block_size,
-                    },
-                )))
-            }
-            Mode::Sink => {
-                let r = self.sink(client, &p);
-                if r.is_err() {
-                    abort(&p, &[client]);
-                }
-                r.map(|()| None)
-            }
-        }
-    }
-
-    fn sink(&self, client: &TcpStream, p: &Pumps) -> Result<(), GwError> {
-        let bs = self.config.block_size;
-        let session = if self.config.sink_raw {
-            None
-        } else {
-            self.handshake(p, client, Side::Client, false)?
-        };
-        let session = session.as_ref();
-        let (header, mut keys, block_size) = if self.config.sink_raw {
-            let (h, k) = self.keyring.new_stream(None, None, bs)?;
-            (Header::parse(&h).map_err(|e| GwError::Protocol(e.to_string()))?, k, bs)
-        } else {
-            let h = read_stream_header(p, client, Side::Client, self.config.max_peer_block_size)?;
-            let k = self.keyring.accept_stream(session, &h)?;
-            p.stats.authenticated();
-            let block_size = h.block_size;
-            (h, k, block_size)
-        };
-        let header_bytes = self.keyring.storage_header(session, &header, &keys)?;
-        let signs = self.keyring.sink_signer()?.is_some();
-        let stored_header = Header::parse(&header_bytes).map_err(|e| GwError::Protocol(e.to_string()))?;
-        if stored_header.signed() != signs || stored_header.container_id != header.container_id {
-            return Err(GwError::Protocol(
-                "the header to store disagrees with the stream (container_id) or with the sink's signing key (SIGNED)"
-                    .into(),
-            ));
-        }
-        let mut file = match &self.config.sink_store {
-            Some(store) => {
-                let file = SinkFile::create_in(store.as_ref(), p.stats.id, &header_bytes, signs)?;
-                self.keyring.log(
-                    LogLevel::Info,
-                    &format!("connection {}: storing {}", p.stats.id, file.name()),
-                );
-                file
-            }
-            None => {
-                let dir = self.config.sink_dir.as_deref().expect("checked at start");
-                SinkFile::create(dir, p.stats.id, &header_bytes, signs)?
-            }
-        };
-        let r = if self.config.sink_raw {
-            let SinkFile { file: out, stored, .. } = &mut file;
-            p.seal(
-                client,
-                Side::Client,
-                out,
-                Side::Other,
-                &mut keys,
-                bs,
-                &mut |keys, pt_len, frame| stored.add(keys, frame, frame.len() as u64, pt_len),
-            )
-        } else {
-            p.open(
-                client,
-                Side::Client,
-                &mut keys,
-                block_size,
-                &mut |keys, meta_frame, ct, meta, _| file.frame(keys, meta_frame, ct, meta.pt_len),
-            )
-        };
-        let path = file.finish(&self.keyring, &mut keys, r.is_err())?;
-        let state = if r.is_ok() {
-            "complete"
-        } else {
-            "INCOMPLETE (cut before its FINAL frame)"
-        };
-        self.keyring.log(
-            LogLevel::Info,
-            &format!("connection {}: stored {path} ({state})", p.stats.id),
-        );
-        if r.is_ok() && !self.config.sink_raw {
-            // Acknowledge durable storage with an empty reply stream bound to the request, so
-            // a router in front of the sink ends cleanly and its client sees a half-close.
-            let container_id = header.container_id;
-            let (reply, mut reply_keys) =
-                self.keyring
-                    .new_stream(session, Some(self.keyring.reply_id(&container_id)?), bs)?;
-            let mut frame = Vec::new();
-            reply_keys.seal(0, META_FLAG_FINAL, &[], &mut frame)?;
-            p.write_all(&mut &*client, Side::Client, &reply)?;
-            p.write_all(&mut &*client, Side::Client, &frame)?;
-            let _ = client.shutdown(Shutdown::Write);
-        }
-        r
-    }
 }
 
 #[cfg(test)]
@@ -896,7 +689,6 @@ mod tests {
             idle: Duration::from_secs(30),
             flush_delay: Duration::ZERO,
             stats: stats(),
-            gate: Arc::new(CryptoGate::new(1)),
         }
     }
 
@@ -907,6 +699,18 @@ mod tests {
         let (a, _) = l.accept().expect("accept");
         a.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
         (a, c)
+    }
+
+    /// [`aio::read_stream_header`] from `s` on a runtime of its own.
+    fn read_header(p: &Pumps, s: TcpStream) -> Result<Header, GwError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let s = aio::to_async(s)?;
+            aio::read_stream_header(p, &s, Side::Client, 16 << 20).await
+        })
     }
 
     /// The 44-byte fixed part of a stream header declaring `header_len`.
@@ -928,7 +732,7 @@ mod tests {
         let (a, mut c) = pair();
         c.write_all(&fixed_header(1 << 20)).expect("write");
         // Nothing more is sent: the refusal must not wait for the declared bytes.
-        match read_stream_header(&pumps(), &a, Side::Client, 16 << 20) {
+        match read_header(&pumps(), a) {
             Err(GwError::Protocol(m)) => assert!(m.contains("at most 4096"), "{m}"),
             other => panic!("expected a protocol error, got {other:?}"),
         }
@@ -945,7 +749,7 @@ mod tests {
             h.extend_from_slice(&[0; 64]); // header_sha256 || header_mac: checked later, by the keyring
             let (a, mut c) = pair();
             c.write_all(&h).expect("write");
-            match (read_stream_header(&pumps(), &a, Side::Client, 16 << 20), refused) {
+            match (read_header(&pumps(), a), refused) {
                 (Ok(parsed), None) => assert_eq!(parsed.encoded, h),
                 (Err(GwError::Protocol(m)), Some(why)) => assert!(m.contains(why), "{m}"),
                 (other, _) => panic!("flags {flags}: {other:?}"),
@@ -988,12 +792,7 @@ mod tests {
     impl Keyring for Signing {
         type Keys = PlainKeys;
         type Session = ();
-        fn handshake(
-            &self,
-            _: bool,
-            _: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-            _: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
-        ) -> Result<Option<()>, GwError> {
+        fn new_session(&self) -> Result<Option<()>, GwError> {
             Ok(None)
         }
         fn new_stream(&self, _: Option<&()>, _: Option<[u8; 16]>, _: u32) -> Result<(Vec<u8>, PlainKeys), GwError> {
@@ -1148,7 +947,7 @@ mod tests {
         let (a, _c) = pair();
         let p = pumps();
         p.stats.preauth_deadline_ms.store(100, Ordering::Relaxed);
-        let err = read_stream_header(&p, &a, Side::Client, 16 << 20).expect_err("must time out");
+        let err = read_header(&p, a).expect_err("must time out");
         assert!(err.to_string().contains("handshake timeout"), "{err}");
         p.stats.authenticated();
         assert!(!p.stats.past_deadline());
@@ -1158,12 +957,15 @@ mod tests {
     fn abort_resets_the_peer_instead_of_ending_cleanly() {
         let (a, mut c) = pair();
         let p = pumps();
-        abort(&p, &[&a]);
-        // A pump blocked on `a` wakes up with an error, never with a clean end of input.
+        // What a connection's task does on an error: its sockets reset when closed, and a
+        // read of an aborted connection fails, never with a clean end of input.
+        set_reset_on_close(&a);
+        p.stats.aborted.store(true, Ordering::SeqCst);
+        match read_header(&p, a) {
+            Err(GwError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted),
+            other => panic!("expected an aborted read, got {other:?}"),
+        }
         let mut buf = [0u8; 8];
-        let e = p.read_some(&a, Side::Client, &mut buf).expect_err("aborted");
-        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
-        drop(a);
         c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         let e = c.read(&mut buf).expect_err("a reset, not an end of input");
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);

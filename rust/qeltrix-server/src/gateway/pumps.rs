@@ -1,43 +1,16 @@
-//! Socket I/O of one connection: the pumps that move bytes and frames, timeouts, and
-//! aborting a connection with a reset (FORMAT.md section 12: a cut is never a clean end).
+//! What every connection's pumps ([`super::aio`]) share: counting, the idle timeout and
+//! handshake deadline, the frame receiver, stream header checks, and the reset that aborts a
+//! connection (FORMAT.md section 12: a cut is never a clean end).
 use super::*;
 
-/// After one direction ends: a clean end (a `FINAL` frame, or the source's half-close on the
-/// sealing side) half-closes the destination; an error aborts the connection (`sockets`).
-pub(super) fn after(p: &Pumps, r: &Result<(), GwError>, sockets: &[&TcpStream], dst: &TcpStream) {
-    if r.is_ok() && !p.stats.aborted.load(Ordering::SeqCst) {
-        let _ = dst.shutdown(Shutdown::Write);
-    } else {
-        abort(p, sockets);
-    }
-}
-
-/// Abort a connection: its sockets are reset (RST, not FIN) when they are closed, and every
-/// pump blocked on them wakes up and stops without sending a `FINAL` frame.
-pub(super) fn abort(p: &Pumps, sockets: &[&TcpStream]) {
-    p.stats.aborted.store(true, Ordering::SeqCst);
-    for s in sockets {
-        set_reset_on_close(s);
-        // Wakes a blocked reader without sending anything (SHUT_WR would send a FIN, which
-        // a plaintext peer would take for a clean end); a blocked writer wakes at its tick.
-        let _ = s.shutdown(Shutdown::Read);
-    }
-}
-
 /// `SO_LINGER` with timeout 0: closing the socket sends a TCP RST.
-pub(super) fn set_reset_on_close(s: &TcpStream) {
+pub(super) fn set_reset_on_close(s: &impl std::os::fd::AsFd) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
 pub(super) fn aborted_error() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "the connection was aborted")
 }
-
-/// Receives each authenticated frame: `(keys, meta_frame, data_ct, meta, plaintext)`.
-type Deliver<'a, S> = dyn FnMut(&mut S, &[u8], &[u8], &BlockMeta, &[u8]) -> Result<(), GwError> + 'a;
-
-/// Told of each frame a seal pump wrote: `(keys, pt_len, frame)`.
-type OnFrame<'a, S> = dyn FnMut(&mut S, u32, &[u8]) -> Result<(), GwError> + 'a;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Side {
@@ -51,11 +24,6 @@ pub(super) struct Pumps {
     pub(super) idle: Duration,
     pub(super) flush_delay: Duration,
     pub(super) stats: Arc<ConnStats>,
-    pub(super) gate: Arc<CryptoGate>,
-}
-
-pub(super) fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 impl Pumps {
@@ -68,24 +36,6 @@ impl Pumps {
                 &self.stats.bytes_out
             };
             c.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    }
-
-    /// Block until some bytes or end of input; the connection's idle timeout applies.
-    pub(super) fn read_some(&self, s: &TcpStream, side: Side, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            self.check_alive()?;
-            match (&*s).read(buf) {
-                Ok(n) => {
-                    // An abort's SHUT_RD reads as end of input: never take it for a clean end.
-                    self.check_alive()?;
-                    self.count(side, n, true);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_timeout(&e) => self.check_idle()?,
-                Err(e) => return Err(e),
-            }
         }
     }
 
@@ -110,175 +60,13 @@ impl Pumps {
         }
         Ok(())
     }
-
-    /// Fill `buf`; `Ok(false)` when the input ended before its first byte.
-    pub(super) fn read_full(&self, s: &TcpStream, side: Side, buf: &mut [u8]) -> io::Result<bool> {
-        let mut got = 0;
-        while got < buf.len() {
-            let n = self.read_some(s, side, &mut buf[got..])?;
-            if n == 0 {
-                if got == 0 {
-                    return Ok(false);
-                }
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "stream cut inside a frame",
-                ));
-            }
-            got += n;
-        }
-        Ok(true)
-    }
-
-    /// Bytes that are ready now (or within `flush_delay`): `None` when there are none.
-    pub(super) fn recv_ready(
-        &self,
-        s: &TcpStream,
-        side: Side,
-        buf: &mut [u8],
-        wait: Duration,
-    ) -> io::Result<Option<usize>> {
-        use rustix::event::{poll, PollFd, PollFlags, Timespec};
-        use rustix::net::{recv, RecvFlags};
-        if !wait.is_zero() {
-            let t = Timespec {
-                tv_sec: wait.as_secs() as _,
-                tv_nsec: wait.subsec_nanos() as _,
-            };
-            let mut fds = [PollFd::new(s, PollFlags::IN)];
-            if poll(&mut fds, Some(&t))? == 0 {
-                return Ok(None);
-            }
-        }
-        loop {
-            match recv(s, &mut *buf, RecvFlags::DONTWAIT) {
-                Ok((n, _)) => {
-                    // As in read_some: an abort's SHUT_RD is not the source's clean end.
-                    self.check_alive()?;
-                    self.count(side, n, true);
-                    return Ok(Some(n));
-                }
-                Err(rustix::io::Errno::AGAIN) => return Ok(None),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    pub(super) fn write_all(&self, w: &mut dyn Write, side: Side, data: &[u8]) -> io::Result<()> {
-        let mut pos = 0;
-        while pos < data.len() {
-            match w.write(&data[pos..]) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(n) => {
-                    pos += n;
-                    self.count(side, n, false);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_timeout(&e) => {
-                    if self.stats.aborted.load(Ordering::SeqCst) {
-                        return Err(aborted_error());
-                    }
-                    if self.stats.idle_for() >= self.idle {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "the receiver stopped reading"));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Read plaintext from `src`, write frames to `dst`, end with a `FINAL` frame at end of
-    /// input. `on_frame(keys, pt_len, frame)` is told of every frame written.
-    #[allow(clippy::too_many_arguments)] // the two sides and their roles
-    pub(super) fn seal<S: StreamKeys>(
-        &self,
-        src: &TcpStream,
-        src_side: Side,
-        dst: &mut dyn Write,
-        dst_side: Side,
-        keys: &mut S,
-        block_size: u32,
-        on_frame: &mut OnFrame<'_, S>,
-    ) -> Result<(), GwError> {
-        let bs = block_size as usize;
-        let mut buf = vec![0u8; bs];
-        let mut frame = Vec::with_capacity(frame_len(block_size) as usize);
-        let mut block_index = 0u64;
-        let mut last_full = false;
-        loop {
-            let mut filled = self.read_some(src, src_side, &mut buf)?;
-            let mut eof = filled == 0;
-            while !eof && filled < bs {
-                // A bulk flow (the last frame was full, or plenty is arriving) waits briefly for
-                // a full block: fewer, larger frames. An interactive flow is sealed at once.
-                let bulk = last_full || filled >= BULK_THRESHOLD.min(bs / 2);
-                let wait = if bulk {
-                    self.flush_delay.max(BULK_WAIT)
-                } else {
-                    self.flush_delay
-                };
-                match self.recv_ready(src, src_side, &mut buf[filled..], wait)? {
-                    Some(0) => eof = true,
-                    Some(n) => filled += n,
-                    None => break,
-                }
-            }
-            last_full = filled == bs;
-            let flags = if eof { META_FLAG_FINAL } else { 0 };
-            self.gate
-                .run(|| keys.seal(block_index, flags, &buf[..filled], &mut frame))?;
-            self.write_all(dst, dst_side, &frame)?;
-            self.stats.blocks.fetch_add(1, Ordering::Relaxed);
-            on_frame(&mut *keys, filled as u32, &frame)?;
-            block_index += 1;
-            if eof {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Read frames from `src`; hand each fully authenticated frame to `deliver(meta_frame,
-    /// data_ct, meta, plaintext)`; stop after the `FINAL` frame ([`FrameOpener`]).
-    pub(super) fn open<S: StreamKeys>(
-        &self,
-        src: &TcpStream,
-        side: Side,
-        keys: &mut S,
-        block_size: u32,
-        deliver: &mut Deliver<'_, S>,
-    ) -> Result<(), GwError> {
-        let mut frames = FrameOpener::new(block_size);
-        loop {
-            match frames.advance(self, keys)? {
-                None => {
-                    let n = self.read_some(src, side, frames.space()).map_err(cut)?;
-                    frames.filled(n)?;
-                }
-                Some(meta) => {
-                    deliver(
-                        &mut *keys,
-                        frames.meta_frame(),
-                        frames.data_ct(),
-                        &meta,
-                        frames.plaintext(),
-                    )?;
-                    if meta.is_final() {
-                        return Ok(());
-                    }
-                    frames.consume();
-                }
-            }
-        }
-    }
 }
 
-/// The receiving side of a stream's frames without its I/O, shared by the threaded and the
-/// asynchronous pumps: bytes read go into [`Self::space`] ([`Self::filled`]); [`Self::advance`]
-/// opens the frame once enough of it is there. Reads go into one buffer of a whole frame, so a
-/// frame that arrives whole (an interactive one, usually) is opened with one crypto call
-/// ([`StreamKeys::open_frame`]).
+/// The receiving side of a stream's frames without its I/O: bytes read go into
+/// [`Self::space`] ([`Self::filled`]); once enough of a frame is there it is lent out for its
+/// crypto call ([`Self::wants_open`], [`Self::lend`], [`Self::opened`]). Reads go into one
+/// buffer of a whole frame, so a frame that arrives whole (an interactive one, usually) is
+/// opened with one crypto call ([`StreamKeys::open_frame`]).
 pub(super) struct FrameOpener {
     buf: Vec<u8>,
     have: usize,
@@ -358,7 +146,7 @@ impl FrameOpener {
     }
 
     /// The buffers lent by [`Self::lend`] come back with the call's result, which is checked
-    /// as [`Self::advance`] checks it.
+    /// (order, size) before the frame is released.
     pub(super) fn opened(
         &mut self,
         buf: Vec<u8>,
@@ -422,32 +210,6 @@ impl FrameOpener {
         }))
     }
 
-    /// The next frame's metadata once it has arrived whole and authenticated (its parts are
-    /// then [`Self::meta_frame`], [`Self::data_ct`] and [`Self::plaintext`] until
-    /// [`Self::consume`]); `None` while more bytes are needed.
-    pub(super) fn advance<S: StreamKeys>(&mut self, p: &Pumps, keys: &mut S) -> Result<Option<BlockMeta>, GwError> {
-        if self.pending.is_none() {
-            if self.have < META_FRAME_LEN {
-                return Ok(None);
-            }
-            let (buf, pt) = (&self.buf[..self.have], &mut self.pt);
-            let (meta, opened) = p.gate.run(|| keys.open_frame(buf, pt))?;
-            self.check(&meta)?;
-            self.pending = Some((meta, opened));
-        }
-        let (meta, opened) = self.pending.expect("set above");
-        if self.have < self.end(&meta) {
-            return Ok(None);
-        }
-        if !opened {
-            let (ct, pt) = (&self.buf[META_FRAME_LEN..self.end(&meta)], &mut self.pt);
-            p.gate.run(|| keys.open_data(&meta, ct, pt))?;
-            self.pending = Some((meta, true));
-        }
-        p.stats.blocks.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(meta))
-    }
-
     fn end(&self, meta: &BlockMeta) -> usize {
         META_FRAME_LEN + meta.pt_len as usize + TAG_LEN
     }
@@ -468,7 +230,7 @@ impl FrameOpener {
         &self.pt
     }
 
-    /// The frame [`Self::advance`] returned was delivered: on to the next.
+    /// The frame [`Self::ready`] returned was delivered: on to the next.
     pub(super) fn consume(&mut self) {
         let end = self.current_end();
         self.buf.copy_within(end..self.have, 0);
@@ -485,19 +247,6 @@ pub(super) fn cut(e: io::Error) -> GwError {
     } else {
         GwError::Io(e)
     }
-}
-
-/// Read and parse a stream header (bounded by `MAX_STREAM_HEADER_LEN`).
-pub(super) fn read_stream_header(p: &Pumps, s: &TcpStream, side: Side, max_block_size: u32) -> Result<Header, GwError> {
-    let mut buf = vec![0u8; HEADER_FIXED_LEN];
-    if !p.read_full(s, side, &mut buf).map_err(cut)? {
-        return Err(stream_header_missing());
-    }
-    buf.resize(declared_header_len(&buf)?, 0);
-    if !p.read_full(s, side, &mut buf[HEADER_FIXED_LEN..]).map_err(cut)? {
-        return Err(stream_header_cut());
-    }
-    parse_stream_header(&buf, max_block_size)
 }
 
 pub(super) fn stream_header_missing() -> GwError {

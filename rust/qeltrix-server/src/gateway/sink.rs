@@ -194,6 +194,8 @@ impl SinkFile {
         }
     }
 
+    /// Write a frame and record it (`stored.add`), in one call (tests).
+    #[cfg(test)]
     pub(super) fn frame<S: StreamKeys>(
         &mut self,
         keys: &mut S,
@@ -250,6 +252,161 @@ impl SinkFile {
             SinkOut::Store(o) => Ok(o.commit()?),
         }
     }
+}
+
+/// Run `f` (file or object storage I/O, which blocks) on the worker's bounded blocking pool,
+/// so the worker's other connections go on meanwhile.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, GwError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| GwError::Io(io::Error::other(format!("a sink write did not run: {e}"))))
+}
+
+/// What a write on the blocking pool gives back: the stream, the frame's buffer, the result.
+type Written = (SinkFile, Vec<u8>, io::Result<()>);
+
+/// A stream being stored by a connection on an asynchronous worker: its writes run on the
+/// worker's blocking pool ([`blocking`]), in order, one at a time, each while the next frame
+/// is read and opened; a frame is recorded (its index entry, and its `frame_digest` on the
+/// worker) once its write has completed.
+pub(super) struct SinkWriter {
+    /// Away while a write runs; `None` after a write that did not come back.
+    file: Option<SinkFile>,
+    /// The write in flight, and its frame's `pt_len`.
+    pending: Option<(tokio::task::JoinHandle<Written>, u32)>,
+}
+
+impl SinkWriter {
+    fn new(file: SinkFile) -> SinkWriter {
+        SinkWriter {
+            file: Some(file),
+            pending: None,
+        }
+    }
+
+    /// Store `frame` (a whole frame of `pt_len` plaintext bytes) after the ones before it: the
+    /// previous frame's write is waited for and recorded, this one's starts. Returns a buffer
+    /// done with (the previous frame's).
+    pub(super) async fn frame<S: StreamKeys>(
+        &mut self,
+        keys: &mut S,
+        frame: Vec<u8>,
+        pt_len: u32,
+    ) -> Result<Vec<u8>, GwError> {
+        let done = self.settle(keys).await?;
+        let mut file = self.file.take().ok_or_else(writer_lost)?;
+        let task = tokio::task::spawn_blocking(move || {
+            let r = file.file.write_all(&frame);
+            (file, frame, r)
+        });
+        self.pending = Some((task, pt_len));
+        Ok(done)
+    }
+
+    /// Wait for the write in flight, if any, and record its frame once written whole (`finish`
+    /// drops whatever follows the last record). Returns its buffer.
+    async fn settle<S: StreamKeys>(&mut self, keys: &mut S) -> Result<Vec<u8>, GwError> {
+        let Some((task, pt_len)) = self.pending.take() else {
+            return Ok(Vec::new());
+        };
+        let (file, frame, r) = task
+            .await
+            .map_err(|e| GwError::Io(io::Error::other(format!("a sink write did not run: {e}"))))?;
+        let file = self.file.insert(file);
+        r?;
+        file.stored.add(keys, &frame, frame.len() as u64, pt_len)?;
+        Ok(frame)
+    }
+}
+
+fn writer_lost() -> GwError {
+    GwError::Io(io::Error::other("a sink write did not come back"))
+}
+
+/// A sink connection's data phase on its worker: store the stream set up in `start` (what
+/// the client sends, opened and authenticated frame by frame; or, for a raw sink, sealed
+/// here), finished with its index even when cut (`INCOMPLETE`); a clean end is acknowledged
+/// with an empty reply stream.
+pub(super) async fn store<K: Keyring>(
+    gw: &Arc<Gateway<K>>,
+    b: &aio::Batcher<K>,
+    p: &Pumps,
+    client: &tokio::net::TcpStream,
+    start: conn::SinkStart<K>,
+) -> Result<(), GwError> {
+    let bs = gw.config.block_size;
+    let conn::SinkStart {
+        session,
+        header,
+        keys,
+        block_size,
+    } = start;
+    let session = session.as_ref();
+    let header_bytes = gw.keyring.storage_header(session, &header, &keys)?;
+    let signs = gw.keyring.sink_signer()?.is_some();
+    let stored_header = Header::parse(&header_bytes).map_err(|e| GwError::Protocol(e.to_string()))?;
+    if stored_header.signed() != signs || stored_header.container_id != header.container_id {
+        return Err(GwError::Protocol(
+            "the header to store disagrees with the stream (container_id) or with the sink's signing key (SIGNED)"
+                .into(),
+        ));
+    }
+    let (g, id) = (gw.clone(), p.stats.id);
+    let file = blocking(move || match &g.config.sink_store {
+        Some(store) => SinkFile::create_in(store.as_ref(), id, &header_bytes, signs),
+        None => {
+            let dir = g.config.sink_dir.as_deref().expect("checked at start");
+            SinkFile::create(dir, id, &header_bytes, signs)
+        }
+    })
+    .await??;
+    if gw.config.sink_store.is_some() {
+        gw.keyring
+            .log(LogLevel::Info, &format!("connection {id}: storing {}", file.name()));
+    }
+    let mut w = SinkWriter::new(file);
+    let mut keys = Some(keys);
+    let r = if gw.config.sink_raw {
+        aio::seal(p, gw, b, client, Side::Client, aio::Dst::Sink(&mut w), &mut keys, bs).await
+    } else {
+        aio::open(
+            p,
+            gw,
+            b,
+            client,
+            Side::Client,
+            aio::Dst::Sink(&mut w),
+            &mut keys,
+            block_size,
+        )
+        .await
+    };
+    let mut keys = keys.ok_or_else(aio::keys_lost)?;
+    // The last write completes (and its frame, authenticated, is kept) even after an error.
+    let settled = w.settle(&mut keys).await;
+    let r = r.and(settled.map(drop));
+    let file = w.file.ok_or_else(writer_lost)?;
+    let (g, incomplete) = (gw.clone(), r.is_err());
+    let path = blocking(move || file.finish(&g.keyring, &mut keys, incomplete)).await??;
+    let state = if r.is_ok() {
+        "complete"
+    } else {
+        "INCOMPLETE (cut before its FINAL frame)"
+    };
+    gw.keyring
+        .log(LogLevel::Info, &format!("connection {id}: stored {path} ({state})"));
+    if r.is_ok() && !gw.config.sink_raw {
+        // Acknowledge durable storage with an empty reply stream bound to the request, so a
+        // router in front of the sink ends cleanly and its client sees a half-close.
+        let reply_id = gw.keyring.reply_id(&header.container_id)?;
+        let (reply, mut reply_keys) = gw.keyring.new_stream(session, Some(reply_id), bs)?;
+        let mut frame = Vec::new();
+        reply_keys.seal(0, META_FLAG_FINAL, &[], &mut frame)?;
+        aio::write_all(p, client, Side::Client, &reply).await?;
+        aio::write_all(p, client, Side::Client, &frame).await?;
+        aio::shutdown_write(client);
+    }
+    r
 }
 
 /// What [`recover_stream`] found.
