@@ -1,4 +1,4 @@
-//! Connections on a few asynchronous workers (about one per core): each accepted connection
+//! Connections on a few asynchronous workers (one per two cores): each accepted connection
 //! is a task on one of them from its session handshake to its end ([`super::conn`]), and the
 //! worker also seals and opens the frames of every connection on it, so it is the crypto
 //! worker too. Threads do not grow with open connections, nor with handshakes in progress.

@@ -465,12 +465,17 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
     });
     {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // One worker per core; `QELTRIX_GW_WORKERS` overrides it (for benchmarks, as
-        // `QELTRIX_GW_CRYPTO_SLOTS` does for the gate).
+        // One worker per two cores, at least one. Most of a small frame's work is done under
+        // the interpreter's one lock (the `cryptography` calls' setup), so more workers in
+        // one process mostly wait for each other: pgbench -S through a pair on 2 cores cost
+        // 64-72 us of relay CPU per transaction with one worker per gateway, 72-89 with two,
+        // while bulk flows (whose AEAD and SHA-256 run without the lock) moved the same bytes
+        // either way (benches/GATEWAY-APPS.md). `QELTRIX_GW_WORKERS` overrides it (for
+        // benchmarks, as `QELTRIX_GW_CRYPTO_SLOTS` does for the gate).
         let n = std::env::var("QELTRIX_GW_WORKERS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(cores);
+            .unwrap_or((cores / 2).max(1));
         let _ = gw.workers.set(aio::Workers::start(&gw, n)?);
     }
     // Connections are accepted on the first worker; `stop_accepting` returns once the
