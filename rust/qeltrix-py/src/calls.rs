@@ -560,12 +560,8 @@ pub fn aead_encrypt_into(
     aad: &Bound<'_, PyAny>,
     buf: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
-    call_on!(
-        aead,
-        AEAD_ENCRYPT_INTO,
-        (PyBytes::new(aead.py(), nonce), data, aad, buf)
-    )
-    .map(drop)
+    let name = pyo3::intern!(aead.py(), AEAD_ENCRYPT_INTO.name);
+    aead_into(aead, &AEAD_ENCRYPT_INTO, name, nonce, [data, aad, buf])
 }
 
 /// `aead.decrypt_into(nonce, data, aad, buf)`.
@@ -576,12 +572,18 @@ pub fn aead_decrypt_into(
     aad: &Bound<'_, PyAny>,
     buf: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
-    call_on!(
-        aead,
-        AEAD_DECRYPT_INTO,
-        (PyBytes::new(aead.py(), nonce), data, aad, buf)
-    )
-    .map(drop)
+    let name = pyo3::intern!(aead.py(), AEAD_DECRYPT_INTO.name);
+    aead_into(aead, &AEAD_DECRYPT_INTO, name, nonce, [data, aad, buf])
+}
+
+fn aead_into<'py>(
+    aead: &Bound<'py, PyAny>,
+    call: &PyCall<4>,
+    name: &Bound<'py, PyString>,
+    nonce: &[u8],
+    [data, aad, buf]: [&Bound<'py, PyAny>; 3],
+) -> PyResult<()> {
+    invoke_on(aead, call, name, (PyBytes::new(aead.py(), nonce), data, aad, buf)).map(drop)
 }
 
 /// `urandom(n)`.

@@ -122,54 +122,45 @@ impl FrameCrypto {
         pt: &[u8],
         frame: &mut Vec<u8>,
     ) -> Result<(), GwError> {
-        self.seal_py(py, block_index, meta_flags, pt, frame)
-            .map_err(|e| crate::gateway::gw_err(py, e))
-    }
-
-    fn seal_py(
-        &self,
-        py: Python<'_>,
-        block_index: u64,
-        meta_flags: u8,
-        pt: &[u8],
-        frame: &mut Vec<u8>,
-    ) -> PyResult<()> {
-        let pt_len = u32::try_from(pt.len()).map_err(|_| PyBufferError::new_err("a frame holds at most 4 GiB"))?;
-        let rnd = frame_random(self.urandom.bind(py))?;
-        let (salt, rest) = rnd.split_at(SALT_LEN);
-        let (data_nonce, meta_nonce) = rest.split_at(NONCE_LEN);
-        // Every byte is written below: a pooled buffer is only cut or grown to the length.
-        frame.resize(META_FRAME_LEN + pt.len() + TAG_LEN, 0);
-        let (meta_part, data_part) = frame.split_at_mut(META_FRAME_LEN);
-        let pt_view = RawView::read(py, pt)?;
-        let pt_sha256 = self.sha256(py, pt_view.get())?;
-        let aead = self.cdk_aead(py, salt, block_index, &pt_sha256)?;
-        let aad = self.data_aad(py, block_index, pt_len, meta_flags)?;
-        let out = RawView::write(py, data_part)?;
-        calls::aead_encrypt_into(&aead, data_nonce, pt_view.get(), &aad, out.get())?;
-        drop((out, pt_view));
-        let meta_pt = BlockMeta {
-            block_index,
-            pt_len,
-            meta_flags,
-            cdk_salt: salt.try_into().expect("16 bytes"),
-            data_nonce: data_nonce.try_into().expect("12 bytes"),
-            pt_sha256,
-        }
-        .encode();
-        let (nonce_part, meta_ct) = meta_part.split_at_mut(NONCE_LEN);
-        nonce_part.copy_from_slice(meta_nonce);
-        let meta_view = RawView::read(py, &meta_pt)?;
-        let out = RawView::write(py, meta_ct)?;
-        calls::aead_encrypt_into(
-            self.meta_aead.bind(py),
-            meta_nonce,
-            meta_view.get(),
-            self.container_id.bind(py),
-            out.get(),
-        )?;
-        drop((out, meta_view));
-        Ok(())
+        let mut sealed = || -> PyResult<()> {
+            let pt_len = u32::try_from(pt.len()).map_err(|_| PyBufferError::new_err("a frame holds at most 4 GiB"))?;
+            let rnd = frame_random(self.urandom.bind(py))?;
+            let (salt, rest) = rnd.split_at(SALT_LEN);
+            let (data_nonce, meta_nonce) = rest.split_at(NONCE_LEN);
+            // Every byte is written below: a pooled buffer is only cut or grown to the length.
+            frame.resize(META_FRAME_LEN + pt.len() + TAG_LEN, 0);
+            let (meta_part, data_part) = frame.split_at_mut(META_FRAME_LEN);
+            let pt_view = RawView::read(py, pt)?;
+            let pt_sha256 = self.sha256(py, pt_view.get())?;
+            let aead = self.cdk_aead(py, salt, block_index, &pt_sha256)?;
+            let aad = self.data_aad(py, block_index, pt_len, meta_flags)?;
+            let out = RawView::write(py, data_part)?;
+            calls::aead_encrypt_into(&aead, data_nonce, pt_view.get(), &aad, out.get())?;
+            drop((out, pt_view));
+            let meta_pt = BlockMeta {
+                block_index,
+                pt_len,
+                meta_flags,
+                cdk_salt: salt.try_into().expect("16 bytes"),
+                data_nonce: data_nonce.try_into().expect("12 bytes"),
+                pt_sha256,
+            }
+            .encode();
+            let (nonce_part, meta_ct) = meta_part.split_at_mut(NONCE_LEN);
+            nonce_part.copy_from_slice(meta_nonce);
+            let meta_view = RawView::read(py, &meta_pt)?;
+            let out = RawView::write(py, meta_ct)?;
+            calls::aead_encrypt_into(
+                self.meta_aead.bind(py),
+                meta_nonce,
+                meta_view.get(),
+                self.container_id.bind(py),
+                out.get(),
+            )?;
+            drop((out, meta_view));
+            Ok(())
+        };
+        sealed().map_err(|e| crate::gateway::gw_err(py, e))
     }
 
     /// Open the metadata of the frame at the start of `buf` and, when the whole frame is in

@@ -53,21 +53,6 @@ impl PyStreamKeys {
         }
         Ok(self.frames.as_ref().expect("set above"))
     }
-
-    fn seal_frame(
-        &mut self,
-        py: Python<'_>,
-        block_index: u64,
-        meta_flags: u8,
-        pt: &[u8],
-        frame: &mut Vec<u8>,
-    ) -> Result<(), GwError> {
-        self.frames(py)?.seal(py, block_index, meta_flags, pt, frame)
-    }
-
-    fn open_frame_in(&mut self, py: Python<'_>, buf: &[u8], pt: &mut Vec<u8>) -> Result<(BlockMeta, bool), GwError> {
-        self.frames(py)?.open(py, buf, pt)
-    }
 }
 
 /// Input and output buffers lent to one crypto call.
@@ -118,7 +103,7 @@ fn ensure(py: Python<'_>, slot: &mut Option<PyBuf>, cap: usize) -> PyResult<()> 
 
 impl StreamKeys for PyStreamKeys {
     fn seal(&mut self, block_index: u64, meta_flags: u8, pt: &[u8], frame: &mut Vec<u8>) -> Result<(), GwError> {
-        Python::attach(|py| self.seal_frame(py, block_index, meta_flags, pt, frame))
+        Python::attach(|py| self.frames(py)?.seal(py, block_index, meta_flags, pt, frame))
     }
 
     fn open_meta(&mut self, meta_frame: &[u8]) -> Result<BlockMeta, GwError> {
@@ -152,7 +137,7 @@ impl StreamKeys for PyStreamKeys {
     }
 
     fn open_frame(&mut self, buf: &[u8], pt: &mut Vec<u8>) -> Result<(BlockMeta, bool), GwError> {
-        Python::attach(|py| self.open_frame_in(py, buf, pt))
+        Python::attach(|py| self.frames(py)?.open(py, buf, pt))
     }
 
     fn seal_index(&mut self, index_pt: &[u8], footer_offset: u64) -> Result<Vec<u8>, GwError> {
@@ -259,30 +244,10 @@ impl Keyring for PyKeyring {
     }
 
     /// A batch of frames under one GIL acquisition, each sealed or opened by its stream's
-    /// [`FrameCrypto`]; each job gets its own result.
+    /// [`FrameCrypto`] (their own `Python::attach` then only counts a nesting level); each job
+    /// gets its own result.
     fn run_frames(&self, jobs: &mut [FrameJob<PyStreamKeys>]) {
-        Python::attach(|py| {
-            for job in jobs.iter_mut() {
-                match job {
-                    FrameJob::Seal {
-                        keys,
-                        block_index,
-                        flags,
-                        pt,
-                        pt_len,
-                        frame,
-                        result,
-                    } => *result = Some(keys.seal_frame(py, *block_index, *flags, &pt[..*pt_len], frame)),
-                    FrameJob::Open {
-                        keys,
-                        buf,
-                        avail,
-                        pt,
-                        result,
-                    } => *result = Some(keys.open_frame_in(py, &buf[..*avail], pt)),
-                }
-            }
-        });
+        Python::attach(|_| jobs.iter_mut().for_each(FrameJob::run));
     }
 
     fn log(&self, level: LogLevel, line: &str) {
@@ -325,7 +290,8 @@ pub fn gateway_seal_frame(
 ) -> PyResult<Py<PyBytes>> {
     let mut frame = Vec::new();
     PyStreamKeys::new(keys)
-        .seal_frame(py, block_index, meta_flags, pt, &mut frame)
+        .frames(py)
+        .and_then(|f| f.seal(py, block_index, meta_flags, pt, &mut frame))
         .map_err(frame_error)?;
     Ok(PyBytes::new(py, &frame).unbind())
 }
@@ -336,7 +302,8 @@ pub fn gateway_seal_frame(
 pub fn gateway_open_frame(py: Python<'_>, keys: Py<PyAny>, buf: &[u8]) -> PyResult<(Py<PyBytes>, Option<Py<PyBytes>>)> {
     let mut pt = Vec::new();
     let (meta, opened) = PyStreamKeys::new(keys)
-        .open_frame_in(py, buf, &mut pt)
+        .frames(py)
+        .and_then(|f| f.open(py, buf, &mut pt))
         .map_err(frame_error)?;
     let meta_pt = PyBytes::new(py, &meta.encode()).unbind();
     Ok((meta_pt, opened.then(|| PyBytes::new(py, &pt).unbind())))
