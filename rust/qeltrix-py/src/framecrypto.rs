@@ -241,7 +241,7 @@ impl FrameCrypto {
 }
 
 /// A memoryview of Rust memory for the length of a call: made with
-/// `PyMemoryView_FromMemory` (no copy) and released when done. Releasing fails only while
+/// `PyMemoryView_FromMemory` (no copy) and freed or released when done. Releasing fails only while
 /// something still holds a buffer export of it; then the memory could be read or written after
 /// Rust reuses it, so the process stops instead (the `cryptography` calls it is passed to hold
 /// their exports only for the call). A view is dropped before its memory is read or moved.
@@ -283,6 +283,12 @@ impl<'a, 'py> RawView<'a, 'py> {
 
 impl Drop for RawView<'_, '_> {
     fn drop(&mut self) {
+        // A buffer export holds a reference to the view, so a view only Rust refers to has
+        // none, and dropping it frees it: the common case, without a `release()` call.
+        // SAFETY: reads the reference count of a live object (the GIL is held: 'py).
+        if unsafe { pyo3::ffi::Py_REFCNT(self.view.as_ptr()) } == 1 {
+            return;
+        }
         if let Err(e) = self.view.call_method0(pyo3::intern!(self.view.py(), "release")) {
             eprintln!("qeltrix: a memoryview of a frame buffer is still exported ({e}); stopping");
             std::process::abort();
