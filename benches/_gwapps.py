@@ -157,10 +157,12 @@ def pgbench(port: int, select_only: bool, seconds: int) -> dict[str, float]:
     tps = re.search(r"tps = ([\d.]+)", out)
     lat = re.search(r"latency average = ([\d.]+) ms", out)
     failed = re.search(r"number of failed transactions: (\d+)", out)
+    done = re.search(r"number of transactions actually processed: (\d+)", out)
     return {
         "tps": float(tps.group(1)) if tps else 0.0,
         "lat_avg_ms": float(lat.group(1)) if lat else 0.0,
         "failed": int(failed.group(1)) if failed else 0,
+        "transactions": int(done.group(1)) if done else 0,
     }
 
 
@@ -277,7 +279,10 @@ def run_apps(args: argparse.Namespace, work: Path, procs: Procs, echo_port: int)
                     procs.stop(p)
                 port, pids = start_relay(name, procs, work, pg_port)
                 r["pg_tpcb"] = pgbench(port, False, secs)
+                c0 = cpu_seconds(pids) if pids else 0.0
                 r["pg_select"] = pgbench(port, True, secs)
+                n_s = r["pg_select"]["transactions"]
+                r["pg_select"]["relay_cpu_us"] = (cpu_seconds(pids) - c0) / n_s * 1e6 if pids and n_s else None
                 log(f"  pgbench TPC-B {r['pg_tpcb']}  -S {r['pg_select']}")
                 for p in [p for _n, p, _f in procs.procs if p.pid in pids]:
                     procs.stop(p)
@@ -305,7 +310,8 @@ def report_apps(R: dict[str, Any], relays: list[str]) -> None:
         return v if isinstance(v, int | float) else None
 
     headers = ["relay", "redis c1 p50 ms", "c1 rps", "CPU us/req", "redis c50 p50 ms", "c50 avg ms", "c50 p99 ms",
-               "c50 rps", "TPC-B tps", "TPC-B lat ms", "-S tps", "-S lat ms", "RSS 200x10MiB", "thr 1000"]  # fmt: skip
+               "c50 rps", "TPC-B tps", "TPC-B lat ms", "-S tps", "-S lat ms", "-S CPU us/txn",
+               "RSS 200x10MiB", "thr 1000"]  # fmt: skip
     rows = []
     for n in relays:
         rows.append([
@@ -315,7 +321,8 @@ def report_apps(R: dict[str, Any], relays: list[str]) -> None:
             fnum(g(n, "redis_c50", "avg_ms"), ".3f"), fnum(g(n, "redis_c50", "p99_ms"), ".2f"),
             fnum(g(n, "redis_c50", "rps"), ".0f"), fnum(g(n, "pg_tpcb", "tps"), ".0f"),
             fnum(g(n, "pg_tpcb", "lat_avg_ms"), ".2f"), fnum(g(n, "pg_select", "tps"), ".0f"),
-            fnum(g(n, "pg_select", "lat_avg_ms"), ".2f"), fnum(g(n, "mem_200", "rss_mib"), ".0f"),
+            fnum(g(n, "pg_select", "lat_avg_ms"), ".2f"), fnum(g(n, "pg_select", "relay_cpu_us"), ".0f"),
+            fnum(g(n, "mem_200", "rss_mib"), ".0f"),
             fnum(g(n, "mem_1000", "threads"), ".0f"),
         ])  # fmt: skip
     print()
