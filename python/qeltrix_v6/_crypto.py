@@ -632,18 +632,14 @@ class FrameCalls:
     that per-frame overhead is most of what a gateway pair adds.
     """
 
-    __slots__ = (
-        "aead",
-        "cdk_info",
-        "container_id",
-        "hash",
-        "hkdf",
-        "invalid_tag",
-        "meta_aead",
-        "mk",
-        "sha256",
-        "urandom",
-    )
+    __slots__ = ("aead", "cdk_info", "container_id", "meta_aead", "mk")
+
+    # The same for every stream.
+    hkdf = HKDF
+    sha256 = _SHA256
+    hash = _SHA256_CTX
+    urandom = staticmethod(os.urandom)
+    invalid_tag = InvalidTag
 
     def __init__(self, keys: ContainerKeys) -> None:
         self.mk: bytes = keys.mk
@@ -651,11 +647,6 @@ class FrameCalls:
         self.container_id: bytes = keys.container_id
         self.aead: type[AESGCM] | type[ChaCha20Poly1305] = keys._aead_cls
         self.meta_aead: Aead = keys._meta_aead
-        self.hkdf = HKDF
-        self.sha256 = _SHA256
-        self.hash = _SHA256_CTX
-        self.urandom = os.urandom
-        self.invalid_tag = InvalidTag
 
 
 # --- signatures (FORMAT.md section 15) ---------------------------------------------------
