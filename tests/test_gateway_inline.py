@@ -131,10 +131,10 @@ def test_inline_crypto_for_many_connections_and_a_tampered_one_cut_alone(
     monkeypatch: pytest.MonkeyPatch, key_file: Path
 ) -> None:
     """A decrypt gateway whose connections all run their frames' crypto on their own tasks
-    (`QELTRIX_GW_INLINE=always`, the path a lone connection takes by default): 40 connections
-    ping-pong in lockstep through one router while another connection, through a second router
-    and an on-path relay that flips one bit of its request stream, is reset; the 40 get back
-    every byte and the decrypt gateway counts one failed connection."""
+    (`QELTRIX_GW_INLINE=always`; by default only a worker with at most 16 connections does):
+    40 connections ping-pong in lockstep through one router while another connection, through a
+    second router and an on-path relay that flips one bit of its request stream, is reset; the
+    40 get back every byte and the decrypt gateway counts one failed connection."""
     monkeypatch.setenv("QELTRIX_GW_INLINE", "always")
     conns, rounds = 40, 25
     with (
