@@ -69,8 +69,10 @@ pub(super) struct Batcher<K: Keyring> {
 /// batcher task. A frame run at once is written at once, so the next relay (or the
 /// application) starts on it while this worker seals or opens the next one: with a few
 /// connections that pipelining keeps both cores busy (pgbench `-c 8` through a pair: about
-/// 10% more transactions). With many, the machine is busy anyway, and batches save wake-ups
-/// on both sides (redis `-c 50`: about 10% more requests). `QELTRIX_GW_INLINE` = `never`,
+/// 10% more transactions, and less CPU per transaction). With many, the cores are busy anyway,
+/// and a batch's frames reach the next process together, which then wakes once for them
+/// (redis `-c 50`: about 4% less CPU per request, relays and Redis together, than one frame
+/// at a time). `QELTRIX_GW_INLINE` = `never`,
 /// `always` (whenever no batch is queued), `lone` (one connection) or a number of connections
 /// on the worker up to which frames run at once (default [`INLINE_CONNS`]). Undocumented: a
 /// benchmark knob, as `QELTRIX_GW_WORKERS`.

@@ -697,6 +697,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_pooled_short_buffer_still_reads_a_whole_small_frame_at_once() {
+        // A buffer from the pool keeps the length of its last use (here a small frame's, as
+        // long as the metadata and a bit): the read window is still OPENER_INITIAL bytes.
+        for len in [1, META_FRAME_LEN + 30] {
+            let mut frames = FrameOpener::new(256 << 10);
+            frames.set_buf(vec![7u8; len]);
+            assert_eq!(frames.space().len(), 16 << 10, "pooled buffer of {len} bytes");
+        }
+    }
+
     /// A connected pair over loopback: (accepted side, connecting side).
     fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");

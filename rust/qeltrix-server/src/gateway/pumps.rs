@@ -97,11 +97,14 @@ impl FrameOpener {
 
     /// Where the next bytes read go. The buffer grows as frames need it (a small one for
     /// interactive frames, up to a whole frame of the largest block for bulk ones), so a
-    /// connection that only sends small frames never holds a block-sized buffer.
+    /// connection that only sends small frames never holds a block-sized buffer. It always
+    /// offers at least [`OPENER_INITIAL`] bytes: a pooled buffer comes back with the length of
+    /// its last use (a 1-byte plaintext, say), and a read window that short would take a
+    /// frame in two system calls.
     pub(super) fn space(&mut self) -> &mut [u8] {
         let max = frame_len(self.block_size) as usize;
         let want = self.current_end().max(self.have + 1).min(max);
-        if want > self.buf.len() || self.have == self.buf.len() {
+        if want > self.buf.len() || self.have == self.buf.len() || self.buf.len() < OPENER_INITIAL {
             // A small buffer, or exactly the frame being received (a bulk frame's size is
             // known from its metadata before its data is read).
             let grown = want.max(OPENER_INITIAL);
