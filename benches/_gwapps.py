@@ -10,7 +10,8 @@ an stunnel TLS 1.3 pair, spiped), in one run and in front of the same servers:
 - RSS and thread count of each relay process with 200 busy connections (each echoes 10 MiB)
   and with 1,000 open connections.
 
-Needs redis-server, redis-benchmark, PostgreSQL (initdb, pg_ctl, pgbench), stunnel4, spiped.
+Needs redis-server, redis-benchmark, PostgreSQL (initdb, pg_ctl, pgbench), stunnel4, spiped
+(Debian packages: scripts/install-system-deps.sh and scripts/install-bench-deps.sh).
 """
 
 from __future__ import annotations
