@@ -22,8 +22,8 @@ Run it with a RELEASE build of qeltrix_v6 (benches/SERVERS.md). Needs ``stunnel4
 ``spiped``, ``socat`` and ``openssl`` (Debian packages; ``scripts/install-bench-deps.sh``
 installs what the benches need beyond the test suite; ``--tools`` also needs iperf3, nginx
 and curl). Each qeltrix gateway runs in its own process, like each stunnel and spiped.
-Everything listens on 127.0.0.1 only; loops are bounded; every process started here is stopped at the end or at the ``--max-seconds``
-deadline.
+Everything listens on 127.0.0.1 only; loops are bounded; every process started here is
+stopped at the end or at the ``--max-seconds`` deadline.
 """
 
 from __future__ import annotations
