@@ -663,6 +663,8 @@ def run(
                 f"(slowest connection {fnum(a['slowest_s'])} s, failed {a['failed']})"
                 f"  relay CPU {fnum(a['relay_cpu_ns_per_byte'])} ns/byte"
             )
+        except Deadline:
+            raise  # an Exception too: the end of the run, not this relay's failure
         except Exception as e:
             r["error"] = f"{type(e).__name__}: {e}"
             log(f"  FAILED: {r['error']}")
