@@ -10,8 +10,9 @@ an stunnel TLS 1.3 pair, spiped), in one run and in front of the same servers:
   relay too (the relay forwards every connection to the iperf3 server's port);
 - curl of one file (1 GiB; ``--quick`` 256 MiB, a 1 MiB random pattern repeated) served by an
   nginx started here (``sendfile on``): ``curl -o /dev/null -w '%{size_download}
-  %{speed_download}'``; a short download is a failure, not a figure. The same file is then
-  fetched once more, untimed, and compared byte for byte;
+  %{speed_download}'``, three times (the median and the spread); a short download is a
+  failure, not a figure. The same file is then fetched once more, untimed, and compared byte
+  for byte;
 - the relays' CPU (user + system, every process of the pair) per byte received.
 
 Needs iperf3, nginx, curl, stunnel4, spiped and openssl (Debian packages;
@@ -26,6 +27,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +53,7 @@ from _srvutil import (
 )
 
 PATTERN_LEN = 1 << 20
+CURL_REPEATS = 3  # one 256 MiB download takes ~0.3 s: the median of three, and the spread
 # tool -> Debian package, per relay ("" for every relay)
 NEEDS = {
     "": {"iperf3": "iperf3", "nginx": "nginx", "curl": "curl"},
@@ -90,8 +93,7 @@ def parse_curl(text: str, want: int) -> dict[str, float]:
 
 
 def iperf3(port: int, seconds: int, extra: list[str]) -> dict[str, float]:
-    argv = ["iperf3", "-c", LOOPBACK, "-p", str(port), "-J", "--connect-timeout", "10000"]
-    argv += ["-t", str(seconds)] if seconds else []
+    argv = ["iperf3", "-c", LOOPBACK, "-p", str(port), "-t", str(seconds), "-J", "--connect-timeout", "10000"]
     r = subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=seconds + 90, check=False)
     try:
         return parse_iperf3(r.stdout)
@@ -100,14 +102,14 @@ def iperf3(port: int, seconds: int, extra: list[str]) -> dict[str, float]:
 
 
 def iperf3_ready(port: int, tries: int = 10) -> int:
-    """A 4 MiB warm-up through the relay, retried until the iperf3 server takes it; returns the
+    """A 1-second warm-up through the relay, retried until the iperf3 server takes it; returns the
     retries. The relays' own readiness probes (a connect and close, see wait_port) reach the
     iperf3 server too, which serves one client at a time and resets a control connection that
     arrives while it still waits for a previous one: direct too, without a relay, iperf3 3.12
     answers "unable to receive control message: Connection reset by peer" then."""
     for i in range(tries):
         try:
-            iperf3(port, 0, ["-n", "4M"])
+            iperf3(port, 1, [])
             return i
         except RuntimeError as e:
             if i == tries - 1:
@@ -193,51 +195,82 @@ def run_tools(args: argparse.Namespace, work: Path, procs: Procs) -> dict[str, A
         "iperf3_seconds": secs,
         "iperf3_parallel": parallel,
         "curl_bytes": size,
+        "curl_repeats": CURL_REPEATS,
         "loadavg_start": os.getloadavg(),
         "relays": {},
     }
-    tests: list[tuple[str, list[str]]] = [("iperf3", []), ("iperf3_R", ["-R"]), ("iperf3_P", ["-P", str(parallel)])]
+    # Every relay is started first (one in front of iperf3, one in front of nginx), then each
+    # test runs through every relay in turn, so that the figures compared in a column were
+    # measured within a minute of each other (alternate rounds go in reverse order).
+    entry: dict[str, dict[str, int]] = {}
+    relay_pids: dict[str, dict[str, list[int]]] = {}
+    R: dict[str, dict[str, Any]] = results["relays"]
     for name in relays:
-        busy = wait_quiet(args.wait_quiet)
-        log(f"[tools: {name}] (other work on the machine: {busy:.0f}% busy, load {os.getloadavg()[0]:.2f})")
-        r: dict[str, Any] = {"background_busy_pct": busy, "loadavg": os.getloadavg()[0]}
-        pids: list[int] = []
+        R[name] = {"busy_pct": [], "loadavg": []}
         try:
-            port, pids = start_relay(name, procs, work, ip_port)
-            r["iperf3_warmup_retries"] = iperf3_ready(port)
-            for key, extra in tests:
-                c0 = cpu_seconds(pids) if pids else 0.0
-                r[key] = iperf3(port, secs, extra)
-                r[key]["relay_cpu_ns_per_byte"] = (cpu_seconds(pids) - c0) / r[key]["bytes"] * 1e9 if pids else None
-                log(f"  iperf3 {' '.join(extra) or 'forward'}: {r[key]['gbit_s']:.2f} Gbit/s  relay CPU "
-                    f"{fnum(r[key]['relay_cpu_ns_per_byte'])} ns/byte")  # fmt: skip
-            stop_pids(procs, pids)
-            port, pids = start_relay(name, procs, work, nginx_port)
-            c0 = cpu_seconds(pids) if pids else 0.0
-            r["curl"] = curl(port, size)
-            r["curl"]["relay_cpu_ns_per_byte"] = (cpu_seconds(pids) - c0) / size * 1e9 if pids else None
-            log(f"  curl {fmt_size(size)}: {r['curl']['mb_s']:.0f} MB/s  relay CPU "
-                f"{fnum(r['curl']['relay_cpu_ns_per_byte'])} ns/byte")  # fmt: skip
-            curl_verify(port, size, pattern)
-            r["verified"] = True
+            entry[name], relay_pids[name] = {}, {}
+            for target, port in (("iperf3", ip_port), ("nginx", nginx_port)):
+                entry[name][target], relay_pids[name][target] = start_relay(name, procs, work, port)
+            R[name]["iperf3_warmup_retries"] = iperf3_ready(entry[name]["iperf3"])
         except Deadline:
-            raise  # an Exception too: not a failure of this relay, the end of the run
-        except Exception as e:  # reported in the table and as a FAIL line
-            r["error"] = f"{type(e).__name__}: {e}"
-            log(f"  FAILED: {r['error']}")
-            if ipp.poll() is not None or "iperf3" in r["error"]:
-                procs.stop(ipp)  # a test cut short can leave the server busy: start a fresh one
-                ip_port, ipp = start_iperf3_server(procs)
-        finally:
+            raise
+        except Exception as e:
+            fail(R[name], e)
+    tests: list[tuple[str, list[str]]] = [("iperf3", []), ("iperf3_R", ["-R"]), ("iperf3_P", ["-P", str(parallel)])]
+    rounds: list[tuple[str, list[str]]] = [*tests, ("curl", [])]
+    for k, (key, extra) in enumerate(rounds):
+        busy = wait_quiet(args.wait_quiet)
+        label = "curl" if key == "curl" else f"iperf3 {' '.join(extra) or 'forward'}"
+        log(f"[{label}] (other work on the machine: {busy:.0f}% busy, load {os.getloadavg()[0]:.2f})")
+        for i, name in enumerate(relays if k % 2 == 0 else relays[::-1]):
+            r = R[name]
+            if "error" in r:
+                continue
+            if i:
+                busy = wait_quiet(min(args.wait_quiet, 20))
+            r["busy_pct"].append(busy)
+            r["loadavg"].append(os.getloadavg()[0])
+            pids = relay_pids[name]["nginx" if key == "curl" else "iperf3"]
+            try:
+                c0 = cpu_seconds(pids) if pids else 0.0
+                if key == "curl":
+                    port = entry[name]["nginx"]
+                    runs = [curl(port, size)["mb_s"] for _ in range(CURL_REPEATS)]
+                    cpu = (cpu_seconds(pids) - c0) / (size * CURL_REPEATS) * 1e9 if pids else None
+                    r[key] = {"mb_s": statistics.median(runs), "runs_mb_s": runs, "relay_cpu_ns_per_byte": cpu}
+                    log(f"  {name}: {fmt_size(size)} x {CURL_REPEATS}: {', '.join(f'{x:.0f}' for x in runs)} MB/s "
+                        f"(median {r[key]['mb_s']:.0f})  relay CPU {fnum(cpu)} ns/byte")  # fmt: skip
+                    curl_verify(port, size, pattern)
+                    r["verified"] = True
+                else:
+                    r[key] = iperf3(entry[name]["iperf3"], secs, extra)
+                    n = r[key]["bytes"]
+                    r[key]["relay_cpu_ns_per_byte"] = (cpu_seconds(pids) - c0) / n * 1e9 if pids else None
+                    log(f"  {name}: {r[key]['gbit_s']:.2f} Gbit/s  relay CPU "
+                        f"{fnum(r[key]['relay_cpu_ns_per_byte'])} ns/byte")  # fmt: skip
+            except Deadline:
+                raise  # an Exception too: not a failure of this relay, the end of the run
+            except Exception as e:  # reported in the table and as a FAIL line
+                fail(r, e)
+                if key != "curl":
+                    procs.stop(ipp)  # a test cut short can leave the server busy: start a fresh one
+                    ip_port, ipp = start_iperf3_server(procs, ip_port)
+    for name in relays:
+        for pids in relay_pids.get(name, {}).values():
             stop_pids(procs, pids)
-        results["relays"][name] = r
     results["loadavg_end"] = os.getloadavg()
     return results
 
 
-def start_iperf3_server(procs: Procs) -> tuple[int, subprocess.Popen[Any]]:
-    """``iperf3 -s`` on 127.0.0.1, kept for the whole run (one test at a time, as iperf3 does)."""
-    port = free_port()
+def fail(r: dict[str, Any], e: Exception) -> None:
+    r["error"] = f"{type(e).__name__}: {e}"
+    log(f"  FAILED: {r['error']}")
+
+
+def start_iperf3_server(procs: Procs, port: int = 0) -> tuple[int, subprocess.Popen[Any]]:
+    """``iperf3 -s`` on 127.0.0.1, kept for the whole run (one test at a time, as iperf3 does);
+    a restart reuses the port the relays forward to."""
+    port = port or free_port()
     p = procs.start("iperf3-server", ["iperf3", "-s", "-B", LOOPBACK, "-p", str(port), "--idle-timeout", "120"])
     wait_port(port, 15, p)
     return port, p
@@ -246,6 +279,15 @@ def start_iperf3_server(procs: Procs) -> tuple[int, subprocess.Popen[Any]]:
 def stop_pids(procs: Procs, pids: list[int]) -> None:
     for p in [p for _n, p, _f in procs.procs if p.pid in pids]:
         procs.stop(p)
+
+
+def span(values: list[float] | None, fmt: str = ".0f") -> str:
+    """'min-max' of the values, or n/a."""
+    return f"{min(values):{fmt}}-{max(values):{fmt}}" if values else "n/a"
+
+
+def times(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
 
 
 def report_tools(res: dict[str, Any], relays: list[str]) -> bool:
@@ -260,21 +302,21 @@ def report_tools(res: dict[str, Any], relays: list[str]) -> bool:
     print()
     print(
         f"Bulk with real tools  commit {res['commit']}  {res['date']}  iperf3 -t {res['iperf3_seconds']}, "
-        f"curl {fmt_size(res['curl_bytes'])}  load average {la0[0]:.2f} {la0[1]:.2f} {la0[2]:.2f} at start, "
-        f"{la1[0]:.2f} {la1[1]:.2f} {la1[2]:.2f} at end"
+        f"curl {fmt_size(res['curl_bytes'])} x {res['curl_repeats']} (median)  load average "
+        f"{la0[0]:.2f} {la0[1]:.2f} {la0[2]:.2f} at start, {la1[0]:.2f} {la1[1]:.2f} {la1[2]:.2f} at end"
     )
     P = res["iperf3_parallel"]
-    headers = ["relay", "iperf3 Gbit/s", "-R Gbit/s", f"-P {P} Gbit/s", "curl MB/s",
-               "CPU ns/B fwd", "-R", f"-P {P}", "curl", "load", "bg busy%", "ok"]  # fmt: skip
+    headers = ["relay", "iperf3 Gbit/s", "-R Gbit/s", f"-P {P} Gbit/s", "curl MB/s", "curl min-max",
+               "CPU ns/B fwd", "-R", f"-P {P}", "curl", "load 1 min", "bg busy% max", "ok"]  # fmt: skip
     rows = []
     for n in relays:
         r = R.get(n, {})
         rows.append([
             n, fnum(g(n, "iperf3", "gbit_s")), fnum(g(n, "iperf3_R", "gbit_s")), fnum(g(n, "iperf3_P", "gbit_s")),
-            fnum(g(n, "curl", "mb_s"), ".0f"),
+            fnum(g(n, "curl", "mb_s"), ".0f"), span(r.get("curl", {}).get("runs_mb_s")),
             fnum(g(n, "iperf3", "relay_cpu_ns_per_byte")), fnum(g(n, "iperf3_R", "relay_cpu_ns_per_byte")),
             fnum(g(n, "iperf3_P", "relay_cpu_ns_per_byte")), fnum(g(n, "curl", "relay_cpu_ns_per_byte")),
-            fnum(r.get("loadavg")), fnum(r.get("background_busy_pct"), ".0f"),
+            span(r.get("loadavg"), ".1f"), fnum(max(r.get("busy_pct") or [float("nan")]), ".0f"),
             "NO " + r["error"][:70] if "error" in r else "yes",
         ])  # fmt: skip
     print_table(headers, rows)
@@ -287,14 +329,14 @@ def report_tools(res: dict[str, Any], relays: list[str]) -> bool:
             continue
         for o in ("stunnel", "spiped"):
             if o in R:
-                parts = [f"{label} {fnum(ratio(g(q, t, f), g(o, t, f)))}x" for t, f, label in metrics]
+                parts = [f"{label} {times(ratio(g(q, t, f), g(o, t, f)))}" for t, f, label in metrics]
                 print(f"{q} vs {o}: " + ", ".join(parts))
         if "stunnel" in R:
             for t, f, label in metrics:
                 a, b = g(q, t, f), g("stunnel", t, f)
                 x = ratio(a, b)
                 passed = x is not None and x >= 1.0
-                checks.append((f"{q} {label} >= stunnel", passed, f"{fnum(x)}x ({fnum(a)} vs {fnum(b)})"))
+                checks.append((f"{q} {label} >= stunnel", passed, f"{times(x)} ({fnum(a)} vs {fnum(b)})"))
     for n in relays:
         if "error" in R.get(n, {}):
             checks.append((f"{n}: every transfer complete and every byte right", False, R[n]["error"][:200]))
@@ -308,6 +350,12 @@ def report_tools(res: dict[str, Any], relays: list[str]) -> bool:
 
 def main_tools(args: argparse.Namespace) -> int:
     relays = [r for r in (x.strip() for x in args.app_relays.split(",")) if r]
+    from _gwapps import APP_RELAYS
+
+    unknown = [r for r in relays if r not in APP_RELAYS]
+    if unknown:
+        log(f"qeltrix-bench: error: unknown relay {', '.join(unknown)} (--app-relays: {', '.join(APP_RELAYS)})")
+        return 2
     missing = missing_tools(relays)
     if missing:
         log(f"qeltrix-bench: error: missing {', '.join(missing)}; scripts/install-bench-deps.sh installs them")
