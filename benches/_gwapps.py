@@ -10,7 +10,8 @@ an stunnel TLS 1.3 pair, spiped), in one run and in front of the same servers:
 - RSS and thread count of each relay process with 200 busy connections (each echoes 10 MiB)
   and with 1,000 open connections.
 
-Needs redis-server, redis-benchmark, PostgreSQL (initdb, pg_ctl, pgbench), stunnel4, spiped.
+Needs redis-server, redis-benchmark, PostgreSQL (initdb, pg_ctl, pgbench), stunnel4, spiped
+(Debian packages: scripts/install-system-deps.sh and scripts/install-bench-deps.sh).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _srvutil import LOOPBACK, Procs, cpu_seconds, fnum, free_port, log, print_table, ratio, wait_port
+from _srvutil import LOOPBACK, Deadline, Procs, cpu_seconds, fnum, free_port, log, print_table, ratio, wait_port
 
 APP_RELAYS = ("direct", "qeltrix", "qeltrix-pinned", "stunnel", "spiped")
 
@@ -293,6 +294,8 @@ def run_apps(args: argparse.Namespace, work: Path, procs: Procs, echo_port: int)
                     log(f"  200 x 10 MiB {r['mem_200']}  1000 open {r['mem_1000']}")
                     for p in [p for _n, p, _f in procs.procs if p.pid in pids]:
                         procs.stop(p)
+            except Deadline:
+                raise  # an Exception too: the end of the run, not this relay's failure
             except Exception as e:  # reported in the table
                 r["error"] = f"{type(e).__name__}: {e}"
                 log(f"  FAILED: {r['error']}")

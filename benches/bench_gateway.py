@@ -8,6 +8,7 @@ target server, on loopback, in one run. Issue 5, "Performance".
     python benches/bench_gateway.py --relays qeltrix,stunnel --json out.json
     python benches/bench_gateway.py --profile prof/   # perf + py-spy of both qeltrix gateways
     python benches/bench_gateway.py --apps --quick    # redis-benchmark, pgbench, RSS/threads (issue 12)
+    python benches/bench_gateway.py --tools --quick   # iperf3 and curl of 256 MiB from nginx (issue 12)
 
 What is measured, for each relay (and for a direct connection, as a reference):
 
@@ -18,10 +19,11 @@ What is measured, for each relay (and for a direct connection, as a reference):
   time from the first connect to the last answer.
 
 Run it with a RELEASE build of qeltrix_v6 (benches/SERVERS.md). Needs ``stunnel4``,
-``spiped``, ``socat`` and ``openssl`` (Debian packages). Each qeltrix gateway runs in its
-own process, like each stunnel and spiped. Everything listens on 127.0.0.1 only; loops are
-bounded; every process started here is stopped at the end or at the ``--max-seconds``
-deadline.
+``spiped``, ``socat`` and ``openssl`` (Debian packages; ``scripts/install-bench-deps.sh``
+installs what the benches need beyond the test suite; ``--tools`` also needs iperf3, nginx
+and curl). Each qeltrix gateway runs in its own process, like each stunnel and spiped.
+Everything listens on 127.0.0.1 only; loops are bounded; every process started here is
+stopped at the end or at the ``--max-seconds`` deadline.
 """
 
 from __future__ import annotations
@@ -483,10 +485,11 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     ap.add_argument("--max-seconds", type=float, default=1500, help="hard deadline for the whole run")
     ap.add_argument("--apps", action="store_true", help="applications instead: redis-benchmark, pgbench, memory")
+    ap.add_argument("--tools", action="store_true", help="bulk with real tools instead: iperf3, curl from nginx")
     ap.add_argument(
         "--app-relays",
         default="direct,qeltrix,qeltrix-pinned,stunnel,spiped",
-        help="with --apps: relays among direct, qeltrix, qeltrix-pinned, stunnel, spiped",
+        help="with --apps or --tools: relays among direct, qeltrix, qeltrix-pinned, stunnel, spiped",
     )
     ap.add_argument("--skip-memory", action="store_true", help="with --apps: skip the RSS/thread measurements")
     ap.add_argument("--child-target", action="store_true", help=argparse.SUPPRESS)
@@ -506,6 +509,10 @@ def main() -> int:
 
     if args.apps:
         return main_apps(args)
+    if args.tools:
+        from _gwtools import main_tools
+
+        return main_tools(args)
     stream_size = args.stream_size or ((256 << 20) if args.quick else (1 << 30))
     pings = args.pings or (2000 if args.quick else 10000)
     conn_size = args.conn_size or ((4 << 20) if args.quick else (20 << 20))
@@ -656,6 +663,8 @@ def run(
                 f"(slowest connection {fnum(a['slowest_s'])} s, failed {a['failed']})"
                 f"  relay CPU {fnum(a['relay_cpu_ns_per_byte'])} ns/byte"
             )
+        except Deadline:
+            raise  # an Exception too: the end of the run, not this relay's failure
         except Exception as e:
             r["error"] = f"{type(e).__name__}: {e}"
             log(f"  FAILED: {r['error']}")
