@@ -227,10 +227,15 @@ impl<K: Keyring> Workers<K> {
                         rt.block_on(async {
                             let ended = async {
                                 loop {
-                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    // Registered before the check, so a stop or a connection's
+                                    // end in between still wakes it.
+                                    let n = gw.ended.notified();
+                                    tokio::pin!(n);
+                                    n.as_mut().enable();
                                     if gw.stop.load(Ordering::SeqCst) && gw.active.load(Ordering::SeqCst) == 0 {
                                         break;
                                     }
+                                    n.await;
                                 }
                             };
                             tokio::select! {

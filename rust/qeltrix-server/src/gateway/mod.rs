@@ -354,6 +354,9 @@ struct Gateway<K: Keyring> {
     gate: Arc<CryptoGate>,
     /// Set when the gateway stops accepting (a drain): `/healthz` answers 503.
     draining: AtomicBool,
+    /// Notified when the gateway stops, and when a connection ends after that: a worker ends
+    /// once both hold (`stop` set, none `active`), without waking to poll for it.
+    ended: tokio::sync::Notify,
     /// Where router and decrypt connections run once their streams are set up.
     workers: std::sync::OnceLock<aio::Workers<K>>,
 }
@@ -461,6 +464,7 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
         totals: Totals::default(),
         gate: Arc::new(CryptoGate::per_core()),
         draining: AtomicBool::new(false),
+        ended: tokio::sync::Notify::new(),
         workers: std::sync::OnceLock::new(),
     });
     {
@@ -538,6 +542,7 @@ pub fn start_gateway<K: Keyring>(config: GatewayConfig, keyring: K) -> io::Resul
     let stop = Box::new(move || {
         stopper.draining.store(true, Ordering::SeqCst);
         stopper.stop.store(true, Ordering::SeqCst);
+        stopper.ended.notify_waiters();
         wake.notify_one();
     });
     Ok(GatewayHandle {
@@ -655,6 +660,9 @@ impl<K: Keyring> Gateway<K> {
         closed.push_back(snap);
         drop(closed);
         self.active.fetch_sub(1, Ordering::SeqCst);
+        if self.stop.load(Ordering::SeqCst) {
+            self.ended.notify_waiters();
+        }
     }
 
     fn mode_name(&self) -> &'static str {
