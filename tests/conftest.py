@@ -178,15 +178,21 @@ def running_cli(
             lines.append(line)
 
     threading.Thread(target=pump, args=(proc.stderr,), daemon=True).start()
+    ok = False
     try:
         yield proc, match, lines
+        ok = True
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(10)
+            proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            # A server that does not stop on Ctrl-C is a bug, not something to clean up after
+            # (unless the test failed already: that failure is the one to see).
+            if ok:
+                raise AssertionError(f"`qeltrix {args[0]}` did not stop within 15 s of Ctrl-C") from None
 
 
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:
