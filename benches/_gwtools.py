@@ -30,7 +30,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -44,10 +43,10 @@ from _srvutil import (
     fnum,
     free_port,
     git_commit,
-    hard_deadline,
     log,
     print_table,
     ratio,
+    run_in_workdir,
     wait_port,
     wait_quiet,
 )
@@ -360,20 +359,11 @@ def main_tools(args: argparse.Namespace) -> int:
     if missing:
         log(f"qeltrix-bench: error: missing {', '.join(missing)}; scripts/install-bench-deps.sh installs them")
         return 2
-    work = Path(tempfile.mkdtemp(prefix="qeltrix-gwtools-"))
-    procs = Procs(work)
-    try:
-        with hard_deadline(args.max_seconds, procs, None):
-            results = run_tools(args, work, procs)
-    except Deadline as e:
-        log(f"ABORTED: {e}")
+    finished, results = run_in_workdir(
+        "qeltrix-gwtools-", args.max_seconds, lambda work, procs: run_tools(args, work, procs), args.keep
+    )
+    if not finished:
         return 3
-    finally:
-        procs.stop_all()
-        if args.keep:
-            log(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     ok = report_tools(results, relays)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))

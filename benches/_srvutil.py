@@ -229,6 +229,31 @@ def hard_deadline(
 EXIT_HUNG = 4
 
 
+def run_in_workdir(
+    prefix: str, max_seconds: float, body: Callable[[Path, Procs], Any], keep: bool = False
+) -> tuple[bool, Any]:
+    """Run ``body(work, procs)`` in a fresh work directory under :func:`hard_deadline`; stop
+    every process it started and remove the directory (unless ``keep``) however it ends.
+    Returns ``(True, its result)``, or ``(False, None)`` when the deadline stopped it (logged)."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    procs = Procs(work)
+    try:
+        cleanup = None if keep else (lambda: shutil.rmtree(work, ignore_errors=True))
+        with hard_deadline(max_seconds, procs, cleanup):
+            return True, body(work, procs)
+    except Deadline as e:
+        log(f"ABORTED: {e}")
+        return False, None
+    finally:
+        procs.stop_all()
+        if keep:
+            log(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def child_lifetime_guard(max_seconds: float, on_exit: Callable[[], None]) -> None:
     """In a child process: block until stdin closes (the parent ended or said stop) or
     ``max_seconds`` pass, then call ``on_exit``. Either way the child stops by itself."""

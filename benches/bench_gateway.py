@@ -41,7 +41,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -62,12 +61,12 @@ from _srvutil import (
     fnum,
     free_port,
     git_commit,
-    hard_deadline,
     log,
     parse_size,
     percentile,
     print_table,
     ratio,
+    run_in_workdir,
     run_text,
     wait_port,
     wait_quiet,
@@ -547,8 +546,6 @@ def main() -> int:
     if str(Path(qeltrix_v6.__file__).resolve()).startswith(str(Path(__file__).resolve().parent.parent / "python")):
         log("warning: qeltrix_v6 is imported from the source tree (probably a debug build); see benches/SERVERS.md")
 
-    work = Path(tempfile.mkdtemp(prefix="qeltrix-gwbench-"))
-    procs = Procs(work)
     results: dict[str, Any] = {
         "env": env,
         "stream_size": stream_size,
@@ -557,19 +554,12 @@ def main() -> int:
         "conn_size": conn_size,
         "relays": {},
     }
-    try:
-        cleanup = None if args.keep else (lambda: shutil.rmtree(work, ignore_errors=True))
-        with hard_deadline(args.max_seconds, procs, cleanup):
-            run(args, work, procs, relays, stream_size, pings, conn_size, results)
-    except Deadline as e:
-        log(f"ABORTED: {e}")
+
+    def body(work: Path, procs: Procs) -> None:
+        run(args, work, procs, relays, stream_size, pings, conn_size, results)
+
+    if not run_in_workdir("qeltrix-gwbench-", args.max_seconds, body, args.keep)[0]:
         return 3
-    finally:
-        procs.stop_all()
-        if args.keep:
-            log(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     report(results, relays)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
@@ -579,18 +569,13 @@ def main() -> int:
 def main_apps(args: argparse.Namespace) -> int:
     from _gwapps import run_apps
 
-    work = Path(tempfile.mkdtemp(prefix="qeltrix-gwapps-"))
-    procs = Procs(work)
-    try:
-        with hard_deadline(args.max_seconds, procs, None):
-            echo, _ = start_py_child(procs, "target", ["--child-target", "--max-seconds", str(args.max_seconds)])
-            results = run_apps(args, work, procs, echo)
-    except Deadline as e:
-        log(f"ABORTED: {e}")
+    def body(work: Path, procs: Procs) -> dict[str, Any]:
+        echo, _ = start_py_child(procs, "target", ["--child-target", "--max-seconds", str(args.max_seconds)])
+        return run_apps(args, work, procs, echo)
+
+    finished, results = run_in_workdir("qeltrix-gwapps-", args.max_seconds, body)
+    if not finished:
         return 3
-    finally:
-        procs.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
