@@ -16,10 +16,4 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 command -v restic >/dev/null || need+=(restic)
 command -v borg >/dev/null || need+=(borgbackup)
 command -v wrk >/dev/null || need+=(wrk)
-[ ${#need[@]} -eq 0 ] && exit 0
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-echo "installing Debian packages: ${need[*]}"
-$sudo apt-get update -qq
-# iperf3's package asks whether to start a daemon: noninteractive takes the default (no).
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+exec "$(dirname "$0")/apt-install.sh" ${need[@]+"${need[@]}"}
